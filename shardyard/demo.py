@@ -1,0 +1,47 @@
+"""`make demo`: the main job end to end on an embedded default.
+
+Writes a small **synthetic** YAM dataset (per-demo layout, `shardyard.testing`), ingests it with the real
+CLI (`ingest yam`), and inspects the store (summary and plots). Later stages (DINO feature caching,
+training) join here as they land.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from shardyard.testing import SyntheticConfig, write_synthetic_yam
+
+
+def _cli(*args: str) -> int:
+    cmd = [sys.executable, "-m", "shardyard.cli", *args]
+    print("$ shardyard " + " ".join(args), flush=True)
+    return subprocess.run(cmd, check=False).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("demo_out"))
+    parser.add_argument("--episodes", type=int, default=12)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    raw, store, plots = args.out / "raw", args.out / "store", args.out / "inspect"
+    folders = write_synthetic_yam(raw, SyntheticConfig(num_episodes=args.episodes, steps=60))
+    print(f"wrote {len(folders)} synthetic episodes (per-demo layout) under {raw}", flush=True)
+    rc = _cli("ingest", "yam", str(raw), "--out", str(store), "--workers", str(args.workers))
+    if rc != 0:
+        print(f"ingest exited with status {rc}", file=sys.stderr)
+        return rc
+    rc = _cli("inspect", str(store), "--out", str(plots))
+    if rc == 0:
+        print(f"\ndemo finished: store {store}, plots {plots}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Forward kinematics and cameras of an MJCF robot model, through MuJoCo.
+
+Used by the YAM adapter (the recorder stores joints only: the EEF pose comes from FK at the grasp site;
+LAYOUT.md section 7) and by any adapter whose cameras are described by an MJCF model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shardyard.errors import ConfigError, SourceError
+from shardyard.geometry import GL_TO_CV, intrinsics_from_fovy, pose_matrix, quat_from_matrix, sign_continuous
+
+
+def load_model(path: str | Path):
+    """Load an MJCF file with MuJoCo. Raises `ConfigError(path=...)` when it is missing or does not load."""
+    import mujoco
+
+    if not Path(path).exists():
+        raise ConfigError("robot model file not found", path=str(path))
+    try:
+        return mujoco.MjModel.from_xml_path(str(path))
+    except Exception as e:
+        raise ConfigError(f"MuJoCo cannot load the model: {e}", path=str(path)) from e
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    """One camera of the model: name, whether it moves with a jointed body, and its fovy (degrees)."""
+
+    name: str
+    cam_id: int
+    moving: bool
+    fovy_deg: float
+    body: str
+
+
+def _name(model, objtype, i: int) -> str:
+    import mujoco
+
+    return mujoco.mj_id2name(model, objtype, i) or ""
+
+
+def find_camera(model, candidates: list[str]) -> CameraModel | None:
+    """First MuJoCo `<camera>` whose name is in `candidates`, or None."""
+    import mujoco
+
+    for name in candidates:
+        cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, name)
+        if cid < 0:
+            continue
+        body = int(model.cam_bodyid[cid])
+        moving = False
+        b = body
+        while b > 0:
+            if model.body_jntnum[b] > 0 or model.body_mocapid[b] >= 0:
+                moving = True
+                break
+            b = int(model.body_parentid[b])
+        return CameraModel(name=name, cam_id=cid, moving=moving, fovy_deg=float(model.cam_fovy[cid]),
+                           body=_name(model, mujoco.mjtObj.mjOBJ_BODY, body))
+    return None
+
+
+class ArmJoints:
+    """Joint addresses of one arm: `<arm>_joint1..n` (radians) and the coupled finger slides, driven by a
+    normalised gripper in [0, 1] (`q = gripper * upper_limit`, as i2rt's simulator maps it), plus its grasp
+    site (`eef_site`, else `tcp_<arm>`, else `grasp_site`). Raises `ConfigError` when a joint or the site is
+    not in the model."""
+
+    def __init__(self, model, arm: str, eef_site: str | None, num_joints: int = 6) -> None:
+        import mujoco
+
+        sites = [eef_site] if eef_site else [f"tcp_{arm}", "grasp_site", f"{arm}_grasp_site"]
+        self.site_id, self.site = -1, ""
+        for s in sites:
+            sid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, s)
+            if sid >= 0:
+                self.site_id, self.site = sid, s
+                break
+        if self.site_id < 0:
+            raise ConfigError(f"no grasp site among {sites} in the robot model")
+        self.qadr = []
+        for k in range(1, num_joints + 1):
+            jid = -1
+            for name in (f"{arm}_joint{k}", f"joint{k}"):
+                jid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)
+                if jid >= 0:
+                    break
+            if jid < 0:
+                raise ConfigError(f"joint {arm}_joint{k} not in the robot model")
+            self.qadr.append(int(model.jnt_qposadr[jid]))
+        self.finger = []
+        for k in (num_joints + 1, num_joints + 2):
+            for name in (f"{arm}_joint{k}", f"joint{k}"):
+                jid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)
+                if jid >= 0:
+                    self.finger.append((int(model.jnt_qposadr[jid]), float(model.jnt_range[jid][1])))
+                    break
+
+
+def forward_kinematics(model, arms: dict[str, tuple[ArmJoints, np.ndarray, np.ndarray | None]],
+                       cameras: list[CameraModel], bodies: list[str] = ()) -> dict[str, np.ndarray]:
+    """Pose every arm's grasp site and every camera over a trajectory, all arms set together.
+
+    `arms[name] = (ArmJoints, joint_pos (T, n) rad, gripper (T,) in [0, 1] or None)`. Returns
+    `<arm>.eef_pos (T, 3)` metres, `<arm>.eef_quat (T, 4)` xyzw (sign-continuous),
+    `T_world_cam.<camera> (T, 4, 4)` (OpenCV convention) and `T_world_body.<body> (T, 4, 4)`.
+    """
+    import mujoco
+
+    d = mujoco.MjData(model)
+    T = len(next(iter(arms.values()))[1])
+    pos = {a: np.zeros((T, 3)) for a in arms}
+    rot = {a: np.zeros((T, 3, 3)) for a in arms}
+    cam_pose = {c.name: np.zeros((T, 4, 4)) for c in cameras}
+    body_ids = {b: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, b) for b in bodies}
+    for b, i in body_ids.items():
+        if i < 0:
+            raise ConfigError(f"body {b!r} not in the robot model")
+    body_pose = {b: np.zeros((T, 4, 4)) for b in bodies}
+    for t in range(T):
+        for joints, q, g in arms.values():
+            d.qpos[joints.qadr] = q[t]
+            if g is not None:
+                for adr, upper in joints.finger:
+                    d.qpos[adr] = float(g[t]) * upper
+        mujoco.mj_kinematics(model, d)
+        mujoco.mj_camlight(model, d)
+        for a, (joints, _, _) in arms.items():
+            pos[a][t] = d.site_xpos[joints.site_id]
+            rot[a][t] = d.site_xmat[joints.site_id].reshape(3, 3)
+        for c in cameras:
+            cam_pose[c.name][t] = pose_matrix(d.cam_xmat[c.cam_id].reshape(3, 3) @ GL_TO_CV, d.cam_xpos[c.cam_id])
+        for b, i in body_ids.items():
+            body_pose[b][t] = pose_matrix(d.xmat[i].reshape(3, 3), d.xpos[i])
+    out: dict[str, np.ndarray] = {}
+    for a in arms:
+        out[f"{a}.eef_pos"] = pos[a]
+        out[f"{a}.eef_quat"] = sign_continuous(quat_from_matrix(rot[a]))
+    out.update({f"T_world_cam.{k}": v for k, v in cam_pose.items()})
+    out.update({f"T_world_body.{k}": v for k, v in body_pose.items()})
+    return out
+
+
+def camera_K(camera: CameraModel, width: int, height: int) -> np.ndarray:
+    """Intrinsics of a MuJoCo camera rendered at `width` x `height` pixels."""
+    if not np.isfinite(camera.fovy_deg) or camera.fovy_deg <= 0:
+        raise SourceError(f"camera {camera.name} has no valid fovy")
+    return intrinsics_from_fovy(camera.fovy_deg, width, height)

@@ -1,0 +1,357 @@
+"""Episodic store: zarr v3, all steps of all episodes concatenated along axis 0 (DESIGN.md, "Store formats").
+
+Layout of a store directory:
+
+    zarr.json                 root group
+    data/<field>/             (N, *shape) per field; images one frame per chunk inside shards
+    meta/episode_ends/        (E,) int64, cumulative step counts (diffusion_policy's replay buffer)
+    meta/episodes.json        per-episode metadata: key, task, fps, source path, cameras {K, T_world_cam}
+    progress.json             the writer's commit log (episodes committed so far); resume reads it
+    stats.json, report.json
+    manifest.json             written last: no manifest, no store
+
+Commit protocol (why resume after SIGKILL is exact): an episode's arrays are grown and written first (zarr's
+local store writes every chunk or shard file by temp + rename), then `progress.json` is replaced atomically
+to list it. A rerun truncates every array back to the committed step count and goes on from there, so a
+half-written episode is overwritten, never kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from shardyard.errors import SchemaError, StoreError
+from shardyard.schema import Episode, Schema
+from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
+from shardyard.stores.chunks import ShardReader, load_array_meta
+from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = "episodic-zarr3"
+FORMAT_VERSION = 1
+PROGRESS = "progress.json"
+_SHARD_TARGET_BYTES = 32 << 20   # ~32 MiB shards: few files, and a partial-shard rewrite stays cheap
+_VECTOR_CHUNK_ROWS = 16384
+_LOWDIM_CACHE_BYTES = 256 << 20  # low-dim fields below this are read whole once per process
+
+
+def _image_compressor(name: str):
+    if name == "lz4":
+        return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
+    if name == "zstd":
+        return ZstdCodec(level=3)
+    if name == "none":
+        return None
+    raise StoreError(f"unknown image codec {name!r}; expected lz4, zstd or none")
+
+
+def split_episodes(keys: Sequence[str], val_fraction: float, seed: int) -> dict[str, list[int]]:
+    """Split episode indices into train/val by a seeded hash of each key: the same key set gives the same
+    split whatever the order of ingest; `round(E * val_fraction)` episodes go to val (at least one train)."""
+    n_val = min(int(round(len(keys) * val_fraction)), max(len(keys) - 1, 0))
+    ranked = sorted(range(len(keys)),
+                    key=lambda i: hashlib.sha256(f"{seed}:{keys[i]}".encode()).hexdigest())
+    val = sorted(ranked[:n_val])
+    train = sorted(ranked[n_val:])
+    return {"train": train, "val": val}
+
+
+@dataclass
+class EpisodicWriterConfig:
+    """Options of `EpisodicWriter`.
+
+    image_codec: "lz4" (default; fast to decode), "zstd" (smaller) or "none".
+    val_fraction, split_seed: the by-episode train/val split recorded in the manifest and used by stats.
+    """
+
+    overwrite: bool = False
+    image_codec: str = "lz4"
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    source: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class EpisodicWriter:
+    """Context manager that appends episodes to an episodic store and, on a clean exit, writes metadata,
+    stats (through `stats_fn`), the report and, last, `manifest.json`.
+
+    Reopening a directory with a `progress.json` resumes it: `committed_keys` lists what is already stored.
+    Raises `StoreError` when the directory holds a different schema or a complete store (without overwrite).
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: Schema, *, config: EpisodicWriterConfig | None = None,
+                 stats_fn: Callable[["EpisodicStore"], dict[str, Any]] | None = None) -> None:
+        self.path = Path(path)
+        self.schema = schema
+        self.cfg = config or EpisodicWriterConfig()
+        self.stats_fn = stats_fn
+        self.report: dict[str, Any] = {}
+        self._episodes: list[dict[str, Any]] = []
+        self._root: zarr.Group | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def __enter__(self) -> "EpisodicWriter":
+        if self.path.exists() and self.cfg.overwrite:
+            shutil.rmtree(self.path)
+        progress_path = self.path / PROGRESS
+        if (self.path / MANIFEST).exists() and not progress_path.exists():
+            raise StoreError("directory holds a complete store without a commit log; use overwrite",
+                             path=str(self.path))
+        if self.path.exists() and any(self.path.iterdir()) and not progress_path.exists():
+            raise StoreError("directory exists and is not a shardyard store; choose another --out or "
+                             "--overwrite", path=str(self.path))
+        if progress_path.exists():
+            progress = read_json(str(progress_path))
+            if progress["schema"] != to_jsonable(self.schema.to_dict()):
+                raise StoreError("existing store was written with a different schema; use --overwrite",
+                                 path=str(self.path))
+            self._episodes = progress["episodes"]
+            remove_stale_temps(self.path)
+            (self.path / MANIFEST).unlink(missing_ok=True)  # appending makes the store incomplete again
+            self._root = zarr.open_group(str(self.path), mode="r+")
+            n = self.num_steps
+            for key in self.schema:
+                arr = self._root[f"data/{key}"]
+                if arr.shape[0] != n:
+                    log.info("truncating %s from %d to %d committed steps", key, arr.shape[0], n)
+                    arr.resize((n,) + arr.shape[1:])
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._root = zarr.open_group(str(self.path), mode="w")
+            data = self._root.create_group("data")
+            for key, spec in self.schema.items():
+                self._create_array(data, key, spec)
+            self._write_progress()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._finalize()
+
+    # -- writing -----------------------------------------------------------------------------------------
+    @property
+    def num_steps(self) -> int:
+        return int(sum(e["length"] for e in self._episodes))
+
+    @property
+    def committed_keys(self) -> list[str]:
+        return [e["key"] for e in self._episodes]
+
+    def _create_array(self, group: zarr.Group, key: str, spec) -> None:
+        shape = (0,) + spec.shape
+        row_bytes = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+        if spec.kind in ("image", "depth", "tokens"):
+            shard_rows = int(max(1, min(1024, _SHARD_TARGET_BYTES // max(row_bytes, 1))))
+            compressor = _image_compressor(self.cfg.image_codec) if spec.kind == "image" else ZstdCodec(level=1)
+            group.create_array(key, shape=shape, dtype=spec.dtype, chunks=(1,) + spec.shape,
+                               shards=(shard_rows,) + spec.shape, compressors=compressor,
+                               attributes={"spec": spec.to_dict()})
+        else:
+            rows = int(max(1, min(_VECTOR_CHUNK_ROWS, (4 << 20) // max(row_bytes, 1))))
+            group.create_array(key, shape=shape, dtype=spec.dtype, chunks=(rows,) + spec.shape,
+                               compressors=ZstdCodec(level=3), attributes={"spec": spec.to_dict()})
+
+    def write(self, episode: Episode) -> None:
+        """Validate `episode` against the schema (every mismatch reported at once, as `SchemaError`) and
+        append it; it is committed when this returns."""
+        self.schema.validate(episode, path=str(episode.meta.get("source_path", "")) or None)
+        if episode.key in self.committed_keys:
+            raise SchemaError("episode key already in store", key=episode.key, path=str(self.path))
+        if episode.num_steps == 0:
+            raise SchemaError("episode has no steps", key=episode.key)
+        n0, t = self.num_steps, episode.num_steps
+        assert self._root is not None
+        for key in self.schema:
+            arr = self._root[f"data/{key}"]
+            arr.resize((n0 + t,) + arr.shape[1:])
+            arr[n0:n0 + t] = episode.steps[key]
+        self._episodes.append({"key": episode.key, "length": t, "meta": to_jsonable(episode.meta)})
+        self._write_progress()
+
+    def _write_progress(self) -> None:
+        atomic_write_json(self.path / PROGRESS, {"format": FORMAT, "schema": self.schema.to_dict(),
+                                                 "episodes": self._episodes})
+
+    def _finalize(self) -> None:
+        assert self._root is not None
+        ends = np.cumsum([e["length"] for e in self._episodes], dtype=np.int64)
+        meta = self._root.require_group("meta")
+        if "episode_ends" in meta:
+            del meta["episode_ends"]
+        meta.create_array("episode_ends", data=ends, chunks=(max(len(ends), 1),))
+        atomic_write_json(self.path / "meta" / "episodes.json", [
+            {"key": e["key"], "length": e["length"], **e["meta"]} for e in self._episodes])
+        split = split_episodes(self.committed_keys, self.cfg.val_fraction, self.cfg.split_seed)
+        manifest = Manifest(
+            format=FORMAT, format_version=FORMAT_VERSION, schema=self.schema.to_dict(),
+            num_episodes=len(self._episodes), num_steps=self.num_steps, source=self.cfg.source,
+            provenance=provenance(self.cfg.config), split=split,
+            extra={"split_seed": self.cfg.split_seed, "val_fraction": self.cfg.val_fraction})
+        atomic_write_json(self.path / "report.json", self.report)
+        if self.stats_fn is not None:
+            # Stats read the finished arrays through the public reader; it needs a manifest, so give it the
+            # one about to be written, held in memory.
+            view = EpisodicStore(str(self.path), manifest=manifest)
+            atomic_write_json(self.path / "stats.json", self.stats_fn(view))
+        atomic_write_json(self.path / MANIFEST, manifest.to_dict())
+
+
+class EpisodicStore:
+    """Read-only view of a complete episodic store at a local path or fsspec URL.
+
+    Attributes: `num_episodes`, `num_steps`, `episode_keys`, `schema`, `stats` (parsed stats.json, {} if
+    absent), `manifest` (dict), `report`. Handles open lazily in each process, so the object can be passed
+    to DataLoader workers (fork or spawn).
+
+    Raises `StoreError` if there is no `manifest.json` (absent, or a job that never finished).
+    """
+
+    def __init__(self, path_or_url: str | os.PathLike, *, manifest: Manifest | None = None) -> None:
+        import fsspec
+
+        self.url = str(path_or_url)
+        fs, root = fsspec.core.url_to_fs(self.url)
+        self._fs = None if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol else fs
+        self.root = root if self._fs is not None else str(Path(root))
+        if manifest is None:
+            try:
+                mdict = read_json(self._join(MANIFEST), self._fs)
+            except FileNotFoundError:
+                raise StoreError("no manifest.json: not a store, or its ingest never finished "
+                                 "(rerun the same command to resume)", path=self.url) from None
+        else:
+            mdict = manifest.to_dict()
+        if mdict.get("format") != FORMAT:
+            raise StoreError(f"not an episodic store (format {mdict.get('format')!r})", path=self.url)
+        self.manifest: dict[str, Any] = mdict
+        self.schema = Schema.from_dict(mdict["schema"])
+        self._episodes: list[dict[str, Any]] = read_json(self._join("meta/episodes.json"), self._fs)
+        lengths = np.array([e["length"] for e in self._episodes], dtype=np.int64)
+        self.episode_ends = np.cumsum(lengths)
+        self.episode_starts = self.episode_ends - lengths
+        self.stats: dict[str, Any] = self._optional_json("stats.json")
+        self.report: dict[str, Any] = self._optional_json("report.json")
+        self._pid = -1
+        self._arrays: dict[str, Any] = {}
+        self._fast: dict[str, ShardReader | None] = {}
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _join(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if self._fs is not None else os.path.join(self.root, rel)
+
+    def _optional_json(self, rel: str) -> dict[str, Any]:
+        try:
+            return read_json(self._join(rel), self._fs)
+        except FileNotFoundError:
+            return {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_pid=-1, _arrays={}, _fast={}, _cache={})
+        return state
+
+    def __repr__(self) -> str:
+        return f"EpisodicStore({self.url!r}, episodes={self.num_episodes}, steps={self.num_steps})"
+
+    # -- public API --------------------------------------------------------------------------------------
+    @property
+    def num_episodes(self) -> int:
+        return len(self._episodes)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.episode_ends[-1]) if len(self.episode_ends) else 0
+
+    @property
+    def episode_keys(self) -> list[str]:
+        return [e["key"] for e in self._episodes]
+
+    @property
+    def split(self) -> dict[str, list[int]]:
+        return self.manifest.get("split", {})
+
+    def episode_length(self, episode: int) -> int:
+        return int(self._episodes[episode]["length"])
+
+    def episode_meta(self, episode: int) -> dict[str, Any]:
+        """Metadata of one episode: key, length, task, fps (Hz), source path, and `cameras[role]` with `K
+        (3, 3)` and `T_world_cam (4, 4)` as float64 arrays (T_world_cam is None for a camera that moves;
+        its per-step extrinsics are the field `obs.T_world_cam.<role>`)."""
+        meta = dict(self._episodes[episode])
+        cams = {}
+        for role, cam in (meta.get("cameras") or {}).items():
+            cam = dict(cam)
+            for k in ("K", "T_world_cam", "T_link_cam"):
+                if cam.get(k) is not None:
+                    cam[k] = np.asarray(cam[k], dtype=np.float64)
+            cams[role] = cam
+        meta["cameras"] = cams
+        return meta
+
+    def read(self, episode: int, fields: Sequence[str] | None = None, start: int = 0,
+             stop: int | None = None) -> dict[str, np.ndarray]:
+        """Steps `[start, stop)` of `episode` (negative indices count from the episode's end): field ->
+        `(stop - start, *spec.shape)` array. Raises `IndexError` for an episode out of range and
+        `KeyError` for an unknown field."""
+        if not -self.num_episodes <= episode < self.num_episodes:
+            raise IndexError(f"episode {episode} out of range [0, {self.num_episodes})")
+        episode %= self.num_episodes
+        length = self.episode_length(episode)
+        start, stop, _ = slice(start, stop).indices(length)
+        stop = max(stop, start)
+        base = int(self.episode_starts[episode])
+        return {f: self.read_rows(f, base + start, base + stop) for f in (fields or self.schema.keys())}
+
+    def read_rows(self, field: str, start: int, stop: int) -> np.ndarray:
+        """Global rows `[start, stop)` of one field, across episode boundaries."""
+        if field not in self.schema:
+            raise KeyError(f"unknown field {field!r}; store has {self.schema.keys()}")
+        self._check_pid()
+        cached = self._cache.get(field)
+        if cached is not None:
+            return cached[start:stop]
+        fast = self._fast_reader(field)
+        if fast is not None:
+            return fast.read(start, stop)
+        arr = self._array(field)
+        spec = self.schema[field]
+        if int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize * self.num_steps <= _LOWDIM_CACHE_BYTES \
+                and spec.kind not in ("image", "depth", "tokens"):
+            self._cache[field] = arr[:]
+            return self._cache[field][start:stop]
+        return arr[start:stop]
+
+    # -- internals ---------------------------------------------------------------------------------------
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            self._arrays, self._fast, self._cache, self._pid = {}, {}, {}, os.getpid()
+
+    def _group(self) -> zarr.Group:
+        if "__root__" not in self._arrays:
+            self._arrays["__root__"] = zarr.open_group(self.url, mode="r")
+        return self._arrays["__root__"]
+
+    def _array(self, field: str):
+        if field not in self._arrays:
+            self._arrays[field] = self._group()[f"data/{field}"]
+        return self._arrays[field]
+
+    def _fast_reader(self, field: str) -> ShardReader | None:
+        if field not in self._fast:
+            path = self._join(f"data/{field}")
+            meta = load_array_meta(path, self._fs)
+            self._fast[field] = ShardReader.maybe_for(path, meta, fs=self._fs)
+        return self._fast[field]
+

@@ -1,0 +1,68 @@
+"""`manifest.json`: written last, its presence is what makes a directory a store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shardyard import __version__
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Manifest:
+    """Typed content of `manifest.json` (format, version, schema, counts, provenance, split)."""
+
+    format: str                         # "episodic-zarr3" | "shards-webdataset" | "features-zarr3"
+    format_version: int
+    schema: dict[str, Any]
+    num_episodes: int
+    num_steps: int
+    source: dict[str, Any] = field(default_factory=dict)      # name, path, fingerprint
+    provenance: dict[str, Any] = field(default_factory=dict)  # tool version, config
+    split: dict[str, list[int]] = field(default_factory=dict)  # "train"/"val" -> episode indices
+    files: list[dict[str, Any]] = field(default_factory=list)  # shard stores: name, samples, bytes, sha256
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def provenance(config: dict[str, Any]) -> dict[str, Any]:
+    """Provenance block: shardyard version and the job's config."""
+    return {"tool": "shardyard", "tool_version": __version__, "config": config}
+
+
+def fingerprint_paths(paths: list[Path], root: Path) -> str:
+    """Cheap fingerprint of raw input: sha256 over (relative path, size, mtime_ns) of every file."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        st = p.stat()
+        h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_json(path: str, fs: Any = None) -> Any:
+    """Load JSON from a local path or a path on an fsspec filesystem."""
+    if fs is not None:
+        return json.loads(fs.cat_file(path))
+    with open(path, "rb") as f:
+        return json.load(f)

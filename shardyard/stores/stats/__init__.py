@@ -1,0 +1,276 @@
+"""stats.json of an episodic store (DESIGN.md, "Stats"): per-field LeRobot stats from mergeable parts, plus
+seed 001's robot extras, computed on the train split only.
+
+`compute_stats(store, config)` is the `stats_fn` given to `EpisodicWriter`; it returns
+
+    {"computed_on": "train" | "all (train split empty)",
+     "split": {"train": [episode index], "val": [...]},   # as recorded in the manifest
+     "num_episodes": E (episodes used), "num_steps": N (their steps),
+     "config": StatsConfig as a dict,
+     "fields": {field: {"count": [n], "mean", "std", "min", "max", "q01", "q99": per-feature lists}},
+     "robot": {prefix: {"eef_pos_field", "eef_quat_field", "gripper_field",
+                        "height_bins", "gripper_bins", "rotation"}}}
+
+Features: a vector's components; a scalar is one feature; a pose `(4, 4)` is 16 (row-major); an image's
+channels (uint8 values scaled to [0, 1] like LeRobot, on every `image_frame_stride`-th frame of each
+episode and every `image_pixel_stride`-th pixel in x and y); a depth map is one feature over its valid
+(> 0) pixels, sampled like images; tokens `(..., D)` have D features over every token of the sampled
+frames. "text" and "video" fields are skipped.
+
+Parts are made per episode and merged (`field_parts`), so stats from per-worker episode sets merge exactly
+(`merge_stats_parts`) when the workers share the histogram edges (`field_edges`, pass 1).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from shardyard.schema import FieldSpec, Schema
+from shardyard.stores.stats.moments import (FieldStatsPart, empty_part, finalize, fixed_edges, make_edges,
+                                            merge_parts, part_from_array)
+from shardyard.stores.stats.robot import gripper_bins, height_bins, rotation_stats
+
+log = logging.getLogger(__name__)
+
+SKIP_KINDS = ("text", "video")
+FRAME_KINDS = ("image", "depth", "tokens")  # read frame by frame with `image_frame_stride`
+_BLOCK_ROWS = 64  # steps per read when walking an episode
+
+__all__ = ["StatsConfig", "compute_stats", "stats_episodes", "stats_fields", "field_rows", "field_edges",
+           "field_parts", "merge_stats_parts", "finalize_stats_parts", "robot_fields", "robot_stats"]
+
+
+@dataclass
+class StatsConfig:
+    """Options of `compute_stats`. Bin counts and the PCA threshold follow seed 001's defaults
+    (`N_HEIGHT_BINS = N_GRIPPER_BINS = N_ROT_BINS = 32`, PC1 >= 80 % -> "1d_pca"); `hist_bins` is the
+    number of equal histogram bins of float fields (their q01/q99 are within one bin width)."""
+
+    height_bins: int = 32
+    height_margin: float = 0.05
+    gripper_bins: int = 32
+    rotation_bins: int = 32
+    kmeans_clusters: int = 32
+    pca_threshold: float = 0.8
+    image_frame_stride: int = 10
+    image_pixel_stride: int = 4
+    seed: int = 0
+    hist_bins: int = 2048
+
+    def __post_init__(self) -> None:
+        for name in ("height_bins", "gripper_bins", "rotation_bins", "kmeans_clusters", "image_frame_stride",
+                     "image_pixel_stride", "hist_bins"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"StatsConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def stats_episodes(store) -> tuple[list[int], str]:
+    """Episodes the stats use and how they were chosen: the manifest's train split ("train"), or every
+    episode when that split is empty or absent ("all (train split empty)")."""
+    train = [int(i) for i in (store.split or {}).get("train", [])]
+    if train:
+        return train, "train"
+    log.warning("train split of %s is empty: stats use all %d episodes", store, store.num_episodes)
+    return list(range(store.num_episodes)), "all (train split empty)"
+
+
+def stats_fields(schema: Schema) -> list[str]:
+    """Fields that get stats: numeric (bool, int, uint, float) and not of kind text/video."""
+    return [k for k, s in schema.items() if s.kind not in SKIP_KINDS and np.dtype(s.dtype).kind in "biuf"]
+
+
+def _num_features(spec: FieldSpec) -> int:
+    if spec.kind in ("image", "depth"):
+        return int(spec.shape[2]) if len(spec.shape) >= 3 else 1
+    if spec.kind == "tokens":
+        return int(spec.shape[-1]) if spec.shape else 1
+    return int(np.prod(spec.shape, dtype=np.int64))
+
+
+def _to_rows(x: np.ndarray, spec: FieldSpec, cfg: StatsConfig) -> np.ndarray:
+    """`(T, *shape)` steps -> `(n, F)` rows of features (pixel subsampling, invalid depth dropped)."""
+    f = _num_features(spec)
+    if spec.kind in ("image", "depth") and len(spec.shape) >= 2:
+        x = x[:, :: cfg.image_pixel_stride, :: cfg.image_pixel_stride]
+    rows = x.reshape(-1, f) if spec.kind in FRAME_KINDS else x.reshape(x.shape[0], f)
+    if spec.kind == "depth":
+        rows = rows[np.all(np.isfinite(rows) & (rows > 0), axis=1)]
+    return rows
+
+
+def _iter_blocks(store, episode: int, field: str, cfg: StatsConfig) -> Iterator[np.ndarray]:
+    """`(n, F)` row blocks of one field of one episode (frame kinds: every `image_frame_stride`-th step,
+    counted from the episode's first step)."""
+    spec = store.schema[field]
+    length = store.episode_length(episode)
+    stride = cfg.image_frame_stride if spec.kind in FRAME_KINDS else 1
+    if stride == 1:
+        for t in range(0, length, _BLOCK_ROWS):
+            yield _to_rows(store.read(episode, [field], t, min(t + _BLOCK_ROWS, length))[field], spec, cfg)
+        return
+    frames = list(range(0, length, stride))
+    for i in range(0, len(frames), _BLOCK_ROWS):
+        x = np.concatenate([store.read(episode, [field], t, t + 1)[field] for t in frames[i:i + _BLOCK_ROWS]])
+        yield _to_rows(x, spec, cfg)
+
+
+def field_rows(store, episode: int, field: str, config: StatsConfig | None = None) -> np.ndarray:
+    """Every row `(n, F)` that the stats of `field` see in `episode` (for checks and custom reductions)."""
+    cfg = config or StatsConfig()
+    f = _num_features(store.schema[field])
+    blocks = list(_iter_blocks(store, episode, field, cfg))
+    return np.concatenate(blocks) if blocks else np.zeros((0, f), dtype=store.schema[field].dtype)
+
+
+def _episode_part(store, episode: int, field: str, edges: np.ndarray | None,
+                  cfg: StatsConfig) -> FieldStatsPart:
+    part = empty_part(_num_features(store.schema[field]), edges)
+    for rows in _iter_blocks(store, episode, field, cfg):
+        part = merge_parts(part, part_from_array(rows, edges))
+    return part
+
+
+def field_edges(store, episodes: Sequence[int], config: StatsConfig | None = None,
+                fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Histogram edges `(F, B + 1)` per field (pass 1): fixed for uint8/int8/bool (no read), else from the
+    min/max over `episodes` (`moments.make_edges`). Workers that are to merge their parts use these."""
+    cfg = config or StatsConfig()
+    out = {}
+    for field in fields if fields is not None else stats_fields(store.schema):
+        spec = store.schema[field]
+        f = _num_features(spec)
+        fixed = fixed_edges(spec.dtype, f)
+        if fixed is not None:
+            out[field] = fixed
+            continue
+        part = empty_part(f)
+        for ep in episodes:
+            part = merge_parts(part, _episode_part(store, ep, field, None, cfg))
+        out[field] = make_edges(part.min, part.max, spec.dtype, cfg.hist_bins)
+    return out
+
+
+def field_parts(store, episodes: Sequence[int], edges: dict[str, np.ndarray],
+                config: StatsConfig | None = None) -> dict[str, FieldStatsPart]:
+    """Pass 2: one part per episode and field, merged over `episodes`, for every field in `edges`."""
+    cfg = config or StatsConfig()
+    out = {}
+    for field, e in edges.items():
+        part = empty_part(_num_features(store.schema[field]), e)
+        for ep in episodes:
+            part = merge_parts(part, _episode_part(store, ep, field, e, cfg))
+        out[field] = part
+    return out
+
+
+def merge_stats_parts(a: dict[str, FieldStatsPart], b: dict[str, FieldStatsPart]) -> dict[str, FieldStatsPart]:
+    """Field-wise `merge_parts` of two `field_parts` results (a field missing on one side is taken as is).
+    stats(A ∪ B) == merge(stats(A), stats(B)) when both used the same edges."""
+    out = dict(a)
+    for field, part in b.items():
+        out[field] = merge_parts(out[field], part) if field in out else part
+    return out
+
+
+def finalize_stats_parts(parts: dict[str, FieldStatsPart], schema: Schema) -> dict[str, dict[str, list]]:
+    """LeRobot stats per field (`moments.finalize`); uint8 images are scaled by 1/255 into [0, 1]."""
+    out = {}
+    for field, part in parts.items():
+        spec = schema[field]
+        scale = 1.0 / 255.0 if spec.kind == "image" and np.dtype(spec.dtype) == np.uint8 else 1.0
+        out[field] = finalize(part, scale=scale)
+    return out
+
+
+def robot_fields(schema: Schema) -> dict[str, dict[str, str | None]]:
+    """Robot prefixes: each field `<prefix>.eef_pos` (shape (>=3,)), with `<prefix>.eef_quat` (shape (4,))
+    and `<prefix>.gripper` (shape () or (1,)) when present. `obs.left.eef_pos` -> prefix `obs.left`."""
+    out = {}
+    for key, spec in schema.items():
+        if not (key == "eef_pos" or key.endswith(".eef_pos")):
+            continue
+        prefix = key[: -len("eef_pos")].rstrip(".")
+        if len(spec.shape) != 1 or spec.shape[0] < 3:
+            log.warning("%s has shape %s, not (>=3,): no robot stats for prefix %r", key, spec.shape, prefix)
+            continue
+        dot = f"{prefix}." if prefix else ""
+        quat, grip = f"{dot}eef_quat", f"{dot}gripper"
+        out[prefix] = {"eef_pos_field": key,
+                       "eef_quat_field": quat if quat in schema and schema[quat].shape == (4,) else None,
+                       "gripper_field": grip if grip in schema and schema[grip].shape in ((), (1,)) else None}
+    return out
+
+
+def robot_stats(store, episodes: Sequence[int], config: StatsConfig | None = None) -> dict[str, Any]:
+    """Seed 001 extras per robot prefix: `height_bins` over world Z (eef_pos[:, 2], metres),
+    `gripper_bins`, `rotation` (`robot.rotation_stats`; its `recommended_mode`); None where the field is
+    absent. Low-dim fields of `episodes` are read whole (N x 8 floats per prefix)."""
+    cfg = config or StatsConfig()
+    out: dict[str, Any] = {}
+    for prefix, names in robot_fields(store.schema).items():
+        wanted = [f for f in names.values() if f is not None]
+        arrays: dict[str, list[np.ndarray]] = {f: [] for f in wanted}
+        for ep in episodes:
+            for f, x in store.read(ep, wanted).items():
+                arrays[f].append(np.asarray(x, dtype=np.float64))
+        if not episodes or sum(len(a) for a in arrays[names["eef_pos_field"]]) == 0:
+            log.warning("no steps for robot prefix %r: robot stats skipped", prefix)
+            continue
+        cat = {f: np.concatenate(v) for f, v in arrays.items()}
+        entry: dict[str, Any] = dict(names)
+        entry["height_bins"] = height_bins(cat[names["eef_pos_field"]][:, 2], cfg.height_bins,
+                                           cfg.height_margin)
+        grip = names["gripper_field"]
+        entry["gripper_bins"] = gripper_bins(cat[grip].reshape(-1), cfg.gripper_bins) if grip else None
+        quat = names["eef_quat_field"]
+        entry["rotation"] = rotation_stats(cat[quat], cfg.rotation_bins, cfg.kmeans_clusters,
+                                           cfg.pca_threshold, cfg.seed) if quat else None
+        out[prefix] = entry
+    return out
+
+
+def compute_stats(store, config: StatsConfig | None = None) -> dict[str, Any]:
+    """stats.json of an `EpisodicStore` (structure in the module docstring), on the train split only."""
+    cfg = config or StatsConfig()
+    episodes, computed_on = stats_episodes(store)
+    split = store.split or {}
+    edges = field_edges(store, episodes, cfg)
+    parts = field_parts(store, episodes, edges, cfg)
+    log.info("stats of %d fields over %d episodes (%s)", len(parts), len(episodes), computed_on)
+    return {"computed_on": computed_on,
+            "split": {"train": [int(i) for i in split.get("train", [])],
+                      "val": [int(i) for i in split.get("val", [])]},
+            "num_episodes": len(episodes),
+            "num_steps": int(sum(store.episode_length(ep) for ep in episodes)),
+            "config": asdict(cfg),
+            "fields": finalize_stats_parts(parts, store.schema),
+            "robot": robot_stats(store, episodes, cfg)}
+
+
+def recompute_store_stats(path: str, config: StatsConfig | None = None, *, val_fraction: float | None = None,
+                          split_seed: int | None = None) -> dict[str, Any]:
+    """Recompute `stats.json` of a complete local store (`shardyard stats STORE`), optionally with a new
+    by-episode split (`val_fraction`, `split_seed`), which is then also written to the manifest. Both files
+    are replaced atomically. Returns the new stats dict. Raises `StoreError` if `path` is not a store."""
+    from pathlib import Path
+
+    from shardyard.stores.atomic import atomic_write_json
+    from shardyard.stores.episodic import EpisodicStore, split_episodes
+    from shardyard.stores.manifest import MANIFEST, Manifest
+
+    store = EpisodicStore(path)
+    manifest = Manifest.from_dict(store.manifest)
+    if val_fraction is not None or split_seed is not None:
+        vf = manifest.extra.get("val_fraction", 0.1) if val_fraction is None else val_fraction
+        seed = manifest.extra.get("split_seed", 0) if split_seed is None else split_seed
+        manifest.split = split_episodes(store.episode_keys, vf, seed)
+        manifest.extra.update(val_fraction=vf, split_seed=seed)
+        store = EpisodicStore(path, manifest=manifest)
+    stats = compute_stats(store, config)
+    atomic_write_json(Path(path) / "stats.json", stats)
+    atomic_write_json(Path(path) / MANIFEST, manifest.to_dict())
+    return stats

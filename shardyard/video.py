@@ -1,0 +1,205 @@
+"""One small video interface: open, frame count, timestamps, frames by index.
+
+PyAV is the default backend: it demuxes the packet table first, so frame indices are exact (the n-th
+presented frame, by pts), it decodes AV1 and H.264 alike, and ships FFmpeg inside its wheel. decord is an
+optional backend (unmaintained since 2022, with reported wrong-frame and hang bugs); `tests/test_video.py`
+proves, for the access pattern each backend serves, that it returns PyAV's frames.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from shardyard.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+
+class VideoReader(Protocol):
+    """Random access to the frames of one video file."""
+
+    path: str
+    num_frames: int
+    fps: float     # average frame rate, Hz
+    width: int
+    height: int
+
+    def timestamps(self) -> np.ndarray:
+        """Presentation time of each frame, `(num_frames,) float64` seconds from the stream start."""
+        ...
+
+    def read(self, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
+        """Frames at `indices` as `(len(indices), H, W, 3) uint8` RGB; `size=(W, H)` resizes (area)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class PyAVReader:
+    """Frame-exact reader on PyAV. Raises `SourceError(path=...)` when the file cannot be opened, has no
+    video stream, or a frame cannot be decoded (truncated or corrupt file)."""
+
+    path: str
+    num_frames: int = 0
+    fps: float = 0.0
+    width: int = 0
+    height: int = 0
+    _pts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    _keyframe: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
+    _time_base: float = 0.0
+    _start_pts: int = 0
+
+    def __post_init__(self) -> None:
+        import av
+
+        self.path = str(self.path)
+        try:
+            with av.open(self.path) as container:
+                if not container.streams.video:
+                    raise SourceError("no video stream", path=self.path)
+                stream = container.streams.video[0]
+                pts, key = [], []
+                for packet in container.demux(stream):
+                    if packet.pts is None or packet.size == 0:
+                        continue
+                    pts.append(packet.pts)
+                    key.append(packet.is_keyframe)
+                self.width, self.height = stream.codec_context.width, stream.codec_context.height
+                rate = stream.average_rate or stream.guessed_rate
+                self.fps = float(rate) if rate else 0.0
+                self._time_base = float(stream.time_base)
+                self._start_pts = stream.start_time or 0
+        except SourceError:
+            raise
+        except Exception as e:  # PyAV raises several FFmpeg error types for unreadable files
+            raise SourceError(f"cannot open video: {type(e).__name__}: {e}", path=self.path) from e
+        order = np.argsort(pts, kind="stable")
+        self._pts = np.asarray(pts, dtype=np.int64)[order]
+        self._keyframe = np.asarray(key, dtype=bool)[order]
+        self.num_frames = len(self._pts)
+        if self.num_frames == 0:
+            raise SourceError("video has no frames", path=self.path)
+
+    def timestamps(self) -> np.ndarray:
+        return (self._pts - self._start_pts) * self._time_base
+
+    def read(self, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
+        import av
+
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_frames):
+            raise IndexError(f"frame index out of range [0, {self.num_frames}) in {self.path}")
+        w, h = size if size else (self.width, self.height)
+        out = np.empty((len(idx), h, w, 3), dtype=np.uint8)
+        if not len(idx):
+            return out
+        wanted: dict[int, list[int]] = {}
+        for pos, i in enumerate(idx):
+            wanted.setdefault(int(self._pts[i]), []).append(pos)
+        remaining = set(wanted)
+        try:
+            with av.open(self.path) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                first = int(idx.min())
+                # Seek only when the first wanted frame is past the first keyframe; seeking to 0 is a no-op.
+                keys = np.nonzero(self._keyframe[: first + 1])[0]
+                if len(keys) and keys[-1] > 0:
+                    container.seek(int(self._pts[keys[-1]]), stream=stream, backward=True, any_frame=False)
+                last_pts = int(self._pts[int(idx.max())])
+                for frame in container.decode(stream):
+                    if frame.pts in wanted:
+                        img = frame.to_ndarray(format="rgb24", width=w, height=h,
+                                               interpolation="AREA" if size else None)
+                        for pos in wanted[frame.pts]:
+                            out[pos] = img
+                        remaining.discard(frame.pts)
+                    if not remaining or (frame.pts is not None and frame.pts >= last_pts):
+                        break
+        except Exception as e:
+            raise SourceError(f"cannot decode video: {type(e).__name__}: {e}", path=self.path) from e
+        if remaining:
+            raise SourceError(f"{len(remaining)} of {len(wanted)} requested frames could not be decoded "
+                              "(truncated or corrupt file)", path=self.path)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class DecordReader:
+    """decord backend (optional, `pip install decord`). Faster for sequential reads at native size; only
+    used where `tests/test_video.py` shows it equals PyAV for that access pattern."""
+
+    path: str
+    num_frames: int = 0
+    fps: float = 0.0
+    width: int = 0
+    height: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            import decord
+        except ImportError as e:
+            raise SourceError("decord is not installed; use backend='pyav'", path=str(self.path)) from e
+        self.path = str(self.path)
+        try:
+            self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
+        except Exception as e:
+            raise SourceError(f"cannot open video: {e}", path=self.path) from e
+        self.num_frames = len(self._vr)
+        self.fps = float(self._vr.get_avg_fps())
+        self.height, self.width = self._vr[0].shape[:2] if self.num_frames else (0, 0)
+
+    def timestamps(self) -> np.ndarray:
+        return np.asarray(self._vr.get_frame_timestamp(range(self.num_frames))[:, 0], dtype=np.float64)
+
+    def read(self, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
+        if size is not None and tuple(size) != (self.width, self.height):
+            raise SourceError("decord backend reads at native size only (its resize differs from PyAV's)",
+                              path=self.path)
+        try:
+            return self._vr.get_batch(list(map(int, indices))).asnumpy()
+        except Exception as e:
+            raise SourceError(f"cannot decode video: {e}", path=self.path) from e
+
+    def close(self) -> None:
+        self._vr = None
+
+
+BACKENDS = {"pyav": PyAVReader, "decord": DecordReader}
+
+
+def open_video(path: str | Path, backend: str = "pyav") -> VideoReader:
+    """Open `path` with the named backend ("pyav" default, "decord"). Raises `SourceError` if the file is
+    missing, unreadable or holds no video, and `ValueError` for an unknown backend."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; expected one of {sorted(BACKENDS)}")
+    if not Path(path).exists():
+        raise SourceError("video file missing", path=str(path))
+    return BACKENDS[backend](str(path))
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float = 30.0, codec: str = "libx264",
+                crf: int = 18) -> None:
+    """Encode `(T, H, W, 3) uint8` RGB frames to an H.264 (yuv420p) mp4, as the YAM recorder does."""
+    import av
+    from fractions import Fraction
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "fast"}
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -1,0 +1,111 @@
+"""Factories that write tiny real inputs (DESIGN.md style example 9) and paths to the shared sample data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shardyard.testing import SyntheticConfig, write_synthetic_yam
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+YAM_EPISODES = SHARED / "yam" / "episodes"
+YAM_MODEL = SHARED / "yam" / "model" / "station" / "yam_station_linear_4310_d405" / \
+    "yam_station_linear_4310_d405_sim_scene.xml"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"shared sample data not found at {SHARED} (CI clones it beside the repo)")
+    return SHARED
+
+
+@pytest.fixture
+def yam_raw(tmp_path, shared_data):
+    """Copy `n` real i2rt-layout episodes (sorted) into a temp folder; returns the folder."""
+
+    def make(n: int = 6, dest: str = "raw") -> Path:
+        out = tmp_path / dest
+        eps = sorted(p.parent for p in YAM_EPISODES.rglob("metadata.json"))[:n]
+        for ep in eps:
+            shutil.copytree(ep, out / ep.relative_to(YAM_EPISODES))
+        return out
+
+    return make
+
+
+@pytest.fixture
+def tiny_yam_dir(tmp_path):
+    """Synthetic per-demo episodes (see shardyard.testing); kwargs go to SyntheticConfig."""
+
+    def make(dest: str = "synthetic", **kwargs) -> Path:
+        root = tmp_path / dest
+        write_synthetic_yam(root, SyntheticConfig(**{"num_episodes": 3, "steps": 24, "width": 64, "height": 48,
+                                                     **kwargs}))
+        return root
+
+    return make
+
+
+def run_cli(*args: str, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `shardyard ARGS` as a subprocess with this interpreter."""
+    proc = subprocess.run([sys.executable, "-m", "shardyard.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+class RangeHTTPRequestHandler(__import__("http.server").server.SimpleHTTPRequestHandler):
+    """Static file server on loopback that honours `Range: bytes=a-b` and `bytes=-n` (as S3/nginx do)."""
+
+    def log_message(self, *args):
+        pass
+
+    def send_head(self):
+        rng = self.headers.get("Range")
+        path = self.translate_path(self.path)
+        if not rng or not os.path.isfile(path):
+            return super().send_head()
+        size = os.path.getsize(path)
+        spec = rng.split("=", 1)[1].split(",")[0].strip()
+        a, b = spec.split("-")
+        if a == "":
+            start, end = max(size - int(b), 0), size - 1
+        else:
+            start, end = int(a), min(int(b) if b else size - 1, size - 1)
+        f = open(path, "rb")
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        import io
+
+        data = f.read(end - start + 1)
+        f.close()
+        return io.BytesIO(data)
+
+
+def serve_directory(directory, ranges: bool = True):
+    """Start a threaded HTTP server on 127.0.0.1 for `directory`; returns (server, base_url)."""
+    import functools
+    import http.server
+    import threading
+
+    handler_cls = RangeHTTPRequestHandler if ranges else http.server.SimpleHTTPRequestHandler
+    if not ranges:
+        handler_cls = type("Quiet", (handler_cls,), {"log_message": lambda *a, **k: None})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler_cls, directory=str(directory)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"

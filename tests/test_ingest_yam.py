@@ -1,0 +1,306 @@
+"""`ingest yam`: both layouts, projection against ground truth, bad input, determinism, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shardyard import open_store
+from shardyard.errors import SourceError
+from shardyard.geometry import project
+from shardyard.ingest.runner import IngestConfig, run_ingest
+from shardyard.ingest.yam import YamConfig, YamSource
+
+from conftest import YAM_EPISODES, YAM_MODEL, run_cli
+
+SMALL = ["--image-size", "160x120", "--camera", "top"]
+
+
+def assert_stores_equal(a: str, b: str) -> None:
+    sa, sb = open_store(a), open_store(b)
+    assert sa.episode_keys == sb.episode_keys
+    assert sa.schema == sb.schema
+    for e in range(sa.num_episodes):
+        ra, rb = sa.read(e), sb.read(e)
+        for k in ra:
+            np.testing.assert_array_equal(ra[k], rb[k], err_msg=f"{k} of episode {e}")
+        ma, mb = sa.episode_meta(e), sb.episode_meta(e)
+        assert json.dumps(ma, default=lambda o: o.tolist(), sort_keys=True) == \
+            json.dumps(mb, default=lambda o: o.tolist(), sort_keys=True)
+    assert sa.stats == sb.stats
+
+
+@pytest.fixture(scope="module")
+def full_yam_store(tmp_path_factory, shared_data):
+    """The acceptance command on all shared episodes, run through the real `ingest` CLI."""
+    out = tmp_path_factory.mktemp("yam") / "store"
+    proc = run_cli("ingest", "yam", YAM_EPISODES, "--robot-model", YAM_MODEL, "--out", out, "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "Episodes: 6" in proc.stdout and "0 skipped" in proc.stdout
+    return out
+
+
+def test_full_ingest_projects_eef_onto_gripper(full_yam_store):
+    """The stored EEF projected with the stored K / T_world_cam lands where the sidecar ground truth (never
+    read by ingest) says the fingertip centre is, in both cameras."""
+    s = open_store(str(full_yam_store))
+    assert s.num_episodes == 6
+    for e, key in enumerate(s.episode_keys):
+        gt = np.load(YAM_EPISODES / key / "ground_truth.npz")
+        steps = s.read(e, ["obs.eef_pos", "obs.eef_quat", "obs.T_world_cam.wrist", "obs.rgb.top"])
+        meta = s.episode_meta(e)
+        assert len(steps["obs.eef_pos"]) == len(gt["eef_pos"])
+        np.testing.assert_allclose(steps["obs.eef_pos"], gt["eef_pos"], atol=1e-6)
+        q, qgt = steps["obs.eef_quat"], gt["eef_quat_xyzw"]
+        np.testing.assert_allclose(np.abs(np.sum(q * qgt, axis=1)), 1.0, atol=1e-5)
+        top = meta["cameras"]["top"]
+        np.testing.assert_allclose(top["K"], gt["top_K"], atol=1e-9)
+        np.testing.assert_allclose(top["T_world_cam"], gt["top_T_world_cam"][0], atol=1e-9)
+        assert meta["cameras"]["wrist"]["moving"] and meta["cameras"]["wrist"]["T_world_cam"] is None
+        np.testing.assert_allclose(steps["obs.T_world_cam.wrist"], gt["wrist_T_world_cam"], atol=1e-5)
+        pix, depth = project(steps["obs.eef_pos"].astype(np.float64), top["K"], top["T_world_cam"])
+        pix_gt, _ = project(gt["eef_pos"], gt["top_K"], gt["top_T_world_cam"])
+        assert np.all(depth > 0)
+        assert np.max(np.linalg.norm(pix - pix_gt, axis=1)) < 0.05  # pixels
+        inside = (pix[:, 0] >= 0) & (pix[:, 0] < 640) & (pix[:, 1] >= 0) & (pix[:, 1] < 480)
+        assert inside.mean() > 0.9
+        # and the stored frame there shows the (dark grey) gripper, not the light table
+        img = steps["obs.rgb.top"]
+        t = int(np.argmax(inside))
+        u, v = np.round(pix[t]).astype(int)
+        patch = img[t, max(v - 4, 0):v + 5, max(u - 4, 0):u + 5].astype(float)
+        assert patch.mean() < img[t].astype(float).mean() + 40
+
+
+def test_full_ingest_stats_and_report(full_yam_store):
+    s = open_store(str(full_yam_store))
+    robot = s.stats["robot"]["obs"]
+    edges = np.asarray(robot["height_bins"]["edges"])
+    assert len(edges) == 33 and np.all(np.diff(edges) > 0)
+    train = s.split["train"]
+    z = np.concatenate([s.read(e, ["obs.eef_pos"])["obs.eef_pos"][:, 2] for e in train])
+    assert edges[0] < z.min() and edges[-1] > z.max()
+    assert robot["rotation"]["recommended_mode"] in ("1d_pca", "kmeans")
+    ev = robot["rotation"]["pca"]["explained_variance_ratio"][0]
+    assert robot["rotation"]["recommended_mode"] == ("1d_pca" if ev >= 0.8 else "kmeans")
+    assert s.report["num_skipped"] == 0 and s.report["num_stored"] == 6
+    assert s.manifest["source"]["robot_model"]["sha256"]
+
+
+@pytest.mark.parametrize("video", [True, False])
+def test_per_demo_layout(tiny_yam_dir, tmp_path, video):
+    raw = tiny_yam_dir(video=video)
+    out = tmp_path / "store"
+    proc = run_cli("ingest", "yam", raw, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    s = open_store(str(out))
+    assert s.num_episodes == 3
+    assert {"obs.rgb.front", "obs.eef_pos", "obs.eef_quat", "obs.gripper", "action"} <= set(s.schema.keys())
+    for e, key in enumerate(s.episode_keys):
+        src = raw / key
+        np.testing.assert_allclose(s.read(e, ["obs.eef_pos"])["obs.eef_pos"], np.load(src / "eef_pos.npy"), atol=1e-6)
+        cam = json.loads((src / "camera.json").read_text())
+        np.testing.assert_allclose(s.episode_meta(e)["cameras"]["front"]["K"], cam["K"])
+    if not video:  # PNG frames are lossless
+        from PIL import Image
+
+        np.testing.assert_array_equal(s.read(0, ["obs.rgb.front"], 5, 6)["obs.rgb.front"][0],
+                                      np.asarray(Image.open(raw / s.episode_keys[0] / "frames" / "000005.png")))
+
+
+def test_per_demo_resize_scales_K(tiny_yam_dir, tmp_path):
+    raw = tiny_yam_dir(video=False)
+    out = tmp_path / "store"
+    run_cli("ingest", "yam", raw, "--out", out, "--image-size", "32x24", check=True)
+    s = open_store(str(out))
+    assert s.schema["obs.rgb.front"].shape == (24, 32, 3)
+    K0 = np.asarray(json.loads((raw / s.episode_keys[0] / "camera.json").read_text())["K"])
+    K = s.episode_meta(0)["cameras"]["front"]["K"]
+    assert K[0, 0] == pytest.approx(K0[0, 0] / 2) and K[0, 2] == pytest.approx((K0[0, 2] + 0.5) / 2 - 0.5)
+
+
+# -- bad input --------------------------------------------------------------------------------------------
+
+def _truncate_video(ep: Path) -> str:
+    p = ep / "top-images-rgb.mp4"
+    p.write_bytes(p.read_bytes()[:4000])
+    return "obs.rgb.top"
+
+
+def _missing_npy(ep: Path) -> str:
+    (ep / "left-gripper_pos.npy").unlink()
+    return "obs.gripper"
+
+
+def _short_npy(ep: Path) -> str:
+    a = np.load(ep / "action-left-joint.npy")
+    np.save(ep / "action-left-joint.npy", a[:-5])
+    return "action"
+
+
+def _length_mismatch(ep: Path) -> str:
+    # the camera lost its last 10 frames and timestamps: steps at the end have no frame within tolerance
+    import av  # noqa: F401
+    from shardyard.video import open_video, write_video
+
+    v = open_video(ep / "top-images-rgb.mp4")
+    frames = v.read(range(v.num_frames - 10))
+    write_video(ep / "top-images-rgb.mp4", frames, fps=30)
+    ts = np.load(ep / "top-timestamp.npy")
+    np.save(ep / "top-timestamp.npy", ts[:-10])
+    # the reference camera is the first one listed: make the wrist camera the reference
+    meta = json.loads((ep / "metadata.json").read_text())
+    meta["cameras"] = meta["cameras"][::-1]
+    (ep / "metadata.json").write_text(json.dumps(meta))
+    return "obs.rgb.top"
+
+
+def _nan(ep: Path) -> str:
+    a = np.load(ep / "left-joint_pos.npy")
+    a[17, 2] = np.nan
+    np.save(ep / "left-joint_pos.npy", a)
+    return "obs.joint_pos"
+
+
+def _no_flag(ep: Path) -> str:
+    (ep / "write_complete.flag").unlink()
+    return None
+
+
+def _pickled_npy(ep: Path) -> str:
+    np.save(ep / "left-gripper_pos.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    return "obs.gripper"
+
+
+BAD_I2RT = {"truncated_mp4": _truncate_video, "missing_npy": _missing_npy, "short_npy": _short_npy,
+            "length_mismatch": _length_mismatch, "nan": _nan, "incomplete": _no_flag, "pickle": _pickled_npy}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_I2RT))
+def test_bad_i2rt_episode_is_reported_and_skipped(yam_raw, tmp_path, case):
+    raw = yam_raw(3)
+    eps = sorted(p.parent for p in raw.rglob("metadata.json"))
+    bad = eps[1]
+    field = BAD_I2RT[case](bad)
+    out = tmp_path / "store"
+    proc = run_cli("ingest", "yam", raw, "--out", out, "--robot-model", YAM_MODEL, *SMALL)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "1 skipped" in proc.stdout and "report.json" in proc.stderr
+    s = open_store(str(out))
+    bad_key = bad.relative_to(raw).as_posix()
+    assert s.num_episodes == 2 and bad_key not in s.episode_keys
+    (row,) = s.report["skipped"]
+    assert row["key"] == bad_key and row["field"] == field
+    assert row["path"] and Path(row["path"]).is_relative_to(bad)
+    # --on-error fail stops at the first bad episode, exit status 1, and names the episode
+    proc = run_cli("ingest", "yam", raw, "--out", tmp_path / "fail", "--robot-model", YAM_MODEL, *SMALL,
+                   "--on-error", "fail")
+    assert proc.returncode == 1 and bad_key in proc.stderr
+
+
+def _nonunit_quat(ep: Path) -> str:
+    q = np.load(ep / "eef_quat.npy")
+    q[3] *= 1.5
+    np.save(ep / "eef_quat.npy", q)
+    return "obs.eef_quat"
+
+
+def _frames_short(ep: Path) -> str:
+    for f in sorted((ep / "frames").glob("*.png"))[-3:]:
+        f.unlink()
+    return "obs.rgb.front"
+
+
+def _inf_pos(ep: Path) -> str:
+    p = np.load(ep / "eef_pos.npy")
+    p[2, 0] = np.inf
+    np.save(ep / "eef_pos.npy", p)
+    return "obs.eef_pos"
+
+
+@pytest.mark.parametrize("corrupt", [_nonunit_quat, _frames_short, _inf_pos])
+def test_bad_per_demo_episode(tiny_yam_dir, tmp_path, corrupt):
+    raw = tiny_yam_dir(video=False)
+    ep = sorted(raw.rglob("eef_pos.npy"))[2].parent
+    field = corrupt(ep)
+    res = run_ingest(YamSource(YamConfig(root=raw)), IngestConfig(out=tmp_path / "s"))
+    assert res.exit_code == 2 and len(res.skipped) == 1
+    assert res.skipped[0]["field"] == field and res.skipped[0]["key"] == ep.relative_to(raw).as_posix()
+    with pytest.raises(SourceError) as e:
+        YamSource(YamConfig(root=raw)).read(ep.relative_to(raw).as_posix())
+    assert ep.name in str(e.value)
+
+
+# -- determinism and resume -------------------------------------------------------------------------------
+
+def test_same_arrays_whatever_the_worker_count(yam_raw, tmp_path):
+    raw = yam_raw(4)
+    for w in (1, 2):
+        run_cli("ingest", "yam", raw, "--out", tmp_path / f"w{w}", "--robot-model", YAM_MODEL, *SMALL,
+                "--workers", str(w), check=True)
+    assert_stores_equal(str(tmp_path / "w1"), str(tmp_path / "w2"))
+
+
+def _committed(out: Path) -> int:
+    try:
+        return len(json.loads((out / "progress.json").read_text())["episodes"])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+@pytest.mark.parametrize("kill_after", [0, 1, 3])
+def test_resume_after_sigkill_equals_uninterrupted(tiny_yam_dir, tmp_path, kill_after):
+    """SIGKILL the CLI once `kill_after` episodes are committed (0: as soon as the store directory exists),
+    rerun the same command, and compare with a run that was never interrupted."""
+    raw = tiny_yam_dir(num_episodes=6, steps=30, video=True)
+    args = ["ingest", "yam", str(raw), "--workers", "2"]
+    run_cli(*args, "--out", tmp_path / "ref", check=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "shardyard.cli", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "progress.json").exists() and _committed(out) >= kill_after:
+            break
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if proc.returncode == 0:
+        pytest.fail("the job finished before it could be killed; slow it down")
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(Exception):
+        open_store(str(out))
+    rerun = run_cli(*args, "--out", out)
+    assert rerun.returncode == 0, rerun.stderr
+    assert_stores_equal(str(tmp_path / "ref"), str(out))
+    report = open_store(str(out)).report
+    assert report["num_already_committed"] >= kill_after
+
+
+def test_rerun_of_complete_store_is_a_no_op_and_overwrite_redoes(tiny_yam_dir, tmp_path):
+    raw = tiny_yam_dir()
+    out = tmp_path / "s"
+    run_cli("ingest", "yam", raw, "--out", out, check=True)
+    proc = run_cli("ingest", "yam", raw, "--out", out, check=True)
+    assert "0 episode(s) written, 3 already stored" in proc.stdout
+    proc = run_cli("ingest", "yam", raw, "--out", out, "--overwrite", check=True)
+    assert "3 episode(s) written" in proc.stdout
+
+
+def test_console_script_ingest_alias(tiny_yam_dir, tmp_path):
+    exe = Path(sys.executable).parent / "ingest"
+    if not exe.exists():
+        pytest.skip("package not installed with its console scripts")
+    proc = subprocess.run([str(exe), "yam", str(tiny_yam_dir()), "--out", str(tmp_path / "s")], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert open_store(str(tmp_path / "s")).num_episodes == 3
