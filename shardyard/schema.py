@@ -97,7 +97,7 @@ class Schema:
                 problems.append(f"{k}: dtype {arr.dtype}, expected {spec.dtype}")
             if tuple(arr.shape[1:]) != spec.shape:
                 problems.append(f"{k}: per-step shape {tuple(arr.shape[1:])}, expected {spec.shape}")
-            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
                 problems.append(f"{k}: contains NaN or inf")
             lengths[k] = arr.shape[0] if arr.ndim else -1
         if len(set(lengths.values())) > 1:

@@ -9,9 +9,12 @@ proves, for the access pattern each backend serves, that it returns PyAV's frame
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -54,6 +57,9 @@ class PyAVReader:
     _keyframe: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
     _time_base: float = 0.0
     _start_pts: int = 0
+    # FFmpeg frame threads help a lone reader; ingest runs one reader process per core, where they
+    # only oversubscribe the CPU.
+    threads: bool = False
 
     def __post_init__(self) -> None:
         import av
@@ -106,7 +112,8 @@ class PyAVReader:
         try:
             with av.open(self.path) as container:
                 stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
+                if self.threads:
+                    stream.thread_type = "AUTO"
                 first = int(idx.min())
                 # Seek only when the first wanted frame is past the first keyframe; seeking to 0 is a no-op.
                 keys = np.nonzero(self._keyframe[: first + 1])[0]
@@ -185,6 +192,23 @@ def open_video(path: str | Path, backend: str = "pyav") -> VideoReader:
     if not Path(path).exists():
         raise SourceError("video file missing", path=str(path))
     return BACKENDS[backend](str(path))
+
+
+@contextmanager
+def open_video_bytes(data: bytes, backend: str = "pyav", suffix: str = ".mp4") -> Iterator[VideoReader]:
+    """Open in-memory video bytes (a tar member, an HTTP body) with `open_video`, through a temp file that
+    is deleted on exit, so the same frame-exact readers serve bytes and paths. Raises as `open_video`."""
+    fd, tmp = tempfile.mkstemp(prefix="shardyard-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        reader = open_video(tmp, backend=backend)
+        try:
+            yield reader
+        finally:
+            reader.close()
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 30.0, codec: str = "libx264",

@@ -16,9 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
+import numpy as np
+
 from shardyard.errors import ConfigError, SchemaError, SourceError
 from shardyard.schema import Episode, Schema
 from shardyard.stores.episodic import EpisodicWriter, EpisodicWriterConfig
+from shardyard.stores.shardwrite import ChunkCodec
 from shardyard.stores.stats import StatsConfig, compute_stats
 
 log = logging.getLogger(__name__)
@@ -89,18 +92,25 @@ class IngestResult:
         return self.store / "report.json"
 
 
-def _read_one(source: Source, key: str) -> Episode | dict[str, Any]:
-    """Worker body: the episode, or the report row of its `SourceError`/`SchemaError`."""
+def _read_one(source: Source, key: str, codecs: dict[str, ChunkCodec] | None = None) -> Episode | dict[str, Any]:
+    """Worker body: the episode, with frame fields already encoded as store chunks when `codecs` names them
+    (compression then runs in parallel, and only compressed bytes cross to the writer), or the report row
+    of its `SourceError`/`SchemaError`."""
     try:
-        return source.read(key)
+        ep = source.read(key)
     except (SourceError, SchemaError) as e:
         return e.to_dict() | {"key": key}
+    for name, codec in (codecs or {}).items():
+        if name in ep.steps and isinstance(ep.steps[name], np.ndarray):
+            ep.steps[name] = codec.encode_rows(ep.steps[name])
+    return ep
 
 
-def _ordered_reads(source: Source, keys: list[str], cfg: IngestConfig) -> Iterator[tuple[str, Any]]:
+def _ordered_reads(source: Source, keys: list[str], cfg: IngestConfig,
+                   codecs: dict[str, ChunkCodec]) -> Iterator[tuple[str, Any]]:
     """Yield `(key, Episode | error row)` in key order, with at most 2 x workers reads in flight."""
     if cfg.ray_address is not None:
-        yield from _ray_reads(source, keys, cfg)
+        yield from _ray_reads(source, keys, cfg, codecs)
         return
     if cfg.workers == 1:
         for key in keys:
@@ -111,18 +121,19 @@ def _ordered_reads(source: Source, keys: list[str], cfg: IngestConfig) -> Iterat
         pending: deque[tuple[str, Future]] = deque()
         it = iter(keys)
         for key in it:
-            pending.append((key, pool.submit(_read_one, source, key)))
+            pending.append((key, pool.submit(_read_one, source, key, codecs)))
             if len(pending) >= 2 * cfg.workers:
                 break
         while pending:
             key, fut = pending.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(_read_one, source, nxt)))
+                pending.append((nxt, pool.submit(_read_one, source, nxt, codecs)))
             yield key, fut.result()
 
 
-def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig) -> Iterator[tuple[str, Any]]:
+def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig,
+               codecs: dict[str, ChunkCodec]) -> Iterator[tuple[str, Any]]:
     import ray
 
     if not ray.is_initialized():
@@ -135,14 +146,14 @@ def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig) -> Iterator[t
     pending: deque[tuple[str, Any]] = deque()
     it = iter(keys)
     for key in it:
-        pending.append((key, remote_read.remote(source_ref, key)))
+        pending.append((key, remote_read.remote(source_ref, key, codecs)))
         if len(pending) >= 2 * cfg.workers:
             break
     while pending:
         key, ref = pending.popleft()
         nxt = next(it, None)
         if nxt is not None:
-            pending.append((nxt, remote_read.remote(source_ref, nxt)))
+            pending.append((nxt, remote_read.remote(source_ref, nxt, codecs)))
         yield key, ray.get(ref)
 
 
@@ -172,7 +183,7 @@ def run_ingest(source: Source, cfg: IngestConfig, *,
         for key in keys:
             if key in done and on_episode:
                 on_episode(key, "committed")
-        for key, result in _ordered_reads(source, todo, cfg):
+        for key, result in _ordered_reads(source, todo, cfg, writer.codecs):
             if isinstance(result, Episode):
                 try:
                     writer.write(result)

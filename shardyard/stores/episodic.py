@@ -34,6 +34,7 @@ from shardyard.errors import SchemaError, StoreError
 from shardyard.schema import Episode, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
 from shardyard.stores.chunks import ShardReader, load_array_meta
+from shardyard.stores.shardwrite import ChunkCodec, EncodedRows, ShardAppender
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ class EpisodicWriter:
         self.report: dict[str, Any] = {}
         self._episodes: list[dict[str, Any]] = []
         self._root: zarr.Group | None = None
+        self._appenders: dict[str, ShardAppender] = {}
+        self.codecs: dict[str, ChunkCodec] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def __enter__(self) -> "EpisodicWriter":
@@ -134,7 +137,22 @@ class EpisodicWriter:
             for key, spec in self.schema.items():
                 self._create_array(data, key, spec)
             self._write_progress()
+        self._open_appenders()
         return self
+
+    def _open_appenders(self) -> None:
+        """Sharded one-row-per-chunk fields are appended by `ShardAppender` (see stores/shardwrite.py)."""
+        for key in self.schema:
+            path = self.path / "data" / key
+            codec = ChunkCodec.for_array(load_array_meta(str(path)))
+            if codec is None:
+                continue
+            meta = load_array_meta(str(path))
+            app = ShardAppender(path, shard_rows=meta["chunk_grid"]["configuration"]["chunk_shape"][0],
+                                ndim=len(meta["shape"]))
+            app.load(self.num_steps)
+            self._appenders[key] = app
+            self.codecs[key] = codec
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
@@ -175,8 +193,15 @@ class EpisodicWriter:
         assert self._root is not None
         for key in self.schema:
             arr = self._root[f"data/{key}"]
-            arr.resize((n0 + t,) + arr.shape[1:])
-            arr[n0:n0 + t] = episode.steps[key]
+            value = episode.steps[key]
+            if key in self._appenders:
+                if not isinstance(value, EncodedRows):
+                    value = self.codecs[key].encode_rows(value)
+                self._appenders[key].append(value.chunks)
+                arr.resize((n0 + t,) + arr.shape[1:])
+            else:
+                arr.resize((n0 + t,) + arr.shape[1:])
+                arr[n0:n0 + t] = value
         self._episodes.append({"key": episode.key, "length": t, "meta": to_jsonable(episode.meta)})
         self._write_progress()
 

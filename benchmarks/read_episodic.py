@@ -1,0 +1,160 @@
+"""Random reads from an episodic store against the same arrays in a raw `np.memmap`, in the same run.
+
+Store: the shared YAM episodes ingested with the top camera resized to 448x448 (one 448x448x3 frame per
+chunk, the layout issue 7 measured), lz4. Figures, each through a DataLoader with 2 workers (batch 32):
+- `frames`: random (episode, step) single-frame reads; goal ratio >= 0.5.
+- `windows`: random 16-step windows of the low-dim fields (EEF pose, gripper, joints, action); goal >= 0.8.
+Also, in one process without a DataLoader: `frames_1proc` against memmap and `zarr_python_1proc` (what
+plain `zarr` array indexing gives) against memmap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import YAM_EPISODES, YAM_MODEL, figure  # noqa: E402
+
+LOWDIM = ["obs.eef_pos", "obs.eef_quat", "obs.gripper", "obs.joint_pos", "action"]
+WINDOW = 16
+
+
+class StoreFrames(torch.utils.data.Dataset):
+    def __init__(self, store, index):
+        self.store, self.index = store, index
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        e, t = self.index[i]
+        return torch.from_numpy(self.store.read(int(e), ["obs.rgb.top"], int(t), int(t) + 1)["obs.rgb.top"][0])
+
+
+class MemmapFrames(torch.utils.data.Dataset):
+    def __init__(self, path, starts, index):
+        self.path, self.starts, self.index, self.mm = path, starts, index, None
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        if self.mm is None:
+            self.mm = np.load(self.path, mmap_mode="r")
+        e, t = self.index[i]
+        return torch.from_numpy(np.array(self.mm[self.starts[e] + t]))
+
+
+class StoreWindows(torch.utils.data.Dataset):
+    def __init__(self, store, index):
+        self.store, self.index = store, index
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        e, t = self.index[i]
+        d = self.store.read(int(e), LOWDIM, int(t), int(t) + WINDOW)
+        return {k: torch.from_numpy(v) for k, v in d.items()}
+
+
+class MemmapWindows(torch.utils.data.Dataset):
+    def __init__(self, paths, starts, index):
+        self.paths, self.starts, self.index, self.mm = paths, starts, index, None
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        if self.mm is None:
+            self.mm = {k: np.load(p, mmap_mode="r") for k, p in self.paths.items()}
+        e, t = self.index[i]
+        a = self.starts[e] + t
+        return {k: torch.from_numpy(np.array(m[a:a + WINDOW])) for k, m in self.mm.items()}
+
+
+def _rate(ds, workers: int) -> float:
+    loader = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=workers, persistent_workers=False)
+    it = iter(loader)
+    next(it)  # worker start-up is not part of the figure
+    n, t = 0, time.perf_counter()
+    for batch in it:
+        n += len(batch) if isinstance(batch, torch.Tensor) else len(next(iter(batch.values())))
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reads", type=int, default=6000)
+    parser.add_argument("--store", type=Path, default=None, help="Reuse a store built by an earlier run.")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from shardyard import open_store
+    from shardyard.ingest.runner import IngestConfig, run_ingest
+    from shardyard.ingest.yam import YamConfig, YamSource
+
+    tmp = tempfile.TemporaryDirectory()
+    store_path = args.store or Path(tmp.name) / "store"
+    if not (store_path / "manifest.json").exists():
+        src = YamSource(YamConfig(root=YAM_EPISODES, robot_model=YAM_MODEL, cameras=("top",), image_size=(448, 448)))
+        run_ingest(src, IngestConfig(out=store_path, workers=2))
+    store = open_store(str(store_path))
+    lengths = np.diff(np.concatenate([[0], store.episode_ends]))
+    starts = store.episode_starts
+    rng = np.random.default_rng(0)
+    eps = rng.integers(0, store.num_episodes, args.reads)
+    frame_index = np.stack([eps, rng.integers(0, lengths[eps])], axis=1)
+    win_index = np.stack([eps, rng.integers(0, np.maximum(lengths[eps] - WINDOW, 1))], axis=1)
+
+    mm_dir = Path(tmp.name) / "memmap"
+    mm_dir.mkdir()
+    frames_path = str(mm_dir / "frames.npy")
+    np.save(frames_path, np.concatenate([store.read(e, ["obs.rgb.top"])["obs.rgb.top"] for e in range(store.num_episodes)]))
+    lowdim_paths = {}
+    for k in LOWDIM:
+        lowdim_paths[k] = str(mm_dir / f"{k}.npy")
+        np.save(lowdim_paths[k], store.read_rows(k, 0, store.num_steps))
+
+    # one process, no DataLoader
+    import zarr
+
+    mm = np.load(frames_path, mmap_mode="r")
+    for e, t in frame_index[:200]:  # warm the page cache for both
+        np.array(mm[starts[e] + t]); store.read(int(e), ["obs.rgb.top"], int(t), int(t) + 1)
+    t0 = time.perf_counter()
+    for e, t in frame_index[:2000]:
+        np.array(mm[starts[e] + t])
+    mm_rate = 2000 / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for e, t in frame_index[:2000]:
+        store.read(int(e), ["obs.rgb.top"], int(t), int(t) + 1)
+    store_rate = 2000 / (time.perf_counter() - t0)
+    za = zarr.open_group(str(store_path), mode="r")["data/obs.rgb.top"]
+    t0 = time.perf_counter()
+    for e, t in frame_index[:300]:
+        za[starts[e] + t]
+    zarr_rate = 300 / (time.perf_counter() - t0)
+    figure("read_episodic.frames_1proc", store_rate, "frames/s", "memmap_1proc", mm_rate)
+    figure("read_episodic.zarr_python_1proc", zarr_rate, "frames/s", "memmap_1proc", mm_rate)
+
+    # through a DataLoader with 2 workers, as training reads
+    mm_frames = _rate(MemmapFrames(frames_path, starts, frame_index), 2)
+    st_frames = _rate(StoreFrames(store, frame_index), 2)
+    figure("read_episodic.frames", st_frames, "frames/s", "memmap_dataloader_2workers", mm_frames,
+           frame="448x448x3", codec="lz4")
+    mm_win = _rate(MemmapWindows(lowdim_paths, starts, win_index), 2)
+    st_win = _rate(StoreWindows(store, win_index), 2)
+    figure("read_episodic.windows", st_win, "windows/s", "memmap_dataloader_2workers", mm_win, steps=WINDOW)
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
