@@ -69,6 +69,7 @@ def ingest_yam(
     split_seed: int = typer.Option(0, help="Seed of the by-episode train/val split."),
     image_codec: str = typer.Option("lz4", help="lz4 (fast decode), zstd (smaller) or none."),
     ray_address: Optional[str] = typer.Option(None, help="Read with Ray: 'local' or a cluster address."),
+    commit_every: int = typer.Option(32, help="Episodes committed together (a kill redoes at most one group)."),
     timestamp_tolerance_ms: float = typer.Option(50.0, help="Largest step-to-frame gap when aligning cameras."),
     video_backend: str = typer.Option("pyav", help="pyav (default, frame-exact) or decord."),
 ) -> None:
@@ -83,7 +84,7 @@ def ingest_yam(
     except ShardyardError as e:
         _fail(e)
     _run(source, out, workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
-         split_seed=split_seed, image_codec=image_codec, ray_address=ray_address)
+         split_seed=split_seed, image_codec=image_codec, ray_address=ray_address, commit_every=commit_every)
 
 
 @ingest_app.command("libero")
@@ -133,6 +134,48 @@ def ingest_lerobot(
         _fail(e)
     _run(source, out, workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
          split_seed=split_seed, image_codec=image_codec)
+
+
+@ingest_app.command("nyu")
+def ingest_nyu_cmd(
+    path: str = typer.Argument(..., help="NYU Depth V2 in any public layout: labeled .mat, FastDepth h5 folder, "
+                                        "BTS/mmseg folder, DenseDepth nyu2_*, eigen_test npy, HF parquet "
+                                        "folder or cached hub id, raw Kinect ppm+pgm folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Store directory to write (resumed if it exists)."),
+    layout: Optional[str] = typer.Option(None, help="Force a layout (default: detect)."),
+    max_episode_frames: int = typer.Option(256, help="Longest episode; longer scenes are cut into parts."),
+    mat_depth: str = typer.Option("depths", help="Labeled .mat depth: depths (inpainted) or rawDepths."),
+    hf_cache_dir: Optional[str] = typer.Option(None, help="`datasets` cache folder for the HF layout."),
+    workers: int = typer.Option(1, help="Reader processes."),
+    on_error: str = typer.Option("skip", help="skip: report bad episodes and go on; fail: stop at the first."),
+    overwrite: bool = typer.Option(False, help="Delete an existing store at --out first."),
+    val_fraction: float = typer.Option(0.1, help="Held-out fraction when the layout has no official split."),
+    split_seed: int = typer.Option(0, help="Seed of that by-episode split."),
+    image_codec: str = typer.Option("lz4", help="lz4 (fast decode), zstd (smaller) or none."),
+) -> None:
+    """Ingest NYU Depth V2 (obs.rgb + obs.depth in metres, scenes as episodes, official split) into a store."""
+    from shardyard.ingest.nyu_depth_v2 import NyuConfig, NyuSource, ingest_nyu
+    from shardyard.ingest.runner import IngestConfig
+
+    try:
+        source = NyuSource(NyuConfig(root=path, layout=layout, max_episode_frames=max_episode_frames,
+                                     mat_depth=mat_depth, hf_cache_dir=hf_cache_dir))
+        cfg = IngestConfig(out=out, workers=workers, on_error=on_error, overwrite=overwrite,
+                           val_fraction=val_fraction, split_seed=split_seed, image_codec=image_codec)
+        result = ingest_nyu(source, cfg)
+    except ShardyardError as e:
+        _fail(e)
+    from shardyard import open_store
+    from shardyard.inspection import summarize
+
+    typer.echo(f"layout: {source.layout}")
+    typer.echo(summarize(open_store(str(out))))
+    typer.echo(f"\n{result.num_written} episode(s) written, {result.num_already_committed} already stored, "
+               f"{len(result.skipped)} skipped, in {result.seconds:.1f} s -> {out}")
+    if result.skipped:
+        typer.secho(f"{len(result.skipped)} episode(s) skipped; reasons in {result.report_path}",
+                    fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(result.exit_code)
 
 
 export_app = typer.Typer(help="Export a store to another dataset format.", no_args_is_help=True,
@@ -229,7 +272,7 @@ def ingest_webvid_cmd(
     for status, n in sorted(r["by_status"].items()):
         typer.echo(f"  {status}: {n}")
     if r["num_failed"]:
-        typer.secho(f"{r['num_failed']} sample(s) not stored; reasons in {out / 'report.json'}",
+        typer.secho(f"{r['num_failed']} sample(s) failed; reasons in {out / 'report.json'}",
                     fg=typer.colors.YELLOW, err=True)
     raise typer.Exit(result.exit_code)
 
@@ -276,6 +319,97 @@ def ingest_dino_cmd(
         typer.secho(f"{len(result.errors)} frame(s) failed to decode and are masked missing; see "
                     f"{out / 'report.json'}", fg=typer.colors.YELLOW, err=True)
     raise typer.Exit(result.exit_code)
+
+
+train_app = typer.Typer(help="Train a model on a store.", no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(train_app, name="train")
+
+
+@train_app.callback()
+def _train_group() -> None:
+    """Train a model on a store (`train volume-query --store S --out RUN`)."""
+
+
+@train_app.command("volume-query")
+def train_volume_query_cmd(
+    store: str = typer.Option(..., "--store", help="Episodic store with robot stats (ingest yam/libero/lerobot)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: latest.pth, metrics.jsonl, plots/ (resumed)."),
+    features: Optional[str] = typer.Option(None, "--features", help="Feature store of `ingest dino` on STORE."),
+    steps: int = typer.Option(300, help="Optimiser steps in total."),
+    batch_size: int = typer.Option(8), lr: float = typer.Option(5e-5), weight_decay: float = typer.Option(1e-4),
+    warmup_steps: int = typer.Option(0), decay_steps: int = typer.Option(0, help="Cosine decay end (0: constant)."),
+    window: int = typer.Option(8, help="Future steps T."), frame_stride: int = typer.Option(3),
+    pred_size: int = typer.Option(56), camera: Optional[str] = typer.Option(None),
+    robot: Optional[str] = typer.Option(None, help="Robot prefix of the stats (default the first)."),
+    rotation_mode: Optional[str] = typer.Option(None, help="1d_pca or kmeans (default: the stats' choice)."),
+    model_opt: Optional[list[str]] = typer.Option(None, "--model-opt", help="VolumeQueryConfig override k=v."),
+    backbone: str = typer.Option("tiny-random-dinov2", help="Live backbone when no --features."),
+    num_workers: int = typer.Option(0), seed: int = typer.Option(0), log_every: int = typer.Option(10),
+    ckpt_every: int = typer.Option(100), plot_every: int = typer.Option(100),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if RUN/latest.pth exists."),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Train seed 001's volume-query trajectory model; prints the metric table and where the plots are."""
+    from shardyard.train.volume_query import TrainConfig, run
+
+    opts = {}
+    for kv in model_opt or []:
+        k, _, v = kv.partition("=")
+        opts[k] = float(v) if "." in v else int(v)
+    try:
+        run(TrainConfig(store=store, out=str(out), features=features, backbone=backbone, camera=camera, robot=robot,
+                        rotation_mode=rotation_mode, window=window, frame_stride=frame_stride, pred_size=pred_size,
+                        model=opts, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                        warmup_steps=warmup_steps, decay_steps=decay_steps, num_workers=num_workers, seed=seed,
+                        log_every=log_every, ckpt_every=ckpt_every, plot_every=plot_every,
+                        resume=not no_resume, device=device))
+    except ShardyardError as e:
+        _fail(e)
+
+
+@train_app.command("depth")
+def train_depth_cmd(
+    store: str = typer.Option(..., "--store", help="Episodic store with obs.rgb + obs.depth (ingest nyu)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: latest.pth, metrics.jsonl, PNGs (resumed)."),
+    features: Optional[str] = typer.Option(None, "--features", help="Feature store of `ingest dino --layers` on STORE."),
+    steps: int = typer.Option(2000, help="Optimiser steps in total (the schedule's length)."),
+    stop_at: Optional[int] = typer.Option(None, help="Stop at this step (checkpointed; rerun to resume)."),
+    batch_size: int = typer.Option(4), lr: float = typer.Option(1e-4, help="Decoder lr."),
+    encoder_lr: float = typer.Option(5e-6, help="Backbone lr with --live-backbone."),
+    weight_decay: float = typer.Option(0.01), warmup_steps: int = typer.Option(500),
+    eta_min: float = typer.Option(1e-6), silog_lambda: float = typer.Option(0.85),
+    features_dim: int = typer.Option(64, help="DPT fusion width D."),
+    reassemble_channels: str = typer.Option("48,96,192,384", help="DPT reassemble widths per level."),
+    live_backbone: bool = typer.Option(False, "--live-backbone", help="Fine-tune the ViT with BTS augmentation."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="No BTS augmentation in live mode."),
+    model: str = typer.Option("tiny-random-dinov2", help="Live backbone when no --features."),
+    layers: str = typer.Option("-1", help="Live backbone layers when no --features."),
+    image_size: str = typer.Option("224", help="Live backbone input S or WxH when no --features."),
+    eval_every: int = typer.Option(500), ckpt_every: int = typer.Option(500), log_every: int = typer.Option(10),
+    eval_max_images: Optional[int] = typer.Option(None), seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Train seed 003's DPT depth decoder (SILog) on cached DINO tokens; prints the metric table."""
+    from shardyard.train.depth import DepthTrainConfig, train_depth
+    from shardyard.train.depth_metrics import format_table
+
+    try:
+        cfg = DepthTrainConfig(
+            store=store, out=out, features=features, steps=steps, stop_at=stop_at, batch_size=batch_size, lr=lr,
+            encoder_lr=encoder_lr, weight_decay=weight_decay, warmup_steps=warmup_steps, eta_min=eta_min,
+            silog_lambda=silog_lambda, features_dim=features_dim, live_backbone=live_backbone,
+            reassemble_channels=tuple(int(x) for x in reassemble_channels.split(",")),
+            augment=not no_augment, model=model, layers=tuple(int(x) for x in layers.split(",")),
+            image_size=_parse_size(image_size), eval_every=eval_every, ckpt_every=ckpt_every,
+            log_every=log_every, eval_max_images=eval_max_images, seed=seed, device=device)
+        result = train_depth(cfg)
+    except ShardyardError as e:
+        _fail(e)
+    if result.resumed_from:
+        typer.echo(f"resumed from step {result.resumed_from}")
+    if result.metrics:
+        typer.echo(format_table([result.metrics]))
+    typer.echo(f"step {result.step}: checkpoint {out / 'latest.pth'}, metrics {out / 'metrics.jsonl'}")
 
 
 @app.command("stats")

@@ -8,6 +8,7 @@ training) join here as they land.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingest exited with status {rc}", file=sys.stderr)
         return rc
     rc = _cli("inspect", str(store), "--out", str(plots))
+    if rc == 0:
+        # issue 3: cache DINO tokens (tiny random weights unless DINO_MODEL names local weights), inspect them
+        features = args.out / "features"
+        model = os.environ.get("DINO_MODEL", "tiny-random-dinov2")
+        rc = _cli("ingest", "dino", str(store), "--model", model, "--out", str(features),
+                  "--field", "obs.rgb.front", "--batch-size", "32")
+        if rc == 0:
+            rc = _cli("inspect", str(features), "--out", str(plots / "features"))
     if rc == 0:
         print(f"\ndemo finished: store {store}, plots {plots}")
     return rc

@@ -164,9 +164,14 @@ def summarize(store) -> str:
         ev = pca.get("explained_variance_ratio") or []
         n_h, n_g = max(len(hb.get("edges") or []) - 1, 0), max(len(gb.get("edges") or []) - 1, 0)
         lines.append(f"  {prefix}: height bins {n_h} over [{_num(hb.get('min'))}, {_num(hb.get('max'))}] m"
-                     f" (margin {_num(hb.get('margin'))} m); gripper bins {n_g}")
+                     f" (margin {_num(hb.get('margin'))} of the range); gripper bins {n_g}")
         lines.append(f"  {prefix}: rotation mode {rot.get('recommended_mode', 'n/a')}; PC1 EV "
                      f"{_num(ev[0]) if ev else 'n/a'}; k-means prototypes {len(km.get('prototypes') or [])}")
+
+    if stats.get("depth"):  # seed 003 depth extras (inspection_depth.py)
+        from shardyard.inspection_depth import depth_summary_lines
+
+        lines += depth_summary_lines(stats["depth"])
 
     skipped = report.get("skipped") or []
     lines += ["", f"Report: {report.get('num_ok', store.num_episodes)} ok, "
@@ -176,6 +181,9 @@ def summarize(store) -> str:
         where = f" [{s['field']}]" if s.get("field") else ""
         lines.append(f"  - {s.get('key', '?')}{where}: {s.get('reason', '?')}"
                      + (f" ({s['error']})" if s.get("error") else "") + (f" at {s['path']}" if s.get("path") else ""))
+    notes = report.get("notes") or []
+    if notes:
+        lines += ["", "Notes"] + [f"  - {n}" for n in notes]
     return "\n".join(lines)
 
 
@@ -371,4 +379,8 @@ def write_plots(store, out_dir: str | Path, *, max_episodes: int = 4, frames_per
         _plot_robot(store, arms, episodes, out, written)
     elif not _plot_vectors(store, episodes, out / "vectors.png", written):
         log.info("store %s has no EEF and no vector fields to plot", store.url)
+    if store.schema.of_kind("depth"):  # RGB beside colour-mapped depth, depth histogram (inspection_depth.py)
+        from shardyard.inspection_depth import plot_depth
+
+        plot_depth(store, episodes, out, written)
     return written

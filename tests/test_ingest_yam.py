@@ -257,12 +257,12 @@ def _committed(out: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("kill_after", [0, 1, 3])
-def test_resume_after_sigkill_equals_uninterrupted(tiny_yam_dir, tmp_path, kill_after):
+@pytest.mark.parametrize("kill_after,commit_every", [(0, 32), (1, 1), (3, 1), (2, 2)])
+def test_resume_after_sigkill_equals_uninterrupted(tiny_yam_dir, tmp_path, kill_after, commit_every):
     """SIGKILL the CLI once `kill_after` episodes are committed (0: as soon as the store directory exists),
     rerun the same command, and compare with a run that was never interrupted."""
     raw = tiny_yam_dir(num_episodes=6, steps=30, video=True)
-    args = ["ingest", "yam", str(raw), "--workers", "2"]
+    args = ["ingest", "yam", str(raw), "--workers", "2", "--commit-every", str(commit_every)]
     run_cli(*args, "--out", tmp_path / "ref", check=True)
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "shardyard.cli", *args, "--out", str(out)],
@@ -304,3 +304,13 @@ def test_console_script_ingest_alias(tiny_yam_dir, tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert open_store(str(tmp_path / "s")).num_episodes == 3
+
+
+def test_ray_reads_give_the_same_store(tiny_yam_dir, tmp_path):
+    """`--ray-address local` starts Ray on this machine; the store must equal the one-process run."""
+    pytest.importorskip("ray")
+    raw = tiny_yam_dir(num_episodes=4)
+    run_cli("ingest", "yam", raw, "--out", tmp_path / "local", check=True)
+    proc = run_cli("ingest", "yam", raw, "--out", tmp_path / "ray", "--ray-address", "local", "--workers", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_stores_equal(str(tmp_path / "local"), str(tmp_path / "ray"))

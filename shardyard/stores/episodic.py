@@ -10,10 +10,12 @@ Layout of a store directory:
     stats.json, report.json
     manifest.json             written last: no manifest, no store
 
-Commit protocol (why resume after SIGKILL is exact): an episode's arrays are grown and written first (zarr's
-local store writes every chunk or shard file by temp + rename), then `progress.json` is replaced atomically
-to list it. A rerun truncates every array back to the committed step count and goes on from there, so a
-half-written episode is overwritten, never kept.
+Commit protocol (why resume after SIGKILL is exact): validated episodes are buffered and written as a group
+(`commit_every` episodes or `commit_bytes`, whichever comes first): the arrays are grown and written first
+(every chunk or shard file by temp + rename), then `progress.json` is replaced atomically to list the group.
+A rerun truncates every array back to the committed step count and goes on from there, so a half-written
+group is overwritten, never kept; a kill loses at most the group in flight. Grouping is what makes small
+episodes cheap: one zarr call per field and one rewrite of the last shard per group, not per episode.
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ class EpisodicWriterConfig:
 
     overwrite: bool = False
     image_codec: str = "lz4"
+    commit_every: int = 32          # episodes per commit group
+    commit_bytes: int = 128 << 20   # or this many buffered bytes (encoded frames count compressed)
     val_fraction: float = 0.1
     split_seed: int = 0
     source: dict[str, Any] = field(default_factory=dict)
@@ -102,6 +106,8 @@ class EpisodicWriter:
         self._episodes: list[dict[str, Any]] = []
         self._root: zarr.Group | None = None
         self._appenders: dict[str, ShardAppender] = {}
+        self._pending: list[Episode] = []
+        self._pending_bytes = 0
         self.codecs: dict[str, ChunkCodec] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -156,7 +162,13 @@ class EpisodicWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            self.commit()
             self._finalize()
+            return
+        try:  # keep the episodes already validated, so a rerun resumes after them
+            self.commit()
+        except Exception:  # noqa: BLE001 - the original exception is the one to report
+            log.exception("could not commit buffered episodes while handling %s", exc_type.__name__)
 
     # -- writing -----------------------------------------------------------------------------------------
     @property
@@ -183,27 +195,41 @@ class EpisodicWriter:
 
     def write(self, episode: Episode) -> None:
         """Validate `episode` against the schema (every mismatch reported at once, as `SchemaError`) and
-        append it; it is committed when this returns."""
+        buffer it; it is committed with its group (see the module docstring), at the latest on exit."""
         self.schema.validate(episode, path=str(episode.meta.get("source_path", "")) or None)
-        if episode.key in self.committed_keys:
+        if episode.key in self.committed_keys or any(p.key == episode.key for p in self._pending):
             raise SchemaError("episode key already in store", key=episode.key, path=str(self.path))
         if episode.num_steps == 0:
             raise SchemaError("episode has no steps", key=episode.key)
-        n0, t = self.num_steps, episode.num_steps
+        self._pending.append(episode)
+        self._pending_bytes += sum(sum(map(len, v.chunks)) if isinstance(v, EncodedRows) else v.nbytes
+                                   for v in episode.steps.values())
+        if len(self._pending) >= self.cfg.commit_every or self._pending_bytes >= self.cfg.commit_bytes:
+            self.commit()
+
+    def commit(self) -> None:
+        """Write the buffered episodes and record them in `progress.json` (the commit point)."""
+        if not self._pending:
+            return
         assert self._root is not None
+        n0 = self.num_steps
+        t = sum(ep.num_steps for ep in self._pending)
         for key in self.schema:
             arr = self._root[f"data/{key}"]
-            value = episode.steps[key]
             if key in self._appenders:
-                if not isinstance(value, EncodedRows):
-                    value = self.codecs[key].encode_rows(value)
-                self._appenders[key].append(value.chunks)
+                chunks: list[bytes] = []
+                for ep in self._pending:
+                    value = ep.steps[key]
+                    chunks += (value if isinstance(value, EncodedRows) else self.codecs[key].encode_rows(value)).chunks
+                self._appenders[key].append(chunks)
                 arr.resize((n0 + t,) + arr.shape[1:])
             else:
                 arr.resize((n0 + t,) + arr.shape[1:])
-                arr[n0:n0 + t] = value
-        self._episodes.append({"key": episode.key, "length": t, "meta": to_jsonable(episode.meta)})
+                arr[n0:n0 + t] = np.concatenate([ep.steps[key] for ep in self._pending])
+        self._episodes += [{"key": ep.key, "length": ep.num_steps, "meta": to_jsonable(ep.meta)}
+                           for ep in self._pending]
         self._write_progress()
+        self._pending, self._pending_bytes = [], 0
 
     def _write_progress(self) -> None:
         atomic_write_json(self.path / PROGRESS, {"format": FORMAT, "schema": self.schema.to_dict(),

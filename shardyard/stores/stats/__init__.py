@@ -248,7 +248,15 @@ def compute_stats(store, config: StatsConfig | None = None) -> dict[str, Any]:
             "num_steps": int(sum(store.episode_length(ep) for ep in episodes)),
             "config": asdict(cfg),
             "fields": finalize_stats_parts(parts, store.schema),
-            "robot": robot_stats(store, episodes, cfg)}
+            "robot": robot_stats(store, episodes, cfg),
+            "depth": _depth_stats(store, episodes, cfg)}
+
+
+def _depth_stats(store, episodes: Sequence[int], cfg: StatsConfig) -> dict[str, Any]:
+    """Seed 003 depth extras (valid fraction, range, median per depth field; `stats/depth.py`)."""
+    from shardyard.stores.stats.depth import depth_stats
+
+    return depth_stats(store, episodes, cfg)
 
 
 def recompute_store_stats(path: str, config: StatsConfig | None = None, *, val_fraction: float | None = None,

@@ -90,6 +90,7 @@ def rotation_stats(quats: np.ndarray, n_bins: int = 32, n_clusters: int = 32, pc
     quaternions drawn with `seed`. All-equal quaternions give ratio [1, 0, 0, 0] and mode "1d_pca".
     """
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
     from sklearn.decomposition import PCA
 
     q = _unit_quats(quats)
@@ -118,7 +119,10 @@ def rotation_stats(quats: np.ndarray, n_bins: int = 32, n_clusters: int = 32, pc
     sample = q
     if n > max_kmeans_samples:
         sample = q[np.sort(np.random.default_rng(seed).choice(n, max_kmeans_samples, replace=False))]
-    km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(sample)
+    # One thread: OpenMP workers spin-wait badly when the cores are shared (ingest workers, DataLoaders),
+    # turning a few-millisecond fit into seconds; the data here is small.
+    with threadpool_limits(limits=1):
+        km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(sample)
     protos = km.cluster_centers_ / np.linalg.norm(km.cluster_centers_, axis=1, keepdims=True)
     protos = canonical_hemisphere(protos)
     mode = "1d_pca" if ratio[0] >= pca_threshold else "kmeans"

@@ -1,0 +1,260 @@
+"""`ingest dino STORE --model SPEC --out FEATURES`: cache DINO tokens of one camera field (issue 3).
+
+Work is split into the feature store's shards (`stores/features.py`); a shard is a list of fixed batches and
+is processed by one worker, batch by batch, each batch followed by its completion record. The batch
+boundaries are a pure function of (N, batch size, shard rows), so the local path, the Ray path and a resumed
+run feed the backbone exactly the same batches and, on CPU, store identical tokens.
+
+- local (default): one process, the backbone on the best device present; reading the next batch and
+  writing the previous one run in threads beside the forward.
+- Ray (`ray=True` or `ray_address`): Ray Data `map_batches` over shard descriptors with an actor pool
+  (`concurrency` actors, `num_gpus_per_worker` each). Actors read frames from the source store themselves and
+  write only their own shards, so the driver ships no pixels and a cluster sharing a file system fills one
+  store. A killed actor or driver loses only the batches in flight.
+
+A frame that fails to decode is marked in the `missing` mask (tokens left zero), listed in report.json, and
+the job exits with status 2 (as `ingest` does for skipped episodes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from shardyard import __version__
+from shardyard.errors import ConfigError, StoreError
+from shardyard.models.backbones import Backbone, BackboneConfig, load_backbone
+from shardyard.stores.features import (FeatureLayout, FeatureWriter, FeatureWriterConfig, PROGRESS_DIR,
+                                       write_batch)
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FATAL, EXIT_MISSING = 0, 1, 2
+
+
+@dataclass
+class DinoConfig:
+    """Options of `ingest_dino`.
+
+    store: source store path (episodic). field: image field, `(H, W, 3) uint8`. dtype: stored token dtype.
+    batch_size: frames per forward (also per completion record). ray / ray_address: run on Ray ("local" or
+    None with ray=True starts Ray here). workers: Ray actors. num_gpus_per_worker: GPUs per actor.
+    """
+
+    store: str
+    out: Path
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    field: str = "obs.rgb.top"
+    dtype: str = "float16"
+    batch_size: int = 32
+    overwrite: bool = False
+    compressor: str = "none"
+    ray: bool = False
+    ray_address: str | None = None
+    workers: int = 2
+    num_gpus_per_worker: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class DinoResult:
+    """Outcome: counts, missing frames (report rows), seconds, exit code (0, or 2 with missing frames)."""
+
+    out: Path
+    num_samples: int
+    num_batches_done_before: int
+    num_batches_run: int
+    errors: list[dict[str, Any]]
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_MISSING if self.errors else EXIT_OK
+
+
+class FrameReader:
+    """Frames of one image field of an episodic store, with per-frame decode-failure isolation.
+
+    `read(a, b)` -> frames `(n, 3, H, W)` float32 in [0, 1], missing `(n,)` bool, error rows. Raises
+    `ConfigError` when the field is absent or not an image field. Picklable (the store opens lazily).
+    """
+
+    def __init__(self, store_path: str, field_name: str) -> None:
+        from shardyard import open_store
+
+        self.store = open_store(store_path)
+        if field_name not in self.store.schema:
+            images = self.store.schema.of_kind("image")
+            raise ConfigError(f"store has no field {field_name!r}; image fields: {images}", path=store_path)
+        spec = self.store.schema[field_name]
+        if spec.kind != "image" or len(spec.shape) != 3 or spec.shape[2] != 3 or spec.dtype != "uint8":
+            raise ConfigError(f"field {field_name!r} is {spec.kind} {spec.dtype} {spec.shape}, not an "
+                              "(H, W, 3) uint8 image", path=store_path, field=field_name)
+        self.field = field_name
+        self.shape = spec.shape
+
+    @property
+    def num_frames(self) -> int:
+        return self.store.num_steps
+
+    def fingerprint(self) -> str:
+        """sha256 of the source manifest (its source fingerprint, config, schema and counts)."""
+        text = json.dumps(self.store.manifest, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _error_row(self, i: int, e: Exception) -> dict[str, Any]:
+        ep = int(np.searchsorted(self.store.episode_ends, i, side="right"))
+        return {"error": type(e).__name__, "index": int(i), "key": self.store.episode_keys[ep],
+                "step": int(i - self.store.episode_starts[ep]), "field": self.field, "path": self.store.url,
+                "reason": str(e)[:300]}
+
+    def read(self, a: int, b: int) -> tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]]:
+        missing = np.zeros(b - a, dtype=bool)
+        errors: list[dict[str, Any]] = []
+        try:
+            frames = self.store.read_rows(self.field, a, b)                      # (n, H, W, 3) uint8
+        except Exception:  # noqa: BLE001 - isolate the frame(s) that fail, report each
+            frames = np.zeros((b - a,) + self.shape, dtype=np.uint8)
+            for i in range(a, b):
+                try:
+                    frames[i - a] = self.store.read_rows(self.field, i, i + 1)[0]
+                except Exception as e:  # noqa: BLE001 - a corrupt chunk can raise anything from a codec
+                    missing[i - a] = True
+                    errors.append(self._error_row(i, e))
+                    log.warning("frame %d of %s failed to decode: %s", i, self.field, e)
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+        return x, missing, errors                                                # x (n, 3, H, W)
+
+
+def provenance_key(reader: FrameReader, backbone: Backbone, cfg: DinoConfig) -> dict[str, Any]:
+    """The feature store's key: source fingerprint, field, model (spec, weights hash, preprocessing,
+    layers, image size), storage dtype, shardyard version. Equal keys resume; different keys refuse."""
+    return {"source_fingerprint": reader.fingerprint(), "source_num_steps": reader.num_frames,
+            "field": cfg.field, "model": backbone.describe(), "dtype": cfg.dtype,
+            "shardyard_version": __version__}
+
+
+def run_unit(path: Path, batches: list[tuple[int, int]], reader: FrameReader, backbone: Backbone,
+             on_batch: Callable[[int], None] | None = None, pool: ThreadPoolExecutor | None = None) -> None:
+    """Compute and write `batches` (all in one shard), skipping those already recorded (a retried unit).
+
+    With `pool` (2 threads), the next read and the previous write overlap the forward."""
+    todo = [b for b in batches if not (path / PROGRESS_DIR / f"{b[0]:012d}.json").exists()]
+    pending_write = None
+    nxt = pool.submit(reader.read, *todo[0]) if (pool and todo) else None
+    for k, (a, b) in enumerate(todo):
+        x, missing, errors = nxt.result() if nxt is not None else reader.read(a, b)
+        if pool and k + 1 < len(todo):
+            nxt = pool.submit(reader.read, *todo[k + 1])
+        out = backbone(x)                                        # (n, h*w, D), (n, D)
+        patch = out.patch_tokens.cpu().numpy()
+        cls = out.cls_token.cpu().numpy()
+        patch[missing] = 0.0
+        cls[missing] = 0.0
+        if pending_write is not None:
+            pending_write.result()
+        if pool:
+            pending_write = pool.submit(write_batch, path, a, patch, cls, missing, errors)
+        else:
+            write_batch(path, a, patch, cls, missing, errors)
+        if on_batch:
+            on_batch(b - a)
+    if pending_write is not None:
+        pending_write.result()
+
+
+class _RayShardWorker:
+    """Ray Data actor: loads the backbone once, then writes whole shard units it is given."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        bcfg = BackboneConfig(**{**cfg["backbone"], "layers": tuple(cfg["backbone"]["layers"]),
+                                 "image_size": tuple(cfg["backbone"]["image_size"])})
+        self.backbone = load_backbone(bcfg)
+        self.reader = FrameReader(cfg["store"], cfg["field"])
+        self.path = Path(cfg["out"])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        done = []
+        for unit in batch["unit"]:
+            batches = [tuple(x) for x in json.loads(str(unit))]
+            run_unit(self.path, batches, self.reader, self.backbone)
+            done.append(batches[0][0])
+        return {"shard_start": np.asarray(done, dtype=np.int64)}
+
+
+def _run_ray(cfg: DinoConfig, units: list[list[tuple[int, int]]], on_batch) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        if cfg.ray_address in (None, "", "local"):
+            ray.init(num_cpus=max(cfg.workers, 1), include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=cfg.ray_address, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    conf = {"store": str(Path(cfg.store).resolve()), "field": cfg.field, "out": str(cfg.out.resolve()),
+            "backbone": asdict(cfg.backbone)}
+    items = [{"unit": json.dumps([list(b) for b in u])} for u in units]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _RayShardWorker, fn_constructor_kwargs={"cfg": conf}, batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(items))), num_cpus=1,
+        num_gpus=cfg.num_gpus_per_worker or None)
+    sizes = {u[0][0]: sum(b - a for a, b in u) for u in units}
+    for row in ds.iter_rows():
+        if on_batch:
+            on_batch(sizes[int(row["shard_start"])])
+
+
+def ingest_dino(cfg: DinoConfig, *, on_batch: Callable[[int], None] | None = None) -> DinoResult:
+    """Compute the feature store of `cfg.store`'s `cfg.field` at `cfg.out` (create, or resume on the same
+    key). `on_batch(n)` is called as frames are stored (for a progress bar).
+
+    Raises `ConfigError` on a different provenance key in `cfg.out` (listing what differs), an unknown field
+    or unavailable weights; `StoreError` when the source is not a complete store.
+    """
+    t0 = time.perf_counter()
+    reader = FrameReader(cfg.store, cfg.field)
+    backbone = load_backbone(cfg.backbone)
+    cfg.backbone.spec = backbone.config.spec  # a hub spec resolved to its entry name
+    if reader.num_frames == 0:
+        raise StoreError("source store has no steps", path=cfg.store)
+    key = provenance_key(reader, backbone, cfg)
+    layout = FeatureLayout(num_samples=reader.num_frames, grid=backbone.grid, embed_dim=backbone.embed_dim,
+                           patch_size=backbone.patch_size, dtype=cfg.dtype, batch_size=cfg.batch_size)
+    store = reader.store
+    wcfg = FeatureWriterConfig(
+        overwrite=cfg.overwrite, compressor=cfg.compressor, split=store.split,
+        episode_ends=store.episode_ends.tolist(),
+        source={"path": str(Path(cfg.store).resolve()), "field": cfg.field,
+                "fingerprint": key["source_fingerprint"], "format": store.manifest.get("format"),
+                "episode_keys": store.episode_keys})
+    with FeatureWriter(cfg.out, key=key, layout=layout, config=wcfg) as writer:
+        done = writer.done_batches()
+        units = writer.layout.shard_units(done)
+        n_todo = sum(len(u) for u in units)
+        log.info("%d batch(es) done, %d to run in %d shard(s)", len(done), n_todo, len(units))
+        if units and (cfg.ray or cfg.ray_address):
+            _run_ray(cfg, units, on_batch)
+        elif units:
+            with ThreadPoolExecutor(2, thread_name_prefix="dino-io") as pool:
+                for unit in units:
+                    run_unit(writer.path, unit, reader, backbone, on_batch, pool)
+    report_rows = [e for r in sorted((writer.path / PROGRESS_DIR).glob("*.json"))
+                   for e in json.loads(r.read_text()).get("errors", [])]
+    return DinoResult(out=cfg.out, num_samples=layout.num_samples, num_batches_done_before=len(done),
+                      num_batches_run=n_todo, errors=report_rows, seconds=time.perf_counter() - t0)

@@ -1,0 +1,309 @@
+"""LeRobot datasets, codebase v2.1 and v3.0 (`../shared/data/SOURCES.md`, `lerobot/`).
+
+v2.1: `meta/info.json` (`features`, `fps`, `chunks_size`, `data_path`, `video_path`), `meta/episodes.jsonl`
+(`episode_index`, `tasks`, `length`), `meta/tasks.jsonl`, one parquet per episode and one mp4 per episode and
+camera. v3.0: chunked `data/chunk-*/file-*.parquet` holding many episodes, `meta/episodes/chunk-*/file-*.parquet`
+(row ranges, video file and `from_timestamp` per camera), `meta/tasks.parquet`, concatenated videos.
+
+Field mapping (its inverse is used by `shardyard.stores.export_lerobot`): `observation.images.<cam>` ->
+`obs.rgb.<cam>` (uint8 `(H, W, 3)`, decoded with PyAV, AV1 included, at each row's timestamp), `observation.state`
+-> `obs.state`, `observation.<x>` -> `obs.<x>`, anything else keeps its name (`action`, `timestamp` s, ...).
+Bookkeeping columns (`frame_index`, `episode_index`, `index`, `task_index`) are not stored: the episode's meta
+has `episode_index`, `task`, `tasks`, `fps`. Features of shape `[1]` are stored as scalars.
+
+An episode listed in `meta` whose parquet or video is missing is a `SourceError` (reported, not fatal); a
+camera with no video file at all in the dataset is left out of the schema and named in `report_notes()`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from shardyard.errors import ConfigError, SourceError
+from shardyard.schema import Episode, FieldSpec, Schema
+
+log = logging.getLogger(__name__)
+
+BOOKKEEPING = ("frame_index", "episode_index", "index", "task_index")
+IMAGES = "observation.images."
+
+
+def field_from_feature(name: str) -> str:
+    """LeRobot feature name -> store field key."""
+    if name.startswith(IMAGES):
+        return "obs.rgb." + name[len(IMAGES):]
+    if name.startswith("observation."):
+        return "obs." + name[len("observation."):]
+    return name
+
+
+def feature_from_field(key: str) -> str:
+    """Store field key -> LeRobot feature name (inverse of `field_from_feature`)."""
+    if key.startswith("obs.rgb."):
+        return IMAGES + key[len("obs.rgb."):]
+    if key.startswith("obs."):
+        return "observation." + key[len("obs."):]
+    return key
+
+
+def column_array(table, name: str) -> np.ndarray:
+    """A parquet column as `(rows, *shape)`: list columns are flattened and reshaped to rows."""
+    import pyarrow as pa
+
+    col = table.column(name).combine_chunks()
+    if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        return flat.reshape(len(col), -1) if len(col) else flat.reshape(0, 0)
+    return col.to_numpy(zero_copy_only=False)
+
+
+@dataclass
+class LeRobotConfig:
+    """Options of the LeRobot source.
+
+    root: dataset folder, or a Hub repo id resolved offline from the local cache (`snapshot_download(...,
+    local_files_only=True)`: nothing is downloaded). image_size: `(W, H)` to resize frames (area filter).
+    timestamp_tolerance_s: largest gap between a row's timestamp and the video frame matched to it.
+    """
+
+    root: str | Path
+    image_size: tuple[int, int] | None = None
+    timestamp_tolerance_s: float = 1e-3
+    revision: str | None = None
+
+
+def resolve_root(root: str | Path, revision: str | None = None) -> Path:
+    """A dataset folder, or the cached snapshot of a Hub repo id. Raises `ConfigError` when neither exists."""
+    p = Path(root)
+    if p.is_dir():
+        return p
+    if str(root).count("/") == 1 and not str(root).startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(str(root), repo_type="dataset", revision=revision, local_files_only=True))
+        except Exception as e:
+            raise ConfigError(f"repo id not in the local Hugging Face cache (nothing is downloaded): {e}",
+                              path=str(root)) from e
+    raise ConfigError("LeRobot dataset folder not found", path=str(root))
+
+
+class LeRobotSource:
+    """Source over a LeRobot v2.1 or v3.0 dataset; keys are `episode_NNNNNN` in episode order.
+
+    `read(key)` raises `SourceError` (path, key, field) when the episode's parquet or video is missing or
+    unreadable, when the parquet row count differs from `meta` `length`, or a frame cannot be matched to a
+    row's timestamp within the tolerance.
+    """
+
+    name: ClassVar[str] = "lerobot"
+
+    def __init__(self, config: LeRobotConfig) -> None:
+        self.cfg = config
+        self.root = resolve_root(config.root, config.revision)
+        try:
+            self.info = json.loads((self.root / "meta" / "info.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read meta/info.json: {e}", path=str(self.root)) from e
+        self.version = str(self.info.get("codebase_version", ""))
+        if not self.version.startswith(("v2", "v3")):
+            raise ConfigError(f"unsupported LeRobot codebase_version {self.version!r} (v2.1 or v3.0)",
+                              path=str(self.root / "meta" / "info.json"))
+        self.fps = float(self.info["fps"])
+        self.episodes = self._load_episodes()
+        self._tables: dict[str, Any] = {}
+        self._schema: Schema | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_tables"] = {}
+        return state
+
+    # -- meta --------------------------------------------------------------------------------------------
+    def _load_episodes(self) -> dict[int, dict[str, Any]]:
+        meta = self.root / "meta"
+        if self.version.startswith("v2"):
+            rows = [json.loads(line) for line in (meta / "episodes.jsonl").read_text().splitlines() if line.strip()]
+            tasks = {}
+            if (meta / "tasks.jsonl").exists():
+                for line in (meta / "tasks.jsonl").read_text().splitlines():
+                    if line.strip():
+                        t = json.loads(line)
+                        tasks[int(t["task_index"])] = t["task"]
+            self.tasks = tasks
+            return {int(r["episode_index"]): r for r in rows}
+        import pyarrow.parquet as pq
+
+        files = sorted((meta / "episodes").rglob("*.parquet"))
+        if not files:
+            raise ConfigError("no meta/episodes/*.parquet", path=str(meta))
+        rows: dict[int, dict[str, Any]] = {}
+        for f in files:
+            for r in pq.read_table(f).to_pylist():
+                rows[int(r["episode_index"])] = r
+        df = pq.read_table(meta / "tasks.parquet").to_pandas()
+        col = "task" if "task" in df.columns else None
+        self.tasks = {int(i): (t if col is None else t) for t, i in zip(df[col] if col else df.index, df["task_index"])}
+        return dict(sorted(rows.items()))
+
+    def keys(self) -> list[str]:
+        return [f"episode_{i:06d}" for i in self.episodes]
+
+    def _data_path(self, idx: int) -> Path:
+        ep = self.episodes[idx]
+        if self.version.startswith("v2"):
+            chunk = idx // int(self.info.get("chunks_size", 1000))
+            return self.root / self.info["data_path"].format(episode_chunk=chunk, episode_index=idx)
+        return self.root / self.info["data_path"].format(chunk_index=ep["data/chunk_index"],
+                                                         file_index=ep["data/file_index"])
+
+    def _video(self, idx: int, feature: str) -> tuple[Path, float]:
+        """(video file, time of the episode's first frame in it, s)."""
+        ep = self.episodes[idx]
+        if self.version.startswith("v2"):
+            chunk = idx // int(self.info.get("chunks_size", 1000))
+            return self.root / self.info["video_path"].format(episode_chunk=chunk, video_key=feature,
+                                                              episode_index=idx), 0.0
+        p = f"videos/{feature}/"
+        return (self.root / self.info["video_path"].format(video_key=feature, chunk_index=ep[p + "chunk_index"],
+                                                           file_index=ep[p + "file_index"]),
+                float(ep[p + "from_timestamp"]))
+
+    def _video_features(self) -> list[str]:
+        return [k for k, v in self.info["features"].items() if v.get("dtype") == "video"]
+
+    def missing_videos(self) -> list[str]:
+        """Video features with no file at all for any episode (left out of the schema)."""
+        return [f for f in self._video_features() if not any(self._video(i, f)[0].exists() for i in self.episodes)]
+
+    def report_notes(self) -> list[str]:
+        notes = [f"{f}: listed in meta/info.json but no video file is present; stored without it"
+                 for f in self.missing_videos()]
+        absent = [i for i in self.episodes if not self._data_path(i).exists()]
+        if absent:
+            notes.append(f"{len(absent)} of {len(self.episodes)} episode(s) listed in meta have no data file "
+                         f"(see skipped)")
+        return notes
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "root": str(self.root), "codebase_version": self.version,
+                "robot_type": self.info.get("robot_type"), "fps": self.fps,
+                "total_episodes": self.info.get("total_episodes"), "missing_videos": self.missing_videos()}
+
+    # -- schema ------------------------------------------------------------------------------------------
+    def schema(self) -> Schema:
+        """Fields from `meta/info.json` features (video features with no file anywhere are left out)."""
+        if self._schema is None:
+            missing = set(self.missing_videos())
+            fields: dict[str, FieldSpec] = {}
+            for feat, spec in self.info["features"].items():
+                if feat in BOOKKEEPING or feat in missing:
+                    continue
+                names = spec.get("names")
+                if spec["dtype"] in ("video", "image"):
+                    h, w = (self.cfg.image_size[1], self.cfg.image_size[0]) if self.cfg.image_size else spec["shape"][:2]
+                    fields[field_from_feature(feat)] = FieldSpec("uint8", (h, w, 3), None, "image")
+                    continue
+                shape = tuple(spec["shape"])
+                if isinstance(names, list) and len(names) == 1 and isinstance(names[0], list):
+                    names = names[0]
+                names = tuple(map(str, names)) if isinstance(names, list) and len(names) == int(np.prod(shape)) \
+                    and len(shape) == 1 else None
+                shape = () if shape == (1,) else shape
+                dtype = "bool" if spec["dtype"] == "bool" else spec["dtype"]
+                unit = "s" if feat == "timestamp" else None
+                fields[field_from_feature(feat)] = FieldSpec(dtype, shape, unit, "scalar" if not shape else "vector", names)
+            self._schema = Schema(fields)
+        return self._schema
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def _table(self, path: Path, key: str):
+        import pyarrow.parquet as pq
+
+        if str(path) not in self._tables:
+            if not path.exists():
+                raise SourceError("data file listed in meta is missing", path=str(path), key=key, field="data")
+            try:
+                self._tables = {str(path): pq.read_table(path)}  # keep one file: v3.0 files hold many episodes
+            except Exception as e:
+                raise SourceError(f"cannot read parquet: {e}", path=str(path), key=key, field="data") from e
+        return self._tables[str(path)]
+
+    def read(self, key: str) -> Episode:
+        """One episode: every schema field, one step per parquet row."""
+        import pyarrow.compute as pc
+
+        try:
+            idx = int(key.rsplit("_", 1)[1])
+            ep = self.episodes[idx]
+        except (IndexError, ValueError, KeyError):
+            raise SourceError("no such episode in meta", key=key) from None
+        path = self._data_path(idx)
+        table = self._table(path, key)
+        if self.version.startswith("v3") or "episode_index" in table.column_names:
+            table = table.filter(pc.equal(table.column("episode_index"), idx))
+        n = table.num_rows
+        if n == 0 or int(ep.get("length", n)) != n:
+            raise SourceError(f"parquet has {n} rows for the episode, meta length is {ep.get('length')}",
+                              path=str(path), key=key, field="length")
+        ts = column_array(table, "timestamp").astype(np.float64)
+        steps: dict[str, np.ndarray] = {}
+        for fld, spec in self.schema().items():
+            feat = feature_from_field(fld)
+            if self.info["features"][feat]["dtype"] == "video":
+                steps[fld] = self._frames(idx, feat, ts, key, fld)
+            elif self.info["features"][feat]["dtype"] == "image":
+                steps[fld] = self._images(table, feat, key, fld, path)
+            else:
+                if feat not in table.column_names:
+                    raise SourceError("column missing from parquet", path=str(path), key=key, field=fld)
+                arr = column_array(table, feat)
+                steps[fld] = arr.reshape((n,) + spec.shape).astype(spec.dtype, copy=False)
+        tasks = list(ep.get("tasks") or [])
+        if not tasks and "task_index" in table.column_names:
+            tasks = [self.tasks.get(int(column_array(table, "task_index")[0]), "")]
+        meta = {"task": tasks[0] if tasks else "", "tasks": tasks, "fps": self.fps, "episode_index": idx,
+                "source_path": str(path), "robot_type": self.info.get("robot_type"),
+                "codebase_version": self.version, "cameras": {}}
+        return Episode(key=key, steps=steps, meta=meta)
+
+    def _frames(self, idx: int, feat: str, ts: np.ndarray, key: str, fld: str) -> np.ndarray:
+        from shardyard.ingest.yam import nearest_frames
+        from shardyard.video import open_video
+
+        vpath, t0 = self._video(idx, feat)
+        if not vpath.exists():
+            raise SourceError("video file listed in meta is missing", path=str(vpath), key=key, field=fld)
+        try:
+            video = open_video(vpath)
+            frame_idx, gap = nearest_frames(ts + t0, video.timestamps(), self.cfg.timestamp_tolerance_s)
+            if len(gap) and gap.max() > self.cfg.timestamp_tolerance_s:
+                bad = int(np.argmax(gap))
+                raise SourceError(f"no frame within {self.cfg.timestamp_tolerance_s * 1e3:.1f} ms of row {bad} "
+                                  f"(t={ts[bad] + t0:.4f} s, gap {gap[bad] * 1e3:.1f} ms)", path=str(vpath))
+            return video.read(frame_idx, size=self.cfg.image_size)
+        except SourceError as e:
+            raise SourceError(e.reason, path=str(vpath), key=key, field=fld) from None
+
+    def _images(self, table, feat: str, key: str, fld: str, path: Path) -> np.ndarray:
+        import io
+
+        from PIL import Image
+
+        out = []
+        for item in table.column(feat).to_pylist():
+            try:
+                with Image.open(io.BytesIO(item["bytes"])) as im:
+                    im = im.convert("RGB")
+                    if self.cfg.image_size:
+                        im = im.resize(self.cfg.image_size, Image.Resampling.BOX)
+                    out.append(np.asarray(im))
+            except Exception as e:
+                raise SourceError(f"cannot decode image: {e}", path=str(path), key=key, field=fld) from e
+        return np.stack(out)

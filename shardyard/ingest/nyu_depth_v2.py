@@ -1,0 +1,282 @@
+"""`ingest nyu PATH --out STORE`: NYU Depth V2 from any public layout into one episodic store (issue 5).
+
+Every layout (`nyu_layouts.py`; units in `../shared/data/SOURCES.md`, section 3) becomes the same store:
+
+    obs.rgb    (H, W, 3) uint8    kind "image"
+    obs.depth  (H, W)    float32  kind "depth", metres, 0 = invalid
+
+`(H, W)` is (480, 640) for the standard files; pairs of another size (e.g. mmsegmentation's 160x120 test
+pairs) keep their true size, which the schema states; nothing is resized. Scenes are the episodes (key
+`<split>/<scene>`; a scene longer than `max_episode_frames` is cut into `<split>/<scene>/partNN`; frames of
+layouts without scenes are grouped in runs of `max_episode_frames` as `<split>/frames_NNNNN`). Each episode's
+meta holds its scene, split (train/test/unknown), layout, per-sample names, whether depth is registered to
+the RGB camera (raw Kinect dumps are not) and the RGB intrinsics (NYU toolbox `camera_params.m`, scaled).
+
+Where the layout has the official split, `ingest_nyu` writes it into the manifest (`train` = official train,
+`val` = official test) and computes the stats on the train scenes. The Eigen crop `[45:471, 41:601]` (on
+480x640; scaled for other sizes) and the evaluation range 1e-3..10 m are store metadata
+(`manifest["source"]["eval"]`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from shardyard.errors import ConfigError, SchemaError
+from shardyard.ingest import nyu_layouts as L
+from shardyard.schema import Episode, FieldSpec, Schema
+from shardyard.stores.manifest import fingerprint_paths
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("labeled_mat", "h5", "bts", "mmseg", "densedepth", "eigen_npy", "hf", "raw_kinect")
+EIGEN_CROP = (45, 471, 41, 601)            # rows [45, 471), cols [41, 601) on 480x640 (Eigen et al. 2014)
+EVAL_RANGE_M = (1e-3, 10.0)
+NYU_HW = (480, 640)
+K_RGB = np.array([[518.857901, 0.0, 325.582449], [0.0, 519.469611, 253.736166], [0.0, 0.0, 1.0]])
+_LISTINGS: dict[tuple, list[L.Pair]] = {}  # per process: pickled sources re-list once, not per episode
+_HF: dict[tuple, Any] = {}
+
+
+@dataclass
+class NyuConfig:
+    """Options of the NYU source.
+
+    root: file (`.mat`) or folder, or a cached HF hub id. layout: one of `LAYOUTS`, or None to detect.
+    max_episode_frames: longest episode (a worker holds one whole episode in memory: ~2.1 MB per 480x640 pair).
+    max_depth: clamp of raw Kinect depth (m), as the NYU toolbox. mat_depth: "depths" (inpainted) or
+    "rawDepths" of the labeled .mat. hf_cache_dir: `datasets` cache for the HF layout.
+    """
+
+    root: Path | str
+    layout: str | None = None
+    max_episode_frames: int = 256
+    max_depth: float = 10.0
+    mat_depth: str = "depths"
+    hf_cache_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise ConfigError(f"unknown layout {self.layout!r}; expected one of {LAYOUTS}")
+        if self.max_episode_frames < 1:
+            raise ConfigError(f"max_episode_frames must be >= 1, got {self.max_episode_frames}")
+        if self.mat_depth not in ("depths", "rawDepths"):
+            raise ConfigError(f"mat_depth must be depths or rawDepths, got {self.mat_depth!r}")
+
+
+def detect_layout(root: Path | str) -> str:
+    """The layout of `root` (see `nyu_layouts`); raises `ConfigError` naming what was found otherwise."""
+    p = Path(root)
+    if not p.exists():
+        if isinstance(root, str) and root.count("/") == 1 and not root.startswith((".", "/")):
+            return "hf"  # a hub id, read from the local cache
+        raise ConfigError("path not found", path=str(p))
+    if p.is_file():
+        if p.suffix == ".mat":
+            return "labeled_mat"
+        raise ConfigError("a single file must be the labeled .mat (v7.3)", path=str(p))
+    names = {c.name for c in p.iterdir()}
+    if "eigen_test_rgb.npy" in names:
+        return "eigen_npy"
+    if any(n.startswith("nyu2_") for n in names) or any((p / "data").glob("nyu2_*")):
+        return "densedepth"
+    if "images" in names and "annotations" in names:
+        return "mmseg"
+    if "nyu_depth_v2_labeled.mat" in names:
+        return "labeled_mat"
+    found = [name for name, hit in (
+        ("bts", any(p.rglob("sync_depth_*.png"))), ("h5", any(p.rglob("*.h5"))),
+        ("hf", any(p.rglob("*.parquet")) or "dataset_dict.json" in names or "dataset_info.json" in names),
+        ("raw_kinect", any(p.rglob("*.pgm"))),
+        ("mmseg", any(j.with_suffix(".png").exists() for j in p.rglob("*.jpg")))) if hit]
+    if len(found) > 1 and found[0] != "bts":  # BTS folders hold jpg+png pairs too
+        raise ConfigError(f"several layouts under one folder ({', '.join(found)}); their frame sizes and units "
+                          "differ, so ingest each subfolder into its own store", path=str(p))
+    if found:
+        return found[0]
+    images = sorted(q.name for q in p.rglob("*") if q.suffix.lower() in (".png", ".jpg", ".ppm"))[:5]
+    raise ConfigError(f"no NYU RGB+depth layout recognised (found e.g. {images or 'nothing'}; an RGB-only "
+                      f"folder has no depth to ingest); expected one of {LAYOUTS}", path=str(p))
+
+
+def eigen_crop(h: int, w: int) -> list[int]:
+    """`[top, bottom, left, right]` of the Eigen crop for an `h x w` frame (exact on 480x640, else scaled)."""
+    t, b, l, r = EIGEN_CROP
+    return [round(t * h / 480), round(b * h / 480), round(l * w / 640), round(r * w / 640)]
+
+
+class NyuSource:
+    """Source over one NYU Depth V2 layout. `keys()` are `<split>/<scene>[/partNN]`, sorted; `read(key)`
+    raises `SourceError` (file, episode, field) for an unreadable or mismatched pair and `SchemaError`
+    for a pair whose size differs from the store's (the first readable episode's)."""
+
+    name: ClassVar[str] = "nyu"
+
+    def __init__(self, config: NyuConfig) -> None:
+        self.cfg = config
+        root = config.root
+        self.root = root if isinstance(root, str) and not Path(root).exists() else Path(root)
+        self.layout = config.layout or detect_layout(self.root)
+        self._schema: Schema | None = None
+        if not self.episodes():
+            raise ConfigError(f"no RGB+depth pairs found ({self.layout} layout)", path=str(self.root))
+
+    # -- listing -------------------------------------------------------------------------------------------
+    def _hf(self):
+        tag = (str(self.root), self.cfg.hf_cache_dir)
+        if tag not in _HF:
+            _HF[tag] = L.load_hf(str(self.root), self.cfg.hf_cache_dir)
+        return _HF[tag]
+
+    def pairs(self) -> list[L.Pair]:
+        tag = (str(self.root), self.layout, self.cfg.mat_depth)
+        if tag not in _LISTINGS:
+            root = Path(self.root)
+            lister = {"labeled_mat": lambda: L.list_labeled_mat(root if root.is_file()
+                                                                else root / "nyu_depth_v2_labeled.mat"),
+                      "h5": lambda: L.list_h5(root), "bts": lambda: L.list_bts(root),
+                      "mmseg": lambda: L.list_mmseg(root), "densedepth": lambda: L.list_densedepth(root),
+                      "eigen_npy": lambda: L.list_eigen_npy(root), "raw_kinect": lambda: L.list_raw_kinect(root),
+                      "hf": lambda: L.list_hf(self._hf())}[self.layout]
+            _LISTINGS[tag] = lister()
+        return _LISTINGS[tag]
+
+    def episodes(self) -> "OrderedDict[str, list[L.Pair]]":
+        """Episode key -> its pairs in frame order (scenes, cut at `max_episode_frames`)."""
+        groups: dict[tuple[str, str | None], list[L.Pair]] = {}
+        for p in self.pairs():
+            groups.setdefault((p.split, p.scene), []).append(p)
+        n = self.cfg.max_episode_frames
+        out: dict[str, list[L.Pair]] = {}
+        for (split, scene), pairs in groups.items():
+            for i in range(0, len(pairs), n):
+                chunk = pairs[i:i + n]
+                if scene is None:
+                    out[f"{split}/frames_{i:05d}"] = chunk
+                else:
+                    out[f"{split}/{scene}" + (f"/part{i // n:02d}" if len(pairs) > n else "")] = chunk
+        return OrderedDict(sorted(out.items()))
+
+    def keys(self) -> list[str]:
+        return list(self.episodes())
+
+    def official_split(self) -> dict[str, str]:
+        """Episode key -> "train" | "test" | "unknown"."""
+        return {k: v[0].split for k, v in self.episodes().items()}
+
+    def fingerprint(self) -> str:
+        root = Path(self.root)
+        if not root.exists():
+            return f"hf:{self.root}"
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        return fingerprint_paths(files, root.parent if root.is_file() else root)
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest source block: name, root, layout, fingerprint, and `eval` (Eigen crop, range, units)."""
+        h, w = self.schema()["obs.depth"].shape
+        d = {"name": self.name, "root": str(self.root), "layout": self.layout, "fingerprint": self.fingerprint(),
+             "eval": {"eigen_crop": eigen_crop(h, w), "eigen_crop_480x640": list(EIGEN_CROP),
+                      "crop_scaled": (h, w) != NYU_HW, "range_m": list(EVAL_RANGE_M), "depth_unit": "m",
+                      "invalid": 0.0},
+             "depth_registered": self.layout != "raw_kinect"}
+        if self.layout == "eigen_npy" and (Path(self.root) / "eigen_test_crop.npy").exists():
+            d["eval"]["densedepth_crop"] = np.load(Path(self.root) / "eigen_test_crop.npy").astype(int).tolist()
+        return d
+
+    # -- schema and reading --------------------------------------------------------------------------------
+    def schema(self) -> Schema:
+        """`obs.rgb (H, W, 3) uint8` and `obs.depth (H, W) float32` m, at the first readable pair's size."""
+        if self._schema is None:
+            from shardyard.errors import SourceError
+
+            last: Exception | None = None
+            for key, pairs in self.episodes().items():
+                try:
+                    rgb, _ = self._read_pair(pairs[0], key)
+                except SourceError as e:
+                    last = e
+                    continue
+                h, w = rgb.shape[:2]
+                size = "" if (h, w) == NYU_HW else f"; true source size {w}x{h}, not the standard 640x480 " \
+                                                     "(kept, never resized)"
+                reg = "; NOT registered to the RGB camera (raw Kinect)" if self.layout == "raw_kinect" else ""
+                self._schema = Schema({
+                    "obs.rgb": FieldSpec("uint8", (h, w, 3), None, "image",
+                                         description=f"NYU Depth V2 RGB ({self.layout}){size}"),
+                    "obs.depth": FieldSpec("float32", (h, w), "m", "depth",
+                                           description=f"depth in metres, 0 = invalid ({self.layout}){size}{reg}")})
+                break
+            if self._schema is None:
+                raise ConfigError(f"no readable pair (last error: {last})", path=str(self.root))
+        return self._schema
+
+    def _read_pair(self, pair: L.Pair, key: str) -> tuple[np.ndarray, np.ndarray]:
+        return L.read_pair(self.layout, pair, key, hf=self._hf() if self.layout == "hf" else None,
+                           max_depth=self.cfg.max_depth, mat_depth=self.cfg.mat_depth)
+
+    def read(self, key: str) -> Episode:
+        """One scene (or part of one): `obs.rgb (T, H, W, 3) uint8`, `obs.depth (T, H, W) float32` metres."""
+        pairs = self.episodes().get(key)
+        if pairs is None:
+            raise ConfigError(f"unknown episode key {key!r}", path=str(self.root))
+        schema = self.schema()
+        rgbs, depths = [], []
+        for p in pairs:
+            rgb, depth = self._read_pair(p, key)
+            if rgb.shape != schema["obs.rgb"].shape:
+                raise SchemaError(f"pair {p.name} is {rgb.shape[1]}x{rgb.shape[0]}, the store's frames are "
+                                  f"{schema['obs.rgb'].shape[1]}x{schema['obs.rgb'].shape[0]} (not resized; "
+                                  "ingest sizes separately)", path=p.rgb, key=key, field="obs.rgb")
+            rgbs.append(rgb)
+            depths.append(depth)
+        h, w = schema["obs.depth"].shape
+        K = K_RGB.copy()
+        K[0] *= w / NYU_HW[1]
+        K[1] *= h / NYU_HW[0]
+        first = pairs[0]
+        meta = {"task": "", "scene": first.scene, "split": first.split, "layout": self.layout,
+                "source_path": first.rgb if first.index >= 0 else str(Path(first.rgb).parent),
+                "samples": [p.name for p in pairs], "depth_registered": self.layout != "raw_kinect",
+                "cameras": {"rgb": {"K": K, "T_world_cam": None, "width": w, "height": h,
+                                    "source": "NYU toolbox camera_params.m (RGB), scaled to the frame size"}}}
+        return Episode(key=key, steps={"obs.rgb": np.stack(rgbs), "obs.depth": np.stack(depths)}, meta=meta)
+
+
+def apply_official_split(store_path: Path | str, split_of: dict[str, str], stats_config=None) -> dict[str, Any]:
+    """Write the official split into a finished store's manifest (`train` = official train episodes, `val` =
+    official test; "unknown" episodes count as train) and recompute stats.json on it. Returns the split."""
+    from shardyard.stores.atomic import atomic_write_json
+    from shardyard.stores.episodic import EpisodicStore
+    from shardyard.stores.manifest import MANIFEST, Manifest
+    from shardyard.stores.stats import compute_stats
+
+    store = EpisodicStore(str(store_path))
+    manifest = Manifest.from_dict(store.manifest)
+    keys = store.episode_keys
+    manifest.split = {"train": [i for i, k in enumerate(keys) if split_of.get(k, "unknown") != "test"],
+                      "val": [i for i, k in enumerate(keys) if split_of.get(k) == "test"]}
+    manifest.extra.update(split_source="official NYU split (val = official test)")
+    store = EpisodicStore(str(store_path), manifest=manifest)
+    atomic_write_json(Path(store_path) / "stats.json", compute_stats(store, stats_config))
+    atomic_write_json(Path(store_path) / MANIFEST, manifest.to_dict())
+    return manifest.split
+
+
+def ingest_nyu(source: NyuSource, cfg, *, on_episode=None):
+    """`run_ingest` (cfg: `IngestConfig`), then the official split when the layout has one (any episode
+    labelled train or test). Returns the `IngestResult`."""
+    from shardyard.ingest.runner import run_ingest
+
+    result = run_ingest(source, cfg, on_episode=on_episode)
+    split = source.official_split()
+    if set(split.values()) - {"unknown"}:
+        apply_official_split(cfg.out, split, cfg.stats)
+        log.info("official NYU split written to the manifest of %s", cfg.out)
+    return result

@@ -1,0 +1,348 @@
+"""NYU Depth V2 public layouts: list the RGB-depth pairs of each, and read one pair in metres.
+
+Every reader returns `rgb (H, W, 3) uint8` and `depth (H, W) float32` metres with 0 for invalid, at the
+pair's true size (never resized). Units and conventions (`../shared/data/SOURCES.md`, section 3):
+
+- "labeled_mat": `nyu_depth_v2_labeled.mat` (v7.3 = HDF5). `images (N, 3, 640, 480) uint8` and
+  `depths (N, 640, 480) float32` metres are MATLAB column-major: transposed to `(480, 640, 3)`/`(480, 640)`.
+  `scenes` holds references to char arrays. The official split comes from `splits.mat` beside it
+  (`trainNdxs`/`testNdxs`, 1-based), when present.
+- "h5": sparse-to-dense / FastDepth `{train,val}/<scene>/<NNNNN>.h5`, `rgb (3, 480, 640) uint8`,
+  `depth (480, 640) float32` metres; `val/official` is the labeled test split (654 frames).
+- "bts": `sync/<scene>/rgb_XXXXX.jpg` + `sync_depth_XXXXX.png` (train) and
+  `official_splits/{train,test}/<scenetype>/...`; depth png uint16 millimetres (/1000).
+- "mmseg": `images/[split/]NAME.jpg` + `annotations/[split/]NAME.png` (uint16 mm, `depth_scale=1000`), or both
+  in one folder; the scene is NAME without its trailing `_NNNNN`.
+- "densedepth": `nyu2_train/<scene>_out/<n>.jpg|png` (8-bit depth, 255 = 10 m, as DenseDepth's loader
+  `png / 255 * 1000` cm) and `nyu2_test/<n>_colors.png` + `<n>_depth.png` (uint16 mm), listed by
+  `nyu2_train.csv` / `nyu2_test.csv` when present; the depth scale follows the png's bit depth.
+- "eigen_npy": DenseDepth's `nyu_test.zip`: `eigen_test_rgb.npy (654, 480, 640, 3)`,
+  `eigen_test_depth.npy (654, 480, 640)` metres, `eigen_test_crop.npy`.
+- "hf": a Hugging Face dataset (`datasets.load_dataset` on a local parquet folder or a cached hub id such as
+  `sayakpaul/nyu_depth_v2`): `image` RGB and `depth_map` (float image in metres, or uint16 mm).
+- "raw_kinect": raw dumps, `*.ppm` RGB + `*.pgm` 11-bit disparity (payload little-endian despite the PGM spec;
+  detected per file), `depth = 351.3 / (1092.5 - raw)` m, raw 2047 invalid, clamped to `max_depth` as the NYU
+  toolbox's `depth_rel2depth_abs`. NOT registered to the RGB camera: pixels do not correspond.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shardyard.errors import ConfigError, SourceError
+
+log = logging.getLogger(__name__)
+
+TRAIN, TEST, UNKNOWN = "train", "test", "unknown"
+KINECT_A, KINECT_B, KINECT_INVALID = 351.3, 1092.5, 2047
+_IMG = (".jpg", ".jpeg", ".png")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One RGB-depth sample: `scene` (None when the layout does not say), `split` (train/test/unknown),
+    `name` (stable id), file paths `rgb`/`depth` (or the container), `index` (row in a container)."""
+
+    scene: str | None
+    split: str
+    name: str
+    rgb: str
+    depth: str = ""
+    index: int = -1
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+def _rgb_image(path: str, key: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as e:
+        raise SourceError(f"cannot read RGB image: {e}", path=path, key=key, field="obs.rgb") from e
+
+
+def png_depth(path: str, key: str, *, scale8: float = 10.0 / 255.0) -> np.ndarray:
+    """Depth png -> metres: 16-bit is millimetres (/1000); 8-bit is DenseDepth's `255 = 10 m` (x scale8)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            arr = np.asarray(im)
+    except Exception as e:
+        raise SourceError(f"cannot read depth png: {e}", path=path, key=key, field="obs.depth") from e
+    if arr.ndim == 3:
+        raise SourceError(f"depth png has {arr.shape[2]} channels (mode {mode}), expected one", path=path,
+                          key=key, field="obs.depth")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) * np.float32(scale8)
+    return arr.astype(np.float32) / np.float32(1000.0)
+
+
+def read_pgm_disparity(path: str, key: str) -> np.ndarray:
+    """Raw Kinect `.pgm` (P5, maxval 65535) -> `(H, W) uint16` disparity. The NYU dumps store the payload
+    little-endian (the toolbox swaps bytes after imread); the byte order is taken as the one whose values fit
+    in 11 bits, so a spec-conforming big-endian file reads too."""
+    data = Path(path).read_bytes()
+    tokens, pos = [], 0
+    while len(tokens) < 4:
+        m = re.compile(rb"\s*(#[^\n]*\n\s*)*(\S+)").match(data, pos)
+        if m is None:
+            raise SourceError("truncated PGM header", path=path, key=key, field="obs.depth")
+        tokens.append(m.group(2))
+        pos = m.end()
+    if tokens[0] != b"P5":
+        raise SourceError(f"not a binary PGM (magic {tokens[0]!r})", path=path, key=key, field="obs.depth")
+    w, h, maxval = (int(t) for t in tokens[1:])
+    payload = data[pos + 1: pos + 1 + w * h * (2 if maxval > 255 else 1)]
+    if maxval <= 255 or len(payload) < w * h * 2:
+        raise SourceError(f"expected a 16-bit {w}x{h} payload, got maxval {maxval}, {len(payload)} bytes",
+                          path=path, key=key, field="obs.depth")
+    little = np.frombuffer(payload, dtype="<u2").reshape(h, w)
+    if little.max() <= KINECT_INVALID:
+        return little.copy()
+    big = np.frombuffer(payload, dtype=">u2").reshape(h, w)
+    if big.max() <= KINECT_INVALID:
+        return big.astype(np.uint16)
+    raise SourceError("PGM values exceed 11 bits in both byte orders: not Kinect disparity", path=path, key=key,
+                      field="obs.depth")
+
+
+def kinect_depth(raw: np.ndarray, max_depth: float = 10.0) -> np.ndarray:
+    """NYU toolbox `depth_rel2depth_abs`: `351.3 / (1092.5 - raw)` metres; 2047 and negatives -> 0 (invalid);
+    values beyond `max_depth` are clamped to it, as the toolbox does."""
+    raw = raw.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        d = KINECT_A / (KINECT_B - raw)
+    d[(raw >= KINECT_INVALID) | ~np.isfinite(d) | (d < 0)] = 0.0
+    return np.minimum(d, max_depth).astype(np.float32)
+
+
+def _scene_of_name(stem: str) -> str | None:
+    m = re.match(r"^(.*?)_\d+$", stem)
+    return m.group(1) if m else None
+
+
+def _split_of(parts: tuple[str, ...]) -> str:
+    low = [p.lower() for p in parts]
+    if "test" in low or "val" in low or "validation" in low:
+        return TEST
+    if "train" in low or "sync" in low:
+        return TRAIN
+    return UNKNOWN
+
+
+def _num_key(p: Path) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.as_posix()))
+
+
+# -- listing ----------------------------------------------------------------------------------------------
+def list_labeled_mat(path: Path) -> list[Pair]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "images" not in f or "depths" not in f:
+            raise ConfigError("labeled .mat lacks `images`/`depths` (need the v7.3 labeled file)", path=str(path))
+        n = f["images"].shape[0]
+        scenes: list[str | None] = [None] * n
+        if "scenes" in f:
+            refs = np.asarray(f["scenes"]).reshape(-1)
+            scenes = ["".join(chr(int(c)) for c in np.asarray(f[r]).reshape(-1)) for r in refs]
+    splits = [UNKNOWN] * n
+    sp = path.parent / "splits.mat"
+    if sp.exists():
+        from scipy.io import loadmat
+
+        m = loadmat(sp)
+        for name, split in (("trainNdxs", TRAIN), ("testNdxs", TEST)):
+            for i in np.asarray(m[name]).reshape(-1).astype(int):
+                splits[i - 1] = split
+    return [Pair(scenes[i], splits[i], f"{i + 1:04d}", str(path), index=i) for i in range(n)]
+
+
+def list_h5(root: Path) -> list[Pair]:
+    files = sorted(root.rglob("*.h5"), key=lambda p: _num_key(p.relative_to(root)))
+    out = []
+    for p in files:
+        rel = p.relative_to(root)
+        scene = rel.parent.name if rel.parent.name not in ("", "official", "train", "val") else None
+        out.append(Pair(scene, _split_of(rel.parts[:-1]), rel.as_posix(), str(p), str(p)))
+    return out
+
+
+def list_bts(root: Path) -> list[Pair]:
+    out = []
+    for d in sorted(root.rglob("sync_depth_*.png"), key=lambda p: _num_key(p.relative_to(root))):
+        idx = d.stem[len("sync_depth_"):]
+        rgb = next((d.with_name(f"rgb_{idx}{e}") for e in _IMG if d.with_name(f"rgb_{idx}{e}").exists()), None)
+        if rgb is None:
+            log.warning("no rgb_%s.* beside %s: pair skipped", idx, d)
+            continue
+        rel = d.relative_to(root)
+        scene = rel.parent.name if rel.parent.name not in ("", "sync") else None
+        out.append(Pair(scene, _split_of(rel.parts[:-1]), rel.parent.joinpath(idx).as_posix(), str(rgb), str(d)))
+    return out
+
+
+def list_mmseg(root: Path) -> list[Pair]:
+    img_dir, ann_dir = (root / "images", root / "annotations") if (root / "images").is_dir() else (root, root)
+    out = []
+    for rgb in sorted((p for p in img_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")),
+                      key=lambda p: _num_key(p.relative_to(img_dir))):
+        rel = rgb.relative_to(img_dir)
+        depth = (ann_dir / rel).with_suffix(".png")
+        if not depth.exists():
+            log.warning("no annotation %s for %s: pair skipped", depth, rgb)
+            continue
+        out.append(Pair(_scene_of_name(rgb.stem), _split_of(rel.parts[:-1]), rel.with_suffix("").as_posix(),
+                        str(rgb), str(depth)))
+    return out
+
+
+def _densedepth_base(root: Path) -> Path:
+    return root / "data" if (root / "data" / "nyu2_train").is_dir() or (root / "data" / "nyu2_test").is_dir() \
+        or any((root / "data").glob("nyu2_*.csv")) else root
+
+
+def list_densedepth(root: Path) -> list[Pair]:
+    base = _densedepth_base(root)
+    out: list[Pair] = []
+    for split, name in ((TRAIN, "nyu2_train"), (TEST, "nyu2_test")):
+        csv_path = base / f"{name}.csv"
+        rows: list[tuple[Path, Path]] = []
+        if csv_path.exists():
+            with open(csv_path, newline="") as fh:
+                for line in csv.reader(fh):
+                    if len(line) < 2:
+                        continue
+                    a, b = (next((c for c in (base / s, base.parent / s, root / s) if c.exists()), base.parent / s)
+                            for s in (line[0].strip(), line[1].strip()))
+                    rows.append((a, b))
+        elif (base / name).is_dir():
+            folder = base / name
+            if split == TRAIN:
+                rows = [(j, j.with_suffix(".png")) for j in sorted(folder.rglob("*.jpg"), key=_num_key)]
+            else:
+                rows = [(c, c.with_name(c.name.replace("_colors", "_depth")))
+                        for c in sorted(folder.glob("*_colors.png"), key=_num_key)]
+        for rgb, depth in rows:
+            scene = rgb.parent.name[:-4] if rgb.parent.name.endswith("_out") else None
+            out.append(Pair(scene, split, f"{name}/{rgb.parent.name}/{rgb.stem}" if scene else f"{name}/{rgb.stem}",
+                            str(rgb), str(depth)))
+    return out
+
+
+def list_eigen_npy(root: Path) -> list[Pair]:
+    rgb = np.load(root / "eigen_test_rgb.npy", mmap_mode="r")
+    return [Pair(None, TEST, f"eigen_test/{i:04d}", str(root / "eigen_test_rgb.npy"),
+                 str(root / "eigen_test_depth.npy"), index=i) for i in range(rgb.shape[0])]
+
+
+def list_raw_kinect(root: Path) -> list[Pair]:
+    out = []
+    for folder in sorted({p.parent for p in root.rglob("*.pgm")}):
+        ppm, pgm = sorted(folder.glob("*.ppm")), sorted(folder.glob("*.pgm"))
+        rel = folder.relative_to(root).as_posix()
+        scene = folder.name if rel != "." else root.name
+        stamped = [p for p in pgm if p.name.startswith("d-")]
+        if stamped and any(p.name.startswith("r-") for p in ppm):
+            rgbs = [p for p in ppm if p.name.startswith("r-")]
+            t_rgb = np.array([float(p.name.split("-")[1]) for p in rgbs])
+            for d in stamped:  # as the toolbox's get_synched_frames: nearest RGB in time for each depth frame
+                r = rgbs[int(np.argmin(np.abs(t_rgb - float(d.name.split("-")[1]))))]
+                out.append(Pair(scene, UNKNOWN, f"{rel}/{d.stem}", str(r), str(d)))
+        elif len(ppm) == len(pgm):
+            out += [Pair(scene, UNKNOWN, f"{rel}/{d.stem}", str(r), str(d)) for r, d in zip(ppm, pgm)]
+        else:
+            log.warning("%s: %d .ppm and %d .pgm without r-/d- timestamps: cannot pair", folder, len(ppm), len(pgm))
+    return out
+
+
+def load_hf(root: str, cache_dir: str | None = None):
+    """`datasets.load_dataset` on a local folder (parquet) or a cached hub id; a DatasetDict."""
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError("reading a Hugging Face dataset needs `pip install datasets`", path=root) from None
+    try:
+        ds = datasets.load_dataset(root, cache_dir=cache_dir)
+    except Exception as e:
+        raise ConfigError(f"datasets.load_dataset failed: {e}", path=root) from e
+    return ds if isinstance(ds, datasets.DatasetDict) else datasets.DatasetDict({"train": ds})
+
+
+def list_hf(ds) -> list[Pair]:
+    out = []
+    for name in ds:
+        cols = ds[name].column_names
+        if "image" not in cols or "depth_map" not in cols:
+            raise ConfigError(f"HF split {name!r} has columns {cols}; expected `image` and `depth_map`")
+        split = TRAIN if name == "train" else TEST if name in ("validation", "val", "test") else UNKNOWN
+        scene_col = "scene" if "scene" in cols else None
+        scenes = ds[name][scene_col] if scene_col else [None] * ds[name].num_rows
+        out += [Pair(scenes[i], split, f"{name}/{i:06d}", name, name, index=i) for i in range(ds[name].num_rows)]
+    return out
+
+
+# -- reading ----------------------------------------------------------------------------------------------
+def _hf_depth(value: Any, key: str) -> np.ndarray:
+    arr = np.asarray(value)
+    mode = getattr(value, "mode", None)
+    if arr.dtype.kind in "iu":                    # PIL "I;16"/"I" png: millimetres
+        return arr.astype(np.float32) / np.float32(1000.0)
+    if arr.dtype.kind != "f":
+        raise SourceError(f"depth_map of dtype {arr.dtype} (mode {mode}): expected float metres or uint16 mm",
+                          key=key, field="obs.depth")
+    return arr.astype(np.float32)
+
+
+def read_pair(layout: str, pair: Pair, key: str, *, hf=None, max_depth: float = 10.0,
+              mat_depth: str = "depths") -> tuple[np.ndarray, np.ndarray]:
+    """`(rgb (H, W, 3) uint8, depth (H, W) float32 metres, 0 = invalid)` of one pair; raises `SourceError`."""
+    if layout == "labeled_mat":
+        import h5py
+
+        with h5py.File(pair.rgb, "r") as f:
+            rgb = np.asarray(f["images"][pair.index]).transpose(2, 1, 0)             # (3, W, H) -> (H, W, 3)
+            depth = np.asarray(f[mat_depth][pair.index], dtype=np.float32).T         # (W, H) -> (H, W)
+    elif layout == "h5":
+        import h5py
+
+        try:
+            with h5py.File(pair.rgb, "r") as f:
+                rgb = np.asarray(f["rgb"]).transpose(1, 2, 0)                        # (3, H, W) -> (H, W, 3)
+                depth = np.asarray(f["depth"], dtype=np.float32)
+        except (OSError, KeyError) as e:
+            raise SourceError(f"cannot read h5 pair: {e}", path=pair.rgb, key=key, field="obs.rgb") from e
+    elif layout in ("bts", "mmseg", "densedepth"):
+        rgb, depth = _rgb_image(pair.rgb, key), png_depth(pair.depth, key)
+    elif layout == "eigen_npy":
+        rgb = np.asarray(np.load(pair.rgb, mmap_mode="r")[pair.index])
+        depth = np.asarray(np.load(pair.depth, mmap_mode="r")[pair.index], dtype=np.float32)
+    elif layout == "raw_kinect":
+        rgb = _rgb_image(pair.rgb, key)
+        depth = kinect_depth(read_pgm_disparity(pair.depth, key), max_depth)
+    elif layout == "hf":
+        row = hf[pair.rgb][pair.index]
+        img = row["image"]
+        rgb = np.asarray(img.convert("RGB") if hasattr(img, "convert") else img, dtype=np.uint8)
+        depth = _hf_depth(row["depth_map"], key)
+    else:
+        raise ConfigError(f"unknown NYU layout {layout!r}")
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    depth = np.ascontiguousarray(depth, dtype=np.float32)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or depth.shape != rgb.shape[:2]:
+        raise SourceError(f"rgb {rgb.shape} and depth {depth.shape} do not form a pair", path=pair.depth or pair.rgb,
+                          key=key, field="obs.depth")
+    bad = ~np.isfinite(depth) | (depth < 0)
+    if bad.any():
+        depth = np.where(bad, np.float32(0), depth)
+    return rgb, depth

@@ -1,0 +1,339 @@
+"""WebVid ingest: metadata + URLs -> checksummed webdataset shards, or verify a video2dataset output folder.
+
+META is a WebVid CSV (10M order `videoid,contentUrl,duration,page_dir,name` or 2.5M order
+`videoid,name,page_idx,page_dir,duration,contentUrl`; columns are read by name; `duration` is ISO-8601
+like `PT00H00M17S`), a parquet file, or a Hugging Face dataset saved with `save_to_disk` (needs `datasets`).
+Row `i` gets the key `f"{i:09d}"` and lands in shard `i // samples_per_shard`, so a rerun rebuilds the same
+shards: finished shards are skipped, and `retry_failed` refetches only the failed rows of finished shards.
+
+Each sample's json member holds the input columns (unchanged, so `duration` stays the ISO string) plus
+`key, url, caption, status, error_message, attempts, duration_s, fps, num_frames, width, height, bytes`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from shardyard.errors import ConfigError, SourceError
+from shardyard.ingest.fetch import FetchConfig, Fetcher
+from shardyard.stores.atomic import to_jsonable
+from shardyard.stores.manifest import MANIFEST
+from shardyard.stores.shards import Sample, ShardWriter, ShardWriterConfig, iter_tar_samples, shard_name
+from shardyard.video import open_video_bytes
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FATAL, EXIT_SKIPPED = 0, 1, 2
+ISO_RE = re.compile(r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
+                    r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$")
+URL_COLUMNS, CAPTION_COLUMNS = ("contentUrl", "url"), ("name", "caption")
+
+
+def parse_iso_duration(text: str) -> float | None:
+    """ISO-8601 duration to seconds: `"PT00H00M17S"` -> 17.0; None when it does not parse."""
+    m = ISO_RE.match(str(text).strip())
+    if not m or not any(m.groupdict().values()):
+        return None
+    d = {k: float(v) if v else 0.0 for k, v in m.groupdict().items()}
+    return d["d"] * 86400 + d["h"] * 3600 + d["m"] * 60 + d["s"]
+
+
+def iter_meta(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Stream the rows of a WebVid CSV, a parquet file or a Hugging Face dataset (a `save_to_disk` folder,
+    or a dataset name in the local cache) as dicts of the input columns, without loading them all.
+    Raises `SourceError` when the input is missing or has no URL column, `ConfigError` when a HF dataset
+    is given and `datasets` is not installed."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows: Iterator[dict[str, Any]] = (r for b in pq.ParquetFile(p).iter_batches(batch_size=4096)
+                                          for r in b.to_pylist())
+    elif p.is_file():
+        rows = _iter_csv(p)
+    elif p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()) or not p.exists():
+        try:
+            import datasets
+        except ImportError as e:
+            raise (ConfigError("reading a Hugging Face dataset needs `pip install datasets`", path=str(p))
+                   if p.exists() else SourceError("metadata not found", path=str(p))) from e
+        ds = (datasets.load_from_disk(str(p)) if p.exists() else
+              datasets.load_dataset(str(path), split="train", streaming=True))
+        rows = (dict(r) for r in ds)
+    else:
+        raise SourceError("expected a CSV, a parquet file or a saved HF dataset", path=str(p))
+    for i, row in enumerate(rows):
+        if i == 0 and not any(c in row for c in URL_COLUMNS):
+            raise SourceError(f"no URL column (one of {URL_COLUMNS}) in columns {list(row)}", path=str(p))
+        yield to_jsonable(row)
+
+
+def _iter_csv(p: Path) -> Iterator[dict[str, Any]]:
+    with open(p, newline="", encoding="utf-8") as f:
+        yield from csv.DictReader(f)
+
+
+def read_meta(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of `iter_meta(path)` as a list."""
+    return list(iter_meta(path))
+
+
+def sniff(data: bytes) -> str | None:
+    """Name of a still-image format when `data` is one (video2dataset stores some JPEGs as `.mp4`)."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
+def probe_video(data: bytes) -> dict[str, Any]:
+    """Decode every frame of `data` (through `shardyard.video`) and describe it: `{"status": "success" |
+    "not_video" | "undecodable", "error_message", "duration_s", "fps", "num_frames", "width", "height",
+    "bytes"}`. Never raises for bad input."""
+    out: dict[str, Any] = {"status": "success", "error_message": None, "duration_s": None, "fps": None,
+                           "num_frames": None, "width": None, "height": None, "bytes": len(data)}
+    kind = sniff(data)
+    if kind:
+        return out | {"status": "not_video", "error_message": f"member is a {kind} image, not a video"}
+    if not data:
+        return out | {"status": "undecodable", "error_message": "empty body"}
+    try:
+        with open_video_bytes(data) as r:
+            r.read([0, r.num_frames - 1], size=(32, 32))  # decodes every frame in between
+            ts = r.timestamps()
+            dur = float(ts[-1] + (1.0 / r.fps if r.fps else 0.0))
+            out |= {"duration_s": round(dur, 4), "fps": r.fps, "num_frames": r.num_frames,
+                    "width": r.width, "height": r.height}
+    except (SourceError, IndexError) as e:
+        return out | {"status": "undecodable", "error_message": str(e)}
+    return out
+
+
+@dataclass
+class TranscodeConfig:
+    """short_side: resize so the short side is this many px (even dims), None keeps the size. fps: output
+    rate in Hz (frames picked by timestamp), None keeps every frame. max_seconds: keep the first S seconds."""
+
+    short_side: int | None = None
+    fps: float | None = None
+    max_seconds: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.short_side, self.fps, self.max_seconds))
+
+
+def transcode(data: bytes, cfg: TranscodeConfig, crf: int = 23) -> bytes:
+    """Re-encode video bytes to H.264 mp4 per `cfg`; frames are read frame-exactly through
+    `shardyard.video` in chunks (memory ~ 64 frames). Raises `SourceError` when the input does not decode."""
+    import av
+
+    with open_video_bytes(data) as r:
+        ts = r.timestamps()
+        end = ts[-1] + 1e-6 if cfg.max_seconds is None else min(cfg.max_seconds, ts[-1] + 1e-6)
+        if cfg.fps:
+            times = np.arange(0.0, end, 1.0 / cfg.fps)
+            idx = np.clip(np.searchsorted(ts, times + 1e-6, side="right") - 1, 0, r.num_frames - 1)
+        else:
+            idx = np.nonzero(ts < end)[0] if cfg.max_seconds is not None else np.arange(r.num_frames)
+        w, h = r.width, r.height
+        if cfg.short_side:
+            s = cfg.short_side / min(w, h)
+            w, h = max(2, int(round(w * s / 2)) * 2), max(2, int(round(h * s / 2)) * 2)
+        buf = io.BytesIO()
+        with av.open(buf, mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=Fraction(cfg.fps or r.fps or 30).limit_denominator(1000))
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.options = {"crf": str(crf), "preset": "fast"}
+            for start in range(0, len(idx), 64):
+                for img in r.read(idx[start:start + 64], size=(w, h) if cfg.short_side else None):
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                        container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+    return buf.getvalue()
+
+
+@dataclass
+class WebvidConfig:
+    """Options of `ingest webvid`. samples_per_shard: rows per shard. retry_failed: refetch the failed rows
+    of finished shards (successes are kept, never refetched). fetch/transcode: see their classes."""
+
+    out: Path
+    samples_per_shard: int = 1000
+    split: str = "train"
+    overwrite: bool = False
+    retry_failed: bool = False
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
+
+    def __post_init__(self) -> None:
+        if self.samples_per_shard < 1:
+            raise ConfigError(f"samples_per_shard must be >= 1, got {self.samples_per_shard}")
+        if self.fetch.concurrency < 1 or self.fetch.retries < 0 or self.fetch.timeout_s <= 0:
+            raise ConfigError("concurrency >= 1, retries >= 0 and timeout > 0 are required")
+
+
+@dataclass
+class WebvidResult:
+    """Outcome: report dict (also in report.json) and the exit status (0 all stored, 2 some failed)."""
+
+    out: Path
+    report: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.report["num_failed"] == 0 else EXIT_SKIPPED
+
+
+def _process(fetcher: Fetcher, tcfg: TranscodeConfig, key: str, row: dict[str, Any]) -> tuple[dict, bytes | None]:
+    url = next((row[c] for c in URL_COLUMNS if c in row), None)
+    caption = next((row[c] for c in CAPTION_COLUMNS if c in row), "") or ""
+    info: dict[str, Any] = row | {"key": key, "url": url, "caption": caption}
+    res = fetcher.fetch(url)
+    info |= {"attempts": res.attempts, "http_status": res.http_status}
+    if res.status != "success":
+        return info | {"status": res.status, "error_message": res.error_message, "bytes": None}, None
+    data = res.data
+    if tcfg.active and sniff(data) is None:
+        try:
+            data = transcode(data, tcfg)
+        except SourceError as e:
+            return info | {"status": "undecodable", "error_message": str(e), "bytes": len(res.data)}, None
+    probe = probe_video(data)
+    info |= probe
+    return info, (data if probe["status"] == "success" else None)
+
+
+def _compact(row: dict[str, Any]) -> dict[str, Any]:
+    """The report.json row of a sample (the shard's status sidecar keeps the full row)."""
+    return {k: row.get(k) for k in ("key", "shard", "url", "status", "error_message", "attempts", "http_status")}
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    by: dict[str, int] = {}
+    for r in rows:
+        by[r["status"]] = by.get(r["status"], 0) + 1
+    ok = by.get("success", 0)
+    return {"num_samples": len(rows), "num_success": ok, "num_failed": len(rows) - ok,
+            "success_rate": round(ok / len(rows), 4) if rows else 1.0, "by_status": by}
+
+
+def ingest_webvid(meta: str | Path, cfg: WebvidConfig,
+                  on_sample: Callable[[str, str], None] | None = None) -> WebvidResult:
+    """Download the rows of `meta` into a shard store at `cfg.out`, or verify a video2dataset folder
+    (a directory of `.tar` shards). `on_sample(key, status)` is called per sample (progress bars).
+    Raises `SourceError`/`ConfigError` for unusable input; per-sample failures go to report.json."""
+    t0 = time.perf_counter()
+    meta = Path(meta)
+    if meta.is_dir() and any(meta.glob("*.tar")) and not (meta / MANIFEST).exists():
+        return _verify_video2dataset(meta, cfg, t0, on_sample)
+    rows_it = iter_meta(meta)
+    n = cfg.samples_per_shard
+    wcfg = ShardWriterConfig(split=cfg.split, overwrite=cfg.overwrite, source={"name": "webvid", "path": str(meta)},
+                             config=to_jsonable(asdict(cfg)))
+    status_rows: list[dict[str, Any]] = []
+    reused = retried = 0
+    with ShardWriter(cfg.out, config=wcfg) as writer, Fetcher(cfg.fetch) as fetcher:
+        finished = writer.finished()
+        with ThreadPoolExecutor(cfg.fetch.concurrency, thread_name_prefix="webvid") as pool:
+            for si in itertools.count():
+                rows = dict(enumerate(itertools.islice(rows_it, n), start=si * n))
+                if not rows:
+                    break
+                keys = [f"{i:09d}" for i in rows]
+                name = shard_name(cfg.split, si)
+                old = {r["key"]: r for r in finished.get(name, [])}
+                if set(old) - set(keys):
+                    raise SourceError(f"shard {name} was written from other metadata (keys differ); "
+                                      "use --overwrite or another --out", path=str(cfg.out))
+                todo = [k for k in keys if k not in old or (cfg.retry_failed and old[k]["status"] != "success")]
+                if old and not todo:
+                    reused += 1
+                    status_rows += [_compact(old[k]) for k in keys]
+                    continue
+                kept = {s.key: s for s in writer.read_shard(name)} if old else {}
+                results = dict(zip(todo, pool.map(lambda k: _process(fetcher, cfg.transcode, k,
+                                                                     rows[int(k)]), todo)))
+                retried += len(todo) if old else 0
+                samples, shard_rows = [], []
+                for k in keys:
+                    if k in results:
+                        info, data = results[k]
+                        if data is not None:
+                            samples.append(Sample(k, {"mp4": data, "txt": str(info["caption"]).encode(),
+                                                      "json": json.dumps(to_jsonable(info)).encode()}))
+                    else:
+                        info = old[k]
+                        if k in kept:
+                            samples.append(kept[k])
+                    shard_rows.append(to_jsonable(info | {"shard": name}))
+                    if on_sample:
+                        on_sample(k, info["status"])
+                writer.write_shard(si, samples, shard_rows)
+                status_rows += [_compact(r) for r in shard_rows]
+        report = {"source": "webvid", "mode": "download", "meta": str(meta), **_summary(status_rows),
+                  "num_shards": si, "num_shards_reused": reused, "num_retried": retried,
+                  "seconds": round(time.perf_counter() - t0, 3),
+                  "samples": status_rows}
+        writer.report = report
+    return WebvidResult(out=Path(cfg.out), report=report)
+
+
+def _verify_video2dataset(folder: Path, cfg: WebvidConfig, t0: float,
+                          on_sample: Callable[[str, str], None] | None) -> WebvidResult:
+    """Copy each `.tar` of a video2dataset output in as one of our shards (bytes unchanged), decoding every
+    `.mp4` member; samples the source recorded as failed (its per-shard parquet) are reported too."""
+    tars = sorted(folder.glob("*.tar"))
+    wcfg = ShardWriterConfig(split=cfg.split, overwrite=cfg.overwrite,
+                             source={"name": "video2dataset", "path": str(folder)}, config={"verify": True})
+    status_rows: list[dict[str, Any]] = []
+    with ShardWriter(cfg.out, config=wcfg) as writer:
+        for si, tar in enumerate(tars):
+            name, rows = shard_name(cfg.split, si), []
+            try:
+                with open(tar, "rb") as f:
+                    for s in iter_tar_samples(f):
+                        src = json.loads(s.members["json"]) if "json" in s.members else {}
+                        vid_ext = next((e for e in ("mp4", "webm", "mkv", "avi", "mov") if e in s.members), None)
+                        probe = (probe_video(s.members[vid_ext]) if vid_ext else
+                                 {"status": "undecodable", "error_message": "no video member"})
+                        rows.append(to_jsonable({"key": s.key, "shard": name, "url": src.get("url"),
+                                                 "source_status": src.get("status"), **probe}))
+                        if on_sample:
+                            on_sample(s.key, probe["status"])
+            except (OSError, EOFError, __import__("tarfile").TarError) as e:
+                rows.append({"key": None, "shard": name, "status": "corrupt_shard", "error_message": str(e)})
+            parquet = tar.with_suffix(".parquet")
+            if parquet.exists():
+                import pyarrow.parquet as pq
+
+                in_tar = {r["key"] for r in rows}
+                for r in pq.read_table(parquet).to_pylist():
+                    if str(r.get("key")) not in in_tar and r.get("status") != "success":
+                        rows.append(to_jsonable({"key": str(r.get("key")), "shard": None, "url": r.get("url"),
+                                                 "status": "source_failed", "error_message": r.get("error_message")}))
+            writer.add_foreign_shard(si, tar, rows)
+            status_rows += rows
+        report = {"source": "video2dataset", "mode": "verify", "meta": str(folder), **_summary(status_rows),
+                  "num_shards": len(tars), "seconds": round(time.perf_counter() - t0, 3), "samples": status_rows}
+        writer.report = report
+    return WebvidResult(out=Path(cfg.out), report=report)

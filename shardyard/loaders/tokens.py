@@ -1,0 +1,138 @@
+"""`TokenDataset`: cached DINO tokens (and, with a store, the aligned step fields) as a map-style dataset.
+
+Sample `i` is step `i` of the source store. Reads go through `ShardReader` (one `pread` per run of adjacent
+chunks, no zarr-python per item), and `__getitems__` serves a whole DataLoader batch with one read per run of
+consecutive indices. Handles open lazily in each process, so the dataset can be given to many workers
+(fork or spawn).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from shardyard.stores.chunks import _EMPTY, ShardReader
+from shardyard.stores.features import CLS, FIELD_NAMES, PATCH, FeatureStore, open_features
+
+log = logging.getLogger(__name__)
+
+PATCH_KEY, CLS_KEY, MISSING_KEY = FIELD_NAMES["patch_tokens"], FIELD_NAMES["cls_token"], FIELD_NAMES["missing"]
+_ARRAY = {PATCH_KEY: PATCH, CLS_KEY: CLS}
+
+
+@dataclass
+class TokenDatasetConfig:
+    """tokens: which token fields to return (`dino.patch_tokens`, `dino.cls_token`). as_float32: cast the
+    stored float16/bfloat16 tokens to float32 (default keeps the stored dtype: half the bytes)."""
+
+    tokens: tuple[str, ...] = (PATCH_KEY, CLS_KEY)
+    as_float32: bool = False
+
+
+def _gather(reader: Any, idx: np.ndarray) -> np.ndarray | None:
+    """Rows `idx` (any order) of an uncompressed, one-row-per-chunk local sharded array, each `pread`
+    straight into the output buffer (no intermediate copy), using `ShardReader`'s cached shard indexes and
+    file handles. None when the layout does not allow it (the caller then reads runs)."""
+    if not isinstance(reader, ShardReader) or reader.fs is not None or reader.chunk_rows != 1 \
+            or reader.decode(b"x") != b"x":
+        return None
+    reader._check_pid()
+    out = np.empty((len(idx),) + reader.shape[1:], dtype=reader.dtype)
+    flat = out.reshape(len(idx), -1).view(np.uint8)
+    rb = reader.row_nbytes
+    for j, i in enumerate(idx.tolist()):
+        s, k = divmod(i, reader.shard_rows)
+        index = reader._index(s)
+        if index is None or index[k, 0] == _EMPTY or int(index[k, 1]) != rb:
+            out[j] = reader.read(i, i + 1)[0]
+            continue
+        if os.preadv(reader._files[s], [flat[j]], int(index[k, 0])) != rb:
+            out[j] = reader.read(i, i + 1)[0]
+    return out
+
+
+def _runs(idx: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """Sorted unique indices -> runs `(start, stop, positions)` of consecutive values."""
+    if not len(idx):
+        return []
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    bounds = np.concatenate([[0], breaks, [len(idx)]])
+    return [(int(idx[a]), int(idx[b - 1]) + 1, np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """Map-style dataset over a feature store.
+
+    Item `i` -> dict: `dino.patch_tokens (h*w, D)`, `dino.cls_token (D,)` (stored dtype, or float32),
+    `dino.missing` (bool tensor; True = the frame failed to decode and the tokens are zeros), `index`, and,
+    with `store`, each of `fields` at step `i` (`(*spec.shape)`). Default-collated batches are
+    `(B, h*w, D)`, `(B, D)`, ...
+
+    features: feature store path or `FeatureStore`. store: the source store path or object (must have as many
+    steps). Raises `StoreError` for an incomplete store, `ValueError` when the store does not align or
+    a field is unknown, `IndexError` out of range.
+    """
+
+    def __init__(self, features: str | os.PathLike | FeatureStore, store: Any = None,
+                 fields: Sequence[str] | None = None, config: TokenDatasetConfig | None = None) -> None:
+        self.features = features if isinstance(features, FeatureStore) else open_features(features)
+        self.cfg = config or TokenDatasetConfig()
+        unknown = [t for t in self.cfg.tokens if t not in (PATCH_KEY, CLS_KEY)]
+        if unknown:
+            raise ValueError(f"unknown token field(s) {unknown}; expected {PATCH_KEY}, {CLS_KEY}")
+        if isinstance(store, (str, os.PathLike)):
+            from shardyard import open_store
+
+            store = open_store(str(store))
+        self.store = store
+        if store is not None and store.num_steps != self.features.num_samples:
+            raise ValueError(f"store has {store.num_steps} steps, feature store {self.features.num_samples}: "
+                             "they are not aligned")
+        if fields is None:
+            fields = [] if store is None else [k for k in store.schema.keys()
+                                               if store.schema[k].kind not in ("image", "depth", "video")]
+        if fields and store is None:
+            raise ValueError("fields need the source store: pass store=")
+        missing_fields = [f for f in fields if f not in store.schema] if store is not None else []
+        if missing_fields:
+            raise ValueError(f"unknown field(s) {missing_fields}; store has {store.schema.keys()}")
+        self.fields = list(fields)
+
+    def __len__(self) -> int:
+        return self.features.num_samples
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range [0, {len(self)})")
+        return self.__getitems__([int(i) % len(self)])[0]
+
+    def _read(self, name: str, idx: np.ndarray) -> np.ndarray:
+        """Rows `idx` (any order, repeats allowed) of one token array: gathered chunk by chunk straight into
+        the output when the store is raw, else one read per run of consecutive sorted indices."""
+        fs = self.features
+        x = _gather(fs._reader(_ARRAY[name]), idx)
+        if x is not None:
+            x = fs.decode(x)
+        else:
+            uniq, inverse = np.unique(idx, return_inverse=True)
+            read = fs.patch_tokens if name == PATCH_KEY else fs.cls_token
+            parts = [read(a, b) for a, b, _ in _runs(uniq)]
+            x = (parts[0] if len(parts) == 1 else np.concatenate(parts))[inverse]
+        return x.astype(np.float32) if self.cfg.as_float32 else x
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """A batch of items (DataLoader calls this once per batch): reads grouped by runs of indices."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"indices out of range [0, {len(self)})")
+        cols: dict[str, np.ndarray] = {t: self._read(t, idx) for t in self.cfg.tokens}
+        cols[MISSING_KEY] = self.features.missing[idx]
+        for f in self.fields:
+            cols[f] = np.stack([self.store.read_rows(f, int(i), int(i) + 1)[0] for i in idx]) if len(idx) else None
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in cols.items()}
+        return [{"index": int(i), **{k: t[j] for k, t in tensors.items()}} for j, i in enumerate(idx)]

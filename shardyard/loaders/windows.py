@@ -1,0 +1,194 @@
+"""`EpisodeWindows`: one training sample per valid (episode, step) of an episodic store, for seed 001.
+
+Sample `(episode e, step t)` holds the frame at `t` (or its cached DINO tokens, read from a feature store
+aligned index for index with the store) and the targets of the future EEF poses at steps `t + k * s` for
+`k = 1..T` (`T = window`, `s = frame_stride`); a future step past the episode's end repeats the last step
+and is marked invalid. Targets come from `loaders.targets` with the store's stats (height, gripper and
+rotation bins) and the episode's camera (`K`, `T_world_cam`, or the per-step `obs.T_world_cam.<role>` field
+of a moving camera, taken at the frame's step `t`).
+
+A step is valid when its frame exists (not marked missing in the feature store). Low-dim fields are read
+once and kept in memory (8 floats per step); frames and tokens are read per batch in the calling process, so
+the dataset can be given to DataLoader workers (fork or spawn).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from shardyard.errors import ConfigError
+from shardyard.loaders.targets import TargetSpec, compute_targets, grid_intrinsics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WindowConfig:
+    """pred_size: side of the prediction grid (seed 001's `PRED_SIZE`, 56). robot: robot prefix of the stats
+    (default the first). rotation_mode: "1d_pca" or "kmeans" (default the stats' recommendation)."""
+
+    pred_size: int = 56
+    robot: str | None = None
+    rotation_mode: str | None = None
+
+
+def _open(store: Any, features: Any) -> tuple[Any, Any]:
+    if isinstance(store, (str, os.PathLike)):
+        from shardyard import open_store
+
+        store = open_store(str(store))
+    if isinstance(features, (str, os.PathLike)):
+        from shardyard.stores.features import open_features
+
+        features = open_features(features)
+    return store, features
+
+
+def resolve_camera(schema: Any, camera: str | None) -> tuple[str, str]:
+    """`(field, role)` of the image field: `camera` is a role (`top`) or a field (`obs.rgb.top`); None picks
+    the only `obs.rgb.*` field. Raises ConfigError when it is absent or ambiguous."""
+    images = [k for k in schema.keys() if k.startswith("obs.rgb.")]
+    if camera is None:
+        if len(images) != 1:
+            raise ConfigError(f"store has image fields {images}: pick one with --camera")
+        field = images[0]
+    else:
+        field = camera if camera in schema else f"obs.rgb.{camera}"
+        if field not in schema:
+            raise ConfigError(f"no camera {camera!r}; store has {images}")
+    return field, field[len("obs.rgb."):] if field.startswith("obs.rgb.") else field
+
+
+class EpisodeWindows(torch.utils.data.Dataset):
+    """Map-style dataset of seed 001's training windows (see the module docstring).
+
+    store: episodic store or its path. features: feature store (or path) from `ingest dino` on the same
+    store, or None to return frames. window: T future steps. frame_stride: s steps between them. camera:
+    role or field. split: "train", "val" or None (all episodes).
+
+    Item `i` -> dict of tensors: `image (3, H, W) float32 [0, 1]` or `patch_tokens (h*w, D)` and
+    `cls_token (D,)` float32; `start_pix (2,) int64 (x, y)`; per future step `pix (T, 2) int64 (x, y)` on the
+    `pred_size` grid, `height_bin`, `gripper_bin`, `rot_bin (T,) int64`, `valid (T,) bool` (before the
+    episode's end), `in_frame (T,) bool`, `mask = valid & in_frame`, `future_pos (T, 3)` metres; `K_grid
+    (3, 3)` and `T_world_cam (4, 4)` float64 for decoding; `index`, `row` (global step).
+
+    Raises ConfigError for a missing camera, robot stats or split; ValueError when the feature store does
+    not align with the store.
+    """
+
+    def __init__(self, store: Any, features: Any = None, window: int = 8, frame_stride: int = 3,
+                 camera: str | None = None, split: str | None = "train", config: WindowConfig | None = None):
+        self.store, self.features = _open(store, features)
+        self.cfg = config or WindowConfig()
+        if window < 1 or frame_stride < 1:
+            raise ConfigError(f"window and frame_stride must be >= 1, got {window}, {frame_stride}")
+        self.window, self.frame_stride = int(window), int(frame_stride)
+        self.field, self.role = resolve_camera(self.store.schema, camera)
+        self.spec = TargetSpec.from_stats(self.store.stats, self.cfg.robot, self.cfg.rotation_mode)
+        n = self.store.num_steps
+        if self.features is not None and self.features.num_samples != n:
+            raise ValueError(f"feature store has {self.features.num_samples} samples, store {n} steps: "
+                             "not computed from this store")
+        if split is None:
+            episodes = list(range(self.store.num_episodes))
+        elif split in self.store.split:
+            episodes = list(self.store.split[split])
+        else:
+            raise ConfigError(f"store has no split {split!r}; it has {sorted(self.store.split)}")
+        s = self.spec
+        self.pos = self.store.read_rows(s.pos_field, 0, n).astype(np.float64)
+        self.quat = self.store.read_rows(s.quat_field, 0, n).astype(np.float64)
+        self.grip = (self.store.read_rows(s.gripper_field, 0, n).astype(np.float64).reshape(n)
+                     if s.gripper_field in self.store.schema else None)
+        moving_field = f"obs.T_world_cam.{self.role}"
+        self.moving_T = (self.store.read_rows(moving_field, 0, n).astype(np.float64)
+                         if moving_field in self.store.schema else None)
+        h, w = self.store.schema[self.field].shape[:2]
+        self.cams: dict[int, dict[str, Any]] = {}
+        rows, eps = [], []
+        missing = self.features.missing if self.features is not None else np.zeros(n, bool)
+        for e in episodes:
+            cam = self.store.episode_meta(e)["cameras"].get(self.role)
+            if cam is None or cam.get("K") is None:
+                raise ConfigError(f"episode {e} has no intrinsics for camera {self.role!r}")
+            if cam.get("T_world_cam") is None and self.moving_T is None:
+                raise ConfigError(f"episode {e}: camera {self.role!r} has neither a fixed T_world_cam nor "
+                                  f"a {moving_field} field")
+            wh = (int(cam.get("width") or w), int(cam.get("height") or h))
+            self.cams[e] = {"K": cam["K"], "T": cam.get("T_world_cam"), "wh": wh,
+                            "K_grid": grid_intrinsics(cam["K"], wh, self.cfg.pred_size)}
+            a, b = int(self.store.episode_starts[e]), int(self.store.episode_ends[e])
+            r = np.arange(a, b)[~missing[a:b]]
+            rows.append(r)
+            eps.append(np.full(len(r), e))
+        self.rows = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+        self.episode_of = np.concatenate(eps).astype(np.int64) if eps else np.zeros(0, np.int64)
+        if len(self.rows) == 0:
+            raise ConfigError(f"no valid steps in split {split!r}")
+        self._tokens = None
+        log.info("EpisodeWindows: %d samples from %d episodes, T=%d, stride=%d, camera %s, %s", len(self),
+                 len(episodes), self.window, self.frame_stride, self.field,
+                 "tokens" if self.features is not None else "frames")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range [0, {len(self)})")
+        return self.__getitems__([int(i) % len(self)])[0]
+
+    def targets(self, i: int) -> dict[str, np.ndarray]:
+        """Targets of sample `i` as numpy arrays (see the class docstring)."""
+        row, e = int(self.rows[i]), int(self.episode_of[i])
+        b = int(self.store.episode_ends[e])
+        k = np.arange(0, self.window + 1)
+        want = row + k * self.frame_stride                        # (T + 1,), k = 0 is the start step
+        fut = np.minimum(want, b - 1)
+        cam = self.cams[e]
+        T = cam["T"] if self.moving_T is None else self.moving_T[row]
+        t = compute_targets(self.spec, self.pos[fut], self.quat[fut],
+                            None if self.grip is None else self.grip[fut], cam["K"], T, cam["wh"],
+                            self.cfg.pred_size)
+        valid = (want < b)[1:]
+        out = {key: v[1:] for key, v in t.items()}
+        out.update(start_pix=t["pix"][0], valid=valid, mask=valid & out["in_frame"],
+                   future_pos=self.pos[fut[1:]], K_grid=cam["K_grid"], T_world_cam=np.asarray(T, np.float64),
+                   index=np.int64(i), row=np.int64(row))
+        return out
+
+    def frame(self, i: int) -> np.ndarray:
+        """The frame `(H, W, 3) uint8` of sample `i`."""
+        row = int(self.rows[i])
+        return self.store.read_rows(self.field, row, row + 1)[0]
+
+    def _token_reader(self):
+        if self._tokens is None:
+            from shardyard.loaders.tokens import TokenDataset, TokenDatasetConfig
+
+            self._tokens = TokenDataset(self.features, config=TokenDatasetConfig(as_float32=True))
+        return self._tokens
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """A batch of items; token reads are grouped (one read per run of consecutive steps)."""
+        idx = [int(i) for i in indices]
+        items = [{k: torch.as_tensor(v) for k, v in self.targets(i).items()} for i in idx]
+        if self.features is not None:
+            toks = self._token_reader().__getitems__([int(self.rows[i]) for i in idx])
+            for it, tk in zip(items, toks):
+                it["patch_tokens"] = tk["dino.patch_tokens"]
+                it["cls_token"] = tk["dino.cls_token"]
+        else:
+            for it, i in zip(items, idx):
+                img = torch.from_numpy(np.ascontiguousarray(self.frame(i)))
+                it["image"] = img.permute(2, 0, 1).float().div_(255.0)      # (3, H, W) in [0, 1]
+        return items
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__) | {"_tokens": None}
