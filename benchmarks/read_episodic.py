@@ -26,58 +26,31 @@ LOWDIM = ["obs.eef_pos", "obs.eef_quat", "obs.gripper", "obs.joint_pos", "action
 WINDOW = 16
 
 
-class StoreFrames(torch.utils.data.Dataset):
-    def __init__(self, store, index):
-        self.store, self.index = store, index
+class Reads(torch.utils.data.Dataset):
+    """`fetch(episode, step)` at each (episode, step) of `index`; DataLoader workers fork, so `fetch` may be a
+    closure, and each one opens its files lazily in the worker."""
+
+    def __init__(self, index: np.ndarray, fetch):
+        self.index, self.fetch = index, fetch
 
     def __len__(self):
         return len(self.index)
 
     def __getitem__(self, i):
         e, t = self.index[i]
-        return torch.from_numpy(self.store.read(int(e), ["obs.rgb.top"], int(t), int(t) + 1)["obs.rgb.top"][0])
+        return self.fetch(int(e), int(t))
 
 
-class MemmapFrames(torch.utils.data.Dataset):
-    def __init__(self, path, starts, index):
-        self.path, self.starts, self.index, self.mm = path, starts, index, None
+def lazy_memmaps(paths: dict[str, str]):
+    """A getter of `np.load(..., mmap_mode="r")` arrays, opened on first use in each process."""
+    opened: dict[int, dict[str, np.ndarray]] = {}
 
-    def __len__(self):
-        return len(self.index)
+    def get() -> dict[str, np.ndarray]:
+        import os
 
-    def __getitem__(self, i):
-        if self.mm is None:
-            self.mm = np.load(self.path, mmap_mode="r")
-        e, t = self.index[i]
-        return torch.from_numpy(np.array(self.mm[self.starts[e] + t]))
+        return opened.setdefault(os.getpid(), {k: np.load(p, mmap_mode="r") for k, p in paths.items()})
 
-
-class StoreWindows(torch.utils.data.Dataset):
-    def __init__(self, store, index):
-        self.store, self.index = store, index
-
-    def __len__(self):
-        return len(self.index)
-
-    def __getitem__(self, i):
-        e, t = self.index[i]
-        d = self.store.read(int(e), LOWDIM, int(t), int(t) + WINDOW)
-        return {k: torch.from_numpy(v) for k, v in d.items()}
-
-
-class MemmapWindows(torch.utils.data.Dataset):
-    def __init__(self, paths, starts, index):
-        self.paths, self.starts, self.index, self.mm = paths, starts, index, None
-
-    def __len__(self):
-        return len(self.index)
-
-    def __getitem__(self, i):
-        if self.mm is None:
-            self.mm = {k: np.load(p, mmap_mode="r") for k, p in self.paths.items()}
-        e, t = self.index[i]
-        a = self.starts[e] + t
-        return {k: torch.from_numpy(np.array(m[a:a + WINDOW])) for k, m in self.mm.items()}
+    return get
 
 
 def _rate(ds, workers: int) -> float:
@@ -146,12 +119,18 @@ def main() -> None:
     figure("read_episodic.zarr_python_1proc", zarr_rate, "frames/s", "memmap_1proc", mm_rate)
 
     # through a DataLoader with 2 workers, as training reads
-    mm_frames = _rate(MemmapFrames(frames_path, starts, frame_index), 2)
-    st_frames = _rate(StoreFrames(store, frame_index), 2)
+    frames_mm = lazy_memmaps({"obs.rgb.top": frames_path})
+    mm_frames = _rate(Reads(frame_index, lambda e, t: torch.from_numpy(
+        np.array(frames_mm()["obs.rgb.top"][starts[e] + t]))), 2)
+    st_frames = _rate(Reads(frame_index, lambda e, t: torch.from_numpy(
+        store.read(e, ["obs.rgb.top"], t, t + 1)["obs.rgb.top"][0])), 2)
     figure("read_episodic.frames", st_frames, "frames/s", "memmap_dataloader_2workers", mm_frames,
            frame="448x448x3", codec="lz4")
-    mm_win = _rate(MemmapWindows(lowdim_paths, starts, win_index), 2)
-    st_win = _rate(StoreWindows(store, win_index), 2)
+    lowdim_mm = lazy_memmaps(lowdim_paths)
+    mm_win = _rate(Reads(win_index, lambda e, t: {k: torch.from_numpy(np.array(m[starts[e] + t:starts[e] + t + WINDOW]))
+                                                  for k, m in lowdim_mm().items()}), 2)
+    st_win = _rate(Reads(win_index, lambda e, t: {k: torch.from_numpy(v) for k, v in
+                                                  store.read(e, LOWDIM, t, t + WINDOW).items()}), 2)
     figure("read_episodic.windows", st_win, "windows/s", "memmap_dataloader_2workers", mm_win, steps=WINDOW)
     tmp.cleanup()
 

@@ -295,6 +295,7 @@ def ingest_dino_cmd(
     workers: int = typer.Option(2, help="Ray actors."),
     num_gpus_per_worker: float = typer.Option(0.0, help="GPUs per Ray actor."),
     overwrite: bool = typer.Option(False, help="Delete an existing feature store at --out first."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Shard store of videos: frames sampled per second."),
 ) -> None:
     """Cache DINO patch and CLS tokens of one camera field in a feature store (exit 2 if frames are missing)."""
     from shardyard.ingest.dino import DinoConfig, ingest_dino
@@ -307,7 +308,7 @@ def ingest_dino_cmd(
                               weights=str(weights) if weights else None, device=device)
         cfg = DinoConfig(store=store, out=out, backbone=bcfg, field=field, dtype=dtype, batch_size=batch_size,
                          overwrite=overwrite, ray=ray, ray_address=ray_address, workers=workers,
-                         num_gpus_per_worker=num_gpus_per_worker)
+                         num_gpus_per_worker=num_gpus_per_worker, fps=fps)
         result = ingest_dino(cfg)
     except ShardyardError as e:
         _fail(e)
@@ -328,6 +329,37 @@ app.add_typer(train_app, name="train")
 @train_app.callback()
 def _train_group() -> None:
     """Train a model on a store (`train volume-query --store S --out RUN`)."""
+
+
+@train_app.command("patch-predict")
+def train_patch_predict_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: latest.pth, metrics.jsonl (resumed)."),
+    features: Optional[str] = typer.Option(None, "--features", help="Feature store of `ingest dino --fps`."),
+    gap: int = typer.Option(8, help="Rows (frames at the store's --fps) between input and target."),
+    gaps: Optional[str] = typer.Option(None, help="Comma-separated gaps: one run each + seed 004's table."),
+    model: str = typer.Option("mlp", help="copy, linear or mlp."), steps: int = typer.Option(200),
+    batch_size: int = typer.Option(32), lr: float = typer.Option(1e-3), eval_every: int = typer.Option(50),
+    stream: Optional[str] = typer.Option(None, "--stream", help="Shard store / folder of tars to stream clips from."),
+    live_backbone: bool = typer.Option(False, "--live-backbone", help="Tokens from the frozen backbone per step."),
+    backbone: str = typer.Option("tiny-random-dinov2"), image_size: int = typer.Option(224),
+    stream_fps: float = typer.Option(8.0), seed: int = typer.Option(0), device: str = typer.Option("cpu"),
+) -> None:
+    """Predict future DINO patches (seed 004): cosine / MSE vs the copy baseline, per gap."""
+    from shardyard.train.patch_predict import PatchPredictConfig, format_table, run, run_gaps
+
+    try:
+        cfg = PatchPredictConfig(out=str(out), features=features, gap=gap, model=model, steps=steps,
+                                 batch_size=batch_size, lr=lr, eval_every=eval_every, ckpt_every=eval_every,
+                                 stream=stream, live_backbone=live_backbone, backbone=backbone,
+                                 image_size=image_size, stream_fps=stream_fps, seed=seed, device=device)
+        if gaps:
+            typer.echo(format_table(run_gaps(cfg, [int(g) for g in gaps.split(",")]), model), nl=False)
+        else:
+            r = run(cfg)
+            typer.echo(f"gap {gap} {model}: cos {r['cos']:.4f} mse {r['mse']:.4f} | copy cos "
+                       f"{r['copy_cos']:.4f} mse {r['copy_mse']:.4f} | improvement {r['improvement']:+.1f}%")
+    except (ShardyardError, ValueError) as e:
+        _fail(e)
 
 
 @train_app.command("volume-query")

@@ -14,6 +14,10 @@ run feed the backbone exactly the same batches and, on CPU, store identical toke
 
 A frame that fails to decode is marked in the `missing` mask (tokens left zero), listed in report.json, and
 the job exits with status 2 (as `ingest` does for skipped episodes).
+
+A shard store of videos (`ingest webvid`) is read through `ingest/dino_frames.py` with `fps` (Hz): one
+"episode" per video, its frames sampled at that rate; the key adds the fps and the shards' checksums, and
+`videos.json` in the feature store maps each video's key and caption to its rows (issue 6, seed 004).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 
 from shardyard import __version__
 from shardyard.errors import ConfigError, StoreError
+from shardyard.ingest.dino_frames import ShardFrameReader, ShardFramesConfig, is_shard_source
 from shardyard.models.backbones import Backbone, BackboneConfig, load_backbone
 from shardyard.stores.features import (FeatureLayout, FeatureWriter, FeatureWriterConfig, PROGRESS_DIR,
                                        write_batch)
@@ -45,7 +50,9 @@ EXIT_OK, EXIT_FATAL, EXIT_MISSING = 0, 1, 2
 class DinoConfig:
     """Options of `ingest_dino`.
 
-    store: source store path (episodic). field: image field, `(H, W, 3) uint8`. dtype: stored token dtype.
+    store: source store path (episodic, or a shard store of videos). field: image field, `(H, W, 3) uint8`
+    (shard stores: the video member extension, or any other name for the first video member). fps: frames
+    per second sampled from each video (shard stores only, required there). dtype: stored token dtype.
     batch_size: frames per forward (also per completion record). ray / ray_address: run on Ray ("local" or
     None with ray=True starts Ray here). workers: Ray actors. num_gpus_per_worker: GPUs per actor.
     """
@@ -62,6 +69,7 @@ class DinoConfig:
     ray_address: str | None = None
     workers: int = 2
     num_gpus_per_worker: float = 0.0
+    fps: float | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -143,18 +151,34 @@ class FrameReader:
 
 def provenance_key(reader: FrameReader, backbone: Backbone, cfg: DinoConfig) -> dict[str, Any]:
     """The feature store's key: source fingerprint, field, model (spec, weights hash, preprocessing,
-    layers, image size), storage dtype, shardyard version. Equal keys resume; different keys refuse."""
+    layers, image size), storage dtype, shardyard version (shard stores add fps and shard checksums).
+    Equal keys resume; different keys refuse."""
+    extra = reader.key_extra() if isinstance(reader, ShardFrameReader) else {}
     return {"source_fingerprint": reader.fingerprint(), "source_num_steps": reader.num_frames,
             "field": cfg.field, "model": backbone.describe(), "dtype": cfg.dtype,
-            "shardyard_version": __version__}
+            "shardyard_version": __version__, **extra}
+
+
+def _open_reader(store: str, field_name: str, fps: float | None,
+                 size_hw: tuple[int, int]) -> FrameReader | ShardFrameReader:
+    """The frame reader of `store`: `ShardFrameReader` for a shard store of videos (needs `fps`), else
+    `FrameReader`. Raises `ConfigError` for `fps` on an episodic store or no `fps` on a shard store."""
+    if is_shard_source(store):
+        return ShardFrameReader(ShardFramesConfig(store=store, fps=fps, field=field_name, size_hw=size_hw))
+    if fps is not None:
+        raise ConfigError("--fps samples videos of a shard store; this is an episodic store", path=store)
+    return FrameReader(store, field_name)
 
 
 def run_unit(path: Path, batches: list[tuple[int, int]], reader: FrameReader, backbone: Backbone,
              on_batch: Callable[[int], None] | None = None, pool: ThreadPoolExecutor | None = None) -> None:
-    """Compute and write `batches` (all in one shard), skipping those already recorded (a retried unit).
+    """Compute and write `batches` (all in one shard, in order), from the first one not recorded on (a
+    resumed or retried unit).
 
     With `pool` (2 threads), the next read and the previous write overlap the forward."""
-    todo = [b for b in batches if not (path / PROGRESS_DIR / f"{b[0]:012d}.json").exists()]
+    done = [(path / PROGRESS_DIR / f"{a:012d}.json").exists() for a, _ in batches]
+    # a shard is written in batch order, so its recorded batches are a prefix: go on from the first gap
+    todo = batches[done.index(False):] if False in done else []
     pending_write = None
     nxt = pool.submit(reader.read, *todo[0]) if (pool and todo) else None
     for k, (a, b) in enumerate(todo):
@@ -185,7 +209,7 @@ class _RayShardWorker:
         bcfg = BackboneConfig(**{**cfg["backbone"], "layers": tuple(cfg["backbone"]["layers"]),
                                  "image_size": tuple(cfg["backbone"]["image_size"])})
         self.backbone = load_backbone(bcfg)
-        self.reader = FrameReader(cfg["store"], cfg["field"])
+        self.reader = _open_reader(cfg["store"], cfg["field"], cfg.get("fps"), self.backbone.input_hw)
         self.path = Path(cfg["out"])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -208,7 +232,7 @@ def _run_ray(cfg: DinoConfig, units: list[list[tuple[int, int]]], on_batch) -> N
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     conf = {"store": str(Path(cfg.store).resolve()), "field": cfg.field, "out": str(cfg.out.resolve()),
-            "backbone": asdict(cfg.backbone)}
+            "backbone": asdict(cfg.backbone), "fps": cfg.fps}
     items = [{"unit": json.dumps([list(b) for b in u])} for u in units]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _RayShardWorker, fn_constructor_kwargs={"cfg": conf}, batch_size=1, batch_format="numpy",
@@ -228,22 +252,30 @@ def ingest_dino(cfg: DinoConfig, *, on_batch: Callable[[int], None] | None = Non
     or unavailable weights; `StoreError` when the source is not a complete store.
     """
     t0 = time.perf_counter()
-    reader = FrameReader(cfg.store, cfg.field)
+    shard = is_shard_source(cfg.store)
+    reader = None if shard else _open_reader(cfg.store, cfg.field, cfg.fps, (0, 0))
     backbone = load_backbone(cfg.backbone)
+    if shard:
+        reader = _open_reader(cfg.store, cfg.field, cfg.fps, backbone.input_hw)
     cfg.backbone.spec = backbone.config.spec  # a hub spec resolved to its entry name
     if reader.num_frames == 0:
         raise StoreError("source store has no steps", path=cfg.store)
     key = provenance_key(reader, backbone, cfg)
     layout = FeatureLayout(num_samples=reader.num_frames, grid=backbone.grid, embed_dim=backbone.embed_dim,
                            patch_size=backbone.patch_size, dtype=cfg.dtype, batch_size=cfg.batch_size)
-    store = reader.store
-    wcfg = FeatureWriterConfig(
-        overwrite=cfg.overwrite, compressor=cfg.compressor, split=store.split,
-        episode_ends=store.episode_ends.tolist(),
-        source={"path": str(Path(cfg.store).resolve()), "field": cfg.field,
-                "fingerprint": key["source_fingerprint"], "format": store.manifest.get("format"),
-                "episode_keys": store.episode_keys})
+    source = {"path": str(Path(cfg.store).resolve()), "field": cfg.field, "fingerprint": key["source_fingerprint"]}
+    if shard:
+        wcfg = FeatureWriterConfig(overwrite=cfg.overwrite, compressor=cfg.compressor,
+                                   episode_ends=reader.episode_ends.tolist(), source=source | reader.source_info())
+    else:
+        store = reader.store
+        wcfg = FeatureWriterConfig(
+            overwrite=cfg.overwrite, compressor=cfg.compressor, split=store.split,
+            episode_ends=store.episode_ends.tolist(),
+            source=source | {"format": store.manifest.get("format"), "episode_keys": store.episode_keys})
     with FeatureWriter(cfg.out, key=key, layout=layout, config=wcfg) as writer:
+        if shard:
+            reader.write_index(writer.path)
         done = writer.done_batches()
         units = writer.layout.shard_units(done)
         n_todo = sum(len(u) for u in units)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -60,7 +60,6 @@ class NyuConfig:
     max_depth: float = 10.0
     mat_depth: str = "depths"
     hf_cache_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.layout is not None and self.layout not in LAYOUTS:
@@ -263,6 +262,10 @@ def apply_official_split(store_path: Path | str, split_of: dict[str, str], stats
     manifest.split = {"train": [i for i, k in enumerate(keys) if split_of.get(k, "unknown") != "test"],
                       "val": [i for i, k in enumerate(keys) if split_of.get(k) == "test"]}
     manifest.extra.update(split_source="official NYU split (val = official test)")
+    if stats_config is not None and isinstance(manifest.provenance.get("config"), dict):
+        from dataclasses import asdict
+
+        manifest.provenance["config"]["stats"] = asdict(stats_config)   # the stats actually written
     store = EpisodicStore(str(store_path), manifest=manifest)
     atomic_write_json(Path(store_path) / "stats.json", compute_stats(store, stats_config))
     atomic_write_json(Path(store_path) / MANIFEST, manifest.to_dict())
@@ -271,12 +274,17 @@ def apply_official_split(store_path: Path | str, split_of: dict[str, str], stats
 
 def ingest_nyu(source: NyuSource, cfg, *, on_episode=None):
     """`run_ingest` (cfg: `IngestConfig`), then the official split when the layout has one (any episode
-    labelled train or test). Returns the `IngestResult`."""
+    labelled train or test), with stats.json computed once on it (the runner's own stats pass then reads
+    only each episode's first frame). Returns the `IngestResult`."""
+    from dataclasses import replace
+
     from shardyard.ingest.runner import run_ingest
 
-    result = run_ingest(source, cfg, on_episode=on_episode)
     split = source.official_split()
-    if set(split.values()) - {"unknown"}:
+    official = bool(set(split.values()) - {"unknown"})
+    run_cfg = replace(cfg, stats=replace(cfg.stats, image_frame_stride=1 << 30)) if official else cfg
+    result = run_ingest(source, run_cfg, on_episode=on_episode)
+    if official:
         apply_official_split(cfg.out, split, cfg.stats)
         log.info("official NYU split written to the manifest of %s", cfg.out)
     return result

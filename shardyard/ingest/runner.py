@@ -108,6 +108,23 @@ def _read_one(source: Source, key: str, codecs: dict[str, ChunkCodec] | None = N
     return ep
 
 
+def _windowed(submit: Callable[[str], Any], wait: Callable[[Any], Any], keys: list[str],
+              in_flight: int) -> Iterator[tuple[str, Any]]:
+    """Yield `(key, wait(submit(key)))` in key order, keeping `in_flight` submissions ahead."""
+    pending: deque[tuple[str, Any]] = deque()
+    it = iter(keys)
+    for key in it:
+        pending.append((key, submit(key)))
+        if len(pending) >= in_flight:
+            break
+    while pending:
+        key, handle = pending.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append((nxt, submit(nxt)))
+        yield key, wait(handle)
+
+
 def _ordered_reads(source: Source, keys: list[str], cfg: IngestConfig,
                    codecs: dict[str, ChunkCodec]) -> Iterator[tuple[str, Any]]:
     """Yield `(key, Episode | error row)` in key order, with at most 2 x workers reads in flight."""
@@ -120,18 +137,8 @@ def _ordered_reads(source: Source, keys: list[str], cfg: IngestConfig,
         return
     # spawn: the writer process runs zarr's event-loop thread, which must not be forked mid-flight.
     with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
-        pending: deque[tuple[str, Future]] = deque()
-        it = iter(keys)
-        for key in it:
-            pending.append((key, pool.submit(_read_one, source, key, codecs)))
-            if len(pending) >= 2 * cfg.workers:
-                break
-        while pending:
-            key, fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(_read_one, source, nxt, codecs)))
-            yield key, fut.result()
+        yield from _windowed(lambda k: pool.submit(_read_one, source, k, codecs), Future.result, keys,
+                             2 * cfg.workers)
 
 
 def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig,
@@ -145,18 +152,7 @@ def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig,
             ray.init(address=cfg.ray_address, log_to_driver=False)
     remote_read = ray.remote(_read_one)
     source_ref = ray.put(source)
-    pending: deque[tuple[str, Any]] = deque()
-    it = iter(keys)
-    for key in it:
-        pending.append((key, remote_read.remote(source_ref, key, codecs)))
-        if len(pending) >= 2 * cfg.workers:
-            break
-    while pending:
-        key, ref = pending.popleft()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append((nxt, remote_read.remote(source_ref, nxt, codecs)))
-        yield key, ray.get(ref)
+    yield from _windowed(lambda k: remote_read.remote(source_ref, k, codecs), ray.get, keys, 2 * cfg.workers)
 
 
 def run_ingest(source: Source, cfg: IngestConfig, *,

@@ -192,3 +192,14 @@ class EpisodeWindows(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__) | {"_tokens": None}
+
+
+def collate_numpy(items: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Stack a list of items into one numpy array per key (`(B, ...)`).
+
+    Numpy batches cross the DataLoader's worker queue pickled inline; tensors would go through one
+    shared-memory segment each (a file descriptor sent and mapped per key and batch), which costs more than
+    the read itself for batches this small. Convert in the training process with `torch.from_numpy`.
+    """
+    return {k: np.stack([np.asarray(it[k]) for it in items]) for k in items[0]}
+

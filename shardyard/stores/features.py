@@ -4,7 +4,7 @@ Layout of a feature store directory:
 
     patch_tokens/             (N, h*w, D) float16 (default), one sample per chunk, `shard_rows` per shard
     cls_token/                (N, D), same sharding along axis 0
-    missing/                  (N,) bool, one chunk per shard: True where the source frame failed to decode
+    missing/                  (N,) bool: True where the source frame failed to decode (from the records)
     key.json                  provenance key + layout, written before any token; another key is refused
     progress/<start>.json     completion record of the batch [start, stop) (missing rows, error rows)
     meta/episode_ends/        (E,) int64, copied from the source store
@@ -35,7 +35,7 @@ from shardyard.schema import FieldSpec, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
 from shardyard.stores.chunks import ShardReader, load_array_meta
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
-from shardyard.stores.stats.moments import finalize, merge_all, part_from_array
+from shardyard.stores.stats.tokens import token_stats
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class FeatureLayout:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.shard_rows <= 0:
             row = self.num_patches * self.embed_dim * 4
-            per = max(1, min(1024, _SHARD_TARGET_BYTES // max(row, 1)) // self.batch_size)
+            # <= 8 batches a shard: a shard file is rewritten whole per batch, so this bounds the write cost
+            per = max(1, min(8, min(1024, _SHARD_TARGET_BYTES // max(row, 1)) // self.batch_size))
             self.shard_rows = per * self.batch_size
 
     @property
@@ -113,7 +114,6 @@ def _to_stored(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype != np.uint16:
         return x.astype(dtype, copy=False)
     import torch  # bfloat16 bits, rounded to nearest even by torch
-
     return torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
 
 
@@ -224,6 +224,9 @@ class FeatureWriter:
             return
         errors = [e for r in records for e in r.get("errors", [])]
         missing = sorted(i for r in records for i in r.get("missing", []))
+        mask = np.zeros(self.layout.num_samples, dtype=bool)
+        mask[missing] = True
+        zarr.open_array(str(self.path / MISSING), mode="r+")[:] = mask
         atomic_write_json(self.path / "report.json", {"num_samples": self.layout.num_samples,
                                                       "num_missing": len(missing), "missing": missing,
                                                       "errors": errors})
@@ -244,26 +247,68 @@ class FeatureWriter:
                         extra={"layout": lay.to_dict(), "key": self.key})
 
 
-_ARRAYS: dict[tuple[int, str], Any] = {}
+_WRITERS: dict[tuple[int, str], dict[str, Any]] = {}
+
+
+def _array_writer(root: Path, name: str) -> dict[str, Any]:
+    """Per-process writer state of one array: `ShardAppender` fast path (pre-encoded one-row chunks
+    concatenated into shard files, `stores/shardwrite.py`) and the zarr array as the general fallback."""
+    from shardyard.stores.shardwrite import ChunkCodec, ShardAppender
+
+    states = _WRITERS.setdefault((os.getpid(), str(root)), {})
+    if name not in states:
+        meta = load_array_meta(str(root / name))
+        codec = ChunkCodec.for_array(meta)
+        shard_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+        states[name] = {"codec": codec, "zarr": zarr.open_array(str(root / name), mode="r+"),
+                        "app": ShardAppender(root / name, shard_rows, len(meta["shape"]), n_rows=-1)}
+    return states[name]
+
+
+def _has_rows_from(app: Any, start: int) -> bool:
+    """True when the shard file holding row `start` already has a chunk at or after it (the appender would
+    drop it)."""
+    s, k = divmod(start, app.shard_rows)
+    try:
+        with open(app._shard_path(s), "rb") as f:
+            f.seek(-(16 * app.shard_rows + 4), os.SEEK_END)
+            idx = np.frombuffer(f.read(16 * app.shard_rows), dtype="<u8").reshape(app.shard_rows, 2)
+    except FileNotFoundError:
+        return False
+    return bool(np.any(idx[k:, 0] != np.uint64(2**64 - 1)))
+
+
+def _write_rows(root: Path, name: str, start: int, x: np.ndarray) -> None:
+    st = _array_writer(root, name)
+    x = _to_stored(x, st["zarr"].dtype)
+    app = st["app"]
+    if st["codec"] is not None:
+        try:
+            if app.n_rows != start:
+                if _has_rows_from(app, start):
+                    raise ValueError("shard already holds rows past the start")
+                app.load(start)  # a new shard, or resuming one: re-read its committed rows
+            app.append(st["codec"].encode_rows(x).chunks)
+            return
+        except (OSError, ValueError) as e:  # rows before `start` in this shard are not all there
+            log.debug("append path not usable at row %d of %s (%s); writing through zarr", start, name, e)
+            app.n_rows = -1
+    st["zarr"][start:start + len(x)] = x
 
 
 def write_batch(path: str | os.PathLike, start: int, patch_tokens: np.ndarray, cls_token: np.ndarray,
                 missing: np.ndarray, errors: list[dict[str, Any]] | None = None) -> None:
-    """Write the tokens of samples `[start, start + B)` and then their completion record.
+    """Write the tokens of samples `[start, start + B)` and then their completion record (which also
+    carries the batch's missing rows; the `missing` array is filled from the records at finalize).
 
     patch_tokens `(B, h*w, D)`, cls_token `(B, D)` (any float dtype; cast to the store's), missing `(B,)`
-    bool. Safe to call from any process, provided one shard is only ever written by one process at a time.
+    bool. Safe to call from any process, provided one shard is only ever written by one process at a time;
+    fastest when a shard's batches come in order (the shard file is then appended, not re-encoded).
     """
     root = Path(path)
-    cache_key = (os.getpid(), str(root))
-    if cache_key not in _ARRAYS:
-        g = zarr.open_group(str(root), mode="r+")
-        _ARRAYS[cache_key] = (g[PATCH], g[CLS], g[MISSING])
-    pa, ca, ma = _ARRAYS[cache_key]
     stop = start + patch_tokens.shape[0]
-    pa[start:stop] = _to_stored(patch_tokens, pa.dtype)
-    ca[start:stop] = _to_stored(cls_token, ca.dtype)
-    ma[start:stop] = np.asarray(missing, dtype=bool)
+    _write_rows(root, PATCH, start, patch_tokens)
+    _write_rows(root, CLS, start, cls_token)
     atomic_write_json(root / PROGRESS_DIR / f"{start:012d}.json", {
         "start": int(start), "stop": int(stop), "missing": (np.flatnonzero(missing) + start).tolist(),
         "errors": errors or []})
@@ -306,14 +351,8 @@ class FeatureStore:
         return f"FeatureStore({str(self.path)!r}, N={self.num_samples}, grid={self.grid}, D={self.embed_dim})"
 
     num_samples = property(lambda self: self.layout.num_samples)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return self.layout.grid
-
-    @property
-    def embed_dim(self) -> int:
-        return self.layout.embed_dim
+    grid = property(lambda self: self.layout.grid)            # (h, w) patches
+    embed_dim = property(lambda self: self.layout.embed_dim)  # D
 
     @property
     def episode_ends(self) -> np.ndarray:
@@ -352,47 +391,6 @@ class FeatureStore:
         if self._missing is None:
             self._missing = np.asarray(zarr.open_array(str(self.path / MISSING), mode="r")[:], dtype=bool)
         return self._missing
-
-
-def token_stats(store: FeatureStore, *, max_frames: int = 512, max_pca_rows: int = 50_000) -> dict[str, Any]:
-    """Stats of a feature store's tokens from at most `max_frames` evenly spaced valid frames.
-
-    Returns `{"dino.patch_tokens": {count, mean, std, min, max, ...} per channel (D,), "dino.cls_token": same,
-    "pca": {"mean" (D,), "components" (3, D), "explained_variance_ratio" (3,), "lo" (3,), "hi" (3,)},
-    "frames_used"}`; `lo`/`hi` are the 1st/99th percentiles of the projections, for RGB scaling.
-    """
-    valid = np.flatnonzero(~store.missing)
-    pick = valid[np.linspace(0, len(valid) - 1, min(max_frames, len(valid))).astype(int)] if len(valid) else valid
-    pick = np.unique(pick)
-    d = store.embed_dim
-    patch_parts, cls_parts, rows = [], [], []
-    for g in range(0, len(pick), 64):                                            # 64 frames per part
-        idx = pick[g:g + 64]
-        p = np.concatenate([store.patch_tokens(int(i), int(i) + 1) for i in idx]).astype(np.float32)
-        c = np.concatenate([store.cls_token(int(i), int(i) + 1) for i in idx]).astype(np.float32)
-        patch_parts.append(part_from_array(p.reshape(-1, d)))                    # (64 * h*w, D)
-        cls_parts.append(part_from_array(c))
-        rows.append(p.reshape(-1, d))
-    out: dict[str, Any] = {"frames_used": int(len(pick))}
-    if not len(pick):
-        return out
-    out[FIELD_NAMES[PATCH]] = finalize(merge_all(patch_parts))
-    out[FIELD_NAMES[CLS]] = finalize(merge_all(cls_parts))
-    x = np.concatenate(rows)                                                     # (frames * h*w, D)
-    x = x[np.linspace(0, len(x) - 1, min(max_pca_rows, len(x))).astype(int)].astype(np.float64)
-    mean = x.mean(axis=0)
-    xc = x - mean
-    evals, evecs = np.linalg.eigh(xc.T @ xc / max(len(x) - 1, 1))                # ascending
-    order = np.argsort(evals)[::-1][:3]
-    comps = evecs[:, order].T                                                    # (k, D), k <= 3
-    comps *= np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])[:, None]
-    proj = xc @ comps.T
-    total = float(evals.sum()) or 1.0
-    out["pca"] = {"mean": mean.tolist(), "components": comps.tolist(),
-                  "explained_variance_ratio": (evals[order] / total).tolist(),
-                  "lo": np.quantile(proj, 0.01, axis=0).tolist(), "hi": np.quantile(proj, 0.99, axis=0).tolist(),
-                  "embed_dim": d}
-    return out
 
 
 def open_features(path: str | os.PathLike) -> FeatureStore:

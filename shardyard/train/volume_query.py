@@ -13,7 +13,8 @@ rank 0 writes `RUN/latest.pth`, `RUN/metrics.jsonl` and `RUN/plots/step_XXXXXX.p
 
 Metrics, averaged over the steps since the previous record and over ranks: `loss`, `volume`, `gripper`,
 `rotation` (the loss parts), `train_pix_argmax` (Euclidean error of the argmax-decoded cell, in cells of the
-`pred_size` grid: the seed's headline metric), `grip_acc`, `rot_acc`, `err3d_m` (metres between the true
+`pred_size` grid: the seed's headline metric), `pix_start_baseline` (the same error for the trivial
+prediction "the EEF stays at its start cell", for scale), `grip_acc`, `rot_acc`, `err3d_m` (metres between the true
 EEF and the argmax cell + height bin centre decoded with `geometry.unproject_at_height`), `data_wait_frac`
 (time waiting for batches over step time), `steps_per_s`, `lr`. A rerun with the same `--out` resumes
 from `latest.pth` exactly (model, optimiser, sampler position, RNG, metric accumulators).
@@ -34,14 +35,14 @@ import torch.distributed as dist
 
 from shardyard.loaders.sampler import BatchStream, ResumableSampler
 from shardyard.loaders.targets import decode_positions
-from shardyard.loaders.windows import EpisodeWindows, WindowConfig
+from shardyard.loaders.windows import EpisodeWindows, WindowConfig, collate_numpy
 from shardyard.models.volume_query import DinoVolumeQuery, VolumeQueryConfig, decode, volume_query_loss
 from shardyard.train.loop import (CHECKPOINT, METRICS, DataWait, LRSchedule, MetricLogger, load_checkpoint,
                                   save_checkpoint)
 
 log = logging.getLogger(__name__)
 
-_SUMS = ("loss", "volume", "gripper", "rotation", "pix_err", "grip_ok", "rot_ok", "err3d", "n_steps", "n_valid")
+_SUMS = ("loss", "volume", "gripper", "rotation", "pix_err", "pix_err_start", "grip_ok", "rot_ok", "err3d", "n_steps", "n_valid")
 
 
 @dataclass
@@ -91,6 +92,11 @@ class TrainResult:
     plots: list[Path]
 
 
+def _keep_numpy(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The DataLoader's per-batch convert step: keep numpy (see `loaders.windows.collate_numpy`)."""
+    return batch
+
+
 def _batch_metrics(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], mcfg: VolumeQueryConfig,
                    height_edges: np.ndarray) -> dict[str, float]:
     """Sums over the batch's valid steps: pixel error (cells), gripper/rotation hits, 3-D error (m)."""
@@ -98,11 +104,12 @@ def _batch_metrics(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
     m = batch["mask"].cpu().numpy()
     pix_t, pix_p = batch["pix"].cpu().numpy(), pred["pix"].cpu().numpy()
     err = np.linalg.norm((pix_p - pix_t).astype(np.float64), axis=-1)
+    err0 = np.linalg.norm((batch["start_pix"].cpu().numpy()[:, None] - pix_t).astype(np.float64), axis=-1)
     xyz = decode_positions(pix_p, pred["height_bin"].cpu().numpy(), batch["K_grid"].cpu().numpy(),
                            batch["T_world_cam"].cpu().numpy()[:, None], height_edges)
     e3 = np.linalg.norm(xyz - batch["future_pos"].cpu().numpy(), axis=-1)
     hit = lambda k: (pred[k].cpu().numpy() == batch[k].cpu().numpy())  # noqa: E731
-    return {"pix_err": float(err[m].sum()), "grip_ok": float(hit("gripper_bin")[m].sum()),
+    return {"pix_err": float(err[m].sum()), "pix_err_start": float(err0[m].sum()), "grip_ok": float(hit("gripper_bin")[m].sum()),
             "rot_ok": float(hit("rot_bin")[m].sum()), "err3d": float(np.nan_to_num(e3[m], nan=0.0).sum()),
             "n_valid": float(m.sum())}
 
@@ -117,7 +124,7 @@ def plot_trajectories(path: Path, frame: np.ndarray, true_pix: np.ndarray, pred_
 
     h, w = frame.shape[:2]
     to_img = lambda p: ((p[:, 0] + 0.5) * w / pred_size - 0.5, (p[:, 1] + 0.5) * h / pred_size - 0.5)  # noqa: E731
-    fig, ax = plt.subplots(figsize=(4, 4 * h / w))
+    fig, ax = plt.subplots(figsize=(6, 6 * h / w))
     ax.imshow(frame)
     for pix, colour, label in ((true_pix, "lime", "true"), (pred_pix, "red", "predicted")):
         u, v = to_img(pix[mask] if mask.any() else pix)
@@ -176,8 +183,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         log.info("resumed from %s at step %d", ckpt_path, step)
     logger = MetricLogger(out_dir / METRICS, resume_step=step if step else None, enabled=rank == 0)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    loader = torch.utils.data.DataLoader(BatchStream(data, sampler, cfg.batch_size), batch_size=None,
-                                         num_workers=cfg.num_workers,
+    loader = torch.utils.data.DataLoader(BatchStream(data, sampler, cfg.batch_size, collate_numpy), batch_size=None,
+                                         num_workers=cfg.num_workers, collate_fn=_keep_numpy,
                                          pin_memory=device.type == "cuda")
     timer, plots = DataWait(), []
     it, consumed = iter(loader), 0
@@ -193,7 +200,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             it, consumed = iter(loader), 0
             batch = next(it)
         timer.wait_end()
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
         lr = schedule(step)
         for g in optimizer.param_groups:
             g["lr"] = lr
@@ -222,7 +229,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             nv, ns = max(s["n_valid"], 1.0), max(s["n_steps"], 1.0)
             logger.log({"step": step, "epoch": sampler.epoch, "lr": lr,
                         **{k: s[k] / ns for k in ("loss", "volume", "gripper", "rotation")},
-                        "train_pix_argmax": s["pix_err"] / nv, "grip_acc": s["grip_ok"] / nv,
+                        "train_pix_argmax": s["pix_err"] / nv, "pix_start_baseline": s["pix_err_start"] / nv,
+                        "grip_acc": s["grip_ok"] / nv,
                         "rot_acc": s["rot_ok"] / nv, "err3d_m": s["err3d"] / nv,
                         "data_wait_frac": timer.fraction(), "steps_per_s": timer.steps_per_s()})
             sums = dict.fromkeys(_SUMS, 0.0)
@@ -252,8 +260,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(records=records, checkpoint=ckpt_path, metrics=out_dir / METRICS, plots=plots)
 
 
-TABLE_COLUMNS = ("step", "loss", "volume", "gripper", "rotation", "train_pix_argmax", "grip_acc", "rot_acc",
-                 "err3d_m", "data_wait_frac", "steps_per_s")
+TABLE_COLUMNS = ("step", "loss", "volume", "gripper", "rotation", "train_pix_argmax", "pix_start_baseline",
+                 "grip_acc", "rot_acc", "err3d_m", "data_wait_frac", "steps_per_s")
 
 
 def format_table(records: list[dict[str, Any]], columns: tuple[str, ...] = TABLE_COLUMNS) -> str:

@@ -9,7 +9,8 @@ seed 001's robot extras, computed on the train split only.
      "config": StatsConfig as a dict,
      "fields": {field: {"count": [n], "mean", "std", "min", "max", "q01", "q99": per-feature lists}},
      "robot": {prefix: {"eef_pos_field", "eef_quat_field", "gripper_field",
-                        "height_bins", "gripper_bins", "rotation"}}}
+                        "height_bins", "gripper_bins", "rotation"}},
+     "depth": {field: {"valid_fraction", "min", "max", "median", "q01", "q99", ...}}}   # stats/depth.py
 
 Features: a vector's components; a scalar is one feature; a pose `(4, 4)` is 16 (row-major); an image's
 channels (uint8 values scaled to [0, 1] like LeRobot, on every `image_frame_stride`-th frame of each

@@ -1,0 +1,113 @@
+"""`train depth` steps/s on cached DINO tokens against the live backbone, in the same run (issue 5).
+
+A synthetic NYU store in the FastDepth h5 layout is ingested (`ingest nyu`), its tokens cached once
+(`ingest dino --layers`), then the same trainer runs both ways with the same decoder and batch:
+- cached: tokens read from the feature store, decoder trained (the backbone never runs);
+- live: frames read, BTS-augmented, encoded by the backbone, which is fine-tuned too (`--live-backbone`).
+Steps/s come from the trainer's own `train.jsonl` timestamps after `warmup` steps.
+
+Configs: `tiny` (tiny-random-dinov2, 2 blocks of width 32, frames 120x160, ViT input 224x168, D 64): the ViT is
+nearly free, so this shows the decoder-bound floor. `vits` (a randomly initialised ViT-S/14 with DINOv2-small's
+exact architecture, saved as a local transformers folder: the same FLOPs as facebook/dinov2-small, no
+download; layers 2,5,8,11): frames 240x320 with ViT input 224x168 on CPU, frames 480x640 with ViT input
+644x476 on a GPU (`vits_gpu`, seed 003's setting). Default: tiny and vits on CPU, vits_gpu on a GPU.
+The live path trains on 416x544-scaled BTS crops, so its decoder output is ~26 % smaller than the cached one.
+Figures: `train_depth.steps_<config>` = cached steps/s, baseline `live_backbone` (steps/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import figure  # noqa: E402
+
+CONFIGS = {
+    "tiny": dict(model="tiny-random-dinov2", layers=(0, 1), hw=(120, 160), image_size=(224, 168), batch=4,
+                 frames=24, steps=12, warmup=2),
+    "vits": dict(model="random-vits", layers=(2, 5, 8, 11), hw=(240, 320), image_size=(224, 168), batch=4,
+                 frames=16, steps=6, warmup=2),
+    "vits_gpu": dict(model="random-vits", layers=(2, 5, 8, 11), hw=(480, 640), image_size=(644, 476), batch=4,
+                     frames=64, steps=40, warmup=5),
+}
+
+
+def random_vits(folder: Path) -> str:
+    """A DINOv2-small-shaped ViT (hidden 384, 12 blocks, 6 heads, patch 14) with random weights, saved
+    as a local transformers folder that `load_backbone` reads like a downloaded model."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14,
+                             image_size=518, mlp_ratio=4)).save_pretrained(folder)
+    return str(folder)
+
+
+def write_h5(root: Path, n: int, hw: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    h, w = hw
+    for i in range(n):
+        split, scene = ("val", "official") if i >= n - 4 else ("train", f"scene_{i // 8:04d}")
+        (root / split / scene).mkdir(parents=True, exist_ok=True)
+        with h5py.File(root / split / scene / f"{i:05d}.h5", "w") as f:
+            f["rgb"] = rng.integers(0, 255, (3, h, w), dtype=np.uint8)
+            f["depth"] = rng.uniform(0.5, 9.5, (h, w)).astype(np.float32)
+
+
+def steps_per_s(run: Path, warmup: int) -> float:
+    rows = [json.loads(line) for line in (run / "train.jsonl").read_text().splitlines()]
+    a, b = rows[warmup - 1], rows[-1]
+    return (b["step"] - a["step"]) / (b["elapsed_s"] - a["elapsed_s"])
+
+
+def run_config(name: str, device: str, tmp: Path) -> dict:
+    from shardyard.ingest.dino import DinoConfig, ingest_dino
+    from shardyard.ingest.nyu_depth_v2 import NyuConfig, NyuSource, ingest_nyu
+    from shardyard.ingest.runner import IngestConfig
+    from shardyard.models.backbones import BackboneConfig
+    from shardyard.train.depth import DepthTrainConfig, train_depth
+
+    c = CONFIGS[name]
+    d = tmp / name
+    write_h5(d / "raw", c["frames"], c["hw"])
+    spec = random_vits(d / "vits") if c["model"] == "random-vits" else c["model"]
+    ingest_nyu(NyuSource(NyuConfig(root=d / "raw")), IngestConfig(out=d / "store"))
+    ingest_dino(DinoConfig(store=str(d / "store"), out=d / "tokens", field="obs.rgb", batch_size=8,
+                           backbone=BackboneConfig(spec=spec, layers=c["layers"], image_size=c["image_size"],
+                                                   device=device)))
+    rates = {}
+    for mode in ("cached", "live"):
+        run = d / f"run_{mode}"
+        train_depth(DepthTrainConfig(store=str(d / "store"), features=str(d / "tokens"), out=run,
+                                     steps=c["steps"], batch_size=c["batch"], live_backbone=mode == "live",
+                                     log_every=1, eval_every=10**9, ckpt_every=10**9, eval_max_images=1,
+                                     png_samples=0, device=device))
+        rates[mode] = steps_per_s(run, c["warmup"])
+    dev = "cuda" if torch.cuda.is_available() and device in ("auto", "cuda") else "cpu"
+    return figure(f"train_depth.steps_{name}", rates["cached"], "steps/s", "live_backbone", rates["live"],
+                  device=dev, batch=c["batch"], frames_hw=list(c["hw"]), vit_input_wh=list(c["image_size"]),
+                  layers=list(c["layers"]), threads=torch.get_num_threads())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", choices=sorted(CONFIGS), action="append",
+                    help="repeatable (default: tiny and vits on CPU, vits_gpu on a GPU)")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    names = args.config or (["vits_gpu"] if torch.cuda.is_available() else ["tiny", "vits"])
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            run_config(name, args.device, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
