@@ -7,8 +7,11 @@ in that order. Episodes already committed (a rerun after a kill) are not read ag
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import multiprocessing as mp
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -125,20 +128,24 @@ def _windowed(submit: Callable[[str], Any], wait: Callable[[Any], Any], keys: li
         yield key, wait(handle)
 
 
-def _ordered_reads(source: Source, keys: list[str], cfg: IngestConfig,
-                   codecs: dict[str, ChunkCodec]) -> Iterator[tuple[str, Any]]:
+def _warm(source: Source) -> None:
+    """First task of each reader process: imports and per-process set-up (`source.warm()` if it has one)."""
+    warm = getattr(source, "warm", None)
+    if warm is not None:
+        warm()
+
+
+def _ordered_reads(source: Source, keys: list[str], cfg: IngestConfig, codecs: dict[str, ChunkCodec],
+                   pool: ProcessPoolExecutor | None) -> Iterator[tuple[str, Any]]:
     """Yield `(key, Episode | error row)` in key order, with at most 2 x workers reads in flight."""
     if cfg.ray_address is not None:
         yield from _ray_reads(source, keys, cfg, codecs)
         return
-    if cfg.workers == 1:
+    if pool is None:
         for key in keys:
             yield key, _read_one(source, key)
         return
-    # spawn: the writer process runs zarr's event-loop thread, which must not be forked mid-flight.
-    with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
-        yield from _windowed(lambda k: pool.submit(_read_one, source, k, codecs), Future.result, keys,
-                             2 * cfg.workers)
+    yield from _windowed(lambda k: pool.submit(_read_one, source, k, codecs), Future.result, keys, 2 * cfg.workers)
 
 
 def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig,
@@ -165,6 +172,21 @@ def run_ingest(source: Source, cfg: IngestConfig, *,
     (the store stays resumable), and `ConfigError` for unusable options.
     """
     t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if cfg.workers > 1 and cfg.ray_address is None:
+            # spawn: the writer process runs zarr's event-loop thread, which must not be forked. The pool
+            # starts first so that worker start-up (imports, robot model) overlaps the schema probe.
+            pool = stack.enter_context(ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")))
+            for _ in range(cfg.workers):
+                pool.submit(_warm, source)
+        # Stats need scikit-learn at the end; importing it meanwhile takes ~1 s off the critical path.
+        threading.Thread(target=importlib.import_module, args=("sklearn.cluster",), daemon=True).start()
+        return _run(source, cfg, pool, on_episode, t0)
+
+
+def _run(source: Source, cfg: IngestConfig, pool: ProcessPoolExecutor | None,
+         on_episode: Callable[[str, str], None] | None, t0: float) -> IngestResult:
     schema = source.schema()
     keys = source.keys()
     writer_cfg = EpisodicWriterConfig(
@@ -182,7 +204,7 @@ def run_ingest(source: Source, cfg: IngestConfig, *,
         for key in keys:
             if key in done and on_episode:
                 on_episode(key, "committed")
-        for key, result in _ordered_reads(source, todo, cfg, writer.codecs):
+        for key, result in _ordered_reads(source, todo, cfg, writer.codecs, pool):
             if isinstance(result, Episode):
                 try:
                     writer.write(result)

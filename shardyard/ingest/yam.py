@@ -112,6 +112,7 @@ class YamSource:
         if not self.root.is_dir():
             raise ConfigError("raw data folder not found", path=str(self.root))
         self._kin: dict[str, Any] = {}
+        self._probe = False  # while True, `_frames` decodes one frame: enough to learn the schema
         self._schema: Schema | None = None
         self._calibration = None
         if config.calibration is not None:
@@ -131,6 +132,13 @@ class YamSource:
         if detect_layout(self.root) is not None:
             found.append(".")
         return sorted(found)
+
+    def warm(self) -> None:
+        """Load what every read needs (the MuJoCo model), so a fresh worker process starts ready."""
+        if self.cfg.robot_model is not None:
+            from shardyard.mjcf import load_model
+
+            self._kin.setdefault("model", load_model(self.cfg.robot_model))
 
     def fingerprint(self) -> str:
         return fingerprint_paths([p for p in self.root.rglob("*") if p.is_file()], self.root)
@@ -152,7 +160,11 @@ class YamSource:
             last: Exception | None = None
             for key in self.keys():
                 try:
-                    self._schema = self._schema_of(self._read_raw(key))
+                    self._probe = True
+                    try:
+                        self._schema = self._schema_of(self._read_raw(key))
+                    finally:
+                        self._probe = False
                     break
                 except SourceError as e:
                     last = e
@@ -208,6 +220,8 @@ class YamSource:
             if len(indices) and int(indices.max()) >= video.num_frames:
                 raise SourceError(f"video has {video.num_frames} frames, step needs frame {int(indices.max())}",
                                   path=str(path), key=key, field=field_name)
+            if self._probe:
+                indices = indices[:1]
             return video.read(indices, size=self.cfg.image_size)
         except SourceError as e:
             raise SourceError(e.reason, path=str(path), key=key, field=field_name) from None
@@ -241,7 +255,7 @@ class YamSource:
             if (folder / "frames").is_dir() else []
         videos = sorted(folder.glob("*.mp4"))
         if frame_files:
-            frames = self._read_images(frame_files, key, img_field)
+            frames = self._read_images(frame_files[:1] if self._probe else frame_files, key, img_field)
         elif videos:
             frames = self._frames(videos[0], np.arange(T), key, img_field)
             n_video = open_video(videos[0], cfg.video_backend).num_frames
@@ -250,7 +264,7 @@ class YamSource:
                                   path=str(videos[0]), key=key, field=img_field)
         else:
             raise SourceError("no frames/ folder or .mp4", path=str(folder), key=key, field=img_field)
-        if len(frames) != T:
+        if len(frames) != T and not self._probe:
             raise SourceError(f"{len(frames)} frames but trajectories have {T} steps",
                               path=str(folder / "frames"), key=key, field=img_field)
         try:
