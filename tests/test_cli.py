@@ -1,6 +1,5 @@
 """The CLI as a user runs it: `stats` recompute and `inspect`, as subprocesses on a store built by `ingest`."""
 
-import json
 
 import numpy as np
 import pytest
@@ -52,3 +51,12 @@ def test_ingest_of_missing_folder_is_fatal(tmp_path):
     assert proc.returncode == 1 and "not found" in proc.stderr
     manifest = tmp_path / "s" / "manifest.json"
     assert not manifest.exists()
+
+
+def test_every_registered_source_class_imports():
+    from shardyard.ingest import SOURCES, source_class
+
+    for name in SOURCES:
+        assert source_class(name).name == name
+    with pytest.raises(KeyError, match="known"):
+        source_class("nope")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -149,7 +148,6 @@ def _short_npy(ep: Path) -> str:
 
 def _length_mismatch(ep: Path) -> str:
     # the camera lost its last 10 frames and timestamps: steps at the end have no frame within tolerance
-    import av  # noqa: F401
     from shardyard.video import open_video, write_video
 
     v = open_video(ep / "top-images-rgb.mp4")

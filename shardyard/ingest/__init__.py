@@ -1,10 +1,28 @@
-"""Source adapters (one per file) and the ingest runner. `SOURCES` maps a source name to its class."""
+"""Source adapters (one per file) and the ingest runner.
 
-from shardyard.ingest.lerobot import LeRobotConfig, LeRobotSource
-from shardyard.ingest.libero import LiberoConfig, LiberoSource
-from shardyard.ingest.nyu_depth_v2 import NyuConfig, NyuSource
-from shardyard.ingest.yam import YamConfig, YamSource
+`SOURCES` maps a source name to where its class lives; `source_class(name)` imports it. Kept lazy so that
+`ingest yam` does not import h5py, pyarrow or `datasets` for the other adapters (and one adapter's missing
+optional dependency never breaks another).
+"""
 
-SOURCES = {"libero": LiberoSource, "lerobot": LeRobotSource, "nyu": NyuSource, "yam": YamSource}
+from __future__ import annotations
 
-__all__ = ["SOURCES", "LeRobotConfig", "LeRobotSource", "LiberoConfig", "LiberoSource", "NyuConfig", "NyuSource", "YamConfig", "YamSource"]
+import importlib
+
+SOURCES: dict[str, str] = {
+    "yam": "shardyard.ingest.yam:YamSource",
+    "libero": "shardyard.ingest.libero:LiberoSource",
+    "lerobot": "shardyard.ingest.lerobot:LeRobotSource",
+    "nyu": "shardyard.ingest.nyu_depth_v2:NyuSource",
+}
+
+
+def source_class(name: str) -> type:
+    """The Source class registered as `name`. Raises `KeyError` naming the known sources."""
+    if name not in SOURCES:
+        raise KeyError(f"unknown source {name!r}; known: {sorted(SOURCES)}")
+    module, cls = SOURCES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+__all__ = ["SOURCES", "source_class"]

@@ -19,7 +19,6 @@ The episode's frame times are `frame_index / fps`; a store field `timestamp` is 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass

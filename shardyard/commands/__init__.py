@@ -1,0 +1,1 @@
+"""Command-line commands, one module per group; `shardyard.cli` puts them together."""

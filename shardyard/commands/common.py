@@ -1,0 +1,106 @@
+"""Shared pieces of the command line: the typer apps, option types used by several commands, and helpers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from shardyard.errors import ShardyardError
+
+app = typer.Typer(help="shardyard: raw datasets into sharded, cached stores.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+ingest_app = typer.Typer(help="Ingest a raw source into a store.", no_args_is_help=True,
+                         pretty_exceptions_enable=False)
+app.add_typer(ingest_app, name="ingest")
+
+# Options every `ingest` job takes, declared once.
+Out = Annotated[Path, typer.Option("--out", "-o", help="Store directory to write (resumed if it exists).")]
+Workers = Annotated[int, typer.Option(help="Reader processes.")]
+OnError = Annotated[str, typer.Option(help="skip: report bad episodes and go on; fail: stop at the first.")]
+Overwrite = Annotated[bool, typer.Option(help="Delete an existing store at --out first.")]
+ValFraction = Annotated[float, typer.Option(help="Fraction of episodes held out (stats use train only).")]
+SplitSeed = Annotated[int, typer.Option(help="Seed of the by-episode train/val split.")]
+ImageCodec = Annotated[str, typer.Option(help="lz4 (fast decode), zstd (smaller) or none.")]
+ImageSize = Annotated[Optional[str], typer.Option(help="Resize frames on ingest: S or WxH (default keep).")]
+
+
+@ingest_app.callback()
+def _ingest_group() -> None:
+    """Ingest a raw source into a store (`ingest SOURCE PATH --out STORE`)."""
+
+
+@app.callback()
+def _main_group() -> None:
+    """shardyard: raw datasets into sharded, cached stores."""
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """"448" -> (448, 448); "640x480" -> (640, 480)."""
+    if not text:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise typer.BadParameter(f"--image-size takes S or WxH, got {text!r}") from None
+    if len(nums) == 1:
+        return nums[0], nums[0]
+    if len(nums) == 2:
+        return nums[0], nums[1]
+    raise typer.BadParameter(f"--image-size takes S or WxH, got {text!r}")
+
+
+def fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+export_app = typer.Typer(help="Export a store to another dataset format.", no_args_is_help=True,
+                         pretty_exceptions_enable=False)
+app.add_typer(export_app, name="export")
+
+
+@export_app.callback()
+def _export_group() -> None:
+    """Export a store to another dataset format (`export lerobot STORE --out DIR`)."""
+
+
+def run_ingest_job(source, out: Path, **kwargs) -> None:
+    from rich.progress import Progress
+
+    from shardyard.ingest.runner import IngestConfig, run_ingest
+
+    try:
+        cfg = IngestConfig(out=out, **kwargs)
+        keys = source.keys()
+        with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
+            task = progress.add_task(f"ingest {source.name}", total=len(keys))
+            result = run_ingest(source, cfg, on_episode=lambda key, status: progress.advance(task))
+        if hasattr(source, "report_notes"):  # e.g. files without observations (ingest libero)
+            from shardyard.ingest.libero import add_report_notes
+
+            add_report_notes(out, source.report_notes())
+    except ShardyardError as e:
+        fail(e)
+    from shardyard import open_store
+    from shardyard.inspection import summarize
+
+    typer.echo(summarize(open_store(str(out))))
+    typer.echo(f"\n{result.num_written} episode(s) written, {result.num_already_committed} already stored, "
+               f"{len(result.skipped)} skipped, in {result.seconds:.1f} s -> {out}")
+    if result.skipped:
+        typer.secho(f"{len(result.skipped)} episode(s) skipped; reasons in {result.report_path}",
+                    fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(result.exit_code)
+
+
+train_app = typer.Typer(help="Train a model on a store.", no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(train_app, name="train")
+
+
+@train_app.callback()
+def _train_group() -> None:
+    """Train a model on a store (`train volume-query --store S --out RUN`)."""

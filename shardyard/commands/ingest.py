@@ -1,0 +1,222 @@
+"""`shardyard ingest SOURCE ...` (and the `ingest` shortcut): one thin command per source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from shardyard.commands.common import (ImageCodec, ImageSize, OnError, Out, Overwrite, SplitSeed, ValFraction, Workers, fail, ingest_app, parse_size, run_ingest_job)
+from shardyard.errors import ShardyardError
+
+
+@ingest_app.command("yam")
+def ingest_yam(
+    raw_dir: Path = typer.Argument(..., help="Folder of YAM episodes (i2rt recorder or per-demo layout)."),
+    out: Out = ...,
+    robot_model: Optional[Path] = typer.Option(None, help="MJCF of the robot for FK and cameras."),
+    eef_site: Optional[str] = typer.Option(None, help="Grasp site (default tcp_<arm>, else grasp_site)."),
+    calibration: Optional[Path] = typer.Option(None, help="Calibration JSON for a real rig's cameras."),
+    camera: Optional[list[str]] = typer.Option(None, "--camera", help="Camera stream(s) to store (default all)."),
+    image_size: ImageSize = None,
+    workers: Workers = 1,
+    on_error: OnError = "skip",
+    overwrite: Overwrite = False,
+    val_fraction: ValFraction = 0.1,
+    split_seed: SplitSeed = 0,
+    image_codec: ImageCodec = "lz4",
+    ray_address: Optional[str] = typer.Option(None, help="Read with Ray: 'local' or a cluster address."),
+    commit_every: int = typer.Option(32, help="Episodes committed together (a kill redoes at most one group)."),
+    timestamp_tolerance_ms: float = typer.Option(50.0, help="Largest step-to-frame gap when aligning cameras."),
+    video_backend: str = typer.Option("pyav", help="pyav (default, frame-exact) or decord."),
+) -> None:
+    """Ingest YAM robot-arm demos into an episodic zarr store, with stats and a report."""
+    from shardyard.ingest.yam import YamConfig, YamSource
+
+    try:
+        source = YamSource(YamConfig(
+            root=raw_dir, robot_model=robot_model, eef_site=eef_site, calibration=calibration,
+            cameras=tuple(camera) if camera else None, image_size=parse_size(image_size),
+            timestamp_tolerance_s=timestamp_tolerance_ms / 1000.0, video_backend=video_backend))
+    except ShardyardError as e:
+        fail(e)
+    run_ingest_job(source, out, workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
+         split_seed=split_seed, image_codec=image_codec, ray_address=ray_address, commit_every=commit_every)
+
+
+@ingest_app.command("libero")
+def ingest_libero(
+    path: Path = typer.Argument(..., help="A LIBERO/robomimic/robosuite *.hdf5 file or a folder of them."),
+    out: Out = ...,
+    image_convention: Optional[str] = typer.Option(None, help="opengl|opencv (default: file attr, else opengl)."),
+    fps: Optional[float] = typer.Option(None, help="Control rate in Hz (default 20)."),
+    workers: Workers = 1,
+    on_error: OnError = "skip",
+    overwrite: Overwrite = False,
+    val_fraction: ValFraction = 0.1,
+    split_seed: SplitSeed = 0,
+    image_codec: ImageCodec = "lz4",
+) -> None:
+    """Ingest LIBERO / robomimic / raw robosuite HDF5 demos into an episodic zarr store."""
+    from shardyard.ingest.libero import LiberoConfig, LiberoSource
+
+    try:
+        source = LiberoSource(LiberoConfig(root=path, image_convention=image_convention, fps=fps))
+    except ShardyardError as e:
+        fail(e)
+    run_ingest_job(source, out, workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
+         split_seed=split_seed, image_codec=image_codec)
+
+
+@ingest_app.command("lerobot")
+def ingest_lerobot(
+    path: str = typer.Argument(..., help="LeRobot dataset folder (v2.1 or v3.0) or a Hub repo id in the cache."),
+    out: Out = ...,
+    image_size: ImageSize = None,
+    timestamp_tolerance_ms: float = typer.Option(1.0, help="Largest row-to-frame gap when decoding video."),
+    workers: Workers = 1,
+    on_error: OnError = "skip",
+    overwrite: Overwrite = False,
+    val_fraction: ValFraction = 0.1,
+    split_seed: SplitSeed = 0,
+    image_codec: ImageCodec = "lz4",
+) -> None:
+    """Ingest a LeRobot dataset (v2.1 or v3.0, AV1 video included) into an episodic zarr store."""
+    from shardyard.ingest.lerobot import LeRobotConfig, LeRobotSource
+
+    try:
+        source = LeRobotSource(LeRobotConfig(root=path, image_size=parse_size(image_size),
+                                             timestamp_tolerance_s=timestamp_tolerance_ms / 1000.0))
+    except ShardyardError as e:
+        fail(e)
+    run_ingest_job(source, out, workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
+         split_seed=split_seed, image_codec=image_codec)
+
+
+@ingest_app.command("nyu")
+def ingest_nyu_cmd(
+    path: str = typer.Argument(..., help="NYU Depth V2 in any public layout: labeled .mat, FastDepth h5 folder, "
+                                        "BTS/mmseg folder, DenseDepth nyu2_*, eigen_test npy, HF parquet "
+                                        "folder or cached hub id, raw Kinect ppm+pgm folder."),
+    out: Out = ...,
+    layout: Optional[str] = typer.Option(None, help="Force a layout (default: detect)."),
+    max_episode_frames: int = typer.Option(256, help="Longest episode; longer scenes are cut into parts."),
+    mat_depth: str = typer.Option("depths", help="Labeled .mat depth: depths (inpainted) or rawDepths."),
+    hf_cache_dir: Optional[str] = typer.Option(None, help="`datasets` cache folder for the HF layout."),
+    workers: Workers = 1,
+    on_error: OnError = "skip",
+    overwrite: Overwrite = False,
+    val_fraction: float = typer.Option(0.1, help="Held-out fraction when the layout has no official split."),
+    split_seed: int = typer.Option(0, help="Seed of that by-episode split."),
+    image_codec: ImageCodec = "lz4",
+) -> None:
+    """Ingest NYU Depth V2 (obs.rgb + obs.depth in metres, scenes as episodes, official split) into a store."""
+    from shardyard.ingest.nyu_depth_v2 import NyuConfig, NyuSource, ingest_nyu
+    from shardyard.ingest.runner import IngestConfig
+
+    try:
+        source = NyuSource(NyuConfig(root=path, layout=layout, max_episode_frames=max_episode_frames,
+                                     mat_depth=mat_depth, hf_cache_dir=hf_cache_dir))
+        cfg = IngestConfig(out=out, workers=workers, on_error=on_error, overwrite=overwrite,
+                           val_fraction=val_fraction, split_seed=split_seed, image_codec=image_codec)
+        result = ingest_nyu(source, cfg)
+    except ShardyardError as e:
+        fail(e)
+    from shardyard import open_store
+    from shardyard.inspection import summarize
+
+    typer.echo(f"layout: {source.layout}")
+    typer.echo(summarize(open_store(str(out))))
+    typer.echo(f"\n{result.num_written} episode(s) written, {result.num_already_committed} already stored, "
+               f"{len(result.skipped)} skipped, in {result.seconds:.1f} s -> {out}")
+    if result.skipped:
+        typer.secho(f"{len(result.skipped)} episode(s) skipped; reasons in {result.report_path}",
+                    fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(result.exit_code)
+
+
+@ingest_app.command("webvid")
+def ingest_webvid_cmd(
+    meta: Path = typer.Argument(..., help="WebVid CSV (10M or 2.5M order), parquet, saved HF dataset, "
+                                          "or a video2dataset output folder to verify."),
+    out: Path = typer.Option(..., "--out", "-o", help="Shard store to write (resumed if it exists)."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Transcode: short side in px."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Transcode: output frame rate (Hz)."),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="Transcode: keep the first S s."),
+    samples_per_shard: int = typer.Option(1000, help="Rows per shard."),
+    concurrency: int = typer.Option(16, help="Downloads in flight."),
+    timeout: float = typer.Option(30.0, help="Per-attempt timeout (s)."),
+    retries: int = typer.Option(4, help="Retries on timeouts, 429 and 5xx (never on 403/404)."),
+    backoff: float = typer.Option(1.0, help="First retry backoff (s), doubled per retry."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Refetch only the failed samples."),
+    split: str = typer.Option("train", help="Shard name prefix."),
+    overwrite: Overwrite = False,
+) -> None:
+    """Download WebVid rows into checksummed webdataset shards (or verify a video2dataset folder)."""
+    from shardyard.ingest.fetch import FetchConfig
+    from shardyard.ingest.webvid import TranscodeConfig, WebvidConfig, ingest_webvid
+
+    try:
+        cfg = WebvidConfig(out=out, samples_per_shard=samples_per_shard, split=split, overwrite=overwrite,
+                           retry_failed=retry_failed,
+                           fetch=FetchConfig(concurrency=concurrency, timeout_s=timeout, retries=retries,
+                                             backoff_s=backoff),
+                           transcode=TranscodeConfig(short_side=resize, fps=fps, max_seconds=max_seconds))
+        result = ingest_webvid(meta, cfg)
+    except ShardyardError as e:
+        fail(e)
+    r = result.report
+    typer.echo(f"{r['num_success']} of {r['num_samples']} sample(s) ok ({100 * r['success_rate']:.1f} %), "
+               f"{r['num_shards']} shard(s), in {r['seconds']:.1f} s -> {out}")
+    for status, n in sorted(r["by_status"].items()):
+        typer.echo(f"  {status}: {n}")
+    if r["num_failed"]:
+        typer.secho(f"{r['num_failed']} sample(s) failed; reasons in {out / 'report.json'}",
+                    fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(result.exit_code)
+
+
+@ingest_app.command("dino")
+def ingest_dino_cmd(
+    store: str = typer.Argument(..., help="Source store (made by `ingest yam` etc.)."),
+    model: str = typer.Option("tiny-random-dinov2", help="HF id, local folder, hub entry, or tiny-random-dinov2."),
+    out: Path = typer.Option(..., "--out", "-o", help="Feature store to write (resumed on the same key)."),
+    field: str = typer.Option("obs.rgb.top", help="Image field of the source store."),
+    hub_repo: Optional[Path] = typer.Option(None, help="Local torch.hub repository (with hubconf.py)."),
+    weights: Optional[Path] = typer.Option(None, help="State-dict file for --hub-repo."),
+    layers: str = typer.Option("-1", help="Block outputs to keep, comma-separated (default: last)."),
+    dtype: str = typer.Option("float16", help="Stored token dtype: float16, bfloat16 or float32."),
+    image_size: str = typer.Option("224", help="Model input size S or WxH (rounded to the patch size)."),
+    batch_size: int = typer.Option(32, help="Frames per forward and per completion record."),
+    device: str = typer.Option("auto", help="auto (cuda, mps, cpu) or a torch device."),
+    ray: bool = typer.Option(False, "--ray", help="Run with Ray Data on a local Ray."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (implies --ray)."),
+    workers: int = typer.Option(2, help="Ray actors."),
+    num_gpus_per_worker: float = typer.Option(0.0, help="GPUs per Ray actor."),
+    overwrite: bool = typer.Option(False, help="Delete an existing feature store at --out first."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Shard store of videos: frames sampled per second."),
+) -> None:
+    """Cache DINO patch and CLS tokens of one camera field in a feature store (exit 2 if frames are missing)."""
+    from shardyard.ingest.dino import DinoConfig, ingest_dino
+    from shardyard.models.backbones import BackboneConfig
+
+    try:
+        size = parse_size(image_size)
+        bcfg = BackboneConfig(spec=model, layers=tuple(int(x) for x in layers.split(",")), image_size=size,
+                              hub_repo=str(hub_repo) if hub_repo else None,
+                              weights=str(weights) if weights else None, device=device)
+        cfg = DinoConfig(store=store, out=out, backbone=bcfg, field=field, dtype=dtype, batch_size=batch_size,
+                         overwrite=overwrite, ray=ray, ray_address=ray_address, workers=workers,
+                         num_gpus_per_worker=num_gpus_per_worker, fps=fps)
+        result = ingest_dino(cfg)
+    except ShardyardError as e:
+        fail(e)
+    except ValueError as e:
+        fail(e)
+    typer.echo(f"{result.num_samples} frame(s): {result.num_batches_run} batch(es) run, "
+               f"{result.num_batches_done_before} already stored, in {result.seconds:.1f} s -> {out}")
+    if result.errors:
+        typer.secho(f"{len(result.errors)} frame(s) failed to decode and are masked missing; see "
+                    f"{out / 'report.json'}", fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(result.exit_code)

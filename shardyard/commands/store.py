@@ -1,0 +1,83 @@
+"""`shardyard stats|inspect|export`: commands on an existing store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from shardyard.commands.common import (app, export_app, fail)
+from shardyard.errors import ShardyardError
+
+
+@export_app.command("lerobot")
+def export_lerobot_cmd(
+    store: str = typer.Argument(..., help="Episodic store path."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder of the LeRobot v3.0 dataset to write."),
+    crf: int = typer.Option(10, help="x264 quality of the videos (lower = closer to the stored frames)."),
+    overwrite: bool = typer.Option(False, help="Delete an existing folder at --out first."),
+) -> None:
+    """Write an episodic store as a LeRobot v3.0 dataset (parquet + mp4 + meta)."""
+    from shardyard.stores.export_lerobot import ExportConfig, export_lerobot
+
+    try:
+        info = export_lerobot(store, ExportConfig(out=out, crf=crf, overwrite=overwrite))
+    except ShardyardError as e:
+        fail(e)
+    typer.echo(f"wrote LeRobot v3.0 dataset: {info['total_episodes']} episode(s), {info['total_frames']} "
+               f"frame(s), {len([k for k, v in info['features'].items() if v['dtype'] == 'video'])} video "
+               f"stream(s) -> {out}")
+
+
+@app.command("stats")
+def stats_cmd(
+    store: str = typer.Argument(..., help="Store path or URL."),
+    height_bins: int = typer.Option(32), height_margin: float = typer.Option(0.05),
+    gripper_bins: int = typer.Option(32), rotation_bins: int = typer.Option(32),
+    kmeans_clusters: int = typer.Option(32), pca_threshold: float = typer.Option(0.8),
+    val_fraction: Optional[float] = typer.Option(None, help="Re-split episodes (rewrites the manifest's split)."),
+    split_seed: Optional[int] = typer.Option(None),
+) -> None:
+    """Recompute stats.json of a local store with other options."""
+    from shardyard.stores.stats import StatsConfig, recompute_store_stats
+
+    try:
+        cfg = StatsConfig(height_bins=height_bins, height_margin=height_margin, gripper_bins=gripper_bins,
+                          rotation_bins=rotation_bins, kmeans_clusters=kmeans_clusters, pca_threshold=pca_threshold)
+        stats = recompute_store_stats(store, cfg, val_fraction=val_fraction, split_seed=split_seed)
+    except ShardyardError as e:
+        fail(e)
+    typer.echo(f"stats.json rewritten for {store} (train episodes: {len(stats['split']['train'])})")
+
+
+@app.command("inspect")
+def inspect_cmd(
+    store: str = typer.Argument(..., help="Store path or URL."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNG plots."),
+    max_episodes: int = typer.Option(4, help="Episodes to draw frames from."),
+) -> None:
+    """Print a store's summary and write plots (frames with projected EEF, height/gripper/rotation, paths)."""
+    from shardyard import open_store
+    from shardyard.inspection import summarize, write_plots
+    from shardyard.inspection_tokens import inspect_features, is_feature_store
+
+    if is_feature_store(store):
+        try:
+            text, paths = inspect_features(store, out, max_episodes=max_episodes)
+        except ShardyardError as e:
+            fail(e)
+        typer.echo(text)
+        for p in paths:
+            typer.echo(f"  wrote {p}")
+        return
+    try:
+        s = open_store(store)
+    except ShardyardError as e:
+        fail(e)
+    typer.echo(summarize(s))
+    if out is not None:
+        paths = write_plots(s, out, max_episodes=max_episodes)
+        typer.echo(f"\nwrote {len(paths)} plot(s) to {out}:")
+        for p in paths:
+            typer.echo(f"  {p}")
