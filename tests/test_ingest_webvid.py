@@ -17,6 +17,7 @@ from faultserver import FaultServer
 from shardyard.ingest.fetch import FetchConfig, Fetcher
 from shardyard.ingest.webvid import (TranscodeConfig, WebvidConfig, ingest_webvid, parse_iso_duration, probe_video,
                                      read_meta, transcode)
+from shardyard.errors import SourceError
 from shardyard.stores.shards import ShardStore
 
 CLIPS = ["mmaction2_rawvideo_part_0.mp4", "mmaction2_demo.mp4", "mmaction2_test_video_structuralize.mp4"]
@@ -162,3 +163,18 @@ def test_video2dataset_shard_verified_by_cli(shared_data, tmp_path):
     assert by_key["0000030_00005"]["num_frames"] == 150 and by_key["0000030_00005"]["fps"] == 30.0
     store = ShardStore(str(out))
     assert store.manifest.files[0]["samples"] == 6 and store.verify() == []
+
+
+def test_hugging_face_dataset_metadata(shared_data, tmp_path):
+    """META as a Hugging Face dataset: a `save_to_disk` folder and a local folder of parquet files (streamed)."""
+    datasets = pytest.importorskip("datasets")
+    rows = read_meta(_csv(shared_data, tmp_path, "http://x", "10M"))
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list(rows).save_to_disk(str(saved))
+    assert read_meta(saved) == rows
+    folder = tmp_path / "parquet_folder"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), folder / "train-00000.parquet")
+    assert read_meta(folder) == rows
+    with pytest.raises(SourceError):
+        read_meta(tmp_path / "empty_dir_that_is_no_dataset")

@@ -64,14 +64,20 @@ def iter_meta(path: str | Path) -> Iterator[dict[str, Any]]:
                                           for r in b.to_pylist())
     elif p.is_file():
         rows = _iter_csv(p)
-    elif p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()) or not p.exists():
+    elif p.is_dir() or not p.exists():
         try:
             import datasets
         except ImportError as e:
             raise (ConfigError("reading a Hugging Face dataset needs `pip install datasets`", path=str(p))
                    if p.exists() else SourceError("metadata not found", path=str(p))) from e
-        ds = (datasets.load_from_disk(str(p)) if p.exists() else
-              datasets.load_dataset(str(path), split="train", streaming=True))
+        if (p / "state.json").exists() or (p / "dataset_info.json").exists():
+            ds = datasets.load_from_disk(str(p))  # a `save_to_disk` folder
+        else:
+            # a folder of parquet/CSV files, or a dataset id in the local cache (HF_HUB_OFFLINE is honoured)
+            try:
+                ds = datasets.load_dataset(str(path), split="train", streaming=True)
+            except Exception as e:  # datasets raises several types for "no such dataset"
+                raise SourceError(f"not a CSV, parquet file or loadable HF dataset: {e}", path=str(p)) from e
         rows = (dict(r) for r in ds)
     else:
         raise SourceError("expected a CSV, a parquet file or a saved HF dataset", path=str(p))
