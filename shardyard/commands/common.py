@@ -85,6 +85,11 @@ def run_ingest_job(source, out: Path, **kwargs) -> None:
             add_report_notes(out, source.report_notes())
     except ShardyardError as e:
         fail(e)
+    finish_ingest(out, result)
+
+
+def finish_ingest(out: Path, result) -> None:
+    """Print the store summary and the run's counts, then exit with the ingest status (0, or 2 on skips)."""
     from shardyard import open_store
     from shardyard.inspection import summarize
 

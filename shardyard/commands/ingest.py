@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from shardyard.commands.common import (ImageCodec, ImageSize, OnError, Out, Overwrite, SplitSeed, ValFraction, Workers, fail, ingest_app, parse_size, run_ingest_job)
+from shardyard.commands.common import (ImageCodec, ImageSize, OnError, Out, Overwrite, SplitSeed, ValFraction, Workers,
+                                       fail, finish_ingest, ingest_app, parse_size, run_ingest_job)
 from shardyard.errors import ShardyardError
 
 
@@ -42,7 +43,7 @@ def ingest_yam(
     except ShardyardError as e:
         fail(e)
     run_ingest_job(source, out, workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
-         split_seed=split_seed, image_codec=image_codec, ray_address=ray_address, commit_every=commit_every)
+                   split_seed=split_seed, image_codec=image_codec, ray_address=ray_address, commit_every=commit_every)
 
 
 @ingest_app.command("libero")
@@ -66,7 +67,7 @@ def ingest_libero(
     except ShardyardError as e:
         fail(e)
     run_ingest_job(source, out, workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
-         split_seed=split_seed, image_codec=image_codec)
+                   split_seed=split_seed, image_codec=image_codec)
 
 
 @ingest_app.command("lerobot")
@@ -91,7 +92,7 @@ def ingest_lerobot(
     except ShardyardError as e:
         fail(e)
     run_ingest_job(source, out, workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
-         split_seed=split_seed, image_codec=image_codec)
+                   split_seed=split_seed, image_codec=image_codec)
 
 
 @ingest_app.command("nyu")
@@ -123,17 +124,8 @@ def ingest_nyu_cmd(
         result = ingest_nyu(source, cfg)
     except ShardyardError as e:
         fail(e)
-    from shardyard import open_store
-    from shardyard.inspection import summarize
-
     typer.echo(f"layout: {source.layout}")
-    typer.echo(summarize(open_store(str(out))))
-    typer.echo(f"\n{result.num_written} episode(s) written, {result.num_already_committed} already stored, "
-               f"{len(result.skipped)} skipped, in {result.seconds:.1f} s -> {out}")
-    if result.skipped:
-        typer.secho(f"{len(result.skipped)} episode(s) skipped; reasons in {result.report_path}",
-                    fg=typer.colors.YELLOW, err=True)
-    raise typer.Exit(result.exit_code)
+    finish_ingest(out, result)
 
 
 @ingest_app.command("webvid")

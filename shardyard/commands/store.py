@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from shardyard.commands.common import (app, export_app, fail)
+from shardyard.commands.common import app, export_app, fail
 from shardyard.errors import ShardyardError
 
 

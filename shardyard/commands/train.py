@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from shardyard.commands.common import (fail, parse_size, train_app)
+from shardyard.commands.common import fail, parse_size, train_app
 from shardyard.errors import ShardyardError
 
 
@@ -83,7 +83,7 @@ def train_volume_query_cmd(
 def train_depth_cmd(
     store: str = typer.Option(..., "--store", help="Episodic store with obs.rgb + obs.depth (ingest nyu)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: latest.pth, metrics.jsonl, PNGs (resumed)."),
-    features: Optional[str] = typer.Option(None, "--features", help="Feature store of `ingest dino --layers` on STORE."),
+    features: Optional[str] = typer.Option(None, "--features", help="Tokens of `ingest dino --layers` on STORE."),
     steps: int = typer.Option(2000, help="Optimiser steps in total (the schedule's length)."),
     stop_at: Optional[int] = typer.Option(None, help="Stop at this step (checkpointed; rerun to resume)."),
     batch_size: int = typer.Option(4), lr: float = typer.Option(1e-4, help="Decoder lr."),
