@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from shardyard.models.dpt_depth import DPTConfig, DPTDepth, silog_loss
 from shardyard.train.depth_augment import BTSAugmentConfig, bts_augment
 from shardyard.train.depth_data import DepthData, open_depth_data
 from shardyard.train.depth_metrics import DepthMetrics, format_table, write_depth_png
+from shardyard.train.loop import LRSchedule, atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +95,10 @@ class DepthTrainConfig:
 
 
 def lr_at(step: int, base: float, cfg: DepthTrainConfig) -> float:
-    """Linear warmup over `warmup_steps` (capped at a tenth of the run), then cosine from `base` to `eta_min`."""
+    """The shared warmup + cosine schedule (`train.loop.LRSchedule`) from `base` to `eta_min` over the run,
+    with warmup capped at a tenth of the run so that short runs still decay."""
     warm = min(cfg.warmup_steps, max(cfg.steps // 10, 1))
-    if step < warm:
-        return base * (step + 1) / warm
-    t = (step - warm) / max(cfg.steps - warm, 1)
-    eta = min(cfg.eta_min, base)
-    return eta + (base - eta) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return LRSchedule(base, warmup_steps=warm, decay_steps=cfg.steps, min_lr=min(cfg.eta_min, base))(step)
 
 
 def batch_indices(step: int, n: int, batch: int, seed: int) -> np.ndarray:
@@ -125,12 +121,6 @@ class TrainResult:
     losses: list[float]
     out: Path
     resumed_from: int
-
-
-def _save(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -196,7 +186,7 @@ def train_depth(cfg: DepthTrainConfig) -> TrainResult:
     t0 = time.perf_counter()
 
     def checkpoint() -> None:
-        _save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+        atomic_torch_save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                      "config": cfg.resume_key(),
                      "backbone": data.backbone.model.state_dict() if data.backbone is not None else None})
 

@@ -44,20 +44,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def atomic_torch_save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """`torch.save(state)` to a temp file beside `path`, then rename: a kill never leaves a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     step: int, sampler: dict[str, Any], config: dict[str, Any],
                     extra: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint atomically (temp file + rename); returns its path. `model` may be DDP-wrapped
     (its `.module` is saved). `sampler`: the sampler's `state_dict` at this step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     net = getattr(model, "module", model)
     state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": int(step),
              "sampler": sampler, "rng": rng_state(), "config": config, "extra": extra or {}}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(path, state)
 
 
 def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module,
