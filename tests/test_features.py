@@ -76,7 +76,7 @@ def test_writer_resumes_refuses_and_writes_manifest_last(tmp_path):
     np.testing.assert_array_equal(fs.episode_ends, [10, 21])
     assert fs.report["missing"] == [3] and fs.report["errors"] == [{"index": 3, "reason": "test"}]
     # the fast path is really taken and equals zarr-python
-    fs._reader("patch_tokens")
+    fs.array_reader("patch_tokens")
     assert type(fs._readers["patch_tokens"]).__name__ == "ShardReader"
     np.testing.assert_array_equal(fs.patch_tokens(2, 19), zarr.open_array(str(path / "patch_tokens"))[2:19])
     manifest = json.loads((path / "manifest.json").read_text())

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from shardyard.stores.chunks import _EMPTY, ShardReader
+from shardyard.stores.chunks import ShardReader
 from shardyard.stores.features import CLS, FIELD_NAMES, PATCH, FeatureStore, open_features
 
 log = logging.getLogger(__name__)
@@ -32,28 +32,6 @@ class TokenDatasetConfig:
 
     tokens: tuple[str, ...] = (PATCH_KEY, CLS_KEY)
     as_float32: bool = False
-
-
-def _gather(reader: Any, idx: np.ndarray) -> np.ndarray | None:
-    """Rows `idx` (any order) of an uncompressed, one-row-per-chunk local sharded array, each `pread`
-    straight into the output buffer (no intermediate copy), using `ShardReader`'s cached shard indexes and
-    file handles. None when the layout does not allow it (the caller then reads runs)."""
-    if not isinstance(reader, ShardReader) or reader.fs is not None or reader.chunk_rows != 1 \
-            or reader.decode(b"x") != b"x":
-        return None
-    reader._check_pid()
-    out = np.empty((len(idx),) + reader.shape[1:], dtype=reader.dtype)
-    flat = out.reshape(len(idx), -1).view(np.uint8)
-    rb = reader.row_nbytes
-    for j, i in enumerate(idx.tolist()):
-        s, k = divmod(i, reader.shard_rows)
-        index = reader._index(s)
-        if index is None or index[k, 0] == _EMPTY or int(index[k, 1]) != rb:
-            out[j] = reader.read(i, i + 1)[0]
-            continue
-        if os.preadv(reader._files[s], [flat[j]], int(index[k, 0])) != rb:
-            out[j] = reader.read(i, i + 1)[0]
-    return out
 
 
 def _runs(idx: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
@@ -115,7 +93,8 @@ class TokenDataset(torch.utils.data.Dataset):
         """Rows `idx` (any order, repeats allowed) of one token array: gathered chunk by chunk straight into
         the output when the store is raw, else one read per run of consecutive sorted indices."""
         fs = self.features
-        x = _gather(fs._reader(_ARRAY[name]), idx)
+        reader = fs.array_reader(_ARRAY[name])
+        x = reader.pread_rows(idx) if isinstance(reader, ShardReader) else None
         if x is not None:
             x = fs.decode(x)
         else:

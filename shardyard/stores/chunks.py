@@ -65,6 +65,7 @@ class ShardReader:
     has_crc: bool
     fs: Any = None  # fsspec filesystem for remote stores; None = local file system
     fill_value: Any = 0
+    raw: bool = False  # inner chunks are stored uncompressed (codec chain is `bytes` alone)
     _pid: int = field(default=-1, repr=False)
     _files: dict[int, Any] = field(default_factory=dict, repr=False)
     _indexes: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
@@ -94,7 +95,8 @@ class ShardReader:
             return None
         return cls(root=root, shape=shape, dtype=dtype, shard_rows=outer[0], chunk_rows=inner[0],
                    decode=decode, index_at_end=conf.get("index_location", "end") == "end",
-                   has_crc="crc32c" in index_codecs, fs=fs, fill_value=meta.get("fill_value", 0))
+                   has_crc="crc32c" in index_codecs, fs=fs, fill_value=meta.get("fill_value", 0),
+                   raw=len(conf["codecs"]) == 1)
 
     @property
     def row_nbytes(self) -> int:
@@ -187,6 +189,25 @@ class ShardReader:
                 src = np.frombuffer(raw, dtype=np.uint8)
                 dst[:] = src[(lo - r0) * rb: (hi - r0) * rb]
             c = run_end
+        return out
+
+    def pread_rows(self, indices: np.ndarray) -> np.ndarray | None:
+        """Rows at `indices` (any order, repeats allowed) as `(len(indices), *shape[1:])`, each `pread`
+        straight into the output buffer with no intermediate copy. Only for uncompressed, one-row-per-chunk
+        arrays on the local file system; returns None for other layouts (use `read` on runs instead)."""
+        if self.fs is not None or self.chunk_rows != 1 or not self.raw:
+            return None
+        self._check_pid()
+        idx = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(idx),) + self.shape[1:], dtype=self.dtype)
+        flat = out.reshape(len(idx), -1).view(np.uint8)
+        rb = self.row_nbytes
+        for j, i in enumerate(idx.tolist()):
+            s, k = divmod(i, self.shard_rows)
+            index = self._index(s)  # also opens the shard file
+            if index is None or index[k, 0] == _EMPTY or int(index[k, 1]) != rb \
+                    or os.preadv(self._files[s], [flat[j]], int(index[k, 0])) != rb:
+                out[j] = self.read(i, i + 1)[0]
         return out
 
     def close(self) -> None:

@@ -358,7 +358,9 @@ class FeatureStore:
     def episode_ends(self) -> np.ndarray:
         return np.asarray(zarr.open_array(str(self.path / "meta" / "episode_ends"), mode="r")[:])
 
-    def _reader(self, name: str):
+    def array_reader(self, name: str):
+        """Per-process reader of one stored array (`patch_tokens`, `cls_token`, `missing`): a `ShardReader`
+        on the fast path, else the zarr array. Rebuilt after a fork."""
         if self._pid != os.getpid():
             self._readers, self._missing, self._pid = {}, None, os.getpid()
         if name not in self._readers:
@@ -368,7 +370,7 @@ class FeatureStore:
         return self._readers[name]
 
     def _rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        r = self._reader(name)
+        r = self.array_reader(name)
         return self.decode(r.read(start, stop) if isinstance(r, ShardReader) else r[start:stop])
 
     def decode(self, raw: np.ndarray) -> np.ndarray:
@@ -387,7 +389,7 @@ class FeatureStore:
     @property
     def missing(self) -> np.ndarray:
         """`(N,) bool`: True where the source frame failed to decode (its tokens are not valid)."""
-        self._reader(MISSING)
+        self.array_reader(MISSING)
         if self._missing is None:
             self._missing = np.asarray(zarr.open_array(str(self.path / MISSING), mode="r")[:], dtype=bool)
         return self._missing
