@@ -25,7 +25,7 @@ from shardyard.errors import ConfigError, SchemaError, SourceError
 from shardyard.geometry import scale_intrinsics, sign_continuous
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.manifest import fingerprint_paths, sha256_file
-from shardyard.video import open_video
+from shardyard.video import VideoReader, open_video
 
 log = logging.getLogger(__name__)
 
@@ -214,17 +214,23 @@ class YamSource:
             self._kin[arm] = ArmJoints(self._kin["model"], arm, self.cfg.eef_site)
         return self._kin[arm]
 
-    def _frames(self, path: Path, indices: np.ndarray, key: str, field_name: str) -> np.ndarray:
+    def _open(self, path: Path, key: str, field_name: str) -> VideoReader:
+        """Open a video once (its packet table is read here); errors name the episode and field."""
         try:
-            video = open_video(path, self.cfg.video_backend)
+            return open_video(path, self.cfg.video_backend)
+        except SourceError as e:
+            raise SourceError(e.reason, path=str(path), key=key, field=field_name) from None
+
+    def _frames(self, video: VideoReader, indices: np.ndarray, key: str, field_name: str) -> np.ndarray:
+        """Frames `indices` of an open video as `(n, H, W, 3) uint8`, resized to `image_size` if set."""
+        try:
             if len(indices) and int(indices.max()) >= video.num_frames:
-                raise SourceError(f"video has {video.num_frames} frames, step needs frame {int(indices.max())}",
-                                  path=str(path), key=key, field=field_name)
+                raise SourceError(f"video has {video.num_frames} frames, step needs frame {int(indices.max())}")
             if self._probe:
                 indices = indices[:1]
             return video.read(indices, size=self.cfg.image_size)
         except SourceError as e:
-            raise SourceError(e.reason, path=str(path), key=key, field=field_name) from None
+            raise SourceError(e.reason, path=video.path, key=key, field=field_name) from None
 
     def _read_i2rt(self, folder: Path, key: str) -> Episode:
         from shardyard.ingest.yam_i2rt import read_i2rt_episode
@@ -257,11 +263,11 @@ class YamSource:
         if frame_files:
             frames = self._read_images(frame_files[:1] if self._probe else frame_files, key, img_field)
         elif videos:
-            frames = self._frames(videos[0], np.arange(T), key, img_field)
-            n_video = open_video(videos[0], cfg.video_backend).num_frames
-            if n_video != T:
-                raise SourceError(f"video has {n_video} frames but trajectories have {T} steps",
+            video = self._open(videos[0], key, img_field)
+            if video.num_frames != T:
+                raise SourceError(f"video has {video.num_frames} frames but trajectories have {T} steps",
                                   path=str(videos[0]), key=key, field=img_field)
+            frames = self._frames(video, np.arange(T), key, img_field)
         else:
             raise SourceError("no frames/ folder or .mp4", path=str(folder), key=key, field=img_field)
         if len(frames) != T and not self._probe:

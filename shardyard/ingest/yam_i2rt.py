@@ -134,12 +134,8 @@ def read_i2rt_episode(source: "YamSource", folder: Path, key: str) -> Episode:
         fld = f"obs.rgb.{stream}"
         video = folder / f"{cam['role']}-images-{img_key}.mp4"
         ts = timestamps(cam["role"], fld)
-        from shardyard.video import open_video
-
-        try:
-            n_video = open_video(video, cfg.video_backend).num_frames
-        except SourceError as e:
-            raise SourceError(e.reason, path=str(video), key=key, field=fld) from None
+        reader = source._open(video, key, fld)
+        n_video = reader.num_frames
         if n_video != len(ts):
             raise SourceError(f"video has {n_video} frames but {len(ts)} timestamps", path=str(video), key=key, field=fld)
         idx, gap = nearest_frames(step_t, ts, cfg.timestamp_tolerance_s)
@@ -148,7 +144,7 @@ def read_i2rt_episode(source: "YamSource", folder: Path, key: str) -> Episode:
             raise SourceError(f"no frame within {cfg.timestamp_tolerance_s * 1000:.0f} ms of step {t_bad} "
                               f"(nearest is {gap[t_bad] * 1000:.0f} ms away; lengths {n_video} frames vs {N} steps)",
                               path=str(video), key=key, field=fld)
-        frames = source._frames(video, idx, key, fld)
+        frames = source._frames(reader, idx, key, fld)
         h, w = frames.shape[1:3]
         steps[fld] = frames
         specs[fld] = FieldSpec("uint8", (h, w, 3), None, "image")
