@@ -70,6 +70,7 @@ def quat_from_matrix(R: np.ndarray) -> np.ndarray:
 
 
 def quat_wxyz_to_xyzw(q: np.ndarray) -> np.ndarray:
+    """Quaternions `(..., 4)` from scalar-first `wxyz` (MuJoCo) to scalar-last `xyzw` (scipy, our stores)."""
     return np.concatenate([q[..., 1:], q[..., :1]], axis=-1)
 
 

@@ -54,6 +54,7 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 def fail(e: Exception) -> None:
+    """Print `error: <e>` in red on stderr and exit with status 1 (a fatal error)."""
     typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
 
@@ -69,6 +70,8 @@ def _export_group() -> None:
 
 
 def run_ingest_job(source, out: Path, **kwargs) -> None:
+    """Run `run_ingest` for a CLI command with a progress bar (`kwargs` are `IngestConfig` fields), then print the
+    summary and exit 0, or 2 when episodes were skipped, via `finish_ingest`."""
     from rich.progress import Progress
 
     from shardyard.ingest.runner import IngestConfig, run_ingest

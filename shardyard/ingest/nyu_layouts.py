@@ -146,6 +146,9 @@ def _num_key(p: Path) -> tuple:
 
 # -- listing ----------------------------------------------------------------------------------------------
 def list_labeled_mat(path: Path) -> list[Pair]:
+    """Samples of the labeled `.mat` (v7.3 HDF5): one `Pair` per row of `images`/`depths`, scenes from `scenes`,
+    the official split from a `splits.mat` beside it (else "unknown"). Raises `ConfigError` when the file lacks
+    `images`/`depths` (not the v7.3 labeled file)."""
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -169,6 +172,8 @@ def list_labeled_mat(path: Path) -> list[Pair]:
 
 
 def list_h5(root: Path) -> list[Pair]:
+    """Samples of a sparse-to-dense / FastDepth folder (`{train,val}/<scene>/<n>.h5` with `rgb (3, 480, 640)` and
+    `depth` metres); `val` is the official test split."""
     files = sorted(root.rglob("*.h5"), key=lambda p: _num_key(p.relative_to(root)))
     out = []
     for p in files:
@@ -179,6 +184,8 @@ def list_h5(root: Path) -> list[Pair]:
 
 
 def list_bts(root: Path) -> list[Pair]:
+    """Samples of a BTS-style folder (`<scene>/rgb_XXXXX.jpg` + `sync_depth_XXXXX.png`, uint16 millimetres); files
+    under `official_splits/test` are the test split."""
     out = []
     for d in sorted(root.rglob("sync_depth_*.png"), key=lambda p: _num_key(p.relative_to(root))):
         idx = d.stem[len("sync_depth_"):]
@@ -193,6 +200,8 @@ def list_bts(root: Path) -> list[Pair]:
 
 
 def list_mmseg(root: Path) -> list[Pair]:
+    """Samples of mmsegmentation's variant (`images/` + `annotations/`, depth png in millimetres), paired by file
+    stem."""
     img_dir, ann_dir = (root / "images", root / "annotations") if (root / "images").is_dir() else (root, root)
     out = []
     for rgb in sorted((p for p in img_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")),
@@ -213,6 +222,8 @@ def _densedepth_base(root: Path) -> Path:
 
 
 def list_densedepth(root: Path) -> list[Pair]:
+    """Samples of DenseDepth's `nyu2_train` (8-bit depth, 255 ~ 10 m) and `nyu2_test` (uint16 mm), from its CSV
+    lists when present, else from the folders (`<scene>_out/<n>.jpg` + `.png`, `<n>_colors.png` + `_depth.png`)."""
     base = _densedepth_base(root)
     out: list[Pair] = []
     for split, name in ((TRAIN, "nyu2_train"), (TEST, "nyu2_test")):
@@ -241,12 +252,16 @@ def list_densedepth(root: Path) -> list[Pair]:
 
 
 def list_eigen_npy(root: Path) -> list[Pair]:
+    """Samples of `eigen_test_rgb.npy` / `eigen_test_depth.npy` (654 test frames, depth in metres), one per row."""
     rgb = np.load(root / "eigen_test_rgb.npy", mmap_mode="r")
     return [Pair(None, TEST, f"eigen_test/{i:04d}", str(root / "eigen_test_rgb.npy"),
                  str(root / "eigen_test_depth.npy"), index=i) for i in range(rgb.shape[0])]
 
 
 def list_raw_kinect(root: Path) -> list[Pair]:
+    """Raw Kinect dumps: each `d-<t>.pgm` disparity frame paired with the `r-<t>.ppm` RGB nearest in time (as the
+    toolbox's get_synched_frames; without timestamps, by sorted order when the counts match). The depth is not
+    registered to the RGB camera; `depth = 351.3 / (1092.5 - raw)` m, 2047 invalid."""
     out = []
     for folder in sorted({p.parent for p in root.rglob("*.pgm")}):
         ppm, pgm = sorted(folder.glob("*.ppm")), sorted(folder.glob("*.pgm"))
@@ -280,6 +295,7 @@ def load_hf(root: str, cache_dir: str | None = None):
 
 
 def list_hf(ds) -> list[Pair]:
+    """Samples of a Hugging Face dataset with `image` and `depth_map` (metres) columns, one per row."""
     out = []
     for name in ds:
         cols = ds[name].column_names

@@ -53,6 +53,7 @@ def fingerprint_paths(paths: list[Path], root: Path) -> str:
 
 
 def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in `bufsize` chunks. Raises `FileNotFoundError`."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(bufsize):
