@@ -103,17 +103,30 @@ class ArmJoints:
 
 
 def forward_kinematics(model, arms: dict[str, tuple[ArmJoints, np.ndarray, np.ndarray | None]],
-                       cameras: list[CameraModel], bodies: list[str] = ()) -> dict[str, np.ndarray]:
+                       cameras: list[CameraModel], bodies: list[str] = (), *,
+                       qpos: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Pose every arm's grasp site and every camera over a trajectory, all arms set together.
 
-    `arms[name] = (ArmJoints, joint_pos (T, n) rad, gripper (T,) in [0, 1] or None)`. Returns
-    `<arm>.eef_pos (T, 3)` metres, `<arm>.eef_quat (T, 4)` xyzw (sign-continuous),
-    `T_world_cam.<camera> (T, 4, 4)` (OpenCV convention) and `T_world_body.<body> (T, 4, 4)`.
+    `arms[name] = (ArmJoints, joint_pos (T, n) rad, gripper (T,) in [0, 1] or None)`. `qpos (T, nq)`, when
+    given, sets the whole configuration per step first (e.g. from a recorded MuJoCo sim state; `arms` may then
+    be empty). Returns `<arm>.eef_pos (T, 3)` metres, `<arm>.eef_quat (T, 4)` xyzw (sign-continuous),
+    `T_world_cam.<camera> (T, 4, 4)` (OpenCV convention) and `T_world_body.<body> (T, 4, 4)`. Raises
+    `ConfigError` when neither arms nor qpos are given, or qpos is not `(T, nq)`.
     """
     import mujoco
 
     d = mujoco.MjData(model)
-    T = len(next(iter(arms.values()))[1])
+    if qpos is not None:
+        qpos = np.asarray(qpos, dtype=np.float64)
+        if qpos.ndim != 2 or qpos.shape[1] != model.nq:
+            raise ConfigError(f"qpos has shape {qpos.shape}, expected (T, {model.nq})")
+        T = len(qpos)
+    elif arms:
+        T = len(next(iter(arms.values()))[1])
+    else:
+        raise ConfigError("forward_kinematics needs arms or qpos")
+    # cameras that track a body or the centre of mass need mj_comPos; fixed-mode cameras do not
+    com = any(int(model.cam_mode[c.cam_id]) != int(mujoco.mjtCamLight.mjCAMLIGHT_FIXED) for c in cameras)
     pos = {a: np.zeros((T, 3)) for a in arms}
     rot = {a: np.zeros((T, 3, 3)) for a in arms}
     cam_pose = {c.name: np.zeros((T, 4, 4)) for c in cameras}
@@ -123,12 +136,16 @@ def forward_kinematics(model, arms: dict[str, tuple[ArmJoints, np.ndarray, np.nd
             raise ConfigError(f"body {b!r} not in the robot model")
     body_pose = {b: np.zeros((T, 4, 4)) for b in bodies}
     for t in range(T):
+        if qpos is not None:
+            d.qpos[:] = qpos[t]
         for joints, q, g in arms.values():
             d.qpos[joints.qadr] = q[t]
             if g is not None:
                 for adr, upper in joints.finger:
                     d.qpos[adr] = float(g[t]) * upper
         mujoco.mj_kinematics(model, d)
+        if com:
+            mujoco.mj_comPos(model, d)
         mujoco.mj_camlight(model, d)
         for a, (joints, _, _) in arms.items():
             pos[a][t] = d.site_xpos[joints.site_id]

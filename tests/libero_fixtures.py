@@ -1,8 +1,10 @@
 """Factory of LIBERO-layout HDF5 files (LIBERO `scripts/create_dataset.py`, SOURCES.md section 1).
 
-The `model_file` is a mesh-free MJCF whose `agentview` camera sits inside nested, rotated bodies. Images are
-stored the "opengl" way (upside down); each frame has a white 3x3 marker where the EEF projects, computed
-here from MuJoCo's camera (cam_xpos/cam_xmat, -z forward, y up), independently of the adapter.
+The `model_file` is a mesh-free MJCF whose `agentview` camera sits inside nested, rotated bodies and whose
+`robot0_eye_in_hand` camera hangs below two hinge joints (j1, j2). Images are stored the "opengl" way (upside
+down); each frame has a white 3x3 marker where the EEF projects, computed here from MuJoCo's camera
+(cam_xpos/cam_xmat, -z forward, y up), independently of the adapter. `states` are, as robosuite writes them,
+the flattened MuJoCo state `[time, qpos, qvel]` of MODEL_XML along a smooth joint trajectory (`model_states`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ MODEL_XML = """
       <body name="robot0_hand" pos="0.3 0 0.2">
         <joint name="j2" type="hinge" axis="0 1 0"/>
         <geom type="box" size="0.02 0.02 0.02"/>
-        <camera name="robot0_eye_in_hand" pos="0.05 0 0" fovy="75"/>
+        <camera name="robot0_eye_in_hand" pos="0.05 0.01 -0.02" xyaxes="0 -1 0 0.5 0 0.866" fovy="75"/>
       </body>
     </body>
   </worldbody>
@@ -67,10 +69,33 @@ def eef_path(steps: int, seed: int) -> np.ndarray:
     return pos + cam @ R.T
 
 
+def model_states(steps: int, seed: int, xml: str = MODEL_XML, fps: float = 20.0) -> np.ndarray:
+    """Flattened MuJoCo states `(steps, 1 + nq + nv)` float64, `[time s, qpos rad, qvel rad/s]`, of `xml`
+    along a smooth joint trajectory (sines of about 0.5-1 rad; qvel its time derivative)."""
+    import mujoco
+
+    m = mujoco.MjModel.from_xml_string(xml)
+    if m.nv != m.nq:
+        raise ValueError("model_states handles hinge/slide joints only (nq == nv)")
+    t = np.arange(steps) / fps
+    k = np.arange(m.nq)[None, :]
+    w = 2 * np.pi * (0.3 + 0.1 * k)
+    phase = 0.7 * seed + k
+    qpos = (0.5 + 0.3 * k) * np.sin(w * t[:, None] + phase) + 0.2
+    qvel = (0.5 + 0.3 * k) * w * np.cos(w * t[:, None] + phase)
+    return np.concatenate([t[:, None], qpos, qvel], axis=1)
+
+
 def write_libero_file(path: Path, *, num_demos: int = 3, steps: int = 20, size: int = 64, seed: int = 0,
                       task: str = "put the bowl on the plate", marker: bool = True,
-                      state_dim: int = 40) -> Path:
-    """Write one `<TASK>_demo.hdf5` in LIBERO's processed layout; returns its path."""
+                      state_dim: int | None = None) -> Path:
+    """Write one `<TASK>_demo.hdf5` in LIBERO's processed layout; returns its path.
+
+    `states` are MODEL_XML's `[time, qpos, qvel]` (`model_states`, 5 columns), so the adapter can pose the
+    wrist camera from them. `state_dim`, when given and different from that width, imitates a state that does
+    not match the model (e.g. another scene's): the model's state followed by random columns up to
+    `state_dim`, or its first `state_dim` columns; the adapter then stores no wrist pose for those demos.
+    """
     from scipy.spatial.transform import Rotation
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +114,11 @@ def write_libero_file(path: Path, *, num_demos: int = 3, steps: int = 20, size: 
             "num_demos": num_demos, "total": sum(lengths)})
         for i, T in enumerate(lengths):
             g = data.create_group(f"demo_{i}")
-            g.attrs.update({"num_samples": T, "model_file": MODEL_XML, "init_state": rng.normal(size=state_dim)})
+            states = model_states(T, seed * 100 + i)
+            if state_dim is not None and state_dim != states.shape[1]:
+                states = (np.concatenate([states, rng.normal(size=(T, state_dim - states.shape[1]))], axis=1)
+                          if state_dim > states.shape[1] else states[:, :state_dim])
+            g.attrs.update({"num_samples": T, "model_file": MODEL_XML, "init_state": states[0]})
             pos = eef_path(T, seed * 100 + i)
             rotvec = Rotation.from_euler("xyz", rng.normal(0, 0.5, (T, 3))).as_rotvec()
             grip = np.stack([np.linspace(0.04, 0.0, T), -np.linspace(0.04, 0.0, T)], 1)
@@ -110,13 +139,14 @@ def write_libero_file(path: Path, *, num_demos: int = 3, steps: int = 20, size: 
             g["actions"] = np.clip(rng.normal(0, 0.5, (T, 7)), -1, 1)
             g["rewards"] = np.eye(T, dtype=np.uint8)[-1]
             g["dones"] = np.eye(T, dtype=np.uint8)[-1]
-            g["states"] = rng.normal(size=(T, state_dim))
+            g["states"] = states
             g["robot_states"] = np.concatenate([grip, pos, Rotation.from_rotvec(rotvec).as_quat()], 1)
     return path
 
 
 def write_libero_suite(root: Path, *, num_files: int = 2, **kwargs) -> Path:
-    """A folder of LIBERO task files (different state widths, as different scenes have)."""
+    """A folder of LIBERO task files (different state widths, as different scenes have: 40 + 3 i columns,
+    none matching MODEL_XML, so these stores hold no wrist pose field)."""
     for i in range(num_files):
         write_libero_file(root / f"TASK_{i}_demo.hdf5", seed=i, state_dim=40 + 3 * i,
                           task=f"task number {i}", **kwargs)

@@ -1,4 +1,5 @@
-"""`ingest libero`: real raw robosuite files, the LIBERO-layout camera test, workers, resume after SIGKILL."""
+"""`ingest libero`: real raw robosuite files, the LIBERO-layout camera tests (fixed agentview, wrist camera
+posed per step from states), workers, resume after SIGKILL."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from conftest import SHARED, run_cli
-from libero_fixtures import gl_pixel, mujoco_camera, write_libero_file, write_libero_suite
+from libero_fixtures import MODEL_XML, gl_pixel, mujoco_camera, write_libero_file, write_libero_suite
 from shardyard import open_store
 from shardyard.geometry import GL_TO_CV, project
+
+WRIST = "obs.T_world_cam.eye_in_hand"
 
 ROBOSUITE = SHARED / "robosuite_hdf5"
 
@@ -78,8 +81,9 @@ def test_camera_matches_mujoco_and_eef_projects_onto_marker(tmp_path):
         np.testing.assert_allclose(pix, gl_pixel(d["obs.eef_pos"].astype(np.float64), size), atol=1e-3)
         for t, (u, v) in enumerate(np.round(pix).astype(int)):  # marker is at the projection in the upright image
             assert np.all(d["obs.rgb.agentview"][t, v, u] == 255), (ep, t)
-    # eye-in-hand hangs below jointed bodies: no fixed calibration is stored for it
-    assert "eye_in_hand" not in s.episode_meta(0)["cameras"]
+    # eye-in-hand hangs below jointed bodies: no fixed pose, a per-step one (test_wrist_camera_...)
+    wrist = s.episode_meta(0)["cameras"]["eye_in_hand"]
+    assert wrist["moving"] is True and wrist["T_world_cam"] is None and "camera_note" not in s.episode_meta(0)
     import h5py
     with h5py.File(tmp_path / "raw" / "PICK_demo.hdf5", "r") as h:
         rotvec = h["data/demo_0/obs/ee_ori"][()]
@@ -91,6 +95,109 @@ def test_camera_matches_mujoco_and_eef_projects_onto_marker(tmp_path):
     assert meta["task"] == "put the bowl on the plate" and meta["fps"] == 20.0
     plots = run_cli("inspect", out, "--out", tmp_path / "plots", check=True)
     assert "frames_agentview.png" in plots.stdout and "eef_height.png" in plots.stdout
+
+
+def _mujoco_wrist_poses(states: np.ndarray) -> np.ndarray:
+    """MuJoCo's own wrist camera pose per step (qpos from the states, mj_forward), turned to OpenCV here."""
+    import mujoco
+
+    m = mujoco.MjModel.from_xml_string(MODEL_XML)
+    d = mujoco.MjData(m)
+    cid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, "robot0_eye_in_hand")
+    out = np.zeros((len(states), 4, 4))
+    for t, s in enumerate(states):
+        d.qpos[:] = s[1:1 + m.nq]
+        mujoco.mj_forward(m, d)
+        R = d.cam_xmat[cid].reshape(3, 3).copy()
+        R[:, 1:] *= -1.0  # GL (x right, y up, looking down -z) -> CV (y down, z forward)
+        out[t, :3, :3], out[t, :3, 3], out[t, 3, 3] = R, d.cam_xpos[cid], 1.0
+    return out
+
+
+def test_wrist_camera_pose_from_states_matches_mujoco(tmp_path):
+    import h5py
+
+    size = 48
+    raw = write_libero_file(tmp_path / "raw" / "WRIST_demo.hdf5", num_demos=2, steps=24, size=size)
+    out = tmp_path / "store"
+    run_cli("ingest", "libero", raw.parent, "--out", out, check=True)
+    s = open_store(str(out))
+    assert s.schema[WRIST].shape == (4, 4) and s.schema[WRIST].kind == "pose" and s.schema[WRIST].dtype == "float32"
+    f = (size / 2) / np.tan(np.deg2rad(75.0) / 2)  # fixture fovy 75 deg
+    K_expected = np.array([[f, 0, (size - 1) / 2], [0, f, (size - 1) / 2], [0, 0, 1]])
+    with h5py.File(raw, "r") as h:
+        for ep, key in enumerate(s.episode_keys):
+            meta = s.episode_meta(ep)
+            cam = meta["cameras"]["eye_in_hand"]
+            assert cam["moving"] is True and cam["T_world_cam"] is None and cam["pose"] == "fk from states"
+            assert (cam["width"], cam["height"], cam["fovy_deg"]) == (size, size, 75.0)
+            assert cam["mjcf_camera"] == "robot0_eye_in_hand"
+            np.testing.assert_allclose(cam["K"], K_expected, atol=1e-9)
+            assert "camera_note" not in meta and WRIST not in meta.get("absent_fields", [])
+            states = h[f"data/{key.rsplit('/', 1)[-1]}/states"][()]
+            stored = s.read(ep, [WRIST])[WRIST]
+            assert stored.dtype == np.float32 and stored.shape == (len(states), 4, 4)
+            steps = np.linspace(0, len(states) - 1, 6).astype(int)
+            expected = _mujoco_wrist_poses(states[steps])
+            np.testing.assert_allclose(stored[steps], expected, atol=1e-5, rtol=0)
+            R = stored[steps, :3, :3].astype(np.float64)
+            np.testing.assert_allclose(R @ np.swapaxes(R, 1, 2), np.broadcast_to(np.eye(3), R.shape), atol=1e-5)
+            # the camera moves: position and orientation both change along the joint trajectory
+            assert np.ptp(stored[:, :3, 3], axis=0).max() > 0.05
+            assert np.abs(stored[:, :3, :3] - stored[0, :3, :3]).max() > 0.1
+    # inspection projects through the per-step pose
+    from shardyard.inspection import eef_pixels
+
+    eef = s.read(0, ["obs.eef_pos"])["obs.eef_pos"].astype(np.float64)
+    pose = s.read(0, [WRIST])[WRIST].astype(np.float64)
+    pix, depth = project(eef, s.episode_meta(0)["cameras"]["eye_in_hand"]["K"], pose)
+    pix[~(depth > 1e-9)] = np.nan
+    np.testing.assert_allclose(eef_pixels(s, 0, "eye_in_hand"), pix, atol=1e-9)
+
+
+def test_wrist_pose_absent_when_states_do_not_match_model(tmp_path):
+    import pickle
+
+    import h5py
+
+    from shardyard.ingest.libero import LiberoConfig, LiberoSource
+
+    raw = tmp_path / "raw"
+    write_libero_file(raw / "A_demo.hdf5", num_demos=2, steps=12, size=32)
+    write_libero_file(raw / "B_demo.hdf5", num_demos=2, steps=12, size=32, seed=1, state_dim=9)
+    out = tmp_path / "store"
+    proc = run_cli("ingest", "libero", raw, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    s = open_store(str(out))
+    assert s.num_episodes == 4 and WRIST in s.schema
+    for ep, key in enumerate(s.episode_keys):
+        meta = s.episode_meta(ep)
+        assert "agentview" in meta["cameras"]
+        if key.startswith("A_demo/"):
+            assert "eye_in_hand" in meta["cameras"] and "camera_note" not in meta
+            assert np.abs(s.read(ep, [WRIST])[WRIST]).max() > 0.1 and meta["field_widths"] == {"sim_state": 5}
+        else:
+            assert "eye_in_hand" not in meta["cameras"]
+            assert "states have 9 columns" in meta["camera_note"] and "no per-step pose" in meta["camera_note"]
+            assert WRIST in meta["absent_fields"]
+            np.testing.assert_array_equal(s.read(ep, [WRIST])[WRIST], np.zeros((s.episode_length(ep), 4, 4)))
+            assert "field_widths" not in meta  # the widest sim_state in the store
+    # a store of mismatching demos only has no wrist pose field; one compiled model serves every demo
+    src = LiberoSource(LiberoConfig(root=raw / "B_demo.hdf5"))
+    assert WRIST not in src.schema() and "obs.rgb.eye_in_hand" in src.schema()
+    src = LiberoSource(LiberoConfig(root=raw))
+    for key in src.keys():
+        src.read(key)
+    assert len(src._models) == 1 and pickle.loads(pickle.dumps(src))._models == {}
+    # a demo without states: no pose, a note, the demo still reads
+    nostates = write_libero_file(tmp_path / "C_demo.hdf5", num_demos=2, steps=12, size=32)
+    with h5py.File(nostates, "a") as h:
+        del h["data/demo_1/states"]
+    src = LiberoSource(LiberoConfig(root=nostates))
+    ep = src.read("C_demo/demo_1")
+    assert "eye_in_hand" not in ep.meta["cameras"] and "no states" in ep.meta["camera_note"]
+    assert not ep.steps[WRIST].any() and WRIST in ep.meta["absent_fields"]
+    assert "eye_in_hand" in src.read("C_demo/demo_0").meta["cameras"]
 
 
 def test_workers_and_resume_after_sigkill_give_identical_arrays(tmp_path):

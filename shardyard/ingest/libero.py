@@ -14,14 +14,22 @@ Layouts, detected per demo group `data/demo_*`:
   stored; the file holds no observations (images need a replay in robosuite), which `report_notes()` says.
 
 Stored fields: `obs.rgb.agentview`, `obs.rgb.eye_in_hand` (upright: "opengl" images are flipped),
+`obs.T_world_cam.eye_in_hand (4, 4)` m (wrist camera-to-world, OpenCV; see below),
 `obs.eef_pos (3,)` m, `obs.eef_quat (4,)` xyzw, `obs.gripper ()` m (finger separation), `obs.gripper_qpos
 (2,)` m, `obs.joint_pos` rad, `action`, `reward`, `done`, `sim_state` (float64 flattened MuJoCo state) and, in
 raw files, `raw.<name>`. A store has one schema: the union of every demo's fields. A 1-D field narrower in
 one file than in another (e.g. `sim_state` of different scenes) is zero-padded to the widest; the episode's
 meta `field_widths` gives the true width and `absent_fields` the fields it lacked (stored as zeros).
 
-Cameras come from each demo's `model_file` MJCF string (see `camera_meta`); a demo without one (raw files
-store only a file name) gets no camera, and its meta says why.
+Cameras come from each demo's `model_file` MJCF string (`libero_cameras`): meta `cameras[<camera>]` holds
+`K (3, 3)` and, for a fixed camera (`agentview`), `T_world_cam (4, 4)` OpenCV camera-to-world (metres). The
+wrist camera (`eye_in_hand`, below the arm's jointed bodies) moves: its pose is stored per step as
+`obs.T_world_cam.eye_in_hand (T, 4, 4) float32`, forward kinematics of the MJCF at each step's qpos from
+`states` (`[time, qpos, qvel]`), with meta `moving: True`, `T_world_cam: None`, `pose: "fk from states"`. A
+demo without an MJCF (raw files store only a file name), or whose `states` width does not match the model,
+gets no such calibration (a demo in a store whose other demos have the pose field gets zeros and lists it in
+`absent_fields`), and its meta's `camera_note` says why; this never fails the demo. Each MJCF is compiled
+once per process and source (cached by a hash of the XML).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import numpy as np
 
 from shardyard.errors import ConfigError, SourceError
 from shardyard.geometry import sign_continuous
-from shardyard.ingest.libero_cameras import camera_meta
+from shardyard.ingest.libero_cameras import demo_cameras, pose_specs
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.manifest import fingerprint_paths
 
@@ -86,6 +94,10 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def _cams(plan: dict[str, Any]) -> list[str]:
+    return [f[len("obs.rgb."):] for f in plan if f.startswith("obs.rgb.")]
+
+
 def detect_layout(group) -> str:
     """"libero", "robomimic" or "raw" for an h5py demo group."""
     obs = group.get("obs")
@@ -124,10 +136,12 @@ class LiberoSource:
         self._index: dict[str, tuple[Path, str]] | None = None
         self._scan: dict[str, dict[str, Any]] | None = None
         self._schema: Schema | None = None
+        self._models: dict[str, Any] = {}  # compiled MJCF models by XML hash (libero_cameras.compile_model)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_handles"] = {}  # h5py handles never cross a process boundary
+        state["_models"] = {}  # nor MuJoCo models: each process compiles its own, once per XML
         return state
 
     def _file(self, path: Path):
@@ -242,6 +256,9 @@ class LiberoSource:
             shape = {"obs.eef_quat": (4,), "obs.eef_pos": (3,), "obs.gripper": ()}.get(fld, tuple(g[h5].shape[1:]))
             names = ("qx", "qy", "qz", "qw") if fld == "obs.eef_quat" else ("x", "y", "z") if fld == "obs.eef_pos" else None
             out[fld] = FieldSpec(dt, shape, unit, kind, names)
+        states = g["states"] if "sim_state" in plan else None
+        out.update(pose_specs(_text(g.attrs.get("model_file", "")), _cams(plan),
+                              states.shape[1] if states is not None and states.ndim == 2 else None, self._models))
         return out
 
     # -- reading -----------------------------------------------------------------------------------------
@@ -276,6 +293,7 @@ class LiberoSource:
             elif fld == "obs.gripper":
                 arr = arr[:, 0] - arr[:, 1] if arr.ndim == 2 and arr.shape[1] >= 2 else arr.reshape(len(arr), -1)[:, 0]
             steps[fld] = arr.astype(dt, copy=False)
+        cameras, camera_notes = self._cameras(g, key, plan, steps, schema)
         T = {len(a) for a in steps.values()}
         if len(T) != 1:
             raise SourceError("arrays differ in length: " + ", ".join(f"{k}={len(a)}" for k, a in steps.items()),
@@ -293,9 +311,30 @@ class LiberoSource:
             elif len(spec.shape) == 1 and steps[fld].ndim == 2 and steps[fld].shape[1] < spec.shape[0]:
                 widths[fld] = steps[fld].shape[1]
                 steps[fld] = np.pad(steps[fld], ((0, 0), (0, spec.shape[0] - steps[fld].shape[1])))
-        return Episode(key=key, steps=steps, meta=self._meta(g, key, layout, file_attrs, plan, steps, widths, absent))
+        meta = self._meta(key, layout, file_attrs, widths, absent)
+        meta["cameras"] = cameras
+        if camera_notes:
+            meta["camera_note"] = "; ".join(camera_notes)
+        return Episode(key=key, steps=steps, meta=meta)
 
-    def _meta(self, g, key, layout, file_attrs, plan, steps, widths, absent) -> dict[str, Any]:
+    def _cameras(self, g, key, plan, steps, schema) -> tuple[dict[str, Any], list[str]]:
+        """Camera meta and notes of one demo; adds moving cameras' per-step poses to `steps` (see
+        `libero_cameras.demo_cameras`; `sim_state` is still the demo's own, unpadded `states` here)."""
+        sizes = {c: (int(steps[f"obs.rgb.{c}"].shape[2]), int(steps[f"obs.rgb.{c}"].shape[1])) for c in _cams(plan)}
+        cameras, poses, notes = demo_cameras(_text(g.attrs.get("model_file", "")), sizes,
+                                             steps.get("sim_state"), self._models)
+        for fld, pose in poses.items():
+            if fld in schema:  # always, unless this demo's schema scan failed
+                steps[fld] = pose
+            else:
+                cam = fld.rsplit(".", 1)[-1]
+                cameras.pop(cam, None)
+                notes.append(f"{cam}: the store's schema has no {fld}: no per-step pose stored")
+        if notes:
+            log.info("%s: cameras: %s", key, "; ".join(notes))
+        return cameras, notes
+
+    def _meta(self, key, layout, file_attrs, widths, absent) -> dict[str, Any]:
         path = str(self._index[key][0])
         task = ""
         problem = file_attrs.get("problem_info")
@@ -327,22 +366,6 @@ class LiberoSource:
             meta["absent_fields"] = absent
         if layout == RAW:
             meta["note"] = NO_OBS_NOTE
-        model_xml = _text(g.attrs.get("model_file", ""))
-        cams = [f[len("obs.rgb."):] for f in plan if f.startswith("obs.rgb.")]
-        if not model_xml.lstrip().startswith("<"):
-            meta["camera_note"] = ("no MJCF in model_file" + (f" (only a file name: {model_xml})" if model_xml else "")
-                                   + ": no camera calibration stored")
-            return meta
-        for cam in cams:
-            h, w = steps[f"obs.rgb.{cam}"].shape[1:3]
-            try:
-                c = camera_meta(model_xml, cam, w, h)
-            except SourceError as e:
-                log.warning("%s: %s", key, e.reason)
-                meta["camera_note"] = e.reason + ": no camera calibration stored"
-                continue
-            if c is not None:
-                meta["cameras"][cam] = c
         return meta
 
 
