@@ -14,13 +14,25 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from shardyard.errors import SourceError
 
 log = logging.getLogger(__name__)
+
+FrameCallback = Callable[[np.ndarray, list[int]], None]
+
+
+def _collect(num: int, h: int, w: int) -> tuple[np.ndarray, FrameCallback]:
+    """An output array `(num, h, w, 3) uint8` and the `decode_each` callback that fills it."""
+    out = np.empty((num, h, w, 3), dtype=np.uint8)
+
+    def put(frame: np.ndarray, positions: list[int]) -> None:
+        for pos in positions:
+            out[pos] = frame
+    return out, put
 
 
 class VideoReader(Protocol):
@@ -38,6 +50,14 @@ class VideoReader(Protocol):
 
     def read(self, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
         """Frames at `indices` as `(len(indices), H, W, 3) uint8` RGB; `size=(W, H)` resizes (area)."""
+        ...
+
+    def decode_each(self, indices: Sequence[int], on_frame: FrameCallback,
+                    size: tuple[int, int] | None = None) -> None:
+        """Decode the frames at `indices` in stream order and call `on_frame(frame, positions)` once per
+        distinct frame: `frame (H, W, 3) uint8` RGB (valid only during the call), `positions` the places in
+        `indices` it fills. Lets ingest compress each frame while it is in cache instead of holding a
+        `(T, H, W, 3)` array. Raises as `read`."""
         ...
 
     def close(self) -> None: ...
@@ -96,17 +116,23 @@ class PyAVReader:
         return (self._pts - self._start_pts) * self._time_base
 
     def read(self, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
+        w, h = size if size else (self.width, self.height)
+        out, put = _collect(len(indices), h, w)
+        self.decode_each(indices, put, size)
+        return out
+
+    def decode_each(self, indices: Sequence[int], on_frame: FrameCallback,
+                    size: tuple[int, int] | None = None) -> None:
         import av
 
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_frames):
             raise IndexError(f"frame index out of range [0, {self.num_frames}) in {self.path}")
         w, h = size if size else (self.width, self.height)
-        out = np.empty((len(idx), h, w, 3), dtype=np.uint8)
         if not len(idx):
-            return out
+            return
         wanted: dict[int, list[int]] = {}
-        for pos, i in enumerate(idx):
+        for pos, i in enumerate(idx.tolist()):
             wanted.setdefault(int(self._pts[i]), []).append(pos)
         remaining = set(wanted)
         try:
@@ -124,17 +150,17 @@ class PyAVReader:
                     if frame.pts in wanted:
                         img = frame.to_ndarray(format="rgb24", width=w, height=h,
                                                interpolation="AREA" if size else None)
-                        for pos in wanted[frame.pts]:
-                            out[pos] = img
                         remaining.discard(frame.pts)
+                        on_frame(img, wanted[frame.pts])
                     if not remaining or (frame.pts is not None and frame.pts >= last_pts):
                         break
-        except Exception as e:
+        except (SourceError, IndexError):
+            raise
+        except Exception as e:  # PyAV raises several FFmpeg error types for corrupt streams
             raise SourceError(f"cannot decode video: {type(e).__name__}: {e}", path=self.path) from e
         if remaining:
             raise SourceError(f"{len(remaining)} of {len(wanted)} requested frames could not be decoded "
                               "(truncated or corrupt file)", path=self.path)
-        return out
 
     def close(self) -> None:
         pass
@@ -176,6 +202,11 @@ class DecordReader:
             return self._vr.get_batch(list(map(int, indices))).asnumpy()
         except Exception as e:
             raise SourceError(f"cannot decode video: {e}", path=self.path) from e
+
+    def decode_each(self, indices: Sequence[int], on_frame: FrameCallback,
+                    size: tuple[int, int] | None = None) -> None:
+        for pos, frame in enumerate(self.read(indices, size)):
+            on_frame(frame, [pos])
 
     def close(self) -> None:
         self._vr = None

@@ -11,8 +11,11 @@ import contextlib
 import importlib
 import logging
 import multiprocessing as mp
+import pickle
+import sys
 import threading
 import time
+import uuid
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -24,8 +27,8 @@ import numpy as np
 from shardyard.errors import ConfigError, SchemaError, SourceError
 from shardyard.schema import Episode, Schema
 from shardyard.stores.episodic import EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.shardwrite import ChunkCodec
-from shardyard.stores.stats import StatsConfig, compute_stats
+from shardyard.stores.shardwrite import ChunkCodec, EncodedRows, FrameEncoding
+from shardyard.stores.stats import StatsConfig, compute_stats, frame_sampling, sampled_frames_part
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +100,33 @@ class IngestResult:
         return self.store / "report.json"
 
 
-def _read_one(source: Source, key: str, codecs: dict[str, ChunkCodec] | None = None) -> Episode | dict[str, Any]:
-    """Worker body: the episode, with frame fields already encoded as store chunks when `codecs` names them
-    (compression then runs in parallel, and only compressed bytes cross to the writer), or the report row
-    of its `SourceError`/`SchemaError`."""
+@dataclass(frozen=True)
+class _ReadPlan:
+    """What each reader worker does to an episode besides `source.read`: frame fields it encodes into store
+    chunks (so compression runs in parallel and only compressed bytes cross to the writer), the schema
+    and the stats options for the stats part it samples on the way."""
+
+    encodings: dict[str, FrameEncoding]
+    schema: Schema
+    stats: StatsConfig
+
+
+def _read_one(source: Source, key: str, plan: _ReadPlan | None = None) -> Episode | dict[str, Any]:
+    """Worker body: the episode, with the plan's frame fields encoded (sources with `read_encoded` decode
+    straight into the encoder, frame by frame), or the report row of its `SourceError`/`SchemaError`."""
     try:
-        ep = source.read(key)
+        encodings = plan.encodings if plan is not None else {}
+        read_encoded = getattr(source, "read_encoded", None)
+        ep = read_encoded(key, encodings) if encodings and read_encoded is not None else source.read(key)
+        for name, enc in encodings.items():
+            value = ep.steps.get(name)
+            if isinstance(value, np.ndarray):
+                ep.steps[name] = value = enc.encode_array(value)
+            if isinstance(value, EncodedRows) and value.sample is not None and name in plan.schema:
+                value.stats_part = sampled_frames_part(value.sample, plan.schema[name], plan.stats)
+                value.sample = None
     except (SourceError, SchemaError) as e:
         return e.to_dict() | {"key": key}
-    for name, codec in (codecs or {}).items():
-        if name in ep.steps and isinstance(ep.steps[name], np.ndarray):
-            ep.steps[name] = codec.encode_rows(ep.steps[name])
     return ep
 
 
@@ -128,28 +147,57 @@ def _windowed(submit: Callable[[str], Any], wait: Callable[[Any], Any], keys: li
         yield key, wait(handle)
 
 
-def _warm(source: Source) -> None:
-    """First task of each reader process: imports and per-process set-up (`source.warm()` if it has one)."""
+# Per reader process: the source each run registered there, by run token. A source travels to a worker
+# once (pool initializer, or a Ray worker's first task) rather than pickled with every task, so its
+# per-process state (a compiled MuJoCo model, open HDF5 files) serves all the episodes that worker reads.
+_WORKER_SOURCES: dict[str, Source] = {}
+
+
+def _register(token: str, source: Source) -> None:
+    """Keep the run's source in this process and warm it (`source.warm()`: imports, robot model)."""
+    _WORKER_SOURCES.clear()
+    _WORKER_SOURCES[token] = source
     warm = getattr(source, "warm", None)
     if warm is not None:
         warm()
 
 
-def _ordered_reads(source: Source, keys: list[str], cfg: IngestConfig, codecs: dict[str, ChunkCodec],
-                   pool: ProcessPoolExecutor | None) -> Iterator[tuple[str, Any]]:
+def _init_worker(token: str, pickled_source: bytes) -> None:
+    """Pool initializer. The source comes pickled even into a forked worker, so that its `__getstate__`
+    decides what crosses the process boundary (open HDF5 files and MuJoCo objects do not)."""
+    _register(token, pickle.loads(pickled_source))
+
+
+def _read_in_worker(token: str, key: str, plan: _ReadPlan) -> Episode | dict[str, Any]:
+    return _read_one(_WORKER_SOURCES[token], key, plan)
+
+
+def _read_in_ray(token: str, source_ref: list, key: str, plan: _ReadPlan) -> Episode | dict[str, Any]:
+    """Ray task body; `source_ref` is `[ObjectRef]` (wrapped, so Ray does not resolve it for each task)."""
+    import ray
+
+    if token not in _WORKER_SOURCES:
+        _register(token, ray.get(source_ref[0]))
+    return _read_one(_WORKER_SOURCES[token], key, plan)
+
+
+def _ordered_reads(source: Source, keys: list[str], cfg: IngestConfig, plan: _ReadPlan,
+                   pool: tuple[str, ProcessPoolExecutor] | None) -> Iterator[tuple[str, Any]]:
     """Yield `(key, Episode | error row)` in key order, with at most 2 x workers reads in flight."""
     if cfg.ray_address is not None:
-        yield from _ray_reads(source, keys, cfg, codecs)
+        yield from _ray_reads(source, keys, cfg, plan)
         return
     if pool is None:
         for key in keys:
-            yield key, _read_one(source, key)
+            yield key, _read_one(source, key, plan)
         return
-    yield from _windowed(lambda k: pool.submit(_read_one, source, k, codecs), Future.result, keys, 2 * cfg.workers)
+    token, executor = pool
+    yield from _windowed(lambda k: executor.submit(_read_in_worker, token, k, plan), Future.result, keys,
+                         2 * cfg.workers)
 
 
 def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig,
-               codecs: dict[str, ChunkCodec]) -> Iterator[tuple[str, Any]]:
+               plan: _ReadPlan) -> Iterator[tuple[str, Any]]:
     import ray
 
     if not ray.is_initialized():
@@ -157,9 +205,44 @@ def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig,
             ray.init(num_cpus=cfg.workers, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=cfg.ray_address, log_to_driver=False)
-    remote_read = ray.remote(_read_one)
-    source_ref = ray.put(source)
-    yield from _windowed(lambda k: remote_read.remote(source_ref, k, codecs), ray.get, keys, 2 * cfg.workers)
+    remote_read = ray.remote(_read_in_ray)
+    source_ref = [ray.put(source)]
+    token = uuid.uuid4().hex
+    yield from _windowed(lambda k: remote_read.remote(token, source_ref, k, plan), ray.get, keys, 2 * cfg.workers)
+
+
+def _encodings(codecs: dict[str, ChunkCodec], schema: Schema, stats: StatsConfig,
+               spill_dir: str | None) -> dict[str, FrameEncoding]:
+    """Per frame field, the encoding the workers apply; uint8 images also get their stats sample.
+    `spill_dir`: where local reader processes leave encoded frames for the writer (None: in memory)."""
+    out = {}
+    for name, codec in codecs.items():
+        sampling = frame_sampling(schema[name], stats) if name in schema else None
+        every, stride = sampling if sampling is not None else (0, 1)
+        out[name] = FrameEncoding(codec, every, stride, spill_dir)
+    return out
+
+
+def _start_pool(source: Source, cfg: IngestConfig,
+                stack: contextlib.ExitStack) -> tuple[str, ProcessPoolExecutor]:
+    """The reader processes and this run's token for them.
+
+    Forked (Linux) after the schema probe when this process runs no other thread, so the workers inherit
+    its imports instead of repeating them (about a second of CPU each); a thread must not be forked, and
+    zarr's event loop or a progress bar's refresh thread would be one. Otherwise spawned, before the probe,
+    so that worker start-up overlaps it.
+    """
+    token = uuid.uuid4().hex
+    fork = sys.platform.startswith("linux") and threading.active_count() == 1
+    if fork:
+        source.schema()
+        source.keys()
+    executor = stack.enter_context(ProcessPoolExecutor(
+        cfg.workers, mp_context=mp.get_context("fork" if fork else "spawn"), initializer=_init_worker,
+        initargs=(token, pickle.dumps(source))))
+    for _ in range(cfg.workers):  # start every worker now (a spawn pool starts them on demand)
+        executor.submit(int)
+    return token, executor
 
 
 def run_ingest(source: Source, cfg: IngestConfig, *,
@@ -173,19 +256,13 @@ def run_ingest(source: Source, cfg: IngestConfig, *,
     """
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        pool = None
-        if cfg.workers > 1 and cfg.ray_address is None:
-            # spawn: the writer process runs zarr's event-loop thread, which must not be forked. The pool
-            # starts first so that worker start-up (imports, robot model) overlaps the schema probe.
-            pool = stack.enter_context(ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")))
-            for _ in range(cfg.workers):
-                pool.submit(_warm, source)
+        pool = _start_pool(source, cfg, stack) if cfg.workers > 1 and cfg.ray_address is None else None
         # Stats need scikit-learn at the end; importing it meanwhile takes ~1 s off the critical path.
         threading.Thread(target=importlib.import_module, args=("sklearn.cluster",), daemon=True).start()
         return _run(source, cfg, pool, on_episode, t0)
 
 
-def _run(source: Source, cfg: IngestConfig, pool: ProcessPoolExecutor | None,
+def _run(source: Source, cfg: IngestConfig, pool: tuple[str, ProcessPoolExecutor] | None,
          on_episode: Callable[[str, str], None] | None, t0: float) -> IngestResult:
     schema = source.schema()
     keys = source.keys()
@@ -196,15 +273,18 @@ def _run(source: Source, cfg: IngestConfig, pool: ProcessPoolExecutor | None,
         config={k: v for k, v in asdict(cfg).items() if k not in ("out",)} | {"source": source.name})
     skipped: list[dict[str, Any]] = []
     written = 0
-    stats_cfg = cfg.stats
-    with EpisodicWriter(cfg.out, schema, config=writer_cfg,
-                        stats_fn=lambda store: compute_stats(store, stats_cfg)) as writer:
+    writer = EpisodicWriter(cfg.out, schema, config=writer_cfg)
+    writer.stats_fn = lambda store: compute_stats(store, cfg.stats, frame_parts=writer.stats_parts)
+    with writer:
         done = set(writer.committed_keys)
         todo = [k for k in keys if k not in done]
         for key in keys:
             if key in done and on_episode:
                 on_episode(key, "committed")
-        for key, result in _ordered_reads(source, todo, cfg, writer.codecs, pool):
+        spill = str(writer.spill_dir) if pool is not None else None  # Ray workers may be on other machines
+        plan = _ReadPlan(encodings=_encodings(writer.codecs, schema, cfg.stats, spill), schema=schema,
+                         stats=cfg.stats)
+        for key, result in _ordered_reads(source, todo, cfg, plan, pool):
             if isinstance(result, Episode):
                 try:
                     writer.write(result)

@@ -25,6 +25,7 @@ from shardyard.errors import ConfigError, SchemaError, SourceError
 from shardyard.geometry import scale_intrinsics, sign_continuous
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.manifest import fingerprint_paths, sha256_file
+from shardyard.stores.shardwrite import EncodedRows, FrameEncoding
 from shardyard.video import VideoReader, open_video
 
 log = logging.getLogger(__name__)
@@ -179,19 +180,24 @@ class YamSource:
         return Schema({k: specs[k] if k in specs else FieldSpec(str(a.dtype), a.shape[1:]) for k, a in ep.steps.items()})
 
     # -- reading -----------------------------------------------------------------------------------------
-    def _read_raw(self, key: str) -> Episode:
+    def _read_raw(self, key: str, encodings: dict[str, FrameEncoding] | None = None) -> Episode:
         """The episode with `meta["_specs"]` (field specs) still attached."""
         folder = self.root / key
         layout = detect_layout(folder)
         if layout == I2RT:
-            return self._read_i2rt(folder, key)
+            return self._read_i2rt(folder, key, encodings or {})
         if layout == PER_DEMO:
-            return self._read_per_demo(folder, key)
+            return self._read_per_demo(folder, key, encodings or {})
         raise SourceError("not an episode folder (no metadata.json or eef_pos.npy)", path=str(folder), key=key)
 
     def read(self, key: str) -> Episode:
         """One episode, checked against the store schema (taken from the first readable episode)."""
-        ep = self._read_raw(key)
+        return self.read_encoded(key, {})
+
+    def read_encoded(self, key: str, encodings: dict[str, FrameEncoding]) -> Episode:
+        """As `read`, but video fields named in `encodings` come back as `EncodedRows`: each frame is
+        compressed as it is decoded (`VideoReader.decode_each`), so no `(T, H, W, 3)` array is built."""
+        ep = self._read_raw(key, encodings)
         specs = ep.meta.pop("_specs", {})
         schema = self.schema()
         try:
@@ -221,23 +227,30 @@ class YamSource:
         except SourceError as e:
             raise SourceError(e.reason, path=str(path), key=key, field=field_name) from None
 
-    def _frames(self, video: VideoReader, indices: np.ndarray, key: str, field_name: str) -> np.ndarray:
-        """Frames `indices` of an open video as `(n, H, W, 3) uint8`, resized to `image_size` if set."""
+    def _frames(self, video: VideoReader, indices: np.ndarray, key: str, field_name: str,
+                encoding: FrameEncoding | None = None) -> np.ndarray | EncodedRows:
+        """Frames `indices` of an open video as `(n, H, W, 3) uint8` (`EncodedRows` of that shape when an
+        `encoding` is given), resized to `image_size` if set."""
         try:
             if len(indices) and int(indices.max()) >= video.num_frames:
                 raise SourceError(f"video has {video.num_frames} frames, step needs frame {int(indices.max())}")
             if self._probe:
                 indices = indices[:1]
-            return video.read(indices, size=self.cfg.image_size)
+            if encoding is None or self._probe:
+                return video.read(indices, size=self.cfg.image_size)
+            w, h = self.cfg.image_size or (video.width, video.height)
+            sink = encoding.sink(len(indices))
+            video.decode_each(indices, sink, size=self.cfg.image_size)
+            return sink.rows((h, w, 3))
         except SourceError as e:
             raise SourceError(e.reason, path=video.path, key=key, field=field_name) from None
 
-    def _read_i2rt(self, folder: Path, key: str) -> Episode:
+    def _read_i2rt(self, folder: Path, key: str, encodings: dict[str, FrameEncoding]) -> Episode:
         from shardyard.ingest.yam_i2rt import read_i2rt_episode
 
-        return read_i2rt_episode(self, folder, key)
+        return read_i2rt_episode(self, folder, key, encodings)
 
-    def _read_per_demo(self, folder: Path, key: str) -> Episode:
+    def _read_per_demo(self, folder: Path, key: str, encodings: dict[str, FrameEncoding]) -> Episode:
         cfg = self.cfg
         pos = _load_npy(folder / "eef_pos.npy", key, "obs.eef_pos", ndim=2)
         quat = _load_npy(folder / "eef_quat.npy", key, "obs.eef_quat", ndim=2)
@@ -267,7 +280,7 @@ class YamSource:
             if video.num_frames != T:
                 raise SourceError(f"video has {video.num_frames} frames but trajectories have {T} steps",
                                   path=str(videos[0]), key=key, field=img_field)
-            frames = self._frames(video, np.arange(T), key, img_field)
+            frames = self._frames(video, np.arange(T), key, img_field, encodings.get(img_field))
         else:
             raise SourceError("no frames/ folder or .mp4", path=str(folder), key=key, field=img_field)
         if len(frames) != T and not self._probe:

@@ -19,6 +19,7 @@ from shardyard.schema import Episode, FieldSpec
 
 if TYPE_CHECKING:
     from shardyard.ingest.yam import YamSource
+    from shardyard.stores.shardwrite import FrameEncoding
 
 FLAG = "write_complete.flag"
 
@@ -40,8 +41,10 @@ def _camera_for(source: "YamSource", model, stream: str, cam: dict[str, Any], ar
     return find_camera(model, [c for c in candidates if c])
 
 
-def read_i2rt_episode(source: "YamSource", folder: Path, key: str) -> Episode:
-    """Read one recorder episode; see `YamSource.read` for the errors raised."""
+def read_i2rt_episode(source: "YamSource", folder: Path, key: str,
+                      encodings: dict[str, "FrameEncoding"] | None = None) -> Episode:
+    """Read one recorder episode; see `YamSource.read` for the errors raised, and `read_encoded` for
+    `encodings`."""
     from shardyard.ingest.yam import _load_npy, _read_json, nearest_frames
 
     cfg = source.cfg
@@ -144,7 +147,7 @@ def read_i2rt_episode(source: "YamSource", folder: Path, key: str) -> Episode:
             raise SourceError(f"no frame within {cfg.timestamp_tolerance_s * 1000:.0f} ms of step {t_bad} "
                               f"(nearest is {gap[t_bad] * 1000:.0f} ms away; lengths {n_video} frames vs {N} steps)",
                               path=str(video), key=key, field=fld)
-        frames = source._frames(reader, idx, key, fld)
+        frames = source._frames(reader, idx, key, fld, (encodings or {}).get(fld))
         h, w = frames.shape[1:3]
         steps[fld] = frames
         specs[fld] = FieldSpec("uint8", (h, w, 3), None, "image")

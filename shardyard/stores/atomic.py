@@ -22,26 +22,29 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same directory and `os.replace`."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:
+    """Write `data` to `path` via a temp file in the same directory and `os.replace`. `fsync=False` skips
+    flushing to the device: the rename is still atomic for any process that dies (SIGKILL included), as
+    the page cache outlives it; only a power loss could then lose the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as indented JSON (numpy arrays become lists) atomically."""
-    text = json.dumps(obj, indent=2, default=_json_default, allow_nan=True)
-    atomic_write_bytes(path, text.encode())
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, fsync: bool = True, indent: int | None = 2) -> None:
+    """Write `obj` as JSON (numpy arrays become lists) atomically (`atomic_write_bytes`)."""
+    text = json.dumps(obj, indent=indent, default=_json_default, allow_nan=True)
+    atomic_write_bytes(path, text.encode(), fsync=fsync)
 
 
 def to_jsonable(obj: Any) -> Any:

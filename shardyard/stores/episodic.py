@@ -13,9 +13,11 @@ Layout of a store directory:
 Commit protocol (why resume after SIGKILL is exact): validated episodes are buffered and written as a group
 (`commit_every` episodes or `commit_bytes`, whichever comes first): the arrays are grown and written first
 (every chunk or shard file by temp + rename), then `progress.json` is replaced atomically to list the group.
-A rerun truncates every array back to the committed step count and goes on from there, so a half-written
-group is overwritten, never kept; a kill loses at most the group in flight. Grouping is what makes small
-episodes cheap: one zarr call per field and one rewrite of the last shard per group, not per episode.
+A rerun truncates every array back to the committed step count (and deletes shard files past it) and goes
+on from there, so a half-written group is overwritten, never kept; a kill loses at most the group in
+flight. Grouping is what makes small episodes cheap: one zarr call per field and one rewrite of the last
+shard per group, not per episode. The zarr.json shape of a sharded frame field is set once, at the end
+(no reader opens a store before its manifest exists).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 FORMAT = "episodic-zarr3"
 FORMAT_VERSION = 1
 PROGRESS = "progress.json"
+SPILL = ".spill"  # reader workers' encoded frames, until their group is committed
+STATS_PARTS = "meta/stats_parts"  # per commit group: {"episodes": {key: {field: stats part}}} (see commit)
 _SHARD_TARGET_BYTES = 32 << 20   # ~32 MiB shards: few files, and a partial-shard rewrite stays cheap
 _VECTOR_CHUNK_ROWS = 16384
 _LOWDIM_CACHE_BYTES = 256 << 20  # low-dim fields below this are read whole once per process
@@ -81,7 +85,7 @@ class EpisodicWriterConfig:
     overwrite: bool = False
     image_codec: str = "lz4"
     commit_every: int = 32          # episodes per commit group
-    commit_bytes: int = 128 << 20   # or this many buffered bytes (encoded frames count compressed)
+    commit_bytes: int = 256 << 20   # or this many buffered bytes (encoded frames count compressed)
     val_fraction: float = 0.1
     split_seed: int = 0
     source: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +113,7 @@ class EpisodicWriter:
         self._pending: list[Episode] = []
         self._pending_bytes = 0
         self.codecs: dict[str, ChunkCodec] = {}
+        self._stats_parts: dict[str, dict[str, dict[str, Any]]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def __enter__(self) -> "EpisodicWriter":
@@ -127,6 +132,7 @@ class EpisodicWriter:
                 raise StoreError("existing store was written with a different schema; use --overwrite",
                                  path=str(self.path))
             self._episodes = progress["episodes"]
+            self._load_stats_parts()
             remove_stale_temps(self.path)
             (self.path / MANIFEST).unlink(missing_ok=True)  # appending makes the store incomplete again
             self._root = zarr.open_group(str(self.path), mode="r+")
@@ -148,6 +154,8 @@ class EpisodicWriter:
 
     def _open_appenders(self) -> None:
         """Sharded one-row-per-chunk fields are appended by `ShardAppender` (see stores/shardwrite.py)."""
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+        self.spill_dir.mkdir()
         for key in self.schema:
             path = self.path / "data" / key
             codec = ChunkCodec.for_array(load_array_meta(str(path)))
@@ -156,19 +164,25 @@ class EpisodicWriter:
             meta = load_array_meta(str(path))
             app = ShardAppender(path, shard_rows=meta["chunk_grid"]["configuration"]["chunk_shape"][0],
                                 ndim=len(meta["shape"]))
+            app.drop_shards_after(self.num_steps)
             app.load(self.num_steps)
             self._appenders[key] = app
             self.codecs[key] = codec
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-            self._finalize()
-            return
-        try:  # keep the episodes already validated, so a rerun resumes after them
-            self.commit()
-        except Exception:  # noqa: BLE001 - the original exception is the one to report
-            log.exception("could not commit buffered episodes while handling %s", exc_type.__name__)
+        try:
+            if exc_type is None:
+                self.commit()
+                self._finalize()
+                return
+            try:  # keep the episodes already validated, so a rerun resumes after them
+                self.commit()
+            except Exception:  # noqa: BLE001 - the original exception is the one to report
+                log.exception("could not commit buffered episodes while handling %s", exc_type.__name__)
+        finally:
+            for app in self._appenders.values():
+                app.close()
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
 
     # -- writing -----------------------------------------------------------------------------------------
     @property
@@ -178,6 +192,22 @@ class EpisodicWriter:
     @property
     def committed_keys(self) -> list[str]:
         return [e["key"] for e in self._episodes]
+
+    @property
+    def stats_parts(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Stats parts that reader workers made while encoding frames (`EncodedRows.stats_part`), per
+        committed episode key and field; `stats_fn` may use them instead of reading those frames back."""
+        return self._stats_parts
+
+    def _load_stats_parts(self) -> None:
+        """On resume: the parts of committed episodes (a group killed before its commit left a file whose
+        keys are not committed; they are ignored, and the redone group overwrites it)."""
+        folder = self.path / STATS_PARTS
+        committed = set(self.committed_keys)
+        for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            for key, parts in read_json(str(f)).get("episodes", {}).items():
+                if key in committed:
+                    self._stats_parts[key] = parts
 
     def _create_array(self, group: zarr.Group, key: str, spec) -> None:
         shape = (0,) + spec.shape
@@ -202,8 +232,7 @@ class EpisodicWriter:
         if episode.num_steps == 0:
             raise SchemaError("episode has no steps", key=episode.key)
         self._pending.append(episode)
-        self._pending_bytes += sum(sum(map(len, v.chunks)) if isinstance(v, EncodedRows) else v.nbytes
-                                   for v in episode.steps.values())
+        self._pending_bytes += sum(v.nbytes for v in episode.steps.values())
         if len(self._pending) >= self.cfg.commit_every or self._pending_bytes >= self.cfg.commit_bytes:
             self.commit()
 
@@ -214,29 +243,61 @@ class EpisodicWriter:
         assert self._root is not None
         n0 = self.num_steps
         t = sum(ep.num_steps for ep in self._pending)
-        for key in self.schema:
-            arr = self._root[f"data/{key}"]
-            if key in self._appenders:
-                chunks: list[bytes] = []
-                for ep in self._pending:
-                    value = ep.steps[key]
-                    chunks += (value if isinstance(value, EncodedRows) else self.codecs[key].encode_rows(value)).chunks
-                self._appenders[key].append(chunks)
-                arr.resize((n0 + t,) + arr.shape[1:])
-            else:
-                arr.resize((n0 + t,) + arr.shape[1:])
-                arr[n0:n0 + t] = np.concatenate([ep.steps[key] for ep in self._pending])
+        spills = {v.spill: os.open(v.spill, os.O_RDONLY) for ep in self._pending for v in ep.steps.values()
+                  if isinstance(v, EncodedRows) and v.spill is not None}
+        try:
+            self._write_group(n0, t, spills)
+        finally:
+            for fd in spills.values():
+                os.close(fd)
+        parts = {ep.key: {k: v.stats_part for k, v in ep.steps.items()
+                          if isinstance(v, EncodedRows) and v.stats_part is not None} for ep in self._pending}
+        parts = {k: v for k, v in parts.items() if v}
+        if parts:  # before the commit point, so that a committed episode always has its parts on disk
+            (self.path / STATS_PARTS).mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.path / STATS_PARTS / f"{len(self._episodes):08d}.json", {"episodes": parts},
+                              fsync=False, indent=None)
         self._episodes += [{"key": ep.key, "length": ep.num_steps, "meta": to_jsonable(ep.meta)}
                            for ep in self._pending]
         self._write_progress()
+        self._stats_parts.update(parts)
+        for path in spills:  # committed: the spilled bytes now live in the shard files
+            os.unlink(path)
         self._pending, self._pending_bytes = [], 0
 
+    def _write_group(self, n0: int, t: int, spills: dict[str, int]) -> None:
+        """Write the `t` buffered steps at rows `[n0, n0 + t)` of every field (not yet committed)."""
+        assert self._root is not None
+        for key in self.schema:
+            if key in self._appenders:
+                pieces: list = []
+                for ep in self._pending:
+                    value = ep.steps[key]
+                    rows = value if isinstance(value, EncodedRows) else self.codecs[key].encode_rows(value)
+                    pieces += rows.pieces(spills.get(rows.spill) if rows.spill else None)
+                self._appenders[key].append(pieces)  # its zarr.json shape is set once, in _finalize
+            else:
+                arr = self._root[f"data/{key}"]
+                arr.resize((n0 + t,) + arr.shape[1:])
+                arr[n0:n0 + t] = np.concatenate([ep.steps[key] for ep in self._pending])
+
+    @property
+    def spill_dir(self) -> Path:
+        """Folder for reader workers' spill files (`FrameEncoding.spill_dir`), emptied on open and close."""
+        return self.path / SPILL
+
     def _write_progress(self) -> None:
+        # No fsync: the commit protocol is against the process dying (the page cache outlives it, and the
+        # chunk files it refers to are not fsynced either); flushing each group cost ~50 ms here.
         atomic_write_json(self.path / PROGRESS, {"format": FORMAT, "schema": self.schema.to_dict(),
-                                                 "episodes": self._episodes})
+                                                 "episodes": self._episodes}, fsync=False)
 
     def _finalize(self) -> None:
         assert self._root is not None
+        for key in self._appenders:
+            arr = self._root[f"data/{key}"]
+            if arr.shape[0] != self.num_steps:
+                arr.resize((self.num_steps,) + arr.shape[1:])
         ends = np.cumsum([e["length"] for e in self._episodes], dtype=np.int64)
         meta = self._root.require_group("meta")
         if "episode_ends" in meta:

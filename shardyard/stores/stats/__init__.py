@@ -42,7 +42,7 @@ FRAME_KINDS = ("image", "depth", "tokens")  # read frame by frame with `image_fr
 _BLOCK_ROWS = 64  # steps per read when walking an episode
 
 __all__ = ["StatsConfig", "compute_stats", "stats_episodes", "stats_fields", "field_rows", "field_edges",
-           "field_parts", "merge_stats_parts", "finalize_stats_parts", "robot_fields", "robot_stats"]
+           "field_parts", "frame_sampling", "sampled_frames_part", "merge_stats_parts", "finalize_stats_parts", "robot_fields", "robot_stats"]
 
 
 @dataclass
@@ -92,10 +92,11 @@ def _num_features(spec: FieldSpec) -> int:
     return int(np.prod(spec.shape, dtype=np.int64))
 
 
-def _to_rows(x: np.ndarray, spec: FieldSpec, cfg: StatsConfig) -> np.ndarray:
-    """`(T, *shape)` steps -> `(n, F)` rows of features (pixel subsampling, invalid depth dropped)."""
+def _to_rows(x: np.ndarray, spec: FieldSpec, cfg: StatsConfig, *, pixels_sampled: bool = False) -> np.ndarray:
+    """`(T, *shape)` steps -> `(n, F)` rows of features (pixel subsampling unless `pixels_sampled`, invalid
+    depth dropped)."""
     f = _num_features(spec)
-    if spec.kind in ("image", "depth") and len(spec.shape) >= 2:
+    if spec.kind in ("image", "depth") and len(spec.shape) >= 2 and not pixels_sampled:
         x = x[:, :: cfg.image_pixel_stride, :: cfg.image_pixel_stride]
     rows = x.reshape(-1, f) if spec.kind in FRAME_KINDS else x.reshape(x.shape[0], f)
     if spec.kind == "depth":
@@ -127,12 +128,46 @@ def field_rows(store, episode: int, field: str, config: StatsConfig | None = Non
     return np.concatenate(blocks) if blocks else np.zeros((0, f), dtype=store.schema[field].dtype)
 
 
-def _episode_part(store, episode: int, field: str, edges: np.ndarray | None,
-                  cfg: StatsConfig) -> FieldStatsPart:
-    part = empty_part(_num_features(store.schema[field]), edges)
-    for rows in _iter_blocks(store, episode, field, cfg):
+def _blocks_part(blocks: Iterator[np.ndarray], num_features: int, edges: np.ndarray | None) -> FieldStatsPart:
+    part = empty_part(num_features, edges)
+    for rows in blocks:
         part = merge_parts(part, part_from_array(rows, edges))
     return part
+
+
+def _episode_part(store, episode: int, field: str, edges: np.ndarray | None, cfg: StatsConfig,
+                  frame_parts: dict[str, dict[str, dict[str, Any]]] | None = None) -> FieldStatsPart:
+    pre = (frame_parts or {}).get(store.episode_keys[episode], {}).get(field)
+    if pre is not None and pre.get("frame_stride") == cfg.image_frame_stride \
+            and pre.get("pixel_stride") == cfg.image_pixel_stride:
+        part = FieldStatsPart.from_dict(pre["part"])
+        if part.edges is not None and edges is not None and np.array_equal(part.edges, edges):
+            return part
+    return _blocks_part(_iter_blocks(store, episode, field, cfg), _num_features(store.schema[field]), edges)
+
+
+def frame_sampling(spec: FieldSpec, config: StatsConfig | None = None) -> tuple[int, int] | None:
+    """`(frame_stride, pixel_stride)` with which a reader worker samples frames of `spec` for the stats
+    while it encodes them (`stores.shardwrite.FrameEncoding`), or None when the field's stats cannot be
+    made per episode ahead of the stats pass (histogram edges that depend on the data: non-uint8)."""
+    cfg = config or StatsConfig()
+    if spec.kind != "image" or fixed_edges(spec.dtype, _num_features(spec)) is None:
+        return None
+    return cfg.image_frame_stride, cfg.image_pixel_stride
+
+
+def sampled_frames_part(sample: np.ndarray, spec: FieldSpec, config: StatsConfig | None = None) -> dict[str, Any]:
+    """The stats part of one episode's frame field from the frames a worker sampled while encoding
+    (`(n, H / s, W / s, C)`: steps 0, k, 2k, ... at every s-th pixel, see `frame_sampling`), as the JSON-able
+    dict the writer keeps per episode. Equal, bit for bit, to what the stats pass computes from the store
+    (same rows, same blocks, same merge order), which then uses it instead of reading the frames back."""
+    cfg = config or StatsConfig()
+    f = _num_features(spec)
+    edges = fixed_edges(spec.dtype, f)
+    blocks = (_to_rows(sample[i:i + _BLOCK_ROWS], spec, cfg, pixels_sampled=True)
+              for i in range(0, len(sample), _BLOCK_ROWS))
+    return {"frame_stride": cfg.image_frame_stride, "pixel_stride": cfg.image_pixel_stride,
+            "part": _blocks_part(blocks, f, edges).to_dict()}
 
 
 def field_edges(store, episodes: Sequence[int], config: StatsConfig | None = None,
@@ -156,14 +191,17 @@ def field_edges(store, episodes: Sequence[int], config: StatsConfig | None = Non
 
 
 def field_parts(store, episodes: Sequence[int], edges: dict[str, np.ndarray],
-                config: StatsConfig | None = None) -> dict[str, FieldStatsPart]:
-    """Pass 2: one part per episode and field, merged over `episodes`, for every field in `edges`."""
+                config: StatsConfig | None = None,
+                frame_parts: dict[str, dict[str, dict[str, Any]]] | None = None) -> dict[str, FieldStatsPart]:
+    """Pass 2: one part per episode and field, merged over `episodes`, for every field in `edges`.
+    `frame_parts` (episode key -> field -> `sampled_frames_part`) are used where their sampling matches
+    `config`, instead of reading those frames back."""
     cfg = config or StatsConfig()
     out = {}
     for field, e in edges.items():
         part = empty_part(_num_features(store.schema[field]), e)
         for ep in episodes:
-            part = merge_parts(part, _episode_part(store, ep, field, e, cfg))
+            part = merge_parts(part, _episode_part(store, ep, field, e, cfg, frame_parts))
         out[field] = part
     return out
 
@@ -234,13 +272,16 @@ def robot_stats(store, episodes: Sequence[int], config: StatsConfig | None = Non
     return out
 
 
-def compute_stats(store, config: StatsConfig | None = None) -> dict[str, Any]:
-    """stats.json of an `EpisodicStore` (structure in the module docstring), on the train split only."""
+def compute_stats(store, config: StatsConfig | None = None, *,
+                  frame_parts: dict[str, dict[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """stats.json of an `EpisodicStore` (structure in the module docstring), on the train split only.
+    `frame_parts`: per-episode parts of frame fields made by the ingest workers (`sampled_frames_part`),
+    which spare reading those frames back; the result is the same with or without them."""
     cfg = config or StatsConfig()
     episodes, computed_on = stats_episodes(store)
     split = store.split or {}
     edges = field_edges(store, episodes, cfg)
-    parts = field_parts(store, episodes, edges, cfg)
+    parts = field_parts(store, episodes, edges, cfg, frame_parts)
     log.info("stats of %d fields over %d episodes (%s)", len(parts), len(episodes), computed_on)
     return {"computed_on": computed_on,
             "split": {"train": [int(i) for i in split.get("train", [])],

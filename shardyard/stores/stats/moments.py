@@ -166,6 +166,8 @@ def part_from_array(x: np.ndarray, edges: np.ndarray | None = None) -> FieldStat
             raise ValueError(f"edges of shape {edges.shape} do not fit {f} features")
     if x.shape[0] == 0:
         return empty_part(f, edges)
+    if x.dtype == np.uint8 and edges is not None and np.array_equal(edges, fixed_edges(np.uint8, f)):
+        return _uint8_part(x, edges)
     if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
         raise ValueError("data contains NaN or inf")
     x64 = x.astype(np.float64, copy=False)
@@ -174,6 +176,22 @@ def part_from_array(x: np.ndarray, edges: np.ndarray | None = None) -> FieldStat
     return FieldStatsPart(count=int(x.shape[0]), sum=total, m2=np.einsum("nf,nf->f", dev, dev),
                           min=x64.min(axis=0), max=x64.max(axis=0),
                           hist=None if edges is None else _histogram(x, edges), edges=edges)
+
+
+def _uint8_part(x: np.ndarray, edges: np.ndarray) -> FieldStatsPart:
+    """`part_from_array` for uint8 data on `fixed_edges`: one bincount per feature, and the moments, min
+    and max read off the exact histogram (every value is a bin centre), about 10x cheaper than the
+    float64 passes on image pixels."""
+    hist = np.stack([np.bincount(x[:, j], minlength=256) for j in range(x.shape[1])]).astype(np.int64)
+    values = np.arange(256, dtype=np.float64)
+    n = int(x.shape[0])
+    total = hist @ values
+    dev = values[None, :] - (total / n)[:, None]
+    seen = hist > 0
+    return FieldStatsPart(count=n, sum=total, m2=np.einsum("fb,fb->f", hist, dev * dev),
+                          min=np.argmax(seen, axis=1).astype(np.float64),
+                          max=(255 - np.argmax(seen[:, ::-1], axis=1)).astype(np.float64),
+                          hist=hist, edges=edges)
 
 
 def merge_parts(a: FieldStatsPart, b: FieldStatsPart) -> FieldStatsPart:
