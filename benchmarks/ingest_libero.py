@@ -1,54 +1,85 @@
 """Ingest steps/s of `ingest libero` on a generated LIBERO-layout file (50 demos x 150 steps, 128x128 images)
-against reading the same arrays with h5py alone, in the same run. Prints one JSON line (DESIGN.md)."""
+against reading the same arrays with h5py alone, in the same run. Prints JSON lines (DESIGN.md).
+
+Figures:
+- `ingest_libero.steps`: against `h5py_read` (every array the adapter reads, read whole from the page
+  cache): the issue's figure, goal >= 0.6.
+- `ingest_libero.steps_vs_copy`: against `h5py_read_and_write`, the same reads plus writing the image bytes
+  once to a file in the same folder. Any ingest that stores the frames does at least this; with the
+  fixture's images (uniform noise, which no codec compresses) the write is what bounds the ingest.
+
+Usage: `python benchmarks/ingest_libero.py [--workers 2] [--trials 2]`; each figure is the best of the
+trials for both sides, alternated, so that a noisy neighbour hits both.
+"""
 
 from __future__ import annotations
 
-import json
+import argparse
+import os
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _common import figure  # noqa: E402
 from libero_fixtures import write_libero_file  # noqa: E402
 
 from shardyard.ingest.libero import LiberoConfig, LiberoSource  # noqa: E402
 from shardyard.ingest.runner import IngestConfig, run_ingest  # noqa: E402
 
 DEMOS, STEPS, SIZE = 50, 150, 128
+ARRAYS = ("obs/agentview_rgb", "obs/eye_in_hand_rgb", "obs/ee_pos", "obs/ee_ori", "obs/gripper_states",
+          "obs/joint_states", "actions", "rewards", "dones", "states")
 
 
-def h5py_read(path: Path) -> int:
-    """Read every array the adapter reads, with h5py only; returns steps read."""
+def h5py_read(path: Path, write_to: Path | None = None) -> tuple[int, float]:
+    """Read every array the adapter reads with h5py only (and, with `write_to`, write the image bytes to
+    that file); returns (steps, seconds)."""
+    t = time.perf_counter()
     steps = 0
-    with h5py.File(path, "r") as f:
-        for d in f["data"].values():
-            for name in ("obs/agentview_rgb", "obs/eye_in_hand_rgb", "obs/ee_pos", "obs/ee_ori", "obs/gripper_states",
-                         "obs/joint_states", "actions", "rewards", "dones", "states"):
-                arr = d[name][()]
-            steps += len(arr)
-    return steps
+    out = open(write_to, "wb") if write_to is not None else None
+    try:
+        with h5py.File(path, "r") as f:
+            for d in f["data"].values():
+                for name in ARRAYS:
+                    arr = d[name][()]
+                    if out is not None and name.endswith("_rgb"):
+                        out.write(arr.data)
+                steps += len(arr)
+    finally:
+        if out is not None:
+            out.close()
+            os.unlink(write_to)
+    return steps, time.perf_counter() - t
 
 
 def main() -> None:
-    workers = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=2)
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "BENCH_demo.hdf5"
-        # equal lengths: write_libero_file varies length by demo index mod 3; keep steps ~150
         write_libero_file(path, num_demos=DEMOS, steps=STEPS - 1, size=SIZE, marker=False)
-        t = time.perf_counter()
-        n_h5 = h5py_read(path)
-        h5_rate = n_h5 / (time.perf_counter() - t)
-        t = time.perf_counter()
-        result = run_ingest(LiberoSource(LiberoConfig(root=path)), IngestConfig(out=Path(tmp) / "store", workers=workers))
-        rate = result.num_steps / (time.perf_counter() - t)
-    print(json.dumps({"benchmark": "ingest_libero.steps", "value": round(rate, 1), "unit": "steps/s",
-                      "baseline": "h5py_read", "baseline_value": round(h5_rate, 1),
-                      "ratio": round(float(rate / h5_rate), 3), "workers": workers,
-                      "demos": DEMOS, "steps": int(np.round(result.num_steps / DEMOS)), "image": SIZE}))
+        read_s, copy_s, ingest_s = [], [], []
+        for trial in range(args.trials):
+            n, s = h5py_read(path)
+            read_s.append(s)
+            copy_s.append(h5py_read(path, Path(tmp) / "copy.bin")[1])
+            out = Path(tmp) / "store"
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            result = run_ingest(LiberoSource(LiberoConfig(root=path)), IngestConfig(out=out, workers=args.workers))
+            ingest_s.append(time.perf_counter() - t)
+        rate = result.num_steps / min(ingest_s)
+        extra = {"workers": args.workers, "demos": DEMOS, "steps": result.num_steps, "image": SIZE}
+        figure("ingest_libero.steps", rate, "steps/s", "h5py_read", n / min(read_s), **extra)
+        figure("ingest_libero.steps_vs_copy", rate, "steps/s", "h5py_read_and_write", n / min(copy_s), **extra)
 
 
 if __name__ == "__main__":

@@ -205,8 +205,12 @@ class DecordReader:
 
     def decode_each(self, indices: Sequence[int], on_frame: FrameCallback,
                     size: tuple[int, int] | None = None) -> None:
-        for pos, frame in enumerate(self.read(indices, size)):
-            on_frame(frame, [pos])
+        wanted: dict[int, list[int]] = {}
+        for pos, i in enumerate(np.asarray(indices, dtype=np.int64).tolist()):
+            wanted.setdefault(int(i), []).append(pos)
+        order = sorted(wanted)
+        for i, frame in zip(order, self.read(order, size)):
+            on_frame(frame, wanted[i])
 
     def close(self) -> None:
         self._vr = None

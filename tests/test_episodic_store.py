@@ -1,15 +1,19 @@
 """Episodic store: round trip, the fast shard reader against zarr-python, remote reads, DataLoader workers."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
 
 from shardyard import open_store
 from shardyard.errors import SchemaError, StoreError
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.chunks import ShardReader, load_array_meta
 from shardyard.stores.episodic import EpisodicWriter, EpisodicWriterConfig, split_episodes
+from shardyard.stores.shardwrite import ChunkCodec, ChunkRef, ShardAppender
 
 from conftest import serve_directory
 
@@ -163,3 +167,146 @@ def test_remote_store_over_http(tmp_path, ranges):
         np.testing.assert_array_equal(got["obs.eef_pos"], eps[1].steps["obs.eef_pos"][2:])
     finally:
         server.shutdown()
+
+
+# -- ShardAppender: pre-encoded chunks (bytes, or refs into spill files) into zarr shard files ---------------
+
+ROW = (5, 7, 3)
+COMPRESSORS = {"lz4": lambda: BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),
+               "zstd": lambda: ZstdCodec(level=1), "none": lambda: None}
+
+
+def _sharded(path, shard_rows: int, compressor: str = "lz4"):
+    """An empty `(0, *ROW)` uint8 array with one-row inner chunks in shards, as `EpisodicWriter` makes frame
+    fields; returns (array folder, `encode(row) -> bytes`)."""
+    g = zarr.open_group(str(path), mode="w")
+    g.create_array("x", shape=(0,) + ROW, dtype="uint8", chunks=(1,) + ROW, shards=(shard_rows,) + ROW,
+                   compressors=COMPRESSORS[compressor]())
+    folder = path / "x"
+    codec = ChunkCodec.for_array(load_array_meta(str(folder)))
+    assert codec is not None
+    return folder, codec.encoder()
+
+
+def _rows(n: int, seed: int) -> np.ndarray:
+    rows = np.random.default_rng(seed).integers(0, 256, (n,) + ROW, dtype=np.uint8)
+    rows[:, 0, 0, 0] = np.arange(n) % 256  # no two neighbouring rows alike
+    return rows
+
+
+class _Spills:
+    """Two spill files written here: file A takes its chunks in row order (adjacent refs, copied as one
+    range), file B in reverse (no two adjacent); each starts with junk, so no offset is 0."""
+
+    def __init__(self, folder):
+        self.paths = [folder / "a.spill", folder / "b.spill"]
+        self.fds = [os.open(p, os.O_RDWR | os.O_CREAT) for p in self.paths]
+        self.ends = [os.write(fd, b"junk" * (3 + i)) for i, fd in enumerate(self.fds)]
+
+    def pieces(self, chunks: list[bytes], kinds: str) -> list:
+        """`kinds[i]`: "m" (bytes in memory), "a" or "b" (a ChunkRef into that file)."""
+        out: list = [None] * len(chunks)
+        order = {"a": [i for i, k in enumerate(kinds) if k == "a"],
+                 "b": [i for i, k in enumerate(kinds) if k == "b"][::-1]}
+        for f, name in enumerate("ab"):
+            for i in order[name]:
+                out[i] = ChunkRef(self.fds[f], self.ends[f], len(chunks[i]))
+                self.ends[f] += os.pwrite(self.fds[f], chunks[i], self.ends[f])
+        return [c if k == "m" else out[i] for i, (c, k) in enumerate(zip(chunks, kinds))]
+
+    def close(self):
+        for fd in self.fds:
+            os.close(fd)
+
+
+def _read_back(folder, n: int) -> np.ndarray:
+    """Rows `[0, n)` through zarr-python, after setting the shape (the appender leaves it to its caller)."""
+    a = zarr.open_array(str(folder), mode="r+")
+    a.resize((n,) + ROW)
+    return zarr.open_array(str(folder), mode="r")[:]
+
+
+def _append_all(folder, encode, rows, batches, shard_rows, spills, seed=0, app=None):
+    rng = np.random.default_rng(seed)
+    app = app or ShardAppender(folder, shard_rows=shard_rows, ndim=1 + len(ROW))
+    start = app.n_rows
+    done = 0
+    for b in batches:
+        chunks = [encode(np.ascontiguousarray(r)) for r in rows[done:done + b]]
+        kinds = "".join(rng.choice(list("mmaab"), size=b))
+        app.append(spills.pieces(chunks, kinds))
+        done += b
+        assert app.n_rows == start + done
+    return app
+
+
+@pytest.mark.parametrize("compressor", sorted(COMPRESSORS))
+@pytest.mark.parametrize("shard_rows,batches", [(4, [1, 2, 9, 3, 1, 8]), (7, [7, 1, 13, 6, 2]), (5, [24])])
+def test_shard_appender_mixed_pieces_read_back_by_zarr(tmp_path, compressor, shard_rows, batches):
+    folder, encode = _sharded(tmp_path / "z", shard_rows, compressor)
+    rows = _rows(sum(batches), seed=shard_rows)
+    spills = _Spills(tmp_path)
+    try:
+        app = ShardAppender(folder, shard_rows=shard_rows, ndim=1 + len(ROW))
+        done = 0
+        for i, b in enumerate(batches):  # read back after every append: the partial shard's tail carried over
+            _append_all(folder, encode, rows[done:done + b], [b], shard_rows, spills, seed=i, app=app)
+            done += b
+            np.testing.assert_array_equal(_read_back(folder, done), rows[:done], err_msg=f"after append {i}")
+        app.close()
+    finally:
+        spills.close()
+    n = sum(batches)
+    shards = sorted(int(d.name) for d in (folder / "c").iterdir())
+    assert shards == list(range(-(-n // shard_rows)))
+    assert not [p for p in folder.rglob("*.tmp")]
+
+
+@pytest.mark.parametrize("n", [9, 12, 1, 0])
+def test_shard_appender_resumes_mid_shard(tmp_path, n):
+    """A new appender `load(n)` keeps rows `[0, n)` of the partial shard and drops the rows past n that the
+    file still holds (a killed group's); appends then continue from row n."""
+    shard_rows = 4
+    folder, encode = _sharded(tmp_path / "z", shard_rows)
+    old, new = _rows(23, seed=1), _rows(14, seed=2)
+    spills = _Spills(tmp_path)
+    try:
+        _append_all(folder, encode, old, [10, 13], shard_rows, spills).close()
+        app = ShardAppender(folder, shard_rows=shard_rows, ndim=1 + len(ROW))
+        app.drop_shards_after(n)
+        app.load(n)
+        assert app.n_rows == n
+        _append_all(folder, encode, new, [3, 11], shard_rows, spills, seed=5, app=app).close()
+    finally:
+        spills.close()
+    total = n + len(new)
+    np.testing.assert_array_equal(_read_back(folder, total), np.concatenate([old[:n], new]))
+    assert sorted(int(d.name) for d in (folder / "c").iterdir()) == list(range(-(-total // shard_rows)))
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 10, 12, 22, 23, 40])
+def test_drop_shards_after_keeps_the_shard_of_row_n_minus_1(tmp_path, n):
+    shard_rows = 4
+    folder, encode = _sharded(tmp_path / "z", shard_rows)
+    rows = _rows(23, seed=3)  # shards 0..5, the last one partial
+    spills = _Spills(tmp_path)
+    try:
+        _append_all(folder, encode, rows, [23], shard_rows, spills).close()
+    finally:
+        spills.close()
+    ShardAppender(folder, shard_rows=shard_rows, ndim=1 + len(ROW)).drop_shards_after(n)
+    kept = sorted(int(d.name) for d in (folder / "c").iterdir()) if (folder / "c").exists() else []
+    assert kept == list(range(min(-(-n // shard_rows), 6)))  # every shard with a row below n, no other
+    m = min(n, 23)
+    np.testing.assert_array_equal(_read_back(folder, m), rows[:m])
+
+
+def test_drop_shards_after_on_a_one_dimensional_array(tmp_path):
+    g = zarr.open_group(str(tmp_path / "z"), mode="w")
+    g.create_array("v", shape=(0,), dtype="int32", chunks=(1,), shards=(4,), compressors=ZstdCodec(level=1))
+    encode = ChunkCodec.for_array(load_array_meta(str(tmp_path / "z" / "v"))).encoder()
+    app = ShardAppender(tmp_path / "z" / "v", shard_rows=4, ndim=1)
+    app.append([encode(np.array(i, np.int32)) for i in range(10)])
+    app.close()
+    ShardAppender(tmp_path / "z" / "v", shard_rows=4, ndim=1).drop_shards_after(5)
+    assert sorted(p.name for p in (tmp_path / "z" / "v" / "c").iterdir()) == ["0", "1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -312,3 +313,114 @@ def test_ray_reads_give_the_same_store(tiny_yam_dir, tmp_path):
     proc = run_cli("ingest", "yam", raw, "--out", tmp_path / "ray", "--ray-address", "local", "--workers", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_stores_equal(str(tmp_path / "local"), str(tmp_path / "ray"))
+
+
+# -- stats parts made in the workers, and resume over a half-written group --------------------------------
+
+def _frame_fields(store) -> list[str]:
+    return sorted(k for k in store.schema.keys() if k.startswith("obs.rgb."))
+
+
+def _assert_no_spill(out: Path) -> None:
+    assert not (out / ".spill").exists()
+    assert not list(out.rglob("*.spill"))
+
+
+def test_worker_stats_parts_equal_stats_read_back(tiny_yam_dir, tmp_path):
+    """uint8 frame stats made in the reader processes while they encode (and spill) frames equal, bit for
+    bit, the stats of the frames read back from the finished store; the per-episode parts are kept under
+    meta/stats_parts, and a finished ingest leaves no spill files behind. The strides divide neither the
+    episode lengths nor the image width, so the worker's sampling must match the stats pass's exactly."""
+    from shardyard.stores.stats import StatsConfig, finalize_stats_parts, recompute_store_stats
+    from shardyard.stores.stats.moments import FieldStatsPart, empty_part, merge_parts
+
+    raw = tiny_yam_dir(num_episodes=4, steps=23)
+    out = tmp_path / "store"
+    stats_cfg = StatsConfig(image_frame_stride=7, image_pixel_stride=3)
+    res = run_ingest(YamSource(YamConfig(root=raw)),
+                     IngestConfig(out=out, workers=2, commit_every=3, stats=stats_cfg))
+    assert res.exit_code == 0 and res.num_written == 4
+    _assert_no_spill(out)
+    store = open_store(str(out))
+    fields = _frame_fields(store)
+    assert fields
+    written = json.loads((out / "stats.json").read_text())  # recompute below replaces stats.json
+
+    parts: dict[str, dict] = {}
+    files = sorted((out / "meta" / "stats_parts").glob("*.json"))
+    assert len(files) == 2  # one per commit group (3 + 1 episodes)
+    for f in files:
+        parts.update(json.loads(f.read_text())["episodes"])
+    assert sorted(parts) == sorted(store.episode_keys)
+    for key in store.episode_keys:
+        assert sorted(parts[key]) == fields
+        for name in fields:
+            assert (parts[key][name]["frame_stride"], parts[key][name]["pixel_stride"]) == (7, 3)
+
+    recomputed = recompute_store_stats(str(out), stats_cfg)  # reads the frames back, ignores the parts
+    for name in fields:
+        assert written["fields"][name] == recomputed["fields"][name], name
+    assert written["fields"] == recomputed["fields"]
+
+    # the kept parts themselves, merged over the train split in order, give those stats exactly
+    train = [int(i) for i in store.split["train"]] or list(range(store.num_episodes))
+    for name in fields:
+        merged = empty_part(3, FieldStatsPart.from_dict(parts[store.episode_keys[0]][name]["part"]).edges)
+        for i in train:
+            merged = merge_parts(merged, FieldStatsPart.from_dict(parts[store.episode_keys[i]][name]["part"]))
+        h, w = store.schema[name].shape[:2]
+        lengths = [store.episode_length(i) for i in train]
+        assert merged.count == sum(len(range(0, n, 7)) for n in lengths) * len(range(0, h, 3)) * len(range(0, w, 3))
+        assert finalize_stats_parts({name: merged}, store.schema)[name] == recomputed["fields"][name]
+
+
+def _shards(store_dir: Path, field: str) -> list[int]:
+    return sorted(int(d.name) for d in (store_dir / "data" / field / "c").iterdir())
+
+
+def test_resume_over_a_half_written_group_equals_uninterrupted(tiny_yam_dir, tmp_path):
+    """The state a SIGKILL leaves between a group's shard writes and its commit point (which a timed kill
+    cannot hit reliably): frame shards hold rows past the committed ones, in the committed partial shard and
+    in shard files wholly past it, zarr.json does not know those rows yet (its shape is set at the end), the
+    group's stats part is on disk, and a reader process's spill file is left over. Here the rerun also has
+    fewer episodes than the killed run (two were removed from the source), so a stale shard past the new
+    end would survive unless it is deleted. The resumed store must equal an uninterrupted run's.
+
+    Frames are upscaled to 640x480 on ingest so that a shard holds 36 rows (32 MiB / row)."""
+    raw = tiny_yam_dir(num_episodes=4, steps=12)
+    source = lambda: YamSource(YamConfig(root=raw, image_size=(640, 480)))  # noqa: E731
+    out = tmp_path / "killed"
+    run_ingest(source(), IngestConfig(out=out, workers=1, commit_every=1))  # to be "killed" (workers: same files)
+    store = open_store(str(out))
+    (field,) = _frame_fields(store)
+    keys, lengths = store.episode_keys, [store.episode_length(i) for i in range(store.num_episodes)]
+    array_meta = json.loads((out / "data" / field / "zarr.json").read_text())
+    shard_rows = array_meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+    assert shard_rows == 36 and 36 < sum(lengths) <= 72 and lengths[0] + lengths[1] < 36
+
+    # rewind to one committed episode, as if killed during the commit of the second
+    progress = json.loads((out / "progress.json").read_text())
+    progress["episodes"] = progress["episodes"][:1]
+    (out / "progress.json").write_text(json.dumps(progress))
+    for name in ("manifest.json", "stats.json", "report.json"):
+        (out / name).unlink()
+    array_meta["shape"][0] = 0  # the first run had not yet grown it
+    (out / "data" / field / "zarr.json").write_text(json.dumps(array_meta))
+    (out / ".spill").mkdir()
+    (out / ".spill" / "tmpdead.spill").write_bytes(os.urandom(4096))
+    assert _shards(out, field) == [0, 1]
+    for key in keys[2:]:  # the rerun's source lacks the last two episodes
+        shutil.rmtree(raw / key)
+
+    ref = tmp_path / "ref"
+    run_ingest(source(), IngestConfig(out=ref, workers=1, commit_every=1))
+    res = run_ingest(source(), IngestConfig(out=out, workers=2, commit_every=1))  # the process-pool path
+    assert res.exit_code == 0 and (res.num_already_committed, res.num_written) == (1, 1)
+    assert_stores_equal(str(ref), str(out))
+    assert _shards(out, field) == _shards(ref, field) == [0]
+    _assert_no_spill(out)
+    # the killed groups' stats parts (episodes 2 and 3 are gone) were deleted, not merged into the stats
+    listed = [k for f in sorted((out / "meta" / "stats_parts").glob("*.json"))
+              for k in json.loads(f.read_text())["episodes"]]
+    assert sorted(listed) == sorted(keys[:2])
+    assert json.loads((out / "stats.json").read_text())["fields"] == json.loads((ref / "stats.json").read_text())["fields"]

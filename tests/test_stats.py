@@ -135,6 +135,63 @@ def test_uint8_histogram_and_quantiles_exact(n: int) -> None:
     np.testing.assert_allclose(scaled["max"], x.max(0) / 255)
 
 
+def _uint8_pixels(n: int, seed: int) -> np.ndarray:
+    """`(n, 4)` uint8: uniform, a constant channel, a two-value channel at the extremes, a narrow band."""
+    rng = np.random.default_rng(seed)
+    x = np.empty((n, 4), np.uint8)
+    x[:, 0] = rng.integers(0, 256, n)
+    x[:, 1] = 173
+    x[:, 2] = np.where(rng.random(n) < 0.3, 0, 255)
+    x[:, 3] = rng.integers(100, 104, n)
+    return x
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 640, 50_000])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_uint8_fast_path_matches_numpy(n: int, layout: str) -> None:
+    """uint8 on `fixed_edges` (the path image pixels take): count, mean, std (ddof 0), min and max equal
+    numpy's to 1e-12, the histogram is the bincount, and it agrees with the generic path (same values as
+    int16, which takes the float64 passes, on the same edges)."""
+    x = _uint8_pixels(n, seed=n)
+    if layout == "strided":  # a worker's sample is a view: every other column of a wider array
+        wide = np.zeros((n, 8), np.uint8)
+        wide[:, ::2] = x
+        x = wide[:, ::2]
+        assert not x.flags.c_contiguous
+    edges = fixed_edges(np.uint8, 4)
+    p = part_from_array(x, edges)
+    x64 = x.astype(np.float64)
+    assert p.count == n
+    np.testing.assert_allclose(p.sum / p.count, np.mean(x64, axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.sqrt(p.m2 / p.count), np.std(x64, axis=0, ddof=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(p.min, x.min(0))
+    np.testing.assert_array_equal(p.max, x.max(0))
+    for j in range(4):
+        np.testing.assert_array_equal(p.hist[j], np.bincount(x[:, j], minlength=256))
+    assert p.hist.dtype == np.int64 and p.hist.shape == (4, 256)
+    np.testing.assert_array_equal(p.edges, edges)
+    assert p.m2[1] == 0.0 and p.min[1] == p.max[1] == 173  # the constant channel
+    s = finalize(p, scale=1 / 255)
+    np.testing.assert_allclose(s["mean"], np.mean(x64, axis=0) / 255, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(s["std"], np.std(x64, axis=0) / 255, rtol=1e-12, atol=1e-12)
+    if n == 1:
+        assert s["std"] == [0.0] * 4 and s["min"] == s["max"]
+    _assert_parts_equal(p, part_from_array(x.astype(np.int16), edges))
+
+
+@pytest.mark.parametrize("split", [1, 2, 777, 4999])
+def test_uint8_parts_merge_to_part_of_concatenation(split: int) -> None:
+    x = _uint8_pixels(5000, seed=7)
+    x[:split, 3] = 7  # the two sides differ in mean, so the merge's correction term matters
+    edges = fixed_edges(np.uint8, 4)
+    a, b = part_from_array(x[:split], edges), part_from_array(x[split:], edges)
+    whole = part_from_array(x, edges)
+    for merged in (merge_parts(a, b), merge_parts(b, a)):
+        _assert_parts_equal(merged, whole)  # histogram exact, moments to 1e-12
+        np.testing.assert_allclose(np.sqrt(merged.m2 / merged.count), np.std(x.astype(np.float64), axis=0),
+                                   rtol=1e-12, atol=1e-12)
+
+
 def test_small_integer_ranges_get_exact_unit_bins() -> None:
     x = np.random.default_rng(0).integers(-300, 400, size=(2000, 2)).astype(np.int32)
     s = finalize(part_from_array(x, _edges_for(x)))

@@ -66,3 +66,111 @@ def test_truncated_and_missing_video_raise_source_error(tmp_path, real_video):
     garbage.write_bytes(b"\x00" * 1000)
     with pytest.raises(SourceError):
         open_video(garbage)
+
+
+
+# -- decode_each: the streaming form of read ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gop_video(tmp_path_factory):
+    """48 frames, a keyframe every 7 (B-frames on): reads starting past frame 0 seek. Each frame has its own
+    grey level in the top band; returns (path, source frames)."""
+    import av
+
+    frames = np.zeros((48, 48, 64, 3), np.uint8)
+    for t in range(48):
+        frames[t, :, (t % 8) * 8:(t % 8) * 8 + 8] = 255
+        frames[t, :8] = (t * 5) % 256
+    path = tmp_path_factory.mktemp("video") / "gop.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"crf": "18", "preset": "fast", "g": "8", "keyint_min": "8", "bf": "2"}
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path, frames
+
+
+# repeats, out of order, first and last frame, a run of neighbours; on the GOP video, starts past a keyframe
+DECODE_EACH_CASES = {
+    "yam": {"shuffled_repeats": [40, 3, 3, 17, 159, 40, 0, 25, 17, 26, 27, 3], "one_frame_twice": [77, 77],
+            "sorted": list(range(50, 60))},
+    "gop": {"shuffled_repeats": [30, 9, 9, 17, 47, 30, 12, 25, 17, 26, 27], "one_frame_twice": [22, 22],
+            "sorted": list(range(15, 23))},
+}
+
+
+def _delivered(reader, indices, size):
+    """Run `decode_each`, copying each frame (it is only valid during the call); returns the calls."""
+    calls: list[tuple[np.ndarray, list[int]]] = []
+    reader.decode_each(indices, lambda frame, positions: calls.append((frame.copy(), list(positions))), size)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def sequential(real_video, gop_video):
+    """`sequential(video, size)`: every frame of the video, decoded front to back once (cached)."""
+    paths = {"yam": real_video, "gop": gop_video[0]}
+    cache = {}
+
+    def get(video, size):
+        if (video, size) not in cache:
+            v = open_video(paths[video])
+            cache[video, size] = v.read(range(v.num_frames), size)
+        return cache[video, size]
+
+    return paths, get
+
+
+@pytest.mark.parametrize("size", [None, (100, 76)])
+@pytest.mark.parametrize("case", ["shuffled_repeats", "one_frame_twice", "sorted"])
+@pytest.mark.parametrize("video", ["yam", "gop"])
+def test_pyav_decode_each_delivers_what_read_returns(sequential, gop_video, video, case, size):
+    """Each distinct frame comes once, in stream order, with every position it fills; together the calls
+    give exactly `read(indices, size)`, which equals the front-to-back decode at those frames."""
+    paths, seq = sequential
+    indices = DECODE_EACH_CASES[video][case]
+    v = open_video(paths[video])
+    calls = _delivered(v, indices, size)
+    w, h = size or (v.width, v.height)
+    assert all(frame.shape == (h, w, 3) and frame.dtype == np.uint8 for frame, _ in calls)
+    assert sorted(sorted(p) for _, p in calls) == \
+        sorted([pos for pos, j in enumerate(indices) if j == i] for i in set(indices))
+    assert [indices[p[0]] for _, p in calls] == sorted(set(indices))  # stream order
+    out = v.read(indices, size)
+    assert out.shape == (len(indices), h, w, 3)
+    for frame, positions in calls:
+        for pos in positions:
+            np.testing.assert_array_equal(frame, out[pos], err_msg=f"position {pos} (frame {indices[pos]})")
+    np.testing.assert_array_equal(out, seq(video, size)[indices])
+    if video == "gop" and size is None:  # and each is its own frame, not a neighbour (grey level in the top band)
+        src = gop_video[1]
+        for frame, positions in calls:
+            i = indices[positions[0]]
+            err = [np.abs(frame[:8].astype(int) - src[j][:8]).mean() for j in (i - 1, i, i + 1) if 0 <= j < 48]
+            assert int(np.argmin(err)) == (1 if i > 0 else 0), (i, err)
+
+
+def test_decord_decode_each_delivers_what_read_returns(real_video):
+    pytest.importorskip("decord")
+    indices = DECODE_EACH_CASES["yam"]["shuffled_repeats"]
+    d, a = open_video(real_video, "decord"), open_video(real_video, "pyav")
+    calls = _delivered(d, indices, None)
+    assert sorted(p for _, positions in calls for p in positions) == list(range(len(indices)))
+    out = d.read(indices)
+    for frame, positions in calls:
+        for pos in positions:
+            np.testing.assert_array_equal(frame, out[pos])
+    np.testing.assert_array_equal(out, a.read(indices))  # decord's frames are PyAV's
+    with pytest.raises(SourceError, match="native size"):
+        d.decode_each(indices, lambda frame, positions: None, (160, 120))
+
+
+def test_decord_decode_each_once_per_distinct_frame(real_video):
+    pytest.importorskip("decord")
+    indices = DECODE_EACH_CASES["yam"]["shuffled_repeats"]
+    calls = _delivered(open_video(real_video, "decord"), indices, None)
+    assert [indices[p[0]] for _, p in calls] == sorted(set(indices))

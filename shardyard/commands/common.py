@@ -79,9 +79,21 @@ def run_ingest_job(source, out: Path, **kwargs) -> None:
     try:
         cfg = IngestConfig(out=out, **kwargs)
         keys = source.keys()
-        with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
-            task = progress.add_task(f"ingest {source.name}", total=len(keys))
-            result = run_ingest(source, cfg, on_episode=lambda key, status: progress.advance(task))
+        progress = Progress(transient=True, disable=not sys.stderr.isatty())
+        task = progress.add_task(f"ingest {source.name}", total=len(keys))
+
+        def advance(key: str, status: str) -> None:
+            # Started at the first episode, after the reader processes: its refresh thread would make
+            # run_ingest spawn them instead of forking (see runner._start_pool).
+            if not progress.live.is_started:
+                progress.start()
+            progress.advance(task)
+
+        try:
+            result = run_ingest(source, cfg, on_episode=advance)
+        finally:
+            if progress.live.is_started:
+                progress.stop()
         if hasattr(source, "report_notes"):  # e.g. files without observations (ingest libero)
             from shardyard.ingest.libero import add_report_notes
 

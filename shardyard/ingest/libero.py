@@ -282,7 +282,8 @@ class LiberoSource:
                 if arr.ndim != 4 or arr.shape[-1] != 3:
                     raise SourceError(f"image dataset has shape {arr.shape}, expected (T, H, W, 3)", path=path,
                                       key=key, field=fld)
-                arr = np.ascontiguousarray(arr[:, ::-1]) if convention == "opengl" else arr
+                # a flipped view: the ingest's encoder copies it row by row, in cache
+                arr = arr[:, ::-1] if convention == "opengl" else arr
             elif fld == "obs.eef_quat" and layout == LIBERO:
                 from scipy.spatial.transform import Rotation
 

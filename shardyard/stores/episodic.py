@@ -200,14 +200,16 @@ class EpisodicWriter:
         return self._stats_parts
 
     def _load_stats_parts(self) -> None:
-        """On resume: the parts of committed episodes (a group killed before its commit left a file whose
-        keys are not committed; they are ignored, and the redone group overwrites it)."""
+        """On resume: the parts of committed episodes. A file of a group killed before its commit lists
+        keys that are not committed: it is deleted (its episodes are read again)."""
         folder = self.path / STATS_PARTS
         committed = set(self.committed_keys)
         for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            for key, parts in read_json(str(f)).get("episodes", {}).items():
-                if key in committed:
-                    self._stats_parts[key] = parts
+            episodes = read_json(str(f)).get("episodes", {})
+            if not set(episodes) <= committed:
+                f.unlink()
+                continue
+            self._stats_parts.update(episodes)
 
     def _create_array(self, group: zarr.Group, key: str, spec) -> None:
         shape = (0,) + spec.shape

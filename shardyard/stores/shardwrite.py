@@ -1,11 +1,12 @@
 """Writing sharded zarr v3 arrays from pre-encoded one-row chunks.
 
 Why not zarr-python's writer: with one frame per inner chunk, a chunk's encoded bytes do not depend on
-where it lands, so reader workers can compress frames in parallel (`ChunkCodec.encode_rows`) and ship the
-small compressed chunks; the single writer then only concatenates bytes into shard files
-(`ShardAppender`). That keeps ingest near decode speed. The files are the `sharding_indexed` codec's
-format exactly (chunks, then the `(n, 2) uint64` offset/length index and its crc32c, index at the end), so
-zarr-python reads them, and each shard file is replaced whole (temp + rename).
+where it lands, so reader workers can compress frames in parallel, each as soon as it is decoded
+(`FrameEncoding`, `FrameSink`), and leave the compressed chunks in a spill file; the single writer then only
+copies byte ranges into shard files (`ShardAppender`, `ChunkRef`: `copy_file_range`, in the kernel). That
+keeps ingest near decode speed. The files are the `sharding_indexed` codec's format exactly (chunks, then the
+`(n, 2) uint64` offset/length index and its crc32c, index at the end), so zarr-python reads them, and each
+shard file is replaced whole (temp + rename).
 """
 
 from __future__ import annotations
@@ -307,7 +308,11 @@ class ShardAppender:
         folder = self.array_dir / "c"
         for d in folder.iterdir() if folder.is_dir() else []:
             if d.name.isdigit() and int(d.name) >= first_stale:
-                shutil.rmtree(d)
+                if d.is_dir():
+                    shutil.rmtree(d)
+                else:  # a 1-D array's shard is the file c/<s> itself
+                    d.unlink()
+        self._made_dirs.clear()
 
     def append(self, chunks: Sequence[Piece]) -> None:
         """Append rows (chunk bytes, or `ChunkRef`s to them); each shard file they touch is written whole,

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 SKIP_KINDS = ("text", "video")
 FRAME_KINDS = ("image", "depth", "tokens")  # read frame by frame with `image_frame_stride`
-_BLOCK_ROWS = 64  # steps per read when walking an episode
+_BLOCK_ROWS = 64  # frames per read when walking an episode's frame field
+_VECTOR_BLOCK_ROWS = 8192  # steps per read of a low-dim field (per-block overhead dominated at 64)
 
 __all__ = ["StatsConfig", "compute_stats", "stats_episodes", "stats_fields", "field_rows", "field_edges",
            "field_parts", "frame_sampling", "sampled_frames_part", "merge_stats_parts", "finalize_stats_parts", "robot_fields", "robot_stats"]
@@ -111,8 +112,9 @@ def _iter_blocks(store, episode: int, field: str, cfg: StatsConfig) -> Iterator[
     length = store.episode_length(episode)
     stride = cfg.image_frame_stride if spec.kind in FRAME_KINDS else 1
     if stride == 1:
-        for t in range(0, length, _BLOCK_ROWS):
-            yield _to_rows(store.read(episode, [field], t, min(t + _BLOCK_ROWS, length))[field], spec, cfg)
+        block = _BLOCK_ROWS if spec.kind in FRAME_KINDS else _VECTOR_BLOCK_ROWS
+        for t in range(0, length, block):
+            yield _to_rows(store.read(episode, [field], t, min(t + block, length))[field], spec, cfg)
         return
     frames = list(range(0, length, stride))
     for i in range(0, len(frames), _BLOCK_ROWS):
