@@ -8,8 +8,8 @@ Figures:
   once to a file in the same folder. Any ingest that stores the frames does at least this; with the
   fixture's images (uniform noise, which no codec compresses) the write is what bounds the ingest.
 
-Usage: `python benchmarks/ingest_libero.py [--workers 2] [--trials 2]`; each figure is the best of the
-trials for both sides, alternated, so that a noisy neighbour hits both.
+Usage: `python benchmarks/ingest_libero.py [--workers 2] [--trials 3]`; each figure takes the median of
+the trials for both sides, alternated, so that a noisy neighbour hits both alike.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -61,7 +62,7 @@ def h5py_read(path: Path, write_to: Path | None = None) -> tuple[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "BENCH_demo.hdf5"
@@ -76,10 +77,10 @@ def main() -> None:
             t = time.perf_counter()
             result = run_ingest(LiberoSource(LiberoConfig(root=path)), IngestConfig(out=out, workers=args.workers))
             ingest_s.append(time.perf_counter() - t)
-        rate = result.num_steps / min(ingest_s)
+        rate = result.num_steps / statistics.median(ingest_s)
         extra = {"workers": args.workers, "demos": DEMOS, "steps": result.num_steps, "image": SIZE}
-        figure("ingest_libero.steps", rate, "steps/s", "h5py_read", n / min(read_s), **extra)
-        figure("ingest_libero.steps_vs_copy", rate, "steps/s", "h5py_read_and_write", n / min(copy_s), **extra)
+        figure("ingest_libero.steps", rate, "steps/s", "h5py_read", n / statistics.median(read_s), **extra)
+        figure("ingest_libero.steps_vs_copy", rate, "steps/s", "h5py_read_and_write", n / statistics.median(copy_s), **extra)
 
 
 if __name__ == "__main__":

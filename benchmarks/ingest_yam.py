@@ -8,14 +8,15 @@ Input: the shared YAM episodes (i2rt recorder layout, two 640x480 H.264 cameras,
 - `ingest_yam.frames_vs_decode_loop` against `pyav_decode_loop_<n>proc`: the stricter floor, each frame
   decoded to RGB and dropped at once (`VideoReader.decode_each` with a no-op callback), which is what the
   ingest itself does before compressing a frame.
-Each side is timed `--trials` times, alternated, and the best of each is used, so that a noisy
-neighbour on a shared machine hits both.
+Each side is timed `--trials` times, alternated, and the median of each is used, so that a noisy
+neighbour on a shared machine hits both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -53,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
 
     from shardyard.ingest.runner import IngestConfig, run_ingest
@@ -82,12 +83,12 @@ def main() -> None:
             res = run_ingest(source, IngestConfig(out=out, workers=args.workers))
             ingest_s.append(time.perf_counter() - t)
         cams = len([k for k in source.schema().keys() if k.startswith("obs.rgb.")])
-        ingest_fps = res.num_steps * cams / min(ingest_s)
+        ingest_fps = res.num_steps * cams / statistics.median(ingest_s)
     extra = {"workers": args.workers, "frames": frames, "episodes": res.num_keys}
     figure("ingest_yam.frames", ingest_fps, "frames/s", f"pyav_decode_only_{args.workers}proc",
-           frames / min(read_s), **extra)
+           frames / statistics.median(read_s), **extra)
     figure("ingest_yam.frames_vs_decode_loop", ingest_fps, "frames/s", f"pyav_decode_loop_{args.workers}proc",
-           frames / min(loop_s), **extra)
+           frames / statistics.median(loop_s), **extra)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,10 @@ _WORKER_SOURCES: dict[str, Source] = {}
 
 def _register(token: str, source: Source) -> None:
     """Keep the run's source in this process and warm it (`source.warm()`: imports, robot model)."""
+    from numcodecs import blosc
+
+    # One reader process per core already: blosc's own threads only add ~10 % CPU per frame here.
+    blosc.set_nthreads(1)
     _WORKER_SOURCES.clear()
     _WORKER_SOURCES[token] = source
     warm = getattr(source, "warm", None)
@@ -163,9 +167,20 @@ def _register(token: str, source: Source) -> None:
 
 
 def _init_worker(token: str, pickled_source: bytes) -> None:
-    """Pool initializer. The source comes pickled even into a forked worker, so that its `__getstate__`
-    decides what crosses the process boundary (open HDF5 files and MuJoCo objects do not)."""
+    """Initializer of a spawned pool: the source arrives pickled."""
     _register(token, pickle.loads(pickled_source))
+
+
+def _init_forked(token: str) -> None:
+    """Initializer of a forked pool: the source is the writer's own object, inherited with its warm state
+    (imports, a compiled robot model), less what its `__getstate__` says must not cross a process (open
+    HDF5 files): exactly what unpickling it would give, without the copy."""
+    source = _WORKER_SOURCES[token]
+    getstate = getattr(source, "__getstate__", None)
+    state = getstate() if getstate is not None else None
+    if isinstance(state, dict):
+        source.__dict__.update(state)
+    _register(token, source)
 
 
 def _read_in_worker(token: str, key: str, plan: _ReadPlan) -> Episode | dict[str, Any]:
@@ -237,11 +252,16 @@ def _start_pool(source: Source, cfg: IngestConfig,
     if fork:
         source.schema()
         source.keys()
-    executor = stack.enter_context(ProcessPoolExecutor(
-        cfg.workers, mp_context=mp.get_context("fork" if fork else "spawn"), initializer=_init_worker,
-        initargs=(token, pickle.dumps(source))))
+        _WORKER_SOURCES[token] = source  # handed down by the fork itself (see _init_forked)
+        executor = ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("fork"), initializer=_init_forked,
+                                       initargs=(token,))
+    else:
+        executor = ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                       initargs=(token, pickle.dumps(source)))
+    stack.enter_context(executor)
     for _ in range(cfg.workers):  # start every worker now (a spawn pool starts them on demand)
         executor.submit(int)
+    _WORKER_SOURCES.pop(token, None)  # a fork pool has forked all its workers at the first submit
     return token, executor
 
 

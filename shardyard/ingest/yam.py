@@ -119,10 +119,6 @@ class YamSource:
         if config.calibration is not None:
             self._calibration = _read_json(Path(config.calibration), key="*")
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_kin"] = {}  # MuJoCo objects are rebuilt in each worker process
-        return state
 
     # -- discovery ---------------------------------------------------------------------------------------
     def keys(self) -> list[str]:

@@ -10,14 +10,15 @@ Layout of a store directory:
     stats.json, report.json
     manifest.json             written last: no manifest, no store
 
-Commit protocol (why resume after SIGKILL is exact): validated episodes are buffered and written as a group
-(`commit_every` episodes or `commit_bytes`, whichever comes first): the arrays are grown and written first
-(every chunk or shard file by temp + rename), then `progress.json` is replaced atomically to list the group.
-A rerun truncates every array back to the committed step count (and deletes shard files past it) and goes
-on from there, so a half-written group is overwritten, never kept; a kill loses at most the group in
-flight. Grouping is what makes small episodes cheap: one zarr call per field and one rewrite of the last
-shard per group, not per episode. The zarr.json shape of a sharded frame field is set once, at the end
-(no reader opens a store before its manifest exists).
+Commit protocol (why resume after SIGKILL is exact): validated episodes are committed in groups
+(`commit_every` episodes or `commit_bytes` held in memory, whichever comes first). A frame field's rows go to
+its shard files as each episode arrives (every shard file by temp + rename); the group's low-dim fields are
+written at its commit, and then `progress.json` is replaced atomically to list the group. A rerun truncates
+every array back to the committed step count (and deletes shard files past it) and goes on from there, so
+a half-written group is overwritten, never kept; a kill loses at most the group in flight. Grouping is
+what makes small episodes cheap: one zarr call per low-dim field per group, not per episode. The zarr.json
+shape of a sharded frame field is set once, at the end (no reader opens a store before its manifest
+exists).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 FORMAT = "episodic-zarr3"
 FORMAT_VERSION = 1
 PROGRESS = "progress.json"
-SPILL = ".spill"  # reader workers' encoded frames, until their group is committed
+SPILL = ".spill"  # reader workers' encoded frames, until the writer has copied them into shard files
 STATS_PARTS = "meta/stats_parts"  # per commit group: {"episodes": {key: {field: stats part}}} (see commit)
 _SHARD_TARGET_BYTES = 32 << 20   # ~32 MiB shards: few files, and a partial-shard rewrite stays cheap
 _VECTOR_CHUNK_ROWS = 16384
@@ -85,11 +86,35 @@ class EpisodicWriterConfig:
     overwrite: bool = False
     image_codec: str = "lz4"
     commit_every: int = 32          # episodes per commit group
-    commit_bytes: int = 256 << 20   # or this many buffered bytes (encoded frames count compressed)
+    commit_bytes: int = 256 << 20   # or this many low-dim bytes buffered (frames go to shard files at once)
     val_fraction: float = 0.1
     split_seed: int = 0
     source: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+
+
+def _append_rows(app: ShardAppender, rows: EncodedRows) -> None:
+    """Append encoded rows; a reader's spill file is copied in the kernel, then deleted."""
+    if rows.spill is None:
+        app.append(rows.pieces(None))
+        return
+    fd = os.open(rows.spill, os.O_RDONLY)
+    try:
+        app.append(rows.pieces(fd))
+    finally:
+        os.close(fd)
+    os.unlink(rows.spill)
+
+
+@dataclass
+class _Pending:
+    """An episode of the group being written: its frame fields are in the shard files already."""
+
+    key: str
+    num_steps: int
+    meta: dict[str, Any]
+    lowdim: dict[str, np.ndarray]
+    parts: dict[str, dict[str, Any]]
 
 
 class EpisodicWriter:
@@ -110,7 +135,7 @@ class EpisodicWriter:
         self._episodes: list[dict[str, Any]] = []
         self._root: zarr.Group | None = None
         self._appenders: dict[str, ShardAppender] = {}
-        self._pending: list[Episode] = []
+        self._pending: list[_Pending] = []
         self._pending_bytes = 0
         self.codecs: dict[str, ChunkCodec] = {}
         self._stats_parts: dict[str, dict[str, dict[str, Any]]] = {}
@@ -227,34 +252,40 @@ class EpisodicWriter:
 
     def write(self, episode: Episode) -> None:
         """Validate `episode` against the schema (every mismatch reported at once, as `SchemaError`) and
-        buffer it; it is committed with its group (see the module docstring), at the latest on exit."""
+        add it to the current group, which is committed when full (see the module docstring), at the
+        latest on exit. Its frame fields go to their shard files at once, so that the copy overlaps the
+        readers' work; they count as stored only once the group's commit lists the episode."""
         self.schema.validate(episode, path=str(episode.meta.get("source_path", "")) or None)
         if episode.key in self.committed_keys or any(p.key == episode.key for p in self._pending):
             raise SchemaError("episode key already in store", key=episode.key, path=str(self.path))
         if episode.num_steps == 0:
             raise SchemaError("episode has no steps", key=episode.key)
-        self._pending.append(episode)
-        self._pending_bytes += sum(v.nbytes for v in episode.steps.values())
+        parts = {}
+        for key, app in self._appenders.items():
+            value = episode.steps[key]
+            rows = value if isinstance(value, EncodedRows) else self.codecs[key].encode_rows(value)
+            _append_rows(app, rows)
+            if rows.stats_part is not None:
+                parts[key] = rows.stats_part
+        lowdim = {k: v for k, v in episode.steps.items() if k not in self._appenders}
+        self._pending.append(_Pending(episode.key, episode.num_steps, episode.meta, lowdim, parts))
+        self._pending_bytes += sum(v.nbytes for v in lowdim.values())
         if len(self._pending) >= self.cfg.commit_every or self._pending_bytes >= self.cfg.commit_bytes:
             self.commit()
 
     def commit(self) -> None:
-        """Write the buffered episodes and record them in `progress.json` (the commit point)."""
+        """Write the group's low-dim fields and record its episodes in `progress.json` (the commit point)."""
         if not self._pending:
             return
         assert self._root is not None
         n0 = self.num_steps
         t = sum(ep.num_steps for ep in self._pending)
-        spills = {v.spill: os.open(v.spill, os.O_RDONLY) for ep in self._pending for v in ep.steps.values()
-                  if isinstance(v, EncodedRows) and v.spill is not None}
-        try:
-            self._write_group(n0, t, spills)
-        finally:
-            for fd in spills.values():
-                os.close(fd)
-        parts = {ep.key: {k: v.stats_part for k, v in ep.steps.items()
-                          if isinstance(v, EncodedRows) and v.stats_part is not None} for ep in self._pending}
-        parts = {k: v for k, v in parts.items() if v}
+        for key in self.schema:
+            if key not in self._appenders:
+                arr = self._root[f"data/{key}"]
+                arr.resize((n0 + t,) + arr.shape[1:])
+                arr[n0:n0 + t] = np.concatenate([ep.lowdim[key] for ep in self._pending])
+        parts = {ep.key: ep.parts for ep in self._pending if ep.parts}
         if parts:  # before the commit point, so that a committed episode always has its parts on disk
             (self.path / STATS_PARTS).mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.path / STATS_PARTS / f"{len(self._episodes):08d}.json", {"episodes": parts},
@@ -263,25 +294,7 @@ class EpisodicWriter:
                            for ep in self._pending]
         self._write_progress()
         self._stats_parts.update(parts)
-        for path in spills:  # committed: the spilled bytes now live in the shard files
-            os.unlink(path)
         self._pending, self._pending_bytes = [], 0
-
-    def _write_group(self, n0: int, t: int, spills: dict[str, int]) -> None:
-        """Write the `t` buffered steps at rows `[n0, n0 + t)` of every field (not yet committed)."""
-        assert self._root is not None
-        for key in self.schema:
-            if key in self._appenders:
-                pieces: list = []
-                for ep in self._pending:
-                    value = ep.steps[key]
-                    rows = value if isinstance(value, EncodedRows) else self.codecs[key].encode_rows(value)
-                    pieces += rows.pieces(spills.get(rows.spill) if rows.spill else None)
-                self._appenders[key].append(pieces)  # its zarr.json shape is set once, in _finalize
-            else:
-                arr = self._root[f"data/{key}"]
-                arr.resize((n0 + t,) + arr.shape[1:])
-                arr[n0:n0 + t] = np.concatenate([ep.steps[key] for ep in self._pending])
 
     @property
     def spill_dir(self) -> Path:
