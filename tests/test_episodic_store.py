@@ -253,7 +253,6 @@ def test_shard_appender_mixed_pieces_read_back_by_zarr(tmp_path, compressor, sha
             _append_all(folder, encode, rows[done:done + b], [b], shard_rows, spills, seed=i, app=app)
             done += b
             np.testing.assert_array_equal(_read_back(folder, done), rows[:done], err_msg=f"after append {i}")
-        app.close()
     finally:
         spills.close()
     n = sum(batches)
@@ -271,12 +270,12 @@ def test_shard_appender_resumes_mid_shard(tmp_path, n):
     old, new = _rows(23, seed=1), _rows(14, seed=2)
     spills = _Spills(tmp_path)
     try:
-        _append_all(folder, encode, old, [10, 13], shard_rows, spills).close()
+        _append_all(folder, encode, old, [10, 13], shard_rows, spills)
         app = ShardAppender(folder, shard_rows=shard_rows, ndim=1 + len(ROW))
         app.drop_shards_after(n)
         app.load(n)
         assert app.n_rows == n
-        _append_all(folder, encode, new, [3, 11], shard_rows, spills, seed=5, app=app).close()
+        _append_all(folder, encode, new, [3, 11], shard_rows, spills, seed=5, app=app)
     finally:
         spills.close()
     total = n + len(new)
@@ -291,7 +290,7 @@ def test_drop_shards_after_keeps_the_shard_of_row_n_minus_1(tmp_path, n):
     rows = _rows(23, seed=3)  # shards 0..5, the last one partial
     spills = _Spills(tmp_path)
     try:
-        _append_all(folder, encode, rows, [23], shard_rows, spills).close()
+        _append_all(folder, encode, rows, [23], shard_rows, spills)
     finally:
         spills.close()
     ShardAppender(folder, shard_rows=shard_rows, ndim=1 + len(ROW)).drop_shards_after(n)
@@ -307,6 +306,32 @@ def test_drop_shards_after_on_a_one_dimensional_array(tmp_path):
     encode = ChunkCodec.for_array(load_array_meta(str(tmp_path / "z" / "v"))).encoder()
     app = ShardAppender(tmp_path / "z" / "v", shard_rows=4, ndim=1)
     app.append([encode(np.array(i, np.int32)) for i in range(10)])
-    app.close()
     ShardAppender(tmp_path / "z" / "v", shard_rows=4, ndim=1).drop_shards_after(5)
     assert sorted(p.name for p in (tmp_path / "z" / "v" / "c").iterdir()) == ["0", "1"]
+
+
+@pytest.mark.parametrize("torn", ["rows_and_index", "half_written"])
+def test_shard_appender_cuts_a_shard_grown_after_its_commit(tmp_path, torn):
+    """Rows appended after the commit point (a killed group) grew the partial shard in place; `load` with
+    the committed `shard_bytes` cuts them off, even when the kill tore the file mid-write (no valid index at
+    its end), and appends then continue from the committed row."""
+    shard_rows = 8
+    folder, encode = _sharded(tmp_path / "z", shard_rows)
+    committed, lost, new = _rows(5, seed=1), _rows(2, seed=2), _rows(6, seed=3)
+    app = ShardAppender(folder, shard_rows=shard_rows, ndim=1 + len(ROW))
+    app.append([encode(np.ascontiguousarray(r)) for r in committed])
+    shard_bytes = app.shard_bytes  # what the commit log records
+    app.append([encode(np.ascontiguousarray(r)) for r in lost])
+    shard = folder / "c" / "0" / "0" / "0" / "0"
+    if torn == "half_written":
+        with open(shard, "ab") as f:
+            f.write(os.urandom(1000))  # chunk bytes written, index not yet
+    assert shard.stat().st_size > shard_bytes
+    if torn == "half_written":  # without the commit log's size, a torn shard cannot be read
+        with pytest.raises(ValueError, match="committed chunk"):
+            ShardAppender(folder, shard_rows=shard_rows, ndim=1 + len(ROW)).load(len(committed))
+    app = ShardAppender(folder, shard_rows=shard_rows, ndim=1 + len(ROW))
+    app.load(len(committed), shard_bytes)
+    assert shard.stat().st_size == shard_bytes
+    app.append([encode(np.ascontiguousarray(r)) for r in new])
+    np.testing.assert_array_equal(_read_back(folder, len(committed) + len(new)), np.concatenate([committed, new]))

@@ -1,8 +1,9 @@
 """`run_ingest`: read episodes in parallel, write them in key order, record skips, finish the store.
 
-Ordering is what makes the output independent of the worker count: workers only read (decode, FK), the
-single writer appends episodes in `source.keys()` order, and an episode that fails is skipped at its place
-in that order. Episodes already committed (a rerun after a kill) are not read again.
+Ordering is what makes the output independent of the worker count: workers only read and encode (decode,
+FK, compress frames into spill files, sample the image stats), the single writer appends episodes in
+`source.keys()` order, and an episode that fails is skipped at its place in that order. Episodes already
+committed (a rerun after a kill) are not read again.
 """
 
 from __future__ import annotations
@@ -243,9 +244,9 @@ def _start_pool(source: Source, cfg: IngestConfig,
     """The reader processes and this run's token for them.
 
     Forked (Linux) after the schema probe when this process runs no other thread, so the workers inherit
-    its imports instead of repeating them (about a second of CPU each); a thread must not be forked, and
-    zarr's event loop or a progress bar's refresh thread would be one. Otherwise spawned, before the probe,
-    so that worker start-up overlaps it.
+    its imports and the source's warm state (a compiled robot model) instead of repeating them (about a
+    second of CPU each); a thread must not be forked, and zarr's event loop or a progress bar's refresh
+    thread would be one. Otherwise spawned, before the probe, so that worker start-up overlaps it.
     """
     token = uuid.uuid4().hex
     fork = sys.platform.startswith("linux") and threading.active_count() == 1

@@ -11,14 +11,15 @@ Layout of a store directory:
     manifest.json             written last: no manifest, no store
 
 Commit protocol (why resume after SIGKILL is exact): validated episodes are committed in groups
-(`commit_every` episodes or `commit_bytes` held in memory, whichever comes first). A frame field's rows go to
-its shard files as each episode arrives (every shard file by temp + rename); the group's low-dim fields are
-written at its commit, and then `progress.json` is replaced atomically to list the group. A rerun truncates
-every array back to the committed step count (and deletes shard files past it) and goes on from there, so
-a half-written group is overwritten, never kept; a kill loses at most the group in flight. Grouping is
-what makes small episodes cheap: one zarr call per low-dim field per group, not per episode. The zarr.json
-shape of a sharded frame field is set once, at the end (no reader opens a store before its manifest
-exists).
+(`commit_every` episodes or `commit_bytes` held in memory, whichever comes first). A frame field's rows are
+appended to its shard files as each episode arrives (`ShardAppender`: bytes once written are never
+rewritten); the group's low-dim fields are written through zarr at its commit; then
+`progress.json`, which also records the size of each field's partial last shard, is replaced atomically to
+list the group. A rerun truncates every array back to the committed step count (cutting the partial shard
+to its recorded size, deleting shard files past it) and goes on from there, so a half-written group is
+overwritten, never kept; a kill loses at most the group in flight. Grouping is what makes small episodes
+cheap: one zarr call per low-dim field per group, not per episode. The zarr.json shape of a sharded frame
+field is set once, at the end (no reader opens a store before its manifest exists).
 """
 
 from __future__ import annotations
@@ -93,19 +94,6 @@ class EpisodicWriterConfig:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def _append_rows(app: ShardAppender, rows: EncodedRows) -> None:
-    """Append encoded rows; a reader's spill file is copied in the kernel, then deleted."""
-    if rows.spill is None:
-        app.append(rows.pieces(None))
-        return
-    fd = os.open(rows.spill, os.O_RDONLY)
-    try:
-        app.append(rows.pieces(fd))
-    finally:
-        os.close(fd)
-    os.unlink(rows.spill)
-
-
 @dataclass
 class _Pending:
     """An episode of the group being written: its frame fields are in the shard files already."""
@@ -139,6 +127,7 @@ class EpisodicWriter:
         self._pending_bytes = 0
         self.codecs: dict[str, ChunkCodec] = {}
         self._stats_parts: dict[str, dict[str, dict[str, Any]]] = {}
+        self._shard_bytes: dict[str, int] = {}  # committed size of each frame field's partial last shard
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def __enter__(self) -> "EpisodicWriter":
@@ -157,6 +146,7 @@ class EpisodicWriter:
                 raise StoreError("existing store was written with a different schema; use --overwrite",
                                  path=str(self.path))
             self._episodes = progress["episodes"]
+            self._shard_bytes = progress.get("shard_bytes", {})
             self._load_stats_parts()
             remove_stale_temps(self.path)
             (self.path / MANIFEST).unlink(missing_ok=True)  # appending makes the store incomplete again
@@ -190,7 +180,7 @@ class EpisodicWriter:
             app = ShardAppender(path, shard_rows=meta["chunk_grid"]["configuration"]["chunk_shape"][0],
                                 ndim=len(meta["shape"]))
             app.drop_shards_after(self.num_steps)
-            app.load(self.num_steps)
+            app.load(self.num_steps, self._shard_bytes.get(key))
             self._appenders[key] = app
             self.codecs[key] = codec
 
@@ -205,8 +195,6 @@ class EpisodicWriter:
             except Exception:  # noqa: BLE001 - the original exception is the one to report
                 log.exception("could not commit buffered episodes while handling %s", exc_type.__name__)
         finally:
-            for app in self._appenders.values():
-                app.close()
             shutil.rmtree(self.spill_dir, ignore_errors=True)
 
     # -- writing -----------------------------------------------------------------------------------------
@@ -250,21 +238,34 @@ class EpisodicWriter:
             group.create_array(key, shape=shape, dtype=spec.dtype, chunks=(rows,) + spec.shape,
                                compressors=ZstdCodec(level=3), attributes={"spec": spec.to_dict()})
 
+    def _append_frames(self, key: str, rows: EncodedRows) -> None:
+        """Append one episode's encoded rows of frame field `key` to its shard files (a reader's spill file
+        is copied in the kernel, then deleted)."""
+        if rows.spill is None:
+            self._appenders[key].append(rows.pieces(None))
+            return
+        fd = os.open(rows.spill, os.O_RDONLY)
+        try:
+            self._appenders[key].append(rows.pieces(fd))
+        finally:
+            os.close(fd)
+        os.unlink(rows.spill)
+
     def write(self, episode: Episode) -> None:
         """Validate `episode` against the schema (every mismatch reported at once, as `SchemaError`) and
         add it to the current group, which is committed when full (see the module docstring), at the
-        latest on exit. Its frame fields go to their shard files at once, so that the copy overlaps the
-        readers' work; they count as stored only once the group's commit lists the episode."""
+        latest on exit. Its frame fields are appended to their shard files at once, so that the copy
+        overlaps the readers' work; they count as stored only once the group's commit lists the episode."""
         self.schema.validate(episode, path=str(episode.meta.get("source_path", "")) or None)
         if episode.key in self.committed_keys or any(p.key == episode.key for p in self._pending):
             raise SchemaError("episode key already in store", key=episode.key, path=str(self.path))
         if episode.num_steps == 0:
             raise SchemaError("episode has no steps", key=episode.key)
         parts = {}
-        for key, app in self._appenders.items():
+        for key in self._appenders:
             value = episode.steps[key]
             rows = value if isinstance(value, EncodedRows) else self.codecs[key].encode_rows(value)
-            _append_rows(app, rows)
+            self._append_frames(key, rows)
             if rows.stats_part is not None:
                 parts[key] = rows.stats_part
         lowdim = {k: v for k, v in episode.steps.items() if k not in self._appenders}
@@ -304,8 +305,10 @@ class EpisodicWriter:
     def _write_progress(self) -> None:
         # No fsync: the commit protocol is against the process dying (the page cache outlives it, and the
         # chunk files it refers to are not fsynced either); flushing each group cost ~50 ms here.
+        self._shard_bytes = {k: app.shard_bytes for k, app in self._appenders.items()}
         atomic_write_json(self.path / PROGRESS, {"format": FORMAT, "schema": self.schema.to_dict(),
-                                                 "episodes": self._episodes}, fsync=False)
+                                                 "episodes": self._episodes, "shard_bytes": self._shard_bytes},
+                          fsync=False)
 
     def _finalize(self) -> None:
         assert self._root is not None

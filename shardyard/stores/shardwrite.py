@@ -5,8 +5,8 @@ where it lands, so reader workers can compress frames in parallel, each as soon 
 (`FrameEncoding`, `FrameSink`), and leave the compressed chunks in a spill file; the single writer then only
 copies byte ranges into shard files (`ShardAppender`, `ChunkRef`: `copy_file_range`, in the kernel). That
 keeps ingest near decode speed. The files are the `sharding_indexed` codec's format exactly (chunks, then the
-`(n, 2) uint64` offset/length index and its crc32c, index at the end), so zarr-python reads them, and each
-shard file is replaced whole (temp + rename).
+`(n, 2) uint64` offset/length index and its crc32c, index at the end), so zarr-python reads them; a shard
+file is only appended to (see `ShardAppender`).
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class FrameEncoding:
     spill_dir: str | None = None
 
     def sink(self, num_rows: int) -> "FrameSink":
+        """A `decode_each` callback for an episode of `num_rows` steps."""
         return FrameSink(self, num_rows)
 
     def encode_array(self, arr: np.ndarray) -> "EncodedRows":
@@ -224,10 +225,10 @@ def _copy_range(src: int, dst: int, offset: int, length: int, dst_offset: int) -
         done += len(buf)
 
 
-def _write_pieces(fd: int, pieces: Sequence[Piece]) -> int:
-    """Write `pieces` back to back from offset 0 of `fd`; runs of adjacent refs into one file become one
-    copy, runs of bytes one `pwritev`. Returns the bytes written."""
-    out = 0
+def _write_pieces(fd: int, pieces: Sequence[Piece], start: int = 0) -> int:
+    """Write `pieces` back to back from offset `start` of `fd`; runs of adjacent refs into one file become
+    one copy, runs of bytes one `pwritev`. Returns the bytes written."""
+    out = start
     i = 0
     while i < len(pieces):
         p = pieces[i]
@@ -250,55 +251,72 @@ def _write_pieces(fd: int, pieces: Sequence[Piece]) -> int:
                 os.pwrite(fd, b"".join(bufs)[n:], out + n)
             out += want
         i = j
-    return out
+    return out - start
 
 
 @dataclass
 class ShardAppender:
-    """Appends encoded one-row chunks to a sharded array directory, rewriting only the shard files touched.
+    """Appends encoded one-row chunks to a sharded array directory.
 
-    Each touched shard file is written whole to a temp file and renamed over the old one; the partial last
-    shard's committed chunks are carried over by an in-kernel copy from the previous file (held open), so
-    appending costs one copy of the new bytes. `load(n_rows)` (on open or resume) indexes the committed rows
-    of the partial last shard; rows past `n_rows` in it (a killed episode) are dropped. The array's
-    `zarr.json` shape is the caller's business. `close()` releases the open shard file.
+    A shard file is only ever appended to: new chunks go after its current end, then a new index (with its
+    crc32c) covering every chunk so far, so the file always ends with a valid index for zarr, and bytes
+    already written are never rewritten (the old index stays behind as a few KiB of dead space). No temp
+    file and rename: replacing a file on ext4 flushes it to disk (auto_da_alloc), which cost more than the
+    ingest's own work. A kill mid-append leaves rows past the committed ones; `load(n_rows, shard_bytes)`
+    cuts the partial last shard back to its committed size (which the writer's commit log records,
+    `shard_bytes`), and the writer deletes shard files past it (`drop_shards_after`). The array's
+    `zarr.json` shape is the caller's business.
     """
 
     array_dir: Path
     shard_rows: int
     ndim: int
     n_rows: int = 0
-    _tail: list[Piece] = field(default_factory=list)
-    _tail_fd: int | None = None
+    _index: list[tuple[int, int]] = field(default_factory=list)  # (offset, nbytes) in the partial last shard
+    _size: int = 0  # bytes in the partial last shard's file, its index included (0: no partial shard)
     _made_dirs: set[Path] = field(default_factory=set)
 
     def _shard_path(self, s: int) -> Path:
         return self.array_dir.joinpath("c", str(s), *["0"] * (self.ndim - 1))
 
-    def _set_tail(self, fd: int | None, tail: list[Piece]) -> None:
-        if self._tail_fd is not None and self._tail_fd != fd:
-            os.close(self._tail_fd)
-        self._tail_fd, self._tail = fd, tail
+    @property
+    def _index_nbytes(self) -> int:
+        return 16 * self.shard_rows + 4
 
-    def close(self) -> None:
-        self._set_tail(None, [])
+    @property
+    def shard_bytes(self) -> int:
+        """Size of the partial last shard's file (0 when every shard is full): for the commit log."""
+        return self._size
 
-    def load(self, n_rows: int) -> None:
-        """Position at `n_rows` committed rows, indexing the partial last shard's chunks (its file stays open
-        until the next append replaces it). Raises ValueError if a committed chunk is missing."""
+    def load(self, n_rows: int, shard_bytes: int | None = None) -> None:
+        """Position at `n_rows` committed rows and index the partial last shard's chunks. Its file is cut to
+        `shard_bytes` (its size at the commit) when a valid index (crc32c) ends there; otherwise the index at
+        the file's end is used (a file some other writer replaced whole). Raises ValueError if no valid index
+        holds the committed chunks, OSError if the file is missing."""
+        import google_crc32c
+
         self.n_rows = n_rows
         s, k = divmod(n_rows, self.shard_rows)
-        self._set_tail(None, [])
+        self._index, self._size = [], 0
         if k == 0:
             return
-        fd = os.open(self._shard_path(s), os.O_RDONLY)
-        nbytes = 16 * self.shard_rows + 4
-        raw = os.pread(fd, nbytes, os.fstat(fd).st_size - nbytes)
-        idx = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.shard_rows, 2)
-        if np.any(idx[:k, 0] == _EMPTY):
-            os.close(fd)
-            raise ValueError(f"shard {self._shard_path(s)} lacks a committed chunk")
-        self._set_tail(fd, [ChunkRef(fd, int(o), int(n)) for o, n in idx[:k]])
+        nbytes = self._index_nbytes
+        with open(self._shard_path(s), "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            ends = ([shard_bytes] if shard_bytes is not None and nbytes <= shard_bytes < size else []) + [size]
+            for end in ends:
+                f.seek(end - nbytes)
+                raw = f.read(nbytes)
+                if len(raw) < nbytes or np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
+                    continue
+                idx = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.shard_rows, 2)
+                if np.any(idx[:k, 0] == _EMPTY) or np.any(idx[:k, 0] + idx[:k, 1] > end):
+                    continue
+                if end < size:
+                    f.truncate(end)
+                self._index, self._size = [(int(o), int(n)) for o, n in idx[:k]], end
+                return
+        raise ValueError(f"shard {self._shard_path(s)} lacks a committed chunk")
 
     def drop_shards_after(self, n_rows: int) -> None:
         """Delete shard files that lie wholly past row `n_rows` (left by a group killed before its commit,
@@ -315,38 +333,34 @@ class ShardAppender:
         self._made_dirs.clear()
 
     def append(self, chunks: Sequence[Piece]) -> None:
-        """Append rows (chunk bytes, or `ChunkRef`s to them); each shard file they touch is written whole,
-        by temp file and rename."""
+        """Append rows (chunk bytes, or `ChunkRef`s to them) to the shard files they fall in."""
         import google_crc32c
 
         pos = 0
         while pos < len(chunks):
             s = self.n_rows // self.shard_rows
-            take = list(chunks[pos:pos + self.shard_rows - len(self._tail)])
-            rows = self._tail + take
-            lengths = np.array([_piece_len(c) for c in rows], dtype=np.uint64)
-            idx = np.full((self.shard_rows, 2), _EMPTY, dtype="<u8")
-            idx[:len(rows), 1] = lengths
-            idx[:len(rows), 0] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.uint64)
-            index = idx.tobytes()
-            crc = np.uint32(google_crc32c.value(index)).tobytes()
+            take = list(chunks[pos:pos + self.shard_rows - len(self._index)])
             path = self._shard_path(s)
             if path.parent not in self._made_dirs:  # a mkdir costs ~0.7 ms here, even of an existing folder
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._made_dirs.add(path.parent)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                end = _write_pieces(fd, rows)
-                os.pwrite(fd, index + crc, end)
-                os.replace(tmp, path)
-            except BaseException:
+                start = self._size  # a new shard starts at 0 (over any stale file of a killed run)
+                end = start + _write_pieces(fd, take, start)
+                lengths = np.array([_piece_len(c) for c in take], dtype=np.int64)
+                offsets = start + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+                self._index += [(int(o), int(n)) for o, n in zip(offsets, lengths)]
+                idx = np.full((self.shard_rows, 2), _EMPTY, dtype="<u8")
+                idx[:len(self._index)] = np.asarray(self._index, dtype=np.uint64)
+                index = idx.tobytes()
+                os.pwrite(fd, index + np.uint32(google_crc32c.value(index)).tobytes(), end)
+                os.ftruncate(fd, end + self._index_nbytes)
+            finally:
                 os.close(fd)
-                Path(tmp).unlink(missing_ok=True)
-                raise
             pos += len(take)
             self.n_rows += len(take)
-            if len(rows) == self.shard_rows:
-                os.close(fd)
-                self._set_tail(None, [])
-            else:  # the new file (now at `path`) holds the tail
-                self._set_tail(fd, [ChunkRef(fd, int(o), int(n)) for o, n in idx[:len(rows)]])
+            if len(self._index) == self.shard_rows:
+                self._index, self._size = [], 0
+            else:
+                self._size = end + self._index_nbytes
