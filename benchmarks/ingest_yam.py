@@ -1,7 +1,9 @@
 """Ingest speed of `ingest yam` against decoding the same videos alone, in the same run.
 
 Input: the shared YAM episodes (i2rt recorder layout, two 640x480 H.264 cameras, FK through MuJoCo), copied
-`--repeat` times under new keys so the run is long enough to time. Figures (frames = steps x cameras):
+`--repeat` times under new keys (default 8: 48 episodes, 15,232 frames) so the run is long enough to time;
+an ingest's fixed costs (schema probe, MuJoCo model compile, the scikit-learn import for the rotation
+k-means, stats and manifest: about 3 s here) weigh ~25 % on 18 episodes (`--repeat 3`). Figures (frames = steps x cameras):
 - `ingest_yam.frames` against `pyav_decode_only_<n>proc`: every video decoded to a `(T, H, W, 3)` frame
   array with the project's PyAV reader (`VideoReader.read`) by the same number of processes, and nothing
   else (no FK, no alignment, no compression, no writing). Goal ratio >= 0.7 with 2 workers.
@@ -53,7 +55,7 @@ def _timed_decode(pool: ProcessPoolExecutor, fn, videos: list[str]) -> tuple[int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=8)
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
 
