@@ -104,8 +104,8 @@ class IngestResult:
 @dataclass(frozen=True)
 class _ReadPlan:
     """What each reader worker does to an episode besides `source.read`: frame fields it encodes into store
-    chunks (so compression runs in parallel and only compressed bytes cross to the writer), the schema
-    and the stats options for the stats part it samples on the way."""
+    chunks (so compression runs in parallel, and the chunks, or only their offsets in a spill file, cross
+    to the writer), the schema and the stats options for the stats part it samples on the way."""
 
     encodings: dict[str, FrameEncoding]
     schema: Schema

@@ -191,7 +191,7 @@ class EncodedRows:
 @dataclass(frozen=True)
 class ChunkRef:
     """The bytes of one encoded chunk, `length` at `offset` of an open file descriptor `fd` (a reader
-    worker's spill file, or a shard file): appended by an in-kernel copy, never through Python memory."""
+    worker's spill file): appended by an in-kernel copy, never through Python memory."""
 
     fd: int
     offset: int

@@ -43,7 +43,8 @@ _BLOCK_ROWS = 64  # frames per read when walking an episode's frame field
 _VECTOR_BLOCK_ROWS = 8192  # steps per read of a low-dim field (per-block overhead dominated at 64)
 
 __all__ = ["StatsConfig", "compute_stats", "stats_episodes", "stats_fields", "field_rows", "field_edges",
-           "field_parts", "frame_sampling", "sampled_frames_part", "merge_stats_parts", "finalize_stats_parts", "robot_fields", "robot_stats"]
+           "field_parts", "frame_sampling", "sampled_frames_part", "merge_stats_parts", "finalize_stats_parts",
+           "robot_fields", "robot_stats"]
 
 
 @dataclass
@@ -138,8 +139,9 @@ def _blocks_part(blocks: Iterator[np.ndarray], num_features: int, edges: np.ndar
 
 
 def _episode_part(store, episode: int, field: str, edges: np.ndarray | None, cfg: StatsConfig,
-                  frame_parts: dict[str, dict[str, dict[str, Any]]] | None = None) -> FieldStatsPart:
-    pre = (frame_parts or {}).get(store.episode_keys[episode], {}).get(field)
+                  pre: dict[str, Any] | None = None) -> FieldStatsPart:
+    """The part of `field` in `episode`: `pre` (a worker's `sampled_frames_part`) when its sampling and
+    edges match, else read from the store."""
     if pre is not None and pre.get("frame_stride") == cfg.image_frame_stride \
             and pre.get("pixel_stride") == cfg.image_pixel_stride:
         part = FieldStatsPart.from_dict(pre["part"])
@@ -199,11 +201,14 @@ def field_parts(store, episodes: Sequence[int], edges: dict[str, np.ndarray],
     `frame_parts` (episode key -> field -> `sampled_frames_part`) are used where their sampling matches
     `config`, instead of reading those frames back."""
     cfg = config or StatsConfig()
+    keys = store.episode_keys
+    frame_parts = frame_parts or {}
     out = {}
     for field, e in edges.items():
         part = empty_part(_num_features(store.schema[field]), e)
         for ep in episodes:
-            part = merge_parts(part, _episode_part(store, ep, field, e, cfg, frame_parts))
+            pre = frame_parts.get(keys[ep], {}).get(field)
+            part = merge_parts(part, _episode_part(store, ep, field, e, cfg, pre))
         out[field] = part
     return out
 
