@@ -23,7 +23,7 @@ import torch
 from shardyard.ingest.dino import DinoConfig, FrameReader, ingest_dino
 from shardyard.models.backbones import BackboneConfig, load_backbone
 from shardyard.schema import Episode, FieldSpec, Schema
-from shardyard.stores.episodic import EpisodicWriter
+from shardyard.stores.episodic_writer import EpisodicWriter
 
 
 def make_store(path: Path, frames: int, w: int, h: int) -> None:

@@ -27,7 +27,7 @@ import h5py
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _common import figure  # noqa: E402
+from harness import figure  # noqa: E402
 from libero_fixtures import write_libero_file  # noqa: E402
 
 from shardyard.ingest.libero import LiberoConfig, LiberoSource  # noqa: E402

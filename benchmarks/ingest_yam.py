@@ -27,7 +27,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import YAM_EPISODES, YAM_MODEL, figure  # noqa: E402
+from harness import YAM_EPISODES, YAM_MODEL, figure  # noqa: E402
 
 
 def _decode_all(path: str) -> int:

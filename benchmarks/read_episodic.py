@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import YAM_EPISODES, YAM_MODEL, figure  # noqa: E402
+from harness import YAM_EPISODES, YAM_MODEL, figure  # noqa: E402
 
 LOWDIM = ["obs.eef_pos", "obs.eef_quat", "obs.gripper", "obs.joint_pos", "action"]
 WINDOW = 16

@@ -24,7 +24,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from shardyard.loaders.streaming import ClipStream, StreamConfig
-from shardyard.stores.shards import Sample, ShardWriter
+from shardyard.stores.wds import Sample, ShardWriter
 from shardyard.video import open_video
 
 CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "webvid" / "clips"

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import figure  # noqa: E402
+from harness import figure  # noqa: E402
 
 CONFIGS = {
     "tiny": dict(model="tiny-random-dinov2", layers=(0, 1), hw=(120, 160), image_size=(224, 168), batch=4,

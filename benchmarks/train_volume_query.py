@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import YAM_EPISODES, YAM_MODEL, figure  # noqa: E402
+from harness import YAM_EPISODES, YAM_MODEL, figure  # noqa: E402
 
 
 def build(root: Path) -> tuple[str, str]:

@@ -4,13 +4,11 @@ __version__ = "0.1.0"
 
 
 def open_store(path_or_url: str):
-    """Open a complete store (local path or fsspec URL) for reading; see `shardyard.stores.episodic`.
+    """Open a complete store (local path or fsspec URL) by its manifest's format; see
+    `shardyard.stores.open_store`. Raises `StoreError` when there is no `manifest.json`."""
+    from shardyard.stores import open_store as _open
 
-    Raises `StoreError` when the directory has no `manifest.json` (absent, or a job that never finished).
-    """
-    from shardyard.stores.episodic import EpisodicStore
-
-    return EpisodicStore(path_or_url)
+    return _open(path_or_url)
 
 
 __all__ = ["open_store", "__version__"]

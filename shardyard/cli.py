@@ -15,11 +15,13 @@ from shardyard.commands.common import app, ingest_app
 
 
 def main() -> None:
+    """Entry point of the `shardyard` console script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()
 
 
 def ingest_main() -> None:
+    """Entry point of the `ingest` console script (`ingest yam DIR` == `shardyard ingest yam DIR`)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ingest_app()
 

@@ -24,6 +24,7 @@ def _cli(*args: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the demo end to end (`python -m shardyard.demo --out DIR`); returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
     parser.add_argument("--episodes", type=int, default=12)

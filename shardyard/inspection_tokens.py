@@ -4,25 +4,15 @@ tokens (the classic DINO picture: the first 3 principal components of the tokens
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shardyard.stores.features import FORMAT, FeatureStore, open_features
+from shardyard.stores.features import FeatureStore, open_features
 
 log = logging.getLogger(__name__)
-
-
-def is_feature_store(path: str) -> bool:
-    """True when `path` is a local directory whose manifest.json says `features-zarr3`."""
-    p = Path(path) / "manifest.json"
-    try:
-        return json.loads(p.read_text()).get("format") == FORMAT
-    except (OSError, ValueError):
-        return False
 
 
 def pca_rgb(tokens: np.ndarray, pca: dict[str, Any], grid: tuple[int, int]) -> np.ndarray:

@@ -249,8 +249,9 @@ def open_video_bytes(data: bytes, backend: str = "pyav", suffix: str = ".mp4") -
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 30.0, codec: str = "libx264",
                 crf: int = 18) -> None:
     """Encode `(T, H, W, 3) uint8` RGB frames to an H.264 (yuv420p) mp4, as the YAM recorder does."""
-    import av
     from fractions import Fraction
+
+    import av
 
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))

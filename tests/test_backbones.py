@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from shardyard.errors import ConfigError
-from shardyard.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, TINY_RANDOM, BackboneConfig,
-                                        load_backbone)
+from shardyard.models.backbones import IMAGENET_MEAN, IMAGENET_STD, TINY_RANDOM, BackboneConfig, load_backbone
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,9 @@
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from shardyard import open_store
-
-from conftest import run_cli
 
 
 @pytest.fixture

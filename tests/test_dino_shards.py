@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SHARED, run_cli
+
 from shardyard.errors import ConfigError
 from shardyard.ingest.dino import DinoConfig, ingest_dino
 from shardyard.ingest.dino_frames import ShardFrameReader, ShardFramesConfig, sample_times
 from shardyard.models.backbones import BackboneConfig
 from shardyard.stores.features import open_features
-from shardyard.stores.shards import Sample, ShardWriter, ShardWriterConfig
+from shardyard.stores.wds import Sample, ShardWriter, ShardWriterConfig
 from shardyard.video import open_video
 
 CLIPS = SHARED / "webvid" / "clips"

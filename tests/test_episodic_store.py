@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import serve_directory
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from shardyard import open_store
 from shardyard.errors import SchemaError, StoreError
 from shardyard.schema import Episode, FieldSpec, Schema
-from shardyard.stores.chunks import ShardReader, load_array_meta
-from shardyard.stores.episodic import EpisodicWriter, EpisodicWriterConfig, split_episodes
-from shardyard.stores.shardwrite import ChunkCodec, ChunkRef, ShardAppender
-
-from conftest import serve_directory
+from shardyard.stores.episodic import split_episodes
+from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
+from shardyard.stores.frame_encoding import ChunkCodec
+from shardyard.stores.zarr_shard import ChunkRef, ShardAppender, ShardReader, load_array_meta
 
 SCHEMA = Schema({
     "obs.rgb.top": FieldSpec("uint8", (12, 16, 3), None, "image"),

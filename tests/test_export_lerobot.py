@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from conftest import run_cli
+
 from shardyard import open_store
 from shardyard.video import write_video
 

@@ -10,8 +10,15 @@ import pytest
 import zarr
 
 from shardyard.errors import ConfigError, StoreError
-from shardyard.stores.features import (FeatureLayout, FeatureStore, FeatureWriter, FeatureWriterConfig,
-                                       key_diff, open_features, write_batch)
+from shardyard.stores.features import (
+    FeatureLayout,
+    FeatureStore,
+    FeatureWriter,
+    FeatureWriterConfig,
+    key_diff,
+    open_features,
+    write_batch,
+)
 
 
 @pytest.mark.parametrize("n,batch,shard", [(1, 1, 0), (10, 3, 6), (100, 8, 0), (37, 4, 8), (64, 64, 64)])

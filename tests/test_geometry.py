@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from shardyard.geometry import (canonical_hemisphere, intrinsics_from_fovy, project, scale_intrinsics,
-                                sign_continuous, unproject_at_height)
+from shardyard.geometry import (
+    canonical_hemisphere,
+    intrinsics_from_fovy,
+    project,
+    scale_intrinsics,
+    sign_continuous,
+    unproject_at_height,
+)
 from shardyard.testing import look_at
 
 

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import YAM_EPISODES, YAM_MODEL, run_cli
+
 from shardyard.errors import ConfigError
 from shardyard.ingest.dino import DinoConfig, ingest_dino
 from shardyard.models.backbones import BackboneConfig

@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
-
 from conftest import SHARED, run_cli
+
 from shardyard import open_store
 from shardyard.video import open_video
 

@@ -11,10 +11,10 @@ import sys
 import time
 
 import numpy as np
-from scipy.spatial.transform import Rotation
-
 from conftest import SHARED, run_cli
 from libero_fixtures import MODEL_XML, gl_pixel, mujoco_camera, write_libero_file, write_libero_suite
+from scipy.spatial.transform import Rotation
+
 from shardyard import open_store
 from shardyard.geometry import GL_TO_CV, project
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
 from shardyard import open_store
 from shardyard.errors import ConfigError
 from shardyard.ingest.nyu_depth_v2 import NyuConfig, NyuSource, detect_layout, ingest_nyu

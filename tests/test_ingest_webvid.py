@@ -11,14 +11,21 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import run_cli
 from faultserver import FaultServer
-from shardyard.ingest.fetch import FetchConfig, Fetcher
-from shardyard.ingest.webvid import (TranscodeConfig, WebvidConfig, ingest_webvid, parse_iso_duration, probe_video,
-                                     read_meta, transcode)
+
 from shardyard.errors import SourceError
-from shardyard.stores.shards import ShardStore
+from shardyard.ingest.fetch import FetchConfig, Fetcher
+from shardyard.ingest.webvid import (
+    TranscodeConfig,
+    WebvidConfig,
+    ingest_webvid,
+    parse_iso_duration,
+    probe_video,
+    read_meta,
+    transcode,
+)
+from shardyard.stores.wds import ShardStore
 
 CLIPS = ["mmaction2_rawvideo_part_0.mp4", "mmaction2_demo.mp4", "mmaction2_test_video_structuralize.mp4"]
 CSV_NAME = "webvid_2M_val_style_rows01-13.csv"

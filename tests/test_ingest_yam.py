@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import YAM_EPISODES, YAM_MODEL, run_cli
 
 from shardyard import open_store
 from shardyard.errors import SourceError
 from shardyard.geometry import project
 from shardyard.ingest.runner import IngestConfig, run_ingest
 from shardyard.ingest.yam import YamConfig, YamSource
-
-from conftest import YAM_EPISODES, YAM_MODEL, run_cli
 
 SMALL = ["--image-size", "160x120", "--camera", "top"]
 

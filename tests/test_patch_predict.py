@@ -10,17 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED, run_cli
+from test_dino_shards import write_shard_store
+
 from shardyard.ingest.dino import DinoConfig, ingest_dino
 from shardyard.models.backbones import BackboneConfig
-from shardyard.models.patch_predict import (CopyPredictor, PatchPredictorConfig, build_predictor, improvement,
-                                            patch_cosine, patch_mse)
+from shardyard.models.patch_predict import (
+    CopyPredictor,
+    PatchPredictorConfig,
+    build_predictor,
+    improvement,
+    patch_cosine,
+    patch_mse,
+)
 from shardyard.stores.features import FeatureLayout, FeatureWriter, FeatureWriterConfig, write_batch
-from shardyard.stores.shards import Sample, write_tar
+from shardyard.stores.wds import Sample, write_tar
 from shardyard.train.loop import read_metrics
 from shardyard.train.patch_predict import FeaturePairs, PatchPredictConfig, make_pairs, run
-from test_dino_shards import write_shard_store
 
 CLIPS = SHARED / "webvid" / "clips"
 

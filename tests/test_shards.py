@@ -11,8 +11,15 @@ import pytest
 
 from shardyard.errors import StoreError
 from shardyard.stores.manifest import sha256_file
-from shardyard.stores.shards import (Sample, ShardStore, ShardWriter, ShardWriterConfig, iter_tar_samples,
-                                     list_shards, write_tar)
+from shardyard.stores.wds import (
+    Sample,
+    ShardStore,
+    ShardWriter,
+    ShardWriterConfig,
+    iter_tar_samples,
+    list_shards,
+    write_tar,
+)
 
 
 def _samples(prefix: str, n: int) -> list[Sample]:

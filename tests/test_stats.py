@@ -10,14 +10,36 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from shardyard.schema import Episode, FieldSpec, Schema
-from shardyard.stores.episodic import EpisodicStore, EpisodicWriter, EpisodicWriterConfig
+from shardyard.stores.episodic import EpisodicStore
+from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
 from shardyard.stores.manifest import Manifest
-from shardyard.stores.stats import (StatsConfig, compute_stats, field_edges, field_parts, field_rows,
-                                    finalize_stats_parts, merge_stats_parts, robot_fields)
-from shardyard.stores.stats.moments import (FieldStatsPart, finalize, fixed_edges, make_edges, merge_all,
-                                            merge_parts, part_from_array)
-from shardyard.stores.stats.robot import (bin_index, gripper_bins, height_bins, nearest_prototype,
-                                          rotation_pc1, rotation_stats)
+from shardyard.stores.stats import (
+    StatsConfig,
+    compute_stats,
+    field_edges,
+    field_parts,
+    field_rows,
+    finalize_stats_parts,
+    merge_stats_parts,
+    robot_fields,
+)
+from shardyard.stores.stats.moments import (
+    FieldStatsPart,
+    finalize,
+    fixed_edges,
+    make_edges,
+    merge_all,
+    merge_parts,
+    part_from_array,
+)
+from shardyard.stores.stats.robot import (
+    bin_index,
+    gripper_bins,
+    height_bins,
+    nearest_prototype,
+    rotation_pc1,
+    rotation_stats,
+)
 
 # --------------------------------------------------------------------------------------------------- helpers
 

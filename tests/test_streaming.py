@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from faultserver import FaultServer
 from torch.utils.data import DataLoader
 
-from faultserver import FaultServer
 from shardyard.ingest.webvid import WebvidConfig, ingest_webvid
 from shardyard.loaders.streaming import ClipStream, StreamConfig
-from shardyard.stores.shards import Sample, ShardStore, ShardWriter
+from shardyard.stores.wds import Sample, ShardStore, ShardWriter
 from shardyard.video import open_video, write_video
 
 SIZE = (32, 24)

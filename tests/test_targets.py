@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from vq_fixtures import vq_data  # noqa: F401  (fixture)
 
 from shardyard.geometry import intrinsics_from_fovy, project, scale_intrinsics, unproject_at_height
-from shardyard.loaders.targets import (TargetSpec, compute_targets, decode_positions, grid_intrinsics,
-                                       pixel_targets)
+from shardyard.loaders.targets import TargetSpec, compute_targets, decode_positions, grid_intrinsics, pixel_targets
 from shardyard.loaders.windows import EpisodeWindows, WindowConfig
 from shardyard.testing import look_at
-from vq_fixtures import vq_data  # noqa: F401  (fixture)
 
 K = np.array([[100.0, 0.0, 49.5], [0.0, 100.0, 39.5], [0.0, 0.0, 1.0]])   # a 100 x 80 image
 

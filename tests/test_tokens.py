@@ -9,7 +9,7 @@ import torch
 from shardyard import open_store
 from shardyard.loaders.tokens import TokenDataset, TokenDatasetConfig
 from shardyard.schema import Episode, FieldSpec, Schema
-from shardyard.stores.episodic import EpisodicWriter
+from shardyard.stores.episodic_writer import EpisodicWriter
 from shardyard.stores.features import FeatureLayout, FeatureWriter, FeatureWriterConfig, write_batch
 
 N_EPS, T = 3, 30  # 90 steps

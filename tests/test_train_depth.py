@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
+
 from shardyard.ingest.dino import DinoConfig, ingest_dino
 from shardyard.ingest.nyu_depth_v2 import NyuConfig, NyuSource, ingest_nyu
 from shardyard.ingest.runner import IngestConfig

@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import torch
+from vq_fixtures import TINY_MODEL, vq_data  # noqa: F401  (fixture)
 
 from shardyard.train.loop import read_metrics
 from shardyard.train.volume_query import TrainConfig, train
-from vq_fixtures import TINY_MODEL, vq_data  # noqa: F401  (fixture)
 
 TIMING = ("data_wait_frac", "steps_per_s")
 

@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
+from conftest import YAM_EPISODES
 
 from shardyard.errors import SourceError
 from shardyard.video import open_video, write_video
-
-from conftest import YAM_EPISODES
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def test_pyav_timestamps_and_count(real_video):
 
 @pytest.mark.parametrize("pattern", ["sequential", "strided"])
 def test_decord_equals_pyav_for_full_native_reads(real_video, pattern):
-    """decord is optional; ingest only uses it for whole-video native-size reads, which must equal PyAV."""
+    """Decord is optional; ingest only uses it for whole-video native-size reads, which must equal PyAV."""
     pytest.importorskip("decord")
     a, b = open_video(real_video, "pyav"), open_video(real_video, "decord")
     assert a.num_frames == b.num_frames

@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from shardyard.models.volume_query import (DinoVolumeQuery, VolumeQueryConfig, decode, sinusoidal_features,
-                                           volume_ce, volume_query_loss)
 from vq_fixtures import TINY_MODEL
+
+from shardyard.models.volume_query import (
+    DinoVolumeQuery,
+    VolumeQueryConfig,
+    decode,
+    sinusoidal_features,
+    volume_ce,
+    volume_query_loss,
+)
 
 
 def _tiny(**kw) -> VolumeQueryConfig:

@@ -7,8 +7,21 @@ from typing import Optional
 
 import typer
 
-from shardyard.commands.common import (ImageCodec, ImageSize, OnError, Out, Overwrite, SplitSeed, ValFraction, Workers,
-                                       fail, finish_ingest, ingest_app, parse_size, run_ingest_job)
+from shardyard.commands.common import (
+    ImageCodec,
+    ImageSize,
+    OnError,
+    Out,
+    Overwrite,
+    SplitSeed,
+    ValFraction,
+    Workers,
+    fail,
+    finish_ingest,
+    ingest_app,
+    parse_size,
+    run_ingest_job,
+)
 from shardyard.errors import ShardyardError
 
 

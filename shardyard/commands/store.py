@@ -60,9 +60,10 @@ def inspect_cmd(
     """Print a store's summary and write plots (frames with projected EEF, height/gripper/rotation, paths)."""
     from shardyard import open_store
     from shardyard.inspection import summarize, write_plots
-    from shardyard.inspection_tokens import inspect_features, is_feature_store
+    from shardyard.inspection_tokens import inspect_features
+    from shardyard.stores import store_format
 
-    if is_feature_store(store):
+    if store_format(store) == "features-zarr3":
         try:
             text, paths = inspect_features(store, out, max_episodes=max_episodes)
         except ShardyardError as e:

@@ -38,8 +38,7 @@ from shardyard import __version__
 from shardyard.errors import ConfigError, StoreError
 from shardyard.ingest.dino_frames import ShardFrameReader, ShardFramesConfig, is_shard_source
 from shardyard.models.backbones import Backbone, BackboneConfig, load_backbone
-from shardyard.stores.features import (FeatureLayout, FeatureWriter, FeatureWriterConfig, PROGRESS_DIR,
-                                       write_batch)
+from shardyard.stores.features import PROGRESS_DIR, FeatureLayout, FeatureWriter, FeatureWriterConfig, write_batch
 
 log = logging.getLogger(__name__)
 

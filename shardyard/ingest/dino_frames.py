@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from shardyard.errors import ConfigError, SourceError, StoreError
+from shardyard.stores import store_format
 from shardyard.stores.manifest import MANIFEST, read_json, sha256_file
-from shardyard.stores.shards import FORMAT as SHARD_FORMAT
-from shardyard.stores.shards import list_shards, split_key_ext
+from shardyard.stores.wds import FORMAT as SHARD_FORMAT
+from shardyard.stores.wds import list_shards, split_key_ext
 from shardyard.video import open_video_bytes
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def is_shard_source(store: str) -> bool:
     `.tar` files, or a `.tar` path."""
     p = Path(store)
     if (p / MANIFEST).exists():
-        return read_json(str(p / MANIFEST)).get("format") == SHARD_FORMAT
+        return store_format(store) == SHARD_FORMAT
     return str(store).endswith(".tar") or (p.is_dir() and any(p.rglob("*.tar")))
 
 

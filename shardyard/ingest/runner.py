@@ -27,8 +27,8 @@ import numpy as np
 
 from shardyard.errors import ConfigError, SchemaError, SourceError
 from shardyard.schema import Episode, Schema
-from shardyard.stores.episodic import EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.shardwrite import ChunkCodec, EncodedRows, FrameEncoding
+from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
+from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows, FrameEncoding
 from shardyard.stores.stats import StatsConfig, compute_stats, frame_sampling, sampled_frames_part
 
 log = logging.getLogger(__name__)

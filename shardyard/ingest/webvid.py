@@ -31,7 +31,7 @@ from shardyard.errors import ConfigError, SourceError
 from shardyard.ingest.fetch import FetchConfig, Fetcher
 from shardyard.stores.atomic import to_jsonable
 from shardyard.stores.manifest import MANIFEST
-from shardyard.stores.shards import Sample, ShardWriter, ShardWriterConfig, iter_tar_samples, shard_name
+from shardyard.stores.wds import Sample, ShardWriter, ShardWriterConfig, iter_tar_samples, shard_name
 from shardyard.video import open_video_bytes
 
 log = logging.getLogger(__name__)

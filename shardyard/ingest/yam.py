@@ -24,8 +24,8 @@ import numpy as np
 from shardyard.errors import ConfigError, SchemaError, SourceError
 from shardyard.geometry import scale_intrinsics, sign_continuous
 from shardyard.schema import Episode, FieldSpec, Schema
+from shardyard.stores.frame_encoding import EncodedRows, FrameEncoding
 from shardyard.stores.manifest import fingerprint_paths, sha256_file
-from shardyard.stores.shardwrite import EncodedRows, FrameEncoding
 from shardyard.video import VideoReader, open_video
 
 log = logging.getLogger(__name__)

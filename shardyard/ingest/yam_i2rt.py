@@ -19,7 +19,7 @@ from shardyard.schema import Episode, FieldSpec
 
 if TYPE_CHECKING:
     from shardyard.ingest.yam import YamSource
-    from shardyard.stores.shardwrite import FrameEncoding
+    from shardyard.stores.frame_encoding import FrameEncoding
 
 FLAG = "write_complete.flag"
 

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from shardyard.errors import ConfigError, SourceError
-from shardyard.stores.shards import Sample, iter_tar_samples, list_shards
+from shardyard.stores.wds import Sample, iter_tar_samples, list_shards
 from shardyard.video import open_video_bytes
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from shardyard.stores.chunks import ShardReader
 from shardyard.stores.features import CLS, FIELD_NAMES, PATCH, FeatureStore, open_features
+from shardyard.stores.zarr_shard import ShardReader
 
 log = logging.getLogger(__name__)
 

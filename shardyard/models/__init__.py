@@ -1,0 +1,1 @@
+"""Small research models from the seeds: one model per file, plus the DINO backbones they share."""

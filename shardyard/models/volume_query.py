@@ -79,7 +79,7 @@ class AdaLNZeroBlock(nn.Module):
         nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x `(B, T, d_model)`, cond `(T, d_cond)` or `(B, T, d_cond)` -> `(B, T, d_model)`."""
+        """X `(B, T, d_model)`, cond `(T, d_cond)` or `(B, T, d_cond)` -> `(B, T, d_model)`."""
         shift, scale, gate = self.ada(cond).chunk(3, dim=-1)
         return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
 

@@ -33,9 +33,10 @@ from zarr.codecs import ZstdCodec
 from shardyard.errors import ConfigError, StoreError
 from shardyard.schema import FieldSpec, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
-from shardyard.stores.chunks import ShardReader, load_array_meta
+from shardyard.stores.frame_encoding import ChunkCodec
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
 from shardyard.stores.stats.tokens import token_stats
+from shardyard.stores.zarr_shard import ShardAppender, ShardReader, load_array_meta
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class FeatureLayout:
 
 
 def storage_dtype(name: str) -> np.dtype:
-    """numpy dtype of the stored tokens; bfloat16 is stored as its uint16 bit pattern (numpy has no bf16)."""
+    """Numpy dtype of the stored tokens; bfloat16 is stored as its uint16 bit pattern (numpy has no bf16)."""
     return np.dtype(np.uint16) if name == "bfloat16" else np.dtype(name)
 
 
@@ -252,9 +253,7 @@ _WRITERS: dict[tuple[int, str], dict[str, Any]] = {}
 
 def _array_writer(root: Path, name: str) -> dict[str, Any]:
     """Per-process writer state of one array: `ShardAppender` fast path (pre-encoded one-row chunks
-    concatenated into shard files, `stores/shardwrite.py`) and the zarr array as the general fallback."""
-    from shardyard.stores.shardwrite import ChunkCodec, ShardAppender
-
+    concatenated into shard files, `stores/zarr_shard.py`) and the zarr array as the general fallback."""
     states = _WRITERS.setdefault((os.getpid(), str(root)), {})
     if name not in states:
         meta = load_array_meta(str(root / name))
@@ -265,19 +264,6 @@ def _array_writer(root: Path, name: str) -> dict[str, Any]:
     return states[name]
 
 
-def _has_rows_from(app: Any, start: int) -> bool:
-    """True when the shard file holding row `start` already has a chunk at or after it (the appender would
-    drop it)."""
-    s, k = divmod(start, app.shard_rows)
-    try:
-        with open(app._shard_path(s), "rb") as f:
-            f.seek(-(16 * app.shard_rows + 4), os.SEEK_END)
-            idx = np.frombuffer(f.read(16 * app.shard_rows), dtype="<u8").reshape(app.shard_rows, 2)
-    except FileNotFoundError:
-        return False
-    return bool(np.any(idx[k:, 0] != np.uint64(2**64 - 1)))
-
-
 def _write_rows(root: Path, name: str, start: int, x: np.ndarray) -> None:
     st = _array_writer(root, name)
     x = _to_stored(x, st["zarr"].dtype)
@@ -285,7 +271,7 @@ def _write_rows(root: Path, name: str, start: int, x: np.ndarray) -> None:
     if st["codec"] is not None:
         try:
             if app.n_rows != start:
-                if _has_rows_from(app, start):
+                if app.has_rows_from(start):
                     raise ValueError("shard already holds rows past the start")
                 app.load(start)  # a new shard, or resuming one: re-read its committed rows
             app.append(st["codec"].encode_rows(x).chunks)

@@ -43,7 +43,7 @@ def _uniform(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
 
 def bts_augment(images: torch.Tensor, depth: torch.Tensor, g: torch.Generator,
                 cfg: BTSAugmentConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """images `(B, 3, H, W)` float [0, 1], depth `(B, 1, H, W)` metres (0 invalid) ->
+    """Images `(B, 3, H, W)` float [0, 1], depth `(B, 1, H, W)` metres (0 invalid) ->
     `(B, 3, h_c, w_c)`, `(B, 1, h_c, w_c)` with `crop_size(H, W)`."""
     cfg = cfg or BTSAugmentConfig()
     B, _, H, W = images.shape

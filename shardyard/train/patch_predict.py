@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 from shardyard.errors import ConfigError, SourceError
-from shardyard.models.patch_predict import (PatchPredictorConfig, build_predictor, improvement, patch_cosine,
-                                            patch_mse)
+from shardyard.models.patch_predict import PatchPredictorConfig, build_predictor, improvement, patch_cosine, patch_mse
 from shardyard.stores.atomic import atomic_write_json
 from shardyard.train.loop import CHECKPOINT, METRICS, LRSchedule, MetricLogger, load_checkpoint, save_checkpoint
 

@@ -37,8 +37,15 @@ from shardyard.loaders.sampler import BatchStream, ResumableSampler
 from shardyard.loaders.targets import decode_positions
 from shardyard.loaders.windows import EpisodeWindows, WindowConfig, collate_numpy
 from shardyard.models.volume_query import DinoVolumeQuery, VolumeQueryConfig, decode, volume_query_loss
-from shardyard.train.loop import (CHECKPOINT, METRICS, DataWait, LRSchedule, MetricLogger, load_checkpoint,
-                                  save_checkpoint)
+from shardyard.train.loop import (
+    CHECKPOINT,
+    METRICS,
+    DataWait,
+    LRSchedule,
+    MetricLogger,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 

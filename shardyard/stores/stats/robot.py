@@ -90,8 +90,8 @@ def rotation_stats(quats: np.ndarray, n_bins: int = 32, n_clusters: int = 32, pc
     quaternions drawn with `seed`. All-equal quaternions give ratio [1, 0, 0, 0] and mode "1d_pca".
     """
     from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
     from sklearn.decomposition import PCA
+    from threadpoolctl import threadpool_limits
 
     q = _unit_quats(quats)
     n = q.shape[0]

@@ -59,7 +59,7 @@ def shard_name(split: str, index: int) -> str:
 
 
 def split_key_ext(name: str) -> tuple[str, str]:
-    """webdataset's rule: key = basename up to its first dot, extension = the rest (`a/b.seg.mp4`)."""
+    """Webdataset's rule: key = basename up to its first dot, extension = the rest (`a/b.seg.mp4`)."""
     base = name.rsplit("/", 1)[-1]
     key, _, ext = base.partition(".")
     prefix = name[: len(name) - len(base)]

@@ -1,0 +1,324 @@
+"""Writer of episodic stores (layout in `stores.episodic`).
+
+Commit protocol (why resume after SIGKILL is exact): validated episodes are committed in groups
+(`commit_every` episodes or `commit_bytes` held in memory, whichever comes first). A frame field's rows are
+appended to its shard files as each episode arrives (`ShardAppender`: bytes once written are never
+rewritten); the group's low-dim fields are written through zarr at its commit; then
+`progress.json`, which also records the size of each field's partial last shard, is replaced atomically to
+list the group. A rerun truncates every array back to the committed step count (cutting the partial shard
+to its recorded size, deleting shard files past it) and goes on from there, so a half-written group is
+overwritten, never kept; a kill loses at most the group in flight. Grouping is what makes small episodes
+cheap: one zarr call per low-dim field per group, not per episode. The zarr.json shape of a sharded frame
+field is set once, at the end (no reader opens a store before its manifest exists).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from shardyard.errors import SchemaError, StoreError
+from shardyard.schema import Episode, Schema
+from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
+from shardyard.stores.episodic import (
+    FORMAT,
+    FORMAT_VERSION,
+    FRAME_KINDS,
+    PROGRESS,
+    SPILL,
+    STATS_PARTS,
+    EpisodicStore,
+    split_episodes,
+)
+from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows
+from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
+from shardyard.stores.zarr_shard import ShardAppender, load_array_meta
+
+log = logging.getLogger(__name__)
+
+_SHARD_TARGET_BYTES = 32 << 20   # ~32 MiB shards: few files, and a partial-shard rewrite stays cheap
+_VECTOR_CHUNK_ROWS = 16384
+
+__all__ = ["EpisodicWriter", "EpisodicWriterConfig"]
+
+
+def _image_compressor(name: str):
+    if name == "lz4":
+        return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
+    if name == "zstd":
+        return ZstdCodec(level=3)
+    if name == "none":
+        return None
+    raise StoreError(f"unknown image codec {name!r}; expected lz4, zstd or none")
+
+
+@dataclass
+class EpisodicWriterConfig:
+    """Options of `EpisodicWriter`.
+
+    image_codec: "lz4" (default; fast to decode), "zstd" (smaller) or "none".
+    val_fraction, split_seed: the by-episode train/val split recorded in the manifest and used by stats.
+    """
+
+    overwrite: bool = False
+    image_codec: str = "lz4"
+    commit_every: int = 32          # episodes per commit group
+    commit_bytes: int = 256 << 20   # or this many low-dim bytes buffered (frames go to shard files at once)
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    source: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    """An episode of the group being written: its frame fields are in the shard files already."""
+
+    key: str
+    num_steps: int
+    meta: dict[str, Any]
+    lowdim: dict[str, np.ndarray]
+    parts: dict[str, dict[str, Any]]
+
+
+class EpisodicWriter:
+    """Context manager that appends episodes to an episodic store and, on a clean exit, writes metadata,
+    stats (through `stats_fn`), the report and, last, `manifest.json`.
+
+    Reopening a directory with a `progress.json` resumes it: `committed_keys` lists what is already stored.
+    Raises `StoreError` when the directory holds a different schema or a complete store (without overwrite).
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: Schema, *, config: EpisodicWriterConfig | None = None,
+                 stats_fn: Callable[["EpisodicStore"], dict[str, Any]] | None = None) -> None:
+        self.path = Path(path)
+        self.schema = schema
+        self.cfg = config or EpisodicWriterConfig()
+        self.stats_fn = stats_fn
+        self.report: dict[str, Any] = {}
+        self._episodes: list[dict[str, Any]] = []
+        self._root: zarr.Group | None = None
+        self._appenders: dict[str, ShardAppender] = {}
+        self._pending: list[_Pending] = []
+        self._pending_bytes = 0
+        self.codecs: dict[str, ChunkCodec] = {}
+        self._stats_parts: dict[str, dict[str, dict[str, Any]]] = {}
+        self._shard_bytes: dict[str, int] = {}  # committed size of each frame field's partial last shard
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def __enter__(self) -> "EpisodicWriter":
+        if self.path.exists() and self.cfg.overwrite:
+            shutil.rmtree(self.path)
+        progress_path = self.path / PROGRESS
+        if (self.path / MANIFEST).exists() and not progress_path.exists():
+            raise StoreError("directory holds a complete store without a commit log; use overwrite",
+                             path=str(self.path))
+        if self.path.exists() and any(self.path.iterdir()) and not progress_path.exists():
+            raise StoreError("directory exists and is not a shardyard store; choose another --out or "
+                             "--overwrite", path=str(self.path))
+        if progress_path.exists():
+            progress = read_json(str(progress_path))
+            if progress["schema"] != to_jsonable(self.schema.to_dict()):
+                raise StoreError("existing store was written with a different schema; use --overwrite",
+                                 path=str(self.path))
+            self._episodes = progress["episodes"]
+            self._shard_bytes = progress.get("shard_bytes", {})
+            self._load_stats_parts()
+            remove_stale_temps(self.path)
+            (self.path / MANIFEST).unlink(missing_ok=True)  # appending makes the store incomplete again
+            self._root = zarr.open_group(str(self.path), mode="r+")
+            n = self.num_steps
+            for key in self.schema:
+                arr = self._root[f"data/{key}"]
+                if arr.shape[0] != n:
+                    log.info("truncating %s from %d to %d committed steps", key, arr.shape[0], n)
+                    arr.resize((n,) + arr.shape[1:])
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._root = zarr.open_group(str(self.path), mode="w")
+            data = self._root.create_group("data")
+            for key, spec in self.schema.items():
+                self._create_array(data, key, spec)
+            self._write_progress()
+        self._open_appenders()
+        return self
+
+    def _open_appenders(self) -> None:
+        """Sharded one-row-per-chunk fields are appended by `ShardAppender` (see stores/zarr_shard.py)."""
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+        self.spill_dir.mkdir()
+        for key in self.schema:
+            path = self.path / "data" / key
+            codec = ChunkCodec.for_array(load_array_meta(str(path)))
+            if codec is None:
+                continue
+            meta = load_array_meta(str(path))
+            app = ShardAppender(path, shard_rows=meta["chunk_grid"]["configuration"]["chunk_shape"][0],
+                                ndim=len(meta["shape"]))
+            app.drop_shards_after(self.num_steps)
+            app.load(self.num_steps, self._shard_bytes.get(key))
+            self._appenders[key] = app
+            self.codecs[key] = codec
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.commit()
+                self._finalize()
+                return
+            try:  # keep the episodes already validated, so a rerun resumes after them
+                self.commit()
+            except Exception:  # noqa: BLE001 - the original exception is the one to report
+                log.exception("could not commit buffered episodes while handling %s", exc_type.__name__)
+        finally:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+    # -- writing -----------------------------------------------------------------------------------------
+    @property
+    def num_steps(self) -> int:
+        return int(sum(e["length"] for e in self._episodes))
+
+    @property
+    def committed_keys(self) -> list[str]:
+        return [e["key"] for e in self._episodes]
+
+    @property
+    def stats_parts(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Stats parts that reader workers made while encoding frames (`EncodedRows.stats_part`), per
+        committed episode key and field; `stats_fn` may use them instead of reading those frames back."""
+        return self._stats_parts
+
+    def _load_stats_parts(self) -> None:
+        """On resume: the parts of committed episodes. A file of a group killed before its commit lists
+        keys that are not committed: it is deleted (its episodes are read again)."""
+        folder = self.path / STATS_PARTS
+        committed = set(self.committed_keys)
+        for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            episodes = read_json(str(f)).get("episodes", {})
+            if not set(episodes) <= committed:
+                f.unlink()
+                continue
+            self._stats_parts.update(episodes)
+
+    def _create_array(self, group: zarr.Group, key: str, spec) -> None:
+        shape = (0,) + spec.shape
+        row_bytes = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+        if spec.kind in FRAME_KINDS:
+            shard_rows = int(max(1, min(1024, _SHARD_TARGET_BYTES // max(row_bytes, 1))))
+            compressor = _image_compressor(self.cfg.image_codec) if spec.kind == "image" else ZstdCodec(level=1)
+            group.create_array(key, shape=shape, dtype=spec.dtype, chunks=(1,) + spec.shape,
+                               shards=(shard_rows,) + spec.shape, compressors=compressor,
+                               attributes={"spec": spec.to_dict()})
+        else:
+            rows = int(max(1, min(_VECTOR_CHUNK_ROWS, (4 << 20) // max(row_bytes, 1))))
+            group.create_array(key, shape=shape, dtype=spec.dtype, chunks=(rows,) + spec.shape,
+                               compressors=ZstdCodec(level=3), attributes={"spec": spec.to_dict()})
+
+    def _append_frames(self, key: str, rows: EncodedRows) -> None:
+        """Append one episode's encoded rows of frame field `key` to its shard files (a reader's spill file
+        is copied in the kernel, then deleted)."""
+        if rows.spill is None:
+            self._appenders[key].append(rows.pieces(None))
+            return
+        fd = os.open(rows.spill, os.O_RDONLY)
+        try:
+            self._appenders[key].append(rows.pieces(fd))
+        finally:
+            os.close(fd)
+        os.unlink(rows.spill)
+
+    def write(self, episode: Episode) -> None:
+        """Validate `episode` against the schema (every mismatch reported at once, as `SchemaError`) and
+        add it to the current group, which is committed when full (see the module docstring), at the
+        latest on exit. Its frame fields are appended to their shard files at once, so that the copy
+        overlaps the readers' work; they count as stored only once the group's commit lists the episode."""
+        self.schema.validate(episode, path=str(episode.meta.get("source_path", "")) or None)
+        if episode.key in self.committed_keys or any(p.key == episode.key for p in self._pending):
+            raise SchemaError("episode key already in store", key=episode.key, path=str(self.path))
+        if episode.num_steps == 0:
+            raise SchemaError("episode has no steps", key=episode.key)
+        parts = {}
+        for key in self._appenders:
+            value = episode.steps[key]
+            rows = value if isinstance(value, EncodedRows) else self.codecs[key].encode_rows(value)
+            self._append_frames(key, rows)
+            if rows.stats_part is not None:
+                parts[key] = rows.stats_part
+        lowdim = {k: v for k, v in episode.steps.items() if k not in self._appenders}
+        self._pending.append(_Pending(episode.key, episode.num_steps, episode.meta, lowdim, parts))
+        self._pending_bytes += sum(v.nbytes for v in lowdim.values())
+        if len(self._pending) >= self.cfg.commit_every or self._pending_bytes >= self.cfg.commit_bytes:
+            self.commit()
+
+    def commit(self) -> None:
+        """Write the group's low-dim fields and record its episodes in `progress.json` (the commit point)."""
+        if not self._pending:
+            return
+        assert self._root is not None
+        n0 = self.num_steps
+        t = sum(ep.num_steps for ep in self._pending)
+        for key in self.schema:
+            if key not in self._appenders:
+                arr = self._root[f"data/{key}"]
+                arr.resize((n0 + t,) + arr.shape[1:])
+                arr[n0:n0 + t] = np.concatenate([ep.lowdim[key] for ep in self._pending])
+        parts = {ep.key: ep.parts for ep in self._pending if ep.parts}
+        if parts:  # before the commit point, so that a committed episode always has its parts on disk
+            (self.path / STATS_PARTS).mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.path / STATS_PARTS / f"{len(self._episodes):08d}.json", {"episodes": parts},
+                              fsync=False, indent=None)
+        self._episodes += [{"key": ep.key, "length": ep.num_steps, "meta": to_jsonable(ep.meta)}
+                           for ep in self._pending]
+        self._write_progress()
+        self._stats_parts.update(parts)
+        self._pending, self._pending_bytes = [], 0
+
+    @property
+    def spill_dir(self) -> Path:
+        """Folder for reader workers' spill files (`FrameEncoding.spill_dir`), emptied on open and close."""
+        return self.path / SPILL
+
+    def _write_progress(self) -> None:
+        # No fsync: the commit protocol is against the process dying (the page cache outlives it, and the
+        # chunk files it refers to are not fsynced either); flushing each group cost ~50 ms here.
+        self._shard_bytes = {k: app.shard_bytes for k, app in self._appenders.items()}
+        atomic_write_json(self.path / PROGRESS, {"format": FORMAT, "schema": self.schema.to_dict(),
+                                                 "episodes": self._episodes, "shard_bytes": self._shard_bytes},
+                          fsync=False)
+
+    def _finalize(self) -> None:
+        assert self._root is not None
+        for key in self._appenders:
+            arr = self._root[f"data/{key}"]
+            if arr.shape[0] != self.num_steps:
+                arr.resize((self.num_steps,) + arr.shape[1:])
+        ends = np.cumsum([e["length"] for e in self._episodes], dtype=np.int64)
+        meta = self._root.require_group("meta")
+        if "episode_ends" in meta:
+            del meta["episode_ends"]
+        meta.create_array("episode_ends", data=ends, chunks=(max(len(ends), 1),))
+        atomic_write_json(self.path / "meta" / "episodes.json", [
+            {"key": e["key"], "length": e["length"], **e["meta"]} for e in self._episodes])
+        split = split_episodes(self.committed_keys, self.cfg.val_fraction, self.cfg.split_seed)
+        manifest = Manifest(
+            format=FORMAT, format_version=FORMAT_VERSION, schema=self.schema.to_dict(),
+            num_episodes=len(self._episodes), num_steps=self.num_steps, source=self.cfg.source,
+            provenance=provenance(self.cfg.config), split=split,
+            extra={"split_seed": self.cfg.split_seed, "val_fraction": self.cfg.val_fraction})
+        atomic_write_json(self.path / "report.json", self.report)
+        if self.stats_fn is not None:
+            # Stats read the finished arrays through the public reader; it needs a manifest, so give it the
+            # one about to be written, held in memory.
+            view = EpisodicStore(str(self.path), manifest=manifest)
+            atomic_write_json(self.path / "stats.json", self.stats_fn(view))
+        atomic_write_json(self.path / MANIFEST, manifest.to_dict())
+
+

@@ -1,0 +1,441 @@
+"""The zarr v3 `sharding_indexed` layout as shardyard writes it, read and appended directly.
+
+A sharded array stores rows along axis 0; each shard file `c/<s>/0/...` holds its inner chunks back to back,
+then the `(chunks_per_shard, 2) uint64` index of (offset, length) and its crc32c (index at the end). The
+files are that codec's format exactly, so zarr-python reads every store; this module only does it faster.
+
+Reading (`ShardReader`): zarr-python spends about 1 ms of Python per `arr[i]` (issue 7's measurement), which
+caps single-frame reads near 400/s. The reader parses each shard's index once per process, reads the byte
+range of the wanted inner chunks with one ranged read per run of adjacent chunks, and decodes with the
+field's chunk codec. Only the layouts shardyard writes are taken on this path (sharded along axis 0, inner
+chunks spanning the other axes whole, codecs `bytes` then at most one of blosc/zstd/gzip); anything else
+returns None from `ShardReader.maybe_for` and the caller uses zarr-python.
+
+Appending (`ShardAppender`): with one frame per inner chunk, a chunk's encoded bytes do not depend on where
+it lands, so reader workers compress frames in parallel (`stores.frame_encoding`) and leave them in spill
+files; the single writer only copies byte ranges into shard files (`ChunkRef`: `copy_file_range`, in the
+kernel). A shard file is only appended to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence, Union
+
+import numcodecs
+import numpy as np
+
+EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk that was never written (fill value)
+
+__all__ = ["EMPTY", "ChunkRef", "Piece", "ShardAppender", "ShardReader", "index_nbytes", "load_array_meta",
+           "read_shard_index", "shard_file"]
+
+
+def shard_file(array_dir: str, s: int, ndim: int) -> str:
+    """Path of shard `s` of an array with `ndim` dimensions sharded along axis 0 (`c/<s>/0/...`)."""
+    return "/".join([str(array_dir), "c", str(s)] + ["0"] * (ndim - 1))
+
+
+def index_nbytes(chunks_per_shard: int, crc: bool = True) -> int:
+    """Bytes of a shard index of `chunks_per_shard` entries (16 each) and its crc32c (4)."""
+    return 16 * chunks_per_shard + (4 if crc else 0)
+
+
+def read_shard_index(path: str | os.PathLike, chunks_per_shard: int) -> np.ndarray | None:
+    """The `(chunks_per_shard, 2) uint64` (offset, length) index at the end of a local shard file (crc32c
+    after it), or None when the file is absent. `EMPTY` marks chunks never written."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-index_nbytes(chunks_per_shard), os.SEEK_END)
+            raw = f.read(16 * chunks_per_shard)
+    except FileNotFoundError:
+        return None
+    return np.frombuffer(raw, dtype="<u8").reshape(chunks_per_shard, 2)
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """The bytes of one encoded chunk, `length` at `offset` of an open file descriptor `fd` (a reader
+    worker's spill file): appended by an in-kernel copy, never through Python memory."""
+
+    fd: int
+    offset: int
+    length: int
+
+
+Piece = Union[bytes, ChunkRef]
+
+
+def _piece_len(p: Piece) -> int:
+    return p.length if isinstance(p, ChunkRef) else len(p)
+
+
+def _copy_range(src: int, dst: int, offset: int, length: int, dst_offset: int) -> None:
+    """Copy `length` bytes at `offset` of `src` to `dst_offset` of `dst` (`copy_file_range`, with a
+    read/write fallback where the kernel or file system cannot)."""
+    done = 0
+    try:
+        while done < length:
+            n = os.copy_file_range(src, dst, length - done, offset + done, dst_offset + done)
+            if n == 0:
+                break
+            done += n
+    except (AttributeError, OSError):
+        pass
+    while done < length:
+        buf = os.pread(src, min(length - done, 8 << 20), offset + done)
+        if not buf:
+            raise OSError(f"short read: {length - done} bytes missing at offset {offset + done} of fd {src}")
+        os.pwrite(dst, buf, dst_offset + done)
+        done += len(buf)
+
+
+def _write_pieces(fd: int, pieces: Sequence[Piece], start: int = 0) -> int:
+    """Write `pieces` back to back from offset `start` of `fd`; runs of adjacent refs into one file become
+    one copy, runs of bytes one `pwritev`. Returns the bytes written."""
+    out = start
+    i = 0
+    while i < len(pieces):
+        p = pieces[i]
+        if isinstance(p, ChunkRef):
+            j, end = i + 1, p.offset + p.length
+            while j < len(pieces) and isinstance(pieces[j], ChunkRef) and pieces[j].fd == p.fd \
+                    and pieces[j].offset == end:
+                end += pieces[j].length
+                j += 1
+            _copy_range(p.fd, fd, p.offset, end - p.offset, out)
+            out += end - p.offset
+        else:
+            j = i
+            while j < len(pieces) and j - i < 1024 and not isinstance(pieces[j], ChunkRef):
+                j += 1
+            bufs = list(pieces[i:j])
+            want = sum(map(len, bufs))
+            n = os.pwritev(fd, bufs, out)
+            if n != want:  # a short vectored write: finish it piece by piece
+                os.pwrite(fd, b"".join(bufs)[n:], out + n)
+            out += want
+        i = j
+    return out - start
+
+
+@dataclass
+class ShardAppender:
+    """Appends encoded one-row chunks to a sharded array directory.
+
+    A shard file is only ever appended to: new chunks go after its current end, then a new index (with its
+    crc32c) covering every chunk so far, so the file always ends with a valid index for zarr, and bytes
+    already written are never rewritten (the old index stays behind as a few KiB of dead space). No temp
+    file and rename: replacing a file on ext4 flushes it to disk (auto_da_alloc), which cost more than the
+    ingest's own work. A kill mid-append leaves rows past the committed ones; `load(n_rows, shard_bytes)`
+    cuts the partial last shard back to its committed size (which the writer's commit log records,
+    `shard_bytes`), and the writer deletes shard files past it (`drop_shards_after`). The array's
+    `zarr.json` shape is the caller's business.
+    """
+
+    array_dir: Path
+    shard_rows: int
+    ndim: int
+    n_rows: int = 0
+    _index: list[tuple[int, int]] = field(default_factory=list)  # (offset, nbytes) in the partial last shard
+    _size: int = 0  # bytes in the partial last shard's file, its index included (0: no partial shard)
+    _made_dirs: set[Path] = field(default_factory=set)
+
+    def _shard_path(self, s: int) -> Path:
+        return Path(shard_file(str(self.array_dir), s, self.ndim))
+
+    @property
+    def _index_nbytes(self) -> int:
+        return index_nbytes(self.shard_rows)
+
+    def has_rows_from(self, row: int) -> bool:
+        """True when the shard file holding `row` already has a chunk at or after it (so `append` from
+        `row` would overwrite another writer's rows)."""
+        s, k = divmod(row, self.shard_rows)
+        idx = read_shard_index(self._shard_path(s), self.shard_rows)
+        return idx is not None and bool(np.any(idx[k:, 0] != EMPTY))
+
+    @property
+    def shard_bytes(self) -> int:
+        """Size of the partial last shard's file (0 when every shard is full): for the commit log."""
+        return self._size
+
+    def load(self, n_rows: int, shard_bytes: int | None = None) -> None:
+        """Position at `n_rows` committed rows and index the partial last shard's chunks. Its file is cut to
+        `shard_bytes` (its size at the commit) when a valid index (crc32c) ends there; otherwise the index at
+        the file's end is used (a file some other writer replaced whole). Raises ValueError if no valid index
+        holds the committed chunks, OSError if the file is missing."""
+        import google_crc32c
+
+        self.n_rows = n_rows
+        s, k = divmod(n_rows, self.shard_rows)
+        self._index, self._size = [], 0
+        if k == 0:
+            return
+        nbytes = self._index_nbytes
+        with open(self._shard_path(s), "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            ends = ([shard_bytes] if shard_bytes is not None and nbytes <= shard_bytes < size else []) + [size]
+            for end in ends:
+                f.seek(end - nbytes)
+                raw = f.read(nbytes)
+                if len(raw) < nbytes or np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
+                    continue
+                idx = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.shard_rows, 2)
+                if np.any(idx[:k, 0] == EMPTY) or np.any(idx[:k, 0] + idx[:k, 1] > end):
+                    continue
+                if end < size:
+                    f.truncate(end)
+                self._index, self._size = [(int(o), int(n)) for o, n in idx[:k]], end
+                return
+        raise ValueError(f"shard {self._shard_path(s)} lacks a committed chunk")
+
+    def drop_shards_after(self, n_rows: int) -> None:
+        """Delete shard files that lie wholly past row `n_rows` (left by a group killed before its commit,
+        and invisible to zarr's shape-based truncation when the shape was not yet grown)."""
+        s, k = divmod(n_rows, self.shard_rows)
+        first_stale = s + (1 if k else 0)
+        folder = self.array_dir / "c"
+        for d in folder.iterdir() if folder.is_dir() else []:
+            if d.name.isdigit() and int(d.name) >= first_stale:
+                if d.is_dir():
+                    shutil.rmtree(d)
+                else:  # a 1-D array's shard is the file c/<s> itself
+                    d.unlink()
+        self._made_dirs.clear()
+
+    def append(self, chunks: Sequence[Piece]) -> None:
+        """Append rows (chunk bytes, or `ChunkRef`s to them) to the shard files they fall in."""
+        import google_crc32c
+
+        pos = 0
+        while pos < len(chunks):
+            s = self.n_rows // self.shard_rows
+            take = list(chunks[pos:pos + self.shard_rows - len(self._index)])
+            path = self._shard_path(s)
+            if path.parent not in self._made_dirs:  # a mkdir costs ~0.7 ms here, even of an existing folder
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._made_dirs.add(path.parent)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                start = self._size  # a new shard starts at 0 (over any stale file of a killed run)
+                end = start + _write_pieces(fd, take, start)
+                lengths = np.array([_piece_len(c) for c in take], dtype=np.int64)
+                offsets = start + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+                self._index += [(int(o), int(n)) for o, n in zip(offsets, lengths)]
+                idx = np.full((self.shard_rows, 2), EMPTY, dtype="<u8")
+                idx[:len(self._index)] = np.asarray(self._index, dtype=np.uint64)
+                index = idx.tobytes()
+                os.pwrite(fd, index + np.uint32(google_crc32c.value(index)).tobytes(), end)
+                os.ftruncate(fd, end + self._index_nbytes)
+            finally:
+                os.close(fd)
+            pos += len(take)
+            self.n_rows += len(take)
+            if len(self._index) == self.shard_rows:
+                self._index, self._size = [], 0
+            else:
+                self._size = end + self._index_nbytes
+
+
+def _decoder(codecs: list[dict[str, Any]]) -> Callable[[bytes], bytes] | None:
+    """Build a bytes -> bytes decoder for the inner codec chain, or None when it is not one we handle."""
+    if not codecs or codecs[0].get("name") != "bytes":
+        return None
+    endian = codecs[0].get("configuration", {}).get("endian", "little")
+    rest = codecs[1:]
+    if len(rest) > 1:
+        return None
+    if not rest:
+        return (lambda b: b) if endian in ("little", None) else None
+    name, conf = rest[0]["name"], rest[0].get("configuration", {})
+    if name == "blosc":
+        return numcodecs.blosc.decompress
+    if name == "zstd":
+        codec = numcodecs.Zstd(level=conf.get("level", 0))
+        return codec.decode
+    if name == "gzip":
+        codec = numcodecs.GZip(level=conf.get("level", 5))
+        return codec.decode
+    return None
+
+
+@dataclass
+class ShardReader:
+    """Reader of one sharded zarr v3 array stored on a local path or an fsspec filesystem.
+
+    Rows are along axis 0; each inner chunk holds `chunk_rows` whole rows. Per-process state (open file
+    handles, cached shard indexes) is rebuilt after a fork, so one reader can be shared with DataLoader
+    workers.
+    """
+
+    root: str  # array directory (local path, or path inside `fs`)
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    shard_rows: int
+    chunk_rows: int
+    decode: Callable[[bytes], bytes]
+    index_at_end: bool
+    has_crc: bool
+    fs: Any = None  # fsspec filesystem for remote stores; None = local file system
+    fill_value: Any = 0
+    raw: bool = False  # inner chunks are stored uncompressed (codec chain is `bytes` alone)
+    _pid: int = field(default=-1, repr=False)
+    _files: dict[int, Any] = field(default_factory=dict, repr=False)
+    _indexes: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def maybe_for(cls, root: str, meta: dict[str, Any], fs: Any = None) -> "ShardReader | None":
+        """Return a reader for the array whose `zarr.json` content is `meta`, or None if its layout is not
+        one this fast path handles."""
+        codecs = meta.get("codecs", [])
+        if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+            return None
+        if meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/") != "/":
+            return None
+        conf = codecs[0]["configuration"]
+        shape = tuple(meta["shape"])
+        outer = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+        inner = tuple(conf["chunk_shape"])
+        if outer[1:] != shape[1:] or inner[1:] != shape[1:] or outer[0] % inner[0]:
+            return None
+        decode = _decoder(conf["codecs"])
+        index_codecs = [c["name"] for c in conf.get("index_codecs", [])]
+        if decode is None or index_codecs not in (["bytes"], ["bytes", "crc32c"]):
+            return None
+        try:
+            dtype = np.dtype(meta["data_type"])
+        except TypeError:
+            return None
+        return cls(root=root, shape=shape, dtype=dtype, shard_rows=outer[0], chunk_rows=inner[0],
+                   decode=decode, index_at_end=conf.get("index_location", "end") == "end",
+                   has_crc="crc32c" in index_codecs, fs=fs, fill_value=meta.get("fill_value", 0),
+                   raw=len(conf["codecs"]) == 1)
+
+    @property
+    def row_nbytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            self._files, self._indexes, self._pid = {}, {}, os.getpid()
+
+    def _shard_path(self, s: int) -> str:
+        return shard_file(self.root, s, len(self.shape))
+
+    def _read_range(self, s: int, start: int, length: int) -> bytes:
+        """`length` bytes at `start` of shard `s` (start < 0 counts from the end)."""
+        if self.fs is not None:
+            path = self._shard_path(s)
+            try:
+                data = self.fs.cat_file(path, start=start, end=None if start < 0 else start + length)
+            except FileNotFoundError:
+                return b""
+            # A server that ignores Range answers with the whole file: cut the asked range out of it.
+            if start < 0 and len(data) > -start:
+                data = data[start:]
+            elif start >= 0 and len(data) > length:
+                data = data[start:start + length]
+            return data
+        fd = self._files.get(s)
+        if fd is None:
+            try:
+                fd = os.open(self._shard_path(s), os.O_RDONLY)
+            except FileNotFoundError:
+                return b""
+            self._files[s] = fd
+        if start < 0:
+            size = os.fstat(fd).st_size
+            start = size + start
+        return os.pread(fd, length, start)
+
+    def _index(self, s: int) -> np.ndarray | None:
+        idx = self._indexes.get(s)
+        if idx is None:
+            n = self.shard_rows // self.chunk_rows
+            nbytes = index_nbytes(n, self.has_crc)
+            raw = self._read_range(s, -nbytes if self.index_at_end else 0, nbytes)
+            if len(raw) < nbytes:
+                return None  # shard absent: every chunk is fill_value
+            idx = np.frombuffer(raw[: 16 * n], dtype="<u8").reshape(n, 2)
+            self._indexes[s] = idx
+        return idx
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows `[start, stop)` as one `(stop - start, *shape[1:])` array."""
+        self._check_pid()
+        out = np.empty((stop - start,) + self.shape[1:], dtype=self.dtype)
+        if stop <= start:
+            return out
+        flat = out.reshape(stop - start, -1).view(np.uint8).reshape(-1)
+        rb = self.row_nbytes
+        c0, c1 = start // self.chunk_rows, (stop - 1) // self.chunk_rows + 1
+        per_shard = self.shard_rows // self.chunk_rows
+        c = c0
+        while c < c1:
+            s = c // per_shard
+            run_end = min(c1, (s + 1) * per_shard)
+            idx = self._index(s)
+            chunks = list(range(c, run_end))
+            entries = None if idx is None else idx[np.array(chunks) - s * per_shard]
+            present = entries is not None and not np.any(entries[:, 0] == EMPTY)
+            contiguous = present and np.all(entries[1:, 0] == entries[:-1, 0] + entries[:-1, 1])
+            if contiguous:
+                blob = self._read_range(s, int(entries[0, 0]), int(entries[-1, 0] + entries[-1, 1] - entries[0, 0]))
+                base = int(entries[0, 0])
+                pieces = [blob[int(o) - base: int(o) - base + int(n)] for o, n in entries]
+            else:
+                pieces = []
+                for k, cc in enumerate(chunks):
+                    if entries is None or entries[k, 0] == EMPTY:
+                        pieces.append(None)
+                    else:
+                        pieces.append(self._read_range(s, int(entries[k, 0]), int(entries[k, 1])))
+            for cc, piece in zip(chunks, pieces):
+                r0 = cc * self.chunk_rows
+                lo, hi = max(r0, start), min(r0 + self.chunk_rows, stop, self.shape[0])
+                dst = flat[(lo - start) * rb: (hi - start) * rb]
+                if piece is None:
+                    out[lo - start: hi - start] = self.fill_value
+                    continue
+                raw = self.decode(piece)
+                src = np.frombuffer(raw, dtype=np.uint8)
+                dst[:] = src[(lo - r0) * rb: (hi - r0) * rb]
+            c = run_end
+        return out
+
+    def pread_rows(self, indices: np.ndarray) -> np.ndarray | None:
+        """Rows at `indices` (any order, repeats allowed) as `(len(indices), *shape[1:])`, each `pread`
+        straight into the output buffer with no intermediate copy. Only for uncompressed, one-row-per-chunk
+        arrays on the local file system; returns None for other layouts (use `read` on runs instead)."""
+        if self.fs is not None or self.chunk_rows != 1 or not self.raw:
+            return None
+        self._check_pid()
+        idx = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(idx),) + self.shape[1:], dtype=self.dtype)
+        flat = out.reshape(len(idx), -1).view(np.uint8)
+        rb = self.row_nbytes
+        for j, i in enumerate(idx.tolist()):
+            s, k = divmod(i, self.shard_rows)
+            index = self._index(s)  # also opens the shard file
+            if index is None or index[k, 0] == EMPTY or int(index[k, 1]) != rb \
+                    or os.preadv(self._files[s], [flat[j]], int(index[k, 0])) != rb:
+                out[j] = self.read(i, i + 1)[0]
+        return out
+
+    def close(self) -> None:
+        for fd in self._files.values():
+            if self.fs is None:
+                os.close(fd)
+        self._files = {}
+
+
+def load_array_meta(path: str, fs: Any = None) -> dict[str, Any]:
+    """Parse the `zarr.json` of the array at `path`."""
+    if fs is not None:
+        return json.loads(fs.cat_file(f"{path}/zarr.json"))
+    with open(os.path.join(path, "zarr.json"), "rb") as f:
+        return json.load(f)
