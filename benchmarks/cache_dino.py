@@ -1,8 +1,11 @@
 """Images/s of `ingest dino` (local path) against the backbone's own forward on preloaded tensors of the
 same batch size, in the same run (issue 3; goal >= 0.9 with the tiny model on CPU).
 
-Builds a self-contained episodic store of `--frames` synthetic frames, then prints one JSON line per figure:
-Rates are medians over `--rounds` alternating runs; ratios are medians of adjacent pairs' ratios.
+Like for like: both sides run in this one process pinned to the same `--cores` CPUs (default 1) with the same
+torch thread count, so the ingest's reader and writer threads, which overlap the forward, get no core the
+baseline leaves idle. Builds a self-contained episodic store of `--frames` synthetic frames; the two sides are
+alternated for `--trials` trials, rates are medians and ratios medians of the per-trial ratios
+(`benchmarks/harness.py`). Figures:
 - `cache_dino.steady`: ingest images/s between the first and the last stored batch (read + forward + write)
   vs forward-only images/s;
 - `cache_dino.end_to_end`: frames / wall time of the whole `ingest_dino` call (model load, fingerprint,
@@ -12,7 +15,9 @@ Rates are medians over `--rounds` alternating runs; ratios are medians of adjace
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,10 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shardyard.ingest.dino import DinoConfig, FrameReader, ingest_dino
-from shardyard.models.backbones import BackboneConfig, load_backbone
-from shardyard.schema import Episode, FieldSpec, Schema
-from shardyard.stores.episodic_writer import EpisodicWriter
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import add_common_args, figure, median_ratio  # noqa: E402
+
+from shardyard.ingest.dino import DinoConfig, FrameReader, ingest_dino  # noqa: E402
+from shardyard.models.backbones import BackboneConfig, load_backbone  # noqa: E402
+from shardyard.schema import Episode, FieldSpec, Schema  # noqa: E402
+from shardyard.stores.episodic_writer import EpisodicWriter  # noqa: E402
 
 
 def make_store(path: Path, frames: int, w: int, h: int) -> None:
@@ -39,17 +47,21 @@ def make_store(path: Path, frames: int, w: int, h: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--frames", type=int, default=512)
+    ap.add_argument("--cores", type=int, default=1, help="CPUs both sides are pinned to")
     ap.add_argument("--size", default="160x120", help="source frame WxH")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--model", default="tiny-random-dinov2")
-    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads for both sides (1: timings that survive a shared CPU; "
                          "OpenMP barriers make multi-threaded forwards swing 5x under contention)")
     args = ap.parse_args()
+    if args.smoke:
+        args.frames, args.trials, args.image_size, args.batch_size = 64, 1, 112, 16
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cores])
     torch.set_num_threads(args.threads)
     w, h = (int(x) for x in args.size.split("x"))
     bcfg = BackboneConfig(spec=args.model, image_size=(args.image_size, args.image_size))
@@ -73,7 +85,7 @@ def main() -> None:
         # the CPU is shared with other jobs and rates swing by 2-5x over seconds: alternate short forward-only
         # and ingest runs, and report medians, the ratio being the median of adjacent pairs' ratios
         fwds, steadies, e2es = [], [], []
-        for r in range(args.rounds):
+        for r in range(args.trials):
             fwds.append(forward_rate())
             stamps: list[tuple[float, int]] = []
             t0 = time.perf_counter()
@@ -83,12 +95,15 @@ def main() -> None:
             e2es.append(args.frames / (time.perf_counter() - t0))
             steadies.append(sum(n for _, n in stamps[1:]) / (stamps[-1][0] - stamps[0][0]))
     device = str(bb.device)
-    fwd = float(np.median(fwds))
-    for fig, values in (("steady", steadies), ("end_to_end", e2es)):
-        ratio = float(np.median([v / f for v, f in zip(values, fwds)]))
-        print(json.dumps({"benchmark": f"cache_dino.{fig}", "value": round(float(np.median(values)), 1),
-                          "unit": "images/s", "baseline": f"forward_preloaded[{args.model},{device},bs{args.batch_size},threads{args.threads}]",
-                          "baseline_value": round(fwd, 1), "ratio": round(ratio, 3)}))
+    base = f"forward on preloaded tensors ({args.model}, {device}, batch {args.batch_size})"
+    common = {"cores": args.cores, "threads": args.threads, "frames": args.frames, "goal": ""}
+    figure("cache_dino.steady", statistics.median(steadies), "images/s", base, statistics.median(fwds),
+           ratio=median_ratio(steadies, fwds), label="`ingest dino`, tiny model, CPU, steady state",
+           **(common | {"goal": ">= 0.9"}))
+    figure("cache_dino.end_to_end", statistics.median(e2es), "images/s", base, statistics.median(fwds),
+           ratio=median_ratio(e2es, fwds), label="`ingest dino` end to end (model load, stats, manifest)",
+           **common)
+
 
 if __name__ == "__main__":
     main()

@@ -1,22 +1,98 @@
-"""Shared bits of the benchmark scripts: the JSON figure line (DESIGN.md, "Conventions")."""
+"""Shared bits of the benchmark scripts: the JSON figure line (DESIGN.md, "Conventions"), alternated trials
+with their medians, the common options (`--trials`, `--smoke`) and the real camera frames the figures are
+measured on.
+
+Method every benchmark follows: the measured side and its baseline run on the same data, produce the same
+output, use the same number of processes and threads and see the same cache state; they are timed in
+`--trials` (>= 3) alternated trials, so a noisy neighbour on a shared machine hits both alike, and each figure
+is the median of its trials (the ratio is the median of the per-trial ratios). `--smoke` runs the same code
+on tiny inputs with one trial: the test suite does that for every script, so none breaks unseen; its figures
+mean nothing.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 
-def figure(name: str, value: float, unit: str, baseline: str, baseline_value: float, **extra) -> dict:
-    """Print one figure as a JSON line: `{"benchmark", "value", "unit", "baseline", "baseline_value", "ratio"}`."""
-    row = {"benchmark": name, "value": round(value, 3), "unit": unit, "baseline": baseline,
-           "baseline_value": round(baseline_value, 3), "ratio": round(value / baseline_value, 3), **extra}
-    sys.stdout.write(json.dumps(row) + "\n")
-    sys.stdout.flush()
-    return row
-
+__all__ = ["G1_DATASET", "SHARED", "YAM_EPISODES", "YAM_MODEL", "add_common_args", "alternate", "figure",
+           "g1_frames", "median_ratio"]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 YAM_EPISODES = SHARED / "yam" / "episodes"
 YAM_MODEL = SHARED / "yam" / "model" / "station" / "yam_station_linear_4310_d405" / \
     "yam_station_linear_4310_d405_sim_scene.xml"
+G1_DATASET = SHARED / "lerobot" / "unitree_g1_inspire_v2.1"
+
+
+def figure(name: str, value: float, unit: str, baseline: str, baseline_value: float, *,
+           ratio: float | None = None, label: str = "", goal: str = "", **extra) -> dict:
+    """Print one figure as a JSON line and return it.
+
+    Keys: `benchmark` (`<script stem>.<figure>`), `value`, `unit`, `baseline` (what it is compared with, measured
+    in the same run), `baseline_value`, `ratio` (value / baseline unless given, e.g. a median of per-trial
+    ratios), `label` (one line for the README table), `goal` (e.g. ">= 0.5" on the ratio), plus any `extra`.
+    """
+    if ratio is None:
+        ratio = value / baseline_value if baseline_value else math.nan
+    row = {"benchmark": name, "value": round(float(value), 4), "unit": unit, "baseline": baseline,
+           "baseline_value": round(float(baseline_value), 4), "ratio": round(float(ratio), 4), "label": label,
+           "goal": goal, **extra}
+    sys.stdout.write(json.dumps(row) + "\n")
+    sys.stdout.flush()
+    return row
+
+
+def alternate(sides: dict[str, Callable[[], float]], trials: int) -> dict[str, list[float]]:
+    """Run each side once per trial, in turn (A B A B ...), and return each side's results per trial.
+
+    A side returns one number (a rate, or seconds). Alternating is what keeps a shared machine's load swings
+    from landing on one side only."""
+    out: dict[str, list[float]] = {k: [] for k in sides}
+    for _ in range(trials):
+        for name, fn in sides.items():
+            out[name].append(float(fn()))
+    return out
+
+
+def median_ratio(values: list[float], baselines: list[float]) -> float:
+    """Median over trials of value_i / baseline_i (the pairs come from the same trial)."""
+    return statistics.median(v / b for v, b in zip(values, baselines))
+
+
+def add_common_args(parser: argparse.ArgumentParser, trials: int = 3) -> argparse.ArgumentParser:
+    """Add `--trials N` (alternated trials per side, default 3) and `--smoke` (tiny inputs, one trial)."""
+    parser.add_argument("--trials", type=int, default=trials, help="alternated trials per side (median kept)")
+    parser.add_argument("--smoke", action="store_true", help="tiny inputs, one trial: checks the script runs")
+    return parser
+
+
+def g1_frames(size: tuple[int, int] | None = None, max_frames: int | None = None) -> np.ndarray:
+    """Real camera frames: the Unitree G1 episodes of `../shared/data/lerobot` (640x480 AV1) decoded with
+    PyAV, episode after episode, optionally resized to `size` `(W, H)` with an area filter.
+
+    Returns `(N, H, W, 3) uint8`. Raises `FileNotFoundError` when the shared data is absent."""
+    from shardyard.video import open_video
+
+    videos = sorted((G1_DATASET / "videos").rglob("*.mp4"))
+    if not videos:
+        raise FileNotFoundError(f"no G1 videos under {G1_DATASET}")
+    out = []
+    left = max_frames
+    for v in videos:
+        r = open_video(v)
+        n = r.num_frames if left is None else min(r.num_frames, left)
+        out.append(r.read(range(n), size=size))
+        r.close()
+        if left is not None:
+            left -= n
+            if left <= 0:
+                break
+    return np.concatenate(out)

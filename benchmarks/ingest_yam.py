@@ -11,7 +11,12 @@ k-means, stats and manifest: about 3 s here) weigh ~25 % on 18 episodes (`--repe
   decoded to RGB and dropped at once (`VideoReader.decode_each` with a no-op callback), which is what the
   ingest itself does before compressing a frame.
 Each side is timed `--trials` times, alternated, and the median of each is used, so that a noisy
-neighbour on a shared machine hits both alike.
+neighbour on a shared machine hits both alike (`benchmarks/harness.py`).
+
+Inputs (`--frames`): `sim`, the recorder's own videos (flat simulated renders, which compress unrealistically
+well), and `real`, the same episodes with every camera video re-encoded (H.264, crf 18, like the recorder)
+from real camera frames: the Unitree G1 episodes of `../shared/data/lerobot`, 640x480 like the YAM cameras,
+cycled. Both by default; figure names end in `_sim` / `_real`.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import YAM_EPISODES, YAM_MODEL, figure  # noqa: E402
+from harness import YAM_EPISODES, YAM_MODEL, add_common_args, figure, g1_frames, median_ratio  # noqa: E402
 
 
 def _decode_all(path: str) -> int:
@@ -52,45 +59,77 @@ def _timed_decode(pool: ProcessPoolExecutor, fn, videos: list[str]) -> tuple[int
     return frames, time.perf_counter() - t
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=8)
-    parser.add_argument("--trials", type=int, default=3)
-    args = parser.parse_args()
+def build_raw(raw: Path, repeat: int, real: bool, limit: int | None = None) -> list[str]:
+    """Copy the shared episodes (the first `limit`) `repeat` times under new keys, re-encoding their videos from
+    G1 frames when `real`; returns the video paths."""
+    from shardyard.video import open_video, write_video
 
+    for r in range(repeat):
+        for ep in sorted(p.parent for p in YAM_EPISODES.rglob("metadata.json"))[:limit]:
+            shutil.copytree(ep, raw / f"copy{r}" / ep.relative_to(YAM_EPISODES))
+    videos = sorted(str(p) for p in raw.rglob("*-images-*.mp4"))
+    if real:
+        frames = g1_frames()
+        k = 0
+        for v in videos:
+            reader = open_video(v)
+            n, fps, size = reader.num_frames, reader.fps or 30.0, (reader.width, reader.height)
+            reader.close()
+            if frames.shape[1:3] != (size[1], size[0]):
+                raise RuntimeError(f"G1 frames are {frames.shape[1:3]}, YAM video {v} is {size}")
+            write_video(v, frames[np.arange(k, k + n) % len(frames)], fps=fps)
+            k += n
+    return videos
+
+
+def bench(raw: Path, videos: list[str], tmp: Path, workers: int, trials: int) -> dict:
+    """Alternated trials of decode-only, decode-loop and ingest; returns the frames and the medians."""
     from shardyard.ingest.runner import IngestConfig, run_ingest
     from shardyard.ingest.yam import YamConfig, YamSource
 
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw"
-        for r in range(args.repeat):
-            for ep in sorted(p.parent for p in YAM_EPISODES.rglob("metadata.json")):
-                shutil.copytree(ep, raw / f"copy{r}" / ep.relative_to(YAM_EPISODES))
-        videos = sorted(str(p) for p in raw.rglob("*-images-*.mp4"))
+    read_s, loop_s, ingest_s = [], [], []
+    for _ in range(trials):
+        # The decode pool is closed before the ingest runs: its manager thread would make run_ingest
+        # spawn its readers instead of forking them, as the CLI does.
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            list(pool.map(_decode_all, videos[:2]))  # warm the workers and the page cache
+            frames, s = _timed_decode(pool, _decode_all, videos)
+            read_s.append(s)
+            loop_s.append(_timed_decode(pool, _decode_loop, videos)[1])
+        source = YamSource(YamConfig(root=raw, robot_model=YAM_MODEL))
+        out = tmp / "store"
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        res = run_ingest(source, IngestConfig(out=out, workers=workers))
+        ingest_s.append(time.perf_counter() - t)
+    cams = len([k for k in source.schema().keys() if k.startswith("obs.rgb.")])
+    return {"frames": frames, "episodes": res.num_keys, "ingest": [res.num_steps * cams / s for s in ingest_s],
+            "read": [frames / s for s in read_s], "loop": [frames / s for s in loop_s]}
 
-        read_s, loop_s, ingest_s = [], [], []
-        for _ in range(args.trials):
-            # The decode pool is closed before the ingest runs: its manager thread would make run_ingest
-            # spawn its readers instead of forking them, as the CLI does.
-            with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-                list(pool.map(_decode_all, videos[:2]))  # warm the workers and the page cache
-                frames, s = _timed_decode(pool, _decode_all, videos)
-                read_s.append(s)
-                loop_s.append(_timed_decode(pool, _decode_loop, videos)[1])
-            source = YamSource(YamConfig(root=raw, robot_model=YAM_MODEL))
-            out = Path(tmp) / "store"
-            shutil.rmtree(out, ignore_errors=True)
-            t = time.perf_counter()
-            res = run_ingest(source, IngestConfig(out=out, workers=args.workers))
-            ingest_s.append(time.perf_counter() - t)
-        cams = len([k for k in source.schema().keys() if k.startswith("obs.rgb.")])
-        ingest_fps = res.num_steps * cams / statistics.median(ingest_s)
-    extra = {"workers": args.workers, "frames": frames, "episodes": res.num_keys}
-    figure("ingest_yam.frames", ingest_fps, "frames/s", f"pyav_decode_only_{args.workers}proc",
-           frames / statistics.median(read_s), **extra)
-    figure("ingest_yam.frames_vs_decode_loop", ingest_fps, "frames/s", f"pyav_decode_loop_{args.workers}proc",
-           frames / statistics.median(loop_s), **extra)
+
+def main() -> None:
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=8)
+    parser.add_argument("--frames", choices=("sim", "real", "both"), default="both")
+    args = parser.parse_args()
+    repeat, trials = (1, 1) if args.smoke else (args.repeat, args.trials)
+    for kind in (("sim", "real") if args.frames == "both" else (args.frames,)):
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "raw"
+            videos = build_raw(raw, repeat, kind == "real", 1 if args.smoke else None)
+            m = bench(raw, videos, Path(tmp), args.workers, trials)
+        extra = {"workers": args.workers, "frames": m["frames"], "episodes": m["episodes"]}
+        what = "simulated renders" if kind == "sim" else "real G1 camera frames"
+        med = statistics.median
+        figure(f"ingest_yam.frames_{kind}", med(m["ingest"]), "frames/s", f"PyAV decode only, {args.workers} processes",
+               med(m["read"]), ratio=median_ratio(m["ingest"], m["read"]), goal=">= 0.7",
+               label=f"`ingest yam`, {m['episodes']} episodes, 2 cameras 640x480, {what}, `--workers "
+                     f"{args.workers}`, end to end", **extra)
+        figure(f"ingest_yam.frames_vs_decode_loop_{kind}", med(m["ingest"]), "frames/s",
+               f"PyAV decode loop dropping frames, {args.workers} processes", med(m["loop"]),
+               ratio=median_ratio(m["ingest"], m["loop"]), label=f"the same, against the stricter decode loop ({what})",
+               **extra)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """Random reads from an episodic store against the same arrays in a raw `np.memmap`, in the same run.
 
-Store: the shared YAM episodes ingested with the top camera resized to 448x448 (one 448x448x3 frame per
-chunk, the layout issue 7 measured), lz4. Figures, each through a DataLoader with 2 workers (batch 32):
-- `frames`: random (episode, step) single-frame reads; goal ratio >= 0.5.
+Stores (default codec of the day, as a user gets it): `sim`, the shared YAM episodes (flat simulated renders)
+ingested with the top camera resized to 448x448 (the layout issue 7 measured); `real`, the Unitree G1 LeRobot
+episodes (real 640x480 camera frames) through `ingest lerobot`. The memmap baseline holds the same decoded
+frames as raw `uint8` arrays. Figures, each through a DataLoader with 2 workers (batch 32), the two sides
+alternated `--trials` times, medians (`benchmarks/harness.py`):
+- `frames_<store>`: random (episode, step) single-frame reads; goal ratio >= 0.5.
 - `windows`: random 16-step windows of the low-dim fields (EEF pose, gripper, joints, action); goal >= 0.8.
-Also, in one process without a DataLoader: `frames_1proc` against memmap and `zarr_python_1proc` (what
-plain `zarr` array indexing gives) against memmap.
+Also, in one process without a DataLoader: `frames_1proc_<store>` against memmap and `zarr_python_1proc`
+(what plain `zarr` array indexing gives) against memmap.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import YAM_EPISODES, YAM_MODEL, figure  # noqa: E402
+from harness import G1_DATASET, YAM_EPISODES, YAM_MODEL, add_common_args, alternate, figure, median_ratio  # noqa: E402
 
 LOWDIM = ["obs.eef_pos", "obs.eef_quat", "obs.gripper", "obs.joint_pos", "action"]
 WINDOW = 16
@@ -67,78 +71,123 @@ def _rate(ds, workers: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--reads", type=int, default=6000)
-    parser.add_argument("--store", type=Path, default=None, help="Reuse a store built by an earlier run.")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-
-    from shardyard import open_store
+def build_store(kind: str, out: Path, smoke: bool) -> str:
+    """Ingest the `sim` (YAM top camera at 448x448) or `real` (G1) store at `out`; returns its image field."""
     from shardyard.ingest.runner import IngestConfig, run_ingest
-    from shardyard.ingest.yam import YamConfig, YamSource
 
-    tmp = tempfile.TemporaryDirectory()
-    store_path = args.store or Path(tmp.name) / "store"
-    if not (store_path / "manifest.json").exists():
-        src = YamSource(YamConfig(root=YAM_EPISODES, robot_model=YAM_MODEL, cameras=("top",), image_size=(448, 448)))
-        run_ingest(src, IngestConfig(out=store_path, workers=2))
+    if (out / "manifest.json").exists():
+        pass
+    elif kind == "sim":
+        from shardyard.ingest.yam import YamConfig, YamSource
+
+        size = (112, 112) if smoke else (448, 448)
+        run_ingest(YamSource(YamConfig(root=YAM_EPISODES, robot_model=YAM_MODEL, cameras=("top",), image_size=size)),
+                   IngestConfig(out=out, workers=2))
+    else:
+        from shardyard.ingest.lerobot import LeRobotConfig, LeRobotSource
+
+        run_ingest(LeRobotSource(LeRobotConfig(root=G1_DATASET)), IngestConfig(out=out, workers=2))
+    from shardyard import open_store
+
+    return next(k for k in open_store(str(out)).schema.of_kind("image"))
+
+
+def frame_figures(kind: str, store_path: Path, tmp: Path, reads: int, trials: int) -> None:
+    """Single-frame reads of one store against a memmap of the same frames (1 process, and a DataLoader)."""
+    from shardyard import open_store
+
+    field = build_store(kind, store_path, reads < 1000)
     store = open_store(str(store_path))
     lengths = np.diff(np.concatenate([[0], store.episode_ends]))
     starts = store.episode_starts
     rng = np.random.default_rng(0)
-    eps = rng.integers(0, store.num_episodes, args.reads)
+    eps = rng.integers(0, store.num_episodes, reads)
     frame_index = np.stack([eps, rng.integers(0, lengths[eps])], axis=1)
-    # windows are ~100x cheaper than frames: 10x as many keep the timed part well above a second
-    weps = rng.integers(0, store.num_episodes, 10 * args.reads)
-    win_index = np.stack([weps, rng.integers(0, np.maximum(lengths[weps] - WINDOW, 1))], axis=1)
+    frames_path = str(tmp / f"frames_{kind}.npy")
+    np.save(frames_path, np.concatenate([store.read(e, [field])[field] for e in range(store.num_episodes)]))
+    mm = np.load(frames_path, mmap_mode="r")
+    shape = "x".join(map(str, mm.shape[1:]))
+    codec = store.manifest.get("extra", {}).get("frame_codecs", {}).get(field) or \
+        store.manifest.get("provenance", {}).get("config", {}).get("image_codec", "?")
+    k = min(2000, reads)
 
-    mm_dir = Path(tmp.name) / "memmap"
-    mm_dir.mkdir()
-    frames_path = str(mm_dir / "frames.npy")
-    np.save(frames_path, np.concatenate([store.read(e, ["obs.rgb.top"])["obs.rgb.top"] for e in range(store.num_episodes)]))
+    def one_mm() -> float:
+        t0 = time.perf_counter()
+        for e, t in frame_index[:k]:
+            np.array(mm[starts[e] + t])
+        return k / (time.perf_counter() - t0)
+
+    def one_store() -> float:
+        t0 = time.perf_counter()
+        for e, t in frame_index[:k]:
+            store.read(int(e), [field], int(t), int(t) + 1)
+        return k / (time.perf_counter() - t0)
+
+    r = alternate({"store": one_store, "mm": one_mm}, trials)
+    figure(f"read_episodic.frames_1proc_{kind}", statistics.median(r["store"]), "frames/s", "memmap, 1 process",
+           statistics.median(r["mm"]), ratio=median_ratio(r["store"], r["mm"]), frame=shape, codec=codec,
+           label=f"single {shape} frames ({kind}), one process, no DataLoader")
+    frames_mm = lazy_memmaps({field: frames_path})
+    r = alternate({
+        "store": lambda: _rate(Reads(frame_index, lambda e, t: torch.from_numpy(
+            store.read(e, [field], t, t + 1)[field][0])), 2),
+        "mm": lambda: _rate(Reads(frame_index, lambda e, t: torch.from_numpy(
+            np.array(frames_mm()[field][starts[e] + t]))), 2)}, trials)
+    figure(f"read_episodic.frames_{kind}", statistics.median(r["store"]), "frames/s",
+           "raw np.memmap, same loader", statistics.median(r["mm"]), ratio=median_ratio(r["store"], r["mm"]),
+           goal=">= 0.5", frame=shape, codec=codec,
+           label=f"random single {shape} frames ({'real G1 camera' if kind == 'real' else 'simulated renders'}), "
+                 "DataLoader 2 workers")
+    if kind == "sim":
+        import zarr
+
+        za = zarr.open_group(str(store_path), mode="r")[f"data/{field}"]
+        t0 = time.perf_counter()
+        for e, t in frame_index[:min(300, reads)]:
+            za[starts[e] + t]
+        zarr_rate = min(300, reads) / (time.perf_counter() - t0)
+        figure("read_episodic.zarr_python_1proc", zarr_rate, "frames/s", "memmap, 1 process",
+               statistics.median(r["mm"]), label="plain zarr-python indexing, one process (for scale)")
+
+
+def window_figures(store_path: Path, tmp: Path, reads: int, trials: int) -> None:
+    """Random 16-step low-dim windows against memmaps of the same arrays, DataLoader 2 workers."""
+    from shardyard import open_store
+
+    store = open_store(str(store_path))
+    lengths = np.diff(np.concatenate([[0], store.episode_ends]))
+    starts = store.episode_starts
+    rng = np.random.default_rng(1)
+    weps = rng.integers(0, store.num_episodes, reads)
+    win_index = np.stack([weps, rng.integers(0, np.maximum(lengths[weps] - WINDOW, 1))], axis=1)
     lowdim_paths = {}
     for k in LOWDIM:
-        lowdim_paths[k] = str(mm_dir / f"{k}.npy")
+        lowdim_paths[k] = str(tmp / f"{k}.npy")
         np.save(lowdim_paths[k], store.read_rows(k, 0, store.num_steps))
-
-    # one process, no DataLoader
-    import zarr
-
-    mm = np.load(frames_path, mmap_mode="r")
-    for e, t in frame_index[:200]:  # warm the page cache for both
-        np.array(mm[starts[e] + t]); store.read(int(e), ["obs.rgb.top"], int(t), int(t) + 1)
-    t0 = time.perf_counter()
-    for e, t in frame_index[:2000]:
-        np.array(mm[starts[e] + t])
-    mm_rate = 2000 / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for e, t in frame_index[:2000]:
-        store.read(int(e), ["obs.rgb.top"], int(t), int(t) + 1)
-    store_rate = 2000 / (time.perf_counter() - t0)
-    za = zarr.open_group(str(store_path), mode="r")["data/obs.rgb.top"]
-    t0 = time.perf_counter()
-    for e, t in frame_index[:300]:
-        za[starts[e] + t]
-    zarr_rate = 300 / (time.perf_counter() - t0)
-    figure("read_episodic.frames_1proc", store_rate, "frames/s", "memmap_1proc", mm_rate)
-    figure("read_episodic.zarr_python_1proc", zarr_rate, "frames/s", "memmap_1proc", mm_rate)
-
-    # through a DataLoader with 2 workers, as training reads
-    frames_mm = lazy_memmaps({"obs.rgb.top": frames_path})
-    mm_frames = _rate(Reads(frame_index, lambda e, t: torch.from_numpy(
-        np.array(frames_mm()["obs.rgb.top"][starts[e] + t]))), 2)
-    st_frames = _rate(Reads(frame_index, lambda e, t: torch.from_numpy(
-        store.read(e, ["obs.rgb.top"], t, t + 1)["obs.rgb.top"][0])), 2)
-    figure("read_episodic.frames", st_frames, "frames/s", "memmap_dataloader_2workers", mm_frames,
-           frame="448x448x3", codec="lz4")
     lowdim_mm = lazy_memmaps(lowdim_paths)
-    mm_win = _rate(Reads(win_index, lambda e, t: {k: torch.from_numpy(np.array(m[starts[e] + t:starts[e] + t + WINDOW]))
-                                                  for k, m in lowdim_mm().items()}), 2)
-    st_win = _rate(Reads(win_index, lambda e, t: {k: torch.from_numpy(v) for k, v in
-                                                  store.read(e, LOWDIM, t, t + WINDOW).items()}), 2)
-    figure("read_episodic.windows", st_win, "windows/s", "memmap_dataloader_2workers", mm_win, steps=WINDOW)
-    tmp.cleanup()
+    r = alternate({
+        "store": lambda: _rate(Reads(win_index, lambda e, t: {k: torch.from_numpy(v) for k, v in
+                                                             store.read(e, LOWDIM, t, t + WINDOW).items()}), 2),
+        "mm": lambda: _rate(Reads(win_index, lambda e, t: {k: torch.from_numpy(np.array(
+            m[starts[e] + t:starts[e] + t + WINDOW])) for k, m in lowdim_mm().items()}), 2)}, trials)
+    figure("read_episodic.windows", statistics.median(r["store"]), "windows/s", "raw np.memmap, same loader",
+           statistics.median(r["mm"]), ratio=median_ratio(r["store"], r["mm"]), goal=">= 0.8", steps=WINDOW,
+           label="random 16-step low-dim windows, DataLoader 2 workers")
+
+
+def main() -> None:
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--reads", type=int, default=4000)
+    parser.add_argument("--store", type=Path, default=None, help="Reuse the sim store built by an earlier run.")
+    args = parser.parse_args()
+    reads, trials = (200, 1) if args.smoke else (args.reads, args.trials)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        sim = args.store or tmp_path / "sim"
+        frame_figures("sim", sim, tmp_path, reads, trials)
+        window_figures(sim, tmp_path, 10 * reads, trials)  # windows are ~100x cheaper: 10x as many
+        frame_figures("real", tmp_path / "real", tmp_path, reads, trials)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """Samples/s of `TokenDataset` through a DataLoader (2 workers, batch 64, shuffled) against the same arrays
 read from a raw `np.memmap` through the same DataLoader, in the same run (issue 3; goal >= 0.8).
 
-Prints one JSON line: `read_tokens.dataloader`.
+Both sides batch with `__getitems__`, use the same workers, batch size, shuffle order and a warm page cache (one
+untimed epoch each); alternated `--trials`, medians (`benchmarks/harness.py`). Prints one JSON line:
+`read_tokens.dataloader`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,8 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shardyard.loaders.tokens import TokenDataset
-from shardyard.stores.features import FeatureLayout, FeatureWriter, write_batch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import add_common_args, alternate, figure, median_ratio  # noqa: E402
+
+from shardyard.loaders.tokens import TokenDataset  # noqa: E402
+from shardyard.stores.features import FeatureLayout, FeatureWriter, write_batch  # noqa: E402
 
 
 class MemmapTokens(torch.utils.data.Dataset):
@@ -50,13 +56,14 @@ def rate(ds, epochs: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--samples", type=int, default=2048)
     ap.add_argument("--grid", type=int, default=16)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    if args.smoke:
+        args.samples, args.epochs, args.trials = 256, 1, 1
     n, p, d = args.samples, args.grid * args.grid, args.dim
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -72,14 +79,12 @@ def main() -> None:
         patch.flush()
         cls.flush()
         del patch, cls
-        # alternate the two, best of `rounds` each: the CPU is shared, single timings swing by 2x
-        base = ours = 0.0
-        for _ in range(args.rounds):
-            base = max(base, rate(MemmapTokens(root / "patch.npy", root / "cls.npy"), args.epochs))
-            ours = max(ours, rate(TokenDataset(root / "feat"), args.epochs))
-    print(json.dumps({"benchmark": "read_tokens.dataloader", "value": round(ours, 1), "unit": "samples/s",
-                      "baseline": f"np.memmap[{n}x{p}x{d} float16, 2 workers, batch 64]",
-                      "baseline_value": round(base, 1), "ratio": round(ours / base, 3)}))
+        r = alternate({"memmap": lambda: rate(MemmapTokens(root / "patch.npy", root / "cls.npy"), args.epochs),
+                       "tokens": lambda: rate(TokenDataset(root / "feat"), args.epochs)}, args.trials)
+    figure("read_tokens.dataloader", statistics.median(r["tokens"]), "samples/s",
+           f"np.memmap ({n}x{p}x{d} float16), same loader", statistics.median(r["memmap"]),
+           ratio=median_ratio(r["tokens"], r["memmap"]), goal=">= 0.8",
+           label="`TokenDataset`, DataLoader 2 workers, batch 64, shuffled")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """shardyard: raw robot-learning and vision datasets into sharded, cached stores, and loaders over them."""
 
-__version__ = "0.1.0"
+from shardyard.version import __version__
 
 
 def open_store(path_or_url: str):

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from shardyard import __version__
+from shardyard.version import __version__
 from shardyard.errors import ConfigError, StoreError
 from shardyard.ingest.dino_frames import ShardFrameReader, ShardFramesConfig, is_shard_source
 from shardyard.models.backbones import Backbone, BackboneConfig, load_backbone

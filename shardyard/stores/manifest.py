@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shardyard import __version__
+from shardyard.version import __version__
 
 MANIFEST = "manifest.json"
 
