@@ -9,21 +9,23 @@ second half of the steps). Figures:
   real one (`--backbone facebook/dinov2-small`, weights present locally) the gap is the point of caching.
 - `data_wait_frac`: the fraction of step time spent waiting for batches with cached tokens and 2 workers
   (goal < 5 %), against the same without workers (reads in the training process).
+The cached and live runs alternate `--trials` times; medians (`benchmarks/harness.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import YAM_EPISODES, YAM_MODEL, figure  # noqa: E402
+from harness import YAM_EPISODES, YAM_MODEL, add_common_args, alternate, figure, median_ratio  # noqa: E402
 
 
-def build(root: Path) -> tuple[str, str]:
+def build(root: Path, size: int = 224) -> tuple[str, str]:
     from shardyard.ingest.dino import DinoConfig, ingest_dino
     from shardyard.ingest.runner import IngestConfig, run_ingest
     from shardyard.ingest.yam import YamConfig, YamSource
@@ -31,7 +33,7 @@ def build(root: Path) -> tuple[str, str]:
 
     store, feats = root / "store", root / "features"
     run_ingest(YamSource(YamConfig(root=YAM_EPISODES, robot_model=YAM_MODEL, cameras=("top",),
-                                   image_size=(224, 224))), IngestConfig(out=store, workers=2))
+                                   image_size=(size, size))), IngestConfig(out=store, workers=2))
     ingest_dino(DinoConfig(store=str(store), out=feats, field="obs.rgb.top",
                            backbone=BackboneConfig(spec="tiny-random-dinov2")))
     return str(store), str(feats)
@@ -47,23 +49,34 @@ def steady(store: str, features: str | None, out: Path, steps: int, workers: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--store")
     ap.add_argument("--features")
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--backbone", default="tiny-random-dinov2")
     args = ap.parse_args(argv)
+    steps, trials = (6, 1) if args.smoke else (args.steps, args.trials)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench_vq_") as tmp:
         root = Path(tmp)
-        store, feats = (args.store, args.features) if args.store else build(root)
-        cached = steady(store, feats, root / "cached", args.steps, 2, args.backbone)
-        live = steady(store, None, root / "live", args.steps, 2, args.backbone)
-        inproc = steady(store, feats, root / "inproc", args.steps, 0, args.backbone)
-    figure("train_volume_query.steps_per_s", cached["steps_per_s"], "steps/s", f"live {args.backbone}",
-           live["steps_per_s"], workers=2, batch=8)
-    figure("train_volume_query.data_wait_frac", cached["data_wait_frac"], "fraction", "0 workers",
-           inproc["data_wait_frac"], workers=2, goal="< 0.05")
+        store, feats = (args.store, args.features) if args.store else build(root, 112 if args.smoke else 224)
+        runs: dict[str, list[dict]] = {"cached": [], "live": []}
+
+        def side(name: str, features: str | None):
+            def go() -> float:
+                rec = steady(store, features, root / f"{name}{len(runs[name])}", steps, 2, args.backbone)
+                runs[name].append(rec)
+                return rec["steps_per_s"]
+            return go
+
+        r = alternate({"cached": side("cached", feats), "live": side("live", None)}, trials)
+        inproc = steady(store, feats, root / "inproc", steps, 0, args.backbone)
+    figure("train_volume_query.steps_per_s", statistics.median(r["cached"]), "steps/s", f"live {args.backbone}",
+           statistics.median(r["live"]), ratio=median_ratio(r["cached"], r["live"]), workers=2, batch=8,
+           label="seed 001 trainer, cached tokens vs the live backbone, 2 workers")
+    wait = statistics.median(rec["data_wait_frac"] for rec in runs["cached"])
+    figure("train_volume_query.data_wait_frac", wait, "fraction", "0 workers", inproc["data_wait_frac"],
+           workers=2, goal="value < 0.05", label="data-wait share of step time, cached tokens, 2 workers")
     return 0
 
 
