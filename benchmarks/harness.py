@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 __all__ = ["G1_DATASET", "SHARED", "YAM_EPISODES", "YAM_MODEL", "add_common_args", "alternate", "figure",
-           "g1_frames", "median_ratio"]
+           "g1_frames", "median_ratio", "yam_subset"]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 YAM_EPISODES = SHARED / "yam" / "episodes"
@@ -96,3 +96,14 @@ def g1_frames(size: tuple[int, int] | None = None, max_frames: int | None = None
             if left <= 0:
                 break
     return np.concatenate(out)
+
+
+def yam_subset(dest: Path, n: int | None) -> Path:
+    """The shared YAM episodes folder, or (with `n`) a copy of its first `n` episodes under `dest`."""
+    import shutil
+
+    if n is None:
+        return YAM_EPISODES
+    for ep in sorted(p.parent for p in YAM_EPISODES.rglob("metadata.json"))[:n]:
+        shutil.copytree(ep, dest / ep.relative_to(YAM_EPISODES))
+    return dest

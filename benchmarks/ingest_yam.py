@@ -3,7 +3,8 @@
 Input: the shared YAM episodes (i2rt recorder layout, two 640x480 H.264 cameras, FK through MuJoCo), copied
 `--repeat` times under new keys (default 8: 48 episodes, 15,232 frames) so the run is long enough to time;
 an ingest's fixed costs (schema probe, MuJoCo model compile, the scikit-learn import for the rotation
-k-means, stats and manifest: about 3 s here) weigh ~25 % on 18 episodes (`--repeat 3`). Figures (frames = steps x cameras):
+k-means, stats and manifest: about 3 s here) weigh ~25 % on 18 episodes (`--repeat 3`).
+Figures (frames = steps x cameras):
 - `ingest_yam.frames` against `pyav_decode_only_<n>proc`: every video decoded to a `(T, H, W, 3)` frame
   array with the project's PyAV reader (`VideoReader.read`) by the same number of processes, and nothing
   else (no FK, no alignment, no compression, no writing). Goal ratio >= 0.7 with 2 workers.

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import G1_DATASET, YAM_EPISODES, YAM_MODEL, add_common_args, alternate, figure, median_ratio  # noqa: E402
+from harness import G1_DATASET, YAM_MODEL, add_common_args, alternate, figure, median_ratio, yam_subset  # noqa: E402
 
 LOWDIM = ["obs.eef_pos", "obs.eef_quat", "obs.gripper", "obs.joint_pos", "action"]
 WINDOW = 16
@@ -81,12 +81,14 @@ def build_store(kind: str, out: Path, smoke: bool) -> str:
         from shardyard.ingest.yam import YamConfig, YamSource
 
         size = (112, 112) if smoke else (448, 448)
-        run_ingest(YamSource(YamConfig(root=YAM_EPISODES, robot_model=YAM_MODEL, cameras=("top",), image_size=size)),
+        root = yam_subset(out.parent / "yam_raw", 2 if smoke else None)
+        run_ingest(YamSource(YamConfig(root=root, robot_model=YAM_MODEL, cameras=("top",), image_size=size)),
                    IngestConfig(out=out, workers=2))
     else:
         from shardyard.ingest.lerobot import LeRobotConfig, LeRobotSource
 
-        run_ingest(LeRobotSource(LeRobotConfig(root=G1_DATASET)), IngestConfig(out=out, workers=2))
+        run_ingest(LeRobotSource(LeRobotConfig(root=G1_DATASET, image_size=(160, 120) if smoke else None)),
+                   IngestConfig(out=out, workers=2))
     from shardyard import open_store
 
     return next(k for k in open_store(str(out)).schema.of_kind("image"))

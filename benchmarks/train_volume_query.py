@@ -22,17 +22,17 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import YAM_EPISODES, YAM_MODEL, add_common_args, alternate, figure, median_ratio  # noqa: E402
+from harness import YAM_MODEL, add_common_args, alternate, figure, median_ratio, yam_subset  # noqa: E402
 
 
-def build(root: Path, size: int = 224) -> tuple[str, str]:
+def build(root: Path, size: int = 224, episodes: int | None = None) -> tuple[str, str]:
     from shardyard.ingest.dino import DinoConfig, ingest_dino
     from shardyard.ingest.runner import IngestConfig, run_ingest
     from shardyard.ingest.yam import YamConfig, YamSource
     from shardyard.models.backbones import BackboneConfig
 
     store, feats = root / "store", root / "features"
-    run_ingest(YamSource(YamConfig(root=YAM_EPISODES, robot_model=YAM_MODEL, cameras=("top",),
+    run_ingest(YamSource(YamConfig(root=yam_subset(root / "raw", episodes), robot_model=YAM_MODEL, cameras=("top",),
                                    image_size=(size, size))), IngestConfig(out=store, workers=2))
     ingest_dino(DinoConfig(store=str(store), out=feats, field="obs.rgb.top",
                            backbone=BackboneConfig(spec="tiny-random-dinov2")))
@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench_vq_") as tmp:
         root = Path(tmp)
-        store, feats = (args.store, args.features) if args.store else build(root, 112 if args.smoke else 224)
+        if args.store:
+            store, feats = args.store, args.features
+        else:
+            store, feats = build(root, 112 if args.smoke else 224, 2 if args.smoke else None)
         runs: dict[str, list[dict]] = {"cached": [], "live": []}
 
         def side(name: str, features: str | None):
