@@ -59,6 +59,7 @@ class EpisodeDatasetConfig:
     the anchor step on `relative_dims` (default every dim; the two fields must then have the same shape).
     tolerance_s: how far (seconds) a `delta_timestamps` value may be from a whole step (LeRobot's 1e-4).
     include_task: add the episode's task text as `task` (a str). eps: smallest normalisation scale.
+    float32: serve float fields as float32 (else in their stored dtype).
     """
 
     split: str | None = None
@@ -71,6 +72,7 @@ class EpisodeDatasetConfig:
     tolerance_s: float = 1e-4
     include_task: bool = False
     eps: float = 1e-8
+    float32: bool = True
 
 
 def resolve_field(schema: Any, name: str) -> str:
@@ -228,7 +230,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
         self.rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         self.episode_of = np.concatenate(eps) if eps else np.zeros(0, np.int64)
         if len(self.rows) == 0:
-            raise ConfigError(f"no anchor steps selected (split {self.cfg.split!r}, {len(self.episodes)} episodes)")
+            raise ConfigError(f"no valid anchor steps selected (split {self.cfg.split!r}, "
+                              f"{len(self.episodes)} episodes)")
 
     def _norms(self) -> dict[str, FieldNorm]:
         out = {}
@@ -328,7 +331,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
             q = np.clip(want, a, b - 1)
             x = self._gather(field, q.reshape(-1))
             x = x.reshape(q.shape + x.shape[1:])
-            if x.dtype.kind == "f":
+            if x.dtype.kind == "f" and self.cfg.float32:
                 x = x.astype(np.float32, copy=False)
             if name == self._relative_key:
                 s = self._gather(self._state_field, rows).astype(np.float32)  # (B, S) at the anchor
