@@ -13,7 +13,7 @@ import torch
 
 from shardyard import open_store
 from shardyard.errors import ConfigError
-from shardyard.loaders import EpisodeDataset, EpisodeDatasetConfig, ResumableSampler, normalize_images
+from shardyard.loaders import BatchStream, EpisodeDataset, EpisodeDatasetConfig, ResumableSampler, normalize_images
 from shardyard.loaders.episodes import gather_rows
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
@@ -214,6 +214,9 @@ def test_mid_epoch_resume_through_a_dataloader(store_path):
     s2 = ResumableSampler(len(ds), seed=11)
     s2.load_state_dict(s.state_dict(consumed=8))
     assert order(s2) == full[8:] and sorted(full) == list(range(sum(LENGTHS)))
+    stream = torch.utils.data.DataLoader(BatchStream(ds, s2, batch_size=4), batch_size=None)   # whole batches
+    batches = [b["index"].tolist() for b in stream]
+    assert sum(batches, []) == full[8:] and {len(b) for b in batches[:-1]} == {4}
 
 
 def test_errors_name_the_field(store_path):
@@ -250,7 +253,6 @@ def test_loaders_exports_every_public_dataset():
     assert out.stdout.strip().endswith("[]")
     import shardyard.loaders as L
     from shardyard.loaders import (  # noqa: F401
-        BatchStream,
         ClipStream,
         EpisodeWindows,
         StreamConfig,
