@@ -15,9 +15,9 @@ with `unnormalize` and `decode_action` as the inverse for predictions.
 
 Relative actions (`relative_action=True`): the action field becomes `action[t + k] - state[t]` on
 `relative_dims`, as UMI and pi0 use. Its stats are not in `stats.json`: they are computed on construction
-from the store's train split (every anchor and served offset, padded ones left out) with the mergeable stats
-parts of `stores.stats.moments` (two passes: min/max, then histograms on shared edges), so they are what the
-samples actually hold, and `relative_stats` has them in `stats.json`'s per-field layout.
+(`loaders.normalize.relative_action_stats`, not cached in a file, so a read-only or remote store works)
+from the store's train split, every anchor and served offset (padded ones left out), with the mergeable
+stats parts of `stores.stats.moments`; `relative_stats` has them in `stats.json`'s per-field layout.
 
 Reads are batched: `__getitems__` (used by `DataLoader` and `loaders.sampler.BatchStream`) gathers each
 field's rows for the whole batch, then reads them with one `read_rows` call per run of consecutive frames
@@ -36,8 +36,7 @@ import torch
 
 from shardyard.errors import ConfigError
 from shardyard.ingest.lerobot import field_from_feature
-from shardyard.loaders.normalize import FieldNorm
-from shardyard.stores.stats.moments import empty_part, finalize, make_edges, merge_parts, part_from_array
+from shardyard.loaders.normalize import FieldNorm, relative_action_stats
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +138,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
     anchor_mask: optional `(num_steps,) bool` over the store's global steps; False drops that anchor.
 
     Item `i` -> dict: per requested field `name`, `name` -> `(K, *shape)` tensor (K = len(deltas[name]);
-    images `uint8 (K, C, H, W)`, float fields float32, normalised when configured) and `name_is_pad` ->
+    images `uint8 (K, C, H, W)`, a view of the stored channels-last frames that collate's stack makes
+    contiguous; float fields float32, normalised when configured) and `name_is_pad` ->
     `(K,) bool` (True where the offset left the episode and the edge step was repeated); `episode_index`
     (store episode), `frame_index` (step within the episode), `index` (global step of the store, LeRobot's
     `index`) as ints; `task` (str) with `include_task`.
@@ -274,32 +274,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         if len(dims) == 0 or dims.min() < 0 or dims.max() >= min(a_shape[0], s_shape[0]):
             raise ConfigError(f"relative_dims {dims.tolist()} outside [0, {min(a_shape[0], s_shape[0])})")
         self._relative_key, self._state_field, self._dims = key, state, dims
-        self.relative_stats = self._relative_stats(act)
-
-    def _relative_chunks(self, act: str, episodes: Sequence[int]):
-        """Per episode of `episodes`: the `(n, A)` relative actions of every anchor and non-padded offset."""
-        d = self.deltas[self._relative_key]
-        for e in episodes:
-            x = self.store.read(e, [act, self._state_field])
-            a, s = x[act].astype(np.float32), x[self._state_field].astype(np.float32)
-            t = np.arange(len(a))[:, None] + d[None, :]                     # (T, K)
-            ok = (t >= 0) & (t < len(a))
-            rel = a[np.clip(t, 0, len(a) - 1)]                              # (T, K, A)
-            rel[..., self._dims] -= s[:, None, self._dims]
-            yield rel[ok]
-
-    def _relative_stats(self, act: str) -> dict[str, list]:
-        train = [int(e) for e in (self.store.split or {}).get("train", [])] or list(range(self.store.num_episodes))
-        dim = self.store.schema[act].shape[0]
-        part = empty_part(dim)
-        for rows in self._relative_chunks(act, train):                     # pass 1: min / max
-            part = merge_parts(part, part_from_array(rows))
-        edges = make_edges(part.min, part.max, "float32")
-        part = empty_part(dim, edges)
-        for rows in self._relative_chunks(act, train):                     # pass 2: histograms, q01 / q99
-            part = merge_parts(part, part_from_array(rows, edges))
-        log.info("relative-action stats of %s over %d train episodes, %d rows", act, len(train), part.count)
-        return finalize(part)
+        self.relative_stats = relative_action_stats(self.store, act, state, self.deltas[key], dims)
 
     # -- reading -------------------------------------------------------------------------------------------
     def __len__(self) -> int:

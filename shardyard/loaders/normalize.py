@@ -1,4 +1,4 @@
-"""Feature normalisation from `stats.json`, and its inverse for predictions; images on the training device.
+"""Feature normalisation from `stats.json` and its inverse, relative-action stats, images on the device.
 
 Modes (LeRobot's `NormalizationMode` names, lower case; LeRobot `policies/normalize.py`):
 
@@ -17,19 +17,24 @@ Images are not normalised here: they cross DataLoader workers as `uint8 (..., C,
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from shardyard.errors import ConfigError
+from shardyard.stores.stats.moments import empty_part, finalize, make_edges, merge_parts, part_from_array
+
+log = logging.getLogger(__name__)
 
 MODES = ("mean_std", "min_max", "quantiles", "identity")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-__all__ = ["MODES", "IMAGENET_MEAN", "IMAGENET_STD", "FieldNorm", "normalize_images"]
+__all__ = ["MODES", "IMAGENET_MEAN", "IMAGENET_STD", "FieldNorm", "normalize_images", "relative_actions",
+           "relative_action_stats"]
 
 
 def _as(a: np.ndarray, x: Any) -> Any:
@@ -114,3 +119,45 @@ def normalize_images(images: torch.Tensor, mean: Sequence[float] | None = IMAGEN
     m = torch.as_tensor(mean, dtype=dtype, device=images.device).view(c, 1, 1)
     s = torch.as_tensor(std, dtype=dtype, device=images.device).view(c, 1, 1)
     return x.sub_(m).div_(s)
+
+
+def relative_actions(action: np.ndarray, state: np.ndarray, deltas: np.ndarray, dims: np.ndarray) -> np.ndarray:
+    """Relative action chunks of one episode: `action (T, A)`, `state (T, S)`, step offsets `deltas (K,)` ->
+    `(n, A) float32` rows `action[t + k] - state[t]` (on `dims`; other dims stay absolute) for every anchor
+    `t` and offset `k` that stays inside the episode (padded ones are left out of the stats)."""
+    a, s = np.asarray(action, np.float32), np.asarray(state, np.float32)
+    t = np.arange(len(a))[:, None] + np.asarray(deltas, np.int64)[None, :]            # (T, K)
+    ok = (t >= 0) & (t < len(a))
+    rel = a[np.clip(t, 0, len(a) - 1)]                                                 # (T, K, A)
+    rel[..., dims] -= s[:, None, dims]
+    return rel[ok]
+
+
+def relative_action_stats(store: Any, action_field: str, state_field: str, deltas: Sequence[int],
+                          dims: Sequence[int], episodes: Sequence[int] | None = None) -> dict[str, list]:
+    """`stats.json`-style stats (`count, mean, std, min, max, q01, q99`, per feature) of the relative actions
+    (`relative_actions`) over `episodes` (default the store's train split, else every episode), from the
+    mergeable parts of `stores.stats.moments`: pass 1 merges per-episode min/max into shared histogram edges
+    (`make_edges`), pass 2 merges per-episode histograms on them, so q01/q99 are within one bin width of
+    `np.quantile` and the result does not depend on how episodes are grouped. Reads each episode's two
+    fields whole, twice (about 0.5 s for 736 steps x 16 offsets on this machine)."""
+    if episodes is None:
+        episodes = [int(e) for e in (store.split or {}).get("train", [])] or list(range(store.num_episodes))
+    d, dm = np.asarray(deltas, np.int64), np.asarray(dims, np.int64)
+
+    def chunks() -> Iterator[np.ndarray]:
+        for e in episodes:
+            x = store.read(e, [action_field, state_field])
+            yield relative_actions(x[action_field], x[state_field], d, dm)
+
+    dim = int(np.prod(store.schema[action_field].shape, dtype=np.int64))
+    part = empty_part(dim)
+    for rows in chunks():
+        part = merge_parts(part, part_from_array(rows))
+    edges = make_edges(part.min, part.max, "float32")
+    part = empty_part(dim, edges)
+    for rows in chunks():
+        part = merge_parts(part, part_from_array(rows, edges))
+    log.info("relative-action stats of %s - %s over %d episodes, %d rows", action_field, state_field,
+             len(episodes), part.count)
+    return finalize(part)
