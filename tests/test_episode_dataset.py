@@ -154,6 +154,7 @@ def test_normalisation_from_stats_json_and_its_inverse(store_path, mode, lo, hi)
     np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ds.unnormalize("observation.state", x), r, rtol=1e-5, atol=1e-5)
     back = ds.unnormalize("obs.state", torch.from_numpy(x))               # store name, tensor
+    np.testing.assert_array_equal(ds.unnormalize("action", x[:, :1]), x[:, :1])   # not normalised: as is
     np.testing.assert_allclose(back.numpy(), r, rtol=1e-5, atol=1e-5)
     train = np.isin(raw.episode_of, store.split["train"])
     if mode == "min_max":                                        # stats are the train split's

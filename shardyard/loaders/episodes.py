@@ -353,8 +353,13 @@ class EpisodeDataset(torch.utils.data.Dataset):
     # -- inverse for predictions ------------------------------------------------------------------------------
     def unnormalize(self, name: str, x: Any) -> Any:
         """Raw values of normalised `x (..., *shape)` of field `name` (numpy or tensor); `x` itself when the
-        field is not normalised. For relative actions this gives the relative values (see `decode_action`)."""
-        norm = self.norms.get(name) or self.norms.get(next((k for k, f in self.fields.items() if f == name), ""))
+        field is not normalised. `name` is the served name, the store field or its LeRobot name. For relative
+        actions this gives the relative values (see `decode_action`). Raises ConfigError for a field not in
+        the store."""
+        norm = self.norms.get(name)
+        if norm is None:
+            field = resolve_field(self.store.schema, name)
+            norm = next((self.norms[k] for k, f in self.fields.items() if f == field and k in self.norms), None)
         return x if norm is None else norm.invert(x)
 
     def decode_action(self, pred: Any, state: Any) -> Any:
