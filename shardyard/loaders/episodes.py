@@ -335,17 +335,15 @@ class EpisodeDataset(torch.utils.data.Dataset):
                 t = t.permute(0, 1, 4, 2, 3)
             tensors[name] = t
             tensors[f"{name}_is_pad"] = torch.from_numpy(batch[f"{name}_is_pad"])
-        tasks = [self.store.episode_meta(int(e)).get("task") for e in batch["episode_index"]] \
-            if self.cfg.include_task else None
-        items = []
-        for j in range(len(batch["index"])):
-            it: dict[str, Any] = {k: v[j] for k, v in tensors.items()}
-            it.update(episode_index=int(batch["episode_index"][j]), frame_index=int(batch["frame_index"][j]),
-                      index=int(batch["index"][j]))
-            if tasks is not None:
-                it["task"] = tasks[j] or ""
-            items.append(it)
-        return items
+        # unbind / tolist make all per-sample views and ints in one call each (indexing per item costs
+        # more than the whole low-dim read of the batch)
+        cols: dict[str, Sequence[Any]] = {k: t.unbind(0) for k, t in tensors.items()}
+        for k in ("episode_index", "frame_index", "index"):
+            cols[k] = batch[k].tolist()
+        if self.cfg.include_task:
+            cols["task"] = [self.store.episode_meta(e).get("task") or "" for e in cols["episode_index"]]
+        keys = list(cols)
+        return [dict(zip(keys, vals)) for vals in zip(*cols.values())]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.__getitems__([int(i)])[0]
