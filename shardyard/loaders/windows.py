@@ -7,9 +7,10 @@ and is marked invalid. Targets come from `loaders.targets` with the store's stat
 rotation bins) and the episode's camera (`K`, `T_world_cam`, or the per-step `obs.T_world_cam.<role>` field
 of a moving camera, taken at the frame's step `t`).
 
-A step is valid when its frame exists (not marked missing in the feature store). Low-dim fields are read
-once and kept in memory (8 floats per step); frames and tokens are read per batch in the calling process, so
-the dataset can be given to DataLoader workers (fork or spawn).
+A step is valid when its frame exists (not marked missing in the feature store). The windows are read by
+`loaders.episodes.EpisodeDataset` (one batched read per `__getitems__`; low-dim fields from the store's
+in-memory copy), tokens per batch, in the calling process, so the dataset can be given to DataLoader workers
+(fork or spawn).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from shardyard.errors import ConfigError
+from shardyard.loaders.episodes import EpisodeDataset, EpisodeDatasetConfig
 from shardyard.loaders.targets import TargetSpec, compute_targets, grid_intrinsics
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,10 @@ class EpisodeWindows(torch.utils.data.Dataset):
     episode's end), `in_frame (T,) bool`, `mask = valid & in_frame`, `future_pos (T, 3)` metres; `K_grid
     (3, 3)` and `T_world_cam (4, 4)` float64 for decoding; `index`, `row` (global step).
 
+    A thin layer over `loaders.episodes.EpisodeDataset` (`data`): the EEF pose, gripper and moving-camera
+    fields are its deltas `k * s` for `k = 0..T` (edge-padded, `valid = not is_pad`), and its anchors are
+    the steps whose frame exists.
+
     Raises ConfigError for a missing camera, robot stats or split; ValueError when the feature store does
     not align with the store.
     """
@@ -90,78 +96,80 @@ class EpisodeWindows(torch.utils.data.Dataset):
             raise ConfigError(f"window and frame_stride must be >= 1, got {window}, {frame_stride}")
         self.window, self.frame_stride = int(window), int(frame_stride)
         self.field, self.role = resolve_camera(self.store.schema, camera)
-        self.spec = TargetSpec.from_stats(self.store.stats, self.cfg.robot, self.cfg.rotation_mode)
+        self.spec = s = TargetSpec.from_stats(self.store.stats, self.cfg.robot, self.cfg.rotation_mode)
         n = self.store.num_steps
         if self.features is not None and self.features.num_samples != n:
             raise ValueError(f"feature store has {self.features.num_samples} samples, store {n} steps: "
                              "not computed from this store")
-        if split is None:
-            episodes = list(range(self.store.num_episodes))
-        elif split in self.store.split:
-            episodes = list(self.store.split[split])
-        else:
-            raise ConfigError(f"store has no split {split!r}; it has {sorted(self.store.split)}")
-        s = self.spec
-        self.pos = self.store.read_rows(s.pos_field, 0, n).astype(np.float64)
-        self.quat = self.store.read_rows(s.quat_field, 0, n).astype(np.float64)
-        self.grip = (self.store.read_rows(s.gripper_field, 0, n).astype(np.float64).reshape(n)
-                     if s.gripper_field in self.store.schema else None)
-        moving_field = f"obs.T_world_cam.{self.role}"
-        self.moving_T = (self.store.read_rows(moving_field, 0, n).astype(np.float64)
-                         if moving_field in self.store.schema else None)
+        offsets = [k * self.frame_stride for k in range(self.window + 1)]   # k = 0 is the start step
+        deltas = {s.pos_field: offsets, s.quat_field: offsets}
+        self.gripper_field = s.gripper_field if s.gripper_field in self.store.schema else None
+        if self.gripper_field is not None:
+            deltas[self.gripper_field] = offsets
+        moving = f"obs.T_world_cam.{self.role}"
+        self.moving_field = moving if moving in self.store.schema else None
+        if self.moving_field is not None:
+            deltas[moving] = [0]
+        if self.features is None:
+            deltas[self.field] = [0]
+        missing = self.features.missing if self.features is not None else np.zeros(n, bool)
+        self.data = EpisodeDataset(self.store, deltas, anchor_mask=~np.asarray(missing, bool),
+                                   config=EpisodeDatasetConfig(split=split, float32=False))
         h, w = self.store.schema[self.field].shape[:2]
         self.cams: dict[int, dict[str, Any]] = {}
-        rows, eps = [], []
-        missing = self.features.missing if self.features is not None else np.zeros(n, bool)
-        for e in episodes:
+        for e in self.data.episodes:
             cam = self.store.episode_meta(e)["cameras"].get(self.role)
             if cam is None or cam.get("K") is None:
                 raise ConfigError(f"episode {e} has no intrinsics for camera {self.role!r}")
-            if cam.get("T_world_cam") is None and self.moving_T is None:
+            if cam.get("T_world_cam") is None and self.moving_field is None:
                 raise ConfigError(f"episode {e}: camera {self.role!r} has neither a fixed T_world_cam nor "
-                                  f"a {moving_field} field")
+                                  f"a {moving} field")
             wh = (int(cam.get("width") or w), int(cam.get("height") or h))
             self.cams[e] = {"K": cam["K"], "T": cam.get("T_world_cam"), "wh": wh,
                             "K_grid": grid_intrinsics(cam["K"], wh, self.cfg.pred_size)}
-            a, b = int(self.store.episode_starts[e]), int(self.store.episode_ends[e])
-            r = np.arange(a, b)[~missing[a:b]]
-            rows.append(r)
-            eps.append(np.full(len(r), e))
-        self.rows = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
-        self.episode_of = np.concatenate(eps).astype(np.int64) if eps else np.zeros(0, np.int64)
-        if len(self.rows) == 0:
-            raise ConfigError(f"no valid steps in split {split!r}")
         self._tokens = None
         log.info("EpisodeWindows: %d samples from %d episodes, T=%d, stride=%d, camera %s, %s", len(self),
-                 len(episodes), self.window, self.frame_stride, self.field,
+                 len(self.data.episodes), self.window, self.frame_stride, self.field,
                  "tokens" if self.features is not None else "frames")
 
+    @property
+    def rows(self) -> np.ndarray:
+        """Global step `(len,) int64` of each sample."""
+        return self.data.rows
+
+    @property
+    def episode_of(self) -> np.ndarray:
+        """Episode index `(len,) int64` of each sample."""
+        return self.data.episode_of
+
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.data)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range [0, {len(self)})")
         return self.__getitems__([int(i) % len(self)])[0]
 
+    def _targets(self, batch: dict[str, np.ndarray], j: int, i: int) -> dict[str, np.ndarray]:
+        """Targets of row `j` of an `EpisodeDataset.fetch` batch, which is sample `i`."""
+        s = self.spec
+        e = int(batch["episode_index"][j])
+        pos = batch[s.pos_field][j].astype(np.float64)                       # (T + 1, 3)
+        quat = batch[s.quat_field][j].astype(np.float64)
+        grip = None if self.gripper_field is None else batch[self.gripper_field][j].astype(np.float64).reshape(-1)
+        cam = self.cams[e]
+        T = cam["T"] if self.moving_field is None else batch[self.moving_field][j][0].astype(np.float64)
+        t = compute_targets(s, pos, quat, grip, cam["K"], T, cam["wh"], self.cfg.pred_size)
+        valid = ~batch[f"{s.pos_field}_is_pad"][j][1:]
+        out = {key: v[1:] for key, v in t.items()}
+        out.update(start_pix=t["pix"][0], valid=valid, mask=valid & out["in_frame"], future_pos=pos[1:],
+                   K_grid=cam["K_grid"], T_world_cam=np.asarray(T, np.float64), index=np.int64(i),
+                   row=np.int64(batch["index"][j]))
+        return out
+
     def targets(self, i: int) -> dict[str, np.ndarray]:
         """Targets of sample `i` as numpy arrays (see the class docstring)."""
-        row, e = int(self.rows[i]), int(self.episode_of[i])
-        b = int(self.store.episode_ends[e])
-        k = np.arange(0, self.window + 1)
-        want = row + k * self.frame_stride                        # (T + 1,), k = 0 is the start step
-        fut = np.minimum(want, b - 1)
-        cam = self.cams[e]
-        T = cam["T"] if self.moving_T is None else self.moving_T[row]
-        t = compute_targets(self.spec, self.pos[fut], self.quat[fut],
-                            None if self.grip is None else self.grip[fut], cam["K"], T, cam["wh"],
-                            self.cfg.pred_size)
-        valid = (want < b)[1:]
-        out = {key: v[1:] for key, v in t.items()}
-        out.update(start_pix=t["pix"][0], valid=valid, mask=valid & out["in_frame"],
-                   future_pos=self.pos[fut[1:]], K_grid=cam["K_grid"], T_world_cam=np.asarray(T, np.float64),
-                   index=np.int64(i), row=np.int64(row))
-        return out
+        return self._targets(self.data.fetch([i]), 0, int(i))
 
     def frame(self, i: int) -> np.ndarray:
         """The frame `(H, W, 3) uint8` of sample `i`."""
@@ -176,18 +184,19 @@ class EpisodeWindows(torch.utils.data.Dataset):
         return self._tokens
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        """A batch of items; token reads are grouped (one read per run of consecutive steps)."""
+        """A batch of items, read as one `EpisodeDataset.fetch` (and one grouped token read)."""
         idx = [int(i) for i in indices]
-        items = [{k: torch.as_tensor(v) for k, v in self.targets(i).items()} for i in idx]
+        batch = self.data.fetch(idx)
+        items = [{k: torch.as_tensor(v) for k, v in self._targets(batch, j, i).items()} for j, i in enumerate(idx)]
         if self.features is not None:
             toks = self._token_reader().__getitems__([int(self.rows[i]) for i in idx])
             for it, tk in zip(items, toks):
                 it["patch_tokens"] = tk["dino.patch_tokens"]
                 it["cls_token"] = tk["dino.cls_token"]
         else:
-            for it, i in zip(items, idx):
-                img = torch.from_numpy(np.ascontiguousarray(self.frame(i)))
-                it["image"] = img.permute(2, 0, 1).float().div_(255.0)      # (3, H, W) in [0, 1]
+            frames = torch.from_numpy(batch[self.field][:, 0])                    # (B, H, W, 3) uint8
+            for j, it in enumerate(items):
+                it["image"] = frames[j].permute(2, 0, 1).float().div_(255.0)     # (3, H, W) in [0, 1]
         return items
 
     def __getstate__(self) -> dict[str, Any]:
