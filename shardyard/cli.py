@@ -11,6 +11,7 @@ import logging
 import shardyard.commands.ingest  # noqa: F401  (registers the ingest commands)
 import shardyard.commands.store  # noqa: F401  (stats, inspect, export)
 import shardyard.commands.train  # noqa: F401  (train commands)
+import shardyard.commands.view  # noqa: F401  (view)
 from shardyard.commands.common import app, ingest_app
 
 
