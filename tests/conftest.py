@@ -109,3 +109,42 @@ def serve_directory(directory, ranges: bool = True):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler_cls, directory=str(directory)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def run_notebook(path: Path, env: dict[str, str], tmp_path: Path, timeout: int = 180):
+    """Execute the notebook at `path` top to bottom in a kernel running this interpreter, with `env` set (the
+    notebooks read their store URL from an environment variable); returns the executed notebook. A cell that
+    raises fails the call (nbclient's CellExecutionError)."""
+    import json
+
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    kdir = tmp_path / "jupyter" / "kernels" / "python3"
+    kdir.mkdir(parents=True, exist_ok=True)
+    (kdir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (test)", "language": "python",
+        "env": env | {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1",
+                      "MPLBACKEND": "module://matplotlib_inline.backend_inline"}}))
+    old = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = str(tmp_path / "jupyter")
+    try:
+        nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout,
+                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        if old is None:
+            os.environ.pop("JUPYTER_PATH", None)
+        else:
+            os.environ["JUPYTER_PATH"] = old
+    return nb
+
+
+def notebook_outputs(nb) -> tuple[str, list[int]]:
+    """(all stream text, number of PNG images displayed by each code cell) of an executed notebook."""
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    text = "".join(o.get("text", "") for c in cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    images = [sum(1 for o in c.get("outputs", []) if o.get("output_type") in ("display_data", "execute_result")
+                  and "image/png" in o.get("data", {})) for c in cells]
+    return text, images
