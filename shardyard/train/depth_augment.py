@@ -59,8 +59,8 @@ def bts_augment(images: torch.Tensor, depth: torch.Tensor, g: torch.Generator,
     hc, wc = crop_size(H, W, cfg)
     tops = torch.randint(0, H - hc + 1, (B,), generator=g)
     lefts = torch.randint(0, W - wc + 1, (B,), generator=g)
-    images = torch.stack([images[i, :, t:t + hc, l:l + wc] for i, (t, l) in enumerate(zip(tops, lefts))])
-    depth = torch.stack([depth[i, :, t:t + hc, l:l + wc] for i, (t, l) in enumerate(zip(tops, lefts))])
+    images = torch.stack([images[i, :, t:t + hc, x:x + wc] for i, (t, x) in enumerate(zip(tops, lefts))])
+    depth = torch.stack([depth[i, :, t:t + hc, x:x + wc] for i, (t, x) in enumerate(zip(tops, lefts))])
     # flip
     flip = torch.rand(B, generator=g) < cfg.flip_p
     images = torch.where(flip[:, None, None, None], images.flip(-1), images)
