@@ -17,8 +17,9 @@ from shardyard.ingest.nyu_depth_v2 import NyuConfig, NyuSource, ingest_nyu
 from shardyard.ingest.runner import IngestConfig
 from shardyard.models.backbones import BackboneConfig
 from shardyard.models.dpt_depth import DPTConfig, DPTDepth
-from shardyard.train.depth import DepthTrainConfig, batch_indices, train_depth
+from shardyard.train.depth import DepthTrainConfig, train_depth
 from shardyard.train.depth_augment import BTSAugmentConfig, bts_augment
+from shardyard.train.loop import BatchOrder
 
 H, W = 42, 56
 
@@ -89,8 +90,8 @@ def test_bts_augment_crops_and_keeps_depth_values():
 
 
 def test_batch_order_is_a_pure_function_of_seed_and_step():
-    a = [batch_indices(s, 10, 4, 0).tolist() for s in range(6)]
-    assert a == [batch_indices(s, 10, 4, 0).tolist() for s in range(6)]
+    a = [BatchOrder(10, 4, 0).indices(s).tolist() for s in range(6)]
+    assert a == [BatchOrder(10, 4, 0).indices(s).tolist() for s in range(6)]
     assert sorted(sum(a[:2], [])) == sorted(set(sum(a[:2], [])))            # no repeats inside an epoch
 
 

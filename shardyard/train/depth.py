@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 
-from shardyard.errors import ConfigError
 from shardyard.models.dpt_depth import DPTConfig, DPTDepth, silog_loss
-from shardyard.train.depth_augment import BTSAugmentConfig, bts_augment
+from shardyard.train.configs import DepthTrainConfig
+from shardyard.train.depth_augment import bts_augment
 from shardyard.train.depth_data import DepthData, open_depth_data
 from shardyard.train.depth_metrics import DepthMetrics, format_table, write_depth_png
 from shardyard.train.loop import (
@@ -54,52 +53,6 @@ TRAIN_LOG = "train.jsonl"
 # fields a resumed run may change: where it stops, how often it reports, where it runs
 RESUME_IGNORES = ("out", "stop_at", "eval_every", "ckpt_every", "log_every", "eval_max_images", "png_samples",
                   "device", "amp")
-
-
-@dataclass
-class DepthTrainConfig:
-    """Options of `train_depth`. `stop_at` ends the run early at that step (as a kill would, after a
-    checkpoint) without changing the schedule, whose length is `steps`. `model`/`layers`/`image_size`
-    configure the live backbone when no feature store is given (else they come from the store's key).
-    amp: autocast, "auto" (bf16 on CUDA), "bf16", "fp16" or "off"."""
-
-    store: str
-    out: Path
-    features: str | None = None
-    steps: int = 2000
-    stop_at: int | None = None
-    batch_size: int = 4
-    lr: float = 1e-4
-    encoder_lr: float = 5e-6
-    weight_decay: float = 0.01
-    warmup_steps: int = 500
-    eta_min: float = 1e-6
-    silog_lambda: float = 0.85
-    features_dim: int = 64
-    reassemble_channels: tuple[int, int, int, int] = (48, 96, 192, 384)
-    live_backbone: bool = False
-    augment: bool = True
-    model: str = "tiny-random-dinov2"
-    layers: tuple[int, ...] = (-1,)
-    image_size: tuple[int, int] = (224, 224)
-    eval_every: int = 500
-    ckpt_every: int = 500
-    log_every: int = 10
-    eval_max_images: int | None = None
-    png_samples: int = 2
-    rgb_field: str = "obs.rgb"
-    depth_field: str = "obs.depth"
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"
-    augment_cfg: BTSAugmentConfig = field(default_factory=BTSAugmentConfig)
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        if self.features is None and not self.live_backbone:
-            raise ConfigError("train depth needs --features (cached tokens) or --live-backbone")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
 
 
 def lr_schedule(base: float, cfg: DepthTrainConfig) -> LRSchedule:

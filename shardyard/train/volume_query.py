@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +39,7 @@ from shardyard.errors import ConfigError
 from shardyard.loaders.targets import decode_positions
 from shardyard.loaders.windows import EpisodeWindows, WindowConfig, collate_numpy
 from shardyard.models.volume_query import DinoVolumeQuery, VolumeQueryConfig, decode, volume_query_loss
+from shardyard.train.configs import TrainConfig
 from shardyard.train.loop import (
     CHECKPOINT,
     METRICS,
@@ -65,48 +65,6 @@ SUMS = (*LOSSES, "pix_err", "pix_err_cells", "pix_err_start", "pix_err_start_cel
 # fields a resumed run may change: where and how long it runs, how often it reports
 RESUME_IGNORES = ("out", "steps", "num_workers", "log_every", "ckpt_every", "plot_every", "eval_every",
                   "val_max_samples", "resume", "device", "amp")
-
-
-@dataclass
-class TrainConfig:
-    """Options of the volume-query trainer (defaults from seed 001).
-
-    store, features: episodic store and (optional) its feature store; out: run folder. backbone: spec of the
-    live backbone used without features. model: overrides of `VolumeQueryConfig` fields (d_feat, n_blocks...).
-    steps: optimiser steps in total (a resumed run goes on to this count). num_workers: DataLoader workers.
-    log_every / ckpt_every / plot_every / eval_every: in steps (0 disables plots / validation).
-    val_max_samples: held-out windows per evaluation. device: "auto", "cpu", "cuda"... amp: autocast,
-    "auto" (bf16 on CUDA), "bf16", "fp16" or "off".
-    """
-
-    store: str
-    out: str
-    features: str | None = None
-    backbone: str = "tiny-random-dinov2"
-    camera: str | None = None
-    robot: str | None = None
-    rotation_mode: str | None = None
-    window: int = 8
-    frame_stride: int = 3
-    pred_size: int = 56
-    model: dict[str, Any] = field(default_factory=dict, metadata={"options_of": VolumeQueryConfig})
-    steps: int = 300
-    batch_size: int = 8
-    lr: float = 5e-5
-    weight_decay: float = 1e-4
-    warmup_steps: int = 0
-    decay_steps: int = 0
-    grad_clip: float = 1.0
-    num_workers: int = 0
-    seed: int = 0
-    log_every: int = 10
-    ckpt_every: int = 100
-    plot_every: int = 100
-    eval_every: int = 100
-    val_max_samples: int = 256
-    resume: bool = True
-    device: str = "auto"
-    amp: str = "auto"
 
 
 def pixel_error(pred_cells: np.ndarray, true_cells: np.ndarray, image_wh: np.ndarray,
