@@ -187,4 +187,5 @@ def test_stream_resume_equals_uninterrupted(tar_folder, tmp_path):
     def strip(rows):  # stream counters count what this process decoded; the rest must match exactly
         return [{k: v for k, v in r.items() if k != "clips"} for r in rows]
 
-    assert strip(read_metrics(tmp_path / "a" / "metrics.jsonl")) == strip(read_metrics(tmp_path / "b" / "metrics.jsonl"))
+    a, b = (read_metrics(tmp_path / run_dir / "metrics.jsonl") for run_dir in ("a", "b"))
+    assert strip(a) == strip(b)

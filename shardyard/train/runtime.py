@@ -1,7 +1,7 @@
 """Where a trainer runs, once for every trainer: the device, the process group under torchrun, autocast,
 and moving batches onto the device.
 
-Under `torchrun` (WORLD_SIZE > 1) on CUDA, each process first binds its GPU (`torch.cuda.set_device
+Under `torchrun` on CUDA, each process first binds its GPU (`torch.cuda.set_device
 (LOCAL_RANK)`), then joins an `nccl` group; on CPU (or `device="cpu"`) the group is `gloo`. Collectives
 run on the group's device (nccl needs CUDA tensors). Batches come from the DataLoader as numpy arrays
 (cheaper through its worker queue, see `loaders.windows.collate_numpy`); `to_device` makes them tensors
@@ -65,15 +65,15 @@ class Runtime:
         return out
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model in DDP when there are several processes (bound to this GPU on CUDA), else as is."""
-        if self.world_size == 1:
+        """The model in DDP inside a process group (bound to this GPU on CUDA), else as is."""
+        if self.backend is None:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def all_reduce_sums(self, sums: Mapping[str, float]) -> dict[str, float]:
-        """`sums` added over the processes (float64, on the group's device); as is with one process."""
-        if self.world_size == 1:
+        """`sums` added over the processes (float64, on the group's device); as is without a group."""
+        if self.backend is None:
             return dict(sums)
         dev = self.device if self.backend == "nccl" else torch.device("cpu")
         t = torch.tensor(list(sums.values()), dtype=torch.float64, device=dev)
@@ -81,16 +81,16 @@ class Runtime:
         return dict(zip(sums, t.cpu().tolist()))
 
     def gather(self, obj: Any) -> list[Any]:
-        """`obj` of every process, in rank order (`[obj]` with one process)."""
-        if self.world_size == 1:
+        """`obj` of every process, in rank order (`[obj]` without a group)."""
+        if self.backend is None:
             return [obj]
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
 
     def barrier(self) -> None:
-        """Wait for every process (no-op with one)."""
-        if self.world_size > 1:
+        """Wait for every process (no-op without a group)."""
+        if self.backend is not None:
             dist.barrier(device_ids=[self.device.index]) if self.backend == "nccl" else dist.barrier()
 
     def peak_memory_gib(self) -> float | None:
@@ -133,13 +133,14 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def setup_runtime(device: str = "auto", amp: str = "auto") -> Runtime:
-    """The runtime of this process: joins the torchrun group when WORLD_SIZE > 1 (binding the GPU first on
-    CUDA, then `nccl`; `gloo` on CPU). Raises ConfigError for a bad `amp`."""
+    """The runtime of this process: joins the process group when started by torchrun (even with one
+    process, so `torchrun --nproc_per_node 1` runs the nccl path) or WORLD_SIZE > 1, binding the GPU first
+    on CUDA, then `nccl`; `gloo` on CPU. Raises ConfigError for a bad `amp`."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     dtype = amp_dtype(amp, dev)
-    if world == 1:
+    if world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return Runtime(device=dev, amp_dtype=dtype)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)            # before the group: nccl binds each rank to its current GPU

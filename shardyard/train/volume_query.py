@@ -8,7 +8,7 @@ Data: `loaders.windows.EpisodeWindows` over the train split, batches in `train.l
 of (seed, step), split by rank, read by DataLoader workers in turn). With `--features` the model reads
 cached DINO tokens; without, it runs the frozen backbone (`--backbone`) on the frames every step.
 Optimiser: AdamW (lr 5e-5, weight decay 1e-4); autocast per `--amp` (auto: bf16 on CUDA, off on CPU).
-Under torchrun (WORLD_SIZE > 1) the model is wrapped in DDP (`train.runtime`: nccl on CUDA, gloo on CPU);
+Under torchrun the model is wrapped in DDP (`train.runtime`: nccl on CUDA, gloo on CPU);
 rank 0 writes `RUN/latest.pth`, `RUN/metrics.jsonl` and `RUN/plots/step_XXXXXX.png`.
 
 Metrics, averaged over the steps since the previous record and over ranks: `loss`, `volume`, `gripper`,
@@ -18,11 +18,11 @@ pixels), and `train_pix_argmax_cells` the same in cells of the grid; `pix_start_
 `pix_start_baseline_cells`: the error of the trivial prediction "the EEF stays at its start cell", for scale;
 `grip_acc`, `rot_acc`, `err3d_m` (metres between the true EEF and the argmax cell + height bin centre
 decoded with `geometry.unproject_at_height`), `data_wait_frac` (time waiting for batches over step time),
-`steps_per_s`, `lr`. Every `eval_every` steps (a multiple of it ends the run with one), the row also holds
-the same metrics on the held-out `val` episodes (`val_loss`, `val_pix_argmax`, `val_pix_argmax_cells`,
-`val_grip_acc`, ...; the seed headlines the train metric because val is multimodal, but both are reported).
-A rerun with the same `--out` resumes from `latest.pth` exactly (model, optimiser, batch position, RNG,
-metric accumulators).
+`steps_per_s`, `lr` (and `peak_mem_gib` on CUDA). Every `eval_every` steps (a multiple of it ends the
+run with one), the row also holds the same metrics on the held-out `val` episodes (`val_loss`,
+`val_pix_argmax`, `val_pix_argmax_cells`, `val_grip_acc`, ...; the seed headlines the train metric because
+val is multimodal, but both are reported). A rerun with the same `--out` resumes from `latest.pth` exactly
+(model, optimiser, batch position, RNG, metric accumulators).
 """
 
 from __future__ import annotations
@@ -253,6 +253,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                    for k, v in summarise(rt.all_reduce_sums(sums)).items()}
             if evaluate_now:
                 row |= evaluate(model, val, rt, mcfg, cfg, data.spec.height_edges)
+            if rt.peak_memory_gib() is not None:
+                row["peak_mem_gib"] = rt.peak_memory_gib()
             logger.log({"step": step, "epoch": order.epoch(step - 1), "lr": lr, **row,
                         "data_wait_frac": timer.fraction(), "steps_per_s": timer.steps_per_s()})
             sums = dict.fromkeys(SUMS, 0.0)
