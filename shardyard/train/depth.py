@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shardyard.errors import ConfigError
 from shardyard.models.dpt_depth import DPTConfig, DPTDepth, silog_loss
 from shardyard.train.configs import DepthTrainConfig
 from shardyard.train.depth_augment import bts_augment
@@ -104,6 +105,8 @@ def train_depth(cfg: DepthTrainConfig) -> TrainResult:
     # -- init ------------------------------------------------------------------------------------------
     cfg.out.mkdir(parents=True, exist_ok=True)
     rt = setup_runtime(cfg.device, cfg.amp)
+    if rt.world_size > 1:
+        raise ConfigError("train depth runs in one process (no DDP yet); start it without torchrun")
     torch.manual_seed(cfg.seed)
     data = open_depth_data(cfg, rt.device)
     model, opt, schedules = build(cfg, data, rt.device)

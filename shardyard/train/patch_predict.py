@@ -210,6 +210,8 @@ def run(cfg: PatchPredictConfig) -> TrainResult:
     a checkpoint of another run."""
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     rt = setup_runtime(cfg.device, cfg.amp)
+    if rt.world_size > 1:
+        raise ConfigError("train patch-predict runs in one process (no DDP yet); start it without torchrun")
     torch.manual_seed(cfg.seed)
     return run_features(cfg, rt) if cfg.features else run_stream(cfg, rt)
 

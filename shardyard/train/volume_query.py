@@ -163,6 +163,15 @@ def plot_trajectories(path: Path, frame: np.ndarray, true_pix: np.ndarray, pred_
     return path
 
 
+def plot_first(path: Path, data: EpisodeWindows, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor],
+               mcfg: VolumeQueryConfig, step: int) -> Path:
+    """`plot_trajectories` of the batch's first sample."""
+    pred, i = decode(out, mcfg), int(batch["index"][0])
+    first = {k: batch[k][0].cpu().numpy() for k in ("pix", "mask", "start_pix")}
+    return plot_trajectories(path, data.frame(i), first["pix"], pred["pix"][0].cpu().numpy(), first["mask"],
+                             first["start_pix"], mcfg.pred_size, title=f"step {step}, sample {i}")
+
+
 def open_data(cfg: TrainConfig) -> tuple[EpisodeWindows, EpisodeWindows | None]:
     """Train windows and held-out val windows (None, with a warning, when the store has no usable val
     split). Raises ConfigError / StoreError for bad inputs (see EpisodeWindows)."""
@@ -260,11 +269,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             sums = dict.fromkeys(SUMS, 0.0)
             timer.reset()
         if rt.is_main and cfg.plot_every > 0 and (step % cfg.plot_every == 0 or step == cfg.steps):
-            pred, i = decode(out, mcfg), int(batch["index"][0])
-            plots.append(plot_trajectories(
-                out_dir / "plots" / f"step_{step:06d}.png", data.frame(i), batch["pix"][0].cpu().numpy(),
-                pred["pix"][0].cpu().numpy(), batch["mask"][0].cpu().numpy(), batch["start_pix"][0].cpu().numpy(),
-                mcfg.pred_size, title=f"step {step}, sample {i}"))
+            plots.append(plot_first(out_dir / "plots" / f"step_{step:06d}.png", data, batch, out, mcfg, step))
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             all_sums = rt.gather(sums)                 # each rank's accumulators since the last record
             if rt.is_main:
