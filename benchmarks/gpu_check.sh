@@ -35,8 +35,8 @@ if not SMOKE and not torch.cuda.is_available():
     sys.exit("gpu_check: no CUDA device (use --smoke on a CPU machine)")
 
 
-def report(check, **figures):
-    row = {"check": check, "device": DEVICE, "amp": "bf16", **figures}
+def report(check, amp="bf16", **figures):
+    row = {"check": check, "device": DEVICE, **({"amp": amp} if amp else {}), **figures}
     print(json.dumps(row), flush=True)
 
 
@@ -176,7 +176,7 @@ def check_ingest_dino(store):
     from shardyard.stores.features import open_features
 
     n = open_features(str(out)).num_samples
-    report("ingest_dino.vits14_random", images=n, images_per_s=round(n / wall, 1), exit_code=res.exit_code,
+    report("ingest_dino.vits14_random", amp=None, images=n, images_per_s=round(n / wall, 1), exit_code=res.exit_code,
            peak_mem_gib=peak_gib())
 
 
