@@ -4,6 +4,8 @@ trainer shares (`train/runtime.py`): autocast dtype on CPU, device placement, ba
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,3 +132,10 @@ def test_batch_order_splits_ranks_and_reports_its_state():
 def test_format_table_marks_missing_values():
     text = format_table([{"step": 1, "loss": 0.123456}, {"step": 2}], ("step", "loss"))
     assert text.splitlines() == ["step    loss", "----  ------", "   1  0.1235", "   2       -"]
+
+
+def test_cli_starts_without_importing_torch():
+    # options are derived from torch-free config dataclasses; the trainers load when a command runs
+    code = "import sys, shardyard.cli; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stdout.strip() == "False"

@@ -48,8 +48,20 @@ def _strip_optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
+def nested_name(f: dataclasses.Field, hint: Any) -> str | None:
+    """Name of the dataclass whose fields a `KEY=VALUE` option sets for field `f` (None when `f` is not
+    such a field), without importing it: the CLI must start without the trainers' imports (torch)."""
+    target = f.metadata.get("options_of")
+    if isinstance(target, str):
+        return target.partition(":")[2]
+    if target is not None:
+        return target.__name__
+    return hint.__name__ if dataclasses.is_dataclass(hint) else None
+
+
 def nested_class(f: dataclasses.Field, hint: Any) -> type | None:
-    """The dataclass whose fields a `KEY=VALUE` option sets for field `f`, or None."""
+    """The dataclass whose fields a `KEY=VALUE` option sets for field `f` (imported when named by a
+    `"module:Class"` string), or None."""
     target = f.metadata.get("options_of")
     if isinstance(target, str):
         module, _, name = target.partition(":")
@@ -119,11 +131,11 @@ def field_option(f: dataclasses.Field, hint: Any, flag: str, help_text: str) -> 
         f.default_factory() if f.default_factory is not dataclasses.MISSING else ...)
     decls = (flag, "-o") if f.name == "out" else (flag,)
     base, optional = _strip_optional(hint)
-    nested = nested_class(f, hint) if not (base in SCALARS or base is bool) else None
+    nested = nested_name(f, hint) if not (base in SCALARS or base is bool) else None
     if base is bool:
         annotation, opt = bool, typer.Option(default, f"{flag}/--no-{flag[2:]}", help=help_text)
     elif nested is not None:
-        text = f"{help_text} KEY=VALUE, repeatable: fields of {nested.__name__}.".strip()
+        text = f"{help_text} KEY=VALUE, repeatable: fields of {nested}.".strip()
         annotation, opt = Optional[list[str]], typer.Option(None, flag, help=text)
     elif typing.get_origin(base) is tuple:
         shown = _default_text(default) if has_default and default is not None else None
