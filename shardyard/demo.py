@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if rc == 0:
         # issue 4: train seed 001's volume-query model on the cached tokens (CPU, a few hundred steps, lr
         # 1e-3 instead of the seed's 5e-5 to learn within the demo's budget); the trainer prints the metric
-        # table (train_pix_argmax falling well below pix_start_baseline) and the paths of its plots
+        # table (train_pix_argmax, in source-frame pixels, falling well below pix_start_baseline; val_pix_argmax
+        # on the held-out episodes) and the paths of its plots
         rc = _cli("train", "volume-query", "--store", str(store), "--features", str(args.out / "features"),
                   "--out", str(args.out / "run"), "--steps", str(args.train_steps), "--lr", "1e-3",
                   "--log-every", "50", "--plot-every", "200", "--ckpt-every", "200")

@@ -93,8 +93,8 @@ def synthetic(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 def test_learnt_predictors_beat_copy_on_a_linear_map(synthetic, tmp_path, kind):
     r = run(PatchPredictConfig(out=str(tmp_path / kind), features=str(synthetic), gap=1, model=kind, steps=150,
-                               lr=3e-2 if kind == "linear" else 5e-3, eval_every=150, ckpt_every=150))
-    copy = run(PatchPredictConfig(out=str(tmp_path / "copy"), features=str(synthetic), gap=1, model="copy"))
+                               lr=3e-2 if kind == "linear" else 5e-3, eval_every=150, ckpt_every=150)).final
+    copy = run(PatchPredictConfig(out=str(tmp_path / "copy"), features=str(synthetic), gap=1, model="copy")).final
     assert r["copy_mse"] == pytest.approx(copy["mse"]) and r["copy_cos"] == pytest.approx(copy["cos"])
     assert r["mse"] < 0.3 * r["copy_mse"] and r["cos"] > r["copy_cos"] and r["improvement"] > 70
     rows = read_metrics(tmp_path / kind / "metrics.jsonl")
@@ -187,4 +187,5 @@ def test_stream_resume_equals_uninterrupted(tar_folder, tmp_path):
     def strip(rows):  # stream counters count what this process decoded; the rest must match exactly
         return [{k: v for k, v in r.items() if k != "clips"} for r in rows]
 
-    assert strip(read_metrics(tmp_path / "a" / "metrics.jsonl")) == strip(read_metrics(tmp_path / "b" / "metrics.jsonl"))
+    a, b = (read_metrics(tmp_path / run_dir / "metrics.jsonl") for run_dir in ("a", "b"))
+    assert strip(a) == strip(b)

@@ -17,8 +17,9 @@ from shardyard.ingest.nyu_depth_v2 import NyuConfig, NyuSource, ingest_nyu
 from shardyard.ingest.runner import IngestConfig
 from shardyard.models.backbones import BackboneConfig
 from shardyard.models.dpt_depth import DPTConfig, DPTDepth
-from shardyard.train.depth import DepthTrainConfig, batch_indices, train_depth
+from shardyard.train.depth import DepthTrainConfig, train_depth
 from shardyard.train.depth_augment import BTSAugmentConfig, bts_augment
+from shardyard.train.loop import BatchOrder
 
 H, W = 42, 56
 
@@ -89,8 +90,8 @@ def test_bts_augment_crops_and_keeps_depth_values():
 
 
 def test_batch_order_is_a_pure_function_of_seed_and_step():
-    a = [batch_indices(s, 10, 4, 0).tolist() for s in range(6)]
-    assert a == [batch_indices(s, 10, 4, 0).tolist() for s in range(6)]
+    a = [BatchOrder(10, 4, 0).indices(s).tolist() for s in range(6)]
+    assert a == [BatchOrder(10, 4, 0).indices(s).tolist() for s in range(6)]
     assert sorted(sum(a[:2], [])) == sorted(set(sum(a[:2], [])))            # no repeats inside an epoch
 
 
@@ -101,7 +102,7 @@ def test_train_runs_checkpoints_and_silog_falls(nyu_tokens):
     assert res.step == 30 and res.resumed_from == 0
     first, last = np.mean(res.losses[:5]), np.mean(res.losses[-5:])
     assert last < 0.7 * first, (first, last)
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 30 and rows[-1]["split"] == "val" and rows[-1]["num_images"] == 4
     for k in ("abs_rel", "sq_rel", "rmse", "log10", "silog", "delta1", "delta2", "delta3", "s_star",
               "scaled_abs_rel", "abs_rel_0_2m", "abs_rel_2_5m", "abs_rel_5_10m", "pred_min", "pred_max"):
@@ -114,6 +115,10 @@ def test_resume_is_exact(nyu_tokens):
     straight = train_depth(_cfg(nyu_tokens, "run_a"))
     first = train_depth(_cfg(nyu_tokens, "run_b", stop_at=4))
     assert first.step == 4
+    # a kill between a log row and the next checkpoint leaves rows past it: the resumed run drops them
+    for name in ("train.jsonl", "metrics.jsonl"):
+        with open(nyu_tokens / "run_b" / name, "a") as f:
+            f.write(json.dumps({"step": 5, "loss": 0.0}) + "\n")
     resumed = train_depth(_cfg(nyu_tokens, "run_b"))
     assert resumed.resumed_from == 4 and resumed.step == 8
     assert straight.losses[4:] == resumed.losses
@@ -122,6 +127,10 @@ def test_resume_is_exact(nyu_tokens):
     assert a["step"] == b["step"] == 8
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+    train_rows = [json.loads(line) for line in (nyu_tokens / "run_b" / "train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in train_rows] == list(range(1, 9))
+    assert [json.loads(line)["step"] for line in (nyu_tokens / "run_b" / "metrics.jsonl").read_text().splitlines()] \
+        == [8]
     with pytest.raises(Exception, match="another config"):
         train_depth(_cfg(nyu_tokens, "run_b", lr=1e-3))
 

@@ -1,5 +1,6 @@
-"""The volume-query trainer: exact resume from latest.pth, live-backbone mode, plots, and a 2-process
-torchrun (gloo) smoke run through the CLI."""
+"""The volume-query trainer: exact resume from latest.pth, live-backbone mode, plots, the pixel metric in
+source-frame pixels (by hand), the validation pass in bf16 autocast on CPU, and a 2-process torchrun (gloo)
+smoke run through the CLI."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
 import torch
 from vq_fixtures import TINY_MODEL, vq_data  # noqa: F401  (fixture)
 
 from shardyard.train.loop import read_metrics
-from shardyard.train.volume_query import TrainConfig, train
+from shardyard.train.volume_query import TrainConfig, pixel_error, train
 
 TIMING = ("data_wait_frac", "steps_per_s")
 
@@ -77,3 +80,28 @@ def test_torchrun_two_processes_gloo(vq_data, tmp_path):
     assert all(s["offset"] == 24 for s in samplers)                    # 3 steps x 8 samples, on each rank
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
     assert (out / "plots" / "step_000003.png").exists()
+
+
+def test_pixel_error_by_hand():
+    # a 640x480 frame on an 8x8 grid: a cell is 80 px wide and 60 px high
+    pred = np.array([[[4, 5], [2, 2]]])                                # (B=1, T=2, 2) cells (x, y)
+    true = np.array([[[1, 1], [2, 2]]])
+    px, cells = pixel_error(pred, true, np.array([[640, 480]]), 8)
+    assert cells.tolist() == [[5.0, 0.0]]                                  # (3, 4) cells: 5 cells
+    assert px[0, 0] == pytest.approx(np.hypot(3 * 80, 4 * 60)) and px[0, 1] == 0.0   # 339.41 px
+
+
+def test_validation_pass_in_bf16_on_cpu(vq_data, tmp_path):
+    store, features = vq_data
+    res = train(_cfg(store, features, tmp_path / "bf16", steps=4, eval_every=2, amp="bf16", device="cpu"))
+    rows = res.records
+    assert [r["step"] for r in rows] == [1, 2, 4] and "val_loss" not in rows[0]
+    for r in rows[1:]:                                                  # eval rows: train and val metrics
+        assert np.isfinite(r["val_loss"]) and np.isfinite(r["loss"]) and 0 <= r["val_grip_acc"] <= 1
+        # frames are 64x48 on a 16x16 grid: a cell is 4 x 3 px, so px error lies in [3, 4] x cells error
+        for split in ("train_", "val_"):
+            px, cells = r[split + "pix_argmax"], r[split + "pix_argmax_cells"]
+            assert 3 * cells - 1e-9 <= px <= 4 * cells + 1e-9 and cells > 0
+        assert 3 * r["pix_start_baseline_cells"] - 1e-9 <= r["pix_start_baseline"]
+    assert res.final["step"] == 4 and res.final["val_pix_argmax"] == rows[-1]["val_pix_argmax"]
+    assert torch.load(res.checkpoint, weights_only=False)["config"]["amp"] == "bf16"

@@ -13,23 +13,11 @@ so a resumed run draws exactly what an uninterrupted one does.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass
-class BTSAugmentConfig:
-    """crop_hw: crop on 480x640 frames (scaled for other sizes); angles in degrees; ranges are uniform."""
-
-    crop_hw: tuple[int, int] = (416, 544)
-    max_rotation_deg: float = 2.5
-    flip_p: float = 0.5
-    colour_p: float = 0.5
-    gamma: tuple[float, float] = (0.9, 1.1)
-    brightness: tuple[float, float] = (0.75, 1.25)
-    colour: tuple[float, float] = (0.9, 1.1)
+from shardyard.train.configs import BTSAugmentConfig
 
 
 def crop_size(h: int, w: int, cfg: BTSAugmentConfig) -> tuple[int, int]:
@@ -59,8 +47,8 @@ def bts_augment(images: torch.Tensor, depth: torch.Tensor, g: torch.Generator,
     hc, wc = crop_size(H, W, cfg)
     tops = torch.randint(0, H - hc + 1, (B,), generator=g)
     lefts = torch.randint(0, W - wc + 1, (B,), generator=g)
-    images = torch.stack([images[i, :, t:t + hc, l:l + wc] for i, (t, l) in enumerate(zip(tops, lefts))])
-    depth = torch.stack([depth[i, :, t:t + hc, l:l + wc] for i, (t, l) in enumerate(zip(tops, lefts))])
+    images = torch.stack([images[i, :, t:t + hc, x:x + wc] for i, (t, x) in enumerate(zip(tops, lefts))])
+    depth = torch.stack([depth[i, :, t:t + hc, x:x + wc] for i, (t, x) in enumerate(zip(tops, lefts))])
     # flip
     flip = torch.rand(B, generator=g) < cfg.flip_p
     images = torch.where(flip[:, None, None, None], images.flip(-1), images)

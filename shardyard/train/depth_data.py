@@ -55,16 +55,18 @@ class DepthData:
         """`(B, H, W, 3) uint8`."""
         return self._each(self.rgb_field, idx)
 
-    def depth_tensor(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-        return torch.from_numpy(self.depth(idx)).unsqueeze(1).to(device)             # (B, 1, H, W)
-
     def images_tensor(self, idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.rgb(idx)).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
+        """`(B, 3, H, W)` float32 in [0, 1], on the CPU (where the BTS augmentation runs)."""
+        return torch.from_numpy(self.rgb(idx)).permute(0, 3, 1, 2).float().div_(255.0)
 
-    def tokens(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-        """Cached tokens `(B, h*w, L*C)` float32."""
+    def tokens(self, idx: np.ndarray) -> np.ndarray:
+        """Cached tokens `(B, h*w, L*C)` float32 (numpy: `Runtime.to_device` moves them)."""
         x = np.concatenate([self.features.patch_tokens(int(i), int(i) + 1) for i in idx])
-        return torch.from_numpy(x.astype(np.float32)).to(device)
+        return x.astype(np.float32)
+
+    def cached_batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """`tokens (B, h*w, L*C)` float32 and `depth (B, 1, H, W)` metres of rows `idx` (cached mode)."""
+        return {"tokens": self.tokens(idx), "depth": self.depth(idx)[:, None]}
 
     def live_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Tokens of the live backbone with gradients, as `Backbone.__call__` computes them (the same layers,
@@ -82,14 +84,16 @@ class DepthData:
         return torch.cat([p for p, _ in outs], dim=-1)
 
     @torch.no_grad()
-    def predict(self, model, idx: np.ndarray, device: torch.device) -> np.ndarray:
-        """Depth `(B, H, W)` metres of rows `idx` at the stored frame size (no augmentation)."""
+    def predict(self, model, idx: np.ndarray, rt: Any) -> np.ndarray:
+        """Depth `(B, H, W)` metres of rows `idx` at the stored frame size (no augmentation), on the
+        `train.runtime.Runtime` `rt` (its device and autocast)."""
         h, w = self.store.schema[self.depth_field].shape
-        if self.backbone is None:
-            tok = self.tokens(idx, device)
-        else:
-            tok = self.live_tokens(self.images_tensor(idx).to(device))
-        return model(tok, self.grid, out_hw=(h, w))[:, 0].float().cpu().numpy()
+        with rt.autocast():
+            if self.backbone is None:
+                tok = rt.to_device({"tokens": self.tokens(idx)})["tokens"]
+            else:
+                tok = self.live_tokens(rt.to_device({"image": self.images_tensor(idx)})["image"])
+            return model(tok, self.grid, out_hw=(h, w))[:, 0].float().cpu().numpy()
 
 
 def _eval_crop(store, h: int, w: int) -> list[int] | None:

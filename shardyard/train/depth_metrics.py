@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from shardyard.train.loop import format_table as loop_table
+
 log = logging.getLogger(__name__)
 
 EIGEN_CROP = (45, 471, 41, 601)
@@ -38,8 +40,8 @@ def eval_mask(gt: np.ndarray, crop: tuple[int, int, int, int] | list[int] | None
     m = (gt > min_m) & (gt < max_m)
     if crop is not None:
         c = np.zeros_like(m)
-        t, b, l, r = crop
-        c[t:b, l:r] = True
+        top, bottom, left, right = crop
+        c[top:bottom, left:right] = True
         m &= c
     return m
 
@@ -96,6 +98,7 @@ class DepthMetrics:
                 self.range_counts[i] += int(sel.sum())
 
     def compute(self) -> dict[str, Any]:
+        """Means over the images seen so far (None when there were none), median scaling and range splits."""
         out: dict[str, Any] = {k: self.sums[k] / self.images if self.images else None for k in KEYS}
         for i, (a, b) in enumerate(RANGES):
             out[f"abs_rel_{a:g}_{b:g}m"] = float(self.range_sums[i] / self.range_counts[i]) \
@@ -107,17 +110,13 @@ class DepthMetrics:
         return out
 
 
+TABLE_COLUMNS = ("step", "abs_rel", "sq_rel", "rmse", "log10", "silog", "delta1", "delta2", "delta3", "s_star",
+                 "scaled_abs_rel", "abs_rel_0_2m", "abs_rel_2_5m", "abs_rel_5_10m", "pred_min", "pred_max")
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Plain-text table of metric dicts (one row each, e.g. one per eval step)."""
-    cols = ["step", "abs_rel", "sq_rel", "rmse", "log10", "silog", "delta1", "delta2", "delta3", "s_star",
-            "scaled_abs_rel", "abs_rel_0_2m", "abs_rel_2_5m", "abs_rel_5_10m", "pred_min", "pred_max"]
-
-    def cell(v: Any) -> str:
-        return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
-
-    table = [cols] + [[cell(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in table)
+    """Plain-text table of eval rows (one per eval step), floats to 4 decimals (`train.loop.format_table`)."""
+    return loop_table(rows, TABLE_COLUMNS, float_format=".4f", rule=False)
 
 
 def write_depth_png(path: Path, rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray,
@@ -138,7 +137,8 @@ def write_depth_png(path: Path, rgb: np.ndarray, gt: np.ndarray, pred: np.ndarra
         vmax = float(np.quantile(g[g > 0], 0.99)) if (g > 0).any() else max_m
         err = np.where(eval_mask(g, crop, 1e-3, max_m), np.abs(p - g), np.nan)
         for ax, img, title, kw in ((axes[i, 0], rgb[i], "RGB", {}),
-                                   (axes[i, 1], np.where(g > 0, g, np.nan), "truth (m)", dict(cmap="magma_r", vmin=0, vmax=vmax)),
+                                   (axes[i, 1], np.where(g > 0, g, np.nan), "truth (m)",
+                                    dict(cmap="magma_r", vmin=0, vmax=vmax)),
                                    (axes[i, 2], p, "prediction (m)", dict(cmap="magma_r", vmin=0, vmax=vmax)),
                                    (axes[i, 3], err, "|error| (m), Eigen crop", dict(cmap="viridis"))):
             im = ax.imshow(img, **kw)

@@ -24,7 +24,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,56 +32,25 @@ import torch
 from shardyard.errors import ConfigError, SourceError
 from shardyard.models.patch_predict import PatchPredictorConfig, build_predictor, improvement, patch_cosine, patch_mse
 from shardyard.stores.atomic import atomic_write_json
-from shardyard.train.loop import CHECKPOINT, METRICS, LRSchedule, MetricLogger, load_checkpoint, save_checkpoint
+from shardyard.train.configs import PatchPredictConfig
+from shardyard.train.loop import (
+    CHECKPOINT,
+    METRICS,
+    BatchOrder,
+    LRSchedule,
+    MetricLogger,
+    TrainResult,
+    resume_state,
+    save_checkpoint,
+    set_lr,
+)
+from shardyard.train.runtime import Runtime, setup_runtime
 
 log = logging.getLogger(__name__)
 
-_SAME_RUN = ("features", "stream", "gap", "model", "hidden", "batch_size", "seed", "clips_per_step")
-
-
-@dataclass
-class PatchPredictConfig:
-    """features: feature store path; or stream (shard store / folder of tars / URL) with live_backbone.
-    gap: frames between input and target (in rows of the feature store, i.e. at its --fps). model: copy,
-    linear or mlp. steps: optimizer updates. lr, weight_decay, warmup_steps: AdamW, constant after warmup.
-    eval_every / ckpt_every / log_every: in steps. val_fraction: episodes held out. max_eval_pairs: cap.
-    Stream only: backbone (spec), image_size (px), stream_fps (Hz), clips_per_step, stream_size (decode
-    size, px). device: "cpu", "cuda" or "auto"."""
-
-    out: str
-    features: str | None = None
-    gap: int = 8
-    model: str = "mlp"
-    steps: int = 200
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    hidden: int = 0
-    eval_every: int = 50
-    ckpt_every: int = 50
-    log_every: int = 10
-    val_fraction: float = 0.2
-    max_eval_pairs: int = 1024
-    seed: int = 0
-    resume: bool = True
-    device: str = "cpu"
-    stream: str | None = None
-    live_backbone: bool = False
-    backbone: str = "tiny-random-dinov2"
-    image_size: int = 224
-    stream_fps: float = 8.0
-    clips_per_step: int = 2
-    stream_size: int = 128
-
-    def __post_init__(self) -> None:
-        if (self.features is None) == (self.stream is None):
-            raise ConfigError("give exactly one of --features or --stream")
-        if self.stream is not None and not self.live_backbone:
-            raise ConfigError("--stream computes tokens on the fly: add --live-backbone")
-        if self.gap < 1 or self.steps < 0 or self.batch_size < 1:
-            raise ConfigError(f"need gap >= 1, steps >= 0, batch_size >= 1 (got {self.gap}, {self.steps}, "
-                              f"{self.batch_size})")
+# fields a resumed run may change: how long it runs, how often it reports, where it runs
+RESUME_IGNORES = ("out", "steps", "eval_every", "ckpt_every", "log_every", "max_eval_pairs", "resume", "device",
+                  "amp")
 
 
 # ---- data: cached features ----------------------------------------------------------------------------
@@ -120,6 +89,7 @@ class FeaturePairs:
         self.fps = self.fs.key.get("fps")
 
     def tokens(self, rows: np.ndarray) -> torch.Tensor:
+        """Patch tokens `(len(rows), P, D)` float32 of feature rows `rows` (one read per run of rows)."""
         uniq, inverse = np.unique(rows, return_inverse=True)
         breaks = np.flatnonzero(np.diff(uniq) != 1) + 1
         runs = np.split(uniq, breaks)
@@ -128,19 +98,20 @@ class FeaturePairs:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: FeaturePairs, pairs: np.ndarray, device: torch.device,
-             chunk: int = 128) -> dict[str, float]:
-    """Model and copy-baseline cosine / MSE to the future patches over `pairs`, and the improvement (%)."""
+def evaluate(model: torch.nn.Module, pairs: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
+             val: np.ndarray, chunk: int = 128) -> dict[str, float]:
+    """Model and copy-baseline cosine / MSE to the future patches over the rows `val (M, 2)` (`pairs` reads
+    their tokens `(m, P, D)` onto the device), and the improvement (%)."""
     sums = np.zeros(4)
-    for i in range(0, len(pairs), chunk):
-        p = pairs[i:i + chunk]
-        x, y = data.tokens(p[:, 0]).to(device), data.tokens(p[:, 1]).to(device)
+    for i in range(0, len(val), chunk):
+        p = val[i:i + chunk]
+        x, y = pairs(p)
         pred = model(x)
         sums += len(p) * np.asarray([patch_cosine(pred, y).item(), patch_mse(pred, y).item(),
                                      patch_cosine(x, y).item(), patch_mse(x, y).item()])
-    cos, mse, ccos, cmse = (sums / len(pairs)).tolist()
+    cos, mse, ccos, cmse = (sums / len(val)).tolist()
     return {"cos": cos, "mse": mse, "copy_cos": ccos, "copy_mse": cmse, "improvement": improvement(cmse, mse),
-            "pairs": int(len(pairs))}
+            "pairs": int(len(val))}
 
 
 # ---- data: live stream ------------------------------------------------------------------------------
@@ -169,107 +140,146 @@ def live_pairs(backbone: Any, frames: torch.Tensor, gap: int) -> tuple[torch.Ten
     return tok[:, :-gap].flatten(0, 1), tok[:, gap:].flatten(0, 1)
 
 
-# ---- the loop ---------------------------------------------------------------------------------------
-def run(cfg: PatchPredictConfig) -> dict[str, Any]:
-    """Train (or, for `copy`, only evaluate) and return the final eval record; resumes from
-    `out/latest.pth` when present (`cfg.resume`). Raises `ConfigError` for a checkpoint of another run."""
-    from shardyard.models.backbones import BackboneConfig, best_device, load_backbone
+# ---- shared by both modes ---------------------------------------------------------------------------
+@dataclass
+class Setup:
+    """What both modes build: the runtime, the predictor, its optimizer (None for `copy`) and schedule, the
+    step to start from, the loaded checkpoint (None on a fresh start) and the metric log."""
 
+    rt: Runtime
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer | None
+    schedule: LRSchedule
+    start: int
+    state: dict[str, Any] | None
+    metrics: MetricLogger
+
+
+def setup(cfg: PatchPredictConfig, rt: Runtime, embed_dim: int) -> Setup:
+    """Build the predictor and optimizer, resume from `out/latest.pth` when present (and `cfg.resume`).
+    Raises `ConfigError` for a checkpoint of another run."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = best_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    data = backbone = stream = batches = None
-    if cfg.features:
-        data = FeaturePairs(cfg.features, cfg.gap, cfg.val_fraction)
-        embed_dim = data.fs.embed_dim
-        rng = np.random.default_rng(cfg.seed)
-        val = data.val[np.sort(rng.permutation(len(data.val))[:cfg.max_eval_pairs])]
-    else:
-        from shardyard.loaders.streaming import ClipStream, StreamConfig
-
-        backbone = load_backbone(BackboneConfig(spec=cfg.backbone, image_size=(cfg.image_size, cfg.image_size),
-                                                device=cfg.device))
-        embed_dim = backbone.embed_dim
-        stream = ClipStream(cfg.stream, config=StreamConfig(num_frames=cfg.gap + 1, fps=cfg.stream_fps,
-                                                           size=cfg.stream_size, seed=cfg.seed, shuffle_buffer=8))
-    model = build_predictor(PatchPredictorConfig(kind=cfg.model, embed_dim=embed_dim, hidden=cfg.hidden)).to(device)
+    model = build_predictor(PatchPredictorConfig(kind=cfg.model, embed_dim=embed_dim, hidden=cfg.hidden))
+    model = model.to(rt.device)
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
-    schedule = LRSchedule(cfg.lr, warmup_steps=cfg.warmup_steps)
-    start, ckpt = 0, out / CHECKPOINT
-    if opt is not None and cfg.resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        diff = {k: (state["config"].get(k), getattr(cfg, k)) for k in _SAME_RUN
-                if state["config"].get(k) != getattr(cfg, k)}
-        if diff:
-            raise ConfigError(f"{ckpt} belongs to another run ({diff}); use another --out", path=str(ckpt))
-        state = load_checkpoint(ckpt, model=model, optimizer=opt)
-        start = state["step"]
-        if stream is not None:
-            stream.load_state_dict(state["sampler"]["stream"])
-        log.info("resumed from %s at step %d", ckpt, start)
-    metrics = MetricLogger(out / METRICS, resume_step=start if start else None)
-    if stream is not None:
-        batches = stream_batches(stream, cfg.clips_per_step)
-    if opt is None:                                                        # copy: nothing to train
-        final = {"step": 0, "split": "val", **evaluate(model, data, val, device)} if data else None
-        if final is None:
-            x, y = live_pairs(backbone, next(batches), cfg.gap)
-            final = {"step": 0, "split": "stream", "cos": patch_cosine(x, y).item(), "mse": patch_mse(x, y).item(),
-                     "copy_cos": patch_cosine(x, y).item(), "copy_mse": patch_mse(x, y).item(), "improvement": 0.0}
-        metrics.log(final)
-        atomic_write_json(out / "result.json", final | {"gap": cfg.gap, "model": cfg.model})
-        return final
-    window: list[list[float]] = []
+    state = None
+    if opt is not None and cfg.resume:
+        state = resume_state(out / CHECKPOINT, cfg, RESUME_IGNORES, model=model, optimizer=opt)
+    start = state["step"] if state else 0
+    return Setup(rt, model, opt, LRSchedule(cfg.lr, warmup_steps=cfg.warmup_steps), start, state,
+                 MetricLogger(out / METRICS, resume_step=start or None))
+
+
+def train_step(s: Setup, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update on pairs `x, y (B, P, D)`; returns the prediction and the MSE loss."""
+    set_lr(s.opt, s.schedule(step))
+    with s.rt.autocast():
+        pred = s.model(x)                                                  # (B, P, D)
+        loss = patch_mse(pred.float(), y)
+    s.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    s.opt.step()
+    return pred.detach().float(), loss.detach()
+
+
+def after_step(cfg: PatchPredictConfig, s: Setup, done: int, loss: torch.Tensor, sampler: dict[str, Any]) -> None:
+    """Log the train row and write the checkpoint when `done` (updates so far) calls for them."""
+    if done % cfg.log_every == 0 or done == cfg.steps:
+        s.metrics.log({"step": done, "split": "train", "loss": loss.item(), "lr": s.schedule(done - 1)})
+    if done % cfg.ckpt_every == 0 or done == cfg.steps:
+        save_checkpoint(Path(cfg.out) / CHECKPOINT, model=s.model, optimizer=s.opt, step=done, sampler=sampler,
+                        config=asdict(cfg))
+
+
+def finish(cfg: PatchPredictConfig, s: Setup, final: dict[str, Any], step: int) -> TrainResult:
+    """Write `out/result.json` (or, for a finished run resumed with nothing left to do, read it back)."""
+    out = Path(cfg.out)
+    if not final and (out / "result.json").exists():
+        final = json.loads((out / "result.json").read_text())
+    else:
+        final = final | {"gap": cfg.gap, "model": cfg.model}
+        atomic_write_json(out / "result.json", final)
+    return TrainResult(out=out, step=step, resumed_from=s.start, records=s.metrics.records(), final=final)
+
+
+# ---- the loops ----------------------------------------------------------------------------------------
+def run(cfg: PatchPredictConfig) -> TrainResult:
+    """Train (or, for `copy`, only evaluate) on cached features or on a live stream; `result.final` is the
+    last eval record. Resumes from `out/latest.pth` when present (`cfg.resume`). Raises `ConfigError` for
+    a checkpoint of another run."""
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    rt = setup_runtime(cfg.device, cfg.amp)
+    if rt.world_size > 1:
+        raise ConfigError("train patch-predict runs in one process (no DDP yet); start it without torchrun")
+    torch.manual_seed(cfg.seed)
+    return run_features(cfg, rt) if cfg.features else run_stream(cfg, rt)
+
+
+def run_features(cfg: PatchPredictConfig, rt: Runtime) -> TrainResult:
+    """Cached-feature mode: batches of train pairs in `BatchOrder`, eval on the held-out pairs every
+    `eval_every` steps and at the end."""
+    data = FeaturePairs(cfg.features, cfg.gap, cfg.val_fraction)
+    val = data.val[np.sort(np.random.default_rng(cfg.seed).permutation(len(data.val))[:cfg.max_eval_pairs])]
+    s = setup(cfg, rt, data.fs.embed_dim)
+    order = BatchOrder(len(data.train), cfg.batch_size, cfg.seed)
+
+    def pairs(p: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        xy = rt.to_device({"x": data.tokens(p[:, 0]), "y": data.tokens(p[:, 1])})
+        return xy["x"], xy["y"]
+
     final: dict[str, Any] = {}
-    for step in range(start, cfg.steps + 1):
-        # eval (cached features: the held-out pairs; stream: the online window since the last eval)
-        if data is not None and (step % cfg.eval_every == 0 or step == cfg.steps) and not (step == start > 0):
-            model.eval()
-            final = {"step": step, "split": "val", **evaluate(model, data, val, device)}
-            metrics.log(final)
+    for step in range(s.start, cfg.steps + 1):
+        if s.opt is None or (step % cfg.eval_every == 0 or step == cfg.steps) and not step == s.start > 0:
+            s.model.eval()
+            final = {"step": step, "split": "val", **evaluate(s.model, pairs, val)}
+            s.metrics.log(final)
             log.info("step %d: val cos %.4f mse %.4f (copy %.4f / %.4f)", step, final["cos"], final["mse"],
                      final["copy_cos"], final["copy_mse"])
-            model.train()
-        if step == cfg.steps:
+            s.model.train()
+        if step == cfg.steps or s.opt is None:                             # copy: nothing to train
             break
-        # step
-        for g in opt.param_groups:
-            g["lr"] = schedule(step)
-        if data is not None:
-            idx = np.random.default_rng([cfg.seed, step]).integers(len(data.train), size=cfg.batch_size)
-            p = data.train[idx]
-            x, y = data.tokens(p[:, 0]).to(device), data.tokens(p[:, 1]).to(device)
-        else:
-            x, y = live_pairs(backbone, next(batches), cfg.gap)
-            x, y = x.to(device), y.to(device)
-        pred = model(x)                                                    # (B, P, D)
-        loss = patch_mse(pred, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        # log and checkpoint
+        _, loss = train_step(s, step, *pairs(data.train[order.indices(step)]))
+        after_step(cfg, s, step + 1, loss, {"kind": "batch_order", **order.state(step + 1)})
+    return finish(cfg, s, final, cfg.steps if s.opt is not None else 0)
+
+
+def run_stream(cfg: PatchPredictConfig, rt: Runtime) -> TrainResult:
+    """Stream mode: clips through the frozen backbone every step; the eval is online (each batch's
+    metrics before its update, averaged over `eval_every` steps)."""
+    from shardyard.loaders.streaming import ClipStream, StreamConfig
+    from shardyard.models.backbones import BackboneConfig, load_backbone
+
+    backbone = load_backbone(BackboneConfig(spec=cfg.backbone, image_size=(cfg.image_size, cfg.image_size),
+                                            device=str(rt.device)))
+    stream = ClipStream(cfg.stream, config=StreamConfig(num_frames=cfg.gap + 1, fps=cfg.stream_fps,
+                                                       size=cfg.stream_size, seed=cfg.seed, shuffle_buffer=8))
+    s = setup(cfg, rt, backbone.embed_dim)
+    if s.state is not None:
+        stream.load_state_dict(s.state["sampler"]["stream"])
+    batches = stream_batches(stream, cfg.clips_per_step)
+    if s.opt is None:                                                      # copy: one batch, model == copy
+        x, y = live_pairs(backbone, next(batches), cfg.gap)
+        cos, mse = patch_cosine(x, y).item(), patch_mse(x, y).item()
+        final = {"step": 0, "split": "stream", "cos": cos, "mse": mse, "copy_cos": cos, "copy_mse": mse,
+                 "improvement": 0.0}
+        s.metrics.log(final)
+        return finish(cfg, s, final, 0)
+    window: list[list[float]] = []
+    final: dict[str, Any] = {}
+    for step in range(s.start, cfg.steps):
+        x, y = live_pairs(backbone, rt.to_device({"frames": next(batches)})["frames"], cfg.gap)
+        pred, loss = train_step(s, step, x, y)
+        window.append([patch_cosine(pred, y).item(), loss.item(), patch_cosine(x, y).item(), patch_mse(x, y).item()])
         done = step + 1
-        if stream is not None:
-            with torch.no_grad():
-                window.append([patch_cosine(pred, y).item(), loss.item(), patch_cosine(x, y).item(),
-                               patch_mse(x, y).item()])
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                cos, mse, ccos, cmse = np.mean(window, axis=0).tolist()
-                final = {"step": done, "split": "stream", "cos": cos, "mse": mse, "copy_cos": ccos,
-                         "copy_mse": cmse, "improvement": improvement(cmse, mse), "clips": stream.counters}
-                metrics.log(final)
-                window = []
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            metrics.log({"step": done, "split": "train", "loss": loss.item(), "lr": schedule(step)})
-        if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            sampler = {"kind": "stream", "stream": stream.state_dict()} if stream is not None else {"kind": "seed"}
-            save_checkpoint(ckpt, model=model, optimizer=opt, step=done, sampler=sampler, config=asdict(cfg))
-    if not final and (out / "result.json").exists():                      # resumed a finished run
-        return json.loads((out / "result.json").read_text())
-    atomic_write_json(out / "result.json", final | {"gap": cfg.gap, "model": cfg.model})
-    return final
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            cos, mse, ccos, cmse = np.mean(window, axis=0).tolist()
+            final = {"step": done, "split": "stream", "cos": cos, "mse": mse, "copy_cos": ccos,
+                     "copy_mse": cmse, "improvement": improvement(cmse, mse), "clips": stream.counters}
+            s.metrics.log(final)
+            window = []
+        after_step(cfg, s, done, loss, {"kind": "stream", "stream": stream.state_dict()})
+    return finish(cfg, s, final, cfg.steps)
 
 
 # ---- seed 004's gap table ---------------------------------------------------------------------------
@@ -281,17 +291,17 @@ def run_gaps(cfg: PatchPredictConfig, gaps: list[int]) -> list[dict[str, Any]]:
         raise ConfigError(f"--gaps must be positive integers, got {gaps}")
     rows = []
     for g in gaps:
-        r = run(replace(cfg, gap=g, out=str(Path(cfg.out) / f"gap_{g}")))
+        r = run(replace(cfg, gap=g, out=str(Path(cfg.out) / f"gap_{g}"))).final
         fps = FeaturePairs(cfg.features, g, cfg.val_fraction).fps if cfg.features else cfg.stream_fps
         rows.append({"gap": g, "time_s": g / fps if fps else None, "copy_cos": r["copy_cos"],
                      "copy_mse": r["copy_mse"], "model_cos": r["cos"], "model_mse": r["mse"],
                      "improvement": r["improvement"], "pairs": r.get("pairs")})
     atomic_write_json(Path(cfg.out) / "gaps.json", {"model": cfg.model, "rows": rows})
-    (Path(cfg.out) / "gaps.md").write_text(format_table(rows, cfg.model))
+    (Path(cfg.out) / "gaps.md").write_text(gap_table(rows, cfg.model))
     return rows
 
 
-def format_table(rows: list[dict[str, Any]], model: str) -> str:
+def gap_table(rows: list[dict[str, Any]], model: str) -> str:
     """Seed 004's experiment 1 + 3 table: gap, time, copy cosine / MSE, model cosine / MSE, improvement."""
     head = (f"| Gap | Time | Copy cos | Copy MSE | {model} cos | {model} MSE | Improvement |\n"
             "|-----|------|----------|----------|-----|-----|-------------|\n")

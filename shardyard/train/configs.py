@@ -1,0 +1,163 @@
+"""The trainers' config dataclasses, in one torch-free module: the CLI derives its options from them
+(`commands/options.py`) without importing torch or the trainers until a command runs. Each trainer module
+imports its config from here (`from shardyard.train.volume_query import TrainConfig` keeps working).
+
+A field's `metadata={"options_of": "module:Class"}` marks a dict of overrides of another dataclass's fields
+(given on the command line as repeatable `KEY=VALUE`, converted by that class's field types).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shardyard.errors import ConfigError
+
+
+@dataclass
+class BTSAugmentConfig:
+    """crop_hw: crop on 480x640 frames (scaled for other sizes); angles in degrees; ranges are uniform."""
+
+    crop_hw: tuple[int, int] = (416, 544)
+    max_rotation_deg: float = 2.5
+    flip_p: float = 0.5
+    colour_p: float = 0.5
+    gamma: tuple[float, float] = (0.9, 1.1)
+    brightness: tuple[float, float] = (0.75, 1.25)
+    colour: tuple[float, float] = (0.9, 1.1)
+
+
+@dataclass
+class TrainConfig:
+    """Options of the volume-query trainer (defaults from seed 001).
+
+    store, features: episodic store and (optional) its feature store; out: run folder. backbone: spec of the
+    live backbone used without features. model: overrides of `VolumeQueryConfig` fields (d_feat, n_blocks...).
+    steps: optimiser steps in total (a resumed run goes on to this count). num_workers: DataLoader workers.
+    log_every / ckpt_every / plot_every / eval_every: in steps (0 disables plots / validation).
+    val_max_samples: held-out windows per evaluation. device: "auto", "cpu", "cuda"... amp: autocast,
+    "auto" (bf16 on CUDA), "bf16", "fp16" or "off".
+    """
+
+    store: str
+    out: str
+    features: str | None = None
+    backbone: str = "tiny-random-dinov2"
+    camera: str | None = None
+    robot: str | None = None
+    rotation_mode: str | None = None
+    window: int = 8
+    frame_stride: int = 3
+    pred_size: int = 56
+    model: dict[str, Any] = field(default_factory=dict,
+                                  metadata={"options_of": "shardyard.models.volume_query:VolumeQueryConfig"})
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 5e-5
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+    decay_steps: int = 0
+    grad_clip: float = 1.0
+    num_workers: int = 0
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 100
+    plot_every: int = 100
+    eval_every: int = 100
+    val_max_samples: int = 256
+    resume: bool = True
+    device: str = "auto"
+    amp: str = "auto"
+
+
+@dataclass
+class DepthTrainConfig:
+    """Options of `train_depth`. `stop_at` ends the run early at that step (as a kill would, after a
+    checkpoint) without changing the schedule, whose length is `steps`. `model`/`layers`/`image_size`
+    configure the live backbone when no feature store is given (else they come from the store's key).
+    amp: autocast, "auto" (bf16 on CUDA), "bf16", "fp16" or "off"."""
+
+    store: str
+    out: Path
+    features: str | None = None
+    steps: int = 2000
+    stop_at: int | None = None
+    batch_size: int = 4
+    lr: float = 1e-4
+    encoder_lr: float = 5e-6
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    eta_min: float = 1e-6
+    silog_lambda: float = 0.85
+    features_dim: int = 64
+    reassemble_channels: tuple[int, int, int, int] = (48, 96, 192, 384)
+    live_backbone: bool = False
+    augment: bool = True
+    model: str = "tiny-random-dinov2"
+    layers: tuple[int, ...] = (-1,)
+    image_size: tuple[int, int] = (224, 224)
+    eval_every: int = 500
+    ckpt_every: int = 500
+    log_every: int = 10
+    eval_max_images: int | None = None
+    png_samples: int = 2
+    rgb_field: str = "obs.rgb"
+    depth_field: str = "obs.depth"
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    augment_cfg: BTSAugmentConfig = field(default_factory=BTSAugmentConfig)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.features is None and not self.live_backbone:
+            raise ConfigError("train depth needs --features (cached tokens) or --live-backbone")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+
+
+@dataclass
+class PatchPredictConfig:
+    """features: feature store path; or stream (shard store / folder of tars / URL) with live_backbone.
+    gap: frames between input and target (in rows of the feature store, i.e. at its --fps). model: copy,
+    linear or mlp. steps: optimizer updates. lr, weight_decay, warmup_steps: AdamW, constant after warmup.
+    eval_every / ckpt_every / log_every: in steps. val_fraction: episodes held out. max_eval_pairs: cap.
+    Stream only: backbone (spec), image_size (px), stream_fps (Hz), clips_per_step, stream_size (decode
+    size, px). device: "cpu", "cuda" or "auto". amp: autocast ("auto": bf16 on CUDA; "bf16", "off")."""
+
+    out: str
+    features: str | None = None
+    gap: int = 8
+    model: str = "mlp"
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    hidden: int = 0
+    eval_every: int = 50
+    ckpt_every: int = 50
+    log_every: int = 10
+    val_fraction: float = 0.2
+    max_eval_pairs: int = 1024
+    seed: int = 0
+    resume: bool = True
+    device: str = "cpu"
+    stream: str | None = None
+    live_backbone: bool = False
+    backbone: str = "tiny-random-dinov2"
+    image_size: int = 224
+    stream_fps: float = 8.0
+    clips_per_step: int = 2
+    stream_size: int = 128
+    amp: str = "auto"
+
+    def __post_init__(self) -> None:
+        if (self.features is None) == (self.stream is None):
+            raise ConfigError("give exactly one of --features or --stream")
+        if self.stream is not None and not self.live_backbone:
+            raise ConfigError("--stream computes tokens on the fly: add --live-backbone")
+        if self.gap < 1 or self.steps < 0 or self.batch_size < 1:
+            raise ConfigError(f"need gap >= 1, steps >= 0, batch_size >= 1 (got {self.gap}, {self.steps}, "
+                              f"{self.batch_size})")
