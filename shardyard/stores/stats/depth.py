@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from shardyard.stores.stats.config import StatsConfig
+
 BIN_M = 1e-3
 MAX_M = 20.0
 
@@ -69,10 +71,8 @@ class DepthPart:
                 "unit": "m"}
 
 
-def depth_stats(store, episodes: Sequence[int], config=None) -> dict[str, Any]:
+def depth_stats(store, episodes: Sequence[int], config: StatsConfig | None = None) -> dict[str, Any]:
     """Depth extras for every `kind == "depth"` field of `store` over `episodes` (see module docstring)."""
-    from shardyard.stores.stats import StatsConfig
-
     cfg = config or StatsConfig()
     out = {}
     for field in store.schema.of_kind("depth"):
