@@ -64,8 +64,8 @@ def plot_depth(store, episodes: list[int], out: Path, written: list[Path], frame
             im = ax.imshow(np.where(d > 0, d, np.nan), cmap="magma_r")
             fig.colorbar(im, ax=ax, fraction=0.046, label="m")
             if crop:
-                t0, b, l, r = crop
-                ax.plot([l, r, r, l, l], [t0, t0, b, b, t0], color="cyan", lw=0.8)
+                top, bottom, left, right = crop
+                ax.plot([left, right, right, left, left], [top, top, bottom, bottom, top], color="cyan", lw=0.8)
             ax.set_title(f"{field} (m; white = invalid, cyan = Eigen crop)", fontsize=8)
             for a in axes[row]:
                 a.axis("off")

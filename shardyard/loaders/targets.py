@@ -54,14 +54,17 @@ class TargetSpec:
 
     @property
     def n_height_bins(self) -> int:
+        """Number of height bins Z."""
         return len(self.height_edges) - 1
 
     @property
     def n_gripper_bins(self) -> int:
+        """Number of gripper bins G."""
         return len(self.gripper_edges) - 1
 
     @property
     def n_rot_bins(self) -> int:
+        """Number of rotation classes: PC1 bins ("1d_pca") or prototypes ("kmeans")."""
         return len(self.pca["pc1_edges"]) - 1 if self.rotation_mode == "1d_pca" else len(self.prototypes)
 
     @property

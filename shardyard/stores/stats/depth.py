@@ -36,6 +36,7 @@ class DepthPart:
 
     @classmethod
     def empty(cls) -> "DepthPart":
+        """The part of no pixels."""
         return cls(0, 0, float("inf"), float("-inf"), np.zeros(int(round(MAX_M / BIN_M)), dtype=np.int64))
 
     @classmethod
@@ -52,6 +53,7 @@ class DepthPart:
         return part
 
     def merge(self, other: "DepthPart") -> "DepthPart":
+        """The part of both pixel sets (exact: counts and histograms add)."""
         return DepthPart(self.total + other.total, self.valid + other.valid, min(self.min, other.min),
                          max(self.max, other.max), self.hist + other.hist)
 
@@ -64,6 +66,7 @@ class DepthPart:
         return float(np.clip((i + 0.5) * BIN_M, self.min, self.max))
 
     def finalize(self) -> dict[str, Any]:
+        """The stats.json entry (module docstring); None for min/max/quantiles when nothing is valid."""
         ok = self.valid > 0
         return {"valid_fraction": self.valid / self.total if self.total else 0.0, "num_pixels": self.total,
                 "num_valid": self.valid, "min": self.min if ok else None, "max": self.max if ok else None,
