@@ -66,8 +66,8 @@ def _metadata(folder: Path, key: str) -> tuple[dict[str, Any], list[str]]:
     return meta, arm_names
 
 
-def _wanted_streams(folder: Path, key: str, meta: dict[str, Any], cameras: tuple[str, ...] | None) -> tuple[
-        list[Stream], list[Stream]]:
+def _wanted_streams(folder: Path, key: str, meta: dict[str, Any],
+                    cameras: tuple[str, ...] | None) -> tuple[list[Stream], list[Stream]]:
     """All recorded streams and the ones to store (`cameras`, or all); raises when a wanted one is missing."""
     streams = streams_of(meta)
     if not streams:
