@@ -1,4 +1,4 @@
-"""Camera projection, pixel + height -> 3-D, and quaternion helpers.
+"""Camera projection, pixel + height -> 3-D, and quaternion helpers (hemispheres, Markley's average).
 
 Conventions (DESIGN.md): positions in metres; quaternions `xyzw` (scipy's order); cameras in OpenCV
 convention (x right, y down, z forward); `T_world_cam (4, 4)` maps camera coordinates to world.
@@ -83,6 +83,33 @@ def canonical_hemisphere(q: np.ndarray) -> np.ndarray:
         sign = np.where(sign == 0, np.sign(q[..., i]), sign)
     sign = np.where(sign == 0, 1.0, sign)
     return q * sign[..., None]
+
+
+def mean_quaternion(q: np.ndarray) -> np.ndarray:
+    """Average rotation of `(N, 4)` xyzw quaternions as one unit `(4,)` xyzw quaternion, sign-invariant.
+
+    Markley et al., "Averaging Quaternions" (J. Guidance, Control, and Dynamics, 2007): the principal eigenvector
+    of the scatter matrix `sum q q^T` (scipy's `Rotation.mean`), which q and -q give alike. Its own sign is fixed
+    by `canonical_hemisphere` so the result is deterministic. Raises `ValueError` for an empty or non-finite
+    input or a zero quaternion.
+    """
+    q = np.asarray(q, dtype=np.float64).reshape(-1, 4)
+    if len(q) == 0:
+        raise ValueError("mean of no quaternions")
+    return canonical_hemisphere(Rotation.from_quat(q).mean().as_quat())
+
+
+def canonical_to_reference(q: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Flip `(..., 4)` xyzw quaternions to the hemisphere of `reference (4,)`: `q . reference >= 0`.
+
+    Unlike `canonical_hemisphere` (w >= 0), this keeps a cluster of orientations together wherever it lies,
+    e.g. a gripper pointing down (w near 0), when `reference` is the data's `mean_quaternion`. A quaternion
+    orthogonal to the reference (180 degrees away from it) falls back to `canonical_hemisphere`.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    dot = q @ np.asarray(reference, dtype=np.float64).reshape(4)
+    tie = canonical_hemisphere(q)
+    return np.where((dot > 0)[..., None], q, np.where((dot < 0)[..., None], -q, tie))
 
 
 def sign_continuous(q: np.ndarray) -> np.ndarray:

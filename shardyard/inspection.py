@@ -5,8 +5,8 @@ gripper bins, rotation PCA / k-means) and the report's skipped episodes. `write_
 writes PNGs: camera frames with the projected EEF trajectory, EEF height / gripper / rotation-PC1
 histograms with the stats' bin edges, and 3-D EEF paths (or vector fields over time for joint-only stores).
 
-Plots use matplotlib's object API with the Agg canvas (no pyplot, no global backend switch), so they work
-headless and leave a notebook's inline backend alone. Every reader of `stats.json` / `report.json` here is
+Plots use matplotlib's object API with the Agg canvas (`plotting.py`: no pyplot, no global backend switch), so
+they work headless and leave a notebook's inline backend alone. Every reader of `stats.json` / `report.json` here is
 defensive: missing keys give "n/a" in text and a note in a plot title, never an exception.
 """
 
@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from shardyard.geometry import canonical_hemisphere, project, scale_intrinsics
+from shardyard.geometry import canonical_hemisphere, canonical_to_reference, mean_quaternion, project, scale_intrinsics
+from shardyard.inspection_depth import depth_summary_lines, plot_depth
+from shardyard.plotting import colormap, figure, save
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +171,6 @@ def summarize(store) -> str:
                      f"{_num(ev[0]) if ev else 'n/a'}; k-means prototypes {len(km.get('prototypes') or [])}")
 
     if stats.get("depth"):  # seed 003 depth extras (inspection_depth.py)
-        from shardyard.inspection_depth import depth_summary_lines
-
         lines += depth_summary_lines(stats["depth"])
 
     skipped = report.get("skipped") or []
@@ -188,28 +188,6 @@ def summarize(store) -> str:
 
 
 # -- plots ----------------------------------------------------------------------------------------------
-def _figure(**kw):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(**kw)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _cmap(name: str):
-    import matplotlib
-
-    return matplotlib.colormaps[name]
-
-
-def _save(fig, path: Path, written: list[Path]) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    written.append(path)
-    log.info("wrote %s", path)
-
-
 def _pick_episodes(store, max_episodes: int) -> list[int]:
     n = min(max_episodes, store.num_episodes)
     return sorted(set(np.linspace(0, store.num_episodes - 1, n).round().astype(int).tolist())) if n > 0 else []
@@ -242,7 +220,7 @@ def _plot_frames(store, role: str, episodes: list[int], n_frames: int, arms: dic
                  written: list[Path]) -> None:
     """Grid episodes x frames of camera `role`; the whole projected EEF trajectory and the current EEF."""
     field = f"obs.rgb.{role}"
-    fig = _figure(figsize=(3 * n_frames, 2.6 * len(episodes)))
+    fig = figure(figsize=(3 * n_frames, 2.6 * len(episodes)))
     axes = np.asarray(fig.subplots(len(episodes), n_frames, squeeze=False))
     colors = ["yellow", "cyan", "magenta", "lime"]
     for r, ep in enumerate(episodes):
@@ -272,15 +250,19 @@ def _plot_frames(store, role: str, episodes: list[int], n_frames: int, arms: dic
     has_eef = any(a["eef_pos"] for a in arms.values())
     fig.suptitle(f"camera {role}: " + ("EEF trajectory (line) and current EEF (red circle)" if has_eef
                                        else "no EEF field, no overlay"), fontsize=10)
-    _save(fig, path, written)
+    save(fig, path, written)
 
 
 def _pc1(quats: np.ndarray, pca: dict) -> tuple[np.ndarray, str]:
-    """PC1 coordinate `(N,)` of canonical-hemisphere xyzw quats `(N, 4)`; fits PCA here when stats lack it."""
-    q = canonical_hemisphere(quats)
-    mean, basis = pca.get("mean"), pca.get("basis")
+    """PC1 coordinate `(N,)` of xyzw quats `(N, 4)` in the stats' hemisphere (`q . reference >= 0`, or w >= 0 for
+    stats without a reference); fits PCA here, around Markley's mean, when stats lack it."""
+    q = np.asarray(quats, dtype=np.float64)
+    mean, basis, ref = pca.get("mean"), pca.get("basis"), pca.get("reference")
     if mean is not None and basis is not None:
+        q = canonical_to_reference(q, np.asarray(ref, dtype=np.float64)) if ref is not None else \
+            canonical_hemisphere(q)
         return (q - np.asarray(mean, dtype=np.float64)) @ np.asarray(basis, dtype=np.float64).reshape(-1, 4)[0], ""
+    q = canonical_to_reference(q, mean_quaternion(q))
     mean = q.mean(axis=0)
     _, s, vt = np.linalg.svd(q - mean, full_matrices=False)
     ev = (s[0] ** 2 / max(float((s ** 2).sum()), 1e-12)) if s.size else float("nan")
@@ -297,7 +279,7 @@ def _plot_robot(store, arms: dict, episodes: list[int], out: Path, written: list
         present = [(p, a) for p, a in arms.items() if a[key]]
         if not present:
             continue
-        fig = _figure(figsize=(5 * n, 3.5))
+        fig = figure(figsize=(5 * n, 3.5))
         axes = np.asarray(fig.subplots(1, len(present), squeeze=False))[0]
         for ax, (prefix, arm) in zip(axes, present):
             values = _all_rows(store, arm[key]).astype(np.float64)
@@ -312,11 +294,11 @@ def _plot_robot(store, arms: dict, episodes: list[int], out: Path, written: list
                 mode = rot.get("recommended_mode", "n/a")
                 _hist(ax, pc1, _edges(stats, prefix, "rotation", "pca", "pc1_edges"),
                       f"{prefix}: {label}, mode {mode}{note}", xlabel)
-        _save(fig, out / name, written)
+        save(fig, out / name, written)
 
-    fig = _figure(figsize=(6, 5))
+    fig = figure(figsize=(6, 5))
     ax = fig.add_subplot(projection="3d")
-    cmap = _cmap("viridis")
+    cmap = colormap("viridis")
     for j, ep in enumerate(episodes):
         for prefix, arm in arms.items():
             if arm["eef_pos"]:
@@ -329,7 +311,7 @@ def _plot_robot(store, arms: dict, episodes: list[int], out: Path, written: list
     ax.set_zlabel("z (m)")
     ax.set_title("EEF paths (world; green = start)", fontsize=10)
     ax.legend(fontsize=6, loc="upper left")
-    _save(fig, out / "eef_paths_3d.png", written)
+    save(fig, out / "eef_paths_3d.png", written)
 
 
 def _plot_vectors(store, episodes: list[int], path: Path, written: list[Path]) -> bool:
@@ -337,9 +319,9 @@ def _plot_vectors(store, episodes: list[int], path: Path, written: list[Path]) -
     fields = store.schema.of_kind("vector", "scalar")[:_MAX_VECTOR_FIELDS]
     if not fields or not episodes:
         return False
-    fig = _figure(figsize=(8, 2.4 * len(fields)))
+    fig = figure(figsize=(8, 2.4 * len(fields)))
     axes = np.asarray(fig.subplots(len(fields), 1, squeeze=False))[:, 0]
-    cmap = _cmap("tab10")
+    cmap = colormap("tab10")
     for ax, f in zip(axes, fields):
         spec = store.schema[f]
         for j, ep in enumerate(episodes):
@@ -349,7 +331,7 @@ def _plot_vectors(store, episodes: list[int], path: Path, written: list[Path]) -
         shown = f", first {_MAX_FEATURES_PLOTTED} of {n_feat} features" if n_feat > _MAX_FEATURES_PLOTTED else ""
         ax.set_title(f"{f} ({spec.unit or 'no unit'}){shown}; colour = episode", fontsize=9)
         ax.set_xlabel("step")
-    _save(fig, path, written)
+    save(fig, path, written)
     return True
 
 
@@ -360,7 +342,8 @@ def write_plots(store, out_dir: str | Path, *, max_episodes: int = 4, frames_per
       with the projected EEF trajectory of the whole episode and the current EEF marked (see `eef_pixels`);
       a frame's title says why when the overlay is skipped (no EEF field, no calibration).
     - `eef_height.png`, `gripper.png`, `rotation_pc1.png`: histograms over all steps of world-z EEF height
-      (m), gripper opening and the PC1 coordinate of canonical-hemisphere quats, with the stats' bin edges.
+      (m), gripper opening and the PC1 coordinate of the quats (in the stats' reference hemisphere), with the
+      stats' bin edges.
     - `eef_paths_3d.png`: 3-D EEF paths, one coloured line per episode (and arm).
     - `vectors.png` instead of the robot plots when the store has no EEF: vector fields over time.
     """
@@ -380,7 +363,5 @@ def write_plots(store, out_dir: str | Path, *, max_episodes: int = 4, frames_per
     elif not _plot_vectors(store, episodes, out / "vectors.png", written):
         log.info("store %s has no EEF and no vector fields to plot", store.url)
     if store.schema.of_kind("depth"):  # RGB beside colour-mapped depth, depth histogram (inspection_depth.py)
-        from shardyard.inspection_depth import plot_depth
-
         plot_depth(store, episodes, out, written)
     return written

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from shardyard.plotting import figure, save
+
 log = logging.getLogger(__name__)
 
 
@@ -40,8 +42,6 @@ def _image_field(store, depth_field: str) -> str | None:
 
 def plot_depth(store, episodes: list[int], out: Path, written: list[Path], frames_per_episode: int = 2) -> None:
     """Write `depth_frames.png` and `depth_histogram.png` into `out` (appended to `written`)."""
-    from shardyard.inspection import _figure, _save
-
     crop = ((store.manifest.get("source") or {}).get("eval") or {}).get("eigen_crop")
     for field in store.schema.of_kind("depth")[:1]:
         img_field = _image_field(store, field)
@@ -50,7 +50,7 @@ def plot_depth(store, episodes: list[int], out: Path, written: list[Path], frame
             n = store.episode_length(e)
             picks += [(e, int(t)) for t in sorted(set(np.linspace(0, n - 1, min(frames_per_episode, n)).round()))]
         cols = 2 if img_field else 1
-        fig = _figure(figsize=(4.2 * cols, 3.2 * len(picks)))
+        fig = figure(figsize=(4.2 * cols, 3.2 * len(picks)))
         axes = fig.subplots(len(picks), cols, squeeze=False)
         values = []
         for row, (e, t) in enumerate(picks):
@@ -64,13 +64,13 @@ def plot_depth(store, episodes: list[int], out: Path, written: list[Path], frame
             im = ax.imshow(np.where(d > 0, d, np.nan), cmap="magma_r")
             fig.colorbar(im, ax=ax, fraction=0.046, label="m")
             if crop:
-                t0, b, l, r = crop
-                ax.plot([l, r, r, l, l], [t0, t0, b, b, t0], color="cyan", lw=0.8)
+                top, bottom, left, right = crop
+                ax.plot([left, right, right, left, left], [top, top, bottom, bottom, top], color="cyan", lw=0.8)
             ax.set_title(f"{field} (m; white = invalid, cyan = Eigen crop)", fontsize=8)
             for a in axes[row]:
                 a.axis("off")
-        _save(fig, out / "depth_frames.png", written)
-        fig = _figure(figsize=(6, 3.5))
+        save(fig, out / "depth_frames.png", written)
+        fig = figure(figsize=(6, 3.5))
         ax = fig.subplots()
         v = np.concatenate(values) if values else np.zeros(0)
         ax.hist(v, bins=60, color="tab:blue", alpha=0.8)
@@ -83,4 +83,4 @@ def plot_depth(store, episodes: list[int], out: Path, written: list[Path], frame
         ax.set_xlabel("depth (m)")
         if st:
             ax.legend(fontsize=7)
-        _save(fig, out / "depth_histogram.png", written)
+        save(fig, out / "depth_histogram.png", written)

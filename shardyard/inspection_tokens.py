@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from shardyard.plotting import figure, save
 from shardyard.stores.features import FeatureStore, open_features
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,6 @@ def _source_frames(fs: FeatureStore):
 def write_token_plots(fs: FeatureStore, out_dir: str | Path, *, max_episodes: int = 4,
                       frames_per_episode: int = 3) -> list[Path]:
     """Write `tokens_pca.png`: per row an episode, frames beside their PCA-RGB token images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pca = fs.stats.get("pca")
@@ -79,7 +75,8 @@ def write_token_plots(fs: FeatureStore, out_dir: str | Path, *, max_episodes: in
     store = _source_frames(fs)
     field = fs.key.get("field")
     cols = frames_per_episode * (2 if store is not None else 1)
-    fig, axes = plt.subplots(len(eps), cols, figsize=(2.2 * cols, 2.0 * len(eps)), squeeze=False)
+    fig = figure(figsize=(2.2 * cols, 2.0 * len(eps)))
+    axes = fig.subplots(len(eps), cols, squeeze=False)
     for r, e in enumerate(eps):
         idx = np.linspace(starts[e], ends[e] - 1, frames_per_episode).astype(int)
         for c, i in enumerate(idx):
@@ -95,11 +92,9 @@ def write_token_plots(fs: FeatureStore, out_dir: str | Path, *, max_episodes: in
             axes[r, col].set_title("PCA-RGB" + (" (missing)" if fs.missing[i] else ""), fontsize=7)
     for ax in axes.ravel():
         ax.axis("off")
-    fig.tight_layout()
-    path = out / "tokens_pca.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    written: list[Path] = []
+    save(fig, out / "tokens_pca.png", written, dpi=110)
+    return written
 
 
 def inspect_features(path: str, out: str | Path | None = None, *, max_episodes: int = 4) -> tuple[str, list[Path]]:

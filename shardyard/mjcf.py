@@ -102,6 +102,38 @@ class ArmJoints:
                     break
 
 
+class RobotKinematics:
+    """One MJCF robot model, loaded on first use, and the `ArmJoints` of each arm asked for (cached), so a
+    worker process compiles the model once for all the episodes it reads.
+
+    path: the MJCF file; eef_site: the grasp site of every arm (None: `tcp_<arm>`, else `grasp_site`). Raises
+    `ConfigError` (from `load_model` / `ArmJoints`) when the model does not load or lacks a joint or site.
+    """
+
+    def __init__(self, path: str | Path, eef_site: str | None = None) -> None:
+        self.path = Path(path)
+        self.eef_site = eef_site
+        self._model = None
+        self._arms: dict[str, ArmJoints] = {}
+
+    @property
+    def model(self):
+        """The compiled `mujoco.MjModel` (loaded by the first use)."""
+        return self.load()
+
+    def load(self):
+        """Compile the model now, if not done yet, and return it (a worker warms up with this)."""
+        if self._model is None:
+            self._model = load_model(self.path)
+        return self._model
+
+    def arm(self, name: str) -> ArmJoints:
+        """Joint addresses and grasp site of arm `name` (e.g. "left")."""
+        if name not in self._arms:
+            self._arms[name] = ArmJoints(self.model, name, self.eef_site)
+        return self._arms[name]
+
+
 def forward_kinematics(model, arms: dict[str, tuple[ArmJoints, np.ndarray, np.ndarray | None]],
                        cameras: list[CameraModel], bodies: list[str] = (), *,
                        qpos: np.ndarray | None = None) -> dict[str, np.ndarray]:

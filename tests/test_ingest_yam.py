@@ -17,9 +17,13 @@ from conftest import YAM_EPISODES, YAM_MODEL, run_cli
 
 from shardyard import open_store
 from shardyard.errors import SourceError
-from shardyard.geometry import project
+from shardyard.geometry import project, scale_intrinsics
 from shardyard.ingest.runner import IngestConfig, run_ingest
-from shardyard.ingest.yam import YamConfig, YamSource
+from shardyard.ingest.yam import LAYOUT_READERS, PER_DEMO, LayoutInputs, YamConfig, YamSource, detect_layout
+from shardyard.ingest.yam.frames import FrameReader
+from shardyard.ingest.yam.i2rt import read_i2rt
+from shardyard.ingest.yam.per_demo import read_per_demo
+from shardyard.mjcf import RobotKinematics
 
 SMALL = ["--image-size", "160x120", "--camera", "top"]
 
@@ -125,6 +129,42 @@ def test_per_demo_resize_scales_K(tiny_yam_dir, tmp_path):
     K0 = np.asarray(json.loads((raw / s.episode_keys[0] / "camera.json").read_text())["K"])
     K = s.episode_meta(0)["cameras"]["front"]["K"]
     assert K[0, 0] == pytest.approx(K0[0, 0] / 2) and K[0, 2] == pytest.approx((K0[0, 2] + 0.5) / 2 - 0.5)
+
+
+@pytest.mark.parametrize("video", [True, False])
+def test_layout_reader_with_explicit_inputs(tiny_yam_dir, video):
+    """A layout is a plain reader of (folder, key, inputs): the schema probe is a `FrameReader` with
+    `first_only`, the specs come back beside the episode, and the source's schema is built from them."""
+    raw = tiny_yam_dir(video=video)
+    key = YamSource(YamConfig(root=raw)).keys()[0]
+    assert detect_layout(raw / key) == PER_DEMO and LAYOUT_READERS[PER_DEMO] is read_per_demo
+    probe = read_per_demo(raw / key, key, LayoutInputs(FrameReader(image_size=(32, 24), first_only=True)))
+    full = read_per_demo(raw / key, key, LayoutInputs(FrameReader(image_size=(32, 24))))
+    T = len(np.load(raw / key / "eef_pos.npy"))
+    assert probe.episode.steps["obs.rgb.front"].shape == (1, 24, 32, 3)
+    assert full.episode.steps["obs.rgb.front"].shape == (T, 24, 32, 3)
+    assert "_specs" not in full.episode.meta and full.specs == probe.specs
+    assert full.specs["obs.eef_pos"].unit == "m" and full.specs["obs.rgb.front"].shape == (24, 32, 3)
+    source = YamSource(YamConfig(root=raw, image_size=(32, 24)))
+    assert {k: source.schema()[k] for k in full.specs} == full.specs
+    np.testing.assert_array_equal(source.read(key).steps["obs.rgb.front"], full.episode.steps["obs.rgb.front"])
+
+
+def test_i2rt_reader_with_explicit_kinematics(yam_raw):
+    """The i2rt reader takes the robot model as `RobotKinematics` (None: no EEF fields, no model cameras)."""
+    raw = yam_raw(1)
+    key = YamSource(YamConfig(root=raw)).keys()[0]
+    frames = FrameReader(image_size=(80, 60), first_only=True)
+    kin = RobotKinematics(YAM_MODEL)
+    with_fk = read_i2rt(raw / key, key, LayoutInputs(frames, kinematics=kin, cameras=("top",)))
+    without = read_i2rt(raw / key, key, LayoutInputs(frames, cameras=("top",)))
+    gt = np.load(raw / key / "ground_truth.npz")
+    np.testing.assert_allclose(with_fk.episode.steps["obs.eef_pos"], gt["eef_pos"], atol=1e-6)
+    assert "obs.eef_pos" not in without.episode.steps and without.episode.meta["cameras"]["top"]["K"] is None
+    np.testing.assert_allclose(with_fk.episode.meta["cameras"]["top"]["K"],
+                               scale_intrinsics(gt["top_K"], 80 / 640, 60 / 480), atol=1e-9)
+    assert with_fk.episode.steps["obs.rgb.top"].shape == (1, 60, 80, 3)
+    assert with_fk.specs["obs.joint_pos"].unit == "rad" and with_fk.episode.meta["eef_site"] == kin.arm("left").site
 
 
 # -- bad input --------------------------------------------------------------------------------------------
@@ -422,4 +462,5 @@ def test_resume_over_a_half_written_group_equals_uninterrupted(tiny_yam_dir, tmp
     listed = [k for f in sorted((out / "meta" / "stats_parts").glob("*.json"))
               for k in json.loads(f.read_text())["episodes"]]
     assert sorted(listed) == sorted(keys[:2])
-    assert json.loads((out / "stats.json").read_text())["fields"] == json.loads((ref / "stats.json").read_text())["fields"]
+    fields = [json.loads((d / "stats.json").read_text())["fields"] for d in (out, ref)]
+    assert fields[0] == fields[1]

@@ -37,6 +37,7 @@ from shardyard.stores.stats.robot import (
     gripper_bins,
     height_bins,
     nearest_prototype,
+    pc1_separation,
     rotation_pc1,
     rotation_stats,
 )
@@ -283,7 +284,7 @@ def test_multimodal_rotations_recommend_kmeans() -> None:
     protos = np.asarray(rs["kmeans"]["prototypes"])
     assert protos.shape == (6, 4) and rs["kmeans"]["k"] == 6
     np.testing.assert_allclose(np.linalg.norm(protos, axis=1), 1.0)
-    assert np.all(protos[:, 3] >= 0)
+    assert np.all(protos @ np.asarray(rs["reference"]) >= 0)  # the data's hemisphere (issue 12), not w >= 0
     # every cluster recovers one of the true centres (|dot| ~ 1), each centre once
     match = np.abs(protos @ centres.as_quat().T)
     assert np.all(match.max(axis=1) > 0.99) and len(set(match.argmax(axis=1))) == 6
@@ -301,6 +302,98 @@ def test_rotation_stats_is_hemisphere_invariant_and_seeded() -> None:
     np.testing.assert_allclose(a["pca"]["basis"], b["pca"]["basis"], atol=1e-9)
     np.testing.assert_allclose(a["kmeans"]["prototypes"], b["kmeans"]["prototypes"], atol=1e-9)
     np.testing.assert_allclose(rotation_pc1(q, a["pca"]), rotation_pc1(-q, a["pca"]), atol=1e-12)
+
+
+def _cluster(mean: Rotation, n: int, spread_deg: float, seed: int, axis: np.ndarray | None = None) -> np.ndarray:
+    """`n` xyzw quats within `spread_deg` of `mean`: about one `axis` (in the mean's frame), or any axis."""
+    rng = np.random.default_rng(seed)
+    if axis is None:
+        axes = rng.normal(size=(n, 3))
+        axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    else:
+        axes = np.tile(np.asarray(axis, float) / np.linalg.norm(axis), (n, 1))
+    angles = np.radians(spread_deg) * rng.uniform(-1.0, 1.0, n)
+    q = (mean * Rotation.from_rotvec(axes * angles[:, None])).as_quat()
+    return q * np.where(rng.random(n) < 0.5, -1.0, 1.0)[:, None]  # recorded signs are arbitrary
+
+
+def _angle_from(q: np.ndarray, mean: Rotation) -> np.ndarray:
+    return (mean.inv() * Rotation.from_quat(q)).magnitude()
+
+
+# Mean orientations with w near 0 (the gripper pointing down: 180 degrees about x, y or z; and about a tilted
+# axis), and near w = 1 (identity); the spread is a 28 degree yaw about the mean's own z.
+W_NEAR_0 = {"down_x": Rotation.from_euler("x", 180, degrees=True),
+            "down_y": Rotation.from_euler("y", 180, degrees=True),
+            "about_z": Rotation.from_euler("z", 179, degrees=True),
+            "down_tilted": Rotation.from_rotvec(np.pi * np.array([0.6, 0.8, 0.0])) * Rotation.from_euler("x", 10,
+                                                                                                        degrees=True)}
+
+
+@pytest.mark.parametrize("name", sorted(W_NEAR_0) + ["identity"])
+def test_rotation_pc1_codes_orientation_not_sign_flip(name: str) -> None:
+    """Issue 12: orientations within 28 degrees of a mean with w ~ 0 fill the PC1 range smoothly (no spikes at
+    about +-1), like the same spread around w = 1; PC1 is a monotone code of the yaw angle."""
+    mean = W_NEAR_0.get(name, Rotation.identity())
+    q = _cluster(mean, 600, 28.0, seed=4, axis=[0.0, 0.0, 1.0])
+    rs = rotation_stats(q, n_bins=32, n_clusters=8)
+    ref = np.asarray(rs["reference"])
+    assert abs(abs(ref @ mean.as_quat()) - 1) < 1e-3  # the reference is the data's mean rotation
+    assert rs["pca"]["reference"] == rs["reference"] and rs["hemisphere"] == "q.reference>=0"
+    pc1 = rotation_pc1(q, rs["pca"])
+    theta = _angle_from(q, mean).max()
+    # |q - ref| <= 2 sin(theta / 4) for every q flipped to the reference: PC1's range is bounded by the spread
+    assert np.ptp(pc1) <= 2 * 2 * np.sin(theta / 4) + 1e-6 and np.ptp(pc1) > 0.5 * 2 * np.sin(theta / 4)
+    assert np.abs(pc1).max() < 0.3  # 28 degrees: nowhere near the +-1 of antipodal halves
+    yaw = (mean.inv() * Rotation.from_quat(q)).as_rotvec()[:, 2]
+    assert abs(np.corrcoef(pc1, yaw)[0, 1]) > 0.99
+    hist = np.bincount(bin_index(pc1, rs["pca"]["pc1_edges"]), minlength=32)
+    assert (hist > 0).sum() >= 28  # the bins are used across the range, not two spikes
+    assert rs["pca"]["explained_variance_ratio"][0] > 0.95 and rs["pc1_separation"] < 0.8
+    assert rs["recommended_mode"] == "1d_pca"
+
+
+@pytest.mark.parametrize("name", sorted(W_NEAR_0))
+def test_rotation_spread_in_all_axes_with_w_near_0(name: str) -> None:
+    """A 3-D cluster (any axis, 25 degrees) around a w ~ 0 mean: not one direction, so PC1 explains about a
+    third and k-means is recommended; PC1 still spans no more than the spread allows."""
+    mean = W_NEAR_0[name]
+    q = _cluster(mean, 900, 25.0, seed=5)
+    rs = rotation_stats(q, n_clusters=8)
+    pc1 = rotation_pc1(q, rs["pca"])
+    assert np.ptp(pc1) <= 4 * np.sin(_angle_from(q, mean).max() / 4) + 1e-6
+    assert rs["pca"]["explained_variance_ratio"][0] < 0.6 and rs["recommended_mode"] == "kmeans"
+
+
+@pytest.mark.parametrize("mean", [Rotation.from_euler("x", 180, degrees=True), Rotation.identity()])
+def test_bimodal_rotations_recommend_kmeans(mean: Rotation) -> None:
+    """Two grasps 90 degrees apart in yaw, each +-8 degrees: PC1 explains most of the variance, but its
+    projections form two groups, so the mode is k-means, whose prototypes fall in both groups."""
+    grasps = [mean, mean * Rotation.from_euler("z", 90, degrees=True)]
+    q = np.concatenate([_cluster(g, 300, 8.0, seed=6 + i, axis=[0.0, 0.0, 1.0]) for i, g in enumerate(grasps)])
+    rs = rotation_stats(q, n_clusters=8)
+    assert rs["pca"]["explained_variance_ratio"][0] > 0.8
+    assert rs["pc1_separation"] > 0.9 and rs["recommended_mode"] == "kmeans"
+    protos = np.asarray(rs["kmeans"]["prototypes"])
+    near = np.abs(protos @ np.stack([g.as_quat() for g in grasps]).T).argmax(axis=1)
+    assert set(near.tolist()) == {0, 1}
+    # one yaw range per grasp, not two antipodal spikes: PC1 stays within the two grasps' spread
+    assert np.ptp(rotation_pc1(q, rs["pca"])) <= 4 * np.sin(np.radians(90 + 16) / 4) + 1e-6
+
+
+def test_pc1_separation_scale() -> None:
+    rng = np.random.default_rng(0)
+    assert 0.6 < pc1_separation(rng.normal(size=5000)) < 0.68
+    assert 0.72 < pc1_separation(rng.uniform(size=5000)) < 0.78
+    assert pc1_separation(np.r_[rng.normal(size=500) * 0.1, 5 + rng.normal(size=500) * 0.1]) > 0.99
+    assert pc1_separation(np.ones(50)) == 0.0 and pc1_separation(np.arange(5.0)) == 0.0
+
+
+def test_rotation_pc1_without_reference_keeps_w_ge_0() -> None:
+    """stats.json written before issue 12 has no reference: quats are then flipped to w >= 0, as they were."""
+    q = np.array([[0.0, 0.0, 0.6, -0.8], [0.0, 0.0, -0.6, 0.8]])
+    pca = {"mean": [0.0, 0.0, 0.0, 0.0], "basis": [0.0, 0.0, 1.0, 0.0]}
+    np.testing.assert_allclose(rotation_pc1(q, pca), [-0.6, -0.6])
 
 
 def test_kmeans_k_is_capped_by_distinct_quats() -> None:

@@ -52,6 +52,28 @@ def test_bins_hand_computed():
     np.testing.assert_array_equal(km["rot_bin"], [0, 2, 0, 2])
 
 
+def test_rotation_bins_of_a_top_down_grasp_follow_the_stats():
+    """Issue 12: with the gripper pointing down (w ~ 0) and yaw within +-28 degrees, the targets' rotation
+    bins flip quaternions to the stats' reference hemisphere, as the stats did: yaw maps monotonically onto
+    most of the 32 bins, and q and -q get the same bin."""
+    from scipy.spatial.transform import Rotation
+
+    from shardyard.stores.stats.robot import rotation_stats
+
+    yaw = np.linspace(-np.radians(28), np.radians(28), 400)
+    down = Rotation.from_euler("x", 180, degrees=True)
+    q = (down * Rotation.from_rotvec(yaw[:, None] * [0.0, 0.0, 1.0])).as_quat()
+    q[::2] *= -1  # recorded signs are arbitrary
+    rot = rotation_stats(q, n_bins=32, n_clusters=8)
+    spec = TargetSpec(height_edges=np.linspace(0, 1, 3), gripper_edges=np.linspace(0, 1, 3), rotation_mode="1d_pca",
+                      pca=rot["pca"], prototypes=np.asarray(rot["kmeans"]["prototypes"]))
+    bins = spec.rotation_bins(q)
+    np.testing.assert_array_equal(bins, spec.rotation_bins(-q))
+    assert len(np.unique(bins)) >= 30
+    d = np.diff(bins)
+    assert np.all(d >= 0) or np.all(d <= 0)  # monotone in yaw: no jumps between the two ends
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_decoding_inverts_targets(seed):
     """unproject_at_height on the grid camera is the exact inverse of projection; decoding cells + bin

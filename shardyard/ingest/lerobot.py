@@ -153,6 +153,7 @@ class LeRobotSource:
         return dict(sorted(rows.items()))
 
     def keys(self) -> list[str]:
+        """`episode_NNNNNN` for each episode listed in meta, in index order."""
         return [f"episode_{i:06d}" for i in self.episodes]
 
     def _data_path(self, idx: int) -> Path:
@@ -183,6 +184,7 @@ class LeRobotSource:
         return [f for f in self._video_features() if not any(self._video(i, f)[0].exists() for i in self.episodes)]
 
     def report_notes(self) -> list[str]:
+        """Notes for report.json: video features without files, and episodes listed without a data file."""
         notes = [f"{f}: listed in meta/info.json but no video file is present; stored without it"
                  for f in self.missing_videos()]
         absent = [i for i in self.episodes if not self._data_path(i).exists()]
@@ -192,6 +194,7 @@ class LeRobotSource:
         return notes
 
     def describe(self) -> dict[str, Any]:
+        """Source block of the manifest: root, codebase version, robot type, fps, episodes, missing videos."""
         return {"name": self.name, "root": str(self.root), "codebase_version": self.version,
                 "robot_type": self.info.get("robot_type"), "fps": self.fps,
                 "total_episodes": self.info.get("total_episodes"), "missing_videos": self.missing_videos()}
@@ -207,7 +210,8 @@ class LeRobotSource:
                     continue
                 names = spec.get("names")
                 if spec["dtype"] in ("video", "image"):
-                    h, w = (self.cfg.image_size[1], self.cfg.image_size[0]) if self.cfg.image_size else spec["shape"][:2]
+                    size = self.cfg.image_size
+                    h, w = (size[1], size[0]) if size else spec["shape"][:2]
                     fields[field_from_feature(feat)] = FieldSpec("uint8", (h, w, 3), None, "image")
                     continue
                 shape = tuple(spec["shape"])
@@ -218,7 +222,8 @@ class LeRobotSource:
                 shape = () if shape == (1,) else shape
                 dtype = "bool" if spec["dtype"] == "bool" else spec["dtype"]
                 unit = "s" if feat == "timestamp" else None
-                fields[field_from_feature(feat)] = FieldSpec(dtype, shape, unit, "scalar" if not shape else "vector", names)
+                kind = "scalar" if not shape else "vector"
+                fields[field_from_feature(feat)] = FieldSpec(dtype, shape, unit, kind, names)
             self._schema = Schema(fields)
         return self._schema
 
@@ -274,7 +279,7 @@ class LeRobotSource:
         return Episode(key=key, steps=steps, meta=meta)
 
     def _frames(self, idx: int, feat: str, ts: np.ndarray, key: str, fld: str) -> np.ndarray:
-        from shardyard.ingest.yam import nearest_frames
+        from shardyard.ingest.readers import nearest_frames
         from shardyard.video import open_video
 
         vpath, t0 = self._video(idx, feat)

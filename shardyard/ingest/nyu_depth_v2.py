@@ -28,14 +28,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from shardyard.errors import ConfigError, SchemaError
+from shardyard.errors import ConfigError, SchemaError, SourceError
 from shardyard.ingest import nyu_layouts as L
+from shardyard.ingest.nyu_layouts import detect_layout
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.manifest import fingerprint_paths
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("labeled_mat", "h5", "bts", "mmseg", "densedepth", "eigen_npy", "hf", "raw_kinect")
+LAYOUTS = tuple(L.LAYOUTS)                 # the registry: detect, list, read per layout (nyu_layouts.py)
 EIGEN_CROP = (45, 471, 41, 601)            # rows [45, 471), cols [41, 601) on 480x640 (Eigen et al. 2014)
 EVAL_RANGE_M = (1e-3, 10.0)
 NYU_HW = (480, 640)
@@ -70,45 +71,10 @@ class NyuConfig:
             raise ConfigError(f"mat_depth must be depths or rawDepths, got {self.mat_depth!r}")
 
 
-def detect_layout(root: Path | str) -> str:
-    """The layout of `root` (see `nyu_layouts`); raises `ConfigError` naming what was found otherwise."""
-    p = Path(root)
-    if not p.exists():
-        if isinstance(root, str) and root.count("/") == 1 and not root.startswith((".", "/")):
-            return "hf"  # a hub id, read from the local cache
-        raise ConfigError("path not found", path=str(p))
-    if p.is_file():
-        if p.suffix == ".mat":
-            return "labeled_mat"
-        raise ConfigError("a single file must be the labeled .mat (v7.3)", path=str(p))
-    names = {c.name for c in p.iterdir()}
-    if "eigen_test_rgb.npy" in names:
-        return "eigen_npy"
-    if any(n.startswith("nyu2_") for n in names) or any((p / "data").glob("nyu2_*")):
-        return "densedepth"
-    if "images" in names and "annotations" in names:
-        return "mmseg"
-    if "nyu_depth_v2_labeled.mat" in names:
-        return "labeled_mat"
-    found = [name for name, hit in (
-        ("bts", any(p.rglob("sync_depth_*.png"))), ("h5", any(p.rglob("*.h5"))),
-        ("hf", any(p.rglob("*.parquet")) or "dataset_dict.json" in names or "dataset_info.json" in names),
-        ("raw_kinect", any(p.rglob("*.pgm"))),
-        ("mmseg", any(j.with_suffix(".png").exists() for j in p.rglob("*.jpg")))) if hit]
-    if len(found) > 1 and found[0] != "bts":  # BTS folders hold jpg+png pairs too
-        raise ConfigError(f"several layouts under one folder ({', '.join(found)}); their frame sizes and units "
-                          "differ, so ingest each subfolder into its own store", path=str(p))
-    if found:
-        return found[0]
-    images = sorted(q.name for q in p.rglob("*") if q.suffix.lower() in (".png", ".jpg", ".ppm"))[:5]
-    raise ConfigError(f"no NYU RGB+depth layout recognised (found e.g. {images or 'nothing'}; an RGB-only "
-                      f"folder has no depth to ingest); expected one of {LAYOUTS}", path=str(p))
-
-
 def eigen_crop(h: int, w: int) -> list[int]:
     """`[top, bottom, left, right]` of the Eigen crop for an `h x w` frame (exact on 480x640, else scaled)."""
-    t, b, l, r = EIGEN_CROP
-    return [round(t * h / 480), round(b * h / 480), round(l * w / 640), round(r * w / 640)]
+    top, bottom, left, right = EIGEN_CROP
+    return [round(top * h / 480), round(bottom * h / 480), round(left * w / 640), round(right * w / 640)]
 
 
 class NyuSource:
@@ -135,16 +101,10 @@ class NyuSource:
         return _HF[tag]
 
     def pairs(self) -> list[L.Pair]:
+        """Every RGB-depth pair of the root, listed once per process (`nyu_layouts.list_pairs`)."""
         tag = (str(self.root), self.layout, self.cfg.mat_depth)
         if tag not in _LISTINGS:
-            root = Path(self.root)
-            lister = {"labeled_mat": lambda: L.list_labeled_mat(root if root.is_file()
-                                                                else root / "nyu_depth_v2_labeled.mat"),
-                      "h5": lambda: L.list_h5(root), "bts": lambda: L.list_bts(root),
-                      "mmseg": lambda: L.list_mmseg(root), "densedepth": lambda: L.list_densedepth(root),
-                      "eigen_npy": lambda: L.list_eigen_npy(root), "raw_kinect": lambda: L.list_raw_kinect(root),
-                      "hf": lambda: L.list_hf(self._hf())}[self.layout]
-            _LISTINGS[tag] = lister()
+            _LISTINGS[tag] = L.list_pairs(self.layout, Path(self.root), self._options())
         return _LISTINGS[tag]
 
     def episodes(self) -> "OrderedDict[str, list[L.Pair]]":
@@ -164,6 +124,7 @@ class NyuSource:
         return OrderedDict(sorted(out.items()))
 
     def keys(self) -> list[str]:
+        """Episode keys `<split>/<scene>[/partNN]`, sorted."""
         return list(self.episodes())
 
     def official_split(self) -> dict[str, str]:
@@ -171,6 +132,7 @@ class NyuSource:
         return {k: v[0].split for k, v in self.episodes().items()}
 
     def fingerprint(self) -> str:
+        """Fingerprint of the input files (`hf:<id>` for a hub id read from the cache)."""
         root = Path(self.root)
         if not root.exists():
             return f"hf:{self.root}"
@@ -193,8 +155,6 @@ class NyuSource:
     def schema(self) -> Schema:
         """`obs.rgb (H, W, 3) uint8` and `obs.depth (H, W) float32` m, at the first readable pair's size."""
         if self._schema is None:
-            from shardyard.errors import SourceError
-
             last: Exception | None = None
             for key, pairs in self.episodes().items():
                 try:
@@ -216,9 +176,12 @@ class NyuSource:
                 raise ConfigError(f"no readable pair (last error: {last})", path=str(self.root))
         return self._schema
 
+    def _options(self) -> L.LayoutOptions:
+        return L.LayoutOptions(max_depth=self.cfg.max_depth, mat_depth=self.cfg.mat_depth,
+                               hf=self._hf() if self.layout == "hf" else None)
+
     def _read_pair(self, pair: L.Pair, key: str) -> tuple[np.ndarray, np.ndarray]:
-        return L.read_pair(self.layout, pair, key, hf=self._hf() if self.layout == "hf" else None,
-                           max_depth=self.cfg.max_depth, mat_depth=self.cfg.mat_depth)
+        return L.read_pair(self.layout, pair, key, self._options())
 
     def read(self, key: str) -> Episode:
         """One scene (or part of one): `obs.rgb (T, H, W, 3) uint8`, `obs.depth (T, H, W) float32` metres."""

@@ -32,16 +32,16 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from shardyard.errors import ConfigError, SourceError
+from shardyard.ingest.nyu_files import kinect_depth, png_depth, read_pgm_disparity, rgb_image
 
 log = logging.getLogger(__name__)
 
 TRAIN, TEST, UNKNOWN = "train", "test", "unknown"
-KINECT_A, KINECT_B, KINECT_INVALID = 351.3, 1092.5, 2047
 _IMG = (".jpg", ".jpeg", ".png")
 
 
@@ -59,73 +59,6 @@ class Pair:
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
-def _rgb_image(path: str, key: str) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception as e:
-        raise SourceError(f"cannot read RGB image: {e}", path=path, key=key, field="obs.rgb") from e
-
-
-def png_depth(path: str, key: str, *, scale8: float = 10.0 / 255.0) -> np.ndarray:
-    """Depth png -> metres: 16-bit is millimetres (/1000); 8-bit is DenseDepth's `255 = 10 m` (x scale8)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            arr = np.asarray(im)
-    except Exception as e:
-        raise SourceError(f"cannot read depth png: {e}", path=path, key=key, field="obs.depth") from e
-    if arr.ndim == 3:
-        raise SourceError(f"depth png has {arr.shape[2]} channels (mode {mode}), expected one", path=path,
-                          key=key, field="obs.depth")
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) * np.float32(scale8)
-    return arr.astype(np.float32) / np.float32(1000.0)
-
-
-def read_pgm_disparity(path: str, key: str) -> np.ndarray:
-    """Raw Kinect `.pgm` (P5, maxval 65535) -> `(H, W) uint16` disparity. The NYU dumps store the payload
-    little-endian (the toolbox swaps bytes after imread); the byte order is taken as the one whose values fit
-    in 11 bits, so a spec-conforming big-endian file reads too."""
-    data = Path(path).read_bytes()
-    tokens, pos = [], 0
-    while len(tokens) < 4:
-        m = re.compile(rb"\s*(#[^\n]*\n\s*)*(\S+)").match(data, pos)
-        if m is None:
-            raise SourceError("truncated PGM header", path=path, key=key, field="obs.depth")
-        tokens.append(m.group(2))
-        pos = m.end()
-    if tokens[0] != b"P5":
-        raise SourceError(f"not a binary PGM (magic {tokens[0]!r})", path=path, key=key, field="obs.depth")
-    w, h, maxval = (int(t) for t in tokens[1:])
-    payload = data[pos + 1: pos + 1 + w * h * (2 if maxval > 255 else 1)]
-    if maxval <= 255 or len(payload) < w * h * 2:
-        raise SourceError(f"expected a 16-bit {w}x{h} payload, got maxval {maxval}, {len(payload)} bytes",
-                          path=path, key=key, field="obs.depth")
-    little = np.frombuffer(payload, dtype="<u2").reshape(h, w)
-    if little.max() <= KINECT_INVALID:
-        return little.copy()
-    big = np.frombuffer(payload, dtype=">u2").reshape(h, w)
-    if big.max() <= KINECT_INVALID:
-        return big.astype(np.uint16)
-    raise SourceError("PGM values exceed 11 bits in both byte orders: not Kinect disparity", path=path, key=key,
-                      field="obs.depth")
-
-
-def kinect_depth(raw: np.ndarray, max_depth: float = 10.0) -> np.ndarray:
-    """NYU toolbox `depth_rel2depth_abs`: `351.3 / (1092.5 - raw)` metres; 2047 and negatives -> 0 (invalid);
-    values beyond `max_depth` are clamped to it, as the toolbox does."""
-    raw = raw.astype(np.float64)
-    with np.errstate(divide="ignore"):
-        d = KINECT_A / (KINECT_B - raw)
-    d[(raw >= KINECT_INVALID) | ~np.isfinite(d) | (d < 0)] = 0.0
-    return np.minimum(d, max_depth).astype(np.float32)
-
-
 def _scene_of_name(stem: str) -> str | None:
     m = re.match(r"^(.*?)_\d+$", stem)
     return m.group(1) if m else None
@@ -309,6 +242,16 @@ def list_hf(ds) -> list[Pair]:
 
 
 # -- reading ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayoutOptions:
+    """What listing and reading need besides the pair: `max_depth` (m, raw Kinect clamp), `mat_depth`
+    ("depths" or "rawDepths" of the labeled .mat), `hf` (the loaded `DatasetDict`, HF layout only)."""
+
+    max_depth: float = 10.0
+    mat_depth: str = "depths"
+    hf: Any = None
+
+
 def _hf_depth(value: Any, key: str) -> np.ndarray:
     arr = np.asarray(value)
     mode = getattr(value, "mode", None)
@@ -320,39 +263,128 @@ def _hf_depth(value: Any, key: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def read_pair(layout: str, pair: Pair, key: str, *, hf=None, max_depth: float = 10.0,
-              mat_depth: str = "depths") -> tuple[np.ndarray, np.ndarray]:
-    """`(rgb (H, W, 3) uint8, depth (H, W) float32 metres, 0 = invalid)` of one pair; raises `SourceError`."""
-    if layout == "labeled_mat":
-        import h5py
+def _read_labeled_mat(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.ndarray]:
+    import h5py
 
+    with h5py.File(pair.rgb, "r") as f:
+        rgb = np.asarray(f["images"][pair.index]).transpose(2, 1, 0)               # (3, W, H) -> (H, W, 3)
+        depth = np.asarray(f[opts.mat_depth][pair.index], dtype=np.float32).T      # (W, H) -> (H, W)
+    return rgb, depth
+
+
+def _read_h5(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.ndarray]:
+    import h5py
+
+    try:
         with h5py.File(pair.rgb, "r") as f:
-            rgb = np.asarray(f["images"][pair.index]).transpose(2, 1, 0)             # (3, W, H) -> (H, W, 3)
-            depth = np.asarray(f[mat_depth][pair.index], dtype=np.float32).T         # (W, H) -> (H, W)
-    elif layout == "h5":
-        import h5py
+            return np.asarray(f["rgb"]).transpose(1, 2, 0), np.asarray(f["depth"], dtype=np.float32)  # (3, H, W)
+    except (OSError, KeyError) as e:
+        raise SourceError(f"cannot read h5 pair: {e}", path=pair.rgb, key=key, field="obs.rgb") from e
 
-        try:
-            with h5py.File(pair.rgb, "r") as f:
-                rgb = np.asarray(f["rgb"]).transpose(1, 2, 0)                        # (3, H, W) -> (H, W, 3)
-                depth = np.asarray(f["depth"], dtype=np.float32)
-        except (OSError, KeyError) as e:
-            raise SourceError(f"cannot read h5 pair: {e}", path=pair.rgb, key=key, field="obs.rgb") from e
-    elif layout in ("bts", "mmseg", "densedepth"):
-        rgb, depth = _rgb_image(pair.rgb, key), png_depth(pair.depth, key)
-    elif layout == "eigen_npy":
-        rgb = np.asarray(np.load(pair.rgb, mmap_mode="r")[pair.index])
-        depth = np.asarray(np.load(pair.depth, mmap_mode="r")[pair.index], dtype=np.float32)
-    elif layout == "raw_kinect":
-        rgb = _rgb_image(pair.rgb, key)
-        depth = kinect_depth(read_pgm_disparity(pair.depth, key), max_depth)
-    elif layout == "hf":
-        row = hf[pair.rgb][pair.index]
-        img = row["image"]
-        rgb = np.asarray(img.convert("RGB") if hasattr(img, "convert") else img, dtype=np.uint8)
-        depth = _hf_depth(row["depth_map"], key)
-    else:
+
+def _read_png_pair(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.ndarray]:
+    return rgb_image(pair.rgb, key), png_depth(pair.depth, key)
+
+
+def _read_eigen_npy(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.ndarray]:
+    rgb = np.asarray(np.load(pair.rgb, mmap_mode="r")[pair.index])
+    return rgb, np.asarray(np.load(pair.depth, mmap_mode="r")[pair.index], dtype=np.float32)
+
+
+def _read_raw_kinect(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.ndarray]:
+    return rgb_image(pair.rgb, key), kinect_depth(read_pgm_disparity(pair.depth, key), opts.max_depth)
+
+
+def _read_hf(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.ndarray]:
+    row = opts.hf[pair.rgb][pair.index]
+    img = row["image"]
+    rgb = np.asarray(img.convert("RGB") if hasattr(img, "convert") else img, dtype=np.uint8)
+    return rgb, _hf_depth(row["depth_map"], key)
+
+
+# -- the registry -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    """One public layout: `list(root, opts) -> [Pair]`, `read(pair, key, opts) -> (rgb, depth)` (raw, checked
+    by `read_pair`), and how `detect_layout` recognises a folder: `marker(folder, names)` on the names at its
+    top level (decisive), else `content(folder, names)`, a look deeper (several hits are ambiguous, unless the
+    first has `claims_others`: BTS folders hold jpg+png pairs that the mmseg check would match too)."""
+
+    list: Callable[[Path, LayoutOptions], list[Pair]]
+    read: Callable[[Pair, str, LayoutOptions], tuple[np.ndarray, np.ndarray]]
+    marker: Callable[[Path, set[str]], bool] | None = None
+    content: Callable[[Path, set[str]], bool] | None = None
+    claims_others: bool = False
+
+
+def _labeled_file(root: Path) -> Path:
+    return root if root.is_file() else root / "nyu_depth_v2_labeled.mat"
+
+
+# Order matters: markers are tried in this order, then content checks in this order.
+LAYOUTS: dict[str, Layout] = {
+    "eigen_npy": Layout(lambda root, o: list_eigen_npy(root), _read_eigen_npy,
+                        marker=lambda p, names: "eigen_test_rgb.npy" in names),
+    "densedepth": Layout(lambda root, o: list_densedepth(root), _read_png_pair,
+                         marker=lambda p, names: any(n.startswith("nyu2_") for n in names)
+                         or any((p / "data").glob("nyu2_*"))),
+    "bts": Layout(lambda root, o: list_bts(root), _read_png_pair,
+                  content=lambda p, names: any(p.rglob("sync_depth_*.png")), claims_others=True),
+    "mmseg": Layout(lambda root, o: list_mmseg(root), _read_png_pair,
+                    marker=lambda p, names: "images" in names and "annotations" in names,
+                    content=lambda p, names: any(j.with_suffix(".png").exists() for j in p.rglob("*.jpg"))),
+    "labeled_mat": Layout(lambda root, o: list_labeled_mat(_labeled_file(root)), _read_labeled_mat,
+                          marker=lambda p, names: "nyu_depth_v2_labeled.mat" in names),
+    "h5": Layout(lambda root, o: list_h5(root), _read_h5, content=lambda p, names: any(p.rglob("*.h5"))),
+    "hf": Layout(lambda root, o: list_hf(o.hf), _read_hf,
+                 content=lambda p, names: any(p.rglob("*.parquet")) or "dataset_dict.json" in names
+                 or "dataset_info.json" in names),
+    "raw_kinect": Layout(lambda root, o: list_raw_kinect(root), _read_raw_kinect,
+                         content=lambda p, names: any(p.rglob("*.pgm"))),
+}
+
+
+def detect_layout(root: Path | str) -> str:
+    """The layout of `root` (a `LAYOUTS` name): a hub id is "hf", a `.mat` file "labeled_mat", a folder the
+    first layout whose marker matches, else the one whose content check does. Raises `ConfigError` for a
+    missing path, another single file, a folder matching several layouts, or none."""
+    p = Path(root)
+    if not p.exists():
+        if isinstance(root, str) and root.count("/") == 1 and not root.startswith((".", "/")):
+            return "hf"  # a hub id, read from the local cache
+        raise ConfigError("path not found", path=str(p))
+    if p.is_file():
+        if p.suffix == ".mat":
+            return "labeled_mat"
+        raise ConfigError("a single file must be the labeled .mat (v7.3)", path=str(p))
+    names = {c.name for c in p.iterdir()}
+    for name, layout in LAYOUTS.items():
+        if layout.marker is not None and layout.marker(p, names):
+            return name
+    found = [name for name, layout in LAYOUTS.items() if layout.content is not None and layout.content(p, names)]
+    if len(found) > 1 and not LAYOUTS[found[0]].claims_others:
+        raise ConfigError(f"several layouts under one folder ({', '.join(found)}); their frame sizes and units "
+                          "differ, so ingest each subfolder into its own store", path=str(p))
+    if found:
+        return found[0]
+    images = sorted(q.name for q in p.rglob("*") if q.suffix.lower() in (".png", ".jpg", ".ppm"))[:5]
+    raise ConfigError(f"no NYU RGB+depth layout recognised (found e.g. {images or 'nothing'}; an RGB-only "
+                      f"folder has no depth to ingest); expected one of {tuple(LAYOUTS)}", path=str(p))
+
+
+def list_pairs(layout: str, root: Path, opts: LayoutOptions) -> list[Pair]:
+    """Every pair of `root` in `layout`; raises `ConfigError` for an unknown layout."""
+    if layout not in LAYOUTS:
         raise ConfigError(f"unknown NYU layout {layout!r}")
+    return LAYOUTS[layout].list(root, opts)
+
+
+def read_pair(layout: str, pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.ndarray]:
+    """`(rgb (H, W, 3) uint8, depth (H, W) float32 metres, 0 = invalid)` of one pair; raises `SourceError`
+    when it does not read or rgb and depth do not form a pair, `ConfigError` for an unknown layout."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown NYU layout {layout!r}")
+    rgb, depth = LAYOUTS[layout].read(pair, key, opts)
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     depth = np.ascontiguousarray(depth, dtype=np.float32)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or depth.shape != rgb.shape[:2]:

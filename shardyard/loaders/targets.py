@@ -37,8 +37,10 @@ class TargetSpec:
     """Discretisation read from stats.json (`stats["robot"][prefix]`).
 
     height_edges `(Z + 1,)` metres; gripper_edges `(G + 1,)`; rotation_mode "1d_pca" or "kmeans"; pca: the
-    `rotation.pca` dict (mean, basis, pc1_edges); prototypes `(k, 4)` xyzw; fields: the store's EEF position,
-    quaternion and gripper field names.
+    `rotation.pca` dict (mean, basis, pc1_edges, and `reference`, the xyzw quaternion whose hemisphere the
+    basis was fitted in: quaternions are flipped to `q . reference >= 0` before projection, exactly as the
+    stats did; w >= 0 when the stats predate it); prototypes `(k, 4)` xyzw (matched by |q . p|, so either
+    sign); fields: the store's EEF position, quaternion and gripper field names.
     """
 
     height_edges: np.ndarray
@@ -52,14 +54,17 @@ class TargetSpec:
 
     @property
     def n_height_bins(self) -> int:
+        """Number of height bins Z."""
         return len(self.height_edges) - 1
 
     @property
     def n_gripper_bins(self) -> int:
+        """Number of gripper bins G."""
         return len(self.gripper_edges) - 1
 
     @property
     def n_rot_bins(self) -> int:
+        """Number of rotation classes: PC1 bins ("1d_pca") or prototypes ("kmeans")."""
         return len(self.pca["pc1_edges"]) - 1 if self.rotation_mode == "1d_pca" else len(self.prototypes)
 
     @property
@@ -97,7 +102,8 @@ class TargetSpec:
                    gripper_field=r.get("gripper_field"))
 
     def rotation_bins(self, quats: np.ndarray) -> np.ndarray:
-        """`(N, 4)` xyzw -> `(N,) int64` rotation class (PC1 bin or nearest prototype)."""
+        """`(N, 4)` xyzw -> `(N,) int64` rotation class: the PC1 bin (`stats.robot.rotation_pc1`, which flips q
+        to the stats' reference hemisphere) or the nearest prototype."""
         q = np.asarray(quats, np.float64).reshape(-1, 4)
         if self.rotation_mode == "1d_pca":
             return bin_index(rotation_pc1(q, self.pca), np.asarray(self.pca["pc1_edges"]))

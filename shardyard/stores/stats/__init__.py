@@ -25,12 +25,14 @@ Parts are made per episode and merged (`field_parts`), so stats from per-worker 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from shardyard.schema import FieldSpec, Schema
+from shardyard.stores.stats.config import StatsConfig
+from shardyard.stores.stats.depth import depth_stats
 from shardyard.stores.stats.moments import (
     FieldStatsPart,
     empty_part,
@@ -52,30 +54,6 @@ _VECTOR_BLOCK_ROWS = 8192  # steps per read of a low-dim field (per-block overhe
 __all__ = ["StatsConfig", "compute_stats", "stats_episodes", "stats_fields", "field_rows", "field_edges",
            "field_parts", "frame_sampling", "sampled_frames_part", "merge_stats_parts", "finalize_stats_parts",
            "robot_fields", "robot_stats"]
-
-
-@dataclass
-class StatsConfig:
-    """Options of `compute_stats`. Bin counts and the PCA threshold follow seed 001's defaults
-    (`N_HEIGHT_BINS = N_GRIPPER_BINS = N_ROT_BINS = 32`, PC1 >= 80 % -> "1d_pca"); `hist_bins` is the
-    number of equal histogram bins of float fields (their q01/q99 are within one bin width)."""
-
-    height_bins: int = 32
-    height_margin: float = 0.05
-    gripper_bins: int = 32
-    rotation_bins: int = 32
-    kmeans_clusters: int = 32
-    pca_threshold: float = 0.8
-    image_frame_stride: int = 10
-    image_pixel_stride: int = 4
-    seed: int = 0
-    hist_bins: int = 2048
-
-    def __post_init__(self) -> None:
-        for name in ("height_bins", "gripper_bins", "rotation_bins", "kmeans_clusters", "image_frame_stride",
-                     "image_pixel_stride", "hist_bins"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"StatsConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
 def stats_episodes(store) -> tuple[list[int], str]:
@@ -281,7 +259,8 @@ def robot_stats(store, episodes: Sequence[int], config: StatsConfig | None = Non
         entry["gripper_bins"] = gripper_bins(cat[grip].reshape(-1), cfg.gripper_bins) if grip else None
         quat = names["eef_quat_field"]
         entry["rotation"] = rotation_stats(cat[quat], cfg.rotation_bins, cfg.kmeans_clusters,
-                                           cfg.pca_threshold, cfg.seed) if quat else None
+                                           cfg.pca_threshold, cfg.seed,
+                                           separation_threshold=cfg.rotation_separation) if quat else None
         out[prefix] = entry
     return out
 
@@ -305,14 +284,7 @@ def compute_stats(store, config: StatsConfig | None = None, *,
             "config": asdict(cfg),
             "fields": finalize_stats_parts(parts, store.schema),
             "robot": robot_stats(store, episodes, cfg),
-            "depth": _depth_stats(store, episodes, cfg)}
-
-
-def _depth_stats(store, episodes: Sequence[int], cfg: StatsConfig) -> dict[str, Any]:
-    """Seed 003 depth extras (valid fraction, range, median per depth field; `stats/depth.py`)."""
-    from shardyard.stores.stats.depth import depth_stats
-
-    return depth_stats(store, episodes, cfg)
+            "depth": depth_stats(store, episodes, cfg)}
 
 
 def recompute_store_stats(path: str, config: StatsConfig | None = None, *, val_fraction: float | None = None,

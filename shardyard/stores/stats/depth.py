@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from shardyard.stores.stats.config import StatsConfig
+
 BIN_M = 1e-3
 MAX_M = 20.0
 
@@ -34,6 +36,7 @@ class DepthPart:
 
     @classmethod
     def empty(cls) -> "DepthPart":
+        """The part of no pixels."""
         return cls(0, 0, float("inf"), float("-inf"), np.zeros(int(round(MAX_M / BIN_M)), dtype=np.int64))
 
     @classmethod
@@ -50,6 +53,7 @@ class DepthPart:
         return part
 
     def merge(self, other: "DepthPart") -> "DepthPart":
+        """The part of both pixel sets (exact: counts and histograms add)."""
         return DepthPart(self.total + other.total, self.valid + other.valid, min(self.min, other.min),
                          max(self.max, other.max), self.hist + other.hist)
 
@@ -62,6 +66,7 @@ class DepthPart:
         return float(np.clip((i + 0.5) * BIN_M, self.min, self.max))
 
     def finalize(self) -> dict[str, Any]:
+        """The stats.json entry (module docstring); None for min/max/quantiles when nothing is valid."""
         ok = self.valid > 0
         return {"valid_fraction": self.valid / self.total if self.total else 0.0, "num_pixels": self.total,
                 "num_valid": self.valid, "min": self.min if ok else None, "max": self.max if ok else None,
@@ -69,10 +74,8 @@ class DepthPart:
                 "unit": "m"}
 
 
-def depth_stats(store, episodes: Sequence[int], config=None) -> dict[str, Any]:
+def depth_stats(store, episodes: Sequence[int], config: StatsConfig | None = None) -> dict[str, Any]:
     """Depth extras for every `kind == "depth"` field of `store` over `episodes` (see module docstring)."""
-    from shardyard.stores.stats import StatsConfig
-
     cfg = config or StatsConfig()
     out = {}
     for field in store.schema.of_kind("depth"):

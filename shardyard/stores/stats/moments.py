@@ -37,7 +37,8 @@ QUANTILES = {"q01": 0.01, "q99": 0.99}
 class FieldStatsPart:
     """Mergeable statistics of `count` rows of `F` features.
 
-    sum: `(F,) float64`, sum of x. m2: `(F,) float64`, sum of (x - sum / count)**2. min, max: `(F,) float64` (+inf / -inf when empty).
+    sum: `(F,) float64`, sum of x. m2: `(F,) float64`, sum of (x - sum / count)**2. min, max: `(F,) float64`
+    (+inf / -inf when empty).
     hist: `(F, B) int64` counts over `edges (F, B + 1) float64`, or both None (moments only). Values outside
     the edges are counted in the first/last bin; the last bin includes its right edge (as `np.histogram`).
     """
@@ -52,6 +53,7 @@ class FieldStatsPart:
 
     @property
     def num_features(self) -> int:
+        """F, the number of features."""
         return int(self.sum.shape[0])
 
     @property
@@ -68,6 +70,7 @@ class FieldStatsPart:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FieldStatsPart":
+        """Inverse of `to_dict`."""
         def arr(v, dtype):
             return None if v is None else np.asarray(v, dtype=dtype)
         return cls(count=int(d["count"]), sum=arr(d["sum"], np.float64), m2=arr(d["m2"], np.float64),

@@ -8,8 +8,11 @@ PC1 explains less than ~80 % of the variance (multimodal rotations), the nearest
 (`precompute_rotation_kmeans.py`). The helpers at the end (`rotation_pc1`, `bin_index`,
 `nearest_prototype`) turn raw values into those class targets with the stored dicts.
 
-Quaternions are `xyzw`; q and -q are the same rotation, so they are first flipped to one hemisphere
-(`geometry.canonical_hemisphere`, w >= 0). All returned dicts are JSON-able (lists and floats).
+Quaternions are `xyzw`; q and -q are the same rotation, so they are first flipped to the hemisphere of the
+data's own mean rotation (`geometry.mean_quaternion`, Markley's average; `q . reference >= 0`), which is recorded
+as `reference`. Flipping to w >= 0 instead would split any cluster whose w is near 0 (a gripper pointing down,
+the usual top-down grasp) into two antipodal halves, and PC1 would then code the flip, not the orientation.
+All returned dicts are JSON-able (lists and floats).
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from shardyard.geometry import canonical_hemisphere
+from shardyard.geometry import canonical_hemisphere, canonical_to_reference, mean_quaternion
 
 log = logging.getLogger(__name__)
 
 _CONSTANT_PAD = 0.01  # half-width (value units, e.g. metres) of the bins' range when all values are equal
+_MIN_SPLIT_SAMPLES = 20  # below this, a two-group split of PC1 cannot be told from sampling noise
 
 
 def _range_edges(lo: float, hi: float, n_bins: int, margin: float = 0.0) -> np.ndarray:
@@ -71,48 +75,101 @@ def _unit_quats(quats: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(q, axis=1, keepdims=True)
     if not np.all(np.isfinite(q)) or np.any(norm < 1e-8):
         raise ValueError("quaternions must be finite and non-zero")
-    return canonical_hemisphere(q / norm)
+    return q / norm
 
 
-def rotation_stats(quats: np.ndarray, n_bins: int = 32, n_clusters: int = 32, pca_threshold: float = 0.8,
-                   seed: int = 0, n_init: int = 4, max_kmeans_samples: int = 200_000) -> dict[str, Any]:
-    """Rotation discretisation of seed 001 (`precompute_rotation_pca.py` / `precompute_rotation_kmeans.py`).
+def pc1_separation(proj: np.ndarray) -> float:
+    """How well `(N,)` PC1 coordinates split into two groups: the largest between-group share of the variance
+    over all splits of the sorted values (Otsu's criterion, "A threshold selection method from gray-level
+    histograms", 1979), in [0, 1]. About 0.64 for a normal sample, 0.75 for a uniform one, towards 1 for two
+    separated clusters; 0 for fewer than 20 values or a constant."""
+    x = np.sort(np.asarray(proj, dtype=np.float64).reshape(-1))
+    n = x.size
+    var = float(x.var()) if n else 0.0
+    if n < _MIN_SPLIT_SAMPLES or var <= 1e-18:
+        return 0.0
+    k = np.arange(1, n)
+    head = np.cumsum(x)[:-1]
+    m0, m1 = head / k, (x.sum() - head) / (n - k)
+    between = (k / n) * (1 - k / n) * (m0 - m1) ** 2
+    return float(min(between.max() / var, 1.0))
 
-    quats: `(N, 4)` xyzw (normalised, then canonicalised to w >= 0). Returns
-    ``{"n": N, "hemisphere": "w>=0",
-       "pca": {"mean": (4), "basis": (4) unit PC1, "explained_variance_ratio": (4) list,
-               "pc1_edges": (n_bins + 1) over the PC1 projection range, "n_bins"},
-       "kmeans": {"prototypes": (k, 4) unit, canonical, "inertia": float, "k", "n_init", "seed"},
-       "recommended_mode": "1d_pca" if explained_variance_ratio[0] >= pca_threshold else "kmeans",
-       "pca_threshold": float}``.
-    PC1's sign is fixed so that its largest-magnitude component is positive. k = min(n_clusters, number of
-    distinct quaternions); k-means (sklearn, `random_state=seed`) runs on at most `max_kmeans_samples`
-    quaternions drawn with `seed`. All-equal quaternions give ratio [1, 0, 0, 0] and mode "1d_pca".
-    """
-    from sklearn.cluster import KMeans
+
+_TRIU = np.triu_indices(4)
+_TRIU_SCALE = np.where(_TRIU[0] == _TRIU[1], 1.0, np.sqrt(2.0))
+
+
+def _sign_free(q: np.ndarray) -> np.ndarray:
+    """`(N, 4)` unit quats -> `(N, 10)`: the upper triangle of `q q^T`, off-diagonal terms times sqrt(2), so the
+    Euclidean distance is the Frobenius one, `|q q^T - p p^T|^2 = 2 - 2 (q . p)^2`: the same for q and -q, and
+    no hemisphere boundary for k-means to cut a cluster at."""
+    return (q[:, :, None] * q[:, None, :])[:, _TRIU[0], _TRIU[1]] * _TRIU_SCALE
+
+
+def _top_eigenvector(centre: np.ndarray) -> np.ndarray:
+    """Unit `(4,)` principal eigenvector of a `_sign_free` centroid `(10,)`: the cluster's Markley mean."""
+    m = np.zeros((4, 4))
+    m[_TRIU] = centre / _TRIU_SCALE
+    m = m + np.triu(m, 1).T
+    return np.linalg.eigh(m)[1][:, -1]
+
+
+def _pca_basis(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean `(4,)`, unit PC1 `(4,)` (largest-magnitude component positive) and explained variance ratio `(4,)`
+    of canonical quaternions `(N, 4)`."""
     from sklearn.decomposition import PCA
-    from threadpoolctl import threadpool_limits
 
-    q = _unit_quats(quats)
     n = q.shape[0]
     mean = q.mean(axis=0)
-    total_var = float(((q - mean) ** 2).sum(axis=1).mean())
-    if n < 2 or total_var < 1e-18:
-        basis = np.array([1.0, 0.0, 0.0, 0.0])
-        ratio = np.array([1.0, 0.0, 0.0, 0.0])
+    if n < 2 or float(((q - mean) ** 2).sum(axis=1).mean()) < 1e-18:
+        basis, ratio = np.array([1.0, 0.0, 0.0, 0.0]), np.array([1.0, 0.0, 0.0, 0.0])
     else:
         pca = PCA(n_components=min(4, n), svd_solver="full").fit(q)
-        mean = pca.mean_
-        basis = pca.components_[0]
+        mean, basis = pca.mean_, pca.components_[0]
         ratio = np.zeros(4)
         ratio[: len(pca.explained_variance_ratio_)] = pca.explained_variance_ratio_
     basis = basis / np.linalg.norm(basis)
     if basis[np.argmax(np.abs(basis))] < 0:
         basis = -basis
+    return mean, basis, ratio
+
+
+def rotation_stats(quats: np.ndarray, n_bins: int = 32, n_clusters: int = 32, pca_threshold: float = 0.8,
+                   seed: int = 0, n_init: int = 4, max_kmeans_samples: int = 200_000,
+                   separation_threshold: float = 0.9) -> dict[str, Any]:
+    """Rotation discretisation of seed 001 (`precompute_rotation_pca.py` / `precompute_rotation_kmeans.py`).
+
+    quats: `(N, 4)` xyzw (normalised, then flipped to `q . reference >= 0` with `reference` their
+    `mean_quaternion`). Returns
+    ``{"n": N, "hemisphere": "q.reference>=0", "reference": (4) unit xyzw,
+       "pca": {"mean": (4), "basis": (4) unit PC1, "explained_variance_ratio": (4) list,
+               "pc1_edges": (n_bins + 1) over the PC1 projection range, "n_bins", "reference": (4)},
+       "kmeans": {"prototypes": (k, 4) unit, in the reference's hemisphere, "inertia": float (k-means'
+                  inertia in the `q q^T` embedding), "k", "n_init", "seed"},
+       "pc1_separation": `pc1_separation` of the PC1 projections,
+       "recommended_mode": "1d_pca" if explained_variance_ratio[0] >= pca_threshold and pc1_separation <
+                           separation_threshold else "kmeans",
+       "pca_threshold": float, "separation_threshold": float}``.
+    The separation test catches orientations in two separate groups (e.g. two grasps): PC1 then explains most
+    of the variance, but its bins would code the group and leave the range between them empty. PC1's sign is
+    fixed so that its largest-magnitude component is positive. k = min(n_clusters, number of distinct
+    quaternions); k-means (sklearn, `random_state=seed`) runs on at most `max_kmeans_samples` quaternions drawn
+    with `seed`, embedded as `q q^T` so that q and -q are one point (each prototype is its cluster's Markley
+    mean). All-equal quaternions give ratio [1, 0, 0, 0] and mode "1d_pca". Raises `ValueError` for a
+    shape other than `(N, 4)`, a non-finite or a zero quaternion.
+    """
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    q = _unit_quats(quats)
+    reference = mean_quaternion(q)
+    q = canonical_to_reference(q, reference)
+    n = q.shape[0]
+    mean, basis, ratio = _pca_basis(q)
     proj = (q - mean) @ basis
     pca_dict = {"mean": mean.tolist(), "basis": basis.tolist(), "explained_variance_ratio": ratio.tolist(),
                 "pc1_edges": _range_edges(float(proj.min()), float(proj.max()), n_bins).tolist(),
-                "n_bins": int(n_bins)}
+                "n_bins": int(n_bins), "reference": reference.tolist()}
 
     distinct = np.unique(np.round(q, 12), axis=0).shape[0]
     k = int(min(n_clusters, distinct))
@@ -122,21 +179,26 @@ def rotation_stats(quats: np.ndarray, n_bins: int = 32, n_clusters: int = 32, pc
     # One thread: OpenMP workers spin-wait badly when the cores are shared (ingest workers, DataLoaders),
     # turning a few-millisecond fit into seconds; the data here is small.
     with threadpool_limits(limits=1):
-        km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(sample)
-    protos = km.cluster_centers_ / np.linalg.norm(km.cluster_centers_, axis=1, keepdims=True)
-    protos = canonical_hemisphere(protos)
-    mode = "1d_pca" if ratio[0] >= pca_threshold else "kmeans"
-    log.info("rotation stats: N=%d, PC1 explains %.3f, k=%d, recommended %s", n, ratio[0], k, mode)
-    return {"n": int(n), "hemisphere": "w>=0", "pca": pca_dict,
+        km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(_sign_free(sample))
+    protos = canonical_to_reference(np.stack([_top_eigenvector(c) for c in km.cluster_centers_]), reference)
+    separation = pc1_separation(proj)
+    mode = "1d_pca" if ratio[0] >= pca_threshold and separation < separation_threshold else "kmeans"
+    log.info("rotation stats: N=%d, PC1 explains %.3f, separation %.3f, k=%d, recommended %s", n, ratio[0],
+             separation, k, mode)
+    return {"n": int(n), "hemisphere": "q.reference>=0", "reference": reference.tolist(), "pca": pca_dict,
             "kmeans": {"prototypes": protos.tolist(), "inertia": float(km.inertia_), "k": k,
                        "n_init": int(n_init), "seed": int(seed)},
-            "recommended_mode": mode, "pca_threshold": float(pca_threshold)}
+            "pc1_separation": separation, "recommended_mode": mode, "pca_threshold": float(pca_threshold),
+            "separation_threshold": float(separation_threshold)}
 
 
 def rotation_pc1(quats: np.ndarray, pca: dict[str, Any]) -> np.ndarray:
-    """PC1 coordinate `(N,)` of `(N, 4)` xyzw quaternions with the `rotation_stats(...)["pca"]` dict
-    (canonicalised to w >= 0 first, as when the basis was fitted)."""
+    """PC1 coordinate `(N,)` of `(N, 4)` xyzw quaternions with the `rotation_stats(...)["pca"]` dict, flipped
+    to the hemisphere the basis was fitted in: `q . pca["reference"] >= 0`, or w >= 0 for stats written before
+    the reference was recorded. Raises `ValueError` as `rotation_stats`."""
     q = _unit_quats(quats)
+    ref = pca.get("reference")
+    q = canonical_to_reference(q, np.asarray(ref, dtype=np.float64)) if ref is not None else canonical_hemisphere(q)
     return (q - np.asarray(pca["mean"], dtype=np.float64)) @ np.asarray(pca["basis"], dtype=np.float64)
 
 
