@@ -13,7 +13,11 @@ Written under `out/`:
 
 Field keys map to feature names with `shardyard.ingest.lerobot.feature_from_field` (`obs.rgb.cam` ->
 `observation.images.cam`, `obs.state` -> `observation.state`), so `ingest lerobot` reads the export back into
-the same fields. Frames go through x264 (`crf`, yuv420p): video is lossy, every other array is exact.
+the same fields. Frames are encoded with LeRobot's own defaults (lerobot 0.4.4,
+`lerobot.datasets.video_utils.encode_video_frames`: `vcodec="libsvtav1"`, `pix_fmt="yuv420p"`, `g=2`, `crf=30`,
+SVT-AV1 `preset=12`): AV1 through PyAV's SVT-AV1 when PyAV has it, H.264 (libx264, same `g` and `crf`)
+otherwise. The short GOP (a keyframe every 2 frames) is what makes LeRobot's random access fast: a decoder seeks
+to the keyframe at or before the frame it wants. Video is lossy; every other array is exact.
 The episode's frame times are `frame_index / fps`; a store field `timestamp` is written as stored.
 """
 
@@ -37,23 +41,68 @@ DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 
 
+# PyAV encoder name -> the codec name LeRobot's info.json records (`video.codec`, from the stream's codec).
+CODEC_NAMES = {"libsvtav1": "av1", "libx264": "h264"}
+
+
 @dataclass
 class ExportConfig:
-    """out: dataset folder. crf: x264 quality (0 lossless in luma; 10 default). overwrite: replace `out`.
-    fps: frame rate when episodes carry none (Hz). robot_type: written to info.json."""
+    """How `export_lerobot` writes a dataset; the video defaults are LeRobot's `encode_video_frames` defaults.
+
+    out: dataset folder. vcodec: PyAV encoder, "libsvtav1" or "libx264", or "auto" (SVT-AV1 when PyAV has it,
+    else libx264). crf: quality (lower = closer to the stored frames; LeRobot: 30). g: GOP size in frames, i.e.
+    a keyframe every `g` frames (LeRobot: 2). pix_fmt: encoder pixel format (LeRobot: "yuv420p"). preset:
+    SVT-AV1 speed preset (LeRobot: 12; ignored by libx264). overwrite: replace `out`. fps: frame rate when
+    episodes carry none (Hz). robot_type: written to info.json.
+    """
 
     out: Path
-    crf: int = 10
+    vcodec: str = "auto"
+    crf: int = 30
+    g: int = 2
+    pix_fmt: str = "yuv420p"
+    preset: int = 12
     overwrite: bool = False
     fps: float | None = None
     robot_type: str | None = None
 
 
-def _feature(spec, fps: float) -> dict[str, Any]:
+def resolve_vcodec(vcodec: str) -> str:
+    """The PyAV encoder to use for `vcodec` ("auto", "libsvtav1" or "libx264").
+
+    Raises `ConfigError` for another name, or for a named encoder this PyAV build lacks.
+    """
+    import av
+
+    def available(name: str) -> bool:
+        try:
+            av.codec.Codec(name, "w")
+        except ValueError:  # av.codec.codec.UnknownCodecError
+            return False
+        return True
+
+    if vcodec == "auto":
+        return "libsvtav1" if available("libsvtav1") else "libx264"
+    if vcodec not in CODEC_NAMES:
+        raise ConfigError(f"unknown video codec {vcodec!r}; use auto, {' or '.join(CODEC_NAMES)}", field="vcodec")
+    if not available(vcodec):
+        raise ConfigError(f"this PyAV build has no {vcodec} encoder; use auto", field="vcodec")
+    return vcodec
+
+
+def codec_options(vcodec: str, cfg: ExportConfig) -> dict[str, str]:
+    """Encoder options of `vcodec` for `cfg`, as LeRobot's `_get_codec_options` builds them (g, crf, preset)."""
+    options = {"g": str(cfg.g), "crf": str(cfg.crf)}
+    if vcodec == "libsvtav1":
+        options["preset"] = str(cfg.preset)
+    return options
+
+
+def _feature(spec, fps: float, codec: str, pix_fmt: str) -> dict[str, Any]:
     if spec.kind == "image":
         h, w = spec.shape[:2]
         return {"dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
-                "info": {"video.height": h, "video.width": w, "video.codec": "h264", "video.pix_fmt": "yuv420p",
+                "info": {"video.height": h, "video.width": w, "video.codec": codec, "video.pix_fmt": pix_fmt,
                          "video.is_depth_map": False, "video.fps": fps, "video.channels": 3, "has_audio": False}}
     shape = list(spec.shape) or [1]
     return {"dtype": spec.dtype, "shape": shape, "names": list(spec.names) if spec.names else None}
@@ -82,8 +131,9 @@ def _stats(arr: np.ndarray, image: bool) -> dict[str, Any]:
 def export_lerobot(store_path: str, cfg: ExportConfig) -> dict[str, Any]:
     """Write the store at `store_path` to `cfg.out` as LeRobot v3.0 and return the info.json dict.
 
-    Raises `StoreError` for an incomplete store and `ConfigError` when `out` exists (without overwrite) or
-    episodes differ in fps.
+    Each image field becomes one mp4 per camera holding all episodes back to back, encoded with `cfg.vcodec`
+    (see `ExportConfig`; LeRobot's defaults). Raises `StoreError` for an incomplete store and `ConfigError` when
+    `out` exists (without overwrite), episodes differ in fps, or the codec is unknown or missing.
     """
     import av
     import pandas as pd
@@ -94,6 +144,7 @@ def export_lerobot(store_path: str, cfg: ExportConfig) -> dict[str, Any]:
     from shardyard.stores.atomic import atomic_write_json
 
     store = open_store(store_path)
+    vcodec = resolve_vcodec(cfg.vcodec)
     out = Path(cfg.out)
     if out.exists():
         if not cfg.overwrite:
@@ -118,10 +169,9 @@ def export_lerobot(store_path: str, cfg: ExportConfig) -> dict[str, Any]:
         vpath = out / VIDEO_PATH.format(video_key=vkey, chunk_index=0, file_index=0)
         vpath.parent.mkdir(parents=True)
         c = av.open(str(vpath), mode="w")
-        s = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        s = c.add_stream(vcodec, rate=Fraction(fps).limit_denominator(1000), options=codec_options(vcodec, cfg))
         s.height, s.width = store.schema[k].shape[:2]
-        s.pix_fmt = "yuv420p"
-        s.options = {"crf": str(cfg.crf), "preset": "fast"}
+        s.pix_fmt = cfg.pix_fmt
         writers[k], streams[k] = c, s
     columns: dict[str, list[np.ndarray]] = {feature_from_field(k): [] for k in others}
     book: dict[str, list[np.ndarray]] = {n: [] for n in ("frame_index", "episode_index", "index", "task_index")}
@@ -166,7 +216,8 @@ def export_lerobot(store_path: str, cfg: ExportConfig) -> dict[str, Any]:
     pq.write_table(pa.Table.from_pylist(episodes), out / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
     pd.DataFrame({"task_index": list(tasks.values())}, index=pd.Index(list(tasks), name="task")).to_parquet(
         out / "meta" / "tasks.parquet")
-    features = {feature_from_field(k): _feature(store.schema[k], fps) for k in others + images}
+    features = {feature_from_field(k): _feature(store.schema[k], fps, CODEC_NAMES[vcodec], cfg.pix_fmt)
+                for k in others + images}
     for name in book:
         features[name] = {"dtype": "float32" if name == "timestamp" else "int64", "shape": [1], "names": None}
     stats = {feature_from_field(k): _stats(arrays[feature_from_field(k)], False) for k in others}
