@@ -162,7 +162,8 @@ def _peer_dump(root, out, chunk):
         pytest.fail(f"the LeRobot peer virtualenv {PEER} is missing: run `make lerobot-venv` (make test builds it)")
     proc = subprocess.run([str(python), str(REPO / "benchmarks" / "vs_lerobot.py"), "peer-dump", "--root", str(root),
                            "--out", str(out), "--chunk", str(chunk)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "",
+                               "HF_DATASETS_CACHE": str(Path(out).parent / "hf_datasets")})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return np.load(out)
 

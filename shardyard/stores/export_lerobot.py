@@ -23,6 +23,7 @@ The episode's frame times are `frame_index / fps`; a store field `timestamp` is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from dataclasses import dataclass
@@ -128,6 +129,80 @@ def _stats(arr: np.ndarray, image: bool) -> dict[str, Any]:
             "std": x.std(0).tolist(), "count": [len(arr)]}
 
 
+class VideoWriter:
+    """One mp4 of RGB frames `(T, H, W, 3) uint8`, encoded with `vcodec` and `codec_options(vcodec, cfg)` at
+    `fps` (Hz); a context manager that flushes the encoder and closes the file on exit."""
+
+    def __init__(self, path: Path, vcodec: str, cfg: ExportConfig, fps: float, height: int, width: int):
+        """Open `path` for writing (its folder must exist)."""
+        import av
+
+        self._av = av
+        self.container = av.open(str(path), mode="w")
+        self.stream = self.container.add_stream(vcodec, rate=Fraction(fps).limit_denominator(1000),
+                                                options=codec_options(vcodec, cfg))
+        self.stream.height, self.stream.width = height, width
+        self.stream.pix_fmt = cfg.pix_fmt
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append `frames` `(T, H, W, 3) uint8` after the frames written so far."""
+        for img in frames:
+            frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+
+    def __enter__(self) -> VideoWriter:
+        """The writer itself."""
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Flush the encoder (unless an exception is on its way) and close the file."""
+        try:
+            if exc_type is None:
+                for packet in self.stream.encode():
+                    self.container.mux(packet)
+        finally:
+            self.container.close()
+
+
+def _write_steps(store, metas: list[dict], tasks: dict[str, int], writers: dict[str, VideoWriter],
+                 others: list[str], fps: float):
+    """Encode every episode's frames into `writers` (field -> writer) and gather the per-step columns of
+    `others`, the bookkeeping columns and the per-episode rows of `meta/episodes`, with a sample of the
+    frames for the image stats."""
+    columns: dict[str, list[np.ndarray]] = {feature_from_field(k): [] for k in others}
+    book: dict[str, list[np.ndarray]] = {n: [] for n in ("frame_index", "episode_index", "index", "task_index")}
+    if "timestamp" not in store.schema:
+        book["timestamp"] = []
+    img_stats: dict[str, list] = {k: [] for k in writers}
+    episodes, start = [], 0
+    for e, m in enumerate(metas):
+        n = store.episode_length(e)
+        data = store.read(e, others)
+        for k in others:
+            columns[feature_from_field(k)].append(data[k])
+        book["frame_index"].append(np.arange(n, dtype=np.int64))
+        book["episode_index"].append(np.full(n, e, np.int64))
+        book["index"].append(np.arange(start, start + n, dtype=np.int64))
+        book["task_index"].append(np.full(n, tasks[str(m.get("task") or "")], np.int64))
+        if "timestamp" in book:
+            book["timestamp"].append((np.arange(n) / fps).astype(np.float32))
+        row = {"episode_index": e, "tasks": [str(m.get("task") or "")], "length": n,
+               "data/chunk_index": 0, "data/file_index": 0, "dataset_from_index": start,
+               "dataset_to_index": start + n}
+        for k, writer in writers.items():
+            frames = store.read(e, [k])[k]
+            writer.write(frames)
+            img_stats[k].append(frames[:: max(1, n // 8)])
+            v = feature_from_field(k)
+            row.update({f"videos/{v}/chunk_index": 0, f"videos/{v}/file_index": 0,
+                        f"videos/{v}/from_timestamp": start / fps, f"videos/{v}/to_timestamp": (start + n) / fps})
+        row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+        episodes.append(row)
+        start += n
+    return columns, book, episodes, img_stats
+
+
 def export_lerobot(store_path: str, cfg: ExportConfig) -> dict[str, Any]:
     """Write the store at `store_path` to `cfg.out` as LeRobot v3.0 and return the info.json dict.
 
@@ -135,7 +210,6 @@ def export_lerobot(store_path: str, cfg: ExportConfig) -> dict[str, Any]:
     (see `ExportConfig`; LeRobot's defaults). Raises `StoreError` for an incomplete store and `ConfigError` when
     `out` exists (without overwrite), episodes differ in fps, or the codec is unknown or missing.
     """
-    import av
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -163,52 +237,14 @@ def export_lerobot(store_path: str, cfg: ExportConfig) -> dict[str, Any]:
 
     (out / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     (out / "data" / "chunk-000").mkdir(parents=True)
-    writers, streams = {}, {}
-    for k in images:
-        vkey = feature_from_field(k)
-        vpath = out / VIDEO_PATH.format(video_key=vkey, chunk_index=0, file_index=0)
-        vpath.parent.mkdir(parents=True)
-        c = av.open(str(vpath), mode="w")
-        s = c.add_stream(vcodec, rate=Fraction(fps).limit_denominator(1000), options=codec_options(vcodec, cfg))
-        s.height, s.width = store.schema[k].shape[:2]
-        s.pix_fmt = cfg.pix_fmt
-        writers[k], streams[k] = c, s
-    columns: dict[str, list[np.ndarray]] = {feature_from_field(k): [] for k in others}
-    book: dict[str, list[np.ndarray]] = {n: [] for n in ("frame_index", "episode_index", "index", "task_index")}
-    if "timestamp" not in store.schema:
-        book["timestamp"] = []
-    img_stats: dict[str, list] = {k: [] for k in images}
-    episodes, start = [], 0
-    for e, m in enumerate(metas):
-        n = store.episode_length(e)
-        data = store.read(e, others)
-        for k in others:
-            columns[feature_from_field(k)].append(data[k])
-        book["frame_index"].append(np.arange(n, dtype=np.int64))
-        book["episode_index"].append(np.full(n, e, np.int64))
-        book["index"].append(np.arange(start, start + n, dtype=np.int64))
-        book["task_index"].append(np.full(n, tasks[str(m.get("task") or "")], np.int64))
-        if "timestamp" in book:
-            book["timestamp"].append((np.arange(n) / fps).astype(np.float32))
-        row = {"episode_index": e, "tasks": [str(m.get("task") or "")], "length": n,
-               "data/chunk_index": 0, "data/file_index": 0, "dataset_from_index": start,
-               "dataset_to_index": start + n}
+    with contextlib.ExitStack() as videos:
+        writers = {}
         for k in images:
-            frames = store.read(e, [k])[k]
-            for img in frames:
-                for packet in streams[k].encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                    writers[k].mux(packet)
-            img_stats[k].append(frames[:: max(1, n // 8)])
-            v = feature_from_field(k)
-            row.update({f"videos/{v}/chunk_index": 0, f"videos/{v}/file_index": 0,
-                        f"videos/{v}/from_timestamp": start / fps, f"videos/{v}/to_timestamp": (start + n) / fps})
-        row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
-        episodes.append(row)
-        start += n
-    for k in images:
-        for packet in streams[k].encode():
-            writers[k].mux(packet)
-        writers[k].close()
+            vpath = out / VIDEO_PATH.format(video_key=feature_from_field(k), chunk_index=0, file_index=0)
+            vpath.parent.mkdir(parents=True)
+            writers[k] = videos.enter_context(VideoWriter(vpath, vcodec, cfg, fps, *store.schema[k].shape[:2]))
+        columns, book, episodes, img_stats = _write_steps(store, metas, tasks, writers, others, fps)
+    total = sum(e["length"] for e in episodes)
 
     arrays = {name: np.concatenate(parts) for name, parts in {**columns, **book}.items()}
     pq.write_table(pa.table({name: _column(a) for name, a in arrays.items()}),
@@ -224,10 +260,10 @@ def export_lerobot(store_path: str, cfg: ExportConfig) -> dict[str, Any]:
     stats.update({feature_from_field(k): _stats(np.concatenate(img_stats[k]), True) for k in images})
     atomic_write_json(out / "meta" / "stats.json", stats)
     info = {"codebase_version": "v3.0", "robot_type": cfg.robot_type or (metas[0].get("robot_type") if metas else None),
-            "total_episodes": len(metas), "total_frames": start, "total_tasks": len(tasks), "chunks_size": 1000,
+            "total_episodes": len(metas), "total_frames": total, "total_tasks": len(tasks), "chunks_size": 1000,
             "data_files_size_in_mb": 100, "video_files_size_in_mb": 500, "fps": fps,
             "splits": {"train": f"0:{len(metas)}"}, "data_path": DATA_PATH,
             "video_path": VIDEO_PATH if images else None, "features": features}
     atomic_write_json(out / "meta" / "info.json", info)
-    log.info("exported %d episodes (%d frames) to %s", len(metas), start, out)
+    log.info("exported %d episodes (%d frames) to %s", len(metas), total, out)
     return info
