@@ -149,10 +149,12 @@ def test_export_uses_lerobot_encoding(tmp_path, tiny_store, vcodec, codec):
     assert at[0] == 0 and max(np.diff(at + [len(keys)])) <= 2, at
 
 
-def test_export_rejects_unknown_codec(tmp_path, tiny_store):
+def test_export_rejects_bad_video_options(tmp_path, tiny_store):
     proc = run_cli("export", "lerobot", tiny_store, "--out", tmp_path / "x", "--vcodec", "vp9")
     assert proc.returncode == 1 and "vp9" in proc.stderr + proc.stdout and "vcodec" in proc.stderr + proc.stdout
-    assert not (tmp_path / "x/meta/info.json").exists()
+    proc = run_cli("export", "lerobot", tiny_store, "--out", tmp_path / "x", "--g", "0")
+    assert proc.returncode == 1 and "GOP" in proc.stderr + proc.stdout
+    assert not (tmp_path / "x").exists()
 
 
 def _peer_dump(root, out, chunk):

@@ -67,6 +67,13 @@ class ExportConfig:
     fps: float | None = None
     robot_type: str | None = None
 
+    def __post_init__(self) -> None:
+        """Raise ConfigError for a GOP under 1 frame or a crf outside 0..63 (SVT-AV1's range; x264 takes 0..51)."""
+        if self.g < 1:
+            raise ConfigError(f"g (GOP size) must be at least 1 frame, got {self.g}", field="g")
+        if not 0 <= self.crf <= 63:
+            raise ConfigError(f"crf must be in 0..63, got {self.crf}", field="crf")
+
 
 def resolve_vcodec(vcodec: str) -> str:
     """The PyAV encoder to use for `vcodec` ("auto", "libsvtav1" or "libx264").
