@@ -15,14 +15,19 @@ from shardyard.errors import ShardyardError
 def export_lerobot_cmd(
     store: str = typer.Argument(..., help="Episodic store path."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder of the LeRobot v3.0 dataset to write."),
-    crf: int = typer.Option(10, help="x264 quality of the videos (lower = closer to the stored frames)."),
+    vcodec: str = typer.Option("auto", help="auto (SVT-AV1 when PyAV has it, else H.264), libsvtav1 or libx264."),
+    crf: int = typer.Option(30, help="Video quality (lower = closer to the stored frames; LeRobot's default 30)."),
+    g: int = typer.Option(2, "--g", help="GOP size: a keyframe every G frames (LeRobot's default 2)."),
+    pix_fmt: str = typer.Option("yuv420p", help="Encoder pixel format (LeRobot's default)."),
+    preset: int = typer.Option(12, help="SVT-AV1 speed preset (LeRobot's default 12; libx264 ignores it)."),
     overwrite: bool = typer.Option(False, help="Delete an existing folder at --out first."),
 ) -> None:
-    """Write an episodic store as a LeRobot v3.0 dataset (parquet + mp4 + meta)."""
+    """Write an episodic store as a LeRobot v3.0 dataset (parquet + mp4 + meta), with LeRobot's video encoding."""
     from shardyard.stores.export_lerobot import ExportConfig, export_lerobot
 
     try:
-        info = export_lerobot(store, ExportConfig(out=out, crf=crf, overwrite=overwrite))
+        cfg = ExportConfig(out=out, vcodec=vcodec, crf=crf, g=g, pix_fmt=pix_fmt, preset=preset, overwrite=overwrite)
+        info = export_lerobot(store, cfg)
     except ShardyardError as e:
         fail(e)
     typer.echo(f"wrote LeRobot v3.0 dataset: {info['total_episodes']} episode(s), {info['total_frames']} "

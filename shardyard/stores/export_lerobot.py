@@ -13,12 +13,17 @@ Written under `out/`:
 
 Field keys map to feature names with `shardyard.ingest.lerobot.feature_from_field` (`obs.rgb.cam` ->
 `observation.images.cam`, `obs.state` -> `observation.state`), so `ingest lerobot` reads the export back into
-the same fields. Frames go through x264 (`crf`, yuv420p): video is lossy, every other array is exact.
+the same fields. Frames are encoded with LeRobot's own defaults (lerobot 0.4.4,
+`lerobot.datasets.video_utils.encode_video_frames`: `vcodec="libsvtav1"`, `pix_fmt="yuv420p"`, `g=2`, `crf=30`,
+SVT-AV1 `preset=12`): AV1 through PyAV's SVT-AV1 when PyAV has it, H.264 (libx264, same `g` and `crf`)
+otherwise. The short GOP (a keyframe every 2 frames) is what makes LeRobot's random access fast: a decoder seeks
+to the keyframe at or before the frame it wants. Video is lossy; every other array is exact.
 The episode's frame times are `frame_index / fps`; a store field `timestamp` is written as stored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from dataclasses import dataclass
@@ -37,23 +42,75 @@ DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 
 
+# PyAV encoder name -> the codec name LeRobot's info.json records (`video.codec`, from the stream's codec).
+CODEC_NAMES = {"libsvtav1": "av1", "libx264": "h264"}
+
+
 @dataclass
 class ExportConfig:
-    """out: dataset folder. crf: x264 quality (0 lossless in luma; 10 default). overwrite: replace `out`.
-    fps: frame rate when episodes carry none (Hz). robot_type: written to info.json."""
+    """How `export_lerobot` writes a dataset; the video defaults are LeRobot's `encode_video_frames` defaults.
+
+    out: dataset folder. vcodec: PyAV encoder, "libsvtav1" or "libx264", or "auto" (SVT-AV1 when PyAV has it,
+    else libx264). crf: quality (lower = closer to the stored frames; LeRobot: 30). g: GOP size in frames, i.e.
+    a keyframe every `g` frames (LeRobot: 2). pix_fmt: encoder pixel format (LeRobot: "yuv420p"). preset:
+    SVT-AV1 speed preset (LeRobot: 12; ignored by libx264). overwrite: replace `out`. fps: frame rate when
+    episodes carry none (Hz). robot_type: written to info.json.
+    """
 
     out: Path
-    crf: int = 10
+    vcodec: str = "auto"
+    crf: int = 30
+    g: int = 2
+    pix_fmt: str = "yuv420p"
+    preset: int = 12
     overwrite: bool = False
     fps: float | None = None
     robot_type: str | None = None
 
+    def __post_init__(self) -> None:
+        """Raise ConfigError for a GOP under 1 frame or a crf outside 0..63 (SVT-AV1's range; x264 takes 0..51)."""
+        if self.g < 1:
+            raise ConfigError(f"g (GOP size) must be at least 1 frame, got {self.g}", field="g")
+        if not 0 <= self.crf <= 63:
+            raise ConfigError(f"crf must be in 0..63, got {self.crf}", field="crf")
 
-def _feature(spec, fps: float) -> dict[str, Any]:
+
+def resolve_vcodec(vcodec: str) -> str:
+    """The PyAV encoder to use for `vcodec` ("auto", "libsvtav1" or "libx264").
+
+    Raises `ConfigError` for another name, or for a named encoder this PyAV build lacks.
+    """
+    import av
+
+    def available(name: str) -> bool:
+        try:
+            av.codec.Codec(name, "w")
+        except ValueError:  # av.codec.codec.UnknownCodecError
+            return False
+        return True
+
+    if vcodec == "auto":
+        return "libsvtav1" if available("libsvtav1") else "libx264"
+    if vcodec not in CODEC_NAMES:
+        raise ConfigError(f"unknown video codec {vcodec!r}; use auto, {' or '.join(CODEC_NAMES)}", field="vcodec")
+    if not available(vcodec):
+        raise ConfigError(f"this PyAV build has no {vcodec} encoder; use auto", field="vcodec")
+    return vcodec
+
+
+def codec_options(vcodec: str, cfg: ExportConfig) -> dict[str, str]:
+    """Encoder options of `vcodec` for `cfg`, as LeRobot's `_get_codec_options` builds them (g, crf, preset)."""
+    options = {"g": str(cfg.g), "crf": str(cfg.crf)}
+    if vcodec == "libsvtav1":
+        options["preset"] = str(cfg.preset)
+    return options
+
+
+def _feature(spec, fps: float, codec: str, pix_fmt: str) -> dict[str, Any]:
     if spec.kind == "image":
         h, w = spec.shape[:2]
         return {"dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
-                "info": {"video.height": h, "video.width": w, "video.codec": "h264", "video.pix_fmt": "yuv420p",
+                "info": {"video.height": h, "video.width": w, "video.codec": codec, "video.pix_fmt": pix_fmt,
                          "video.is_depth_map": False, "video.fps": fps, "video.channels": 3, "has_audio": False}}
     shape = list(spec.shape) or [1]
     return {"dtype": spec.dtype, "shape": shape, "names": list(spec.names) if spec.names else None}
@@ -79,13 +136,87 @@ def _stats(arr: np.ndarray, image: bool) -> dict[str, Any]:
             "std": x.std(0).tolist(), "count": [len(arr)]}
 
 
+class VideoWriter:
+    """One mp4 of RGB frames `(T, H, W, 3) uint8`, encoded with `vcodec` and `codec_options(vcodec, cfg)` at
+    `fps` (Hz); a context manager that flushes the encoder and closes the file on exit."""
+
+    def __init__(self, path: Path, vcodec: str, cfg: ExportConfig, fps: float, height: int, width: int):
+        """Open `path` for writing (its folder must exist)."""
+        import av
+
+        self._av = av
+        self.container = av.open(str(path), mode="w")
+        self.stream = self.container.add_stream(vcodec, rate=Fraction(fps).limit_denominator(1000),
+                                                options=codec_options(vcodec, cfg))
+        self.stream.height, self.stream.width = height, width
+        self.stream.pix_fmt = cfg.pix_fmt
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append `frames` `(T, H, W, 3) uint8` after the frames written so far."""
+        for img in frames:
+            frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+
+    def __enter__(self) -> VideoWriter:
+        """The writer itself."""
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Flush the encoder (unless an exception is on its way) and close the file."""
+        try:
+            if exc_type is None:
+                for packet in self.stream.encode():
+                    self.container.mux(packet)
+        finally:
+            self.container.close()
+
+
+def _write_steps(store, metas: list[dict], tasks: dict[str, int], writers: dict[str, VideoWriter],
+                 others: list[str], fps: float):
+    """Encode every episode's frames into `writers` (field -> writer) and gather the per-step columns of
+    `others`, the bookkeeping columns and the per-episode rows of `meta/episodes`, with a sample of the
+    frames for the image stats."""
+    columns: dict[str, list[np.ndarray]] = {feature_from_field(k): [] for k in others}
+    book: dict[str, list[np.ndarray]] = {n: [] for n in ("frame_index", "episode_index", "index", "task_index")}
+    if "timestamp" not in store.schema:
+        book["timestamp"] = []
+    img_stats: dict[str, list] = {k: [] for k in writers}
+    episodes, start = [], 0
+    for e, m in enumerate(metas):
+        n = store.episode_length(e)
+        data = store.read(e, others)
+        for k in others:
+            columns[feature_from_field(k)].append(data[k])
+        book["frame_index"].append(np.arange(n, dtype=np.int64))
+        book["episode_index"].append(np.full(n, e, np.int64))
+        book["index"].append(np.arange(start, start + n, dtype=np.int64))
+        book["task_index"].append(np.full(n, tasks[str(m.get("task") or "")], np.int64))
+        if "timestamp" in book:
+            book["timestamp"].append((np.arange(n) / fps).astype(np.float32))
+        row = {"episode_index": e, "tasks": [str(m.get("task") or "")], "length": n,
+               "data/chunk_index": 0, "data/file_index": 0, "dataset_from_index": start,
+               "dataset_to_index": start + n}
+        for k, writer in writers.items():
+            frames = store.read(e, [k])[k]
+            writer.write(frames)
+            img_stats[k].append(frames[:: max(1, n // 8)])
+            v = feature_from_field(k)
+            row.update({f"videos/{v}/chunk_index": 0, f"videos/{v}/file_index": 0,
+                        f"videos/{v}/from_timestamp": start / fps, f"videos/{v}/to_timestamp": (start + n) / fps})
+        row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+        episodes.append(row)
+        start += n
+    return columns, book, episodes, img_stats
+
+
 def export_lerobot(store_path: str, cfg: ExportConfig) -> dict[str, Any]:
     """Write the store at `store_path` to `cfg.out` as LeRobot v3.0 and return the info.json dict.
 
-    Raises `StoreError` for an incomplete store and `ConfigError` when `out` exists (without overwrite) or
-    episodes differ in fps.
+    Each image field becomes one mp4 per camera holding all episodes back to back, encoded with `cfg.vcodec`
+    (see `ExportConfig`; LeRobot's defaults). Raises `StoreError` for an incomplete store and `ConfigError` when
+    `out` exists (without overwrite), episodes differ in fps, or the codec is unknown or missing.
     """
-    import av
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -94,6 +225,7 @@ def export_lerobot(store_path: str, cfg: ExportConfig) -> dict[str, Any]:
     from shardyard.stores.atomic import atomic_write_json
 
     store = open_store(store_path)
+    vcodec = resolve_vcodec(cfg.vcodec)
     out = Path(cfg.out)
     if out.exists():
         if not cfg.overwrite:
@@ -112,53 +244,14 @@ def export_lerobot(store_path: str, cfg: ExportConfig) -> dict[str, Any]:
 
     (out / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     (out / "data" / "chunk-000").mkdir(parents=True)
-    writers, streams = {}, {}
-    for k in images:
-        vkey = feature_from_field(k)
-        vpath = out / VIDEO_PATH.format(video_key=vkey, chunk_index=0, file_index=0)
-        vpath.parent.mkdir(parents=True)
-        c = av.open(str(vpath), mode="w")
-        s = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        s.height, s.width = store.schema[k].shape[:2]
-        s.pix_fmt = "yuv420p"
-        s.options = {"crf": str(cfg.crf), "preset": "fast"}
-        writers[k], streams[k] = c, s
-    columns: dict[str, list[np.ndarray]] = {feature_from_field(k): [] for k in others}
-    book: dict[str, list[np.ndarray]] = {n: [] for n in ("frame_index", "episode_index", "index", "task_index")}
-    if "timestamp" not in store.schema:
-        book["timestamp"] = []
-    img_stats: dict[str, list] = {k: [] for k in images}
-    episodes, start = [], 0
-    for e, m in enumerate(metas):
-        n = store.episode_length(e)
-        data = store.read(e, others)
-        for k in others:
-            columns[feature_from_field(k)].append(data[k])
-        book["frame_index"].append(np.arange(n, dtype=np.int64))
-        book["episode_index"].append(np.full(n, e, np.int64))
-        book["index"].append(np.arange(start, start + n, dtype=np.int64))
-        book["task_index"].append(np.full(n, tasks[str(m.get("task") or "")], np.int64))
-        if "timestamp" in book:
-            book["timestamp"].append((np.arange(n) / fps).astype(np.float32))
-        row = {"episode_index": e, "tasks": [str(m.get("task") or "")], "length": n,
-               "data/chunk_index": 0, "data/file_index": 0, "dataset_from_index": start,
-               "dataset_to_index": start + n}
+    with contextlib.ExitStack() as videos:
+        writers = {}
         for k in images:
-            frames = store.read(e, [k])[k]
-            for img in frames:
-                for packet in streams[k].encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                    writers[k].mux(packet)
-            img_stats[k].append(frames[:: max(1, n // 8)])
-            v = feature_from_field(k)
-            row.update({f"videos/{v}/chunk_index": 0, f"videos/{v}/file_index": 0,
-                        f"videos/{v}/from_timestamp": start / fps, f"videos/{v}/to_timestamp": (start + n) / fps})
-        row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
-        episodes.append(row)
-        start += n
-    for k in images:
-        for packet in streams[k].encode():
-            writers[k].mux(packet)
-        writers[k].close()
+            vpath = out / VIDEO_PATH.format(video_key=feature_from_field(k), chunk_index=0, file_index=0)
+            vpath.parent.mkdir(parents=True)
+            writers[k] = videos.enter_context(VideoWriter(vpath, vcodec, cfg, fps, *store.schema[k].shape[:2]))
+        columns, book, episodes, img_stats = _write_steps(store, metas, tasks, writers, others, fps)
+    total = sum(e["length"] for e in episodes)
 
     arrays = {name: np.concatenate(parts) for name, parts in {**columns, **book}.items()}
     pq.write_table(pa.table({name: _column(a) for name, a in arrays.items()}),
@@ -166,17 +259,18 @@ def export_lerobot(store_path: str, cfg: ExportConfig) -> dict[str, Any]:
     pq.write_table(pa.Table.from_pylist(episodes), out / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
     pd.DataFrame({"task_index": list(tasks.values())}, index=pd.Index(list(tasks), name="task")).to_parquet(
         out / "meta" / "tasks.parquet")
-    features = {feature_from_field(k): _feature(store.schema[k], fps) for k in others + images}
+    features = {feature_from_field(k): _feature(store.schema[k], fps, CODEC_NAMES[vcodec], cfg.pix_fmt)
+                for k in others + images}
     for name in book:
         features[name] = {"dtype": "float32" if name == "timestamp" else "int64", "shape": [1], "names": None}
     stats = {feature_from_field(k): _stats(arrays[feature_from_field(k)], False) for k in others}
     stats.update({feature_from_field(k): _stats(np.concatenate(img_stats[k]), True) for k in images})
     atomic_write_json(out / "meta" / "stats.json", stats)
     info = {"codebase_version": "v3.0", "robot_type": cfg.robot_type or (metas[0].get("robot_type") if metas else None),
-            "total_episodes": len(metas), "total_frames": start, "total_tasks": len(tasks), "chunks_size": 1000,
+            "total_episodes": len(metas), "total_frames": total, "total_tasks": len(tasks), "chunks_size": 1000,
             "data_files_size_in_mb": 100, "video_files_size_in_mb": 500, "fps": fps,
             "splits": {"train": f"0:{len(metas)}"}, "data_path": DATA_PATH,
             "video_path": VIDEO_PATH if images else None, "features": features}
     atomic_write_json(out / "meta" / "info.json", info)
-    log.info("exported %d episodes (%d frames) to %s", len(metas), start, out)
+    log.info("exported %d episodes (%d frames) to %s", len(metas), total, out)
     return info

@@ -1,0 +1,226 @@
+"""shardyard's `EpisodeDataset` against LeRobot's own `LeRobotDataset` on the same episodes and samples.
+
+Method (issue 15): the shared Unitree G1 LeRobot v2.1 episodes are ingested with `ingest lerobot` (frame codec
+from `--frame-codec`, or the ingest's default) into a store S, and S is written back out with
+`shardyard export lerobot S --out E`, which encodes with LeRobot's own defaults (SVT-AV1, yuv420p, `g=2`,
+crf 30). Both sides then serve the same sample, a frame of `observation.images.cam_high` plus a 16-step
+action chunk with its padding mask (LeRobot: `delta_timestamps={"action": [k / fps for k in range(16)]}`;
+shardyard: `deltas={"action": range(16)}`), for the same shuffled sample indices, through the same
+`torch.utils.data.DataLoader` settings (`--workers` 2, `--batch` 32). Each side's first batch per worker (its
+start-up) is not timed. The sides alternate for `--trials` (3) trials and each figure is the median.
+
+LeRobot runs in its own virtualenv (`make lerobot-venv`: lerobot 0.4.4, torchcodec 0.13 on Debian's ffmpeg),
+as a subprocess of this same file (`peer-rate`; `peer-dump` writes what `LeRobotDataset` returns to an .npz
+for `tests/test_export_lerobot.py`), so this file imports only the standard library, numpy and torch at the
+top. Figures (JSON lines, DESIGN.md "Conventions"):
+- `vs_lerobot.samples_per_s`: EpisodeDataset samples/s against LeRobotDataset's on the export.
+- `vs_lerobot.bytes_per_frame`: the store's bytes per stored frame of the camera against the export's mp4.
+
+`--smoke` resizes the frames to 160x120 on ingest and times 160 samples (the last 96) once per side (checks
+the plumbing, not a figure). Goals (issue 15): >= 4x LeRobot's samples/s with the default frame codec,
+>= 2x with `video`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import SHARED, figure  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PEER_PYTHON = REPO / ".venv-lerobot" / "bin" / "python"
+G1 = SHARED / "lerobot" / "unitree_g1_inspire_v2.1"
+CAMERA = "observation.images.cam_high"
+CHUNK = 16
+
+
+def peer_python() -> Path:
+    """The LeRobot virtualenv's python; raises FileNotFoundError naming the make target when it is missing."""
+    if not (PEER_PYTHON.parent.parent / ".installed").exists():
+        raise FileNotFoundError(f"{PEER_PYTHON.parent.parent} is missing or incomplete: run `make lerobot-venv`")
+    return PEER_PYTHON
+
+
+def run_peer(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run this file under the LeRobot venv's python with `args`; raises CalledProcessError with its stderr."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    proc = subprocess.run([str(peer_python()), str(Path(__file__).resolve()), *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
+    return proc
+
+
+def _lerobot_dataset(root: Path, chunk: int):
+    """`LeRobotDataset` on the local folder `root` with a `chunk`-step action chunk (peer venv only)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    fps = json.loads((root / "meta" / "info.json").read_text())["fps"]
+    return LeRobotDataset("local/export", root=root, delta_timestamps={"action": [k / fps for k in range(chunk)]},
+                          video_backend="torchcodec")
+
+
+def peer_dump(root: Path, out: Path, chunk: int) -> None:
+    """Write every sample `LeRobotDataset` returns on `root` to `out` (.npz), in index order.
+
+    Arrays: `<camera>` (N, H, W, 3) uint8 (LeRobot's float [0, 1] frames times 255, rounded: exact),
+    `action` (N, chunk, A) float32, `action_is_pad` (N, chunk) bool, `episode_index` and `frame_index` (N,).
+    """
+    ds = _lerobot_dataset(root, chunk)
+    cams = list(ds.meta.video_keys)
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in [*cams, "action", "action_is_pad", "episode_index",
+                                                          "frame_index"]}
+    for i in range(len(ds)):
+        item = ds[i]
+        for k in cams:
+            rows[k].append((item[k] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+        for k in ("action", "action_is_pad", "episode_index", "frame_index"):
+            rows[k].append(np.asarray(item[k]))
+    np.savez(out, **{k: np.stack(v) for k, v in rows.items()})
+
+
+def loader_rate(ds, indices: list[int], workers: int, batch: int) -> tuple[float, int]:
+    """Samples/s of a DataLoader over `ds` at `indices` (in that order), and the samples timed.
+
+    Each worker's first batch (its start-up: forking, opening files, the decoder) is not timed.
+    """
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, indices), batch_size=batch,
+                                         num_workers=workers, shuffle=False, persistent_workers=False)
+    it = iter(loader)
+    for _ in range(max(workers, 1)):
+        next(it)
+    n, t = 0, time.perf_counter()
+    for b in it:
+        n += len(b["action"])
+    return n / max(time.perf_counter() - t, 1e-9), n
+
+
+def peer_rate(root: Path, indices_file: Path, workers: int, batch: int, chunk: int) -> None:
+    """Print `{"samples_per_s", "samples"}` of LeRobotDataset on `root` at the indices in `indices_file`."""
+    ds = _lerobot_dataset(root, chunk)
+    indices = json.loads(indices_file.read_text())
+    rate, n = loader_rate(ds, indices, workers, batch)
+    sys.stdout.write(json.dumps({"samples_per_s": rate, "samples": n}) + "\n")
+
+
+def shardyard_rate(store: Path, indices: list[int], workers: int, batch: int, chunk: int) -> float:
+    """Samples/s of `EpisodeDataset` on `store`, the same sample (camera frame + `chunk`-step action chunk)."""
+    from shardyard.loaders import EpisodeDataset
+
+    ds = EpisodeDataset(str(store), deltas={CAMERA: [0], "action": range(chunk)})
+    return loader_rate(ds, indices, workers, batch)[0]
+
+
+def lerobot_rate(export: Path, indices_file: Path, workers: int, batch: int, chunk: int) -> float:
+    """Samples/s of `LeRobotDataset` on `export`, measured in the peer venv."""
+    proc = run_peer("peer-rate", "--root", str(export), "--indices", str(indices_file), "--workers", str(workers),
+                    "--batch", str(batch), "--chunk", str(chunk))
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["samples_per_s"])
+
+
+def _cli(*args: str) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "shardyard.cli", *args], capture_output=True, text=True, env=env)
+    if proc.returncode not in (0, 2):  # 2: some episodes listed in the source's meta have no files (said so)
+        raise RuntimeError(f"shardyard {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def _bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def build(work: Path, frame_codec: str | None, image_size: str | None) -> tuple[Path, Path]:
+    """Ingest the G1 episodes into `work/store` and export them to `work/export`; returns both paths."""
+    store, export = work / "store", work / "export"
+    args = ["ingest", "lerobot", str(G1), "--out", str(store), "--overwrite"]
+    if frame_codec:
+        args += ["--frame-codec", frame_codec]
+    if image_size:
+        args += ["--image-size", image_size]
+    _cli(*args)
+    _cli("export", "lerobot", str(store), "--out", str(export), "--overwrite")
+    return store, export
+
+
+def main() -> None:
+    """Run the comparison (or, with a `peer-*` command, one LeRobot side in the peer venv)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="bench", choices=["bench", "peer-rate", "peer-dump"])
+    parser.add_argument("--frame-codec", default=None, help="`ingest --frame-codec` (default: the ingest's own).")
+    parser.add_argument("--samples", type=int, default=1500, help="Shuffled sample indices timed per trial.")
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--chunk", type=int, default=CHUNK)
+    parser.add_argument("--smoke", action="store_true", help="160x120 frames, 160 samples, one trial.")
+    parser.add_argument("--work", type=Path, default=None, help="Keep the store and export here (reused).")
+    parser.add_argument("--root", type=Path, help="peer-*: the LeRobot dataset folder.")
+    parser.add_argument("--indices", type=Path, help="peer-rate: JSON list of sample indices.")
+    parser.add_argument("--out", type=Path, help="peer-dump: the .npz to write.")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.command == "peer-rate":
+        return peer_rate(args.root, args.indices, args.workers, args.batch, args.chunk)
+    if args.command == "peer-dump":
+        return peer_dump(args.root, args.out, args.chunk)
+
+    peer_python()  # fail before the ingest when the peer is missing
+    tmp = tempfile.TemporaryDirectory()
+    work = args.work or Path(tmp.name)
+    samples, trials = (160, 1) if args.smoke else (args.samples, args.trials)
+    if (work / "export" / "meta" / "info.json").exists():
+        store, export = work / "store", work / "export"
+    else:
+        store, export = build(work, args.frame_codec, "160x120" if args.smoke else None)
+    from shardyard import open_store
+
+    st = open_store(str(store))
+    n = st.num_steps
+    indices = np.random.default_rng(0).permutation(n)[:samples].tolist()
+    indices_file = work / "indices.json"
+    indices_file.write_text(json.dumps(indices))
+    try:
+        import shardyard.loaders as loaders
+
+        ours_available = hasattr(loaders, "EpisodeDataset")
+    except ImportError:
+        ours_available = False
+    ours, theirs = [], []
+    for trial in range(trials):  # alternated, each side first in turn
+        sides = [("lerobot", theirs), ("shardyard", ours)] if ours_available else [("lerobot", theirs)]
+        for name, out in sides if trial % 2 == 0 else sides[::-1]:
+            out.append(lerobot_rate(export, indices_file, args.workers, args.batch, args.chunk) if name == "lerobot"
+                       else shardyard_rate(store, indices, args.workers, args.batch, args.chunk))
+    codec = args.frame_codec or "default"
+    extra = {"frame_codec": codec, "samples": samples, "trials": trials, "workers": args.workers,
+             "batch": args.batch, "chunk": args.chunk, "smoke": args.smoke,
+             "trials_value": [round(v, 1) for v in ours], "trials_baseline": [round(v, 1) for v in theirs]}
+    if ours_available:
+        figure("vs_lerobot.samples_per_s", statistics.median(ours), "samples/s", "lerobot_0.4.4_av1_g2",
+               statistics.median(theirs), **extra)
+    else:  # no ratio to print until shardyard.loaders has EpisodeDataset
+        sys.stderr.write("shardyard.loaders.EpisodeDataset is not there yet: timed the LeRobot side only\n")
+        sys.stdout.write(json.dumps({"benchmark": "vs_lerobot.lerobot_samples_per_s",
+                                     "value": round(statistics.median(theirs), 3), "unit": "samples/s", **extra})
+                         + "\n")
+    store_bytes = _bytes(store / "data" / "obs.rgb.cam_high") / n
+    export_bytes = _bytes(export / "videos" / CAMERA) / n
+    figure("vs_lerobot.bytes_per_frame", store_bytes, "bytes/frame", "lerobot_export_mp4", export_bytes,
+           frame_codec=codec, frames=n)
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
