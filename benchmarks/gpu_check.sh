@@ -150,7 +150,7 @@ def check_torchrun(store, feats):
     """torchrun with one process: the process group (nccl on CUDA), DDP, all-reduce of the metric sums."""
     out = WORK / "run_torchrun"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-           "-m", "shardyard.train.volume_query", "--store", store, "--features", feats, "--out", str(out),
+           "-m", "shardyard.cli", "train", "volume-query", "--store", store, "--features", feats, "--out", str(out),
            "--steps", str(STEPS), "--log-every", str(max(STEPS // 2, 1)), "--eval-every", str(STEPS),
            "--plot-every", "0", "--no-resume", "--device", DEVICE, "--amp", "bf16"]
     t0 = time.perf_counter()

@@ -3,15 +3,17 @@
 A synthetic NYU store in the FastDepth h5 layout is ingested (`ingest nyu`), its tokens cached once
 (`ingest dino --layers`), then the same trainer runs both ways with the same decoder and batch:
 - cached: tokens read from the feature store, decoder trained (the backbone never runs);
-- live: frames read, BTS-augmented, encoded by the backbone, which is fine-tuned too (`--live-backbone`).
-Steps/s come from the trainer's own `train.jsonl` timestamps after `warmup` steps.
+- live: frames read at the stored size (no augmentation, the same input as the cache was made from) and
+  encoded by the frozen backbone every step, forward only (`--live-backbone --freeze-backbone --no-augment`):
+  exactly the work the cache saves, nothing more.
+Steps/s come from the trainer's own `train.jsonl` timestamps after `warmup` steps; the two sides alternate
+over `--trials` runs, medians (`benchmarks/harness.py`).
 
 Configs: `tiny` (tiny-random-dinov2, 2 blocks of width 32, frames 120x160, ViT input 224x168, D 64): the ViT is
 nearly free, so this shows the decoder-bound floor. `vits` (a randomly initialised ViT-S/14 with DINOv2-small's
 exact architecture, saved as a local transformers folder: the same FLOPs as facebook/dinov2-small, no
 download; layers 2,5,8,11): frames 240x320 with ViT input 224x168 on CPU, frames 480x640 with ViT input
 644x476 on a GPU (`vits_gpu`, seed 003's setting). Default: tiny and vits on CPU, vits_gpu on a GPU.
-The live path trains on 416x544-scaled BTS crops, so its decoder output is ~26 % smaller than the cached one.
 Figures: `train_depth.steps_<config>` = cached steps/s, baseline `live_backbone` (steps/s).
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import figure  # noqa: E402
+from harness import add_common_args, alternate, figure, median_ratio  # noqa: E402
 
 CONFIGS = {
     "tiny": dict(model="tiny-random-dinov2", layers=(0, 1), hw=(120, 160), image_size=(224, 168), batch=4,
@@ -68,7 +71,7 @@ def steps_per_s(run: Path, warmup: int) -> float:
     return (b["step"] - a["step"]) / (b["elapsed_s"] - a["elapsed_s"])
 
 
-def run_config(name: str, device: str, tmp: Path) -> dict:
+def run_config(name: str, device: str, tmp: Path, trials: int) -> dict:
     from shardyard.ingest.dino import DinoConfig, ingest_dino
     from shardyard.ingest.nyu_depth_v2 import NyuConfig, NyuSource, ingest_nyu
     from shardyard.ingest.runner import IngestConfig
@@ -83,30 +86,43 @@ def run_config(name: str, device: str, tmp: Path) -> dict:
     ingest_dino(DinoConfig(store=str(d / "store"), out=d / "tokens", field="obs.rgb", batch_size=8,
                            backbone=BackboneConfig(spec=spec, layers=c["layers"], image_size=c["image_size"],
                                                    device=device)))
-    rates = {}
-    for mode in ("cached", "live"):
-        run = d / f"run_{mode}"
-        train_depth(DepthTrainConfig(store=str(d / "store"), features=str(d / "tokens"), out=run,
-                                     steps=c["steps"], batch_size=c["batch"], live_backbone=mode == "live",
-                                     log_every=1, eval_every=10**9, ckpt_every=10**9, eval_max_images=1,
-                                     png_samples=0, device=device))
-        rates[mode] = steps_per_s(run, c["warmup"])
+    runs = {"cached": 0, "live": 0}
+
+    def side(mode: str):
+        def go() -> float:
+            run = d / f"run_{mode}{runs[mode]}"
+            runs[mode] += 1
+            train_depth(DepthTrainConfig(store=str(d / "store"), features=str(d / "tokens"), out=run,
+                                         steps=c["steps"], batch_size=c["batch"], live_backbone=mode == "live",
+                                         freeze_backbone=True, augment=False, log_every=1, eval_every=10**9,
+                                         ckpt_every=10**9, eval_max_images=1, png_samples=0, device=device))
+            return steps_per_s(run, c["warmup"])
+        return go
+
+    r = alternate({"cached": side("cached"), "live": side("live")}, trials)
     dev = "cuda" if torch.cuda.is_available() and device in ("auto", "cuda") else "cpu"
-    return figure(f"train_depth.steps_{name}", rates["cached"], "steps/s", "live_backbone", rates["live"],
-                  device=dev, batch=c["batch"], frames_hw=list(c["hw"]), vit_input_wh=list(c["image_size"]),
-                  layers=list(c["layers"]), threads=torch.get_num_threads())
+    return figure(f"train_depth.steps_{name}", statistics.median(r["cached"]), "steps/s",
+                  "frozen live backbone, forward only", statistics.median(r["live"]),
+                  ratio=median_ratio(r["cached"], r["live"]), device=dev, batch=c["batch"],
+                  frames_hw=list(c["hw"]), vit_input_wh=list(c["image_size"]), layers=list(c["layers"]),
+                  threads=torch.get_num_threads(),
+                  label=f"seed 003 DPT decoder on cached tokens ({name}: {c['model']}, {dev})")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--config", choices=sorted(CONFIGS), action="append",
                     help="repeatable (default: tiny and vits on CPU, vits_gpu on a GPU)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
-    names = args.config or (["vits_gpu"] if torch.cuda.is_available() else ["tiny", "vits"])
+    if args.smoke:
+        names, trials = ["tiny"], 1
+        CONFIGS["tiny"].update(frames=8, steps=4, warmup=1)
+    else:
+        names, trials = args.config or (["vits_gpu"] if torch.cuda.is_available() else ["tiny", "vits"]), args.trials
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            run_config(name, args.device, Path(tmp))
+            run_config(name, args.device, Path(tmp), trials)
 
 
 if __name__ == "__main__":

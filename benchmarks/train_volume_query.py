@@ -43,7 +43,7 @@ def steady(store: str, features: str | None, out: Path, steps: int, workers: int
     from shardyard.train.volume_query import TrainConfig, train
 
     res = train(TrainConfig(store=store, features=features, out=str(out), steps=steps, num_workers=workers,
-                            log_every=steps // 2, ckpt_every=10 * steps, plot_every=0, resume=False,
+                            log_every=steps // 2, ckpt_every=10 * steps, plot_every=0, eval_every=0, resume=False,
                             backbone=backbone))
     return res.records[-1]                       # steps steps//2 + 1 .. steps
 

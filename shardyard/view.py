@@ -93,7 +93,7 @@ def _token_pca(cfg: ViewConfig, store, episode: int, n: int) -> np.ndarray | Non
     if int(feats.num_samples) != int(store.num_steps):
         raise ConfigError(f"feature store has {feats.num_samples} samples, the store {store.num_steps} steps: "
                           "not computed from this store", path=cfg.features)
-    pca = feats.stats.get("patch_tokens", {}).get("pca")
+    pca = feats.stats.get("pca")
     if pca is None:
         raise ConfigError("feature store's stats.json has no patch-token PCA basis", path=cfg.features)
     start = int(store.episode_starts[episode])

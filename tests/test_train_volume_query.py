@@ -67,7 +67,7 @@ def test_torchrun_two_processes_gloo(vq_data, tmp_path):
     out = tmp_path / "ddp"
     opts = sum((["--model-opt", f"{k}={v}"] for k, v in TINY_MODEL.items()), [])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "shardyard.train.volume_query", "--store", str(store), "--features", str(features),
+           "-m", "shardyard.cli", "train", "volume-query", "--store", str(store), "--features", str(features),
            "--out", str(out), "--steps", "3", "--window", "4", "--pred-size", "16", "--batch-size", "8",
            "--log-every", "1", "--ckpt-every", "3", "--plot-every", "3", "--device", "cpu", *opts]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}

@@ -76,6 +76,7 @@ class DepthTrainConfig:
     """Options of `train_depth`. `stop_at` ends the run early at that step (as a kill would, after a
     checkpoint) without changing the schedule, whose length is `steps`. `model`/`layers`/`image_size`
     configure the live backbone when no feature store is given (else they come from the store's key).
+    freeze_backbone: with `live_backbone`, run the ViT forward only (no fine-tuning, no gradient through it).
     amp: autocast, "auto" (bf16 on CUDA), "bf16", "fp16" or "off"."""
 
     store: str
@@ -93,6 +94,7 @@ class DepthTrainConfig:
     features_dim: int = 64
     reassemble_channels: tuple[int, int, int, int] = (48, 96, 192, 384)
     live_backbone: bool = False
+    freeze_backbone: bool = False
     augment: bool = True
     model: str = "tiny-random-dinov2"
     layers: tuple[int, ...] = (-1,)

@@ -93,7 +93,7 @@ def build(cfg: DepthTrainConfig, data: DepthData, device: torch.device
     model = DPTDepth(DPTConfig(hidden=data.hidden, num_layers=data.num_layers, features=cfg.features_dim,
                                out_channels=tuple(cfg.reassemble_channels), patch_size=data.patch_size)).to(device)
     groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
-    if data.backbone is not None:
+    if data.backbone is not None and not cfg.freeze_backbone:
         groups.append({"params": list(data.backbone.model.parameters()), "lr": cfg.encoder_lr})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     return model, opt, [lr_schedule(g["lr"], cfg) for g in groups]

@@ -148,7 +148,10 @@ def open_depth_data(cfg, device: torch.device) -> DepthData:
             bcfg = BackboneConfig(spec=cfg.model, layers=tuple(cfg.layers), image_size=tuple(cfg.image_size),
                                   device=str(device))
         backbone = load_backbone(bcfg)
-        backbone.model.requires_grad_(True).train()
+        if cfg.freeze_backbone:  # forward only: no parameter needs a gradient, so autograd stops at the tokens
+            backbone.model.requires_grad_(False).eval()
+        else:
+            backbone.model.requires_grad_(True).train()
         model_key = backbone.describe()
     if len(train_rows) == 0:
         raise ConfigError("no training rows (empty train split or every frame missing)", path=cfg.store)

@@ -2,7 +2,7 @@
 loop of (fetch, step, log, evaluate, plot, checkpoint).
 
     shardyard train volume-query --store S [--features F] --out RUN [--steps N]
-    python -m torch.distributed.run --nproc_per_node 2 -m shardyard.train.volume_query --store S ...
+    python -m torch.distributed.run --nproc_per_node 2 -m shardyard.cli train volume-query --store S ...
 
 Data: `loaders.windows.EpisodeWindows` over the train split, batches in `train.loop.BatchOrder` (a function
 of (seed, step), split by rank, read by DataLoader workers in turn). With `--features` the model reads
@@ -28,7 +28,6 @@ val is multimodal, but both are reported). A rerun with the same `--out` resumes
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -306,9 +305,3 @@ def run(cfg: TrainConfig) -> TrainResult:
         torch.distributed.destroy_process_group()
     return result
 
-
-if __name__ == "__main__":
-    from shardyard.cli import main as cli_main
-
-    sys.argv = [sys.argv[0], "train", "volume-query", *sys.argv[1:]]
-    cli_main()
