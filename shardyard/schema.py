@@ -34,6 +34,7 @@ class FieldSpec:
         np.dtype(self.dtype)  # raises TypeError on a bad dtype name
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict: dtype, shape, unit, kind (and names, description when set)."""
         out: dict[str, Any] = {"dtype": self.dtype, "shape": list(self.shape), "unit": self.unit,
                                "kind": self.kind}
         if self.names is not None:
@@ -44,6 +45,7 @@ class FieldSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FieldSpec":
+        """Inverse of `to_dict`."""
         names = d.get("names")
         return cls(dtype=d["dtype"], shape=tuple(d["shape"]), unit=d.get("unit"), kind=d.get("kind", "vector"),
                    names=None if names is None else tuple(names), description=d.get("description", ""))
@@ -65,9 +67,11 @@ class Schema:
         return iter(self.fields)
 
     def keys(self) -> list[str]:
+        """Field keys in schema order."""
         return list(self.fields)
 
     def items(self):
+        """`(field, FieldSpec)` pairs in schema order."""
         return self.fields.items()
 
     def of_kind(self, *kinds: str) -> list[str]:
@@ -75,10 +79,12 @@ class Schema:
         return [k for k, s in self.fields.items() if s.kind in kinds]
 
     def to_dict(self) -> dict[str, Any]:
+        """`{field: FieldSpec.to_dict()}` in schema order (JSON-able)."""
         return {k: s.to_dict() for k, s in self.fields.items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Schema":
+        """Inverse of `to_dict`."""
         return cls({k: FieldSpec.from_dict(v) for k, v in d.items()})
 
     def validate(self, episode: "Episode", *, path: str | None = None) -> None:
@@ -122,4 +128,5 @@ class Episode:
 
     @property
     def num_steps(self) -> int:
+        """Steps `T` of the episode (the leading length of its arrays; 0 when it has no field)."""
         return int(next(iter(self.steps.values())).shape[0]) if self.steps else 0

@@ -54,7 +54,8 @@ def test_items_match_arrays_and_aligned_fields(stores):
     with pytest.raises(IndexError):
         ds[90]
     f32 = TokenDataset(feat, config=TokenDatasetConfig(as_float32=True, tokens=("dino.cls_token",)))
-    assert set(f32[0]) == {"index", "dino.cls_token", "dino.missing"} and f32[0]["dino.cls_token"].dtype == torch.float32
+    assert set(f32[0]) == {"index", "dino.cls_token", "dino.missing"}
+    assert f32[0]["dino.cls_token"].dtype == torch.float32
 
 
 def test_batched_reads_keep_order_and_duplicates(stores):

@@ -49,9 +49,8 @@ def test_factorised_loss_equals_materialised_volume():
     feat = out["feat"]                                                         # (B, C, P, P)
     vol = (out["pix_logits"].view(b, t, 1, p, p) + out["z_logits"].view(b, t, z, 1, 1)
            + out["t_logit"].view(b, t, 1, 1, 1))                              # (B, T, Z, P, P)
-    direct = F.cross_entropy(vol.reshape(b * t, -1),
-                             (batch["height_bin"] * p * p + batch["pix"][..., 1] * p + batch["pix"][..., 0]).reshape(-1),
-                             reduction="none").view(b, t)
+    voxel = batch["height_bin"] * p * p + batch["pix"][..., 1] * p + batch["pix"][..., 0]           # (B, T)
+    direct = F.cross_entropy(vol.reshape(b * t, -1), voxel.reshape(-1), reduction="none").view(b, t)
     fact = volume_ce(out["pix_logits"], out["z_logits"], batch["pix"][..., 1] * p + batch["pix"][..., 0],
                      batch["height_bin"])
     torch.testing.assert_close(fact, direct, rtol=1e-5, atol=1e-5)

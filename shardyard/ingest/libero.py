@@ -155,7 +155,9 @@ class LiberoSource:
         return self._handles[path]
 
     def _rel(self, path: Path) -> str:
-        return path.name[: -len(path.suffix)] if self.root.is_file() else path.relative_to(self.root).with_suffix("").as_posix()
+        if self.root.is_file():
+            return path.name[: -len(path.suffix)]
+        return path.relative_to(self.root).with_suffix("").as_posix()
 
     # -- discovery ---------------------------------------------------------------------------------------
     def _scan_files(self) -> None:
@@ -181,6 +183,7 @@ class LiberoSource:
         self._index, self._scan = index, scan
 
     def keys(self) -> list[str]:
+        """Episode keys `<file path relative to the root, no suffix>/<demo>`, files then demos in natural order."""
         if self._index is None:
             self._scan_files()
         return list(self._index)
@@ -254,7 +257,7 @@ class LiberoSource:
         out = {}
         for fld, (h5, dt, unit, kind) in plan.items():
             shape = {"obs.eef_quat": (4,), "obs.eef_pos": (3,), "obs.gripper": ()}.get(fld, tuple(g[h5].shape[1:]))
-            names = ("qx", "qy", "qz", "qw") if fld == "obs.eef_quat" else ("x", "y", "z") if fld == "obs.eef_pos" else None
+            names = {"obs.eef_quat": ("qx", "qy", "qz", "qw"), "obs.eef_pos": ("x", "y", "z")}.get(fld)
             out[fld] = FieldSpec(dt, shape, unit, kind, names)
         states = g["states"] if "sim_state" in plan else None
         out.update(pose_specs(_text(g.attrs.get("model_file", "")), _cams(plan),

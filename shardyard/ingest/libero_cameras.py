@@ -143,7 +143,8 @@ def camera_meta(model_xml: str, camera: str, width: int, height: int,
     data = mujoco.MjData(model)
     mujoco.mj_forward(model, data)
     R = data.cam_xmat[cam.cam_id].reshape(3, 3) @ GL_TO_CV
-    return {"K": intrinsics_from_fovy(cam.fovy_deg, width, height), "T_world_cam": pose_matrix(R, data.cam_xpos[cam.cam_id]),
+    return {"K": intrinsics_from_fovy(cam.fovy_deg, width, height),
+            "T_world_cam": pose_matrix(R, data.cam_xpos[cam.cam_id]),
             "moving": False, "width": width, "height": height, "fovy_deg": cam.fovy_deg, "mjcf_camera": cam.name}
 
 

@@ -55,6 +55,7 @@ class ResidualConvUnit(nn.Module):
         self.conv2 = nn.Conv2d(d, d, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`(B, D, h, w)` -> `(B, D, h, w)`."""
         return x + self.conv2(F.relu(self.conv1(F.relu(x))))
 
 
@@ -67,6 +68,7 @@ class FusionBlock(nn.Module):
         self.out_conv = nn.Conv2d(d, d, 1)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None, size=None) -> torch.Tensor:
+        """`x (B, D, h, w)` (+ `skip` from the next-finer level) -> `(B, D, 2h, 2w)` or `size`."""
         if skip is not None:
             if skip.shape[-2:] != x.shape[-2:]:
                 skip = F.interpolate(skip, size=x.shape[-2:], mode="bilinear", align_corners=False)

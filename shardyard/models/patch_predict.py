@@ -60,6 +60,7 @@ class CopyPredictor(nn.Module):
         self.cfg = cfg
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`(B, N, D)` -> the same tokens (the copy baseline)."""
         _check(x)
         return x
 
@@ -75,6 +76,7 @@ class LinearPredictor(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`(B, N, D)` tokens at t -> `(B, N, D)` predicted tokens at t + gap."""
         _check(x)
         return x + self.proj(x)                                      # (B, P, D)
 
@@ -92,6 +94,7 @@ class MLPPredictor(nn.Module):
         nn.init.zeros_(self.fc2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`(B, N, D)` tokens at t -> `(B, N, D)` predicted tokens at t + gap."""
         _check(x)
         h = F.gelu(self.fc1(self.norm(x)))                           # (B, P, H)
         return x + self.fc2(h)                                       # (B, P, D)

@@ -52,6 +52,7 @@ class VolumeQueryConfig:
 
     @property
     def d_model(self) -> int:
+        """Width of the query MLP: `d_feat + d_sin_z + d_sin_t`."""
         return self.d_feat + self.d_sin_z + self.d_sin_t
 
 
@@ -121,7 +122,8 @@ class DinoVolumeQuery(nn.Module):
         b, n, d = patch_tokens.shape
         h, w = self.cfg.grid
         if n != h * w or d != self.cfg.embed_dim:
-            raise ValueError(f"expected patch tokens (B, {h * w}, {self.cfg.embed_dim}), got {tuple(patch_tokens.shape)}")
+            raise ValueError(f"expected patch tokens (B, {h * w}, {self.cfg.embed_dim}), "
+                             f"got {tuple(patch_tokens.shape)}")
         x = patch_tokens.transpose(1, 2).reshape(b, d, h, w)                      # (B, D, h, w)
         x = self.proj(x)                                                           # (B, d_feat, h, w)
         x = F.interpolate(x, size=(self.cfg.pred_size,) * 2, mode="bilinear", align_corners=False)
