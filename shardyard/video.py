@@ -113,7 +113,8 @@ class PyAVReader:
                     raise SourceError("no video stream", path=self.path)
                 stream = container.streams.video[0]
                 self.container = _container_ext(container.format.name, dict(container.metadata), self.path)
-                # Packets flagged discard (before an MP4 edit list's start) are decoded but never output.
+                # Packets flagged discard (before an MP4 edit list's start) are decoded but never output;
+                # empty ones (AVI's dropped-frame markers, PyAV's end-of-stream flush) hold no frame.
                 packets = [(p.pts, p.is_keyframe) for p in container.demux(stream)
                            if p.size > 0 and not p.is_discard]
                 self.width, self.height = stream.codec_context.width, stream.codec_context.height

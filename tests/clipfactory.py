@@ -34,7 +34,7 @@ class ClipSpec:
 X264_B = {"preset": "fast", "crf": "18", "x264-params": "bframes=3:b-pyramid=normal:keyint=10:min-keyint=10"}
 CLIPS = {
     # the case: H.264 with B-frames in AVI, whose demuxer numbers packets in decode order
-    "avi_h264_bframes": ClipSpec("avi", "libx264", "avi", 40, X264_B),
+    "avi_h264_bframes": ClipSpec("avi", "libx264", "avi", 103, X264_B),
     "avi_mpeg4_bframes": ClipSpec("avi", "mpeg4", "avi", 30, {"bf": "2", "g": "12", "qscale": "3"}),
     "avi_mpeg4_gap": ClipSpec("avi", "mpeg4", "avi", 24, {"g": "6", "qscale": "3"}, edit="gap"),
     "mkv_h264_bframes": ClipSpec("matroska", "libx264", "mkv", 30, X264_B),
