@@ -294,7 +294,8 @@ def _container_ext(format_name: str, metadata: dict[str, str], path: str) -> str
     metadata (the MP4 `major_brand`) and, for Matroska, the EBML DocType in the file's first bytes."""
     name = format_name.split(",")[0]
     if name == "mov":
-        return "mov" if metadata.get("major_brand", "").strip() == "qt" else "mp4"
+        brand = metadata.get("major_brand", "").strip()
+        return "mp4" if brand and brand != "qt" else "mov"  # an MP4 opens with its brand; old QuickTime may not
     if name == "matroska":
         with open(path, "rb") as f:
             head = f.read(64)
