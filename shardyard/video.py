@@ -30,7 +30,8 @@ PTS_FORMATS = ("mov", "matroska")
 # are told apart by the MP4 brand and the EBML DocType.
 CONTAINER_EXTS = {"mp4": "mp4", "mov": "mov", "matroska": "mkv", "webm": "webm", "avi": "avi", "mpegts": "ts",
                   "flv": "flv", "mpeg": "mpg", "ogg": "ogv", "asf": "wmv", "h264": "h264", "hevc": "h265",
-                  "m4v": "m4v", "ivf": "ivf"}
+                  "m4v": "m4v", "ivf": "ivf", "nut": "nut", "dv": "dv", "mxf": "mxf", "rm": "rm",
+                  "yuv4mpegpipe": "y4m"}
 VIDEO_EXTS = tuple(dict.fromkeys(CONTAINER_EXTS.values()))
 
 

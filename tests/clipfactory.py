@@ -21,7 +21,8 @@ H, W = 48, 64
 class ClipSpec:
     """format: FFmpeg muxer; codec: encoder; ext: the extension that names the container; options: encoder
     options; edit: how packet timestamps are changed before muxing ("" none, "gap": the second half is
-    shifted 3 frames later, "repeat": packet 8 gets packet 9's pts, so two frames share one)."""
+    shifted 3 frames later, "repeat": packet 8 gets packet 9's pts, so two frames share one, "lead": every
+    pts 3 frames earlier, so an MP4 edit list starts at frame 3 and the demuxer flags the first 3 discard)."""
 
     format: str
     codec: str
@@ -44,6 +45,7 @@ CLIPS = {
     "webm_vp9": ClipSpec("webm", "libvpx-vp9", "webm", 24, {"crf": "20", "b": "0", "g": "8"}),
     "mov_h264_bframes": ClipSpec("mov", "libx264", "mov", 30, X264_B),
     "mp4_h264_bframes": ClipSpec("mp4", "libx264", "mp4", 30, X264_B),
+    "mp4_edit_list": ClipSpec("mp4", "libx264", "mp4", 20, {"bf": "0", "g": "100"}, edit="lead"),
     # an elementary stream: its packets carry no pts at all
     "h264_raw_no_pts": ClipSpec("h264", "libx264", "h264", 24, X264_B),
 }
@@ -60,7 +62,8 @@ def clip_frames(n: int, seed: int = 0) -> np.ndarray:
 
 
 def encode_clip(spec: ClipSpec, seed: int = 0, fps: int = 12) -> tuple[bytes, np.ndarray]:
-    """Encode `clip_frames(spec.num_frames, seed)` per `spec`; returns (file bytes, source frames)."""
+    """Encode `clip_frames(spec.num_frames, seed)` per `spec`; returns (file bytes, the source frames a
+    player shows: all but the 3 before the edit list of a "lead" clip)."""
     frames = clip_frames(spec.num_frames, seed)
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=spec.format) as container:
@@ -76,8 +79,10 @@ def encode_clip(spec: ClipSpec, seed: int = 0, fps: int = 12) -> tuple[bytes, np
                 p.pts, p.dts = p.pts + 3, p.dts + 3
             if spec.edit == "repeat" and j == 8:
                 p.pts = packets[9].pts
+            if spec.edit == "lead":
+                p.pts, p.dts = p.pts - 3, p.dts - 3
             container.mux(p)
-    return buf.getvalue(), frames
+    return buf.getvalue(), frames[3:] if spec.edit == "lead" else frames
 
 
 def reference_frames(data: bytes) -> np.ndarray:

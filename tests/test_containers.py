@@ -1,6 +1,7 @@
 """Videos in every container: the reader's frame `i` is the i-th frame of an independent front-to-back
 decode (AVI with B-frames, whose packet numbers are not presentation times; MPEG-4 Part 2; a timestamp
-gap; repeated pts; WebM VP8/VP9; MOV; MP4; a raw H.264 stream whose packets carry no pts), and `ingest
+gap; repeated pts; WebM VP8/VP9; MOV; MP4, one with an edit list; a raw H.264 stream whose packets carry
+no pts), and `ingest
 webvid` of all of them from a loopback server stores each under its container's extension, as samples
 that `ClipStream` streams frame-exactly and that webdataset's own reader reads."""
 
@@ -35,7 +36,7 @@ def clips(tmp_path_factory) -> dict[str, tuple[Path, bytes, np.ndarray, np.ndarr
         path = tmp / f"{name}.{spec.ext}"
         path.write_bytes(data)
         ref = reference_frames(data)
-        assert len(ref) == spec.num_frames
+        assert len(ref) == len(src)
         # the independent decode is in presentation order (each frame near its source), and neighbours
         # differ, so a reader one frame off fails
         assert np.abs(ref.astype(int) - src).mean() < 14
@@ -53,7 +54,7 @@ def test_reader_frames_equal_the_front_to_back_decode(clips, name):
     np.testing.assert_array_equal(v.read(range(v.num_frames)), ref)
     n = v.num_frames
     idx = np.random.default_rng(7).integers(0, n, 10)
-    for case in (idx, np.arange(n - 5, n), np.arange(11, 11 + T), [n - 1, 0, 13, 13]):
+    for case in (idx, np.arange(n - 5, n), np.arange(n - T - 3, n - 3), [n - 1, 0, 13, 13]):
         np.testing.assert_array_equal(v.read(case), ref[case])
     ts = v.timestamps()
     assert len(ts) == n and ts[0] == 0 and np.all(np.diff(ts) >= 0)

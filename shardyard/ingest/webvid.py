@@ -133,6 +133,9 @@ def probe_video(data: bytes) -> dict[str, Any]:
                     "num_frames": r.num_frames, "width": r.width, "height": r.height}
     except (SourceError, IndexError) as e:
         return out | {"status": "undecodable", "error_message": str(e)}
+    if out["container"] not in VIDEO_EXTS:  # `ClipStream` would not find the member
+        return out | {"status": "undecodable", "error_message": f"container {out['container']!r} has no "
+                      f"extension the stream reads ({', '.join(VIDEO_EXTS)})"}
     return out
 
 
