@@ -140,6 +140,13 @@ def test_ingest_stores_each_container_and_every_sample_streams(clips, tmp_path):
             if clip_start == "start":
                 assert start == 0
 
+    # sampled at 12 Hz by timestamp, the AVI with a 3-frame gap holds its last frame before the gap
+    stream = ClipStream(str(tmp_path / "s"), config=StreamConfig(num_frames=16, fps=12, shuffle_buffer=0,
+                                                                   clip_start="start"))
+    gap_key = f"{names.index('avi_mpeg4_gap'):09d}"
+    frames = next(item["frames"] for item in stream if item["key"] == gap_key).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(frames, clips["avi_mpeg4_gap"][3][list(range(12)) + [11, 11, 11, 12]])
+
     # webdataset's own reader reads the shards, the video member under its container's extension
     wds = pytest.importorskip("webdataset")
     for sample in wds.WebDataset(store.shards(), shardshuffle=False):
