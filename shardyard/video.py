@@ -85,8 +85,9 @@ class PyAVReader:
     Where the container stores presentation times (MP4/MOV, Matroska/WebM) and every packet has its own,
     frame `i` is the one with the i-th smallest pts, and a read seeks to the keyframe before its first
     frame. Elsewhere (AVI, whose demuxer numbers packets in decode order, so with B-frames a packet's pts is
-    not its frame's; raw streams without pts; repeated pts) frames are counted as the decoder outputs them,
-    from the start of the stream: exact, and linear in the last frame read. `container` is the file
+    not its frame's; raw streams without pts; repeated pts; B-frames whose pts rise in decode order, as
+    when a muxer lost the composition offsets) frames are counted as the decoder outputs them, from the
+    start of the stream: exact, and linear in the last frame read. `container` is the file
     extension naming the container ("mp4", "mov", "mkv", "webm", "avi", ...)."""
 
     path: str
@@ -124,6 +125,7 @@ class PyAVReader:
                 self._time_base = float(stream.time_base) if stream.time_base else 0.0
                 self._start_pts = stream.start_time or 0
                 timed = container.format.name.split(",")[0] in PTS_FORMATS
+                reorders = bool(stream.codec_context.has_b_frames)
         except SourceError:
             raise
         except Exception as e:  # PyAV raises several FFmpeg error types for unreadable files
@@ -133,7 +135,10 @@ class PyAVReader:
             raise SourceError("video has no frames", path=self.path)
         pts = [p for p, _ in packets]
         has_pts = all(p is not None for p in pts)
-        self._by_pts = timed and has_pts and len(set(pts)) == len(pts)
+        # A codec that reorders frames (B-frames) but pts that rise in decode order: the muxer wrote decode
+        # times as pts (lost composition offsets), so the pts say nothing about presentation order.
+        decode_order_pts = has_pts and reorders and all(a < b for a, b in zip(pts, pts[1:]))
+        self._by_pts = timed and has_pts and len(set(pts)) == len(pts) and not decode_order_pts
         if self._by_pts:
             order = np.argsort(pts, kind="stable")
             self._pts = np.asarray(pts, dtype=np.int64)[order]

@@ -22,7 +22,8 @@ class ClipSpec:
     """format: FFmpeg muxer; codec: encoder; ext: the extension that names the container; options: encoder
     options; edit: how packet timestamps are changed before muxing ("" none, "gap": the second half is
     shifted 3 frames later, "repeat": packet 8 gets packet 9's pts, so two frames share one, "lead": every
-    pts 3 frames earlier, so an MP4 edit list starts at frame 3 and the demuxer flags the first 3 discard)."""
+    pts 3 frames earlier, so an MP4 edit list starts at frame 3 and the demuxer flags the first 3 discard,
+    "dts_as_pts": pts := dts from 0, as a muxer that loses B-frames' composition offsets writes them)."""
 
     format: str
     codec: str
@@ -45,6 +46,7 @@ CLIPS = {
     "webm_vp9": ClipSpec("webm", "libvpx-vp9", "webm", 24, {"crf": "20", "b": "0", "g": "8"}),
     "mov_h264_bframes": ClipSpec("mov", "libx264", "mov", 30, X264_B),
     "mp4_h264_bframes": ClipSpec("mp4", "libx264", "mp4", 30, X264_B),
+    "mp4_h264_pts_are_dts": ClipSpec("mp4", "libx264", "mp4", 30, X264_B, edit="dts_as_pts"),
     "mp4_edit_list": ClipSpec("mp4", "libx264", "mp4", 20, {"bf": "0", "g": "100"}, edit="lead"),
     # an elementary stream: its packets carry no pts at all
     "h264_raw_no_pts": ClipSpec("h264", "libx264", "h264", 24, X264_B),
@@ -74,7 +76,11 @@ def encode_clip(spec: ClipSpec, seed: int = 0, fps: int = 12) -> tuple[bytes, np
         for img in frames:
             packets += stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24"))
         packets += stream.encode()
+        first_dts = packets[0].dts
         for j, p in enumerate(packets):
+            if spec.edit == "dts_as_pts":
+                p.dts -= first_dts
+                p.pts = p.dts
             if spec.edit == "gap" and j >= len(packets) // 2:
                 p.pts, p.dts = p.pts + 3, p.dts + 3
             if spec.edit == "repeat" and j == 8:
