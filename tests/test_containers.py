@@ -152,3 +152,14 @@ def test_ingest_stores_each_container_and_every_sample_streams(clips, tmp_path):
     for sample in wds.WebDataset(store.shards(), shardshuffle=False):
         name = names[int(sample["__key__"])]
         assert sample[CLIPS[name].ext] == clips[name][1]
+
+
+@pytest.mark.parametrize("clip", ["mmaction2_demo.mp4", "mmaction2_test_video_structuralize.mp4"])
+def test_real_webvid_clips_equal_the_front_to_back_decode(shared_data, clip):
+    path = shared_data / "webvid" / "clips" / clip
+    ref = reference_frames(path.read_bytes())
+    v = open_video(path)
+    assert v.num_frames == len(ref) and v.container == "mp4"
+    idx = np.random.default_rng(0).integers(0, v.num_frames, 6)
+    for case in (idx, np.arange(v.num_frames - T, v.num_frames)):
+        np.testing.assert_array_equal(v.read(case), ref[case])
