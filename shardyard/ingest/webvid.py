@@ -6,8 +6,10 @@ like `PT00H00M17S`), a parquet file, or a Hugging Face dataset saved with `save_
 Row `i` gets the key `f"{i:09d}"` and lands in shard `i // samples_per_shard`, so a rerun rebuilds the same
 shards: finished shards are skipped, and `retry_failed` refetches only the failed rows of finished shards.
 
-Each sample's json member holds the input columns (unchanged, so `duration` stays the ISO string) plus
-`key, url, caption, status, error_message, attempts, duration_s, fps, num_frames, width, height, bytes`.
+Each sample is `<key>.<container>` (the video bytes, under the extension of their real container: mp4,
+mov, mkv, webm, avi, ...), `<key>.txt` (caption) and `<key>.json`: the input columns (unchanged, so
+`duration` stays the ISO string) plus `key, url, caption, status, error_message, attempts, container,
+duration_s, fps, num_frames, width, height, bytes`.
 """
 
 from __future__ import annotations
