@@ -87,8 +87,9 @@ class PyAVReader:
     frame. Elsewhere (AVI, whose demuxer numbers packets in decode order, so with B-frames a packet's pts is
     not its frame's; raw streams without pts; repeated pts; B-frames whose pts rise in decode order, as
     when a muxer lost the composition offsets) frames are counted as the decoder outputs them, from the
-    start of the stream: exact, and linear in the last frame read. `container` is the file
-    extension naming the container ("mp4", "mov", "mkv", "webm", "avi", ...)."""
+    last restart point before the first frame read (a keyframe after which no frame is shown before it:
+    any keyframe of a codec without B-frames, an H.264 IDR), or from the start where there is none.
+    `container` is the file extension naming the container ("mp4", "mov", "mkv", "webm", "avi", ...)."""
 
     path: str
     num_frames: int = 0
@@ -101,6 +102,8 @@ class PyAVReader:
     _time_base: float = 0.0
     _start_pts: int = 0
     _by_pts: bool = False
+    _restarts: dict[int, int] = field(default_factory=dict, repr=False)   # pts label -> frame index
+    _seek_ts: dict[int, int] = field(default_factory=dict, repr=False)    # frame index -> seek target
     # FFmpeg frame threads help a lone reader; ingest runs one reader process per core, where they
     # only oversubscribe the CPU.
     threads: bool = False
@@ -115,17 +118,21 @@ class PyAVReader:
                     raise SourceError("no video stream", path=self.path)
                 stream = container.streams.video[0]
                 self.container = _container_ext(container.format.name, dict(container.metadata), self.path)
+                reorders = bool(stream.codec_context.has_b_frames)
+                h264 = stream.codec_context.name == "h264"
                 # Packets flagged discard (before an MP4 edit list's start) are decoded but never output;
                 # empty ones (AVI's dropped-frame markers, PyAV's end-of-stream flush) hold no frame.
-                packets = [(p.pts, p.is_keyframe) for p in container.demux(stream)
-                           if p.size > 0 and not p.is_discard]
+                # (pts, dts, keyframe, restart): a restart is a keyframe no frame after it in decode order is
+                # shown before: any keyframe when the codec does not reorder, else an H.264 IDR.
+                packets = [(p.pts, p.dts, p.is_keyframe,
+                            p.is_keyframe and (not reorders or (h264 and _has_idr(bytes(p)))))
+                           for p in container.demux(stream) if p.size > 0 and not p.is_discard]
                 self.width, self.height = stream.codec_context.width, stream.codec_context.height
                 rate = stream.average_rate or stream.guessed_rate
                 self.fps = float(rate) if rate else 0.0
                 self._time_base = float(stream.time_base) if stream.time_base else 0.0
                 self._start_pts = stream.start_time or 0
                 timed = container.format.name.split(",")[0] in PTS_FORMATS
-                reorders = bool(stream.codec_context.has_b_frames)
         except SourceError:
             raise
         except Exception as e:  # PyAV raises several FFmpeg error types for unreadable files
@@ -133,19 +140,24 @@ class PyAVReader:
         self.num_frames = len(packets)
         if self.num_frames == 0:
             raise SourceError("video has no frames", path=self.path)
-        pts = [p for p, _ in packets]
+        pts = [p[0] for p in packets]
         has_pts = all(p is not None for p in pts)
+        unique = has_pts and len(set(pts)) == len(pts)
         # A codec that reorders frames (B-frames) but pts that rise in decode order: the muxer wrote decode
         # times as pts (lost composition offsets), so the pts say nothing about presentation order.
         decode_order_pts = has_pts and reorders and all(a < b for a, b in zip(pts, pts[1:]))
-        self._by_pts = timed and has_pts and len(set(pts)) == len(pts) and not decode_order_pts
+        self._by_pts = timed and unique and not decode_order_pts
         if self._by_pts:
             order = np.argsort(pts, kind="stable")
             self._pts = np.asarray(pts, dtype=np.int64)[order]
-            self._keyframe = np.asarray([k for _, k in packets], dtype=bool)[order]
-        elif has_pts:
+            self._keyframe = np.asarray([p[2] for p in packets], dtype=bool)[order]
+            return
+        if has_pts:
             self._pts = np.sort(np.asarray(pts, dtype=np.int64))
             self._start_pts = int(self._pts[0])
+        if unique:  # a restart's pts labels the first frame decoded after seeking to it (checked then)
+            self._restarts = {p[0]: j for j, p in enumerate(packets) if p[3] and j > 0}
+            self._seek_ts = {j: p[1] if p[1] is not None else p[0] for j, p in enumerate(packets) if p[3] and j}
 
     def timestamps(self) -> np.ndarray:
         """Presentation time of each frame, `(num_frames,) float64` seconds from the stream start: from the
@@ -214,25 +226,40 @@ class PyAVReader:
         return len(remaining)
 
     def _decode_in_order(self, idx: np.ndarray, on_frame: FrameCallback, convert: Callable) -> int:
-        """Decode from the start and count the frames as they come out; returns how many wanted frames the
-        stream ended before."""
-        import av
-
+        """Count the frames as the decoder outputs them, from the last restart point at or before the first
+        wanted frame (where the n-th frame decoded is the n-th shown) or from the start; returns how many
+        wanted frames the stream ended before."""
         wanted: dict[int, list[int]] = {}
         for pos, i in enumerate(idx.tolist()):
             wanted.setdefault(int(i), []).append(pos)
-        last, n = int(idx.max()), 0
+        start = max((j for j in self._seek_ts if j <= int(idx.min())), default=0)
+        n = self._count_from(start, wanted, on_frame, convert) if start else None
+        if n is None:
+            n = self._count_from(0, wanted, on_frame, convert)
+        return sum(1 for i in wanted if i >= n)
+
+    def _count_from(self, start: int, wanted: dict[int, list[int]], on_frame: FrameCallback,
+                    convert: Callable) -> int | None:
+        """Deliver the wanted frames, counting from frame `start` (a restart point, or 0); returns the count
+        reached, or None, having delivered nothing, when the seek did not land on `start`."""
+        import av
+
+        last, n = max(wanted), start
         with av.open(self.path) as container:
             stream = container.streams.video[0]
             if self.threads:
                 stream.thread_type = "AUTO"
+            if start:
+                container.seek(self._seek_ts[start], stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
+                if n == start and start and self._restarts.get(frame.pts) != start:
+                    return None
                 if n in wanted:
                     on_frame(convert(frame), wanted[n])
                 n += 1
                 if n > last:
                     break
-        return sum(1 for i in wanted if i >= n)
+        return n
 
     def close(self) -> None:
         """Nothing to release: each read opens the file anew (fork-safe)."""
@@ -293,6 +320,16 @@ class DecordReader:
     def close(self) -> None:
         """Drop decord's reader."""
         self._vr = None
+
+
+def _has_idr(data: bytes) -> bool:
+    """Whether an H.264 access unit in Annex B form (start codes) holds an IDR slice (NAL type 5)."""
+    i = data.find(b"\x00\x00\x01")
+    while 0 <= i < len(data) - 3:
+        if data[i + 3] & 0x1F == 5:
+            return True
+        i = data.find(b"\x00\x00\x01", i + 3)
+    return False
 
 
 def _container_ext(format_name: str, metadata: dict[str, str], path: str) -> str:

@@ -37,6 +37,9 @@ X264_B = {"preset": "fast", "crf": "18", "x264-params": "bframes=3:b-pyramid=nor
 CLIPS = {
     # the issue's case: H.264 with B-frames in AVI, whose demuxer numbers packets in decode order
     "avi_h264_bframes": ClipSpec("avi", "libx264", "avi", 103, X264_B),
+    # open GOPs: the I-frames after the first are no IDR, B-frames after them in decode order are shown first
+    "avi_h264_open_gop": ClipSpec("avi", "libx264", "avi", 40, {
+        "preset": "fast", "crf": "18", "x264-params": "bframes=3:keyint=10:min-keyint=10:open-gop=1:scenecut=0"}),
     "avi_mpeg4_bframes": ClipSpec("avi", "mpeg4", "avi", 30, {"bf": "2", "g": "12", "qscale": "3"}),
     "avi_mpeg4_gap": ClipSpec("avi", "mpeg4", "avi", 24, {"g": "6", "qscale": "3"}, edit="gap"),
     "mkv_h264_bframes": ClipSpec("matroska", "libx264", "mkv", 30, X264_B),
