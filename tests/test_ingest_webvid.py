@@ -113,6 +113,7 @@ def test_csv_ingest_under_faults_resume_and_retry_failed(shared_data, tmp_path):
                         j = json.loads(t.extractfile(m).read())
                         assert j["status"] == "success" and j["num_frames"] > 0 and j["fps"] > 0
                         assert j["duration"].startswith("PT") and j["videoid"] and j["width"] == 340
+                        assert j["container"] == "mp4" and f"{j['key']}.mp4" in names
         assert keys == [f"{i:09d}" for i in range(n) if i not in EXPECTED_FAIL]  # each reachable sample once
         assert srv.requests_for("/v/5.mp4") == 1  # 404: no retry
         assert srv.requests_for("/v/7.mp4") == 3  # 5xx: 1 + 2 retries

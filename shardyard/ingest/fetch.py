@@ -74,6 +74,7 @@ class Fetcher:
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        """Close the pooled session."""
         self._session.close()
 
     def __enter__(self) -> "Fetcher":

@@ -6,8 +6,10 @@ like `PT00H00M17S`), a parquet file, or a Hugging Face dataset saved with `save_
 Row `i` gets the key `f"{i:09d}"` and lands in shard `i // samples_per_shard`, so a rerun rebuilds the same
 shards: finished shards are skipped, and `retry_failed` refetches only the failed rows of finished shards.
 
-Each sample's json member holds the input columns (unchanged, so `duration` stays the ISO string) plus
-`key, url, caption, status, error_message, attempts, duration_s, fps, num_frames, width, height, bytes`.
+Each sample is `<key>.<container>` (the video bytes, under the extension of their real container: mp4,
+mov, mkv, webm, avi, ...), `<key>.txt` (caption) and `<key>.json`: the input columns (unchanged, so
+`duration` stays the ISO string) plus `key, url, caption, status, error_message, attempts, container,
+duration_s, fps, num_frames, width, height, bytes`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from shardyard.ingest.fetch import FetchConfig, Fetcher
 from shardyard.stores.atomic import to_jsonable
 from shardyard.stores.manifest import MANIFEST
 from shardyard.stores.wds import Sample, ShardWriter, ShardWriterConfig, iter_tar_samples, shard_name
-from shardyard.video import open_video_bytes
+from shardyard.video import VIDEO_EXTS, open_video_bytes
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +113,13 @@ def sniff(data: bytes) -> str | None:
 
 
 def probe_video(data: bytes) -> dict[str, Any]:
-    """Decode every frame of `data` (through `shardyard.video`) and describe it: `{"status": "success" |
-    "not_video" | "undecodable", "error_message", "duration_s", "fps", "num_frames", "width", "height",
-    "bytes"}`. Never raises for bad input."""
-    out: dict[str, Any] = {"status": "success", "error_message": None, "duration_s": None, "fps": None,
-                           "num_frames": None, "width": None, "height": None, "bytes": len(data)}
+    """Decode every frame of `data` the way `ClipStream` reads them (`shardyard.video`'s reader, frame `i`
+    the i-th frame of a front-to-back decode) and describe it: `{"status": "success" | "not_video" |
+    "undecodable", "error_message", "container", "duration_s", "fps", "num_frames", "width", "height",
+    "bytes"}`. `container` is the extension naming the container ("mp4", "mov", "mkv", "webm", "avi", ...):
+    the sample's video member is stored under it. Never raises for bad input."""
+    out: dict[str, Any] = {"status": "success", "error_message": None, "container": None, "duration_s": None,
+                           "fps": None, "num_frames": None, "width": None, "height": None, "bytes": len(data)}
     kind = sniff(data)
     if kind:
         return out | {"status": "not_video", "error_message": f"member is a {kind} image, not a video"}
@@ -123,13 +127,17 @@ def probe_video(data: bytes) -> dict[str, Any]:
         return out | {"status": "undecodable", "error_message": "empty body"}
     try:
         with open_video_bytes(data) as r:
-            r.read([0, r.num_frames - 1], size=(32, 32))  # decodes every frame in between
+            # every index, so a sample passes only if each frame the stream may ask for comes out
+            r.decode_each(range(r.num_frames), lambda frame, positions: None, size=(32, 32))
             ts = r.timestamps()
             dur = float(ts[-1] + (1.0 / r.fps if r.fps else 0.0))
-            out |= {"duration_s": round(dur, 4), "fps": r.fps, "num_frames": r.num_frames,
-                    "width": r.width, "height": r.height}
+            out |= {"container": r.container, "duration_s": round(dur, 4), "fps": r.fps,
+                    "num_frames": r.num_frames, "width": r.width, "height": r.height}
     except (SourceError, IndexError) as e:
         return out | {"status": "undecodable", "error_message": str(e)}
+    if out["container"] not in VIDEO_EXTS:  # `ClipStream` would not find the member
+        return out | {"status": "undecodable", "error_message": f"container {out['container']!r} has no "
+                      f"extension the stream reads ({', '.join(VIDEO_EXTS)})"}
     return out
 
 
@@ -144,6 +152,7 @@ class TranscodeConfig:
 
     @property
     def active(self) -> bool:
+        """Whether any option asks for a re-encode."""
         return any(v is not None for v in (self.short_side, self.fps, self.max_seconds))
 
 
@@ -207,6 +216,7 @@ class WebvidResult:
 
     @property
     def exit_code(self) -> int:
+        """0 when every sample was stored, 2 when some failed."""
         return EXIT_OK if self.report["num_failed"] == 0 else EXIT_SKIPPED
 
 
@@ -284,8 +294,8 @@ def ingest_webvid(meta: str | Path, cfg: WebvidConfig,
                 for k in keys:
                     if k in results:
                         info, data = results[k]
-                        if data is not None:
-                            samples.append(Sample(k, {"mp4": data, "txt": str(info["caption"]).encode(),
+                        if data is not None:  # the video member is named by its container: <key>.avi, ...
+                            samples.append(Sample(k, {info["container"]: data, "txt": str(info["caption"]).encode(),
                                                       "json": json.dumps(to_jsonable(info)).encode()}))
                     else:
                         info = old[k]
@@ -319,7 +329,7 @@ def _verify_video2dataset(folder: Path, cfg: WebvidConfig, t0: float,
                 with open(tar, "rb") as f:
                     for s in iter_tar_samples(f):
                         src = json.loads(s.members["json"]) if "json" in s.members else {}
-                        vid_ext = next((e for e in ("mp4", "webm", "mkv", "avi", "mov") if e in s.members), None)
+                        vid_ext = next((e for e in VIDEO_EXTS if e in s.members), None)
                         probe = (probe_video(s.members[vid_ext]) if vid_ext else
                                  {"status": "undecodable", "error_message": "no video member"})
                         rows.append(to_jsonable({"key": s.key, "shard": name, "url": src.get("url"),

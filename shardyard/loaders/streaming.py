@@ -11,6 +11,10 @@ given that state replays the sequence without decoding and continues at the next
 repeated or skipped. Iterated directly, the stream tracks this itself; through a DataLoader, pass each
 batch to `stream.record(batch)` (prefetched batches the loop never saw are not counted as consumed).
 
+Frames. A sample's video is the member whose extension names a container (`shardyard.video.VIDEO_EXTS`:
+mp4, mov, mkv, webm, avi, ...); frame `i` is the i-th frame a front-to-back decode outputs, in every
+container (AVI's packet numbers, missing or repeated pts included), as `ingest webvid`'s check decodes it.
+
 Faults. A sample that does not decode, is an image, or is shorter than the clip is skipped and counted
 (`stream.counters`, shared with the workers through shared memory); it is never raised into the training
 loop. A network fault while reading a shard (timeout, 5xx, dropped connection, truncated body) reopens
@@ -32,12 +36,11 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from shardyard.errors import ConfigError, SourceError
 from shardyard.stores.wds import Sample, iter_tar_samples, list_shards
-from shardyard.video import open_video_bytes
+from shardyard.video import VIDEO_EXTS, open_video_bytes
 
 log = logging.getLogger(__name__)
 
 MAX_WORKERS = 64
-VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 REASONS = ("undecodable", "not_video", "too_short", "no_video")
 COUNTERS = ("seen", "yielded", *(f"skipped_{r}" for r in REASONS), "retries", "shards_done", "shards_skipped")
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
@@ -150,6 +153,7 @@ class ClipStream(IterableDataset):
                 "shards_skipped": tot["shards_skipped"]}
 
     def reset_counters(self) -> None:
+        """Zero the counters of every worker."""
         self._shared.zero_()
 
     def _count(self, worker: int, name: str, n: int = 1) -> None:

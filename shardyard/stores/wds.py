@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 FORMAT = "shards-webdataset"
 FORMAT_VERSION = 1
 SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{6})\.tar$")
-SCHEMA = {"members": {"mp4": "video (bytes of the container as fetched or transcoded)",
+SCHEMA = {"members": {"<container>": "video (bytes as fetched or transcoded), the extension naming the container: "
+                      "mp4, mov, mkv, webm, avi, ... (shardyard.video.VIDEO_EXTS)",
                       "txt": "caption (utf-8)", "json": "input columns + status, error_message, "
                       "duration (s), fps (Hz), num_frames, width, height, bytes"}}
 
@@ -133,6 +134,7 @@ class ShardWriter:
 
     @property
     def shard_dir(self) -> Path:
+        """The `shards/` folder."""
         return self.root / "shards"
 
     def finished(self) -> dict[str, list[dict[str, Any]]]:
@@ -253,6 +255,7 @@ class ShardStore:
 
     @property
     def num_samples(self) -> int:
+        """Samples in all shards, from the manifest."""
         return sum(f["samples"] for f in self.manifest.files)
 
     def verify(self) -> list[str]:
