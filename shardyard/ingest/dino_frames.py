@@ -1,6 +1,6 @@
 """Frames of a shard store of videos for `ingest dino --fps F` (issues 3 and 6; seed 004's patch study).
 
-A shard store made by `ingest webvid` (webdataset tars, `<key>.mp4/.txt/.json`, `manifest.json` with the
+A shard store made by `ingest webvid` (webdataset tars, `<key>.<container>/.txt/.json`, `manifest.json` with the
 sha256 of every shard) becomes a list of *units*, one per video, in manifest order then tar order. Each unit
 is sampled at `fps` Hz by presentation time: frame `k` is the last frame shown at `t0 + k / fps`, for every
 `k` with `t0 + k / fps <= t_last` (the rule of `ClipStream`), decoded frame-exact through `shardyard.video`.
@@ -33,11 +33,10 @@ from shardyard.stores import store_format
 from shardyard.stores.manifest import MANIFEST, read_json, sha256_file
 from shardyard.stores.wds import FORMAT as SHARD_FORMAT
 from shardyard.stores.wds import list_shards, split_key_ext
-from shardyard.video import open_video_bytes
+from shardyard.video import VIDEO_EXTS, open_video_bytes
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
 VIDEO_INDEX = "videos.json"
 
@@ -178,9 +177,11 @@ class ShardFrameReader:
     # ---- the FrameReader contract -------------------------------------------------------------------
     @property
     def num_frames(self) -> int:
+        """Frames sampled over every video (the feature store's sample count)."""
         return int(self.episode_ends[-1]) if len(self.episode_ends) else 0
 
     def keys(self) -> list[str]:
+        """Sample keys of the videos, in shard then member order (one episode each)."""
         return [u.key for u in self.units]
 
     def fingerprint(self) -> str:
