@@ -27,7 +27,7 @@ test: $(STAMP) $(LEROBOT_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: $(STAMP)
+bench: $(STAMP) $(LEROBOT_STAMP)
 	HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(BIN)/python benchmarks/run_all.py
 
 # The peer library for tests/test_export_lerobot.py and benchmarks/vs_lerobot.py, apart from the project's venv:
