@@ -32,7 +32,7 @@ def is_foveated_run(path: str | Path) -> bool:
 
 
 def overlay(frame: np.ndarray, attn: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """frame `(H, W, 3)` uint8, attn `(h, w)` weights -> `(H, W, 3)` uint8 with a jet heat map blended in
+    """Frame `(H, W, 3)` uint8, attn `(h, w)` weights -> `(H, W, 3)` uint8 with a jet heat map blended in
     (the map scaled to its own max, upsampled bilinearly to the frame)."""
     from matplotlib import colormaps
 

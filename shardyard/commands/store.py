@@ -60,8 +60,8 @@ def inspect_cmd(
     """Print a store's summary and write plots (frames with projected EEF, height/gripper/rotation, paths)."""
     from shardyard import open_store
     from shardyard.inspection import summarize, write_plots
-    from shardyard.inspection_tokens import inspect_features
     from shardyard.inspection_foveated import draw_run, is_foveated_run
+    from shardyard.inspection_tokens import inspect_features
     from shardyard.stores import store_format
 
     if is_foveated_run(store):  # a `train foveated-caption` run folder: attention overlays (seed 002)

@@ -136,10 +136,10 @@ class Backbone:
         self.model.eval().requires_grad_(False).to(self.device)
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        self.block_indices = tuple(sorted({l % self.num_layers for l in self.config.layers}))
+        self.block_indices = tuple(sorted({i % self.num_layers for i in self.config.layers}))
         if len(self.block_indices) != len(self.config.layers):
             raise ConfigError(f"layers {self.config.layers} name the same block twice")
-        bad = [l for l in self.config.layers if not -self.num_layers <= l < self.num_layers]
+        bad = [i for i in self.config.layers if not -self.num_layers <= i < self.num_layers]
         if bad:
             raise ConfigError(f"layers {bad} out of range for a {self.num_layers}-block model")
 

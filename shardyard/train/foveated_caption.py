@@ -36,7 +36,15 @@ from shardyard.errors import ConfigError
 from shardyard.loaders.streaming import ClipStream, StreamConfig
 from shardyard.models.backbones import best_device
 from shardyard.models.foveated import MODES, FoveatedCaptioner, FoveatedConfig
-from shardyard.train.loop import CHECKPOINT, METRICS, DataWait, LRSchedule, MetricLogger, load_checkpoint, save_checkpoint
+from shardyard.train.loop import (
+    CHECKPOINT,
+    METRICS,
+    DataWait,
+    LRSchedule,
+    MetricLogger,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +132,9 @@ def _truncate_jsonl(path: Path, step: int | None) -> None:
     an uninterrupted one's."""
     if not path.exists():
         return
-    keep = [] if step is None else [l for l in path.read_text().splitlines() if l.strip()
-                                    and json.loads(l)["step"] <= step]
-    path.write_text("".join(l + "\n" for l in keep))
+    keep = [] if step is None else [line for line in path.read_text().splitlines() if line.strip()
+                                    and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
 
 
 def write_samples(path: Path, model: FoveatedCaptioner, batch: dict[str, Any], step: int, n: int,
@@ -262,7 +270,7 @@ def run(cfg: FoveatedTrainConfig) -> FoveatedTrainResult:
     result = train(cfg)
     print(format_table(result.records))
     if result.samples.exists():
-        lines = [json.loads(l) for l in result.samples.read_text().splitlines() if l.strip()]
+        lines = [json.loads(line) for line in result.samples.read_text().splitlines() if line.strip()]
         for s in lines[-cfg.sample_clips:]:
             print(f"\nstep {s['step']} {s['key']}\n  truth:  {s['caption']!r}\n  fine:   {s['fine']!r}\n"
                   f"  coarse: {s['coarse']!r}")
