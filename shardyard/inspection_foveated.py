@@ -33,12 +33,13 @@ def is_foveated_run(path: str | Path) -> bool:
 
 def overlay(frame: np.ndarray, attn: np.ndarray, alpha: float = 0.55) -> np.ndarray:
     """Frame `(H, W, 3)` uint8, attn `(h, w)` weights -> `(H, W, 3)` uint8 with a jet heat map blended in
-    (the map scaled to its own max, upsampled bilinearly to the frame)."""
+    (the map stretched from its min to its max, so near-uniform attention still shows its shape; the
+    titles give the max weight; upsampled bilinearly to the frame)."""
     from matplotlib import colormaps
 
     a = torch.from_numpy(np.asarray(attn, np.float32))[None, None]
     a = torch.nn.functional.interpolate(a, size=frame.shape[:2], mode="bilinear", align_corners=False)[0, 0]
-    a = (a / a.max().clamp_min(1e-12)).numpy()
+    a = ((a - a.min()) / (a.max() - a.min()).clamp_min(1e-12)).numpy()
     heat = colormaps["jet"](a)[..., :3] * 255.0
     return (frame * (1 - alpha) + heat * alpha).clip(0, 255).astype(np.uint8)
 
@@ -60,10 +61,11 @@ def draw_clip(out: Path, name: str, frames: np.ndarray, fine: np.ndarray, coarse
     for i in range(t):
         f, c = overlay(frames[i], fine[i]), overlay(frames[i], coarse[i])
         rows.append(np.concatenate([frames[i], f, c], axis=1))
-        for ax, img, label in zip(axes[i], (frames[i], f, c), ("frame", "fine", "coarse")):
+        labels = (f"frame t={i}", f"fine, max {fine[i].max():.3f}", f"coarse, max {coarse[i].max():.3f}")
+        for ax, img, label in zip(axes[i], (frames[i], f, c), labels):
             ax.imshow(img)
             ax.set_axis_off()
-            ax.set_title(f"{label} t={i}", fontsize=6)
+            ax.set_title(label, fontsize=6)
     fig.suptitle("\n".join(f"{k}: {v[:60]}" for k, v in captions.items()), fontsize=6)
     png, gif = out / f"{name}.png", out / f"{name}.gif"
     fig.savefig(png, dpi=90, bbox_inches="tight")
