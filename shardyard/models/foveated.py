@@ -210,7 +210,7 @@ class FoveatedCaptioner(nn.Module):
     def predict_queries(self, coarse: torch.Tensor) -> torch.Tensor:
         """LM reads coarse tokens `(B, T, E)` -> shifted fine queries `(B, T, Q)`: `[q_init, q_1..q_{T-1}]`,
         where `q_t` comes from the LM's last hidden state at frame t-1 (causal, so only frames < t)."""
-        out = self.lm(inputs_embeds=coarse, output_hidden_states=True)
+        out = self.lm(inputs_embeds=coarse, output_hidden_states=True, use_cache=False)
         q = self.query_head(out.hidden_states[-1])                                 # (B, T, Q)
         q_init = self.q_init.expand(q.shape[0], 1, -1).to(q.dtype)
         return torch.cat([q_init, q[:, :-1]], dim=1)
@@ -251,7 +251,7 @@ class FoveatedCaptioner(nn.Module):
         t = visual.shape[1]
         emb = self.lm.get_input_embeddings()(ids).to(visual.dtype)                # (B, L, E)
         attn = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, t), mask], dim=1)
-        logits = self.lm(inputs_embeds=torch.cat([visual, emb], dim=1), attention_mask=attn).logits
+        logits = self.lm(inputs_embeds=torch.cat([visual, emb], dim=1), attention_mask=attn, use_cache=False).logits
         pred = logits[:, t:-1].float()                                             # (B, L-1, V)
         target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100)
@@ -292,7 +292,8 @@ class FoveatedCaptioner(nn.Module):
         ids = torch.full((b, 1), tok.bos_id, dtype=torch.long, device=visual.device)
         done = torch.zeros(b, dtype=torch.bool, device=visual.device)
         for _ in range(max_new_tokens):
-            logits = self.lm(inputs_embeds=torch.cat([visual, emb(ids).to(visual.dtype)], dim=1)).logits
+            seq = torch.cat([visual, emb(ids).to(visual.dtype)], dim=1)
+            logits = self.lm(inputs_embeds=seq, use_cache=False).logits
             nxt = logits[:, -1].argmax(-1).masked_fill(done, tok.pad_id)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             done |= nxt == tok.eos_id
