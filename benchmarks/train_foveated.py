@@ -48,14 +48,15 @@ def build(root: Path, fps: float, image_size: int) -> tuple[Path, Path]:
 
 
 class CachedClips:
-    """Map-style dataset of clips of `t` consecutive rows of one video: hidden `(T, N, (L + 1) * D)` float32."""
+    """Map-style dataset of clips of `t` consecutive rows of one video (none missing, so the JPEG members
+    of the sample shard are left out): hidden `(T, N, (L + 1) * D)` float32."""
 
     def __init__(self, features: Path, t: int) -> None:
         from shardyard.stores.features import open_features
 
         self.store, self.t = open_features(features), t
-        ends = [0, *map(int, self.store.episode_ends)]
-        self.starts = [s for a, b in zip(ends, ends[1:]) for s in range(a, b - t + 1)]
+        ends, bad = [0, *map(int, self.store.episode_ends)], self.store.missing
+        self.starts = [s for a, b in zip(ends, ends[1:]) for s in range(a, b - t + 1) if not bad[s:s + t].any()]
 
     def __len__(self) -> int:
         return len(self.starts)

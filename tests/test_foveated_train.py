@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import SHARED, run_cli, serve_directory
@@ -101,3 +102,22 @@ def test_mode_is_drawn_per_step_and_validated(store):
     assert set(modes) == {"caption", "coarse"} and modes == [step_mode(cfg, s) for s in range(40)]
     with pytest.raises(ConfigError, match="mode_weights"):
         FoveatedTrainConfig(shards=str(store), out="x", mode_weights={"video-only": 1.0})
+
+
+def test_ingest_dino_layers_all_feeds_the_cached_path(store, tmp_path):
+    """`ingest dino --layers all` on the shard store: (L + 1) * D channels, keyed "all", and the captioner
+    takes T consecutive rows of it as hidden states."""
+    from shardyard.models.foveated import FoveatedCaptioner, FoveatedConfig
+    from shardyard.stores.features import open_features
+
+    feats = tmp_path / "feats"
+    proc = run_cli("ingest", "dino", store, "--model", "tiny-random-dinov2", "--layers", "all", "--fps", "2",
+                   "--image-size", "28", "--out", feats)
+    assert proc.returncode == 2, proc.stderr                                  # the 3 JPEG members: masked
+    fs = open_features(feats)
+    assert fs.embed_dim == 3 * 32 and fs.key["model"]["layers"] == "all"
+    start = int(np.flatnonzero(~fs.missing)[0])                               # the first row of a video
+    hidden = torch.from_numpy(fs.patch_tokens(start, start + 2)).float()[None]  # (1, T=2, N=4, 96)
+    model = FoveatedCaptioner(FoveatedConfig(image_size=28, device="cpu"))
+    out = model(None, ["two people holding flowers"], hidden=hidden)
+    assert torch.isfinite(out["loss"]) and out["fine"].shape[:2] == (1, 2)
