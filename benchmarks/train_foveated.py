@@ -1,8 +1,8 @@
 """Training throughput of seed 002's foveated captioner: per-layer K/V from a feature store against the live
 encoder, the data-wait share of streaming, and (with `--gpu`) the seed's model sizes in bf16.
 
-Store: the shared video2dataset WebVid shard through `ingest webvid` (3 videos with captions), and its
-per-layer hidden states `ingest dino --layers all --fps F` on the frozen tiny encoder. Figures (steady
+Store: the shared video2dataset WebVid shard through `ingest webvid` (3 videos with captions) copied into 4
+shards, and its per-layer hidden states `ingest dino --layers all --fps F` on the frozen tiny encoder. Figures (steady
 state: the second half of the steps):
 - `steps_per_s`: optimiser steps/s when clips of T consecutive cached rows (F Hz) feed the model through
   `encode_video(hidden=...)` (K/V recomputed from the stored hidden states: norm1 + projections only),
@@ -34,14 +34,23 @@ CAPTION = "Aerial view of a small boat sailing along the rocky coast at sunset, 
 SEED_S_PER_STEP, SEED_PEAK_GB = 1.1, 9.0
 
 
-def build(root: Path, fps: float, image_size: int) -> tuple[Path, Path]:
-    """Shard store of the shared WebVid sample and its `--layers all` feature store."""
+def build(root: Path, fps: float, image_size: int, copies: int = 4) -> tuple[Path, Path]:
+    """Shard store of the shared WebVid sample, its samples copied into `copies` shards (so that 2 workers
+    both have shards to read: the stream splits by shard), and its `--layers all` feature store."""
     from shardyard.ingest.dino import DinoConfig, ingest_dino
     from shardyard.ingest.webvid import WebvidConfig, ingest_webvid
     from shardyard.models.backbones import BackboneConfig
+    from shardyard.stores.wds import Sample, ShardWriter, iter_tar_samples, list_shards
 
-    shards, feats = root / "shards", root / "features"
-    ingest_webvid(SHARED / "webvid" / "video2dataset_shard", WebvidConfig(out=shards))
+    ingested, shards, feats = root / "ingested", root / "shards", root / "features"
+    ingest_webvid(SHARED / "webvid" / "video2dataset_shard", WebvidConfig(out=ingested))
+    samples = []
+    for url in list_shards(ingested):
+        with open(url, "rb") as f:
+            samples += list(iter_tar_samples(f))
+    with ShardWriter(shards) as w:
+        for c in range(copies):
+            w.write_shard(c, [Sample(f"{c}{s.key}", s.members) for s in samples], [])
     ingest_dino(DinoConfig(store=str(shards), out=feats, fps=fps, field="mp4", backbone=BackboneConfig(
         spec="tiny-random-dinov2", image_size=(image_size, image_size), all_layers=True)))
     return shards, feats
