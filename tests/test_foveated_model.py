@@ -176,7 +176,7 @@ def test_overfit_four_clips_halves_both_losses():
         out["loss"].backward()
         opt.step()
         if first is None:
-            first = (float(out["loss_fine"]), float(out["loss_coarse"]))
-    last = (float(out["loss_fine"]), float(out["loss_coarse"]))
+            first = (float(out["loss_fine"].detach()), float(out["loss_coarse"].detach()))
+    last = (float(out["loss_fine"].detach()), float(out["loss_coarse"].detach()))
     assert last[0] < first[0] / 2 and last[1] < first[1] / 2, (first, last)
     assert np.isfinite(float(out["ratio"]))
