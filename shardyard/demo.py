@@ -2,7 +2,9 @@
 
 Writes a small **synthetic** YAM dataset (per-demo layout, `shardyard.testing`), ingests it with the real
 CLI (`ingest yam`), and inspects the store (summary and plots). Later stages (DINO feature caching,
-training) join here as they land.
+training) join here as they land. The last step (seed 002) packs the synthetic episodes' videos with their
+task text as captions into a webdataset shard store and runs a few steps of `train foveated-caption` on
+it, with attention overlays.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from shardyard.stores.wds import Sample, ShardWriter
 from shardyard.testing import SyntheticConfig, write_synthetic_yam
 
 
@@ -23,6 +26,18 @@ def _cli(*args: str) -> int:
     return subprocess.run(cmd, check=False).returncode
 
 
+def write_clip_shards(raw: Path, out: Path) -> Path:
+    """A shard store of the synthetic episodes' `rgb.mp4` with their task as the caption (`<key>.txt`)."""
+    import json
+
+    samples = [Sample(f"{i:09d}", {"mp4": (d / "rgb.mp4").read_bytes(),
+                                   "txt": json.loads((d / "meta.json").read_text())["task"].encode()})
+               for i, d in enumerate(sorted(p.parent for p in raw.rglob("rgb.mp4")))]
+    with ShardWriter(out) as w:
+        w.write_shard(0, samples, [])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo end to end (`python -m shardyard.demo --out DIR`); returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -30,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=12)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=600, help="volume-query training steps (issue 4)")
+    parser.add_argument("--foveated-steps", type=int, default=30, help="foveated-caption steps (issue 13)")
     args = parser.parse_args(argv)
     if args.out.exists():
         shutil.rmtree(args.out)
@@ -57,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         rc = _cli("train", "volume-query", "--store", str(store), "--features", str(args.out / "features"),
                   "--out", str(args.out / "run"), "--steps", str(args.train_steps), "--lr", "1e-3",
                   "--log-every", "50", "--plot-every", "200", "--ckpt-every", "200")
+    if rc == 0:
+        # issue 13: seed 002's foveated captioner streaming the demo's clips (tiny random encoder and LM,
+        # 4 frames at 64 px: the whole pipeline in a few steps, not a trained captioner)
+        shards = write_clip_shards(raw, args.out / "clips")
+        rc = _cli("train", "foveated-caption", "--shards", str(shards), "--out", str(args.out / "run_foveated"),
+                  "--steps", str(args.foveated_steps), "--frames", "4", "--size", "64", "--image-size", "56",
+                  "--lr", "1e-3", "--warmup-steps", "5", "--log-every", "10", "--sample-every", "10",
+                  "--attention-out", str(plots / "foveated"))
     if rc == 0:
         print(f"\ndemo finished: store {store}, plots {plots}")
     return rc

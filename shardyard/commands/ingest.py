@@ -190,7 +190,8 @@ def ingest_dino_cmd(
     field: str = typer.Option("obs.rgb.top", help="Image field of the source store."),
     hub_repo: Optional[Path] = typer.Option(None, help="Local torch.hub repository (with hubconf.py)."),
     weights: Optional[Path] = typer.Option(None, help="State-dict file for --hub-repo."),
-    layers: str = typer.Option("-1", help="Block outputs to keep, comma-separated (default: last)."),
+    layers: str = typer.Option("-1", help="Block outputs to keep, comma-separated (default: last), or `all`: "
+                               "every block's input hidden states + the last output (per-layer K/V, seed 002)."),
     dtype: str = typer.Option("float16", help="Stored token dtype: float16, bfloat16 or float32."),
     image_size: str = typer.Option("224", help="Model input size S or WxH (rounded to the patch size)."),
     batch_size: int = typer.Option(32, help="Frames per forward and per completion record."),
@@ -208,7 +209,9 @@ def ingest_dino_cmd(
 
     try:
         size = parse_size(image_size)
-        bcfg = BackboneConfig(spec=model, layers=tuple(int(x) for x in layers.split(",")), image_size=size,
+        every = layers.strip().lower() == "all"
+        bcfg = BackboneConfig(spec=model, layers=(-1,) if every else tuple(int(x) for x in layers.split(",")),
+                              image_size=size, all_layers=every,
                               hub_repo=str(hub_repo) if hub_repo else None,
                               weights=str(weights) if weights else None, device=device)
         cfg = DinoConfig(store=store, out=out, backbone=bcfg, field=field, dtype=dtype, batch_size=batch_size,

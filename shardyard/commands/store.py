@@ -65,9 +65,18 @@ def inspect_cmd(
     """Print a store's summary and write plots (frames with projected EEF, height/gripper/rotation, paths)."""
     from shardyard import open_store
     from shardyard.inspection import summarize, write_plots
+    from shardyard.inspection_foveated import draw_run, is_foveated_run
     from shardyard.inspection_tokens import inspect_features
     from shardyard.stores import store_format
 
+    if is_foveated_run(store):  # a `train foveated-caption` run folder: attention overlays (seed 002)
+        try:
+            paths = draw_run(store, out or Path(store) / "attention", clips=max_episodes)
+        except ShardyardError as e:
+            fail(e)
+        for p in paths:
+            typer.echo(f"  wrote {p}")
+        return
     if store_format(store) == "features-zarr3":
         try:
             text, paths = inspect_features(store, out, max_episodes=max_episodes)

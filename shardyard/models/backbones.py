@@ -7,6 +7,13 @@ of the patch size, then ImageNet normalisation. With several `layers`, the per-l
 along the channel axis (`D = len(layers) * hidden`), each layer passed through the model's final norm (as
 DINOv2's `get_intermediate_layers(norm=True)`).
 
+`all_layers=True` (`ingest dino --layers all`) keeps instead the raw hidden states (no final norm) entering
+every block plus the last block's output, L + 1 sequences, concatenated on the channel axis
+(`D = (L + 1) * hidden`): entry `l < L` is block `l`'s input, so that block's keys and values are its
+`norm1` then its key / value projections applied to it (`models.foveated_attention.kv_from_hidden`),
+recomputed from the frozen encoder's weights without running the ViT again; entry `L` gives the usual last
+tokens after the final norm. Only patch tokens and the CLS token are stored (registers are dropped).
+
 Specs (`BackboneConfig.spec`):
 - a Hugging Face model id (`facebook/dinov2-small`, `facebook/dinov3-vits16plus-pretrain-lvd1689m`) or a local
   folder, loaded by transformers' `AutoModel` from the local cache or folder only (no network);
@@ -57,7 +64,8 @@ class BackboneConfig:
     layers: block indices whose outputs are kept (negative from the end); default the last.
     image_size: `(W, H)` in pixels fed to the model, each rounded down to a multiple of the patch size.
     hub_repo, weights: local torch.hub repository and its state-dict file. device: "auto" picks cuda, then
-    mps, then cpu. seed: generator seed of the tiny random weights.
+    mps, then cpu. seed: generator seed of the tiny random weights. all_layers: keep every block's input
+    hidden states and the last output, un-normalised (see the module docstring; `layers` is then ignored).
     """
 
     spec: str = TINY_RANDOM
@@ -67,6 +75,7 @@ class BackboneConfig:
     weights: str | None = None
     device: str = "auto"
     seed: int = 0
+    all_layers: bool = False
 
 
 @dataclass
@@ -127,10 +136,10 @@ class Backbone:
         self.model.eval().requires_grad_(False).to(self.device)
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        self.block_indices = tuple(sorted({l % self.num_layers for l in self.config.layers}))
+        self.block_indices = tuple(sorted({i % self.num_layers for i in self.config.layers}))
         if len(self.block_indices) != len(self.config.layers):
             raise ConfigError(f"layers {self.config.layers} name the same block twice")
-        bad = [l for l in self.config.layers if not -self.num_layers <= l < self.num_layers]
+        bad = [i for i in self.config.layers if not -self.num_layers <= i < self.num_layers]
         if bad:
             raise ConfigError(f"layers {bad} out of range for a {self.num_layers}-block model")
 
@@ -149,7 +158,9 @@ class Backbone:
 
     @property
     def embed_dim(self) -> int:
-        """D of the stored tokens: hidden size times the number of kept layers."""
+        """D of the stored tokens: hidden size times the number of kept layers (L + 1 with all_layers)."""
+        if self.config.all_layers:
+            return self.hidden * (self.num_layers + 1)
         return self.hidden * len(self.block_indices)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -177,9 +188,11 @@ class Backbone:
         return BackboneOutput(patch_tokens=patches.float(), cls_token=cls.float(), grid=self.grid)
 
     def _forward_hf(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        last_only = self.block_indices == (self.num_layers - 1,)
+        last_only = self.block_indices == (self.num_layers - 1,) and not self.config.all_layers
         out = self.model(pixel_values=x, output_hidden_states=not last_only)
-        if last_only:
+        if self.config.all_layers:
+            seqs = list(out.hidden_states)                                  # L + 1 x (B, S, C), raw
+        elif last_only:
             seqs = [out.last_hidden_state]                                  # (B, 1 + R + h*w, C), normed
         else:
             norm = getattr(self.model, "layernorm", None) or getattr(self.model, "norm")
@@ -190,6 +203,14 @@ class Backbone:
         return patches, cls
 
     def _forward_hub(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.all_layers:
+            h = self.model.prepare_tokens_with_masks(x)
+            seqs = [h]
+            for blk in self.model.blocks:
+                h = blk(h)
+                seqs.append(h)
+            n = self.grid[0] * self.grid[1]
+            return torch.cat([s[:, -n:] for s in seqs], dim=-1), torch.cat([s[:, 0] for s in seqs], dim=-1)
         if self.block_indices == (self.num_layers - 1,):
             feats = self.model.forward_features(x)
             return feats["x_norm_patchtokens"], feats["x_norm_clstoken"]
@@ -202,7 +223,7 @@ class Backbone:
         return {
             "spec": self.config.spec, "kind": self.kind, "weights_sha256": self.weights_sha256,
             "hub_repo": self.config.hub_repo, "patch_size": self.patch_size, "hidden": self.hidden,
-            "layers": list(self.block_indices), "num_layers": self.num_layers,
+            "layers": "all" if self.config.all_layers else list(self.block_indices), "num_layers": self.num_layers,
             "image_hw": list(self.input_hw), "grid": list(self.grid),
             "preprocessing": {"resize": "bilinear-antialias", "input": "float [0,1]",
                               "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},

@@ -1,0 +1,168 @@
+"""Training throughput of seed 002's foveated captioner: per-layer K/V from a feature store against the live
+encoder, the data-wait share of streaming, and (with `--gpu`) the seed's model sizes in bf16.
+
+Store: the shared video2dataset WebVid shard through `ingest webvid` (3 videos with captions) copied into 4
+shards, and its per-layer hidden states `ingest dino --layers all --fps F` on the frozen tiny encoder. Figures (steady
+state: the second half of the steps):
+- `steps_per_s`: optimiser steps/s when clips of T consecutive cached rows (F Hz) feed the model through
+  `encode_video(hidden=...)` (K/V recomputed from the stored hidden states: norm1 + projections only),
+  against the trainer streaming clips with `ClipStream` and running the live frozen encoder; both with a
+  DataLoader of 2 workers, batch 2, the same T, image size and tiny LM. (The cached clips carry one caption
+  of WebVid length; the streamed ones their own.)
+- `data_wait_frac`: the trainer's share of step time spent waiting for clips with 2 workers (goal < 5 %),
+  against the same with the reads in the training process (0 workers).
+- `--gpu`: 200 steps (`--gpu-steps`) of the trainer with dinov2-small- and SmolLM-135M-sized random models,
+  bf16 autocast, gradient checkpointing, batch 3 x 16 frames at 256 px (encoder input 224): s/step and peak
+  CUDA memory beside the seed's RTX 4090 (about 1.1 s/step, 9 GB).
+
+`--smoke`: tiny inputs (T 2, 32 px clips, 28 px encoder input, a few steps) to check the script runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import SHARED, figure  # noqa: E402
+
+CAPTION = "Aerial view of a small boat sailing along the rocky coast at sunset, slow motion"
+SEED_S_PER_STEP, SEED_PEAK_GB = 1.1, 9.0
+
+
+def build(root: Path, fps: float, image_size: int, copies: int = 4) -> tuple[Path, Path]:
+    """Shard store of the shared WebVid sample, its samples copied into `copies` shards (so that 2 workers
+    both have shards to read: the stream splits by shard), and its `--layers all` feature store."""
+    from shardyard.ingest.dino import DinoConfig, ingest_dino
+    from shardyard.ingest.webvid import WebvidConfig, ingest_webvid
+    from shardyard.models.backbones import BackboneConfig
+    from shardyard.stores.wds import Sample, ShardWriter, iter_tar_samples, list_shards
+
+    ingested, shards, feats = root / "ingested", root / "shards", root / "features"
+    ingest_webvid(SHARED / "webvid" / "video2dataset_shard", WebvidConfig(out=ingested))
+    samples = []
+    for url in list_shards(ingested):
+        with open(url, "rb") as f:
+            samples += list(iter_tar_samples(f))
+    with ShardWriter(shards) as w:
+        for c in range(copies):
+            w.write_shard(c, [Sample(f"{c}{s.key}", s.members) for s in samples], [])
+    ingest_dino(DinoConfig(store=str(shards), out=feats, fps=fps, field="mp4", backbone=BackboneConfig(
+        spec="tiny-random-dinov2", image_size=(image_size, image_size), all_layers=True)))
+    return shards, feats
+
+
+class CachedClips:
+    """Map-style dataset of clips of `t` consecutive rows of one video (none missing, so the JPEG members
+    of the sample shard are left out): hidden `(T, N, (L + 1) * D)` float32."""
+
+    def __init__(self, features: Path, t: int) -> None:
+        from shardyard.stores.features import open_features
+
+        self.store, self.t = open_features(features), t
+        ends, bad = [0, *map(int, self.store.episode_ends)], self.store.missing
+        self.starts = [s for a, b in zip(ends, ends[1:]) for s in range(a, b - t + 1) if not bad[s:s + t].any()]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        s = self.starts[i]
+        return {"hidden": torch.from_numpy(self.store.patch_tokens(s, s + self.t)).float(), "caption": CAPTION}
+
+
+def cached_steps_per_s(features: Path, args, model_opts: dict) -> float:
+    """Steps/s of the model on cached hidden states (steady state: the second half of the steps)."""
+    import torch
+
+    from shardyard.train.foveated_caption import FoveatedTrainConfig, build_model
+
+    model = build_model(FoveatedTrainConfig(shards="-", out="-", model=model_opts), torch.device("cpu"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    data = CachedClips(features, args.frames)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, shuffle=True, num_workers=2, drop_last=True,
+                                         persistent_workers=True)
+    done, t0, it = 0, 0.0, iter(loader)
+    while done < args.steps:
+        batch = next(it, None)
+        if batch is None:
+            it = iter(loader)
+            continue
+        out = model(None, batch["caption"], hidden=batch["hidden"])
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        done += 1
+        if done == args.steps // 2:
+            t0 = time.perf_counter()
+    return (args.steps - args.steps // 2) / (time.perf_counter() - t0)
+
+
+def live(shards: Path, root: Path, args, model_opts: dict, workers: int, steps: int, **kw) -> dict:
+    """The trainer's record over its second half of `steps` (streamed clips, live encoder)."""
+    from shardyard.train.foveated_caption import FoveatedTrainConfig, train
+
+    cfg = FoveatedTrainConfig(shards=str(shards), out=str(root / f"live{workers}_{kw.get('device', 'cpu')}"),
+                              frames=args.frames, size=args.size, steps=steps, num_workers=workers,
+                              lr=1e-3, log_every=steps // 2, ckpt_every=10 * steps, sample_every=0,
+                              resume=False, model=model_opts, **{"batch_size": 2, "device": "cpu", **kw})
+    return train(cfg).records[-1]
+
+
+def gpu(shards: Path, root: Path, args) -> None:
+    """The seed's sizes on CUDA: s/step and peak memory against the seed's RTX 4090 figures."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print("--gpu: no CUDA device here; nothing measured", file=sys.stderr)
+        return
+    torch.cuda.reset_peak_memory_stats()
+    opts = {"encoder": "random-dinov2-small", "lm": "random-smollm-135m", "image_size": 224}
+    rec = live(shards, root, argparse.Namespace(frames=16, size=256), opts, 2, args.gpu_steps,
+               batch_size=3, device="cuda", bf16=True, checkpointing=True)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    s_per_step = 1.0 / rec["steps_per_s"]
+    figure("train_foveated.gpu_s_per_step", s_per_step, "s/step", "seed 002 RTX 4090", SEED_S_PER_STEP,
+           batch="3x16 frames", device=torch.cuda.get_device_name(), data_wait_frac=rec["data_wait_frac"])
+    figure("train_foveated.gpu_peak_memory", peak, "GiB", "seed 002 RTX 4090", SEED_PEAK_GB)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; prints JSON figure lines."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--image-size", type=int, default=112)
+    ap.add_argument("--fps", type=float, default=8.0)
+    ap.add_argument("--gpu", action="store_true", help="Also run the seed-sized models on CUDA.")
+    ap.add_argument("--gpu-steps", type=int, default=200)
+    ap.add_argument("--smoke", action="store_true", help="Tiny inputs, a few steps.")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.steps, args.frames, args.size, args.image_size, args.gpu_steps = 6, 2, 32, 28, 4
+    logging.basicConfig(level=logging.WARNING)
+    opts = {"image_size": args.image_size}
+    with tempfile.TemporaryDirectory(prefix="bench_fov_") as tmp:
+        root = Path(tmp)
+        shards, feats = build(root, args.fps, args.image_size)
+        cached = cached_steps_per_s(feats, args, opts)
+        streamed = live(shards, root, args, opts, 2, args.steps)
+        inproc = live(shards, root, args, opts, 0, args.steps)
+        figure("train_foveated.steps_per_s", cached, "steps/s", "live tiny encoder, streamed clips",
+               streamed["steps_per_s"], workers=2, batch=2, frames=args.frames)
+        figure("train_foveated.data_wait_frac", streamed["data_wait_frac"], "fraction", "0 workers",
+               max(inproc["data_wait_frac"], 1e-9), workers=2, goal="< 0.05")
+        if args.gpu:
+            gpu(shards, root, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
