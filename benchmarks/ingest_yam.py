@@ -61,18 +61,17 @@ def _timed_decode(pool: ProcessPoolExecutor, fn, videos: list[str]) -> tuple[int
 
 
 def build_raw(raw: Path, repeat: int, real: bool, limit: int | None = None) -> list[str]:
-    """Copy the shared episodes (the first `limit`) `repeat` times under new keys, re-encoding their videos from
-    G1 frames when `real`; returns the video paths."""
+    """Copy the shared episodes (the first `limit`) `repeat` times under new keys, their videos re-encoded once
+    from G1 frames when `real` (the copies share those bytes); returns the video paths."""
     from shardyard.video import open_video, write_video
 
-    for r in range(repeat):
-        for ep in sorted(p.parent for p in YAM_EPISODES.rglob("metadata.json"))[:limit]:
-            shutil.copytree(ep, raw / f"copy{r}" / ep.relative_to(YAM_EPISODES))
-    videos = sorted(str(p) for p in raw.rglob("*-images-*.mp4"))
+    base = raw.parent / "base"
+    for ep in sorted(p.parent for p in YAM_EPISODES.rglob("metadata.json"))[:limit]:
+        shutil.copytree(ep, base / ep.relative_to(YAM_EPISODES))
     if real:
         frames = g1_frames()
         k = 0
-        for v in videos:
+        for v in sorted(base.rglob("*-images-*.mp4")):
             reader = open_video(v)
             n, fps, size = reader.num_frames, reader.fps or 30.0, (reader.width, reader.height)
             reader.close()
@@ -80,7 +79,10 @@ def build_raw(raw: Path, repeat: int, real: bool, limit: int | None = None) -> l
                 raise RuntimeError(f"G1 frames are {frames.shape[1:3]}, YAM video {v} is {size}")
             write_video(v, frames[np.arange(k, k + n) % len(frames)], fps=fps)
             k += n
-    return videos
+    for r in range(repeat):
+        shutil.copytree(base, raw / f"copy{r}")
+    shutil.rmtree(base)
+    return sorted(str(p) for p in raw.rglob("*-images-*.mp4"))
 
 
 def bench(raw: Path, videos: list[str], tmp: Path, workers: int, trials: int) -> dict:
