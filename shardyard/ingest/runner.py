@@ -27,7 +27,7 @@ import numpy as np
 
 from shardyard.errors import ConfigError, SchemaError, SourceError
 from shardyard.schema import Episode, Schema
-from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
+from shardyard.stores.episodic_writer import DEFAULT_FRAME_CODEC, EpisodicWriter, EpisodicWriterConfig
 from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows, FrameEncoding
 from shardyard.stores.stats import StatsConfig, compute_stats, frame_sampling, sampled_frames_part
 
@@ -54,9 +54,12 @@ class Source(Protocol):
 class IngestConfig:
     """Options shared by every `ingest` command.
 
-    workers: reader processes (1 reads in the writer's process). commit_every: episodes written and
-    committed together (a kill loses at most one group; larger groups make small episodes cheaper). ray_address: read with Ray tasks instead
-    ("local" starts Ray on this machine). on_error: "skip" records a bad episode in report.json and goes on,
+    workers: reader processes (1 reads in the writer's process). commit_every, commit_seconds: a group of
+    episodes is committed at this many episodes, at 1 GiB of encoded frames, or this long (s) after its first
+    episode, whichever comes first (a kill loses at most one group; larger groups make small episodes
+    cheaper). frame_codec: codec of the image fields (`stores.episodic_writer.parse_frame_codecs`: "jpeg"
+    default, "jpeg:Q", "lz4", "zstd", "none", `FIELD=CODEC` overrides). ray_address: read with Ray tasks
+    instead ("local" starts Ray on this machine). on_error: "skip" records a bad episode in report.json and goes on,
     "fail" stops at the first.
     """
 
@@ -65,8 +68,9 @@ class IngestConfig:
     on_error: str = "skip"
     overwrite: bool = False
     ray_address: str | None = None
-    image_codec: str = "lz4"
+    frame_codec: str = DEFAULT_FRAME_CODEC
     commit_every: int = 32
+    commit_seconds: float = 30.0
     val_fraction: float = 0.1
     split_seed: int = 0
     stats: StatsConfig = field(default_factory=StatsConfig)
@@ -288,8 +292,8 @@ def _run(source: Source, cfg: IngestConfig, pool: tuple[str, ProcessPoolExecutor
     schema = source.schema()
     keys = source.keys()
     writer_cfg = EpisodicWriterConfig(
-        overwrite=cfg.overwrite, image_codec=cfg.image_codec, commit_every=cfg.commit_every,
-        val_fraction=cfg.val_fraction,
+        overwrite=cfg.overwrite, frame_codec=cfg.frame_codec, commit_every=cfg.commit_every,
+        commit_seconds=cfg.commit_seconds, val_fraction=cfg.val_fraction,
         split_seed=cfg.split_seed, source=source.describe(),
         config={k: v for k, v in asdict(cfg).items() if k not in ("out",)} | {"source": source.name})
     skipped: list[dict[str, Any]] = []

@@ -1,7 +1,9 @@
 """Writer of episodic stores (layout in `stores.episodic`).
 
 Commit protocol (why resume after SIGKILL is exact): validated episodes are committed in groups
-(`commit_every` episodes or `commit_bytes` held in memory, whichever comes first). A frame field's rows are
+(`commit_every` episodes, `commit_bytes` of encoded frames and low-dim arrays, or `commit_seconds` since the
+group's first episode, whichever comes first: 32, 1 GiB, 30 s by default, so a kill costs at most about half
+a minute of work). A frame field's rows are
 appended to its shard files as each episode arrives (`ShardAppender`: bytes once written are never
 rewritten); the group's low-dim fields are written through zarr at its commit; then
 `progress.json`, which also records the size of each field's partial last shard, is replaced atomically to
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +28,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from shardyard.errors import SchemaError, StoreError
+from shardyard.errors import ConfigError, SchemaError, StoreError
 from shardyard.schema import Episode, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
 from shardyard.stores.episodic import (
@@ -38,6 +41,7 @@ from shardyard.stores.episodic import (
     EpisodicStore,
     split_episodes,
 )
+from shardyard.stores.codecs_jpeg import DEFAULT_QUALITY, JpegCodec, check_frame_shape
 from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
 from shardyard.stores.zarr_shard import ShardAppender, load_array_meta
@@ -47,31 +51,65 @@ log = logging.getLogger(__name__)
 _SHARD_TARGET_BYTES = 32 << 20   # ~32 MiB shards: few files, and a partial-shard rewrite stays cheap
 _VECTOR_CHUNK_ROWS = 16384
 
-__all__ = ["EpisodicWriter", "EpisodicWriterConfig"]
+__all__ = ["DEFAULT_FRAME_CODEC", "FRAME_CODECS", "EpisodicWriter", "EpisodicWriterConfig", "parse_frame_codecs"]
 
 
-def _image_compressor(name: str):
+FRAME_CODECS = ("jpeg", "lz4", "zstd", "none")
+DEFAULT_FRAME_CODEC = "jpeg"
+
+
+def parse_frame_codecs(text: str) -> dict[str, str]:
+    """`--frame-codec` text -> {"": default codec, field: codec}: one codec for every image field
+    ("jpeg", "jpeg:90" with a JPEG quality, "lz4", "zstd", "none"), then any `FIELD=CODEC` overrides, comma
+    separated ("jpeg:90,obs.rgb.wrist=lz4"). Raises ConfigError naming the bad entry."""
+    out: dict[str, str] = {"": DEFAULT_FRAME_CODEC}
+    for i, item in enumerate(p.strip() for p in str(text).split(",")):
+        field_name, _, codec = item.rpartition("=")
+        if not codec or (i == 0) != (not field_name):
+            raise ConfigError(f"--frame-codec {text!r}: expected CODEC[,FIELD=CODEC...], got {item!r}")
+        name, _, quality = codec.partition(":")
+        if name not in FRAME_CODECS or (quality and (name != "jpeg" or not quality.isdigit()
+                                                     or not 1 <= int(quality) <= 100)):
+            raise ConfigError(f"--frame-codec {text!r}: unknown codec {codec!r}; expected one of "
+                              f"{', '.join(FRAME_CODECS)} (jpeg:QUALITY, 1-100)")
+        out[field_name] = codec
+    return out
+
+
+def _frame_codec_args(codec: str, key: str, spec) -> dict[str, Any]:
+    """`create_array` keyword arguments (serializer, compressors) of image field `key` for one codec token;
+    a field JPEG cannot hold (not uint8 RGB/gray) falls back to lz4, with a warning."""
+    name, _, quality = codec.partition(":")
+    if name == "jpeg":
+        why = check_frame_shape(spec.shape, spec.dtype)
+        if why is None:
+            return {"serializer": JpegCodec(quality=int(quality or DEFAULT_QUALITY)), "compressors": None}
+        log.warning("field %s: %s; stored with lz4 instead", key, why)
+        name = "lz4"
     if name == "lz4":
-        return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
+        return {"compressors": BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")}
     if name == "zstd":
-        return ZstdCodec(level=3)
-    if name == "none":
-        return None
-    raise StoreError(f"unknown image codec {name!r}; expected lz4, zstd or none")
+        return {"compressors": ZstdCodec(level=3)}
+    return {"compressors": None}
 
 
 @dataclass
 class EpisodicWriterConfig:
     """Options of `EpisodicWriter`.
 
-    image_codec: "lz4" (default; fast to decode), "zstd" (smaller) or "none".
+    frame_codec: codec of the image fields (`parse_frame_codecs`): "jpeg" (default, quality 85; "jpeg:Q"),
+        "lz4" (raw pixels, fastest to decode), "zstd" or "none", with optional `FIELD=CODEC` overrides.
+    commit_every, commit_bytes, commit_seconds: a group is committed when it holds this many episodes, this
+        many bytes (encoded frames included) or has been open this long (s), whichever comes first, so a kill
+        loses at most about that much work.
     val_fraction, split_seed: the by-episode train/val split recorded in the manifest and used by stats.
     """
 
     overwrite: bool = False
-    image_codec: str = "lz4"
-    commit_every: int = 32          # episodes per commit group
-    commit_bytes: int = 256 << 20   # or this many low-dim bytes buffered (frames go to shard files at once)
+    frame_codec: str = DEFAULT_FRAME_CODEC
+    commit_every: int = 32
+    commit_bytes: int = 1 << 30
+    commit_seconds: float = 30.0
     val_fraction: float = 0.1
     split_seed: int = 0
     source: dict[str, Any] = field(default_factory=dict)
@@ -112,6 +150,11 @@ class EpisodicWriter:
         self.codecs: dict[str, ChunkCodec] = {}
         self._stats_parts: dict[str, dict[str, dict[str, Any]]] = {}
         self._shard_bytes: dict[str, int] = {}  # committed size of each frame field's partial last shard
+        self._frame_codecs = parse_frame_codecs(self.cfg.frame_codec)
+        unknown = sorted(set(self._frame_codecs) - {""} - set(schema.keys()))
+        if unknown:
+            raise ConfigError(f"--frame-codec names fields the source does not have: {unknown}")
+        self._group_opened = 0.0  # time.monotonic() of the current group's first episode
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def __enter__(self) -> "EpisodicWriter":
@@ -213,10 +256,12 @@ class EpisodicWriter:
         row_bytes = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
         if spec.kind in FRAME_KINDS:
             shard_rows = int(max(1, min(1024, _SHARD_TARGET_BYTES // max(row_bytes, 1))))
-            compressor = _image_compressor(self.cfg.image_codec) if spec.kind == "image" else ZstdCodec(level=1)
+            codecs = self._frame_codecs
+            codec_args = (_frame_codec_args(codecs.get(key, codecs[""]), key, spec) if spec.kind == "image"
+                          else {"compressors": ZstdCodec(level=1)})
             group.create_array(key, shape=shape, dtype=spec.dtype, chunks=(1,) + spec.shape,
-                               shards=(shard_rows,) + spec.shape, compressors=compressor,
-                               attributes={"spec": spec.to_dict()})
+                               shards=(shard_rows,) + spec.shape, attributes={"spec": spec.to_dict()},
+                               **codec_args)
         else:
             rows = int(max(1, min(_VECTOR_CHUNK_ROWS, (4 << 20) // max(row_bytes, 1))))
             group.create_array(key, shape=shape, dtype=spec.dtype, chunks=(rows,) + spec.shape,
@@ -252,10 +297,14 @@ class EpisodicWriter:
             self._append_frames(key, rows)
             if rows.stats_part is not None:
                 parts[key] = rows.stats_part
+            self._pending_bytes += rows.nbytes
         lowdim = {k: v for k, v in episode.steps.items() if k not in self._appenders}
+        if not self._pending:
+            self._group_opened = time.monotonic()
         self._pending.append(_Pending(episode.key, episode.num_steps, episode.meta, lowdim, parts))
         self._pending_bytes += sum(v.nbytes for v in lowdim.values())
-        if len(self._pending) >= self.cfg.commit_every or self._pending_bytes >= self.cfg.commit_bytes:
+        if len(self._pending) >= self.cfg.commit_every or self._pending_bytes >= self.cfg.commit_bytes \
+                or time.monotonic() - self._group_opened >= self.cfg.commit_seconds:
             self.commit()
 
     def commit(self) -> None:

@@ -17,6 +17,8 @@ from typing import Any, Callable
 import numcodecs
 import numpy as np
 
+from shardyard.stores.codecs_jpeg import NAME as JPEG_NAME
+from shardyard.stores.codecs_jpeg import decode_frame, encode_frame
 from shardyard.stores.zarr_shard import ChunkRef, Piece
 
 __all__ = ["ChunkCodec", "EncodedRows", "FrameEncoding", "FrameSink"]
@@ -25,10 +27,16 @@ __all__ = ["ChunkCodec", "EncodedRows", "FrameEncoding", "FrameSink"]
 @dataclass(frozen=True)
 class ChunkCodec:
     """Encoder of one inner chunk for an array's `sharding_indexed` inner codec chain (`bytes` then at most
-    one of blosc / zstd). Picklable, so it can travel to reader processes."""
+    one of blosc / zstd, or the `shardyard_jpeg` array -> bytes codec alone). Picklable, so it can travel to
+    reader processes."""
 
-    name: str                      # "blosc" | "zstd" | "none"
+    name: str                      # "blosc" | "zstd" | "none" | "jpeg"
     config: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def lossy(self) -> bool:
+        """True when decoding does not give the encoder's input back (JPEG)."""
+        return self.name == "jpeg"
 
     @classmethod
     def for_array(cls, meta: dict[str, Any]) -> "ChunkCodec | None":
@@ -44,6 +52,8 @@ class ChunkCodec:
         if conf.get("index_location", "end") != "end":
             return None
         inner = conf["codecs"]
+        if len(inner) == 1 and inner[0]["name"] == JPEG_NAME:
+            return cls("jpeg", tuple(sorted(inner[0].get("configuration", {}).items())))
         if not inner or inner[0]["name"] != "bytes" or len(inner) > 2:
             return None
         if len(inner) == 1:
@@ -65,10 +75,25 @@ class ChunkCodec:
 
     def encoder(self) -> Callable[[np.ndarray], bytes]:
         """`encode(row) -> bytes` for one C-contiguous row (the inner chunk's bytes)."""
+        if self.name == "jpeg":
+            c = dict(self.config)
+            quality, subsampling = int(c.get("quality", 85)), str(c.get("subsampling", "420"))
+            return lambda row: encode_frame(row, quality, subsampling)
         codec = self._codec()
         if codec is None:
             return lambda row: row.tobytes()
         return lambda row: bytes(codec.encode(row))
+
+    def decoder(self, row_shape: tuple[int, ...], dtype: np.dtype | str) -> Callable[[bytes], np.ndarray]:
+        """`decode(chunk) -> row` of `row_shape` and `dtype`: the inverse of `encoder` (for a lossy codec, the
+        stored frame, as every reader of the store decodes it)."""
+        if self.name == "jpeg":
+            channels = 3 if len(row_shape) == 3 and row_shape[2] == 3 else 1
+            return lambda chunk: decode_frame(chunk, channels).reshape(row_shape)
+        codec = self._codec()
+        if codec is None:
+            return lambda chunk: np.frombuffer(chunk, dtype=dtype).reshape(row_shape)
+        return lambda chunk: np.frombuffer(bytes(codec.decode(chunk)), dtype=dtype).reshape(row_shape)
 
     def encode_rows(self, arr: np.ndarray) -> "EncodedRows":
         """Encode each row of `(T, *shape)` `arr` (any strides: a flipped view is copied row by row, in
@@ -82,7 +107,8 @@ class ChunkCodec:
 class FrameEncoding:
     """How a reader worker turns one frame field into store chunks: the chunk codec, and the stats sample
     it keeps on the way (every `sample_every`-th step of the episode, every `pixel_stride`-th pixel in y
-    and x; `sample_every=0` keeps none). With `spill_dir` (a folder on the writer's machine) the chunks go
+    and x; `sample_every=0` keeps none). For a lossy codec (JPEG) the sample is of the stored frames (the
+    sampled chunks decoded again), so the stats equal those `shardyard stats` recomputes from the store. With `spill_dir` (a folder on the writer's machine) the chunks go
     to a spill file there as they are made, and only their offsets travel back to the writer, which
     copies them into shard files in the kernel (`ChunkRef`): no pickling of frame bytes through a pipe.
     Picklable; `sink(n)` serves `VideoReader.decode_each`."""
@@ -132,10 +158,20 @@ class FrameSink:
         else:
             ref = chunk
         every, ps = self._encoding.sample_every, self._encoding.pixel_stride
+        stored = None
         for pos in positions:
             self._chunks[pos] = ref
             if every and pos % every == 0:
-                self._sample[pos] = frame[::ps, ::ps].copy()
+                if stored is None:  # a lossy codec's stats describe the stored frames, as `shardyard stats`
+                    stored = self._stored(frame, chunk)  # recomputes them from the store
+                self._sample[pos] = stored[::ps, ::ps].copy()
+
+    def _stored(self, frame: np.ndarray, chunk: bytes) -> np.ndarray:
+        """The frame as the store will give it back: `frame` itself, or the decoded chunk (lossy codec)."""
+        codec = self._encoding.codec
+        if not codec.lossy:
+            return frame
+        return codec.decoder(frame.shape, frame.dtype)(chunk)
 
     def rows(self, row_shape: tuple[int, ...], dtype: np.dtype | str = np.uint8) -> "EncodedRows":
         """The encoded rows `(num_rows, *row_shape)`; raises ValueError if a position was never filled."""
