@@ -28,7 +28,8 @@ import numpy as np
 from shardyard.errors import ConfigError, SchemaError, SourceError
 from shardyard.schema import Episode, Schema
 from shardyard.stores.episodic_writer import DEFAULT_FRAME_CODEC, EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows, FrameEncoding
+from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows, EncodedVideo, FrameEncoding
+from shardyard.stores.video_frames import VideoCodec
 from shardyard.stores.stats import StatsConfig, compute_stats, frame_sampling, sampled_frames_part
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def _read_one(source: Source, key: str, plan: _ReadPlan | None = None) -> Episod
             value = ep.steps.get(name)
             if isinstance(value, np.ndarray):
                 ep.steps[name] = value = enc.encode_array(value)
-            if isinstance(value, EncodedRows) and value.sample is not None and name in plan.schema:
+            if isinstance(value, (EncodedRows, EncodedVideo)) and value.sample is not None and name in plan.schema:
                 value.stats_part = sampled_frames_part(value.sample, plan.schema[name], plan.stats)
                 value.sample = None
     except (SourceError, SchemaError) as e:
@@ -231,7 +232,7 @@ def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig,
     yield from _windowed(lambda k: remote_read.remote(token, source_ref, k, plan), ray.get, keys, 2 * cfg.workers)
 
 
-def _encodings(codecs: dict[str, ChunkCodec], schema: Schema, stats: StatsConfig,
+def _encodings(codecs: dict[str, ChunkCodec | VideoCodec], schema: Schema, stats: StatsConfig,
                spill_dir: str | None) -> dict[str, FrameEncoding]:
     """Per frame field, the encoding the workers apply; uint8 images also get their stats sample.
     `spill_dir`: where local reader processes leave encoded frames for the writer (None: in memory)."""

@@ -27,6 +27,7 @@ import zarr
 from shardyard.errors import StoreError
 from shardyard.schema import Schema
 from shardyard.stores.manifest import MANIFEST, Manifest, read_json
+from shardyard.stores.video_frames import INDEX, VideoFrameReader, video_codec_of
 from shardyard.stores.zarr_shard import ShardReader, load_array_meta
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class EpisodicStore:
         self._pid = -1
         self._arrays: dict[str, Any] = {}
         self._fast: dict[str, ShardReader | None] = {}
+        self._video: dict[str, VideoFrameReader] = {}
         self._cache: dict[str, np.ndarray] = {}
 
     def _join(self, rel: str) -> str:
@@ -104,7 +106,7 @@ class EpisodicStore:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_pid=-1, _arrays={}, _fast={}, _cache={})
+        state.update(_pid=-1, _arrays={}, _fast={}, _video={}, _cache={})
         return state
 
     def __repr__(self) -> str:
@@ -170,6 +172,9 @@ class EpisodicStore:
         fast = self._fast_reader(field)
         if fast is not None:
             return fast.read(start, stop)
+        video = self._video.get(field)
+        if video is not None:
+            return video.read(start, stop)
         arr = self._array(field)
         spec = self.schema[field]
         if int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize * self.num_steps <= LOWDIM_CACHE_BYTES \
@@ -181,7 +186,7 @@ class EpisodicStore:
     # -- internals ---------------------------------------------------------------------------------------
     def _check_pid(self) -> None:
         if self._pid != os.getpid():
-            self._arrays, self._fast, self._cache, self._pid = {}, {}, {}, os.getpid()
+            self._arrays, self._fast, self._video, self._cache, self._pid = {}, {}, {}, {}, os.getpid()
 
     def _group(self) -> zarr.Group:
         if "__root__" not in self._arrays:
@@ -194,9 +199,14 @@ class EpisodicStore:
         return self._arrays[field]
 
     def _fast_reader(self, field: str) -> ShardReader | None:
+        """The shard fast path of `field`, or None; a video field's reader goes to `_video` on the way."""
         if field not in self._fast:
             path = self._join(f"data/{field}")
             meta = load_array_meta(path, self._fs)
             self._fast[field] = ShardReader.maybe_for(path, meta, fs=self._fs)
+            if video_codec_of(meta) is not None:
+                index = np.asarray(self._group()[f"data/{field}/{INDEX}"][:])
+                self._video[field] = VideoFrameReader(path, index, self.episode_starts,
+                                                      tuple(self.schema[field].shape), fs=self._fs)
         return self._fast[field]
 

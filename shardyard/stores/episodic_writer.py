@@ -42,7 +42,15 @@ from shardyard.stores.episodic import (
     split_episodes,
 )
 from shardyard.stores.codecs_jpeg import DEFAULT_QUALITY, JpegCodec, check_frame_shape
-from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows
+from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows, EncodedVideo, FrameEncoding
+from shardyard.stores.video_frames import (
+    DEFAULT_CRF,
+    INDEX,
+    VideoCodec,
+    VideoFieldFiles,
+    create_video_field,
+    video_codec_of,
+)
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
 from shardyard.stores.zarr_shard import ShardAppender, load_array_meta
 
@@ -54,13 +62,13 @@ _VECTOR_CHUNK_ROWS = 16384
 __all__ = ["DEFAULT_FRAME_CODEC", "FRAME_CODECS", "EpisodicWriter", "EpisodicWriterConfig", "parse_frame_codecs"]
 
 
-FRAME_CODECS = ("jpeg", "lz4", "zstd", "none")
+FRAME_CODECS = ("jpeg", "video", "lz4", "zstd", "none")
 DEFAULT_FRAME_CODEC = "jpeg"
 
 
 def parse_frame_codecs(text: str) -> dict[str, str]:
     """`--frame-codec` text -> {"": default codec, field: codec}: one codec for every image field
-    ("jpeg", "jpeg:90" with a JPEG quality, "lz4", "zstd", "none"), then any `FIELD=CODEC` overrides, comma
+    ("jpeg", "jpeg:90" with a JPEG quality, "video", "video:23" with an H.264 CRF, "lz4", "zstd", "none"), then any `FIELD=CODEC` overrides, comma
     separated ("jpeg:90,obs.rgb.wrist=lz4"). Raises ConfigError naming the bad entry."""
     out: dict[str, str] = {"": DEFAULT_FRAME_CODEC}
     for i, item in enumerate(p.strip() for p in str(text).split(",")):
@@ -68,10 +76,11 @@ def parse_frame_codecs(text: str) -> dict[str, str]:
         if not codec or (i == 0) != (not field_name):
             raise ConfigError(f"--frame-codec {text!r}: expected CODEC[,FIELD=CODEC...], got {item!r}")
         name, _, quality = codec.partition(":")
-        if name not in FRAME_CODECS or (quality and (name != "jpeg" or not quality.isdigit()
-                                                     or not 1 <= int(quality) <= 100)):
+        top = 100 if name == "jpeg" else 51
+        if name not in FRAME_CODECS or (quality and (name not in ("jpeg", "video") or not quality.isdigit()
+                                                     or not int(name == "jpeg") <= int(quality) <= top)):
             raise ConfigError(f"--frame-codec {text!r}: unknown codec {codec!r}; expected one of "
-                              f"{', '.join(FRAME_CODECS)} (jpeg:QUALITY, 1-100)")
+                              f"{', '.join(FRAME_CODECS)} (jpeg:QUALITY 1-100, video:CRF 0-51)")
         out[field_name] = codec
     return out
 
@@ -145,9 +154,10 @@ class EpisodicWriter:
         self._episodes: list[dict[str, Any]] = []
         self._root: zarr.Group | None = None
         self._appenders: dict[str, ShardAppender] = {}
+        self._videos: dict[str, VideoFieldFiles] = {}
         self._pending: list[_Pending] = []
         self._pending_bytes = 0
-        self.codecs: dict[str, ChunkCodec] = {}
+        self.codecs: dict[str, ChunkCodec | VideoCodec] = {}
         self._stats_parts: dict[str, dict[str, dict[str, Any]]] = {}
         self._shard_bytes: dict[str, int] = {}  # committed size of each frame field's partial last shard
         self._frame_codecs = parse_frame_codecs(self.cfg.frame_codec)
@@ -179,10 +189,10 @@ class EpisodicWriter:
             (self.path / MANIFEST).unlink(missing_ok=True)  # appending makes the store incomplete again
             self._root = zarr.open_group(str(self.path), mode="r+")
             n = self.num_steps
-            for key in self.schema:
-                arr = self._root[f"data/{key}"]
+            for name in self._row_arrays():
+                arr = self._root[f"data/{name}"]
                 if arr.shape[0] != n:
-                    log.info("truncating %s from %d to %d committed steps", key, arr.shape[0], n)
+                    log.info("truncating %s from %d to %d committed steps", name, arr.shape[0], n)
                     arr.resize((n,) + arr.shape[1:])
         else:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -200,16 +210,30 @@ class EpisodicWriter:
         self.spill_dir.mkdir()
         for key in self.schema:
             path = self.path / "data" / key
-            codec = ChunkCodec.for_array(load_array_meta(str(path)))
+            meta = load_array_meta(str(path))
+            video = video_codec_of(meta)
+            if video is not None:  # files of episodes past the commit are a killed group's: dropped
+                self._videos[key] = VideoFieldFiles(path)
+                self._videos[key].drop_after(len(self._episodes))
+                self.codecs[key] = video
+                continue
+            codec = ChunkCodec.for_array(meta)
             if codec is None:
                 continue
-            meta = load_array_meta(str(path))
             app = ShardAppender(path, shard_rows=meta["chunk_grid"]["configuration"]["chunk_shape"][0],
                                 ndim=len(meta["shape"]))
             app.drop_shards_after(self.num_steps)
             app.load(self.num_steps, self._shard_bytes.get(key))
             self._appenders[key] = app
             self.codecs[key] = codec
+
+    def _row_arrays(self) -> list[str]:
+        """Arrays under `data/` that grow by one row per step: each field's, or a video field's frame index."""
+        out = []
+        for key in self.schema:
+            meta = load_array_meta(str(self.path / "data" / key))
+            out.append(f"{key}/{INDEX}" if video_codec_of(meta) is not None else key)
+        return out
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
@@ -257,7 +281,16 @@ class EpisodicWriter:
         if spec.kind in FRAME_KINDS:
             shard_rows = int(max(1, min(1024, _SHARD_TARGET_BYTES // max(row_bytes, 1))))
             codecs = self._frame_codecs
-            codec_args = (_frame_codec_args(codecs.get(key, codecs[""]), key, spec) if spec.kind == "image"
+            token = codecs.get(key, codecs[""])
+            if spec.kind == "image" and token.startswith("video"):
+                why = check_frame_shape(spec.shape, spec.dtype)
+                if why is None and len(spec.shape) == 3 and spec.shape[2] == 3:
+                    crf = token.partition(":")[2]
+                    create_video_field(group, key, spec.to_dict(), VideoCodec(crf=int(crf or DEFAULT_CRF)))
+                    return
+                log.warning("field %s: not (H, W, 3) uint8; stored with lz4 instead of video", key)
+                token = "lz4"
+            codec_args = (_frame_codec_args(token, key, spec) if spec.kind == "image"
                           else {"compressors": ZstdCodec(level=1)})
             group.create_array(key, shape=shape, dtype=spec.dtype, chunks=(1,) + spec.shape,
                                shards=(shard_rows,) + spec.shape, attributes={"spec": spec.to_dict()},
@@ -298,7 +331,19 @@ class EpisodicWriter:
             if rows.stats_part is not None:
                 parts[key] = rows.stats_part
             self._pending_bytes += rows.nbytes
-        lowdim = {k: v for k, v in episode.steps.items() if k not in self._appenders}
+        episode_index = len(self._episodes) + len(self._pending)
+        videos = {}
+        for key, files in self._videos.items():
+            value = episode.steps[key]
+            if not isinstance(value, EncodedVideo):
+                value = FrameEncoding(self.codecs[key]).encode_array(value)
+            self._pending_bytes += value.nbytes
+            files.place(episode_index, value)
+            if value.stats_part is not None:
+                parts[key] = value.stats_part
+            videos[f"{key}/{INDEX}"] = value.index
+        lowdim = {k: v for k, v in episode.steps.items() if k not in self._appenders and k not in self._videos}
+        lowdim.update(videos)
         if not self._pending:
             self._group_opened = time.monotonic()
         self._pending.append(_Pending(episode.key, episode.num_steps, episode.meta, lowdim, parts))
@@ -314,11 +359,10 @@ class EpisodicWriter:
         assert self._root is not None
         n0 = self.num_steps
         t = sum(ep.num_steps for ep in self._pending)
-        for key in self.schema:
-            if key not in self._appenders:
-                arr = self._root[f"data/{key}"]
-                arr.resize((n0 + t,) + arr.shape[1:])
-                arr[n0:n0 + t] = np.concatenate([ep.lowdim[key] for ep in self._pending])
+        for key in self._pending[0].lowdim:
+            arr = self._root[f"data/{key}"]
+            arr.resize((n0 + t,) + arr.shape[1:])
+            arr[n0:n0 + t] = np.concatenate([ep.lowdim[key] for ep in self._pending])
         parts = {ep.key: ep.parts for ep in self._pending if ep.parts}
         if parts:  # before the commit point, so that a committed episode always has its parts on disk
             (self.path / STATS_PARTS).mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,10 @@ import numpy as np
 
 from shardyard.stores.codecs_jpeg import NAME as JPEG_NAME
 from shardyard.stores.codecs_jpeg import decode_frame, encode_frame
+from shardyard.stores.video_frames import EncodedVideo, VideoCodec, VideoEncoder
 from shardyard.stores.zarr_shard import ChunkRef, Piece
 
-__all__ = ["ChunkCodec", "EncodedRows", "FrameEncoding", "FrameSink"]
+__all__ = ["ChunkCodec", "EncodedRows", "EncodedVideo", "FrameEncoding", "FrameSink"]
 
 
 @dataclass(frozen=True)
@@ -113,17 +114,19 @@ class FrameEncoding:
     copies them into shard files in the kernel (`ChunkRef`): no pickling of frame bytes through a pipe.
     Picklable; `sink(n)` serves `VideoReader.decode_each`."""
 
-    codec: ChunkCodec
+    codec: ChunkCodec | VideoCodec
     sample_every: int = 0
     pixel_stride: int = 1
     spill_dir: str | None = None
 
-    def sink(self, num_rows: int) -> "FrameSink":
-        """A `decode_each` callback for an episode of `num_rows` steps."""
+    def sink(self, num_rows: int) -> "FrameSink | VideoEncoder":
+        """A `decode_each` callback for an episode of `num_rows` steps (`rows(row_shape)` ends it)."""
+        if isinstance(self.codec, VideoCodec):
+            return VideoEncoder(self.codec, num_rows, self.sample_every, self.pixel_stride, self.spill_dir)
         return FrameSink(self, num_rows)
 
-    def encode_array(self, arr: np.ndarray) -> "EncodedRows":
-        """`(T, H, W, C)` frames (any strides) -> `EncodedRows` with the stats sample."""
+    def encode_array(self, arr: np.ndarray) -> "EncodedRows | EncodedVideo":
+        """`(T, H, W, C)` frames (any strides) -> `EncodedRows` (or `EncodedVideo`) with the stats sample."""
         sink = self.sink(len(arr))
         for t, row in enumerate(arr):
             sink(row, [t])
