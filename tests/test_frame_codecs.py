@@ -333,3 +333,44 @@ def test_video_ingest_is_deterministic_resumable_and_its_stats_match(tiny_yam_di
     _stores_equal(str(tmp_path / "w1"), str(out))
     for f in fields:
         assert sorted(p.name for p in (out / "data" / f / "video").iterdir()) == [f"{i:06d}.mp4" for i in range(6)]
+
+
+# -- recode -----------------------------------------------------------------------------------------------
+
+def test_recode_between_codecs_keeps_everything_but_the_frame_bytes(tiny_yam_dir, tmp_path):
+    """`shardyard recode`: lz4 -> jpeg into a new store, then that store -> lz4 in place. Low-dim arrays,
+    keys, per-episode metadata, split and report are kept; frames are the old frames re-encoded (exact for a
+    lossless target, above a PSNR floor for jpeg); stats equal a fresh recompute on the stored frames."""
+    from shardyard.stores.stats import recompute_store_stats
+
+    raw = tiny_yam_dir(num_episodes=3, steps=20, video=False)
+    src = tmp_path / "lz4"
+    run_cli("ingest", "yam", raw, "--out", src, "--frame-codec", "lz4", check=True)
+    proc = run_cli("recode", src, "--frame-codec", "jpeg:95", "--out", tmp_path / "jpeg")
+    assert proc.returncode == 0, proc.stderr
+    a, b = open_store(str(src)), open_store(str(tmp_path / "jpeg"))
+    assert a.episode_keys == b.episode_keys and a.split == b.split and a.report == b.report
+    frames = [k for k in a.schema.keys() if k.startswith("obs.rgb.")]
+    for e in range(a.num_episodes):
+        assert a.episode_record(e) == b.episode_record(e)
+        ra, rb = a.read(e), b.read(e)
+        for k in ra:
+            if k in frames:
+                assert psnr(rb[k], ra[k]) >= 35.0
+            else:
+                np.testing.assert_array_equal(ra[k], rb[k])
+    stats = json.loads((tmp_path / "jpeg" / "stats.json").read_text())
+    assert stats["fields"] == recompute_store_stats(str(tmp_path / "jpeg"))["fields"]
+    zarr_json = json.loads((tmp_path / "jpeg" / "data" / frames[0] / "zarr.json").read_text())
+    assert zarr_json["codecs"][0]["configuration"]["codecs"][0]["name"] == "shardyard_jpeg"
+
+    before = {e: b.read(e) for e in range(b.num_episodes)}
+    proc = run_cli("recode", tmp_path / "jpeg", "--frame-codec", "lz4")
+    assert proc.returncode == 0, proc.stderr
+    c = open_store(str(tmp_path / "jpeg"))
+    for e, want in before.items():
+        got = c.read(e)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp or old copy left
+    assert run_cli("recode", tmp_path / "jpeg", "--frame-codec", "png").returncode == 1

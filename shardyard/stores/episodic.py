@@ -132,6 +132,10 @@ class EpisodicStore:
     def episode_length(self, episode: int) -> int:
         return int(self._episodes[episode]["length"])
 
+    def episode_record(self, episode: int) -> dict[str, Any]:
+        """The episode's entry of `meta/episodes.json` as stored (JSON values: key, length, task, fps, ...)."""
+        return dict(self._episodes[episode])
+
     def episode_meta(self, episode: int) -> dict[str, Any]:
         """Metadata of one episode: key, length, task, fps (Hz), source path, and `cameras[role]` with `K
         (3, 3)` and `T_world_cam (4, 4)` as float64 arrays (T_world_cam is None for a camera that moves;
