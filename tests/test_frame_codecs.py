@@ -23,7 +23,8 @@ from shardyard.errors import ConfigError
 from shardyard.ingest.runner import IngestConfig, run_ingest
 from shardyard.ingest.yam import YamConfig, YamSource
 from shardyard.schema import Episode, FieldSpec, Schema
-from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig, parse_frame_codecs
+from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
+from shardyard.stores.frame_encoding import parse_frame_codecs
 from shardyard.video import open_video
 
 G1_VIDEO = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lerobot" / "unitree_g1_inspire_v2.1"
@@ -224,7 +225,7 @@ def test_kill_late_in_a_small_job_loses_only_the_last_seconds(tiny_yam_dir, tmp_
 
 @functools.lru_cache(maxsize=256)
 def _ffmpeg_frame(path: Path, n: int, pix_fmt: str = "rgb24") -> np.ndarray:
-    """Frame `n` of `path` as FFmpeg itself selects it (`select=eq(n\\,N)`, as torchcodec's tests do)."""
+    r"""Frame `n` of `path` as FFmpeg itself selects it (`select=eq(n\,N)`, as torchcodec's tests do)."""
     proc = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-vf", f"select=eq(n\\,{n})", "-vsync", "0",
                            "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", pix_fmt, "-"],
                           capture_output=True, timeout=60, check=True)
@@ -259,8 +260,8 @@ def test_video_store_layout_is_plain_zarr_and_mp4(video_store):
 
 
 def test_video_reads_are_frame_exact_against_ffmpeg(video_store, real_frames):
-    """Random reads (backward seeks, across the episode boundary, the last frames) return exactly the frame
-    FFmpeg's `select=eq(n\\,i)` picks from the episode's MP4, converted to RGB the same way; each also stays
+    r"""Random reads (backward seeks, across the episode boundary, the last frames) return exactly the frame
+    FFmpeg's `select=eq(n\,i)` picks from the episode's MP4, converted to RGB the same way; each also stays
     close to the encoder's input (PSNR) and closer to it than to the neighbouring input frames."""
     store = open_store(str(video_store))
     starts = [0, 15]
@@ -282,8 +283,8 @@ def test_video_reads_are_frame_exact_against_ffmpeg(video_store, real_frames):
 
 
 def test_video_frames_equal_a_sequential_decode_and_the_yuv_planes(video_store):
-    """Exact identity: every frame from random access equals the same frame of a plain sequential PyAV decode
-    of the file, and that decode's YUV planes equal FFmpeg's `select=eq(n\\,i)` YUV output byte for byte."""
+    r"""Exact identity: every frame from random access equals the same frame of a plain sequential PyAV decode
+    of the file, and that decode's YUV planes equal FFmpeg's `select=eq(n\,i)` YUV output byte for byte."""
     import av
 
     from shardyard.stores.video_frames import to_rgb

@@ -27,10 +27,10 @@ import numpy as np
 
 from shardyard.errors import ConfigError, SchemaError, SourceError
 from shardyard.schema import Episode, Schema
-from shardyard.stores.episodic_writer import DEFAULT_FRAME_CODEC, EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows, EncodedVideo, FrameEncoding
-from shardyard.stores.video_frames import VideoCodec
+from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
+from shardyard.stores.frame_encoding import DEFAULT_FRAME_CODEC, ChunkCodec, EncodedRows, EncodedVideo, FrameEncoding
 from shardyard.stores.stats import StatsConfig, compute_stats, frame_sampling, sampled_frames_part
+from shardyard.stores.video_frames import VideoCodec
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,17 @@ class Source(Protocol):
 
     name: str
 
-    def schema(self) -> Schema: ...
+    def schema(self) -> Schema:
+        """The fields every episode has."""
 
-    def keys(self) -> list[str]: ...
+    def keys(self) -> list[str]:
+        """Episode keys, deterministic and cheap (they drive parallelism and resume)."""
 
-    def read(self, key: str) -> Episode: ...
+    def read(self, key: str) -> Episode:
+        """One episode; raises `SourceError(path=, key=, field=, reason=)`."""
 
-    def describe(self) -> dict[str, Any]: ...
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about the source (path, fingerprint)."""
 
 
 @dataclass
@@ -99,10 +103,12 @@ class IngestResult:
 
     @property
     def exit_code(self) -> int:
+        """0 when every episode was stored, 2 when some were skipped."""
         return EXIT_SKIPPED if self.skipped else EXIT_OK
 
     @property
     def report_path(self) -> Path:
+        """`STORE/report.json`."""
         return self.store / "report.json"
 
 

@@ -115,21 +115,26 @@ class EpisodicStore:
     # -- public API --------------------------------------------------------------------------------------
     @property
     def num_episodes(self) -> int:
+        """Episodes in the store."""
         return len(self._episodes)
 
     @property
     def num_steps(self) -> int:
+        """Steps of all episodes together (rows of each field)."""
         return int(self.episode_ends[-1]) if len(self.episode_ends) else 0
 
     @property
     def episode_keys(self) -> list[str]:
+        """Source keys of the episodes, in store order."""
         return [e["key"] for e in self._episodes]
 
     @property
     def split(self) -> dict[str, list[int]]:
+        """The by-episode split: {"train": [...], "val": [...]} episode indices."""
         return self.manifest.get("split", {})
 
     def episode_length(self, episode: int) -> int:
+        """Steps of one episode."""
         return int(self._episodes[episode]["length"])
 
     def episode_record(self, episode: int) -> dict[str, Any]:
@@ -181,8 +186,8 @@ class EpisodicStore:
             return video.read(start, stop)
         arr = self._array(field)
         spec = self.schema[field]
-        if int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize * self.num_steps <= LOWDIM_CACHE_BYTES \
-                and spec.kind not in FRAME_KINDS:
+        nbytes = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize * self.num_steps
+        if nbytes <= LOWDIM_CACHE_BYTES and spec.kind not in FRAME_KINDS:
             self._cache[field] = arr[:]
             return self._cache[field][start:stop]
         return arr[start:stop]

@@ -26,11 +26,12 @@ from typing import Any, Callable
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import ZstdCodec
 
 from shardyard.errors import ConfigError, SchemaError, StoreError
 from shardyard.schema import Episode, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
+from shardyard.stores.codecs_jpeg import check_frame_shape
 from shardyard.stores.episodic import (
     FORMAT,
     FORMAT_VERSION,
@@ -41,8 +42,16 @@ from shardyard.stores.episodic import (
     EpisodicStore,
     split_episodes,
 )
-from shardyard.stores.codecs_jpeg import DEFAULT_QUALITY, JpegCodec, check_frame_shape
-from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows, EncodedVideo, FrameEncoding
+from shardyard.stores.frame_encoding import (
+    DEFAULT_FRAME_CODEC,
+    ChunkCodec,
+    EncodedRows,
+    EncodedVideo,
+    FrameEncoding,
+    frame_codec_args,
+    parse_frame_codecs,
+)
+from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
 from shardyard.stores.video_frames import (
     DEFAULT_CRF,
     INDEX,
@@ -51,7 +60,6 @@ from shardyard.stores.video_frames import (
     create_video_field,
     video_codec_of,
 )
-from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
 from shardyard.stores.zarr_shard import ShardAppender, load_array_meta
 
 log = logging.getLogger(__name__)
@@ -59,47 +67,7 @@ log = logging.getLogger(__name__)
 _SHARD_TARGET_BYTES = 32 << 20   # ~32 MiB shards: few files, and a partial-shard rewrite stays cheap
 _VECTOR_CHUNK_ROWS = 16384
 
-__all__ = ["DEFAULT_FRAME_CODEC", "FRAME_CODECS", "EpisodicWriter", "EpisodicWriterConfig", "parse_frame_codecs"]
-
-
-FRAME_CODECS = ("jpeg", "video", "lz4", "zstd", "none")
-DEFAULT_FRAME_CODEC = "jpeg"
-
-
-def parse_frame_codecs(text: str) -> dict[str, str]:
-    """`--frame-codec` text -> {"": default codec, field: codec}: one codec for every image field
-    ("jpeg", "jpeg:90" with a JPEG quality, "video", "video:23" with an H.264 CRF, "lz4", "zstd", "none"), then any `FIELD=CODEC` overrides, comma
-    separated ("jpeg:90,obs.rgb.wrist=lz4"). Raises ConfigError naming the bad entry."""
-    out: dict[str, str] = {"": DEFAULT_FRAME_CODEC}
-    for i, item in enumerate(p.strip() for p in str(text).split(",")):
-        field_name, _, codec = item.rpartition("=")
-        if not codec or (i == 0) != (not field_name):
-            raise ConfigError(f"--frame-codec {text!r}: expected CODEC[,FIELD=CODEC...], got {item!r}")
-        name, _, quality = codec.partition(":")
-        top = 100 if name == "jpeg" else 51
-        if name not in FRAME_CODECS or (quality and (name not in ("jpeg", "video") or not quality.isdigit()
-                                                     or not int(name == "jpeg") <= int(quality) <= top)):
-            raise ConfigError(f"--frame-codec {text!r}: unknown codec {codec!r}; expected one of "
-                              f"{', '.join(FRAME_CODECS)} (jpeg:QUALITY 1-100, video:CRF 0-51)")
-        out[field_name] = codec
-    return out
-
-
-def _frame_codec_args(codec: str, key: str, spec) -> dict[str, Any]:
-    """`create_array` keyword arguments (serializer, compressors) of image field `key` for one codec token;
-    a field JPEG cannot hold (not uint8 RGB/gray) falls back to lz4, with a warning."""
-    name, _, quality = codec.partition(":")
-    if name == "jpeg":
-        why = check_frame_shape(spec.shape, spec.dtype)
-        if why is None:
-            return {"serializer": JpegCodec(quality=int(quality or DEFAULT_QUALITY)), "compressors": None}
-        log.warning("field %s: %s; stored with lz4 instead", key, why)
-        name = "lz4"
-    if name == "lz4":
-        return {"compressors": BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")}
-    if name == "zstd":
-        return {"compressors": ZstdCodec(level=3)}
-    return {"compressors": None}
+__all__ = ["EpisodicWriter", "EpisodicWriterConfig"]
 
 
 @dataclass
@@ -251,10 +219,12 @@ class EpisodicWriter:
     # -- writing -----------------------------------------------------------------------------------------
     @property
     def num_steps(self) -> int:
+        """Committed steps."""
         return int(sum(e["length"] for e in self._episodes))
 
     @property
     def committed_keys(self) -> list[str]:
+        """Keys of the committed episodes, in store order."""
         return [e["key"] for e in self._episodes]
 
     @property
@@ -290,7 +260,7 @@ class EpisodicWriter:
                     return
                 log.warning("field %s: not (H, W, 3) uint8; stored with lz4 instead of video", key)
                 token = "lz4"
-            codec_args = (_frame_codec_args(token, key, spec) if spec.kind == "image"
+            codec_args = (frame_codec_args(token, key, spec) if spec.kind == "image"
                           else {"compressors": ZstdCodec(level=1)})
             group.create_array(key, shape=shape, dtype=spec.dtype, chunks=(1,) + spec.shape,
                                shards=(shard_rows,) + spec.shape, attributes={"spec": spec.to_dict()},

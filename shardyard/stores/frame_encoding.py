@@ -8,6 +8,7 @@ the chunks in a spill file; the single writer then only copies byte ranges into 
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -16,13 +17,60 @@ from typing import Any, Callable
 
 import numcodecs
 import numpy as np
+from zarr.codecs import BloscCodec, ZstdCodec
 
+from shardyard.errors import ConfigError
+from shardyard.stores.codecs_jpeg import DEFAULT_QUALITY, JpegCodec, check_frame_shape, decode_frame, encode_frame
 from shardyard.stores.codecs_jpeg import NAME as JPEG_NAME
-from shardyard.stores.codecs_jpeg import decode_frame, encode_frame
 from shardyard.stores.video_frames import EncodedVideo, VideoCodec, VideoEncoder
 from shardyard.stores.zarr_shard import ChunkRef, Piece
 
-__all__ = ["ChunkCodec", "EncodedRows", "EncodedVideo", "FrameEncoding", "FrameSink"]
+__all__ = ["DEFAULT_FRAME_CODEC", "FRAME_CODECS", "ChunkCodec", "EncodedRows", "EncodedVideo", "FrameEncoding",
+           "FrameSink", "frame_codec_args", "parse_frame_codecs"]
+
+log = logging.getLogger(__name__)
+
+
+FRAME_CODECS = ("jpeg", "video", "lz4", "zstd", "none")
+DEFAULT_FRAME_CODEC = "jpeg"
+
+
+def parse_frame_codecs(text: str) -> dict[str, str]:
+    """`--frame-codec` text -> {"": default codec, field: codec}: one codec for every image field
+    ("jpeg", "jpeg:90" with a JPEG quality, "video", "video:23" with an H.264 CRF, "lz4", "zstd", "none"),
+    then any `FIELD=CODEC` overrides, comma separated ("jpeg:90,obs.rgb.wrist=lz4"). Raises ConfigError
+    naming the bad entry."""
+    out: dict[str, str] = {"": DEFAULT_FRAME_CODEC}
+    for i, item in enumerate(p.strip() for p in str(text).split(",")):
+        field_name, _, codec = item.rpartition("=")
+        if not codec or (i == 0) != (not field_name):
+            raise ConfigError(f"--frame-codec {text!r}: expected CODEC[,FIELD=CODEC...], got {item!r}")
+        name, _, quality = codec.partition(":")
+        top = 100 if name == "jpeg" else 51
+        if name not in FRAME_CODECS or (quality and (name not in ("jpeg", "video") or not quality.isdigit()
+                                                     or not int(name == "jpeg") <= int(quality) <= top)):
+            raise ConfigError(f"--frame-codec {text!r}: unknown codec {codec!r}; expected one of "
+                              f"{', '.join(FRAME_CODECS)} (jpeg:QUALITY 1-100, video:CRF 0-51)")
+        out[field_name] = codec
+    return out
+
+
+def frame_codec_args(codec: str, key: str, spec) -> dict[str, Any]:
+    """`zarr.create_array` keyword arguments (serializer, compressors) of image field `key` (a `FieldSpec`)
+    for one codec token of `parse_frame_codecs` other than video;
+    a field JPEG cannot hold (not uint8 RGB/gray) falls back to lz4, with a warning."""
+    name, _, quality = codec.partition(":")
+    if name == "jpeg":
+        why = check_frame_shape(spec.shape, spec.dtype)
+        if why is None:
+            return {"serializer": JpegCodec(quality=int(quality or DEFAULT_QUALITY)), "compressors": None}
+        log.warning("field %s: %s; stored with lz4 instead", key, why)
+        name = "lz4"
+    if name == "lz4":
+        return {"compressors": BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")}
+    if name == "zstd":
+        return {"compressors": ZstdCodec(level=3)}
+    return {"compressors": None}
 
 
 @dataclass(frozen=True)
@@ -109,7 +157,8 @@ class FrameEncoding:
     """How a reader worker turns one frame field into store chunks: the chunk codec, and the stats sample
     it keeps on the way (every `sample_every`-th step of the episode, every `pixel_stride`-th pixel in y
     and x; `sample_every=0` keeps none). For a lossy codec (JPEG) the sample is of the stored frames (the
-    sampled chunks decoded again), so the stats equal those `shardyard stats` recomputes from the store. With `spill_dir` (a folder on the writer's machine) the chunks go
+    sampled chunks decoded again), so the stats equal those `shardyard stats` recomputes from the store.
+    With `spill_dir` (a folder on the writer's machine) the chunks go
     to a spill file there as they are made, and only their offsets travel back to the writer, which
     copies them into shard files in the kernel (`ChunkRef`): no pickling of frame bytes through a pipe.
     Picklable; `sink(n)` serves `VideoReader.decode_each`."""
@@ -150,6 +199,7 @@ class FrameSink:
             self._fd, self._spill = tempfile.mkstemp(suffix=".spill", dir=encoding.spill_dir)
 
     def __call__(self, frame: np.ndarray, positions: list[int]) -> None:
+        """Encode `frame (H, W, C)` once and place it at each of `positions` (steps of the episode)."""
         frame = np.ascontiguousarray(frame)  # a decoder's rows may be padded
         chunk = self._encode(frame)
         if self._fd is not None:
@@ -208,6 +258,7 @@ class EncodedRows:
 
     @property
     def ndim(self) -> int:
+        """Dimensions, the leading T included."""
         return len(self.shape)
 
     @property

@@ -1,4 +1,4 @@
-"""The `video` frame codec: one H.264 MP4 per episode and camera, a per-frame index beside it in zarr.
+r"""The `video` frame codec: one H.264 MP4 per episode and camera, a per-frame index beside it in zarr.
 
 Layout of a field `F` stored as video (a zarr group, so zarr-python opens the store and tells where the
 frames are):
@@ -12,7 +12,7 @@ frames are):
 Random access (`VideoFrameReader.read`) seeks to the keyframe at or before the first wanted frame and decodes
 forward; a read that continues where the last one ended (consecutive frames) reuses the open decoder. Frames
 are matched by pts, so a read is frame-exact whatever the demuxer's seek lands on (tested against FFmpeg's
-own `select=eq(n\\,i)` output). Encoding happens in the reader workers (`VideoEncoder`), decoding through the
+own `select=eq(n\,i)` output). Encoding happens in the reader workers (`VideoEncoder`), decoding through the
 same PyAV conversion everywhere (`to_rgb`), so the workers' stats sample equals the frames read back.
 """
 
@@ -23,7 +23,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -89,6 +89,7 @@ class EncodedVideo:
 
     @property
     def ndim(self) -> int:
+        """Dimensions, the leading T included."""
         return len(self.shape)
 
     @property
@@ -133,6 +134,7 @@ class VideoEncoder:
         self._stream = s
 
     def __call__(self, frame: np.ndarray, positions: list[int]) -> None:
+        """Encode `frame (H, W, 3) uint8` at each of `positions`, which must continue the episode in order."""
         import av
 
         if self._container is None:

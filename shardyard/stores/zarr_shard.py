@@ -326,6 +326,7 @@ class ShardReader:
 
     @property
     def row_nbytes(self) -> int:
+        """Bytes of one decoded row."""
         return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
     def _check_pid(self) -> None:
@@ -436,6 +437,7 @@ class ShardReader:
         return out
 
     def close(self) -> None:
+        """Close this process's open shard files."""
         for fd in self._files.values():
             if self.fs is None:
                 os.close(fd)
