@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import run_cli
+from conftest import run_cli, serve_directory
 from PIL import Image
 
 from shardyard import open_store
@@ -138,6 +138,20 @@ def test_per_field_override_and_unknown_field(tmp_path, real_frames):
     np.testing.assert_array_equal(store.read_rows("obs.gray", 0, 4), real_frames[:4, :, :, 1])
     with pytest.raises(ConfigError, match="obs.nope"):
         _write(tmp_path / "t", real_frames[:4], [4], "jpeg,obs.nope=lz4")
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "video"])
+def test_lossy_stores_read_the_same_over_http(tmp_path, real_frames, codec):
+    """A store on a loopback HTTP server (fsspec, Range requests) serves the same frames as on disk."""
+    _write(tmp_path / "s", real_frames[:20], [8, 12], codec)
+    local = open_store(str(tmp_path / "s")).read_rows("obs.rgb.top", 0, 20)
+    server, base = serve_directory(tmp_path)
+    try:
+        remote = open_store(f"{base}/s")
+        np.testing.assert_array_equal(remote.read_rows("obs.rgb.top", 5, 13), local[5:13])
+        np.testing.assert_array_equal(remote.read(1, ["obs.rgb.top"], -2)["obs.rgb.top"], local[-2:])
+    finally:
+        server.shutdown()
 
 
 # -- through ingest: stats parts, worker count, resume after a kill --------------------------------------
