@@ -3,7 +3,9 @@
 Layout of a store directory:
 
     zarr.json                 root group
-    data/<field>/             (N, *shape) per field; images one frame per chunk inside shards
+    data/<field>/             (N, *shape) per field; images one frame per chunk inside shards, each chunk
+                              JPEG (`codecs_jpeg`), lz4, zstd or raw; or, for the video codec, a group of
+                              one MP4 per episode plus `frame_index` (`video_frames`)
     meta/episode_ends/        (E,) int64, cumulative step counts (diffusion_policy's replay buffer)
     meta/episodes.json        per-episode metadata: key, task, fps, source path, cameras {K, T_world_cam}
     progress.json             the writer's commit log (episodes committed so far); resume reads it
