@@ -5,7 +5,8 @@ frames are):
 
     data/F/                    zarr group; attributes: spec, frame_codec {name: "video", codec, crf, gop,
                                pix_fmt}, videos "video/{episode:06d}.mp4" (episode = index in the store)
-    data/F/video/000000.mp4    plain MP4 (yuv420p, constant GOP, no B-frames): ffmpeg plays it
+    data/F/video/000000.mp4    plain MP4 (yuv420p, constant GOP, no B-frames, a nominal 30 fps: the
+                               episode's own rate is in its meta): ffmpeg plays it
     data/F/frame_index         (N, 2) int64 over all steps of all episodes: pts of the step's frame in its
                                episode's file, and the step (within the episode) of its keyframe
 
