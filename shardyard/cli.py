@@ -1,4 +1,4 @@
-"""Command line: `shardyard ingest|train|stats|inspect|export` and the `ingest` shortcut (`ingest yam DIR`).
+"""Command line: `shardyard ingest|train|stats|inspect|export|recode` and the `ingest` shortcut (`ingest yam DIR`).
 
 Commands are thin: parse, build a config, call the library, print a summary. Exit status of ingest jobs:
 0 when every episode was stored, 2 when some were skipped (see report.json), 1 on a fatal error.
@@ -10,6 +10,7 @@ import logging
 
 import shardyard.commands.foveated  # noqa: F401  (train foveated-caption)
 import shardyard.commands.ingest  # noqa: F401  (registers the ingest commands)
+import shardyard.commands.recode  # noqa: F401  (recode)
 import shardyard.commands.store  # noqa: F401  (stats, inspect, export)
 import shardyard.commands.train  # noqa: F401  (train commands)
 import shardyard.commands.view  # noqa: F401  (view)

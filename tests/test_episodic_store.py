@@ -24,6 +24,9 @@ SCHEMA = Schema({
 })
 
 
+LOSSLESS = EpisodicWriterConfig(frame_codec="lz4")
+
+
 def make_episode(i: int, T: int) -> Episode:
     rng = np.random.default_rng(i)
     return Episode(key=f"ep{i:03d}", steps={
@@ -36,7 +39,7 @@ def make_episode(i: int, T: int) -> Episode:
 
 def write_store(path, lengths, codec="lz4"):
     eps = [make_episode(i, T) for i, T in enumerate(lengths)]
-    with EpisodicWriter(path, SCHEMA, config=EpisodicWriterConfig(image_codec=codec)) as w:
+    with EpisodicWriter(path, SCHEMA, config=EpisodicWriterConfig(frame_codec=codec)) as w:
         for ep in eps:
             w.write(ep)
     return eps
@@ -106,7 +109,7 @@ def test_schema_mismatch_reports_every_field(tmp_path):
 def test_resume_truncates_uncommitted_rows(tmp_path):
     eps = [make_episode(i, 9) for i in range(3)]
     with pytest.raises(KeyboardInterrupt):
-        with EpisodicWriter(tmp_path / "s", SCHEMA) as w:
+        with EpisodicWriter(tmp_path / "s", SCHEMA, config=LOSSLESS) as w:
             w.write(eps[0])
             w.commit()
             # a killed writer can leave rows of an uncommitted group in the arrays
@@ -116,7 +119,7 @@ def test_resume_truncates_uncommitted_rows(tmp_path):
                 g[f"data/{k}"][9:14] = 7
             raise KeyboardInterrupt
     assert not (tmp_path / "s" / "manifest.json").exists()
-    with EpisodicWriter(tmp_path / "s", SCHEMA) as w:
+    with EpisodicWriter(tmp_path / "s", SCHEMA, config=LOSSLESS) as w:
         assert w.committed_keys == ["ep000"]
         w.write(eps[1])
         w.write(eps[2])

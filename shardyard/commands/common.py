@@ -23,7 +23,9 @@ OnError = Annotated[str, typer.Option(help="skip: report bad episodes and go on;
 Overwrite = Annotated[bool, typer.Option(help="Delete an existing store at --out first.")]
 ValFraction = Annotated[float, typer.Option(help="Fraction of episodes held out (stats use train only).")]
 SplitSeed = Annotated[int, typer.Option(help="Seed of the by-episode train/val split.")]
-ImageCodec = Annotated[str, typer.Option(help="lz4 (fast decode), zstd (smaller) or none.")]
+FrameCodec = Annotated[str, typer.Option(
+    "--frame-codec", help="Image fields' codec: jpeg (default; jpeg:Q sets the quality, 85), lz4 (raw pixels, "
+                          "fastest reads), zstd or none; FIELD=CODEC overrides, comma separated.")]
 ImageSize = Annotated[Optional[str], typer.Option(help="Resize frames on ingest: S or WxH (default keep).")]
 
 

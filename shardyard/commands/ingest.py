@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from shardyard.commands.common import (
-    ImageCodec,
+    FrameCodec,
     ImageSize,
     OnError,
     Out,
@@ -39,9 +39,10 @@ def ingest_yam(
     overwrite: Overwrite = False,
     val_fraction: ValFraction = 0.1,
     split_seed: SplitSeed = 0,
-    image_codec: ImageCodec = "lz4",
+    frame_codec: FrameCodec = "jpeg",
     ray_address: Optional[str] = typer.Option(None, help="Read with Ray: 'local' or a cluster address."),
     commit_every: int = typer.Option(32, help="Episodes committed together (a kill redoes at most one group)."),
+    commit_seconds: float = typer.Option(30.0, help="Or commit a group once it is this old (s)."),
     timestamp_tolerance_ms: float = typer.Option(50.0, help="Largest step-to-frame gap when aligning cameras."),
     video_backend: str = typer.Option("pyav", help="pyav (default, frame-exact) or decord."),
 ) -> None:
@@ -56,7 +57,8 @@ def ingest_yam(
     except ShardyardError as e:
         fail(e)
     run_ingest_job(source, out, workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
-                   split_seed=split_seed, image_codec=image_codec, ray_address=ray_address, commit_every=commit_every)
+                   split_seed=split_seed, frame_codec=frame_codec, ray_address=ray_address, commit_every=commit_every,
+                   commit_seconds=commit_seconds)
 
 
 @ingest_app.command("libero")
@@ -70,7 +72,7 @@ def ingest_libero(
     overwrite: Overwrite = False,
     val_fraction: ValFraction = 0.1,
     split_seed: SplitSeed = 0,
-    image_codec: ImageCodec = "lz4",
+    frame_codec: FrameCodec = "jpeg",
 ) -> None:
     """Ingest LIBERO / robomimic / raw robosuite HDF5 demos into an episodic zarr store."""
     from shardyard.ingest.libero import LiberoConfig, LiberoSource
@@ -80,7 +82,7 @@ def ingest_libero(
     except ShardyardError as e:
         fail(e)
     run_ingest_job(source, out, workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
-                   split_seed=split_seed, image_codec=image_codec)
+                   split_seed=split_seed, frame_codec=frame_codec)
 
 
 @ingest_app.command("lerobot")
@@ -94,7 +96,7 @@ def ingest_lerobot(
     overwrite: Overwrite = False,
     val_fraction: ValFraction = 0.1,
     split_seed: SplitSeed = 0,
-    image_codec: ImageCodec = "lz4",
+    frame_codec: FrameCodec = "jpeg",
 ) -> None:
     """Ingest a LeRobot dataset (v2.1 or v3.0, AV1 video included) into an episodic zarr store."""
     from shardyard.ingest.lerobot import LeRobotConfig, LeRobotSource
@@ -105,7 +107,7 @@ def ingest_lerobot(
     except ShardyardError as e:
         fail(e)
     run_ingest_job(source, out, workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
-                   split_seed=split_seed, image_codec=image_codec)
+                   split_seed=split_seed, frame_codec=frame_codec)
 
 
 @ingest_app.command("nyu")
@@ -123,7 +125,7 @@ def ingest_nyu_cmd(
     overwrite: Overwrite = False,
     val_fraction: float = typer.Option(0.1, help="Held-out fraction when the layout has no official split."),
     split_seed: int = typer.Option(0, help="Seed of that by-episode split."),
-    image_codec: ImageCodec = "lz4",
+    frame_codec: FrameCodec = "jpeg",
 ) -> None:
     """Ingest NYU Depth V2 (obs.rgb + obs.depth in metres, scenes as episodes, official split) into a store."""
     from shardyard.ingest.nyu_depth_v2 import NyuConfig, NyuSource, ingest_nyu
@@ -133,7 +135,7 @@ def ingest_nyu_cmd(
         source = NyuSource(NyuConfig(root=path, layout=layout, max_episode_frames=max_episode_frames,
                                      mat_depth=mat_depth, hf_cache_dir=hf_cache_dir))
         cfg = IngestConfig(out=out, workers=workers, on_error=on_error, overwrite=overwrite,
-                           val_fraction=val_fraction, split_seed=split_seed, image_codec=image_codec)
+                           val_fraction=val_fraction, split_seed=split_seed, frame_codec=frame_codec)
         result = ingest_nyu(source, cfg)
     except ShardyardError as e:
         fail(e)

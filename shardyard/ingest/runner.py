@@ -28,8 +28,9 @@ import numpy as np
 from shardyard.errors import ConfigError, SchemaError, SourceError
 from shardyard.schema import Episode, Schema
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows, FrameEncoding
+from shardyard.stores.frame_encoding import DEFAULT_FRAME_CODEC, ChunkCodec, EncodedRows, EncodedVideo, FrameEncoding
 from shardyard.stores.stats import StatsConfig, compute_stats, frame_sampling, sampled_frames_part
+from shardyard.stores.video_frames import VideoCodec
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +42,29 @@ class Source(Protocol):
 
     name: str
 
-    def schema(self) -> Schema: ...
+    def schema(self) -> Schema:
+        """The fields every episode has."""
 
-    def keys(self) -> list[str]: ...
+    def keys(self) -> list[str]:
+        """Episode keys, deterministic and cheap (they drive parallelism and resume)."""
 
-    def read(self, key: str) -> Episode: ...
+    def read(self, key: str) -> Episode:
+        """One episode; raises `SourceError(path=, key=, field=, reason=)`."""
 
-    def describe(self) -> dict[str, Any]: ...
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about the source (path, fingerprint)."""
 
 
 @dataclass
 class IngestConfig:
     """Options shared by every `ingest` command.
 
-    workers: reader processes (1 reads in the writer's process). commit_every: episodes written and
-    committed together (a kill loses at most one group; larger groups make small episodes cheaper). ray_address: read with Ray tasks instead
-    ("local" starts Ray on this machine). on_error: "skip" records a bad episode in report.json and goes on,
+    workers: reader processes (1 reads in the writer's process). commit_every, commit_seconds: a group of
+    episodes is committed at this many episodes, at 1 GiB of encoded frames, or this long (s) after its first
+    episode, whichever comes first (a kill loses at most one group; larger groups make small episodes
+    cheaper). frame_codec: codec of the image fields (`stores.episodic_writer.parse_frame_codecs`: "jpeg"
+    default, "jpeg:Q", "lz4", "zstd", "none", `FIELD=CODEC` overrides). ray_address: read with Ray tasks
+    instead ("local" starts Ray on this machine). on_error: "skip" records a bad episode in report.json and goes on,
     "fail" stops at the first.
     """
 
@@ -65,8 +73,9 @@ class IngestConfig:
     on_error: str = "skip"
     overwrite: bool = False
     ray_address: str | None = None
-    image_codec: str = "lz4"
+    frame_codec: str = DEFAULT_FRAME_CODEC
     commit_every: int = 32
+    commit_seconds: float = 30.0
     val_fraction: float = 0.1
     split_seed: int = 0
     stats: StatsConfig = field(default_factory=StatsConfig)
@@ -94,10 +103,12 @@ class IngestResult:
 
     @property
     def exit_code(self) -> int:
+        """0 when every episode was stored, 2 when some were skipped."""
         return EXIT_SKIPPED if self.skipped else EXIT_OK
 
     @property
     def report_path(self) -> Path:
+        """`STORE/report.json`."""
         return self.store / "report.json"
 
 
@@ -123,7 +134,7 @@ def _read_one(source: Source, key: str, plan: _ReadPlan | None = None) -> Episod
             value = ep.steps.get(name)
             if isinstance(value, np.ndarray):
                 ep.steps[name] = value = enc.encode_array(value)
-            if isinstance(value, EncodedRows) and value.sample is not None and name in plan.schema:
+            if isinstance(value, (EncodedRows, EncodedVideo)) and value.sample is not None and name in plan.schema:
                 value.stats_part = sampled_frames_part(value.sample, plan.schema[name], plan.stats)
                 value.sample = None
     except (SourceError, SchemaError) as e:
@@ -227,7 +238,7 @@ def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig,
     yield from _windowed(lambda k: remote_read.remote(token, source_ref, k, plan), ray.get, keys, 2 * cfg.workers)
 
 
-def _encodings(codecs: dict[str, ChunkCodec], schema: Schema, stats: StatsConfig,
+def _encodings(codecs: dict[str, ChunkCodec | VideoCodec], schema: Schema, stats: StatsConfig,
                spill_dir: str | None) -> dict[str, FrameEncoding]:
     """Per frame field, the encoding the workers apply; uint8 images also get their stats sample.
     `spill_dir`: where local reader processes leave encoded frames for the writer (None: in memory)."""
@@ -288,8 +299,8 @@ def _run(source: Source, cfg: IngestConfig, pool: tuple[str, ProcessPoolExecutor
     schema = source.schema()
     keys = source.keys()
     writer_cfg = EpisodicWriterConfig(
-        overwrite=cfg.overwrite, image_codec=cfg.image_codec, commit_every=cfg.commit_every,
-        val_fraction=cfg.val_fraction,
+        overwrite=cfg.overwrite, frame_codec=cfg.frame_codec, commit_every=cfg.commit_every,
+        commit_seconds=cfg.commit_seconds, val_fraction=cfg.val_fraction,
         split_seed=cfg.split_seed, source=source.describe(),
         config={k: v for k, v in asdict(cfg).items() if k not in ("out",)} | {"source": source.name})
     skipped: list[dict[str, Any]] = []

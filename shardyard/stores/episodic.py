@@ -3,7 +3,9 @@
 Layout of a store directory:
 
     zarr.json                 root group
-    data/<field>/             (N, *shape) per field; images one frame per chunk inside shards
+    data/<field>/             (N, *shape) per field; images one frame per chunk inside shards, each chunk
+                              JPEG (`codecs_jpeg`), lz4, zstd or raw; or, for the video codec, a group of
+                              one MP4 per episode plus `frame_index` (`video_frames`)
     meta/episode_ends/        (E,) int64, cumulative step counts (diffusion_policy's replay buffer)
     meta/episodes.json        per-episode metadata: key, task, fps, source path, cameras {K, T_world_cam}
     progress.json             the writer's commit log (episodes committed so far); resume reads it
@@ -27,6 +29,7 @@ import zarr
 from shardyard.errors import StoreError
 from shardyard.schema import Schema
 from shardyard.stores.manifest import MANIFEST, Manifest, read_json
+from shardyard.stores.video_frames import INDEX, VideoFrameReader, video_codec_of
 from shardyard.stores.zarr_shard import ShardReader, load_array_meta
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,7 @@ class EpisodicStore:
         self._pid = -1
         self._arrays: dict[str, Any] = {}
         self._fast: dict[str, ShardReader | None] = {}
+        self._video: dict[str, VideoFrameReader] = {}
         self._cache: dict[str, np.ndarray] = {}
 
     def _join(self, rel: str) -> str:
@@ -104,7 +108,7 @@ class EpisodicStore:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_pid=-1, _arrays={}, _fast={}, _cache={})
+        state.update(_pid=-1, _arrays={}, _fast={}, _video={}, _cache={})
         return state
 
     def __repr__(self) -> str:
@@ -113,22 +117,31 @@ class EpisodicStore:
     # -- public API --------------------------------------------------------------------------------------
     @property
     def num_episodes(self) -> int:
+        """Episodes in the store."""
         return len(self._episodes)
 
     @property
     def num_steps(self) -> int:
+        """Steps of all episodes together (rows of each field)."""
         return int(self.episode_ends[-1]) if len(self.episode_ends) else 0
 
     @property
     def episode_keys(self) -> list[str]:
+        """Source keys of the episodes, in store order."""
         return [e["key"] for e in self._episodes]
 
     @property
     def split(self) -> dict[str, list[int]]:
+        """The by-episode split: {"train": [...], "val": [...]} episode indices."""
         return self.manifest.get("split", {})
 
     def episode_length(self, episode: int) -> int:
+        """Steps of one episode."""
         return int(self._episodes[episode]["length"])
+
+    def episode_record(self, episode: int) -> dict[str, Any]:
+        """The episode's entry of `meta/episodes.json` as stored (JSON values: key, length, task, fps, ...)."""
+        return dict(self._episodes[episode])
 
     def episode_meta(self, episode: int) -> dict[str, Any]:
         """Metadata of one episode: key, length, task, fps (Hz), source path, and `cameras[role]` with `K
@@ -170,10 +183,13 @@ class EpisodicStore:
         fast = self._fast_reader(field)
         if fast is not None:
             return fast.read(start, stop)
+        video = self._video.get(field)
+        if video is not None:
+            return video.read(start, stop)
         arr = self._array(field)
         spec = self.schema[field]
-        if int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize * self.num_steps <= LOWDIM_CACHE_BYTES \
-                and spec.kind not in FRAME_KINDS:
+        nbytes = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize * self.num_steps
+        if nbytes <= LOWDIM_CACHE_BYTES and spec.kind not in FRAME_KINDS:
             self._cache[field] = arr[:]
             return self._cache[field][start:stop]
         return arr[start:stop]
@@ -181,7 +197,7 @@ class EpisodicStore:
     # -- internals ---------------------------------------------------------------------------------------
     def _check_pid(self) -> None:
         if self._pid != os.getpid():
-            self._arrays, self._fast, self._cache, self._pid = {}, {}, {}, os.getpid()
+            self._arrays, self._fast, self._video, self._cache, self._pid = {}, {}, {}, {}, os.getpid()
 
     def _group(self) -> zarr.Group:
         if "__root__" not in self._arrays:
@@ -194,9 +210,14 @@ class EpisodicStore:
         return self._arrays[field]
 
     def _fast_reader(self, field: str) -> ShardReader | None:
+        """The shard fast path of `field`, or None; a video field's reader goes to `_video` on the way."""
         if field not in self._fast:
             path = self._join(f"data/{field}")
             meta = load_array_meta(path, self._fs)
             self._fast[field] = ShardReader.maybe_for(path, meta, fs=self._fs)
+            if video_codec_of(meta) is not None:
+                index = np.asarray(self._group()[f"data/{field}/{INDEX}"][:])
+                self._video[field] = VideoFrameReader(path, index, self.episode_starts,
+                                                      tuple(self.schema[field].shape), fs=self._fs)
         return self._fast[field]
 

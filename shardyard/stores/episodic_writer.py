@@ -1,7 +1,9 @@
 """Writer of episodic stores (layout in `stores.episodic`).
 
 Commit protocol (why resume after SIGKILL is exact): validated episodes are committed in groups
-(`commit_every` episodes or `commit_bytes` held in memory, whichever comes first). A frame field's rows are
+(`commit_every` episodes, `commit_bytes` of encoded frames and low-dim arrays, or `commit_seconds` since the
+group's first episode, whichever comes first: 32, 1 GiB, 30 s by default, so a kill costs at most about half
+a minute of work). A frame field's rows are
 appended to its shard files as each episode arrives (`ShardAppender`: bytes once written are never
 rewritten); the group's low-dim fields are written through zarr at its commit; then
 `progress.json`, which also records the size of each field's partial last shard, is replaced atomically to
@@ -17,17 +19,19 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import ZstdCodec
 
-from shardyard.errors import SchemaError, StoreError
+from shardyard.errors import ConfigError, SchemaError, StoreError
 from shardyard.schema import Episode, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
+from shardyard.stores.codecs_jpeg import check_frame_shape
 from shardyard.stores.episodic import (
     FORMAT,
     FORMAT_VERSION,
@@ -38,8 +42,24 @@ from shardyard.stores.episodic import (
     EpisodicStore,
     split_episodes,
 )
-from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows
+from shardyard.stores.frame_encoding import (
+    DEFAULT_FRAME_CODEC,
+    ChunkCodec,
+    EncodedRows,
+    EncodedVideo,
+    FrameEncoding,
+    frame_codec_args,
+    parse_frame_codecs,
+)
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
+from shardyard.stores.video_frames import (
+    DEFAULT_CRF,
+    INDEX,
+    VideoCodec,
+    VideoFieldFiles,
+    create_video_field,
+    video_codec_of,
+)
 from shardyard.stores.zarr_shard import ShardAppender, load_array_meta
 
 log = logging.getLogger(__name__)
@@ -50,28 +70,23 @@ _VECTOR_CHUNK_ROWS = 16384
 __all__ = ["EpisodicWriter", "EpisodicWriterConfig"]
 
 
-def _image_compressor(name: str):
-    if name == "lz4":
-        return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
-    if name == "zstd":
-        return ZstdCodec(level=3)
-    if name == "none":
-        return None
-    raise StoreError(f"unknown image codec {name!r}; expected lz4, zstd or none")
-
-
 @dataclass
 class EpisodicWriterConfig:
     """Options of `EpisodicWriter`.
 
-    image_codec: "lz4" (default; fast to decode), "zstd" (smaller) or "none".
+    frame_codec: codec of the image fields (`parse_frame_codecs`): "jpeg" (default, quality 85; "jpeg:Q"),
+        "lz4" (raw pixels, fastest to decode), "zstd" or "none", with optional `FIELD=CODEC` overrides.
+    commit_every, commit_bytes, commit_seconds: a group is committed when it holds this many episodes, this
+        many bytes (encoded frames included) or has been open this long (s), whichever comes first, so a kill
+        loses at most about that much work.
     val_fraction, split_seed: the by-episode train/val split recorded in the manifest and used by stats.
     """
 
     overwrite: bool = False
-    image_codec: str = "lz4"
-    commit_every: int = 32          # episodes per commit group
-    commit_bytes: int = 256 << 20   # or this many low-dim bytes buffered (frames go to shard files at once)
+    frame_codec: str = DEFAULT_FRAME_CODEC
+    commit_every: int = 32
+    commit_bytes: int = 1 << 30
+    commit_seconds: float = 30.0
     val_fraction: float = 0.1
     split_seed: int = 0
     source: dict[str, Any] = field(default_factory=dict)
@@ -107,11 +122,17 @@ class EpisodicWriter:
         self._episodes: list[dict[str, Any]] = []
         self._root: zarr.Group | None = None
         self._appenders: dict[str, ShardAppender] = {}
+        self._videos: dict[str, VideoFieldFiles] = {}
         self._pending: list[_Pending] = []
         self._pending_bytes = 0
-        self.codecs: dict[str, ChunkCodec] = {}
+        self.codecs: dict[str, ChunkCodec | VideoCodec] = {}
         self._stats_parts: dict[str, dict[str, dict[str, Any]]] = {}
         self._shard_bytes: dict[str, int] = {}  # committed size of each frame field's partial last shard
+        self._frame_codecs = parse_frame_codecs(self.cfg.frame_codec)
+        unknown = sorted(set(self._frame_codecs) - {""} - set(schema.keys()))
+        if unknown:
+            raise ConfigError(f"--frame-codec names fields the source does not have: {unknown}")
+        self._group_opened = 0.0  # time.monotonic() of the current group's first episode
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def __enter__(self) -> "EpisodicWriter":
@@ -136,10 +157,10 @@ class EpisodicWriter:
             (self.path / MANIFEST).unlink(missing_ok=True)  # appending makes the store incomplete again
             self._root = zarr.open_group(str(self.path), mode="r+")
             n = self.num_steps
-            for key in self.schema:
-                arr = self._root[f"data/{key}"]
+            for name in self._row_arrays():
+                arr = self._root[f"data/{name}"]
                 if arr.shape[0] != n:
-                    log.info("truncating %s from %d to %d committed steps", key, arr.shape[0], n)
+                    log.info("truncating %s from %d to %d committed steps", name, arr.shape[0], n)
                     arr.resize((n,) + arr.shape[1:])
         else:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -157,16 +178,30 @@ class EpisodicWriter:
         self.spill_dir.mkdir()
         for key in self.schema:
             path = self.path / "data" / key
-            codec = ChunkCodec.for_array(load_array_meta(str(path)))
+            meta = load_array_meta(str(path))
+            video = video_codec_of(meta)
+            if video is not None:  # files of episodes past the commit are a killed group's: dropped
+                self._videos[key] = VideoFieldFiles(path)
+                self._videos[key].drop_after(len(self._episodes))
+                self.codecs[key] = video
+                continue
+            codec = ChunkCodec.for_array(meta)
             if codec is None:
                 continue
-            meta = load_array_meta(str(path))
             app = ShardAppender(path, shard_rows=meta["chunk_grid"]["configuration"]["chunk_shape"][0],
                                 ndim=len(meta["shape"]))
             app.drop_shards_after(self.num_steps)
             app.load(self.num_steps, self._shard_bytes.get(key))
             self._appenders[key] = app
             self.codecs[key] = codec
+
+    def _row_arrays(self) -> list[str]:
+        """Arrays under `data/` that grow by one row per step: each field's, or a video field's frame index."""
+        out = []
+        for key in self.schema:
+            meta = load_array_meta(str(self.path / "data" / key))
+            out.append(f"{key}/{INDEX}" if video_codec_of(meta) is not None else key)
+        return out
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
@@ -184,10 +219,12 @@ class EpisodicWriter:
     # -- writing -----------------------------------------------------------------------------------------
     @property
     def num_steps(self) -> int:
+        """Committed steps."""
         return int(sum(e["length"] for e in self._episodes))
 
     @property
     def committed_keys(self) -> list[str]:
+        """Keys of the committed episodes, in store order."""
         return [e["key"] for e in self._episodes]
 
     @property
@@ -213,10 +250,21 @@ class EpisodicWriter:
         row_bytes = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
         if spec.kind in FRAME_KINDS:
             shard_rows = int(max(1, min(1024, _SHARD_TARGET_BYTES // max(row_bytes, 1))))
-            compressor = _image_compressor(self.cfg.image_codec) if spec.kind == "image" else ZstdCodec(level=1)
+            codecs = self._frame_codecs
+            token = codecs.get(key, codecs[""])
+            if spec.kind == "image" and token.startswith("video"):
+                why = check_frame_shape(spec.shape, spec.dtype)
+                if why is None and len(spec.shape) == 3 and spec.shape[2] == 3:
+                    crf = token.partition(":")[2]
+                    create_video_field(group, key, spec.to_dict(), VideoCodec(crf=int(crf or DEFAULT_CRF)))
+                    return
+                log.warning("field %s: not (H, W, 3) uint8; stored with lz4 instead of video", key)
+                token = "lz4"
+            codec_args = (frame_codec_args(token, key, spec) if spec.kind == "image"
+                          else {"compressors": ZstdCodec(level=1)})
             group.create_array(key, shape=shape, dtype=spec.dtype, chunks=(1,) + spec.shape,
-                               shards=(shard_rows,) + spec.shape, compressors=compressor,
-                               attributes={"spec": spec.to_dict()})
+                               shards=(shard_rows,) + spec.shape, attributes={"spec": spec.to_dict()},
+                               **codec_args)
         else:
             rows = int(max(1, min(_VECTOR_CHUNK_ROWS, (4 << 20) // max(row_bytes, 1))))
             group.create_array(key, shape=shape, dtype=spec.dtype, chunks=(rows,) + spec.shape,
@@ -252,10 +300,26 @@ class EpisodicWriter:
             self._append_frames(key, rows)
             if rows.stats_part is not None:
                 parts[key] = rows.stats_part
-        lowdim = {k: v for k, v in episode.steps.items() if k not in self._appenders}
+            self._pending_bytes += rows.nbytes
+        episode_index = len(self._episodes) + len(self._pending)
+        videos = {}
+        for key, files in self._videos.items():
+            value = episode.steps[key]
+            if not isinstance(value, EncodedVideo):
+                value = FrameEncoding(self.codecs[key]).encode_array(value)
+            self._pending_bytes += value.nbytes
+            files.place(episode_index, value)
+            if value.stats_part is not None:
+                parts[key] = value.stats_part
+            videos[f"{key}/{INDEX}"] = value.index
+        lowdim = {k: v for k, v in episode.steps.items() if k not in self._appenders and k not in self._videos}
+        lowdim.update(videos)
+        if not self._pending:
+            self._group_opened = time.monotonic()
         self._pending.append(_Pending(episode.key, episode.num_steps, episode.meta, lowdim, parts))
         self._pending_bytes += sum(v.nbytes for v in lowdim.values())
-        if len(self._pending) >= self.cfg.commit_every or self._pending_bytes >= self.cfg.commit_bytes:
+        if len(self._pending) >= self.cfg.commit_every or self._pending_bytes >= self.cfg.commit_bytes \
+                or time.monotonic() - self._group_opened >= self.cfg.commit_seconds:
             self.commit()
 
     def commit(self) -> None:
@@ -265,11 +329,10 @@ class EpisodicWriter:
         assert self._root is not None
         n0 = self.num_steps
         t = sum(ep.num_steps for ep in self._pending)
-        for key in self.schema:
-            if key not in self._appenders:
-                arr = self._root[f"data/{key}"]
-                arr.resize((n0 + t,) + arr.shape[1:])
-                arr[n0:n0 + t] = np.concatenate([ep.lowdim[key] for ep in self._pending])
+        for key in self._pending[0].lowdim:
+            arr = self._root[f"data/{key}"]
+            arr.resize((n0 + t,) + arr.shape[1:])
+            arr[n0:n0 + t] = np.concatenate([ep.lowdim[key] for ep in self._pending])
         parts = {ep.key: ep.parts for ep in self._pending if ep.parts}
         if parts:  # before the commit point, so that a committed episode always has its parts on disk
             (self.path / STATS_PARTS).mkdir(parents=True, exist_ok=True)

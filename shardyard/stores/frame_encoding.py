@@ -8,6 +8,7 @@ the chunks in a spill file; the single writer then only copies byte ranges into 
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -16,19 +17,75 @@ from typing import Any, Callable
 
 import numcodecs
 import numpy as np
+from zarr.codecs import BloscCodec, ZstdCodec
 
+from shardyard.errors import ConfigError
+from shardyard.stores.codecs_jpeg import DEFAULT_QUALITY, JpegCodec, check_frame_shape, decode_frame, encode_frame
+from shardyard.stores.codecs_jpeg import NAME as JPEG_NAME
+from shardyard.stores.video_frames import EncodedVideo, VideoCodec, VideoEncoder
 from shardyard.stores.zarr_shard import ChunkRef, Piece
 
-__all__ = ["ChunkCodec", "EncodedRows", "FrameEncoding", "FrameSink"]
+__all__ = ["DEFAULT_FRAME_CODEC", "FRAME_CODECS", "ChunkCodec", "EncodedRows", "EncodedVideo", "FrameEncoding",
+           "FrameSink", "frame_codec_args", "parse_frame_codecs"]
+
+log = logging.getLogger(__name__)
+
+
+FRAME_CODECS = ("jpeg", "video", "lz4", "zstd", "none")
+DEFAULT_FRAME_CODEC = "jpeg"
+
+
+def parse_frame_codecs(text: str) -> dict[str, str]:
+    """`--frame-codec` text -> {"": default codec, field: codec}: one codec for every image field
+    ("jpeg", "jpeg:90" with a JPEG quality, "video", "video:23" with an H.264 CRF, "lz4", "zstd", "none"),
+    then any `FIELD=CODEC` overrides, comma separated ("jpeg:90,obs.rgb.wrist=lz4"). Raises ConfigError
+    naming the bad entry."""
+    out: dict[str, str] = {"": DEFAULT_FRAME_CODEC}
+    for i, item in enumerate(p.strip() for p in str(text).split(",")):
+        field_name, _, codec = item.rpartition("=")
+        if not codec or (i == 0) != (not field_name):
+            raise ConfigError(f"--frame-codec {text!r}: expected CODEC[,FIELD=CODEC...], got {item!r}")
+        name, _, quality = codec.partition(":")
+        top = 100 if name == "jpeg" else 51
+        if name not in FRAME_CODECS or (quality and (name not in ("jpeg", "video") or not quality.isdigit()
+                                                     or not int(name == "jpeg") <= int(quality) <= top)):
+            raise ConfigError(f"--frame-codec {text!r}: unknown codec {codec!r}; expected one of "
+                              f"{', '.join(FRAME_CODECS)} (jpeg:QUALITY 1-100, video:CRF 0-51)")
+        out[field_name] = codec
+    return out
+
+
+def frame_codec_args(codec: str, key: str, spec) -> dict[str, Any]:
+    """`zarr.create_array` keyword arguments (serializer, compressors) of image field `key` (a `FieldSpec`)
+    for one codec token of `parse_frame_codecs` other than video;
+    a field JPEG cannot hold (not uint8 RGB/gray) falls back to lz4, with a warning."""
+    name, _, quality = codec.partition(":")
+    if name == "jpeg":
+        why = check_frame_shape(spec.shape, spec.dtype)
+        if why is None:
+            return {"serializer": JpegCodec(quality=int(quality or DEFAULT_QUALITY)), "compressors": None}
+        log.warning("field %s: %s; stored with lz4 instead", key, why)
+        name = "lz4"
+    if name == "lz4":
+        return {"compressors": BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")}
+    if name == "zstd":
+        return {"compressors": ZstdCodec(level=3)}
+    return {"compressors": None}
 
 
 @dataclass(frozen=True)
 class ChunkCodec:
     """Encoder of one inner chunk for an array's `sharding_indexed` inner codec chain (`bytes` then at most
-    one of blosc / zstd). Picklable, so it can travel to reader processes."""
+    one of blosc / zstd, or the `shardyard_jpeg` array -> bytes codec alone). Picklable, so it can travel to
+    reader processes."""
 
-    name: str                      # "blosc" | "zstd" | "none"
+    name: str                      # "blosc" | "zstd" | "none" | "jpeg"
     config: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def lossy(self) -> bool:
+        """True when decoding does not give the encoder's input back (JPEG)."""
+        return self.name == "jpeg"
 
     @classmethod
     def for_array(cls, meta: dict[str, Any]) -> "ChunkCodec | None":
@@ -44,6 +101,8 @@ class ChunkCodec:
         if conf.get("index_location", "end") != "end":
             return None
         inner = conf["codecs"]
+        if len(inner) == 1 and inner[0]["name"] == JPEG_NAME:
+            return cls("jpeg", tuple(sorted(inner[0].get("configuration", {}).items())))
         if not inner or inner[0]["name"] != "bytes" or len(inner) > 2:
             return None
         if len(inner) == 1:
@@ -65,10 +124,25 @@ class ChunkCodec:
 
     def encoder(self) -> Callable[[np.ndarray], bytes]:
         """`encode(row) -> bytes` for one C-contiguous row (the inner chunk's bytes)."""
+        if self.name == "jpeg":
+            c = dict(self.config)
+            quality, subsampling = int(c.get("quality", 85)), str(c.get("subsampling", "420"))
+            return lambda row: encode_frame(row, quality, subsampling)
         codec = self._codec()
         if codec is None:
             return lambda row: row.tobytes()
         return lambda row: bytes(codec.encode(row))
+
+    def decoder(self, row_shape: tuple[int, ...], dtype: np.dtype | str) -> Callable[[bytes], np.ndarray]:
+        """`decode(chunk) -> row` of `row_shape` and `dtype`: the inverse of `encoder` (for a lossy codec, the
+        stored frame, as every reader of the store decodes it)."""
+        if self.name == "jpeg":
+            channels = 3 if len(row_shape) == 3 and row_shape[2] == 3 else 1
+            return lambda chunk: decode_frame(chunk, channels).reshape(row_shape)
+        codec = self._codec()
+        if codec is None:
+            return lambda chunk: np.frombuffer(chunk, dtype=dtype).reshape(row_shape)
+        return lambda chunk: np.frombuffer(bytes(codec.decode(chunk)), dtype=dtype).reshape(row_shape)
 
     def encode_rows(self, arr: np.ndarray) -> "EncodedRows":
         """Encode each row of `(T, *shape)` `arr` (any strides: a flipped view is copied row by row, in
@@ -82,22 +156,26 @@ class ChunkCodec:
 class FrameEncoding:
     """How a reader worker turns one frame field into store chunks: the chunk codec, and the stats sample
     it keeps on the way (every `sample_every`-th step of the episode, every `pixel_stride`-th pixel in y
-    and x; `sample_every=0` keeps none). With `spill_dir` (a folder on the writer's machine) the chunks go
+    and x; `sample_every=0` keeps none). For a lossy codec (JPEG) the sample is of the stored frames (the
+    sampled chunks decoded again), so the stats equal those `shardyard stats` recomputes from the store.
+    With `spill_dir` (a folder on the writer's machine) the chunks go
     to a spill file there as they are made, and only their offsets travel back to the writer, which
     copies them into shard files in the kernel (`ChunkRef`): no pickling of frame bytes through a pipe.
     Picklable; `sink(n)` serves `VideoReader.decode_each`."""
 
-    codec: ChunkCodec
+    codec: ChunkCodec | VideoCodec
     sample_every: int = 0
     pixel_stride: int = 1
     spill_dir: str | None = None
 
-    def sink(self, num_rows: int) -> "FrameSink":
-        """A `decode_each` callback for an episode of `num_rows` steps."""
+    def sink(self, num_rows: int) -> "FrameSink | VideoEncoder":
+        """A `decode_each` callback for an episode of `num_rows` steps (`rows(row_shape)` ends it)."""
+        if isinstance(self.codec, VideoCodec):
+            return VideoEncoder(self.codec, num_rows, self.sample_every, self.pixel_stride, self.spill_dir)
         return FrameSink(self, num_rows)
 
-    def encode_array(self, arr: np.ndarray) -> "EncodedRows":
-        """`(T, H, W, C)` frames (any strides) -> `EncodedRows` with the stats sample."""
+    def encode_array(self, arr: np.ndarray) -> "EncodedRows | EncodedVideo":
+        """`(T, H, W, C)` frames (any strides) -> `EncodedRows` (or `EncodedVideo`) with the stats sample."""
         sink = self.sink(len(arr))
         for t, row in enumerate(arr):
             sink(row, [t])
@@ -121,6 +199,7 @@ class FrameSink:
             self._fd, self._spill = tempfile.mkstemp(suffix=".spill", dir=encoding.spill_dir)
 
     def __call__(self, frame: np.ndarray, positions: list[int]) -> None:
+        """Encode `frame (H, W, C)` once and place it at each of `positions` (steps of the episode)."""
         frame = np.ascontiguousarray(frame)  # a decoder's rows may be padded
         chunk = self._encode(frame)
         if self._fd is not None:
@@ -132,10 +211,20 @@ class FrameSink:
         else:
             ref = chunk
         every, ps = self._encoding.sample_every, self._encoding.pixel_stride
+        stored = None
         for pos in positions:
             self._chunks[pos] = ref
             if every and pos % every == 0:
-                self._sample[pos] = frame[::ps, ::ps].copy()
+                if stored is None:  # a lossy codec's stats describe the stored frames, as `shardyard stats`
+                    stored = self._stored(frame, chunk)  # recomputes them from the store
+                self._sample[pos] = stored[::ps, ::ps].copy()
+
+    def _stored(self, frame: np.ndarray, chunk: bytes) -> np.ndarray:
+        """The frame as the store will give it back: `frame` itself, or the decoded chunk (lossy codec)."""
+        codec = self._encoding.codec
+        if not codec.lossy:
+            return frame
+        return codec.decoder(frame.shape, frame.dtype)(chunk)
 
     def rows(self, row_shape: tuple[int, ...], dtype: np.dtype | str = np.uint8) -> "EncodedRows":
         """The encoded rows `(num_rows, *row_shape)`; raises ValueError if a position was never filled."""
@@ -169,6 +258,7 @@ class EncodedRows:
 
     @property
     def ndim(self) -> int:
+        """Dimensions, the leading T included."""
         return len(self.shape)
 
     @property

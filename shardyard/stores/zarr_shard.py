@@ -8,7 +8,8 @@ Reading (`ShardReader`): zarr-python spends about 1 ms of Python per `arr[i]` (i
 caps single-frame reads near 400/s. The reader parses each shard's index once per process, reads the byte
 range of the wanted inner chunks with one ranged read per run of adjacent chunks, and decodes with the
 field's chunk codec. Only the layouts shardyard writes are taken on this path (sharded along axis 0, inner
-chunks spanning the other axes whole, codecs `bytes` then at most one of blosc/zstd/gzip); anything else
+chunks spanning the other axes whole, codecs `bytes` then at most one of blosc/zstd/gzip, or one-frame
+`shardyard_jpeg` chunks); anything else
 returns None from `ShardReader.maybe_for` and the caller uses zarr-python.
 
 Appending (`ShardAppender`): with one frame per inner chunk, a chunk's encoded bytes do not depend on where
@@ -28,6 +29,9 @@ from typing import Any, Callable, Sequence, Union
 
 import numcodecs
 import numpy as np
+
+from shardyard.stores.codecs_jpeg import NAME as JPEG_NAME
+from shardyard.stores.codecs_jpeg import decode_frame
 
 EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk that was never written (fill value)
 
@@ -241,8 +245,13 @@ class ShardAppender:
                 self._size = end + self._index_nbytes
 
 
-def _decoder(codecs: list[dict[str, Any]]) -> Callable[[bytes], bytes] | None:
-    """Build a bytes -> bytes decoder for the inner codec chain, or None when it is not one we handle."""
+def _decoder(codecs: list[dict[str, Any]], row_shape: tuple[int, ...]) -> Callable[[bytes], Any] | None:
+    """Build a decoder of one inner chunk (bytes -> a buffer of the chunk's rows) for the inner codec chain,
+    or None when it is not one we handle. A JPEG chunk (`shardyard_jpeg`) decodes with libjpeg-turbo, the
+    same decoder zarr-python's codec uses."""
+    if len(codecs) == 1 and codecs[0].get("name") == JPEG_NAME:
+        channels = 3 if len(row_shape) == 3 and row_shape[2] == 3 else 1
+        return lambda b: decode_frame(b, channels)
     if not codecs or codecs[0].get("name") != "bytes":
         return None
     endian = codecs[0].get("configuration", {}).get("endian", "little")
@@ -277,7 +286,7 @@ class ShardReader:
     dtype: np.dtype
     shard_rows: int
     chunk_rows: int
-    decode: Callable[[bytes], bytes]
+    decode: Callable[[bytes], Any]  # one inner chunk -> a buffer of its rows' bytes
     index_at_end: bool
     has_crc: bool
     fs: Any = None  # fsspec filesystem for remote stores; None = local file system
@@ -302,7 +311,7 @@ class ShardReader:
         inner = tuple(conf["chunk_shape"])
         if outer[1:] != shape[1:] or inner[1:] != shape[1:] or outer[0] % inner[0]:
             return None
-        decode = _decoder(conf["codecs"])
+        decode = _decoder(conf["codecs"], shape[1:])
         index_codecs = [c["name"] for c in conf.get("index_codecs", [])]
         if decode is None or index_codecs not in (["bytes"], ["bytes", "crc32c"]):
             return None
@@ -317,6 +326,7 @@ class ShardReader:
 
     @property
     def row_nbytes(self) -> int:
+        """Bytes of one decoded row."""
         return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
     def _check_pid(self) -> None:
@@ -427,6 +437,7 @@ class ShardReader:
         return out
 
     def close(self) -> None:
+        """Close this process's open shard files."""
         for fd in self._files.values():
             if self.fs is None:
                 os.close(fd)

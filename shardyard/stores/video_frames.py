@@ -1,0 +1,323 @@
+r"""The `video` frame codec: one H.264 MP4 per episode and camera, a per-frame index beside it in zarr.
+
+Layout of a field `F` stored as video (a zarr group, so zarr-python opens the store and tells where the
+frames are):
+
+    data/F/                    zarr group; attributes: spec, frame_codec {name: "video", codec, crf, gop,
+                               pix_fmt}, videos "video/{episode:06d}.mp4" (episode = index in the store)
+    data/F/video/000000.mp4    plain MP4 (yuv420p, constant GOP, no B-frames, a nominal 30 fps: the
+                               episode's own rate is in its meta): ffmpeg plays it
+    data/F/frame_index         (N, 2) int64 over all steps of all episodes: pts of the step's frame in its
+                               episode's file, and the step (within the episode) of its keyframe
+
+Random access (`VideoFrameReader.read`) seeks to the keyframe at or before the first wanted frame and decodes
+forward; a read that continues where the last one ended (consecutive frames) reuses the open decoder. Frames
+are matched by pts, so a read is frame-exact whatever the demuxer's seek lands on (tested against FFmpeg's
+own `select=eq(n\,i)` output). Encoding happens in the reader workers (`VideoEncoder`), decoding through the
+same PyAV conversion everywhere (`to_rgb`), so the workers' stats sample equals the frames read back.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+VIDEO_DIR = "video"
+INDEX = "frame_index"
+DEFAULT_CRF = 20
+DEFAULT_GOP = 8
+
+__all__ = ["DEFAULT_CRF", "DEFAULT_GOP", "INDEX", "VIDEO_DIR", "EncodedVideo", "VideoCodec", "VideoEncoder",
+           "VideoFrameReader", "to_rgb", "video_name"]
+
+
+def video_name(episode: int) -> str:
+    """File name of episode `episode`'s video inside the field's folder (`video/000007.mp4`)."""
+    return f"{VIDEO_DIR}/{episode:06d}.mp4"
+
+
+def to_rgb(frame: Any) -> np.ndarray:
+    """A decoded PyAV frame as `(H, W, 3) uint8` RGB (the one conversion every reader uses)."""
+    return frame.to_ndarray(format="rgb24")
+
+
+@dataclass(frozen=True)
+class VideoCodec:
+    """Encoder settings of a video field: `codec` (libx264), `crf` (quality, lower is better), `gop`
+    (frames per keyframe interval: a random read decodes at most `gop` frames), `fps` (Hz, for players)."""
+
+    codec: str = "libx264"
+    crf: int = DEFAULT_CRF
+    gop: int = DEFAULT_GOP
+    fps: float = 30.0
+    name: str = "video"
+
+    @property
+    def lossy(self) -> bool:
+        """Always True: decoded frames differ from the encoder's input."""
+        return True
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The `frame_codec` attribute of the field's zarr group."""
+        return {"name": "video", "codec": self.codec, "crf": self.crf, "gop": self.gop, "pix_fmt": "yuv420p"}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> "VideoCodec":
+        """Inverse of `to_attrs`."""
+        return cls(codec=attrs.get("codec", "libx264"), crf=int(attrs.get("crf", DEFAULT_CRF)),
+                   gop=int(attrs.get("gop", DEFAULT_GOP)))
+
+
+@dataclass
+class EncodedVideo:
+    """One episode of a video field, encoded: the MP4 (`path` of a spill file, or its bytes in `data`),
+    `index (T, 2) int64` (pts, keyframe step), `shape` `(T, H, W, 3)`, and the stats sample/part of the
+    stored frames (as `EncodedRows`). Quacks like an array for schema checks."""
+
+    index: np.ndarray
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    path: str | None = None
+    data: bytes | None = None
+    sample: np.ndarray | None = None
+    stats_part: dict[str, Any] | None = None
+
+    @property
+    def ndim(self) -> int:
+        """Dimensions, the leading T included."""
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Encoded size in bytes."""
+        return len(self.data) if self.data is not None else os.path.getsize(self.path or "")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+class VideoEncoder:
+    """Callback `(frame, positions)` that encodes an episode's frames, in position order, into one MP4
+    (in `spill_dir`, or in memory), then decodes the file once to keep the stats sample of the stored frames
+    (every `sample_every`-th step, every `pixel_stride`-th pixel). Raises ValueError when positions come out
+    of order or one is never filled."""
+
+    def __init__(self, codec: VideoCodec, num_rows: int, sample_every: int = 0, pixel_stride: int = 1,
+                 spill_dir: str | None = None) -> None:
+        self.codec, self.num_rows = codec, num_rows
+        self.sample_every, self.pixel_stride = sample_every, pixel_stride
+        self._path: str | None = None
+        if spill_dir is not None:
+            fd, self._path = tempfile.mkstemp(suffix=".mp4", dir=spill_dir)
+            os.close(fd)
+        self._buf = io.BytesIO()
+        self._container: Any = None
+        self._stream: Any = None
+        self._next = 0
+
+    def _open(self, h: int, w: int) -> None:
+        import av
+
+        self._container = av.open(self._path or self._buf, mode="w", format="mp4")
+        s = self._container.add_stream(self.codec.codec, rate=Fraction(self.codec.fps).limit_denominator(1000))
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.gop_size = self.codec.gop
+        # One thread and no scene-cut keyframes: the same bytes whatever the machine; no B-frames: pts order
+        # is decode order, so a seek lands where the index says.
+        s.options = {"crf": str(self.codec.crf), "preset": "veryfast", "bf": "0", "threads": "1",
+                     "x264-params": f"keyint={self.codec.gop}:min-keyint={self.codec.gop}:scenecut=0"}
+        self._stream = s
+
+    def __call__(self, frame: np.ndarray, positions: list[int]) -> None:
+        """Encode `frame (H, W, 3) uint8` at each of `positions`, which must continue the episode in order."""
+        import av
+
+        if self._container is None:
+            self._open(frame.shape[0], frame.shape[1])
+        img = np.ascontiguousarray(frame.reshape(frame.shape[0], frame.shape[1], 3))
+        for pos in positions:
+            if pos != self._next:
+                raise ValueError(f"video frames must arrive in step order: got step {pos}, expected {self._next}")
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                self._container.mux(packet)
+            self._next += 1
+
+    def finish(self, row_shape: tuple[int, ...], dtype: Any = np.uint8) -> EncodedVideo:
+        """Flush the encoder, index the file (pts and keyframe of each step), sample the stored frames."""
+        if self._next != self.num_rows or self._container is None:
+            self.abort()
+            raise ValueError(f"{self.num_rows - self._next} of {self.num_rows} rows were not decoded")
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        data = None if self._path else self._buf.getvalue()
+        index, sample = _index_and_sample(self._path or io.BytesIO(data), self.num_rows, self.sample_every,
+                                          self.pixel_stride)
+        return EncodedVideo(index=index, shape=(self.num_rows,) + tuple(row_shape), dtype=np.dtype(dtype),
+                            path=self._path, data=data, sample=sample)
+
+    rows = finish  # the `FrameSink.rows` name, so sources treat both sinks alike
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+        if self._path and os.path.exists(self._path):
+            os.unlink(self._path)
+
+
+def _index_and_sample(src: Any, num_rows: int, every: int, stride: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode an encoded episode once: `(T, 2)` (pts, keyframe step) and the stats sample of its frames."""
+    import av
+
+    pts, keys, sample = [], [], []
+    with av.open(src) as c:
+        for t, frame in enumerate(c.decode(c.streams.video[0])):
+            pts.append(frame.pts)
+            keys.append(t if frame.key_frame else keys[-1])
+            if every and t % every == 0:
+                sample.append(to_rgb(frame)[::stride, ::stride].copy())
+    if len(pts) != num_rows:
+        raise ValueError(f"encoded video holds {len(pts)} frames, expected {num_rows}")
+    return np.stack([np.asarray(pts, np.int64), np.asarray(keys, np.int64)], axis=1), \
+        (np.stack(sample) if sample else None)
+
+
+@dataclass
+class VideoFrameReader:
+    """Frames of one video field: global rows -> `(n, H, W, 3) uint8`, through the per-episode MP4s.
+
+    `field_dir` is the field's folder (local path or path inside fsspec `fs`); `index` its `(N, 2)`
+    frame index; `episode_starts (E,)` the first global row of each episode. Per-process state (the open
+    decoder) is rebuilt after a fork."""
+
+    field_dir: str
+    index: np.ndarray
+    episode_starts: np.ndarray
+    row_shape: tuple[int, ...]
+    fs: Any = None
+    _pid: int = field(default=-1, repr=False)
+    _open: Any = field(default=None, repr=False)  # [episode, container, frames, last step decoded, pts -> step]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Global rows `[start, stop)` (across episodes)."""
+        out = np.empty((max(stop - start, 0),) + tuple(self.row_shape), dtype=np.uint8)
+        row = start
+        while row < stop:
+            ep = int(np.searchsorted(self.episode_starts, row, side="right") - 1)
+            base = int(self.episode_starts[ep])
+            end = min(stop, int(self.episode_starts[ep + 1]) if ep + 1 < len(self.episode_starts)
+                      else len(self.index))
+            self._read_episode(ep, row - base, end - base, out[row - start:end - start])
+            row = end
+        return out
+
+    def _decoder(self, ep: int, first: int) -> Any:
+        """The open decoder of episode `ep`, positioned so that its next frame is at most `first`: the cached
+        one when it stopped before `first` and no keyframe lies between, else a fresh seek."""
+        import av
+
+        if self._pid != os.getpid():
+            self._open, self._pid = None, os.getpid()
+        base = int(self.episode_starts[ep])
+        key = int(self.index[base + first, 1])
+        if self._open is not None and self._open[0] == ep and key <= self._open[3] + 1 <= first:
+            return self._open
+        if self._open is not None:
+            self._open[1].close()
+        path = f"{self.field_dir}/{video_name(ep)}"
+        container = av.open(self.fs.open(path, "rb") if self.fs is not None else path)
+        stream = container.streams.video[0]
+        if key > 0:
+            container.seek(int(self.index[base + key, 0]), stream=stream, backward=True, any_frame=False)
+        index = self._episode_index(ep)
+        step_of = {int(p): t for t, p in enumerate(index[:, 0].tolist())}
+        self._open = [ep, container, container.decode(stream), key - 1, step_of]
+        return self._open
+
+    def _read_episode(self, ep: int, a: int, b: int, dst: np.ndarray) -> None:
+        """Steps `[a, b)` of episode `ep` into `dst`; frames are matched to steps by pts."""
+        state = self._decoder(ep, a)
+        filled = 0
+        for frame in state[2]:
+            t = state[4].get(frame.pts)
+            if t is None:
+                continue
+            state[3] = t
+            if a <= t < b:
+                dst[t - a] = to_rgb(frame)
+                filled += 1
+                if filled == b - a:
+                    return
+            if t >= b - 1:
+                break
+        raise ValueError(f"{b - a - filled} frame(s) of steps [{a}, {b}) not found in {self.field_dir}/"
+                         f"{video_name(ep)} (truncated or corrupt file)")
+
+    def _episode_index(self, ep: int) -> np.ndarray:
+        base = int(self.episode_starts[ep])
+        end = int(self.episode_starts[ep + 1]) if ep + 1 < len(self.episode_starts) else len(self.index)
+        return self.index[base:end]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_pid=-1, _open=None)
+        return state
+
+
+def create_video_field(group: Any, key: str, spec: dict[str, Any], codec: VideoCodec) -> None:
+    """Create field `key` of zarr group `group` (the store's `data/`) as a video field: a zarr group whose
+    attributes say where the frames are, holding the empty `(0, 2) int64` frame index."""
+    from zarr.codecs import ZstdCodec
+
+    sub = group.create_group(key, attributes={
+        "spec": spec, "frame_codec": codec.to_attrs(), "videos": f"{VIDEO_DIR}/{{episode:06d}}.mp4",
+        "note": "frames are in one MP4 per episode (episode = index in meta/episode_ends); frame_index rows: "
+                "(pts in that file, step of its keyframe); read them with shardyard.open_store or ffmpeg"})
+    sub.create_array(INDEX, shape=(0, 2), dtype="int64", chunks=(16384, 2), compressors=ZstdCodec(level=3))
+
+
+def video_codec_of(meta: dict[str, Any]) -> VideoCodec | None:
+    """The `VideoCodec` of a field whose `zarr.json` content is `meta`, or None if it is not a video field."""
+    if meta.get("node_type") != "group":
+        return None
+    attrs = meta.get("attributes", {}).get("frame_codec") or {}
+    return VideoCodec.from_attrs(attrs) if attrs.get("name") == "video" else None
+
+
+@dataclass
+class VideoFieldFiles:
+    """The MP4 files of one video field (`field_dir/video/<episode>.mp4`), for the writer: each episode's
+    file is moved (or written) into place under a temp name and renamed, so a file is whole or absent."""
+
+    field_dir: Any
+
+    def place(self, episode: int, video: EncodedVideo) -> None:
+        """Put `video` at episode index `episode` (a spill file is renamed, bytes are written)."""
+        from pathlib import Path
+
+        target = Path(self.field_dir) / video_name(episode)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if video.path is not None:
+            os.replace(video.path, target)
+            return
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(video.data or b"")
+        os.replace(tmp, target)
+
+    def drop_after(self, num_episodes: int) -> None:
+        """Delete the files of episodes `>= num_episodes` (not committed) and stray temp files."""
+        from pathlib import Path
+
+        folder = Path(self.field_dir) / VIDEO_DIR
+        for f in folder.iterdir() if folder.is_dir() else []:
+            stem = f.name.split(".")[0]
+            if f.name.startswith(".") or not stem.isdigit() or int(stem) >= num_episodes:
+                f.unlink()
