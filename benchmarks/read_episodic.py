@@ -110,7 +110,7 @@ def frame_figures(kind: str, store_path: Path, tmp: Path, reads: int, trials: in
     mm = np.load(frames_path, mmap_mode="r")
     shape = "x".join(map(str, mm.shape[1:]))
     codec = store.manifest.get("extra", {}).get("frame_codecs", {}).get(field) or \
-        store.manifest.get("provenance", {}).get("config", {}).get("image_codec", "?")
+        store.manifest.get("provenance", {}).get("config", {}).get("frame_codec", "?")
     k = min(2000, reads)
 
     def one_mm() -> float:

@@ -63,7 +63,7 @@ def test_camera_matches_mujoco_and_eef_projects_onto_marker(tmp_path):
     size = 64
     write_libero_file(tmp_path / "raw" / "PICK_demo.hdf5", num_demos=2, steps=16, size=size)
     out = tmp_path / "store"
-    run_cli("ingest", "libero", tmp_path / "raw", "--out", out, check=True)
+    run_cli("ingest", "libero", tmp_path / "raw", "--out", out, "--frame-codec", "lz4", check=True)
     s = open_store(str(out))
     pos, xmat, fovy = mujoco_camera()
     T_expected = np.eye(4)

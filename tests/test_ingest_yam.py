@@ -103,7 +103,7 @@ def test_full_ingest_stats_and_report(full_yam_store):
 def test_per_demo_layout(tiny_yam_dir, tmp_path, video):
     raw = tiny_yam_dir(video=video)
     out = tmp_path / "store"
-    proc = run_cli("ingest", "yam", raw, "--out", out)
+    proc = run_cli("ingest", "yam", raw, "--out", out, "--frame-codec", "lz4")  # lossless: frames compared exactly
     assert proc.returncode == 0, proc.stderr
     s = open_store(str(out))
     assert s.num_episodes == 3

@@ -435,7 +435,7 @@ def _episode(key: str, i: int) -> Episode:
 def tiny_store(tmp_path_factory) -> tuple[EpisodicStore, dict[str, Episode]]:
     path = tmp_path_factory.mktemp("stats") / "store"
     episodes = {k: _episode(k, i) for i, k in enumerate(LENGTHS)}
-    with EpisodicWriter(path, SCHEMA, config=EpisodicWriterConfig(val_fraction=0.34),
+    with EpisodicWriter(path, SCHEMA, config=EpisodicWriterConfig(val_fraction=0.34, frame_codec="lz4"),
                         stats_fn=compute_stats) as w:
         for ep in episodes.values():
             w.write(ep)
