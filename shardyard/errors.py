@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["ConfigError", "SchemaError", "ShardyardError", "SourceError", "StoreError"]
+
 
 class ShardyardError(Exception):
     """Base error. Carries `path`, `key` (episode), `field` and `reason`; `str()` joins the ones that are set."""

@@ -9,6 +9,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+__all__ = ["GL_TO_CV", "canonical_hemisphere", "canonical_to_reference", "intrinsics_from_fovy", "mean_quaternion",
+           "pose_matrix", "project", "quat_from_matrix", "quat_wxyz_to_xyzw", "scale_intrinsics", "sign_continuous",
+           "unproject_at_height"]
+
 # MuJoCo/OpenGL cameras look down -z with y up; OpenCV looks down +z with y down: a 180 deg turn about x.
 GL_TO_CV = np.diag([1.0, -1.0, -1.0])
 

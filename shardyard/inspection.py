@@ -22,6 +22,8 @@ from shardyard.geometry import canonical_hemisphere, canonical_to_reference, mea
 from shardyard.inspection_depth import depth_summary_lines, plot_depth
 from shardyard.plotting import colormap, figure, save
 
+__all__ = ["camera_roles", "eef_pixels", "robot_prefixes", "summarize", "write_plots"]
+
 log = logging.getLogger(__name__)
 
 _MAX_LISTED = 4        # stats columns with more features than this are shown as a range "lo..hi (n)"

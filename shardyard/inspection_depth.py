@@ -16,6 +16,8 @@ import numpy as np
 
 from shardyard.plotting import figure, save
 
+__all__ = ["depth_summary_lines", "plot_depth"]
+
 log = logging.getLogger(__name__)
 
 

@@ -19,6 +19,8 @@ import torch
 from shardyard.errors import ConfigError
 from shardyard.train.loop import CHECKPOINT
 
+__all__ = ["TRAINER_KEY", "draw_clip", "draw_run", "is_foveated_run", "overlay"]
+
 TRAINER_KEY = "mode_weights"   # a field only the foveated trainer's config has
 
 

@@ -13,6 +13,8 @@ import numpy as np
 from shardyard.plotting import figure, save
 from shardyard.stores.features import FeatureStore, open_features
 
+__all__ = ["inspect_features", "pca_rgb", "summarize_features", "write_token_plots"]
+
 log = logging.getLogger(__name__)
 
 

@@ -14,6 +14,9 @@ import numpy as np
 from shardyard.errors import ConfigError, SourceError
 from shardyard.geometry import GL_TO_CV, intrinsics_from_fovy, pose_matrix, quat_from_matrix, sign_continuous
 
+__all__ = ["ArmJoints", "CameraModel", "RobotKinematics", "camera_K", "find_camera", "forward_kinematics",
+           "load_model"]
+
 
 def load_model(path: str | Path):
     """Load an MJCF file with MuJoCo. Raises `ConfigError(path=...)` when it is missing or does not load."""

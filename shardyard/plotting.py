@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+__all__ = ["colormap", "figure", "save"]
+
 log = logging.getLogger(__name__)
 
 

@@ -9,6 +9,8 @@ import numpy as np
 
 from shardyard.errors import SchemaError
 
+__all__ = ["Episode", "FieldSpec", "KINDS", "Schema"]
+
 KINDS = ("image", "depth", "vector", "scalar", "text", "video", "tokens", "pose")
 
 

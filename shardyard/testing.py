@@ -17,6 +17,9 @@ from scipy.spatial.transform import Rotation
 
 from shardyard.geometry import intrinsics_from_fovy, project
 
+__all__ = ["SyntheticConfig", "TASKS", "default_camera", "look_at", "render", "synthetic_trajectory",
+           "write_synthetic_yam"]
+
 TASKS = ("put the red block on the blue plate", "stack the green block on the yellow block")
 
 

@@ -20,6 +20,9 @@ import numpy as np
 
 from shardyard.errors import SourceError
 
+__all__ = ["BACKENDS", "CONTAINER_EXTS", "DecordReader", "PTS_FORMATS", "PyAVReader", "VIDEO_EXTS", "VideoReader",
+           "container_ext", "open_video", "open_video_bytes", "write_video"]
+
 log = logging.getLogger(__name__)
 
 FrameCallback = Callable[[np.ndarray, list[int]], None]

@@ -10,6 +10,8 @@ import typer
 
 from shardyard.errors import ShardyardError
 
+__all__ = ["fail", "finish_ingest", "parse_size", "run_ingest_job"]
+
 app = typer.Typer(help="shardyard: raw datasets into sharded, cached stores.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 ingest_app = typer.Typer(help="Ingest a raw source into a store.", no_args_is_help=True,

@@ -24,6 +24,8 @@ from shardyard.commands.common import (
 )
 from shardyard.errors import ShardyardError
 
+__all__ = ["ingest_dino_cmd", "ingest_lerobot", "ingest_libero", "ingest_nyu_cmd", "ingest_webvid_cmd", "ingest_yam"]
+
 
 @ingest_app.command("yam")
 def ingest_yam(

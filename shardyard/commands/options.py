@@ -35,6 +35,9 @@ import typer
 from shardyard.commands.common import fail
 from shardyard.errors import ShardyardError
 
+__all__ = ["FALSE", "SCALARS", "TRUE", "build_config", "config_command", "convert", "field_option", "key_values",
+           "nested_class", "nested_name"]
+
 SCALARS = (int, float, str, Path)
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 

@@ -10,6 +10,8 @@ import typer
 from shardyard.commands.common import FrameCodec, app, fail
 from shardyard.errors import ShardyardError
 
+__all__ = ["recode_cmd"]
+
 
 @app.command("recode")
 def recode_cmd(

@@ -10,6 +10,8 @@ import typer
 from shardyard.commands.common import app, export_app, fail
 from shardyard.errors import ShardyardError
 
+__all__ = ["export_lerobot_cmd", "inspect_cmd", "stats_cmd"]
+
 
 @export_app.command("lerobot")
 def export_lerobot_cmd(

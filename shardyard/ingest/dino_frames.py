@@ -35,6 +35,9 @@ from shardyard.stores.wds import FORMAT as SHARD_FORMAT
 from shardyard.stores.wds import list_shards, split_key_ext
 from shardyard.video import VIDEO_EXTS, open_video_bytes
 
+__all__ = ["IMAGE_MAGIC", "ShardFrameReader", "ShardFramesConfig", "VIDEO_INDEX", "VideoUnit", "is_shard_source",
+           "sample_times"]
+
 log = logging.getLogger(__name__)
 
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")

@@ -18,6 +18,8 @@ from typing import Iterable, Iterator
 import requests
 from requests.adapters import HTTPAdapter
 
+__all__ = ["DEAD", "FetchConfig", "FetchResult", "Fetcher"]
+
 log = logging.getLogger(__name__)
 
 DEAD = {401, 403, 404, 410, 451}

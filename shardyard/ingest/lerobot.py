@@ -28,6 +28,9 @@ import numpy as np
 from shardyard.errors import ConfigError, SourceError
 from shardyard.schema import Episode, FieldSpec, Schema
 
+__all__ = ["BOOKKEEPING", "IMAGES", "LeRobotConfig", "LeRobotSource", "column_array", "feature_from_field",
+           "field_from_feature", "resolve_root"]
+
 log = logging.getLogger(__name__)
 
 BOOKKEEPING = ("frame_index", "episode_index", "index", "task_index")

@@ -49,6 +49,9 @@ from shardyard.ingest.libero_cameras import demo_cameras, pose_specs
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.manifest import fingerprint_paths
 
+__all__ = ["DEFAULT_FPS", "LIBERO", "LiberoConfig", "LiberoSource", "NO_OBS_NOTE", "RAW", "ROBOMIMIC",
+           "add_report_notes", "detect_layout"]
+
 log = logging.getLogger(__name__)
 
 LIBERO, ROBOMIMIC, RAW = "libero", "robomimic", "raw"

@@ -28,6 +28,9 @@ from shardyard.errors import SourceError
 from shardyard.geometry import GL_TO_CV, intrinsics_from_fovy, pose_matrix
 from shardyard.schema import FieldSpec
 
+__all__ = ["MAX_MODELS", "POSE_METHOD", "POSE_SPEC", "camera_meta", "compile_model", "demo_cameras", "pose_field",
+           "pose_specs", "state_widths"]
+
 log = logging.getLogger(__name__)
 
 _MJCF_CAMERAS = {"agentview": ["agentview"], "eye_in_hand": ["robot0_eye_in_hand", "eye_in_hand"]}

@@ -34,6 +34,9 @@ from shardyard.ingest.nyu_layouts import detect_layout
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.manifest import fingerprint_paths
 
+__all__ = ["EIGEN_CROP", "EVAL_RANGE_M", "K_RGB", "LAYOUTS", "NYU_HW", "NyuConfig", "NyuSource",
+           "apply_official_split", "eigen_crop", "ingest_nyu"]
+
 log = logging.getLogger(__name__)
 
 LAYOUTS = tuple(L.LAYOUTS)                 # the registry: detect, list, read per layout (nyu_layouts.py)

@@ -12,6 +12,8 @@ import numpy as np
 
 from shardyard.errors import SourceError
 
+__all__ = ["KINECT_A", "KINECT_B", "KINECT_INVALID", "kinect_depth", "png_depth", "read_pgm_disparity", "rgb_image"]
+
 KINECT_A, KINECT_B, KINECT_INVALID = 351.3, 1092.5, 2047
 
 

@@ -39,6 +39,10 @@ import numpy as np
 from shardyard.errors import ConfigError, SourceError
 from shardyard.ingest.nyu_files import kinect_depth, png_depth, read_pgm_disparity, rgb_image
 
+__all__ = ["LAYOUTS", "Layout", "LayoutOptions", "Pair", "TEST", "TRAIN", "UNKNOWN", "detect_layout", "list_bts",
+           "list_densedepth", "list_eigen_npy", "list_h5", "list_hf", "list_labeled_mat", "list_mmseg", "list_pairs",
+           "list_raw_kinect", "load_hf", "read_pair"]
+
 log = logging.getLogger(__name__)
 
 TRAIN, TEST, UNKNOWN = "train", "test", "unknown"

@@ -14,6 +14,8 @@ import numpy as np
 
 from shardyard.errors import SourceError
 
+__all__ = ["load_npy", "nearest_frames", "read_json"]
+
 
 def load_npy(path: Path, key: str, field: str, *, ndim: int | None = None) -> np.ndarray:
     """The array in `path`, checked: present, readable without pickle, `ndim`-D when given, and finite when it

@@ -36,6 +36,10 @@ from shardyard.stores.manifest import MANIFEST
 from shardyard.stores.wds import Sample, ShardWriter, ShardWriterConfig, iter_tar_samples, shard_name
 from shardyard.video import VIDEO_EXTS, open_video_bytes
 
+__all__ = ["CAPTION_COLUMNS", "EXIT_FATAL", "EXIT_OK", "EXIT_SKIPPED", "ISO_RE", "TranscodeConfig", "URL_COLUMNS",
+           "WebvidConfig", "WebvidResult", "ingest_webvid", "iter_meta", "parse_iso_duration", "probe_video",
+           "read_meta", "sniff", "transcode"]
+
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FATAL, EXIT_SKIPPED = 0, 1, 2

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+__all__ = ["BatchStream", "ResumableSampler"]
+
 log = logging.getLogger(__name__)
 
 

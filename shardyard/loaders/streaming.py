@@ -38,6 +38,8 @@ from shardyard.errors import ConfigError, SourceError
 from shardyard.stores.wds import Sample, iter_tar_samples, list_shards
 from shardyard.video import VIDEO_EXTS, open_video_bytes
 
+__all__ = ["COUNTERS", "ClipStream", "IMAGE_MAGIC", "MAX_WORKERS", "REASONS", "StreamConfig"]
+
 log = logging.getLogger(__name__)
 
 MAX_WORKERS = 64

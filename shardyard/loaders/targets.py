@@ -26,6 +26,8 @@ from shardyard.errors import ConfigError
 from shardyard.geometry import project, scale_intrinsics, unproject_at_height
 from shardyard.stores.stats.robot import bin_index, nearest_prototype, rotation_pc1
 
+__all__ = ["ROTATION_MODES", "TargetSpec", "compute_targets", "decode_positions", "grid_intrinsics", "pixel_targets"]
+
 log = logging.getLogger(__name__)
 
 ROTATION_MODES = ("1d_pca", "kmeans")

@@ -27,6 +27,8 @@ from shardyard.errors import ConfigError
 from shardyard.loaders.episodes import EpisodeDataset, EpisodeDatasetConfig
 from shardyard.loaders.targets import TargetSpec, compute_targets, grid_intrinsics
 
+__all__ = ["EpisodeWindows", "WindowConfig", "collate_numpy", "resolve_camera"]
+
 log = logging.getLogger(__name__)
 
 

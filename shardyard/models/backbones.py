@@ -39,6 +39,9 @@ import torch.nn.functional as F
 
 from shardyard.errors import ConfigError
 
+__all__ = ["Backbone", "BackboneConfig", "BackboneOutput", "IMAGENET_MEAN", "IMAGENET_STD", "TINY_CONFIG",
+           "TINY_RANDOM", "best_device", "load_backbone"]
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 from shardyard.errors import ConfigError
 
+__all__ = ["BYTES", "ByteTokenizer", "CaptionTokenizer", "HFTokenizer", "load_tokenizer"]
+
 BYTES = "bytes"
 
 

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from shardyard.errors import ConfigError
 
+__all__ = ["DPTConfig", "DPTDepth", "FusionBlock", "ResidualConvUnit", "silog_loss"]
+
 log = logging.getLogger(__name__)
 
 

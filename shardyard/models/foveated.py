@@ -46,6 +46,9 @@ from shardyard.models.foveated_attention import (
     encode_frames,
 )
 
+__all__ = ["DINOV2_SMALL_SIZED", "FoveatedCaptioner", "FoveatedConfig", "MODES", "SMOLLM_SIZED", "TINY_LM",
+           "attention_stats", "check_mode", "load_encoder", "load_lm"]
+
 MODES = ("caption", "coarse")
 TINY_LM = "tiny-random-llama"
 SMOLLM_SIZED = "random-smollm-135m"

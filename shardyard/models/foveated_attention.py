@@ -34,6 +34,9 @@ from torch.utils.checkpoint import checkpoint
 from shardyard.errors import ConfigError
 from shardyard.models.backbones import Backbone
 
+__all__ = ["FrameCache", "ShallowQueryAttention", "block_inputs", "cache_from_hidden", "deep_query", "encode_frames",
+           "encoder_blocks", "final_norm", "kv_from_hidden"]
+
 
 @dataclass
 class FrameCache:

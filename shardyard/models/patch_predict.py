@@ -27,6 +27,9 @@ import torch.nn.functional as F
 
 from shardyard.errors import ConfigError
 
+__all__ = ["CopyPredictor", "LinearPredictor", "MLPPredictor", "PREDICTORS", "PatchPredictorConfig",
+           "build_predictor", "improvement", "patch_cosine", "patch_mse"]
+
 log = logging.getLogger(__name__)
 
 

@@ -25,6 +25,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+__all__ = ["AdaLNZeroBlock", "DinoVolumeQuery", "VolumeQueryConfig", "decode", "sinusoidal_features", "volume_ce",
+           "volume_query_loss"]
+
 log = logging.getLogger(__name__)
 
 

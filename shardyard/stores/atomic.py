@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["atomic_write_bytes", "atomic_write_json", "remove_stale_temps", "to_jsonable"]
+
 
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.ndarray):

@@ -36,6 +36,9 @@ import numpy as np
 from shardyard.errors import ConfigError
 from shardyard.ingest.lerobot import feature_from_field
 
+__all__ = ["CODEC_NAMES", "DATA_PATH", "ExportConfig", "VIDEO_PATH", "VideoWriter", "codec_options",
+           "export_lerobot", "resolve_vcodec"]
+
 log = logging.getLogger(__name__)
 
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"

@@ -11,6 +11,8 @@ from typing import Any
 
 from shardyard.version import __version__
 
+__all__ = ["MANIFEST", "Manifest", "fingerprint_paths", "provenance", "read_json", "sha256_file"]
+
 MANIFEST = "manifest.json"
 
 

@@ -25,6 +25,9 @@ from shardyard.errors import StoreError
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json, sha256_file
 
+__all__ = ["FORMAT", "FORMAT_VERSION", "SCHEMA", "SHARD_RE", "Sample", "ShardStore", "ShardWriter",
+           "ShardWriterConfig", "iter_tar_samples", "list_shards", "shard_name", "split_key_ext", "write_tar"]
+
 log = logging.getLogger(__name__)
 
 FORMAT = "shards-webdataset"

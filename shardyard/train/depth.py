@@ -48,6 +48,8 @@ from shardyard.train.loop import (
 )
 from shardyard.train.runtime import Runtime, setup_runtime
 
+__all__ = ["RESUME_IGNORES", "TRAIN_LOG", "build", "evaluate", "lr_schedule", "train_depth"]
+
 log = logging.getLogger(__name__)
 
 TRAIN_LOG = "train.jsonl"

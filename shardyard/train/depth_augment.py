@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from shardyard.train.configs import BTSAugmentConfig
 
+__all__ = ["bts_augment", "crop_size"]
+
 
 def crop_size(h: int, w: int, cfg: BTSAugmentConfig) -> tuple[int, int]:
     """Crop `(h_c, w_c)` for an `h x w` frame: `crop_hw` scaled by `(h / 480, w / 640)`."""

@@ -16,6 +16,8 @@ import torch
 
 from shardyard.errors import ConfigError
 
+__all__ = ["DepthData", "open_depth_data"]
+
 log = logging.getLogger(__name__)
 
 

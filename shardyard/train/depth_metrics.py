@@ -26,6 +26,9 @@ import numpy as np
 
 from shardyard.train.loop import format_table as loop_table
 
+__all__ = ["DepthMetrics", "EIGEN_CROP", "KEYS", "RANGES", "TABLE_COLUMNS", "eval_mask", "format_table",
+           "image_metrics", "write_depth_png"]
+
 log = logging.getLogger(__name__)
 
 EIGEN_CROP = (45, 471, 41, 601)

@@ -28,6 +28,10 @@ import torch
 from shardyard.errors import ConfigError
 from shardyard.loaders.sampler import ResumableSampler
 
+__all__ = ["BatchOrder", "CHECKPOINT", "DataWait", "LRSchedule", "METRICS", "MetricLogger", "StepBatches",
+           "TrainResult", "atomic_torch_save", "format_table", "keep_batch", "load_checkpoint", "read_metrics",
+           "resume_state", "rng_state", "run_key", "save_checkpoint", "set_lr", "set_rng_state"]
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "latest.pth"

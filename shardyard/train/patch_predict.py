@@ -46,6 +46,9 @@ from shardyard.train.loop import (
 )
 from shardyard.train.runtime import Runtime, setup_runtime
 
+__all__ = ["FeaturePairs", "RESUME_IGNORES", "Setup", "after_step", "evaluate", "finish", "gap_table", "live_pairs",
+           "make_pairs", "run", "run_features", "run_gaps", "run_stream", "setup", "stream_batches", "train_step"]
+
 log = logging.getLogger(__name__)
 
 # fields a resumed run may change: how long it runs, how often it reports, where it runs

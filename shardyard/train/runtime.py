@@ -22,6 +22,8 @@ import torch.distributed as dist
 
 from shardyard.errors import ConfigError
 
+__all__ = ["AMP_DTYPES", "Runtime", "amp_dtype", "resolve_device", "setup_runtime"]
+
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -56,6 +56,9 @@ from shardyard.train.loop import (
 )
 from shardyard.train.runtime import Runtime, setup_runtime
 
+__all__ = ["LOSSES", "RESUME_IGNORES", "SUMS", "TABLE_COLUMNS", "batch_sums", "build_model", "evaluate",
+           "frame_sizes", "open_data", "pixel_error", "plot_first", "plot_trajectories", "run", "summarise", "train"]
+
 log = logging.getLogger(__name__)
 
 LOSSES = ("loss", "volume", "gripper", "rotation")

@@ -13,6 +13,8 @@ from shardyard.errors import SourceError
 from shardyard.stores.frame_encoding import EncodedRows, FrameEncoding
 from shardyard.video import VideoReader, open_video
 
+__all__ = ["FrameReader"]
+
 
 @dataclass(frozen=True)
 class FrameReader:

@@ -25,6 +25,8 @@ from shardyard.ingest.yam.i2rt_cameras import Stream, camera_poses, stream_camer
 from shardyard.ingest.yam.layout import I2RT, LayoutInputs, RawEpisode
 from shardyard.schema import Episode, FieldSpec
 
+__all__ = ["FLAG", "read_i2rt"]
+
 FLAG = "write_complete.flag"
 
 

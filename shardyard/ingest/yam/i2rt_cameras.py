@@ -13,6 +13,8 @@ from shardyard.geometry import scale_intrinsics
 from shardyard.ingest.yam.layout import LayoutInputs
 from shardyard.mjcf import CameraModel, camera_K, find_camera, forward_kinematics
 
+__all__ = ["CameraGeometry", "Stream", "camera_poses", "stream_camera", "streams_of"]
+
 
 @dataclass(frozen=True)
 class Stream:

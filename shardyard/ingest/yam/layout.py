@@ -16,6 +16,8 @@ from shardyard.mjcf import RobotKinematics
 from shardyard.schema import Episode, FieldSpec
 from shardyard.stores.frame_encoding import FrameEncoding
 
+__all__ = ["I2RT", "LayoutInputs", "PER_DEMO", "RawEpisode", "detect_layout"]
+
 I2RT, PER_DEMO = "i2rt", "per_demo"
 
 

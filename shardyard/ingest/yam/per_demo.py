@@ -18,6 +18,8 @@ from shardyard.ingest.yam.layout import PER_DEMO, LayoutInputs, RawEpisode
 from shardyard.schema import Episode, FieldSpec
 from shardyard.stores.frame_encoding import EncodedRows
 
+__all__ = ["read_per_demo"]
+
 _IMG_EXT = (".png", ".jpg", ".jpeg")
 _EEF_SPECS = {"obs.eef_pos": FieldSpec("float32", (3,), "m", "vector", ("x", "y", "z")),
               "obs.eef_quat": FieldSpec("float32", (4,), None, "vector", ("qx", "qy", "qz", "qw")),

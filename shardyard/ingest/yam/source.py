@@ -22,6 +22,8 @@ from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.frame_encoding import FrameEncoding
 from shardyard.stores.manifest import fingerprint_paths, sha256_file
 
+__all__ = ["LAYOUT_READERS", "YamConfig", "YamSource"]
+
 log = logging.getLogger(__name__)
 
 LAYOUT_READERS: dict[str, Callable[[Path, str, LayoutInputs], RawEpisode]] = {

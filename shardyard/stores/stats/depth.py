@@ -19,6 +19,8 @@ import numpy as np
 
 from shardyard.stores.stats.config import StatsConfig
 
+__all__ = ["BIN_M", "DepthPart", "MAX_M", "depth_stats"]
+
 BIN_M = 1e-3
 MAX_M = 20.0
 

@@ -24,6 +24,9 @@ import numpy as np
 
 from shardyard.geometry import canonical_hemisphere, canonical_to_reference, mean_quaternion
 
+__all__ = ["bin_index", "gripper_bins", "height_bins", "nearest_prototype", "pc1_separation", "rotation_pc1",
+           "rotation_stats"]
+
 log = logging.getLogger(__name__)
 
 _CONSTANT_PAD = 0.01  # half-width (value units, e.g. metres) of the bins' range when all values are equal

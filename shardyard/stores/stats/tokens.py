@@ -9,6 +9,8 @@ import numpy as np
 
 from shardyard.stores.stats.moments import finalize, merge_all, part_from_array
 
+__all__ = ["CLS_FIELD", "PATCH_FIELD", "token_stats"]
+
 PATCH_FIELD, CLS_FIELD = "dino.patch_tokens", "dino.cls_token"
 
 
