@@ -20,10 +20,10 @@ import numpy as np
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from shardyard.errors import ConfigError
+from shardyard.stores.byte_ranges import ChunkRef, Piece
 from shardyard.stores.codecs_jpeg import DEFAULT_QUALITY, JpegCodec, check_frame_shape, decode_frame, encode_frame
 from shardyard.stores.codecs_jpeg import NAME as JPEG_NAME
 from shardyard.stores.video_frames import EncodedVideo, VideoCodec, VideoEncoder
-from shardyard.stores.zarr_shard import ChunkRef, Piece
 
 __all__ = ["DEFAULT_FRAME_CODEC", "FRAME_CODECS", "ChunkCodec", "EncodedRows", "EncodedVideo", "FrameEncoding",
            "FrameSink", "frame_codec_args", "parse_frame_codecs"]

@@ -25,17 +25,18 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence
 
 import numcodecs
 import numpy as np
 
+from shardyard.stores.byte_ranges import Piece, piece_len, write_pieces
 from shardyard.stores.codecs_jpeg import NAME as JPEG_NAME
 from shardyard.stores.codecs_jpeg import decode_frame
 
 EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk that was never written (fill value)
 
-__all__ = ["EMPTY", "ChunkRef", "Piece", "ShardAppender", "ShardReader", "index_nbytes", "load_array_meta",
+__all__ = ["EMPTY", "ShardAppender", "ShardReader", "index_nbytes", "load_array_meta",
            "read_shard_index", "shard_file"]
 
 
@@ -59,72 +60,6 @@ def read_shard_index(path: str | os.PathLike, chunks_per_shard: int) -> np.ndarr
     except FileNotFoundError:
         return None
     return np.frombuffer(raw, dtype="<u8").reshape(chunks_per_shard, 2)
-
-@dataclass(frozen=True)
-class ChunkRef:
-    """The bytes of one encoded chunk, `length` at `offset` of an open file descriptor `fd` (a reader
-    worker's spill file): appended by an in-kernel copy, never through Python memory."""
-
-    fd: int
-    offset: int
-    length: int
-
-
-Piece = Union[bytes, ChunkRef]
-
-
-def _piece_len(p: Piece) -> int:
-    return p.length if isinstance(p, ChunkRef) else len(p)
-
-
-def _copy_range(src: int, dst: int, offset: int, length: int, dst_offset: int) -> None:
-    """Copy `length` bytes at `offset` of `src` to `dst_offset` of `dst` (`copy_file_range`, with a
-    read/write fallback where the kernel or file system cannot)."""
-    done = 0
-    try:
-        while done < length:
-            n = os.copy_file_range(src, dst, length - done, offset + done, dst_offset + done)
-            if n == 0:
-                break
-            done += n
-    except (AttributeError, OSError):
-        pass
-    while done < length:
-        buf = os.pread(src, min(length - done, 8 << 20), offset + done)
-        if not buf:
-            raise OSError(f"short read: {length - done} bytes missing at offset {offset + done} of fd {src}")
-        os.pwrite(dst, buf, dst_offset + done)
-        done += len(buf)
-
-
-def _write_pieces(fd: int, pieces: Sequence[Piece], start: int = 0) -> int:
-    """Write `pieces` back to back from offset `start` of `fd`; runs of adjacent refs into one file become
-    one copy, runs of bytes one `pwritev`. Returns the bytes written."""
-    out = start
-    i = 0
-    while i < len(pieces):
-        p = pieces[i]
-        if isinstance(p, ChunkRef):
-            j, end = i + 1, p.offset + p.length
-            while j < len(pieces) and isinstance(pieces[j], ChunkRef) and pieces[j].fd == p.fd \
-                    and pieces[j].offset == end:
-                end += pieces[j].length
-                j += 1
-            _copy_range(p.fd, fd, p.offset, end - p.offset, out)
-            out += end - p.offset
-        else:
-            j = i
-            while j < len(pieces) and j - i < 1024 and not isinstance(pieces[j], ChunkRef):
-                j += 1
-            bufs = list(pieces[i:j])
-            want = sum(map(len, bufs))
-            n = os.pwritev(fd, bufs, out)
-            if n != want:  # a short vectored write: finish it piece by piece
-                os.pwrite(fd, b"".join(bufs)[n:], out + n)
-            out += want
-        i = j
-    return out - start
-
 
 @dataclass
 class ShardAppender:
@@ -226,8 +161,8 @@ class ShardAppender:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 start = self._size  # a new shard starts at 0 (over any stale file of a killed run)
-                end = start + _write_pieces(fd, take, start)
-                lengths = np.array([_piece_len(c) for c in take], dtype=np.int64)
+                end = start + write_pieces(fd, take, start)
+                lengths = np.array([piece_len(c) for c in take], dtype=np.int64)
                 offsets = start + np.concatenate([[0], np.cumsum(lengths)[:-1]])
                 self._index += [(int(o), int(n)) for o, n in zip(offsets, lengths)]
                 idx = np.full((self.shard_rows, 2), EMPTY, dtype="<u8")
