@@ -7,12 +7,16 @@ ingested with `ingest lerobot` once per codec (`--workers 2`). Figures per codec
 - `<codec>.ingest`: frames/s of the whole ingest, baseline the lz4 ingest of the same run;
 - `<codec>.reads`: random single-frame reads/s through a DataLoader with 2 workers (batch 32), baseline the
   same reads from a raw `np.memmap` of the same frames (goal: default codec >= 0.5).
-`--smoke` resizes frames to 160x120 and does few reads (a check that the script runs, not a figure).
+Ingests and reads alternate over the codecs for `--trials` rounds (memmap's reads in each round too); each
+figure is the median, its ratio the median of per-round ratios (`benchmarks/harness.py`). `--smoke` resizes
+frames to 160x120, does few reads and one round (a check that the script runs, not a figure).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -22,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import SHARED, figure  # noqa: E402
+from harness import SHARED, add_common_args, figure, median_ratio  # noqa: E402
 
 G1 = SHARED / "lerobot" / "unitree_g1_inspire_v2.1"
 FIELD = "obs.rgb.cam_high"
@@ -67,24 +71,29 @@ def _ingest(out: Path, codec: str, size: tuple[int, int] | None) -> float:
     return res.num_steps / (time.perf_counter() - t)
 
 
+GOALS = {"jpeg": ("<= 8", ">= 0.5"), "video": ("<= 1.5", "")}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="160x120 frames, few reads: the script runs")
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--reads", type=int, default=3000)
     parser.add_argument("--codecs", default=",".join(CODECS))
     args = parser.parse_args()
     torch.set_num_threads(1)
     size = (160, 120) if args.smoke else None
-    reads = 300 if args.smoke else args.reads
+    reads, trials = (300, 1) if args.smoke else (args.reads, args.trials)
     codecs = args.codecs.split(",")
+    order = ["lz4"] + [c for c in codecs if c != "lz4"]
     from shardyard import open_store
 
     tmp = tempfile.TemporaryDirectory()
     root = Path(tmp.name)
-    rates, stores = {}, {}
-    for codec in ["lz4"] + [c for c in codecs if c != "lz4"]:
-        rates[codec] = _ingest(root / codec, codec, size)
-        stores[codec] = open_store(str(root / codec))
+    ingest: dict[str, list[float]] = {c: [] for c in order}
+    for _ in range(trials):  # alternated: every codec once per round
+        for codec in order:
+            shutil.rmtree(root / codec, ignore_errors=True)
+            ingest[codec].append(_ingest(root / codec, codec, size))
+    stores = {c: open_store(str(root / c)) for c in order}
     ref = stores["lz4"]
     n = ref.num_steps
     videos = [G1 / "videos" / "chunk-000" / "observation.images.cam_high" / f"{k}.mp4" for k in ref.episode_keys]
@@ -99,16 +108,27 @@ def main() -> None:
             opened["mm"] = np.load(frames_path, mmap_mode="r")
         return torch.from_numpy(np.array(opened["mm"][i]))
 
-    mm_rate = _rate(Reads(rows, memmap_row))
+    mm: list[float] = []
+    got: dict[str, list[float]] = {c: [] for c in codecs}
+    for _ in range(trials):
+        mm.append(_rate(Reads(rows, memmap_row)))
+        for codec in codecs:
+            got[codec].append(_rate(Reads(rows, lambda i, s=stores[codec]: torch.from_numpy(
+                s.read_rows(FIELD, i, i + 1)[0]))))
     shape = "x".join(map(str, ref.schema[FIELD].shape))
+    med = statistics.median
     for codec in codecs:
-        store = stores[codec]
+        size_goal, read_goal = GOALS.get(codec, ("", ""))
         per_frame = _bytes(root / codec / "data" / FIELD) / n
-        figure(f"frame_codecs.{codec}.bytes_per_frame", per_frame, "bytes/frame", "source_video_bytes_per_frame",
-               src_per_frame, frame=shape, frames=n)
-        figure(f"frame_codecs.{codec}.ingest", rates[codec], "frames/s", "lz4_ingest", rates["lz4"], workers=2)
-        rate = _rate(Reads(rows, lambda i, s=store: torch.from_numpy(s.read_rows(FIELD, i, i + 1)[0])))
-        figure(f"frame_codecs.{codec}.reads", rate, "frames/s", "memmap_dataloader_2workers", mm_rate)
+        figure(f"frame_codecs.{codec}.bytes_per_frame", per_frame, "bytes/frame", "source AV1 video, bytes/frame",
+               src_per_frame, frame=shape, frames=n, goal=size_goal,
+               label=f"`{codec}` store bytes per real G1 {shape} frame")
+        figure(f"frame_codecs.{codec}.ingest", med(ingest[codec]), "frames/s", "`lz4` ingest, same run",
+               med(ingest["lz4"]), ratio=median_ratio(ingest[codec], ingest["lz4"]), workers=2,
+               label=f"`ingest lerobot --frame-codec {codec}` of the G1 set, 2 workers")
+        figure(f"frame_codecs.{codec}.reads", med(got[codec]), "frames/s", "raw np.memmap, same loader", med(mm),
+               ratio=median_ratio(got[codec], mm), goal=read_goal,
+               label=f"random single G1 frames from the `{codec}` store, DataLoader 2 workers")
     tmp.cleanup()
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import SHARED, figure  # noqa: E402
+from harness import SHARED, figure, median_ratio  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_PYTHON = REPO / ".venv-lerobot" / "bin" / "python"
@@ -141,24 +141,58 @@ def _bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def build(work: Path, frame_codec: str | None, image_size: str | None) -> tuple[Path, Path]:
-    """Ingest the G1 episodes into `work/store` and export them to `work/export`; returns both paths."""
-    store, export = work / "store", work / "export"
-    args = ["ingest", "lerobot", str(G1), "--out", str(store), "--overwrite"]
-    if frame_codec:
-        args += ["--frame-codec", frame_codec]
-    if image_size:
-        args += ["--image-size", image_size]
-    _cli(*args)
-    _cli("export", "lerobot", str(store), "--out", str(export), "--overwrite")
+def build(work: Path, frame_codec: str, image_size: str | None) -> tuple[Path, Path]:
+    """Ingest the G1 episodes into `work/store_<codec>` and, once, export them (LeRobot's own encoding) to
+    `work/export`; returns both paths."""
+    store, export = work / f"store_{frame_codec.replace(':', '_')}", work / "export"
+    if not (store / "manifest.json").exists():
+        args = ["ingest", "lerobot", str(G1), "--out", str(store), "--overwrite", "--frame-codec", frame_codec]
+        if image_size:
+            args += ["--image-size", image_size]
+        _cli(*args)
+    if not (export / "meta" / "info.json").exists():
+        _cli("export", "lerobot", str(store), "--out", str(export), "--overwrite")
     return store, export
+
+
+GOALS = {"jpeg": ">= 4", "video": ">= 2"}
+
+
+def compare(work: Path, codec: str, args: argparse.Namespace, samples: int, trials: int) -> None:
+    """Alternate LeRobot and shardyard on the same shuffled samples for one store codec; print the figures."""
+    from shardyard import open_store
+
+    store, export = build(work, codec, "160x120" if args.smoke else None)
+    n = open_store(str(store)).num_steps
+    indices = np.random.default_rng(0).permutation(n)[:samples].tolist()
+    indices_file = work / "indices.json"
+    indices_file.write_text(json.dumps(indices))
+    ours, theirs = [], []
+    for trial in range(trials):  # alternated, each side first in turn
+        sides = [("lerobot", theirs), ("shardyard", ours)]
+        for name, out in sides if trial % 2 == 0 else sides[::-1]:
+            out.append(lerobot_rate(export, indices_file, args.workers, args.batch, args.chunk) if name == "lerobot"
+                       else shardyard_rate(store, indices, args.workers, args.batch, args.chunk))
+    extra = {"frame_codec": codec, "samples": samples, "trials": trials, "workers": args.workers,
+             "batch": args.batch, "chunk": args.chunk, "smoke": args.smoke,
+             "trials_value": [round(v, 1) for v in ours], "trials_baseline": [round(v, 1) for v in theirs]}
+    name = codec.split(":")[0]
+    figure(f"vs_lerobot.samples_per_s_{name}", statistics.median(ours), "samples/s",
+           "LeRobot 0.4.4 `LeRobotDataset` on its own encoding (AV1, g=2)", statistics.median(theirs),
+           ratio=median_ratio(ours, theirs), goal=GOALS.get(name, ""),
+           label=f"frame + {args.chunk}-step action chunk, G1 episodes, `{codec}` store vs LeRobot, "
+                 f"DataLoader {args.workers} workers, batch {args.batch}, shuffled", **extra)
+    store_bytes = _bytes(store / "data" / "obs.rgb.cam_high") / n
+    export_bytes = _bytes(export / "videos" / CAMERA) / n
+    figure(f"vs_lerobot.bytes_per_frame_{name}", store_bytes, "bytes/frame", "LeRobot export mp4, bytes/frame",
+           export_bytes, frame_codec=codec, frames=n, label=f"`{codec}` store size per frame against LeRobot's")
 
 
 def main() -> None:
     """Run the comparison (or, with a `peer-*` command, one LeRobot side in the peer venv)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", default="bench", choices=["bench", "peer-rate", "peer-dump"])
-    parser.add_argument("--frame-codec", default=None, help="`ingest --frame-codec` (default: the ingest's own).")
+    parser.add_argument("--frame-codec", default="jpeg,video", help="comma-separated `ingest --frame-codec`s")
     parser.add_argument("--samples", type=int, default=1500, help="Shuffled sample indices timed per trial.")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
@@ -180,45 +214,8 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     work = args.work or Path(tmp.name)
     samples, trials = (160, 1) if args.smoke else (args.samples, args.trials)
-    if (work / "export" / "meta" / "info.json").exists():
-        store, export = work / "store", work / "export"
-    else:
-        store, export = build(work, args.frame_codec, "160x120" if args.smoke else None)
-    from shardyard import open_store
-
-    st = open_store(str(store))
-    n = st.num_steps
-    indices = np.random.default_rng(0).permutation(n)[:samples].tolist()
-    indices_file = work / "indices.json"
-    indices_file.write_text(json.dumps(indices))
-    try:
-        import shardyard.loaders as loaders
-
-        ours_available = hasattr(loaders, "EpisodeDataset")
-    except ImportError:
-        ours_available = False
-    ours, theirs = [], []
-    for trial in range(trials):  # alternated, each side first in turn
-        sides = [("lerobot", theirs), ("shardyard", ours)] if ours_available else [("lerobot", theirs)]
-        for name, out in sides if trial % 2 == 0 else sides[::-1]:
-            out.append(lerobot_rate(export, indices_file, args.workers, args.batch, args.chunk) if name == "lerobot"
-                       else shardyard_rate(store, indices, args.workers, args.batch, args.chunk))
-    codec = args.frame_codec or "default"
-    extra = {"frame_codec": codec, "samples": samples, "trials": trials, "workers": args.workers,
-             "batch": args.batch, "chunk": args.chunk, "smoke": args.smoke,
-             "trials_value": [round(v, 1) for v in ours], "trials_baseline": [round(v, 1) for v in theirs]}
-    if ours_available:
-        figure("vs_lerobot.samples_per_s", statistics.median(ours), "samples/s", "lerobot_0.4.4_av1_g2",
-               statistics.median(theirs), **extra)
-    else:  # no ratio to print until shardyard.loaders has EpisodeDataset
-        sys.stderr.write("shardyard.loaders.EpisodeDataset is not there yet: timed the LeRobot side only\n")
-        sys.stdout.write(json.dumps({"benchmark": "vs_lerobot.lerobot_samples_per_s",
-                                     "value": round(statistics.median(theirs), 3), "unit": "samples/s", **extra})
-                         + "\n")
-    store_bytes = _bytes(store / "data" / "obs.rgb.cam_high") / n
-    export_bytes = _bytes(export / "videos" / CAMERA) / n
-    figure("vs_lerobot.bytes_per_frame", store_bytes, "bytes/frame", "lerobot_export_mp4", export_bytes,
-           frame_codec=codec, frames=n)
+    for codec in args.frame_codec.split(","):
+        compare(work, codec, args, samples, trials)
     tmp.cleanup()
 
 
