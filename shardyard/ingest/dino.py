@@ -212,15 +212,20 @@ class _RayShardWorker:
         self.path = Path(cfg["out"])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import ray
+
         done = []
         for unit in batch["unit"]:
             batches = [tuple(x) for x in json.loads(str(unit))]
             run_unit(self.path, batches, self.reader, self.backbone)
             done.append(batches[0][0])
-        return {"shard_start": np.asarray(done, dtype=np.int64)}
+        node = ray.get_runtime_context().get_node_id()
+        return {"shard_start": np.asarray(done, dtype=np.int64), "node_id": np.asarray([node] * len(done))}
 
 
-def _run_ray(cfg: DinoConfig, units: list[list[tuple[int, int]]], on_batch) -> None:
+def _run_ray(cfg: DinoConfig, units: list[list[tuple[int, int]]], on_batch) -> dict[str, list[int]]:
+    """Run `units` on Ray Data actors; returns Ray node id -> first rows of the shards its actors wrote (a unit
+    retried after its node died is listed once, under the node that completed it)."""
     import ray
 
     if not ray.is_initialized():
@@ -238,9 +243,12 @@ def _run_ray(cfg: DinoConfig, units: list[list[tuple[int, int]]], on_batch) -> N
         compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(items))), num_cpus=1,
         num_gpus=cfg.num_gpus_per_worker or None)
     sizes = {u[0][0]: sum(b - a for a, b in u) for u in units}
+    nodes: dict[str, list[int]] = {}
     for row in ds.iter_rows():
+        nodes.setdefault(str(row["node_id"]), []).append(int(row["shard_start"]))
         if on_batch:
             on_batch(sizes[int(row["shard_start"])])
+    return {n: sorted(v) for n, v in sorted(nodes.items())}
 
 
 def ingest_dino(cfg: DinoConfig, *, on_batch: Callable[[int], None] | None = None) -> DinoResult:
@@ -280,7 +288,7 @@ def ingest_dino(cfg: DinoConfig, *, on_batch: Callable[[int], None] | None = Non
         n_todo = sum(len(u) for u in units)
         log.info("%d batch(es) done, %d to run in %d shard(s)", len(done), n_todo, len(units))
         if units and (cfg.ray or cfg.ray_address):
-            _run_ray(cfg, units, on_batch)
+            writer.run_info["ray_nodes"] = _run_ray(cfg, units, on_batch)
         elif units:
             with ThreadPoolExecutor(2, thread_name_prefix="dino-io") as pool:
                 for unit in units:
