@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 import shardyard.commands.ingest  # noqa: F401  (registers the ingest commands)
+import shardyard.commands.remote  # noqa: F401  (push, pull)
 import shardyard.commands.store  # noqa: F401  (stats, inspect, export)
 import shardyard.commands.train  # noqa: F401  (train commands)
 from shardyard.commands.common import app, ingest_app

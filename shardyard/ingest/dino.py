@@ -158,6 +158,11 @@ def provenance_key(reader: FrameReader, backbone: Backbone, cfg: DinoConfig) -> 
             "shardyard_version": __version__, **extra}
 
 
+def _store_ref(store: str) -> str:
+    """An absolute path for a local source store, the URL itself for a remote one (`s3://...`)."""
+    return store if "://" in store else str(Path(store).resolve())
+
+
 def _open_reader(store: str, field_name: str, fps: float | None,
                  size_hw: tuple[int, int]) -> FrameReader | ShardFrameReader:
     """The frame reader of `store`: `ShardFrameReader` for a shard store of videos (needs `fps`), else
@@ -235,7 +240,7 @@ def _run_ray(cfg: DinoConfig, units: list[list[tuple[int, int]]], on_batch) -> d
             ray.init(address=cfg.ray_address, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    conf = {"store": str(Path(cfg.store).resolve()), "field": cfg.field, "out": str(cfg.out.resolve()),
+    conf = {"store": _store_ref(cfg.store), "field": cfg.field, "out": str(cfg.out.resolve()),
             "backbone": asdict(cfg.backbone), "fps": cfg.fps}
     items = [{"unit": json.dumps([list(b) for b in u])} for u in units]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
@@ -270,7 +275,7 @@ def ingest_dino(cfg: DinoConfig, *, on_batch: Callable[[int], None] | None = Non
     key = provenance_key(reader, backbone, cfg)
     layout = FeatureLayout(num_samples=reader.num_frames, grid=backbone.grid, embed_dim=backbone.embed_dim,
                            patch_size=backbone.patch_size, dtype=cfg.dtype, batch_size=cfg.batch_size)
-    source = {"path": str(Path(cfg.store).resolve()), "field": cfg.field, "fingerprint": key["source_fingerprint"]}
+    source = {"path": _store_ref(cfg.store), "field": cfg.field, "fingerprint": key["source_fingerprint"]}
     if shard:
         wcfg = FeatureWriterConfig(overwrite=cfg.overwrite, compressor=cfg.compressor,
                                    episode_ends=reader.episode_ends.tolist(), source=source | reader.source_info())

@@ -275,12 +275,13 @@ def _start_pool(source: Source, cfg: IngestConfig,
     return token, executor
 
 
-def run_ingest(source: Source, cfg: IngestConfig, *,
-               on_episode: Callable[[str, str], None] | None = None) -> IngestResult:
+def run_ingest(source: Source, cfg: IngestConfig, *, on_episode: Callable[[str, str], None] | None = None,
+               on_commit: Callable[[], None] | None = None) -> IngestResult:
     """Ingest every episode of `source` into an episodic store at `cfg.out`.
 
     Resumes a store whose job was interrupted (committed episodes are skipped). `on_episode(key, status)` is
-    called after each episode with status "written", "skipped" or "committed" (for a progress bar).
+    called after each episode with status "written", "skipped" or "committed" (for a progress bar);
+    `on_commit()` after each commit group is recorded (e.g. `StagedStore.sync`, to upload it).
     Returns an `IngestResult`; raises the first `SourceError`/`SchemaError` when `cfg.on_error == "fail"`
     (the store stays resumable), and `ConfigError` for unusable options.
     """
@@ -289,11 +290,12 @@ def run_ingest(source: Source, cfg: IngestConfig, *,
         pool = _start_pool(source, cfg, stack) if cfg.workers > 1 and cfg.ray_address is None else None
         # Stats need scikit-learn at the end; importing it meanwhile takes ~1 s off the critical path.
         threading.Thread(target=importlib.import_module, args=("sklearn.cluster",), daemon=True).start()
-        return _run(source, cfg, pool, on_episode, t0)
+        return _run(source, cfg, pool, on_episode, t0, on_commit)
 
 
 def _run(source: Source, cfg: IngestConfig, pool: tuple[str, ProcessPoolExecutor] | None,
-         on_episode: Callable[[str, str], None] | None, t0: float) -> IngestResult:
+         on_episode: Callable[[str, str], None] | None, t0: float,
+         on_commit: Callable[[], None] | None = None) -> IngestResult:
     schema = source.schema()
     keys = source.keys()
     writer_cfg = EpisodicWriterConfig(
@@ -305,6 +307,7 @@ def _run(source: Source, cfg: IngestConfig, pool: tuple[str, ProcessPoolExecutor
     written = 0
     writer = EpisodicWriter(cfg.out, schema, config=writer_cfg)
     writer.stats_fn = lambda store: compute_stats(store, cfg.stats, frame_parts=writer.stats_parts)
+    writer.on_commit = on_commit
     with writer:
         done = set(writer.committed_keys)
         todo = [k for k in keys if k not in done]
