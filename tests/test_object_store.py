@@ -39,7 +39,7 @@ pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 pytestmark = pytest.mark.slow
 
-BUCKET = "sy"
+BUCKET = "shardyard-test"
 
 
 class S3Server:
