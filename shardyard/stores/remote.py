@@ -61,6 +61,22 @@ def _remote_sizes(fs: ProcessLocalFS, root: str) -> dict[str, int]:
             if p.startswith(prefix) and info.get("type", "file") != "directory"}
 
 
+def _put(fs: ProcessLocalFS, local: Path, remote: str, data: bytes | None = None) -> None:
+    """Upload a file (or `data`); a file-system destination may first need the parent folders that object
+    stores do not have."""
+    for attempt in (0, 1):
+        try:
+            if data is None:
+                fs.put_file(str(local), remote)
+            else:
+                fs.pipe_file(remote, data)
+            return
+        except FileNotFoundError:
+            if attempt or not local.exists():
+                raise
+            fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+
+
 def push(store: str | os.PathLike, url: str, *, storage_options: dict[str, Any] | None = None,
          on_file: Callable[[str], None] | None = None) -> TransferResult:
     """Copy the complete local store at `store` to `url` (any fsspec URL: `s3://`, `gs://`, `hf://datasets/...`,
@@ -82,12 +98,12 @@ def push(store: str | os.PathLike, url: str, *, storage_options: dict[str, Any] 
         if name != CHECKSUMS and there.get(name) == size:
             result.skipped += 1
             continue
-        fs.put_file(str(local / name), f"{root}/{name}")
+        _put(fs, local / name, f"{root}/{name}")
         result.copied += 1
         result.bytes += size
         if on_file:
             on_file(name)
-    fs.put_file(str(local / MANIFEST), f"{root}/{MANIFEST}")
+    _put(fs, local / MANIFEST, f"{root}/{MANIFEST}")
     result.copied += 1
     return result
 
@@ -181,14 +197,20 @@ class StagedStore:
                 out.append(name)
         return out
 
-    def _upload(self, name: str, data: bytes | None = None) -> None:
+    def _upload(self, name: str, snapshot: tuple[tuple[int, int], bytes] | None = None) -> None:
+        """Upload `name` (or its `snapshot`: the stat taken before its bytes were read, and the bytes)."""
         path = self.local / name
-        st = path.stat()
-        if data is None:
-            self.fs.put_file(str(path), f"{self.root}/{name}")
+        if snapshot is None:
+            st = path.stat()
+            stamp, data = (st.st_size, st.st_mtime_ns), None
         else:
-            self.fs.pipe_file(f"{self.root}/{name}", data)
-        self._sent[name] = (st.st_size, st.st_mtime_ns)
+            stamp, data = snapshot
+        _put(self.fs, path, f"{self.root}/{name}", data)
+        self._sent[name] = stamp
+
+    def _snapshot(self, name: str) -> tuple[tuple[int, int], bytes]:
+        st = (self.local / name).stat()  # before the read: a change after it is seen by the next sync
+        return (st.st_size, st.st_mtime_ns), (self.local / name).read_bytes()
 
     def sync(self) -> int:
         """Upload what changed since the last sync: data files first, then the commit records as they were
@@ -196,12 +218,12 @@ class StagedStore:
         if not self.local.is_dir():
             return 0
         names = [n for n in list_store_files(self.local) if n != MANIFEST]
-        records = {n: (self.local / n).read_bytes() for n in self._changed([n for n in names if _is_record(n)])}
+        records = {n: self._snapshot(n) for n in self._changed([n for n in names if _is_record(n)])}
         data = self._changed([n for n in names if not _is_record(n)])
         for name in data:
             self._upload(name)
-        for name, content in sorted(records.items()):
-            self._upload(name, content)
+        for name, snap in sorted(records.items()):
+            self._upload(name, snap)
         return len(data) + len(records)
 
     def finish(self) -> None:
