@@ -23,6 +23,10 @@ import pytest
 from conftest import YAM_EPISODES, YAM_MODEL, run_cli
 from test_ingest_yam import assert_stores_equal
 
+from shardyard.ingest.dino import DinoConfig, ingest_dino
+from shardyard.ingest.runner import IngestConfig, run_ingest
+from shardyard.ingest.yam import YamConfig, YamSource
+from shardyard.models.backbones import BackboneConfig
 from shardyard.stores.features import open_features
 
 pytest.importorskip("ray")
@@ -72,13 +76,17 @@ class TwoNodes:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, shared_data):
-    """Raw YAM episodes, the local (no Ray) yam store and local feature store made from it."""
+    """Raw YAM episodes, and the local (no Ray) yam store and feature store made from them in this process
+    (the same library calls as `ingest yam ... YAM_ARGS` and `ingest dino ... DINO_ARGS`)."""
     root = tmp_path_factory.mktemp("cluster")
     raw = root / "raw"
     for ep in sorted(p.parent for p in YAM_EPISODES.rglob("metadata.json"))[:N_EPISODES]:
         shutil.copytree(ep, raw / ep.relative_to(YAM_EPISODES))
-    run_cli("ingest", "yam", raw, *YAM_ARGS, "--out", root / "local", check=True)
-    run_cli("ingest", "dino", root / "local", *DINO_ARGS, "--out", root / "local_dino", check=True)
+    source = YamSource(YamConfig(root=raw, robot_model=YAM_MODEL, cameras=("top",), image_size=(64, 48)))
+    run_ingest(source, IngestConfig(out=root / "local"))
+    bb = BackboneConfig(spec="tiny-random-dinov2", image_size=(112, 112))
+    ingest_dino(DinoConfig(store=str(root / "local"), out=root / "local_dino", backbone=bb, batch_size=4,
+                           field="obs.rgb.top"))
     return root
 
 
