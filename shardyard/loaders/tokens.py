@@ -3,7 +3,7 @@
 Sample `i` is step `i` of the source store. Reads go through `ShardReader` (one `pread` per run of adjacent
 chunks, no zarr-python per item), and `__getitems__` serves a whole DataLoader batch with one read per run of
 consecutive indices. Handles open lazily in each process, so the dataset can be given to many workers
-(fork or spawn).
+(fork or spawn); a feature store at an fsspec URL is read the same way, by byte ranges of its shards.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class TokenDataset(torch.utils.data.Dataset):
     with `store`, each of `fields` at step `i` (`(*spec.shape)`). Default-collated batches are
     `(B, h*w, D)`, `(B, D)`, ...
 
-    features: feature store path or `FeatureStore`. store: the source store path or object (must have as many
+    features: feature store path, fsspec URL (`s3://bucket/features`: ranged reads, each DataLoader worker
+    with its own filesystem) or `FeatureStore`. store: the source store path, URL or object (must have as many
     steps). Raises `StoreError` for an incomplete store, `ValueError` when the store does not align or
     a field is unknown, `IndexError` out of range.
     """
