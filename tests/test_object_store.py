@@ -31,6 +31,7 @@ from shardyard.loaders.windows import EpisodeWindows
 from shardyard.models.backbones import BackboneConfig
 from shardyard.stores.features import open_features
 from shardyard.stores.remote import StagedStore, pull, push
+from shardyard.stores.remote_fs import parse_storage_options
 from shardyard.stores.wds import Sample, ShardWriter
 from shardyard.testing import SyntheticConfig, write_synthetic_yam
 from shardyard.video import write_video
@@ -167,7 +168,8 @@ def test_loaders_with_workers_give_the_same_batches(s3, local, pushed):
 def test_push_is_resumable_and_pull_checks_every_file(s3, local, pushed, tmp_path):
     again = push(local / "yam", pushed["yam"])
     assert again.skipped > 0 and again.copied == 2  # checksums.json and the manifest, nothing else
-    proc = run_cli("pull", pushed["yam"], tmp_path / "copy", check=True)
+    proc = run_cli("pull", pushed["yam"], tmp_path / "copy", "--storage-option", f"endpoint_url={s3.endpoint}",
+                   check=True)
     assert "downloaded" in proc.stdout
     ra, rb = open_store(str(tmp_path / "copy")), open_store(str(local / "yam"))
     np.testing.assert_array_equal(ra.read(1)["obs.rgb.front"], rb.read(1)["obs.rgb.front"])
@@ -198,6 +200,15 @@ def test_ingest_to_bucket_uploads_each_commit_and_the_manifest_last(s3, local):
     assert remote.episode_keys == here.episode_keys and remote.stats == here.stats
     for e in range(here.num_episodes):
         np.testing.assert_array_equal(remote.read(e)["obs.rgb.front"], here.read(e)["obs.rgb.front"])
+
+
+def test_storage_options_parse_and_nest():
+    assert parse_storage_options(["endpoint_url=http://127.0.0.1:9", "anon=true", "client_kwargs.region_name=eu",
+                                  "max_concurrency=4"]) == {
+        "endpoint_url": "http://127.0.0.1:9", "anon": True, "client_kwargs": {"region_name": "eu"},
+        "max_concurrency": 4}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_storage_options(["endpoint_url"])
 
 
 class _Stop(Exception):
