@@ -359,6 +359,11 @@ class FeatureStore:
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, N={self.num_samples}, grid={self.grid}, D={self.embed_dim})"
 
+    @property
+    def is_remote(self) -> bool:
+        """True for a store at an fsspec URL (each read is a network round trip)."""
+        return self._fs is not None
+
     num_samples = property(lambda self: self.layout.num_samples)
     grid = property(lambda self: self.layout.grid)            # (h, w) patches
     embed_dim = property(lambda self: self.layout.embed_dim)  # D
