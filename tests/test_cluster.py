@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 N_EPISODES = 4
 YAM_ARGS = ["--robot-model", YAM_MODEL, "--camera", "top", "--image-size", "64x48"]
-DINO_ARGS = ["--model", "tiny-random-dinov2", "--field", "obs.rgb.top", "--image-size", "112", "--batch-size", "4"]
+DINO_ARGS = ["--model", "tiny-random-dinov2", "--field", "obs.rgb.top", "--image-size", "56", "--batch-size", "8"]
 
 
 class TwoNodes:
@@ -84,8 +84,8 @@ def work(tmp_path_factory, shared_data):
         shutil.copytree(ep, raw / ep.relative_to(YAM_EPISODES))
     source = YamSource(YamConfig(root=raw, robot_model=YAM_MODEL, cameras=("top",), image_size=(64, 48)))
     run_ingest(source, IngestConfig(out=root / "local"))
-    bb = BackboneConfig(spec="tiny-random-dinov2", image_size=(112, 112))
-    ingest_dino(DinoConfig(store=str(root / "local"), out=root / "local_dino", backbone=bb, batch_size=4,
+    bb = BackboneConfig(spec="tiny-random-dinov2", image_size=(56, 56))
+    ingest_dino(DinoConfig(store=str(root / "local"), out=root / "local_dino", backbone=bb, batch_size=8,
                            field="obs.rgb.top"))
     return root
 

@@ -166,7 +166,8 @@ class StagedStore:
 
     def prepare(self, *, overwrite: bool = False) -> None:
         """Make the staging directory the job's starting point: emptied with `overwrite` (the remote store is
-        deleted too); else, when it holds no job but the bucket does, the bucket's files are downloaded."""
+        deleted too); else, when it holds no job but the bucket does, the bucket's files are downloaded. A
+        remote manifest is removed until `finish` (the job may change the store)."""
         there = _remote_sizes(self.fs, self.root)
         if overwrite:
             if there:
@@ -176,15 +177,15 @@ class StagedStore:
 
                 shutil.rmtree(self.local)
             return
-        if self.local.exists() and any(self.local.iterdir()):
-            return
-        if there:
+        if not (self.local.exists() and any(self.local.iterdir())) and there:
             log.info("resuming %s from the %d file(s) in the bucket", self.url, len(there))
             for name in sorted(there):
                 data = self.fs.cat_file(f"{self.root}/{name}")
                 atomic_write_bytes(self.local / name, data, fsync=False)
                 st = (self.local / name).stat()
                 self._sent[name] = (st.st_size, st.st_mtime_ns)
+        if MANIFEST in there:  # as a resumed writer does locally: incomplete until the job ends
+            self.fs.rm_file(f"{self.root}/{MANIFEST}")
 
     def _changed(self, names: list[str]) -> list[str]:
         out = []
