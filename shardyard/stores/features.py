@@ -321,7 +321,7 @@ class FeatureStore:
             self.path: Path | str = str(path).rstrip("/")
             self._fs, self._root = ProcessLocalFS.for_url(self.path)
         else:
-            self.path = Path(path)
+            self.path = Path(str(path).removeprefix("file://"))
             self._root = str(self.path)
         try:
             m = manifest.to_dict() if manifest is not None else read_json(self._join(MANIFEST), self._fs)
