@@ -11,6 +11,7 @@ import logging
 import shardyard.commands.foveated  # noqa: F401  (train foveated-caption)
 import shardyard.commands.ingest  # noqa: F401  (registers the ingest commands)
 import shardyard.commands.recode  # noqa: F401  (recode)
+import shardyard.commands.remote  # noqa: F401  (push, pull)
 import shardyard.commands.store  # noqa: F401  (stats, inspect, export)
 import shardyard.commands.train  # noqa: F401  (train commands)
 import shardyard.commands.view  # noqa: F401  (view)

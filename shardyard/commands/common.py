@@ -20,6 +20,8 @@ app.add_typer(ingest_app, name="ingest")
 
 # Options every `ingest` job takes, declared once.
 Out = Annotated[Path, typer.Option("--out", "-o", help="Store directory to write (resumed if it exists).")]
+OutURL = Annotated[str, typer.Option("--out", "-o", help="Store to write (resumed if it exists): a directory, or "
+                                     "an fsspec URL (s3://bucket/store, gs://...) written through local staging.")]
 Workers = Annotated[int, typer.Option(help="Reader processes.")]
 OnError = Annotated[str, typer.Option(help="skip: report bad episodes and go on; fail: stop at the first.")]
 Overwrite = Annotated[bool, typer.Option(help="Delete an existing store at --out first.")]
@@ -73,15 +75,24 @@ def _export_group() -> None:
     """Export a store to another dataset format (`export lerobot STORE --out DIR`)."""
 
 
-def run_ingest_job(source, out: Path, **kwargs) -> None:
+def run_ingest_job(source, out: str | Path, **kwargs) -> None:
     """Run `run_ingest` for a CLI command with a progress bar (`kwargs` are `IngestConfig` fields), then print the
-    summary and exit 0, or 2 when episodes were skipped, via `finish_ingest`."""
+    summary and exit 0, or 2 when episodes were skipped, via `finish_ingest`. An `out` URL (`s3://...`) is
+    written through a local staging directory, each commit uploaded as it is made (`stores/remote.py`)."""
     from rich.progress import Progress
 
     from shardyard.ingest.runner import IngestConfig, run_ingest
+    from shardyard.stores.remote_fs import is_remote
 
     try:
-        cfg = IngestConfig(out=out, **kwargs)
+        staged = None
+        if is_remote(out):
+            from shardyard.stores.remote import StagedStore, default_staging_dir
+
+            staged = StagedStore(str(out), default_staging_dir(str(out)))
+            staged.prepare(overwrite=kwargs.pop("overwrite", False))
+        local = staged.local if staged is not None else Path(out)
+        cfg = IngestConfig(out=local, **kwargs)
         keys = source.keys()
         progress = Progress(transient=True, disable=not sys.stderr.isatty())
         task = progress.add_task(f"ingest {source.name}", total=len(keys))
@@ -94,20 +105,22 @@ def run_ingest_job(source, out: Path, **kwargs) -> None:
             progress.advance(task)
 
         try:
-            result = run_ingest(source, cfg, on_episode=advance)
+            result = run_ingest(source, cfg, on_episode=advance, on_commit=staged.sync if staged else None)
         finally:
             if progress.live.is_started:
                 progress.stop()
         if hasattr(source, "report_notes"):  # e.g. files without observations (ingest libero)
             from shardyard.ingest.libero import add_report_notes
 
-            add_report_notes(out, source.report_notes())
+            add_report_notes(local, source.report_notes())
+        if staged is not None:
+            staged.finish()
     except ShardyardError as e:
         fail(e)
     finish_ingest(out, result)
 
 
-def finish_ingest(out: Path, result) -> None:
+def finish_ingest(out: str | Path, result) -> None:
     """Print the store summary and the run's counts, then exit with the ingest status (0, or 2 on skips)."""
     from shardyard import open_store
     from shardyard.inspection import summarize

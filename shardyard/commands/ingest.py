@@ -12,6 +12,7 @@ from shardyard.commands.common import (
     ImageSize,
     OnError,
     Out,
+    OutURL,
     Overwrite,
     SplitSeed,
     ValFraction,
@@ -30,7 +31,7 @@ __all__ = ["ingest_dino_cmd", "ingest_lerobot", "ingest_libero", "ingest_nyu_cmd
 @ingest_app.command("yam")
 def ingest_yam(
     raw_dir: Path = typer.Argument(..., help="Folder of YAM episodes (i2rt recorder or per-demo layout)."),
-    out: Out = ...,
+    out: OutURL = ...,
     robot_model: Optional[Path] = typer.Option(None, help="MJCF of the robot for FK and cameras."),
     eef_site: Optional[str] = typer.Option(None, help="Grasp site (default tcp_<arm>, else grasp_site)."),
     calibration: Optional[Path] = typer.Option(None, help="Calibration JSON for a real rig's cameras."),
@@ -66,7 +67,7 @@ def ingest_yam(
 @ingest_app.command("libero")
 def ingest_libero(
     path: Path = typer.Argument(..., help="A LIBERO/robomimic/robosuite *.hdf5 file or a folder of them."),
-    out: Out = ...,
+    out: OutURL = ...,
     image_convention: Optional[str] = typer.Option(None, help="opengl|opencv (default: file attr, else opengl)."),
     fps: Optional[float] = typer.Option(None, help="Control rate in Hz (default 20)."),
     workers: Workers = 1,
@@ -90,7 +91,7 @@ def ingest_libero(
 @ingest_app.command("lerobot")
 def ingest_lerobot(
     path: str = typer.Argument(..., help="LeRobot dataset folder (v2.1 or v3.0) or a Hub repo id in the cache."),
-    out: Out = ...,
+    out: OutURL = ...,
     image_size: ImageSize = None,
     timestamp_tolerance_ms: float = typer.Option(1.0, help="Largest row-to-frame gap when decoding video."),
     workers: Workers = 1,
@@ -190,7 +191,8 @@ def ingest_webvid_cmd(
 def ingest_dino_cmd(
     store: str = typer.Argument(..., help="Source store (made by `ingest yam` etc.)."),
     model: str = typer.Option("tiny-random-dinov2", help="HF id, local folder, hub entry, or tiny-random-dinov2."),
-    out: Path = typer.Option(..., "--out", "-o", help="Feature store to write (resumed on the same key)."),
+    out: str = typer.Option(..., "--out", "-o", help="Feature store to write (resumed on the same key): a "
+                            "directory, or an fsspec URL (s3://...) written through local staging."),
     field: str = typer.Option("obs.rgb.top", help="Image field of the source store."),
     hub_repo: Optional[Path] = typer.Option(None, help="Local torch.hub repository (with hubconf.py)."),
     weights: Optional[Path] = typer.Option(None, help="State-dict file for --hub-repo."),
@@ -210,18 +212,25 @@ def ingest_dino_cmd(
     """Cache DINO patch and CLS tokens of one camera field in a feature store (exit 2 if frames are missing)."""
     from shardyard.ingest.dino import DinoConfig, ingest_dino
     from shardyard.models.backbones import BackboneConfig
+    from shardyard.stores.remote import StagedStore, default_staging_dir
+    from shardyard.stores.remote_fs import is_remote
 
     try:
+        staged = StagedStore(out, default_staging_dir(out)) if is_remote(out) else None
+        if staged is not None:
+            staged.prepare(overwrite=overwrite)
         size = parse_size(image_size)
         every = layers.strip().lower() == "all"
         bcfg = BackboneConfig(spec=model, layers=(-1,) if every else tuple(int(x) for x in layers.split(",")),
                               image_size=size, all_layers=every,
                               hub_repo=str(hub_repo) if hub_repo else None,
                               weights=str(weights) if weights else None, device=device)
-        cfg = DinoConfig(store=store, out=out, backbone=bcfg, field=field, dtype=dtype, batch_size=batch_size,
-                         overwrite=overwrite, ray=ray, ray_address=ray_address, workers=workers,
-                         num_gpus_per_worker=num_gpus_per_worker, fps=fps)
-        result = ingest_dino(cfg)
+        cfg = DinoConfig(store=store, out=staged.local if staged else Path(out), backbone=bcfg, field=field,
+                         dtype=dtype, batch_size=batch_size, overwrite=overwrite and staged is None, ray=ray,
+                         ray_address=ray_address, workers=workers, num_gpus_per_worker=num_gpus_per_worker, fps=fps)
+        result = ingest_dino(cfg, on_batch=(lambda n: staged.sync()) if staged else None)
+        if staged is not None:
+            staged.finish()
     except ShardyardError as e:
         fail(e)
     except ValueError as e:
@@ -230,5 +239,5 @@ def ingest_dino_cmd(
                f"{result.num_batches_done_before} already stored, in {result.seconds:.1f} s -> {out}")
     if result.errors:
         typer.secho(f"{len(result.errors)} frame(s) failed to decode and are masked missing; see "
-                    f"{out / 'report.json'}", fg=typer.colors.YELLOW, err=True)
+                    f"{out}/report.json", fg=typer.colors.YELLOW, err=True)
     raise typer.Exit(result.exit_code)

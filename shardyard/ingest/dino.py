@@ -158,6 +158,11 @@ def provenance_key(reader: FrameReader, backbone: Backbone, cfg: DinoConfig) -> 
             "shardyard_version": __version__, **extra}
 
 
+def _store_ref(store: str) -> str:
+    """An absolute path for a local source store, the URL itself for a remote one (`s3://...`)."""
+    return store if "://" in store else str(Path(store).resolve())
+
+
 def _open_reader(store: str, field_name: str, fps: float | None,
                  size_hw: tuple[int, int]) -> FrameReader | ShardFrameReader:
     """The frame reader of `store`: `ShardFrameReader` for a shard store of videos (needs `fps`), else
@@ -212,15 +217,20 @@ class _RayShardWorker:
         self.path = Path(cfg["out"])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import ray
+
         done = []
         for unit in batch["unit"]:
             batches = [tuple(x) for x in json.loads(str(unit))]
             run_unit(self.path, batches, self.reader, self.backbone)
             done.append(batches[0][0])
-        return {"shard_start": np.asarray(done, dtype=np.int64)}
+        node = ray.get_runtime_context().get_node_id()
+        return {"shard_start": np.asarray(done, dtype=np.int64), "node_id": np.asarray([node] * len(done))}
 
 
-def _run_ray(cfg: DinoConfig, units: list[list[tuple[int, int]]], on_batch) -> None:
+def _run_ray(cfg: DinoConfig, units: list[list[tuple[int, int]]], on_batch) -> dict[str, list[int]]:
+    """Run `units` on Ray Data actors; returns Ray node id -> first rows of the shards its actors wrote (a unit
+    retried after its node died is listed once, under the node that completed it)."""
     import ray
 
     if not ray.is_initialized():
@@ -230,7 +240,7 @@ def _run_ray(cfg: DinoConfig, units: list[list[tuple[int, int]]], on_batch) -> N
             ray.init(address=cfg.ray_address, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    conf = {"store": str(Path(cfg.store).resolve()), "field": cfg.field, "out": str(cfg.out.resolve()),
+    conf = {"store": _store_ref(cfg.store), "field": cfg.field, "out": str(cfg.out.resolve()),
             "backbone": asdict(cfg.backbone), "fps": cfg.fps}
     items = [{"unit": json.dumps([list(b) for b in u])} for u in units]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
@@ -238,9 +248,12 @@ def _run_ray(cfg: DinoConfig, units: list[list[tuple[int, int]]], on_batch) -> N
         compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(items))), num_cpus=1,
         num_gpus=cfg.num_gpus_per_worker or None)
     sizes = {u[0][0]: sum(b - a for a, b in u) for u in units}
+    nodes: dict[str, list[int]] = {}
     for row in ds.iter_rows():
+        nodes.setdefault(str(row["node_id"]), []).append(int(row["shard_start"]))
         if on_batch:
             on_batch(sizes[int(row["shard_start"])])
+    return {n: sorted(v) for n, v in sorted(nodes.items())}
 
 
 def ingest_dino(cfg: DinoConfig, *, on_batch: Callable[[int], None] | None = None) -> DinoResult:
@@ -262,7 +275,7 @@ def ingest_dino(cfg: DinoConfig, *, on_batch: Callable[[int], None] | None = Non
     key = provenance_key(reader, backbone, cfg)
     layout = FeatureLayout(num_samples=reader.num_frames, grid=backbone.grid, embed_dim=backbone.embed_dim,
                            patch_size=backbone.patch_size, dtype=cfg.dtype, batch_size=cfg.batch_size)
-    source = {"path": str(Path(cfg.store).resolve()), "field": cfg.field, "fingerprint": key["source_fingerprint"]}
+    source = {"path": _store_ref(cfg.store), "field": cfg.field, "fingerprint": key["source_fingerprint"]}
     if shard:
         wcfg = FeatureWriterConfig(overwrite=cfg.overwrite, compressor=cfg.compressor,
                                    episode_ends=reader.episode_ends.tolist(), source=source | reader.source_info())
@@ -280,7 +293,7 @@ def ingest_dino(cfg: DinoConfig, *, on_batch: Callable[[int], None] | None = Non
         n_todo = sum(len(u) for u in units)
         log.info("%d batch(es) done, %d to run in %d shard(s)", len(done), n_todo, len(units))
         if units and (cfg.ray or cfg.ray_address):
-            _run_ray(cfg, units, on_batch)
+            writer.run_info["ray_nodes"] = _run_ray(cfg, units, on_batch)
         elif units:
             with ThreadPoolExecutor(2, thread_name_prefix="dino-io") as pool:
                 for unit in units:

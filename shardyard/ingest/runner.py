@@ -199,20 +199,24 @@ def _read_in_worker(token: str, key: str, plan: _ReadPlan) -> Episode | dict[str
     return _read_one(_WORKER_SOURCES[token], key, plan)
 
 
-def _read_in_ray(token: str, source_ref: list, key: str, plan: _ReadPlan) -> Episode | dict[str, Any]:
-    """Ray task body; `source_ref` is `[ObjectRef]` (wrapped, so Ray does not resolve it for each task)."""
+def _read_in_ray(token: str, source_ref: list, key: str,
+                 plan: _ReadPlan) -> tuple[str, Episode | dict[str, Any]]:
+    """Ray task body; `source_ref` is `[ObjectRef]` (wrapped, so Ray does not resolve it for each task).
+    Returns the id of the Ray node that read the episode with the result (the run report lists them)."""
     import ray
 
     if token not in _WORKER_SOURCES:
         _register(token, ray.get(source_ref[0]))
-    return _read_one(_WORKER_SOURCES[token], key, plan)
+    return ray.get_runtime_context().get_node_id(), _read_one(_WORKER_SOURCES[token], key, plan)
 
 
 def _ordered_reads(source: Source, keys: list[str], cfg: IngestConfig, plan: _ReadPlan,
-                   pool: tuple[str, ProcessPoolExecutor] | None) -> Iterator[tuple[str, Any]]:
-    """Yield `(key, Episode | error row)` in key order, with at most 2 x workers reads in flight."""
+                   pool: tuple[str, ProcessPoolExecutor] | None,
+                   nodes: dict[str, str] | None = None) -> Iterator[tuple[str, Any]]:
+    """Yield `(key, Episode | error row)` in key order, with at most 2 x workers reads in flight. On Ray,
+    `nodes[key]` is set to the id of the node whose task returned the episode."""
     if cfg.ray_address is not None:
-        yield from _ray_reads(source, keys, cfg, plan)
+        yield from _ray_reads(source, keys, cfg, plan, {} if nodes is None else nodes)
         return
     if pool is None:
         for key in keys:
@@ -223,8 +227,10 @@ def _ordered_reads(source: Source, keys: list[str], cfg: IngestConfig, plan: _Re
                          2 * cfg.workers)
 
 
-def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig,
-               plan: _ReadPlan) -> Iterator[tuple[str, Any]]:
+def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig, plan: _ReadPlan,
+               nodes: dict[str, str]) -> Iterator[tuple[str, Any]]:
+    """Reads as Ray tasks: a task lost with its node is retried elsewhere by Ray (`max_retries`), and a
+    result lost with the node's object store is rebuilt from lineage, so the writer sees each key once."""
     import ray
 
     if not ray.is_initialized():
@@ -235,7 +241,10 @@ def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig,
     remote_read = ray.remote(_read_in_ray)
     source_ref = [ray.put(source)]
     token = uuid.uuid4().hex
-    yield from _windowed(lambda k: remote_read.remote(token, source_ref, k, plan), ray.get, keys, 2 * cfg.workers)
+    for key, (node_id, result) in _windowed(lambda k: remote_read.remote(token, source_ref, k, plan), ray.get,
+                                            keys, 2 * cfg.workers):
+        nodes[key] = node_id
+        yield key, result
 
 
 def _encodings(codecs: dict[str, ChunkCodec | VideoCodec], schema: Schema, stats: StatsConfig,
@@ -277,12 +286,13 @@ def _start_pool(source: Source, cfg: IngestConfig,
     return token, executor
 
 
-def run_ingest(source: Source, cfg: IngestConfig, *,
-               on_episode: Callable[[str, str], None] | None = None) -> IngestResult:
+def run_ingest(source: Source, cfg: IngestConfig, *, on_episode: Callable[[str, str], None] | None = None,
+               on_commit: Callable[[], None] | None = None) -> IngestResult:
     """Ingest every episode of `source` into an episodic store at `cfg.out`.
 
     Resumes a store whose job was interrupted (committed episodes are skipped). `on_episode(key, status)` is
-    called after each episode with status "written", "skipped" or "committed" (for a progress bar).
+    called after each episode with status "written", "skipped" or "committed" (for a progress bar);
+    `on_commit()` after each commit group is recorded (e.g. `StagedStore.sync`, to upload it).
     Returns an `IngestResult`; raises the first `SourceError`/`SchemaError` when `cfg.on_error == "fail"`
     (the store stays resumable), and `ConfigError` for unusable options.
     """
@@ -291,11 +301,12 @@ def run_ingest(source: Source, cfg: IngestConfig, *,
         pool = _start_pool(source, cfg, stack) if cfg.workers > 1 and cfg.ray_address is None else None
         # Stats need scikit-learn at the end; importing it meanwhile takes ~1 s off the critical path.
         threading.Thread(target=importlib.import_module, args=("sklearn.cluster",), daemon=True).start()
-        return _run(source, cfg, pool, on_episode, t0)
+        return _run(source, cfg, pool, on_episode, t0, on_commit)
 
 
 def _run(source: Source, cfg: IngestConfig, pool: tuple[str, ProcessPoolExecutor] | None,
-         on_episode: Callable[[str, str], None] | None, t0: float) -> IngestResult:
+         on_episode: Callable[[str, str], None] | None, t0: float,
+         on_commit: Callable[[], None] | None = None) -> IngestResult:
     schema = source.schema()
     keys = source.keys()
     writer_cfg = EpisodicWriterConfig(
@@ -307,6 +318,7 @@ def _run(source: Source, cfg: IngestConfig, pool: tuple[str, ProcessPoolExecutor
     written = 0
     writer = EpisodicWriter(cfg.out, schema, config=writer_cfg)
     writer.stats_fn = lambda store: compute_stats(store, cfg.stats, frame_parts=writer.stats_parts)
+    writer.on_commit = on_commit
     with writer:
         done = set(writer.committed_keys)
         todo = [k for k in keys if k not in done]
@@ -316,7 +328,8 @@ def _run(source: Source, cfg: IngestConfig, pool: tuple[str, ProcessPoolExecutor
         spill = str(writer.spill_dir) if pool is not None else None  # Ray workers may be on other machines
         plan = _ReadPlan(encodings=_encodings(writer.codecs, schema, cfg.stats, spill), schema=schema,
                          stats=cfg.stats)
-        for key, result in _ordered_reads(source, todo, cfg, plan, pool):
+        nodes: dict[str, str] = {}
+        for key, result in _ordered_reads(source, todo, cfg, plan, pool, nodes):
             if isinstance(result, Episode):
                 try:
                     writer.write(result)
@@ -341,6 +354,9 @@ def _run(source: Source, cfg: IngestConfig, pool: tuple[str, ProcessPoolExecutor
             "num_skipped": len(skipped), "skipped": skipped,
             "seconds": round(time.perf_counter() - t0, 3),
         }
+        if nodes:  # where the reads of this run ran: Ray node id -> episode keys
+            writer.report["ray_nodes"] = {n: sorted(k for k, v in nodes.items() if v == n)
+                                          for n in sorted(set(nodes.values()))}
         num_steps = writer.num_steps
     return IngestResult(store=Path(cfg.out), num_keys=len(keys), num_written=written,
                         num_already_committed=len(done), skipped=skipped,

@@ -30,6 +30,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import fsspec
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -163,8 +164,10 @@ class ClipStream(IterableDataset):
 
     # ---- reading ----------------------------------------------------------------------------------
     def _open(self, url: str, fs: Any):
-        if "://" in url:  # one streaming GET; a size skips fsspec's HEAD probe, which hides 5xx as 404
-            return fs.open(url, "rb", block_size=0, size=-1)
+        if url.startswith(("http://", "https://")):  # one streaming GET; a size skips fsspec's HEAD probe,
+            return fs.open(url, "rb", block_size=0, size=-1)  # which hides 5xx as 404
+        if "://" in url:  # s3://, gs://, ...: sequential ranged reads through this worker's own filesystem
+            return fsspec.core.url_to_fs(url)[0].open(url, "rb", block_size=8 << 20)
         return open(url, "rb")
 
     def _http_fs(self) -> Any:
@@ -267,7 +270,7 @@ class ClipStream(IterableDataset):
         if info is None:
             self._start = {}
         shards = self.shards_for(epoch, rank, world, worker, num_workers)
-        fs = self._http_fs() if any("://" in u for u in shards) else None
+        fs = self._http_fs() if any(u.startswith(("http://", "https://")) for u in shards) else None
         raw = (s for url in shards for s in self._read_shard(url, worker, fs))
         rng = np.random.default_rng([self.config.seed, epoch, rank, worker])
         for pos, s in enumerate(self._shuffled(raw, rng)):

@@ -3,13 +3,14 @@
 Sample `i` is step `i` of the source store. Reads go through `ShardReader` (one `pread` per run of adjacent
 chunks, no zarr-python per item), and `__getitems__` serves a whole DataLoader batch with one read per run of
 consecutive indices. Handles open lazily in each process, so the dataset can be given to many workers
-(fork or spawn).
+(fork or spawn); a feature store at an fsspec URL is read the same way, by byte ranges of its shards.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PATCH_KEY, CLS_KEY, MISSING_KEY = FIELD_NAMES["patch_tokens"], FIELD_NAMES["cls_token"], FIELD_NAMES["missing"]
 _ARRAY = {PATCH_KEY: PATCH, CLS_KEY: CLS}
+REMOTE_READS_IN_FLIGHT = 16  # ranged reads of a batch in flight at once from a store at a URL
 
 
 @dataclass
@@ -51,7 +53,8 @@ class TokenDataset(torch.utils.data.Dataset):
     with `store`, each of `fields` at step `i` (`(*spec.shape)`). Default-collated batches are
     `(B, h*w, D)`, `(B, D)`, ...
 
-    features: feature store path or `FeatureStore`. store: the source store path or object (must have as many
+    features: feature store path, fsspec URL (`s3://bucket/features`: ranged reads, each DataLoader worker
+    with its own filesystem) or `FeatureStore`. store: the source store path, URL or object (must have as many
     steps). Raises `StoreError` for an incomplete store, `ValueError` when the store does not align or
     a field is unknown, `IndexError` out of range.
     """
@@ -100,7 +103,12 @@ class TokenDataset(torch.utils.data.Dataset):
         else:
             uniq, inverse = np.unique(idx, return_inverse=True)
             read = fs.patch_tokens if name == PATCH_KEY else fs.cls_token
-            parts = [read(a, b) for a, b, _ in _runs(uniq)]
+            runs = _runs(uniq)
+            if fs.is_remote and len(runs) > 1:  # one round trip per run: overlap them, not one after another
+                with ThreadPoolExecutor(min(len(runs), REMOTE_READS_IN_FLIGHT)) as pool:
+                    parts = list(pool.map(lambda r: read(r[0], r[1]), runs))
+            else:
+                parts = [read(a, b) for a, b, _ in runs]
             x = (parts[0] if len(parts) == 1 else np.concatenate(parts))[inverse]
         return x.astype(np.float32) if self.cfg.as_float32 else x
 

@@ -29,6 +29,7 @@ import zarr
 from shardyard.errors import StoreError
 from shardyard.schema import Schema
 from shardyard.stores.manifest import MANIFEST, Manifest, read_json
+from shardyard.stores.remote_fs import ProcessLocalFS, is_remote
 from shardyard.stores.video_frames import INDEX, VideoFrameReader, video_codec_of
 from shardyard.stores.zarr_shard import ShardReader, load_array_meta
 
@@ -70,9 +71,12 @@ class EpisodicStore:
         import fsspec
 
         self.url = str(path_or_url)
-        fs, root = fsspec.core.url_to_fs(self.url)
-        self._fs = None if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol else fs
-        self.root = root if self._fs is not None else str(Path(root))
+        # A remote store's handle is rebuilt in each process (fsspec's async filesystems are not fork-safe)
+        self._fs: ProcessLocalFS | None = None
+        if is_remote(self.url):
+            self._fs, self.root = ProcessLocalFS.for_url(self.url)
+        else:
+            self.root = str(Path(fsspec.core.url_to_fs(self.url)[1]))
         if manifest is None:
             try:
                 mdict = read_json(self._join(MANIFEST), self._fs)

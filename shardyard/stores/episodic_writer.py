@@ -118,6 +118,7 @@ class EpisodicWriter:
         self.schema = schema
         self.cfg = config or EpisodicWriterConfig()
         self.stats_fn = stats_fn
+        self.on_commit: Callable[[], None] | None = None  # called after each commit point (staged upload)
         self.report: dict[str, Any] = {}
         self._episodes: list[dict[str, Any]] = []
         self._root: zarr.Group | None = None
@@ -343,6 +344,8 @@ class EpisodicWriter:
         self._write_progress()
         self._stats_parts.update(parts)
         self._pending, self._pending_bytes = [], 0
+        if self.on_commit is not None:
+            self.on_commit()
 
     @property
     def spill_dir(self) -> Path:

@@ -35,6 +35,7 @@ from shardyard.schema import FieldSpec, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
 from shardyard.stores.frame_encoding import ChunkCodec
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
+from shardyard.stores.remote_fs import ProcessLocalFS, is_remote
 from shardyard.stores.stats.tokens import token_stats
 from shardyard.stores.zarr_shard import ShardAppender, ShardReader, load_array_meta
 
@@ -79,6 +80,7 @@ class FeatureLayout:
 
     @property
     def num_patches(self) -> int:
+        """Patches per sample, h * w."""
         return self.grid[0] * self.grid[1]
 
     def batches(self) -> list[tuple[int, int]]:
@@ -98,6 +100,7 @@ class FeatureLayout:
         return [units[k] for k in sorted(units)]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (the grid as a list), the inverse of `FeatureLayout(**d)`."""
         return asdict(self) | {"grid": list(self.grid)}
 
 
@@ -115,7 +118,8 @@ def _to_stored(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype != np.uint16:
         return x.astype(dtype, copy=False)
     import torch  # bfloat16 bits, rounded to nearest even by torch
-    return torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    bits = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(torch.bfloat16).view(torch.int16)
+    return bits.numpy().view(np.uint16)
 
 
 def key_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -158,6 +162,7 @@ class FeatureWriter:
         self.layout = layout
         self.cfg = config or FeatureWriterConfig()
         self.resumed = False
+        self.run_info: dict[str, Any] = {}  # merged into report.json (e.g. `ray_nodes` of a Ray run)
 
     def __enter__(self) -> "FeatureWriter":
         if self.path.exists() and self.cfg.overwrite:
@@ -230,7 +235,7 @@ class FeatureWriter:
         zarr.open_array(str(self.path / MISSING), mode="r+")[:] = mask
         atomic_write_json(self.path / "report.json", {"num_samples": self.layout.num_samples,
                                                       "num_missing": len(missing), "missing": missing,
-                                                      "errors": errors})
+                                                      "errors": errors, **self.run_info})
         store = FeatureStore(self.path, manifest=self._manifest())
         atomic_write_json(self.path / "stats.json", token_stats(store))
         atomic_write_json(self.path / MANIFEST, self._manifest().to_dict())
@@ -301,17 +306,25 @@ def write_batch(path: str | os.PathLike, start: int, patch_tokens: np.ndarray, c
 
 
 class FeatureStore:
-    """Read-only view of a complete feature store (local path). Fork-safe: file handles open lazily in
-    each process.
+    """Read-only view of a complete feature store at a local path or an fsspec URL (`s3://bucket/features`;
+    shard byte ranges are read, never whole shards). Fork-safe: file handles, and a remote store's filesystem,
+    open lazily in each process.
 
-    Attributes: `manifest`, `layout` (`FeatureLayout`), `key`, `stats`, `report`, `num_samples`, `grid`,
-    `embed_dim`, `episode_ends`. Raises `StoreError` when there is no manifest or it is another format.
+    Attributes: `path` (local `Path`, or the URL string of a remote store), `manifest`, `layout`
+    (`FeatureLayout`), `key`, `stats`, `report`, `num_samples`, `grid`, `embed_dim`, `episode_ends`.
+    Raises `StoreError` when there is no manifest or it is another format.
     """
 
     def __init__(self, path: str | os.PathLike, *, manifest: Manifest | None = None) -> None:
-        self.path = Path(path)
+        self._fs: ProcessLocalFS | None = None
+        if is_remote(path):
+            self.path: Path | str = str(path).rstrip("/")
+            self._fs, self._root = ProcessLocalFS.for_url(self.path)
+        else:
+            self.path = Path(str(path).removeprefix("file://"))
+            self._root = str(self.path)
         try:
-            m = manifest.to_dict() if manifest is not None else read_json(str(self.path / MANIFEST))
+            m = manifest.to_dict() if manifest is not None else read_json(self._join(MANIFEST), self._fs)
         except FileNotFoundError:
             raise StoreError("no manifest.json: not a feature store, or its `ingest dino` never finished "
                              "(rerun the same command to resume)", path=str(self.path)) from None
@@ -326,9 +339,19 @@ class FeatureStore:
         self._readers: dict[str, Any] = {}
         self._missing: np.ndarray | None = None
 
+    def _join(self, rel: str) -> str:
+        return f"{self._root}/{rel}"
+
     def _optional(self, name: str) -> dict[str, Any]:
-        p = self.path / name
-        return read_json(str(p)) if p.exists() else {}
+        try:
+            return read_json(self._join(name), self._fs)
+        except FileNotFoundError:
+            return {}
+
+    def _zarr(self, name: str) -> zarr.Array:
+        if self._fs is None:
+            return zarr.open_array(self._join(name), mode="r")
+        return zarr.open_array(self._fs.url(self._join(name)), mode="r", storage_options=self._fs.storage_options)
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__) | {"_pid": -1, "_readers": {}, "_missing": None}
@@ -336,13 +359,19 @@ class FeatureStore:
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, N={self.num_samples}, grid={self.grid}, D={self.embed_dim})"
 
+    @property
+    def is_remote(self) -> bool:
+        """True for a store at an fsspec URL (each read is a network round trip)."""
+        return self._fs is not None
+
     num_samples = property(lambda self: self.layout.num_samples)
     grid = property(lambda self: self.layout.grid)            # (h, w) patches
     embed_dim = property(lambda self: self.layout.embed_dim)  # D
 
     @property
     def episode_ends(self) -> np.ndarray:
-        return np.asarray(zarr.open_array(str(self.path / "meta" / "episode_ends"), mode="r")[:])
+        """`(E,) int64` cumulative step counts of the source store's episodes."""
+        return np.asarray(self._zarr("meta/episode_ends")[:])
 
     def array_reader(self, name: str):
         """Per-process reader of one stored array (`patch_tokens`, `cls_token`, `missing`): a `ShardReader`
@@ -350,9 +379,9 @@ class FeatureStore:
         if self._pid != os.getpid():
             self._readers, self._missing, self._pid = {}, None, os.getpid()
         if name not in self._readers:
-            path = str(self.path / name)
-            fast = ShardReader.maybe_for(path, load_array_meta(path))
-            self._readers[name] = fast if fast is not None else zarr.open_array(path, mode="r")
+            path = self._join(name)
+            fast = ShardReader.maybe_for(path, load_array_meta(path, self._fs), fs=self._fs)
+            self._readers[name] = fast if fast is not None else self._zarr(name)
         return self._readers[name]
 
     def _rows(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -377,10 +406,11 @@ class FeatureStore:
         """`(N,) bool`: True where the source frame failed to decode (its tokens are not valid)."""
         self.array_reader(MISSING)
         if self._missing is None:
-            self._missing = np.asarray(zarr.open_array(str(self.path / MISSING), mode="r")[:], dtype=bool)
+            self._missing = np.asarray(self._zarr(MISSING)[:], dtype=bool)
         return self._missing
 
 
 def open_features(path: str | os.PathLike) -> FeatureStore:
-    """Open a complete feature store; see `FeatureStore` (raises `StoreError` when incomplete)."""
+    """Open a complete feature store (local path or fsspec URL); see `FeatureStore` (raises `StoreError`
+    when incomplete)."""
     return FeatureStore(path)

@@ -1,0 +1,239 @@
+"""`ingest yam` and `ingest dino` against a real 2-node Ray cluster on this machine (issue 14, item 1).
+
+A head and a worker raylet (`ray.cluster_utils.Cluster`: separate processes, 1 CPU and a temp dir each) take
+the CLI's `--ray-address`. The stores must equal the local run bit for bit, the run report must name both
+nodes, a worker node SIGKILLed mid-job must still give the identical store (Ray retries its tasks elsewhere;
+committed episodes are neither read again nor written twice), and a job whose driver is SIGKILLed resumes on
+a fresh cluster from the commit log.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import YAM_EPISODES, YAM_MODEL, run_cli
+from test_ingest_yam import assert_stores_equal
+
+from shardyard.ingest.dino import DinoConfig, ingest_dino
+from shardyard.ingest.runner import IngestConfig, run_ingest
+from shardyard.ingest.yam import YamConfig, YamSource
+from shardyard.models.backbones import BackboneConfig
+from shardyard.stores.features import open_features
+
+pytest.importorskip("ray")
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+N_EPISODES = 4
+YAM_ARGS = ["--robot-model", YAM_MODEL, "--camera", "top", "--image-size", "64x48"]
+DINO_ARGS = ["--model", "tiny-random-dinov2", "--field", "obs.rgb.top", "--image-size", "56", "--batch-size", "8"]
+
+
+class TwoNodes:
+    """A head and one worker node, each its own raylet with 1 CPU and its own temp dir."""
+
+    def __init__(self) -> None:
+        from ray.cluster_utils import Cluster
+
+        # Short temp dirs: Ray's socket paths must stay under the 107-byte limit of AF_UNIX.
+        self.dirs = [tempfile.mkdtemp(prefix="sy-ray-", dir="/tmp") for _ in range(2)]
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "include_dashboard": False, "temp_dir": self.dirs[0]})
+        self.worker = self.cluster.add_node(num_cpus=1, temp_dir=self.dirs[1])
+        self.cluster.wait_for_nodes()
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    @property
+    def head_id(self) -> str:
+        return self.cluster.head_node.node_id
+
+    def kill_worker(self) -> str:
+        """SIGKILL the worker node's raylet and its processes (no graceful drain); returns its node id."""
+        node_id = self.worker.node_id
+        self.cluster.remove_node(self.worker, allow_graceful=False)
+        return node_id
+
+    def add_worker(self) -> None:
+        self.worker = self.cluster.add_node(num_cpus=1, temp_dir=self.dirs[1])
+        self.cluster.wait_for_nodes()
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, shared_data):
+    """Raw YAM episodes, and the local (no Ray) yam store and feature store made from them in this process
+    (the same library calls as `ingest yam ... YAM_ARGS` and `ingest dino ... DINO_ARGS`)."""
+    root = tmp_path_factory.mktemp("cluster")
+    raw = root / "raw"
+    for ep in sorted(p.parent for p in YAM_EPISODES.rglob("metadata.json"))[:N_EPISODES]:
+        shutil.copytree(ep, raw / ep.relative_to(YAM_EPISODES))
+    source = YamSource(YamConfig(root=raw, robot_model=YAM_MODEL, cameras=("top",), image_size=(64, 48)))
+    run_ingest(source, IngestConfig(out=root / "local"))
+    bb = BackboneConfig(spec="tiny-random-dinov2", image_size=(56, 56))
+    ingest_dino(DinoConfig(store=str(root / "local"), out=root / "local_dino", backbone=bb, batch_size=8,
+                           field="obs.rgb.top"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    """One cluster for the module (a test that needs a fresh one calls `restart`)."""
+    holder = {"c": TwoNodes()}
+    yield holder
+    holder["c"].shutdown()
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "shardyard.cli", *map(str, args)]
+
+
+def _committed(store: Path) -> int:
+    try:
+        return len(json.loads((store / "progress.json").read_text())["episodes"])
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _dino_records(store: Path) -> int:
+    return len(list((store / "progress").glob("*.json"))) if (store / "progress").is_dir() else 0
+
+
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 240) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"job ended (exit {proc.returncode}) before the fault could be injected:\n{err[-3000:]}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            pytest.fail("job made no progress")
+        time.sleep(0.05)
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-4000:]
+
+
+def _assert_tokens_equal(a: Path, b: Path) -> None:
+    fa, fb = open_features(a), open_features(b)
+    n = fa.num_samples
+    assert n == fb.num_samples
+    np.testing.assert_array_equal(fa.patch_tokens(0, n).view(np.uint16), fb.patch_tokens(0, n).view(np.uint16))
+    np.testing.assert_array_equal(fa.cls_token(0, n).view(np.uint16), fb.cls_token(0, n).view(np.uint16))
+    np.testing.assert_array_equal(fa.missing, fb.missing)
+
+
+def test_yam_on_two_nodes_equals_local_and_names_both_nodes(work, nodes):
+    c = nodes["c"]
+    out = work / "yam_2n"
+    run_cli("ingest", "yam", work / "raw", *YAM_ARGS, "--ray-address", c.address, "--workers", "2",
+            "--commit-every", "1", "--out", out, check=True)
+    assert_stores_equal(str(work / "local"), str(out))
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["ray_nodes"]) == {c.head_id, c.worker.node_id}
+    assert sorted(k for ks in report["ray_nodes"].values() for k in ks) == sorted(
+        json.loads((out / "progress.json").read_text())["episodes"][i]["key"] for i in range(N_EPISODES))
+
+
+def test_yam_worker_node_killed_mid_job_gives_the_same_store(work, nodes):
+    c = nodes["c"]
+    out = work / "yam_kill_node"
+    proc = subprocess.Popen(_cli("ingest", "yam", work / "raw", *YAM_ARGS, "--ray-address", c.address,
+                                 "--workers", "2", "--commit-every", "1", "--out", out),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _committed(out) >= 1, proc)
+        assert not (out / "manifest.json").exists()
+        dead = c.kill_worker()
+        _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        c.add_worker()
+    assert_stores_equal(str(work / "local"), str(out))
+    report = json.loads((out / "report.json").read_text())
+    # one run: every episode read and written exactly once, none of them twice
+    assert report["num_written"] == N_EPISODES and report["num_already_committed"] == 0
+    keys = [k for ks in report["ray_nodes"].values() for k in ks]
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == N_EPISODES
+    assert c.head_id in report["ray_nodes"], report["ray_nodes"]
+    assert set(report["ray_nodes"]) <= {c.head_id, dead}
+
+
+def test_dino_on_two_nodes_equals_local_and_names_both_nodes(work, nodes):
+    c = nodes["c"]
+    out = work / "dino_2n"
+    run_cli("ingest", "dino", work / "local", *DINO_ARGS, "--ray-address", c.address, "--workers", "2",
+            "--out", out, check=True)
+    _assert_tokens_equal(work / "local_dino", out)
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["ray_nodes"]) == {c.head_id, c.worker.node_id}
+    starts = sorted(s for v in report["ray_nodes"].values() for s in v)
+    layout = open_features(out).layout
+    assert starts == list(range(0, layout.num_samples, layout.shard_rows))  # each shard once
+
+
+def test_dino_worker_node_killed_mid_job_gives_the_same_tokens(work, nodes):
+    c = nodes["c"]
+    out = work / "dino_kill_node"
+    proc = subprocess.Popen(_cli("ingest", "dino", work / "local", *DINO_ARGS, "--ray-address", c.address,
+                                 "--workers", "2", "--out", out),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _dino_records(out) >= 2, proc)
+        assert not (out / "manifest.json").exists()
+        dead = c.kill_worker()
+        _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        c.add_worker()
+    _assert_tokens_equal(work / "local_dino", out)
+    report = json.loads((out / "report.json").read_text())
+    starts = sorted(s for v in report["ray_nodes"].values() for s in v)
+    layout = open_features(out).layout
+    assert starts == list(range(0, layout.num_samples, layout.shard_rows))
+    assert set(report["ray_nodes"]) <= {c.head_id, dead}
+
+
+def test_driver_killed_then_resumed_on_a_fresh_cluster(work, nodes):
+    """SIGKILL of the `ingest yam` driver after two commits, then the same command on a new cluster: the
+    committed episodes are kept (not read again) and the store equals the local one."""
+    c = nodes["c"]
+    out = work / "yam_kill_driver"
+    args = ("ingest", "yam", work / "raw", *YAM_ARGS, "--workers", "2", "--commit-every", "1", "--out", out)
+    proc = subprocess.Popen(_cli(*args, "--ray-address", c.address), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _committed(out) >= 2, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    kept = _committed(out)
+    assert 2 <= kept < N_EPISODES and not (out / "manifest.json").exists()
+    c.shutdown()
+    nodes["c"] = c = TwoNodes()
+    run_cli(*args, "--ray-address", c.address, check=True)
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_already_committed"] == kept and report["num_written"] == N_EPISODES - kept
+    assert sorted(k for ks in report["ray_nodes"].values() for k in ks) == sorted(
+        e["key"] for e in json.loads((out / "progress.json").read_text())["episodes"][kept:])
+    assert_stores_equal(str(work / "local"), str(out))
