@@ -34,11 +34,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from shardyard.version import __version__
 from shardyard.errors import ConfigError, StoreError
 from shardyard.ingest.dino_frames import ShardFrameReader, ShardFramesConfig, is_shard_source
 from shardyard.models.backbones import Backbone, BackboneConfig, load_backbone
 from shardyard.stores.features import PROGRESS_DIR, FeatureLayout, FeatureWriter, FeatureWriterConfig, write_batch
+from shardyard.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class DinoResult:
 
     @property
     def exit_code(self) -> int:
+        """0 when every frame was stored, 2 when some failed to decode (masked missing)."""
         return EXIT_MISSING if self.errors else EXIT_OK
 
 
@@ -117,6 +118,7 @@ class FrameReader:
 
     @property
     def num_frames(self) -> int:
+        """Frames of the field, one per step of the source store."""
         return self.store.num_steps
 
     def fingerprint(self) -> str:
@@ -131,6 +133,8 @@ class FrameReader:
                 "reason": str(e)[:300]}
 
     def read(self, a: int, b: int) -> tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]]:
+        """Frames `[a, b)` as `(b - a, 3, H, W)` float32 in [0, 1], the `(b - a,)` bool mask of frames that failed
+        to decode (zeros in their place), and a report row for each of those."""
         missing = np.zeros(b - a, dtype=bool)
         errors: list[dict[str, Any]] = []
         try:
