@@ -76,7 +76,7 @@ GOALS = {"jpeg": ("<= 8", ">= 0.5"), "video": ("<= 1.5", "")}
 
 def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--reads", type=int, default=3000)
+    parser.add_argument("--reads", type=int, default=1500)
     parser.add_argument("--codecs", default=",".join(CODECS))
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """Ingest speed of `ingest yam` against decoding the same videos alone, in the same run.
 
 Input: the shared YAM episodes (i2rt recorder layout, two 640x480 H.264 cameras, FK through MuJoCo), copied
-`--repeat` times under new keys (default 8: 48 episodes, 15,232 frames) so the run is long enough to time;
+`--repeat` times under new keys (default 6: 36 episodes, 11,424 frames) so the run is long enough to time;
 an ingest's fixed costs (schema probe, MuJoCo model compile, the scikit-learn import for the rotation
 k-means, stats and manifest: about 3 s here) weigh ~25 % on 18 episodes (`--repeat 3`).
 Figures (frames = steps x cameras):
@@ -113,7 +113,7 @@ def bench(raw: Path, videos: list[str], tmp: Path, workers: int, trials: int) ->
 def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=6)
     parser.add_argument("--frames", choices=("sim", "real", "both"), default="both")
     args = parser.parse_args()
     repeat, trials = (1, 1) if args.smoke else (args.repeat, args.trials)

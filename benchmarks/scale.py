@@ -134,7 +134,7 @@ def one(num_episodes: int, out: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--sizes", default="100,1000,10000,100000")
+    ap.add_argument("--sizes", default="100,1000", help="episodes per store, comma-separated (10^4, 10^5: see README)")
     ap.add_argument("--smoke", action="store_true", help="10 and 100 episodes")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)

@@ -13,7 +13,7 @@ Configs: `tiny` (tiny-random-dinov2, 2 blocks of width 32, frames 120x160, ViT i
 nearly free, so this shows the decoder-bound floor. `vits` (a randomly initialised ViT-S/14 with DINOv2-small's
 exact architecture, saved as a local transformers folder: the same FLOPs as facebook/dinov2-small, no
 download; layers 2,5,8,11): frames 240x320 with ViT input 224x168 on CPU, frames 480x640 with ViT input
-644x476 on a GPU (`vits_gpu`, seed 003's setting). Default: tiny and vits on CPU, vits_gpu on a GPU.
+644x476 on a GPU (`vits_gpu`, seed 003's setting). Default: tiny on CPU, vits_gpu on a GPU.
 Figures: `train_depth.steps_<config>` = cached steps/s, baseline `live_backbone` (steps/s).
 """
 
@@ -112,14 +112,14 @@ def run_config(name: str, device: str, tmp: Path, trials: int) -> dict:
 def main() -> None:
     ap = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--config", choices=sorted(CONFIGS), action="append",
-                    help="repeatable (default: tiny and vits on CPU, vits_gpu on a GPU)")
+                    help="repeatable (default: tiny on CPU (vits: --config vits), vits_gpu on a GPU)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     if args.smoke:
         names, trials = ["tiny"], 1
         CONFIGS["tiny"].update(frames=8, steps=4, warmup=1)
     else:
-        names, trials = args.config or (["vits_gpu"] if torch.cuda.is_available() else ["tiny", "vits"]), args.trials
+        names, trials = args.config or (["vits_gpu"] if torch.cuda.is_available() else ["tiny"]), args.trials
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             run_config(name, args.device, Path(tmp), trials)

@@ -193,7 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", default="bench", choices=["bench", "peer-rate", "peer-dump"])
     parser.add_argument("--frame-codec", default="jpeg,video", help="comma-separated `ingest --frame-codec`s")
-    parser.add_argument("--samples", type=int, default=1500, help="Shuffled sample indices timed per trial.")
+    parser.add_argument("--samples", type=int, default=1000, help="Shuffled sample indices timed per trial.")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
