@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import shardyard.commands.edit  # noqa: F401  (edit commands)
 import shardyard.commands.ingest  # noqa: F401  (registers the ingest commands)
 import shardyard.commands.store  # noqa: F401  (stats, inspect, export)
 import shardyard.commands.train  # noqa: F401  (train commands)

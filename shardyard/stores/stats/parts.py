@@ -45,7 +45,7 @@ SHIFT = 52 - MANTISSA_BITS
 _SIGN = np.uint64(1 << 63)
 
 __all__ = ["MANTISSA_BITS", "SparsePart", "AnyPart", "bucket_keys", "bucket_edges", "empty", "of_rows", "merge",
-           "finalize_part", "from_dict", "same_layout"]
+           "finalize_part", "from_dict", "same_layout", "quantiles"]
 
 
 def bucket_keys(x: np.ndarray) -> np.ndarray:
@@ -165,7 +165,7 @@ def merge(a: AnyPart, b: AnyPart) -> AnyPart:
     return SparsePart(moments, a.discrete if a.discrete is not None else b.discrete, keys, counts)
 
 
-def _quantiles(p: SparsePart, qs: Sequence[float]) -> np.ndarray:
+def quantiles(p: SparsePart, qs: Sequence[float]) -> np.ndarray:
     """`(len(qs), F)` quantiles by `moments.quantiles_from_hist`'s rule over the part's buckets."""
     out = np.full((len(qs), p.num_features), np.nan)
     for j in range(p.num_features):
@@ -201,7 +201,7 @@ def finalize_part(part: AnyPart, scale: float = 1.0) -> dict[str, list]:
         return finalize(part, scale)
     out = finalize(part.moments, scale)
     if part.count:
-        q = _quantiles(part, list(QUANTILES.values()))
+        q = quantiles(part, list(QUANTILES.values()))
         for i, name in enumerate(QUANTILES):
             out[name] = (q[i] * scale).tolist()
     return out
