@@ -25,8 +25,10 @@ from shardyard.stores.edit import (
     rename_field,
     split_store,
 )
+from shardyard.stores.edit_features import manifest_fingerprint
 from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
+from shardyard.stores.features import FeatureLayout, FeatureStore, FeatureWriter, FeatureWriterConfig, write_batch
 from shardyard.stores.stats import StatsConfig, compute_stats
 from shardyard.stores.zarr_shard import read_shard_index, shard_file
 from tests.conftest import run_cli
@@ -261,3 +263,47 @@ def test_yam_merge_and_delete_equal_fresh_ingest(tmp_path, yam_raw) -> None:
     _assert_same_store(merged, fresh)
     delete_episodes(merged.root, EpisodeSelection(keys=[odd.episode_keys[0]]), EditTarget(out=str(tmp_path / "d")))
     _assert_same_store(EpisodicStore(tmp_path / "d"), even)
+
+
+def _tokens(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A stand-in backbone: each frame's 2x2 patch means per channel, (n, 4, 3), and their mean, (n, 3)."""
+    x = frames.astype(np.float32).reshape(len(frames), 2, 6, 2, 8, 3).mean(axis=(2, 4)).reshape(len(frames), 4, 3)
+    return x, x.mean(axis=1)
+
+
+def _features(store: EpisodicStore, out: Path) -> Path:
+    key = {"source_fingerprint": manifest_fingerprint(store.manifest), "source_num_steps": store.num_steps,
+           "field": "obs.rgb.top", "model": {"spec": "patch-means"}, "dtype": "float32"}
+    lay = FeatureLayout(num_samples=store.num_steps, grid=(2, 2), embed_dim=3, patch_size=8, dtype="float32",
+                        batch_size=8)
+    with FeatureWriter(out, key=key, layout=lay,
+                       config=FeatureWriterConfig(episode_ends=store.episode_ends.tolist())) as w:
+        for a, b in w.layout.batches():
+            patch, cls = _tokens(store.read_rows("obs.rgb.top", a, b))
+            write_batch(w.path, a, patch, cls, np.zeros(b - a, bool))
+    return out
+
+
+def test_features_follow_merge_and_delete(tmp_path, episodes) -> None:
+    a = _write(tmp_path / "a", [episodes[i] for i in (0, 3, 4)])
+    b = _write(tmp_path / "b", [episodes[i] for i in (1, 2)])
+    fa, fb = _features(a, tmp_path / "a.dino"), _features(b, tmp_path / "b.dino")
+    merge_stores([a.root, b.root], EditTarget(out=str(tmp_path / "m"), features=[str(fa), str(fb)],
+                                              features_out=[str(tmp_path / "m.dino")]))
+    merged = EpisodicStore(tmp_path / "m")
+    got, want = FeatureStore(tmp_path / "m.dino"), FeatureStore(_features(merged, tmp_path / "fresh.dino"))
+    assert got.key == want.key  # keyed by the merged store's provenance: `ingest dino` would resume it
+    n = merged.num_steps
+    np.testing.assert_array_equal(got.patch_tokens(0, n), want.patch_tokens(0, n))
+    np.testing.assert_array_equal(got.cls_token(0, n), want.cls_token(0, n))
+    np.testing.assert_array_equal(got.episode_ends, merged.episode_ends)
+    # in place: the store and its features edited together
+    delete_episodes(merged.root, EpisodeSelection(keys=["ep01"]), EditTarget(in_place=True,
+                                                                             features=[str(tmp_path / "m.dino")]))
+    after, feats = EpisodicStore(tmp_path / "m"), FeatureStore(tmp_path / "m.dino")
+    assert feats.key["source_fingerprint"] == manifest_fingerprint(after.manifest)
+    np.testing.assert_array_equal(feats.patch_tokens(0, after.num_steps),
+                                  _tokens(after.read_rows("obs.rgb.top", 0, after.num_steps))[0])
+    with pytest.raises(ConfigError, match="was not computed from"):
+        merge_stores([a.root, b.root], EditTarget(out=str(tmp_path / "x"), features=[str(fb), str(fa)],
+                                                  features_out=[str(tmp_path / "x.dino")]))

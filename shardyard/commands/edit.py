@@ -20,12 +20,18 @@ OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="New store to
 InPlace = Annotated[bool, typer.Option("--in-place", help="Replace the store itself (atomic swap).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print what would change; write nothing.")]
 Overwrite = Annotated[bool, typer.Option(help="Delete an existing store at --out first.")]
+Features = Annotated[Optional[List[str]], typer.Option(
+    "--features", help="`ingest dino` feature store of each input store (in order), edited along.")]
+FeaturesOut = Annotated[Optional[List[str]], typer.Option(
+    "--features-out", help="Feature store to write per output (default with --in-place: in place).")]
 
 
-def _target(out: str | None, in_place: bool, dry_run: bool, overwrite: bool):
+def _target(out: str | None, in_place: bool, dry_run: bool, overwrite: bool,
+            features: list[str] | None = None, features_out: list[str] | None = None):
     from shardyard.stores.edit import EditTarget
 
-    return EditTarget(out=out, in_place=in_place, dry_run=dry_run, overwrite=overwrite)
+    return EditTarget(out=out, in_place=in_place, dry_run=dry_run, overwrite=overwrite,
+                      features=list(features or []), features_out=list(features_out or []))
 
 
 def _run(fn, *args) -> None:
@@ -43,13 +49,14 @@ def delete_episodes_cmd(
     keys: Annotated[Optional[str], typer.Option(help="Comma-separated episode keys.")] = None,
     where: Annotated[Optional[str], typer.Option(help="Filter on episode metadata, e.g. 'length < 20'.")] = None,
     out: OutOpt = None, in_place: InPlace = False, dry_run: DryRun = False, overwrite: Overwrite = False,
+    features: Features = None, features_out: FeaturesOut = None,
 ) -> None:
     """Delete episodes by index, key or a metadata filter (refuses to delete every episode)."""
     from shardyard.stores.edit import EpisodeSelection, delete_episodes
 
     sel = EpisodeSelection(episodes=episodes, keys=None if keys is None else [k for k in keys.split(",") if k],
                            where=where)
-    _run(delete_episodes, store, sel, _target(out, in_place, dry_run, overwrite))
+    _run(delete_episodes, store, sel, _target(out, in_place, dry_run, overwrite, features, features_out))
 
 
 @edit_app.command("split")
@@ -57,7 +64,8 @@ def split_cmd(
     store: Store,
     out: Annotated[List[str], typer.Option("--out", "-o", help="PATH:FRACTION, two or more.")],
     seed: Annotated[int, typer.Option(help="Seed of the by-episode shuffle.")] = 0,
-    dry_run: DryRun = False, overwrite: Overwrite = False,
+    dry_run: DryRun = False, overwrite: Overwrite = False, features: Features = None,
+    features_out: FeaturesOut = None,
 ) -> None:
     """Split a store by episode into stores of the given fractions."""
     from shardyard.stores.edit import split_store
@@ -71,41 +79,44 @@ def split_cmd(
             raise typer.BadParameter(f"--out takes PATH:FRACTION, got {item!r}") from None
         if not sep or not path:
             raise typer.BadParameter(f"--out takes PATH:FRACTION, got {item!r}")
-    _run(split_store, store, outs, seed, _target(None, False, dry_run, overwrite))
+    _run(split_store, store, outs, seed, _target(None, False, dry_run, overwrite, features, features_out))
 
 
 @edit_app.command("merge")
 def merge_cmd(
     stores: Annotated[List[str], typer.Argument(help="Two or more episodic stores.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Merged store to write.")],
-    dry_run: DryRun = False, overwrite: Overwrite = False,
+    dry_run: DryRun = False, overwrite: Overwrite = False, features: Features = None,
+    features_out: FeaturesOut = None,
 ) -> None:
     """Merge stores (schemas and units checked; keys kept unique; frames copied without re-encoding)."""
     from shardyard.stores.edit import merge_stores
 
-    _run(merge_stores, stores, _target(out, False, dry_run, overwrite))
+    _run(merge_stores, stores, _target(out, False, dry_run, overwrite, features, features_out))
 
 
 @edit_app.command("rename-field")
 def rename_field_cmd(
     store: Store, old: Annotated[str, typer.Argument()], new: Annotated[str, typer.Argument()],
     out: OutOpt = None, in_place: InPlace = False, dry_run: DryRun = False, overwrite: Overwrite = False,
+    features: Features = None, features_out: FeaturesOut = None,
 ) -> None:
     """Rename a field."""
     from shardyard.stores.edit import rename_field
 
-    _run(rename_field, store, old, new, _target(out, in_place, dry_run, overwrite))
+    _run(rename_field, store, old, new, _target(out, in_place, dry_run, overwrite, features, features_out))
 
 
 @edit_app.command("drop-field")
 def drop_field_cmd(
     store: Store, name: Annotated[str, typer.Argument()],
     out: OutOpt = None, in_place: InPlace = False, dry_run: DryRun = False, overwrite: Overwrite = False,
+    features: Features = None, features_out: FeaturesOut = None,
 ) -> None:
     """Remove a field."""
     from shardyard.stores.edit import drop_field
 
-    _run(drop_field, store, name, _target(out, in_place, dry_run, overwrite))
+    _run(drop_field, store, name, _target(out, in_place, dry_run, overwrite, features, features_out))
 
 
 @edit_app.command("recompute-stats")

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -36,6 +38,7 @@ from shardyard.stores.edit_copy import (
     stats_config_of,
     write_plan,
 )
+from shardyard.stores.edit_features import check_features, edit_features
 from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.stats import compute_stats
 
@@ -50,12 +53,16 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {"<=": operator.le, ">=": operator
 
 @dataclass
 class EditTarget:
-    """Where an edit goes: a new store at `out`, or the store itself (`in_place`); `dry_run` only reports."""
+    """Where an edit goes: a new store at `out`, or the store itself (`in_place`); `dry_run` only reports.
+    `features`: the inputs' `ingest dino` feature stores (one per input store, in order), edited along
+    into `features_out` (one per output; in place when omitted with `in_place`)."""
 
     out: str | None = None
     in_place: bool = False
     dry_run: bool = False
     overwrite: bool = False
+    features: list[str] = field(default_factory=list)
+    features_out: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -164,20 +171,52 @@ def _all_fields(store: EpisodicStore) -> dict[str, str]:
     return {k: k for k in store.schema.keys()}
 
 
+def _features_out(plans: list[tuple[str, CopyPlan]], target: EditTarget) -> list[str]:
+    if not target.features:
+        return []
+    if target.in_place and not target.features_out and len(target.features) == 1:
+        return list(target.features)
+    if len(target.features_out) != len(plans):
+        raise ConfigError(f"give one --features-out per output store ({len(plans)}), got "
+                          f"{len(target.features_out)}")
+    return list(target.features_out)
+
+
 def _finish(plans: list[tuple[str, CopyPlan]], result: EditResult, target: EditTarget,
             store: EpisodicStore | None = None) -> EditResult:
-    """Report (dry run) or write each (path, plan); in place, the one plan replaces `store`."""
-    for path, plan in plans:
+    """Report (dry run) or write each (path, plan), and its feature store; in place, the one plan
+    replaces `store`."""
+    feats_out = _features_out(plans, target)
+    for i, (path, plan) in enumerate(plans):
         steps = sum(plan.sources[s].episode_length(e) for s, e in plan.episodes)
         result.outputs.append({"path": path, "num_episodes": len(plan.episodes), "num_steps": int(steps)})
+        if feats_out:
+            check_features(plan, target.features)
+            result.changes.append(f"features {', '.join(target.features)} -> {feats_out[i]}")
     if target.dry_run:
         return result
-    for path, plan in plans:
+    for i, (path, plan) in enumerate(plans):
         if target.in_place and store is not None:
-            commit_in_place([plan], store.root)
+            new = commit_in_place([plan], store.root)
         else:
-            write_plan(plan, path, overwrite=target.overwrite)
+            new = write_plan(plan, path, overwrite=target.overwrite)
+        if feats_out:
+            _write_features(plan, target.features, new, feats_out[i], target.overwrite)
     return result
+
+
+def _write_features(plan: CopyPlan, features: list[str], new: EpisodicStore, out: str, overwrite: bool) -> None:
+    """`edit_features` to `out`; when `out` is an input, through a sibling temp folder swapped in."""
+    if out not in features:
+        edit_features(plan, features, new, out, overwrite=overwrite)
+        return
+    p = Path(out)
+    tmp, old = p.with_name(f".{p.name}.edit-new"), p.with_name(f".{p.name}.edit-old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    edit_features(plan, features, new, tmp)
+    os.rename(p, old)
+    os.rename(tmp, p)
+    shutil.rmtree(old)
 
 
 def _single_output(store: EpisodicStore, target: EditTarget) -> str:
@@ -235,7 +274,8 @@ def split_store(path: str, outs: Sequence[tuple[str, float]], seed: int, target:
         result.changes.append(f"{out}: episodes {chosen}")
         plans.append((out, CopyPlan([store], [(0, i) for i in chosen], [keys[i] for i in chosen],
                                     _all_fields(store), {"op": "split", "seed": seed, "episodes": chosen})))
-    return _finish(plans, result, EditTarget(dry_run=target.dry_run, overwrite=target.overwrite))
+    return _finish(plans, result, EditTarget(dry_run=target.dry_run, overwrite=target.overwrite,
+                                             features=target.features, features_out=target.features_out))
 
 
 def check_mergeable(stores: Sequence[EpisodicStore]) -> None:
