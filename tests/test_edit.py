@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from shardyard.errors import ConfigError, SchemaError
+from shardyard.ingest.dino import FrameReader
 from shardyard.ingest.runner import IngestConfig, run_ingest
 from shardyard.ingest.yam import YamConfig, YamSource
 from shardyard.schema import Episode, FieldSpec, Schema
@@ -302,8 +303,24 @@ def test_features_follow_merge_and_delete(tmp_path, episodes) -> None:
                                                                              features=[str(tmp_path / "m.dino")]))
     after, feats = EpisodicStore(tmp_path / "m"), FeatureStore(tmp_path / "m.dino")
     assert feats.key["source_fingerprint"] == manifest_fingerprint(after.manifest)
+    assert feats.key["source_fingerprint"] == FrameReader(after.root, "obs.rgb.top").fingerprint()  # ingest dino's
     np.testing.assert_array_equal(feats.patch_tokens(0, after.num_steps),
                                   _tokens(after.read_rows("obs.rgb.top", 0, after.num_steps))[0])
     with pytest.raises(ConfigError, match="was not computed from"):
         merge_stores([a.root, b.root], EditTarget(out=str(tmp_path / "x"), features=[str(fb), str(fa)],
                                                   features_out=[str(tmp_path / "x.dino")]))
+
+
+def test_official_split_is_kept_by_episode(tmp_path, episodes) -> None:
+    """A split that is not the seeded hash (NYU's official one, `extra.split_source`) survives an edit:
+    each kept episode stays in train or val."""
+    src = _write(tmp_path / "s", episodes[:5])
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    manifest["split"] = {"train": [1, 2, 4], "val": [0, 3]}
+    manifest["extra"]["split_source"] = "official"
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    delete_episodes(src.root, EpisodeSelection(keys=["ep02"]), EditTarget(out=str(tmp_path / "d")))
+    out = EpisodicStore(tmp_path / "d")
+    assert out.episode_keys == ["ep00", "ep01", "ep03", "ep04"]
+    assert out.split == {"train": [1, 3], "val": [0, 2]} and out.manifest["extra"]["split_source"] == "official"
+    assert out.stats["split"] == out.split and out.stats["num_episodes"] == 2

@@ -171,6 +171,20 @@ def _frame_sources(plan: CopyPlan, writer: EpisodicWriter) -> dict[tuple[int, st
     return out
 
 
+def _kept_split(plan: CopyPlan) -> tuple[dict[str, list[int]] | None, dict[str, Any]]:
+    """A split that is not the seeded one (its manifest names a `split_source`, e.g. NYU's official one) is
+    kept episode by episode; otherwise None: the writer re-splits by the seeded hash of the keys, as an
+    ingest of the resulting episodes would."""
+    sources = [s.manifest.get("extra", {}).get("split_source") for s in plan.sources]
+    if not any(sources):
+        return None, {}
+    val = [set(int(i) for i in (s.split or {}).get("val", [])) for s in plan.sources]
+    split: dict[str, list[int]] = {"train": [], "val": []}
+    for i, (s, e) in enumerate(plan.episodes):
+        split["val" if e in val[s] else "train"].append(i)
+    return split, {"split_source": "; ".join(sorted({str(x) for x in sources if x}))}
+
+
 def write_plan(plan: CopyPlan, out: str | os.PathLike, *, overwrite: bool = False,
                stats: StatsConfig | None = None) -> EpisodicStore:
     """Write `plan` as a new complete store at `out` (manifest last, as every writer) and return it.
@@ -178,12 +192,13 @@ def write_plan(plan: CopyPlan, out: str | os.PathLike, *, overwrite: bool = Fals
     Raises StoreError when `out` exists (without `overwrite`) or a source chunk is missing."""
     first = plan.sources[0]
     extra = first.manifest.get("extra", {})
+    split, split_extra = _kept_split(plan)
     cfg = EpisodicWriterConfig(
         overwrite=overwrite, image_codec=_image_codec_name(plan), val_fraction=extra.get("val_fraction", 0.1),
         split_seed=extra.get("split_seed", 0),
         source={"name": "edit", "op": plan.op.get("op"),
                 "inputs": [{"url": s.url, "source": s.manifest.get("source", {})} for s in plan.sources]},
-        config={"edit": plan.op})
+        config={"edit": plan.op}, split=split, extra=split_extra)
     if Path(out).exists() and not overwrite:
         raise StoreError("output exists; choose another --out or --overwrite", path=str(out))
     stats_cfg = stats or stats_config_of(first)
