@@ -278,7 +278,8 @@ def _features(store: EpisodicStore, out: Path) -> Path:
     lay = FeatureLayout(num_samples=store.num_steps, grid=(2, 2), embed_dim=3, patch_size=8, dtype="float32",
                         batch_size=8)
     with FeatureWriter(out, key=key, layout=lay,
-                       config=FeatureWriterConfig(episode_ends=store.episode_ends.tolist())) as w:
+                       config=FeatureWriterConfig(episode_ends=store.episode_ends.tolist(),
+                                                  source={"path": str(store.root)})) as w:
         for a, b in w.layout.batches():
             patch, cls = _tokens(store.read_rows("obs.rgb.top", a, b))
             write_batch(w.path, a, patch, cls, np.zeros(b - a, bool))

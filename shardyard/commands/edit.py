@@ -1,6 +1,6 @@
 """`shardyard edit ...`: fix a dataset (delete episodes, split, merge, rename or drop a field, recompute
 stats). Each writes a new store (`--out`) or replaces the store atomically (`--in-place`); `--dry-run`
-prints what would change and writes nothing."""
+prints what would change and writes nothing. `shardyard verify STORE` checks a store's files."""
 
 from __future__ import annotations
 
@@ -125,3 +125,20 @@ def recompute_stats_cmd(store: Store, dry_run: DryRun = False) -> None:
     from shardyard.stores.edit import recompute_stats
 
     _run(recompute_stats, store, dry_run)
+
+
+@app.command("verify")
+def verify_cmd(
+    store: Annotated[str, typer.Argument(help="Store path (episodic, features or shards).")],
+    stats: Annotated[bool, typer.Option(help="Recompute stats.json and compare (episodic stores).")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check a store's files (shard indexes, chunks, tar checksums, episode_ends, provenance, stats);
+    exit 0 when intact, 1 with a report naming each damaged episode, field and file."""
+    import json
+
+    from shardyard.stores.verify import verify_store
+
+    report = verify_store(store, check_stats=stats)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if json_out else report.summary())
+    raise typer.Exit(0 if report.ok else 1)
