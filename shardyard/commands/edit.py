@@ -11,6 +11,9 @@ import typer
 from shardyard.commands.common import app, fail
 from shardyard.errors import ShardyardError
 
+__all__ = ["edit_app", "delete_episodes_cmd", "split_cmd", "merge_cmd", "rename_field_cmd", "drop_field_cmd",
+           "recompute_stats_cmd", "verify_cmd"]
+
 edit_app = typer.Typer(help="Edit a store: each operation writes a new store or commits atomically in place.",
                        no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(edit_app, name="edit")
