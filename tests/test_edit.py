@@ -31,8 +31,10 @@ from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
 from shardyard.stores.features import FeatureLayout, FeatureStore, FeatureWriter, FeatureWriterConfig, write_batch
 from shardyard.stores.stats import StatsConfig, compute_stats
+from shardyard.stores.verify import verify_store
 from shardyard.stores.zarr_shard import read_shard_index, shard_file
 from tests.conftest import run_cli
+from tests.libero_fixtures import write_libero_file
 
 SCHEMA = Schema({
     "obs.eef_pos": FieldSpec("float32", (3,), "m", "vector"),
@@ -325,3 +327,46 @@ def test_official_split_is_kept_by_episode(tmp_path, episodes) -> None:
     assert out.episode_keys == ["ep00", "ep01", "ep03", "ep04"]
     assert out.split == {"train": [1, 3], "val": [0, 2]} and out.manifest["extra"]["split_source"] == "official"
     assert out.stats["split"] == out.split and out.stats["num_episodes"] == 2
+
+
+def _round_trip(tmp_path: Path, store: EpisodicStore) -> None:
+    """Split 50/50 and merge back, and delete episode 0 / every other episode and merge back: each gives
+    the store itself, data and stats value for value."""
+    a, b = str(tmp_path / "rt_a"), str(tmp_path / "rt_b")
+    split_store(store.root, [(a, 0.5), (b, 0.5)], seed=1, target=EditTarget())
+    merge_stores([b, a], EditTarget(out=str(tmp_path / "rt_m")))
+    _assert_same_store(EpisodicStore(tmp_path / "rt_m"), store)
+    assert verify_store(tmp_path / "rt_m").ok
+    rest, first = str(tmp_path / "rt_rest"), str(tmp_path / "rt_first")
+    delete_episodes(store.root, EpisodeSelection(episodes="0"), EditTarget(out=rest))
+    delete_episodes(store.root, EpisodeSelection(episodes=f"1-{store.num_episodes - 1}"), EditTarget(out=first))
+    merge_stores([rest, first], EditTarget(out=str(tmp_path / "rt_d")))
+    _assert_same_store(EpisodicStore(tmp_path / "rt_d"), store)
+
+
+@pytest.mark.parametrize("source", ["lerobot_g1", "libero"])
+def test_real_and_libero_stores_round_trip(tmp_path, shared_data, source) -> None:
+    out = tmp_path / "s"
+    if source == "lerobot_g1":
+        proc = run_cli("ingest", "lerobot", shared_data / "lerobot" / "unitree_g1_inspire_v2.1", "--out", out,
+                       "--image-size", "160x120", "--image-codec", "zstd")
+        assert proc.returncode == 2, proc.stderr  # the sample holds 2 of its 100 episodes
+    else:
+        write_libero_file(tmp_path / "pick_demo.hdf5", num_demos=4, steps=12, size=32)
+        proc = run_cli("ingest", "libero", tmp_path / "pick_demo.hdf5", "--out", out)
+        assert proc.returncode == 0, proc.stderr
+    store = EpisodicStore(out)
+    assert store.num_episodes >= 2 and store.schema.of_kind("image")
+    _round_trip(tmp_path, store)
+
+
+def test_real_nyu_stores_do_not_merge_across_sizes(tmp_path, shared_data) -> None:
+    stores = []
+    for name in ("mmseg_bts_style", "open3d_raw_kinect"):
+        proc = run_cli("ingest", "nyu", shared_data / "nyu_depth_v2" / name, "--out", tmp_path / name)
+        assert proc.returncode == 0, proc.stderr
+        stores.append(str(tmp_path / name))
+        assert verify_store(tmp_path / name).ok
+    with pytest.raises(SchemaError) as err:
+        merge_stores(stores, EditTarget(out=str(tmp_path / "m")))
+    assert "obs.rgb: shape" in str(err.value) and "obs.depth: shape" in str(err.value)
