@@ -25,6 +25,7 @@ from shardyard.stores.stats.parts import (
     finalize_part,
     from_dict,
     merge,
+    merge_many,
     of_rows,
     quantiles,
 )
@@ -110,6 +111,8 @@ def test_repeated_incremental_merges_are_exact(grouping) -> None:
     np.testing.assert_allclose(s_got["mean"], s_ref["mean"], rtol=1e-13)
     _assert_close_to_numpy(got, np.concatenate(chunks))
     assert finalize_part(from_dict(json.loads(json.dumps(got.to_dict())))) == s_got
+    many = merge_many(empty(2, None), episode_parts)  # one sort for all parts: the fold's result, bit for bit
+    assert finalize_part(many) == s_ref and np.array_equal(many.moments.m2, ref.moments.m2)
 
 
 def test_integer_data_quantiles_are_exact() -> None:

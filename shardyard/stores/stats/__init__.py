@@ -136,10 +136,7 @@ def field_rows(store, episode: int, field: str, config: StatsConfig | None = Non
 
 
 def _blocks_part(blocks: Iterator[np.ndarray], num_features: int, edges: np.ndarray | None) -> sparts.AnyPart:
-    part = sparts.empty(num_features, edges)
-    for rows in blocks:
-        part = sparts.merge(part, sparts.of_rows(rows, edges))
-    return part
+    return sparts.merge_many(sparts.empty(num_features, edges), [sparts.of_rows(rows, edges) for rows in blocks])
 
 
 def _episode_part(store, episode: int, field: str, edges: np.ndarray | None, cfg: StatsConfig,
@@ -201,11 +198,9 @@ def field_parts(store, episodes: Sequence[int], edges: dict[str, np.ndarray | No
     frame_parts = frame_parts or {}
     out = {}
     for field, e in edges.items():
-        part = sparts.empty(_num_features(store.schema[field]), e)
-        for ep in episodes:
-            pre = frame_parts.get(keys[ep], {}).get(field)
-            part = sparts.merge(part, _episode_part(store, ep, field, e, cfg, pre))
-        out[field] = part
+        per_episode = [_episode_part(store, ep, field, e, cfg, frame_parts.get(keys[ep], {}).get(field))
+                       for ep in episodes]
+        out[field] = sparts.merge_many(sparts.empty(_num_features(store.schema[field]), e), per_episode)
     return out
 
 

@@ -45,7 +45,7 @@ SHIFT = 52 - MANTISSA_BITS
 _SIGN = np.uint64(1 << 63)
 
 __all__ = ["MANTISSA_BITS", "SparsePart", "AnyPart", "bucket_keys", "bucket_edges", "empty", "of_rows", "merge",
-           "finalize_part", "from_dict", "same_layout", "quantiles"]
+           "finalize_part", "from_dict", "same_layout", "quantiles", "merge_many"]
 
 
 def bucket_keys(x: np.ndarray) -> np.ndarray:
@@ -163,6 +163,41 @@ def merge(a: AnyPart, b: AnyPart) -> AnyPart:
         keys.append(k)
         counts.append(c)
     return SparsePart(moments, a.discrete if a.discrete is not None else b.discrete, keys, counts)
+
+
+def merge_many(first: AnyPart, parts: Sequence[AnyPart]) -> AnyPart:
+    """`merge` folded over `[first, *parts]`, equal to the left fold (same moments, bit for bit: they are
+    folded in order; the same buckets: counts add in any order), but the buckets of all parts are added in
+    one sort instead of one per part (a fold costs O(parts x buckets))."""
+    if not parts:
+        return first
+    if isinstance(first, FieldStatsPart):
+        out = first
+        for p in parts:
+            out = merge(out, p)
+        return out
+    every = [first, *parts]
+    if not all(isinstance(p, SparsePart) for p in every):
+        raise ValueError("cannot merge a dense-histogram part with a sparse one (different dtypes?)")
+    kinds = {p.discrete for p in every if p.discrete is not None}
+    if len(kinds) > 1:
+        raise ValueError("cannot merge parts of integer and float data")
+    moments = first.moments
+    for p in parts:
+        moments = merge_parts(moments, p.moments)
+    keys, counts = [], []
+    for j in range(first.num_features):
+        ks = [p.keys[j] for p in every if len(p.keys[j])]
+        if not ks:
+            keys.append(first.keys[j])
+            counts.append(first.counts[j])
+            continue
+        k, inverse = np.unique(np.concatenate(ks), return_inverse=True)
+        c = np.zeros(len(k), dtype=np.int64)
+        np.add.at(c, inverse.ravel(), np.concatenate([p.counts[j] for p in every if len(p.keys[j])]))
+        keys.append(k)
+        counts.append(c)
+    return SparsePart(moments, kinds.pop() if kinds else None, keys, counts)
 
 
 def quantiles(p: SparsePart, qs: Sequence[float]) -> np.ndarray:
