@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-import shardyard.commands.foveated  # noqa: F401  (train foveated-caption)
+import shardyard.commands.edit  # noqa: F401  (edit commands)
 import shardyard.commands.ingest  # noqa: F401  (registers the ingest commands)
 import shardyard.commands.recode  # noqa: F401  (recode)
 import shardyard.commands.remote  # noqa: F401  (push, pull)

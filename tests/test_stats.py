@@ -32,6 +32,7 @@ from shardyard.stores.stats.moments import (
     merge_parts,
     part_from_array,
 )
+from shardyard.stores.stats.parts import SparsePart
 from shardyard.stores.stats.robot import (
     bin_index,
     gripper_bins,
@@ -59,8 +60,14 @@ def _edges_for(x: np.ndarray) -> np.ndarray:
     return make_edges(p.min, p.max, x.dtype)
 
 
-def _assert_parts_equal(a: FieldStatsPart, b: FieldStatsPart) -> None:
-    assert a.count == b.count
+def _assert_parts_equal(a, b) -> None:
+    assert type(a) is type(b) and a.count == b.count
+    if isinstance(a, SparsePart):  # data-independent buckets (stats/parts.py): counts add exactly
+        assert a.discrete == b.discrete
+        for ka, kb, ca, cb in zip(a.keys, b.keys, a.counts, b.counts):
+            np.testing.assert_array_equal(ka, kb)
+            np.testing.assert_array_equal(ca, cb)
+        a, b = a.moments, b.moments
     np.testing.assert_allclose(a.sum, b.sum, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(a.m2, b.m2, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(a.min, b.min)

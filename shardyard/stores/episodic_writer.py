@@ -80,6 +80,8 @@ class EpisodicWriterConfig:
         many bytes (encoded frames included) or has been open this long (s), whichever comes first, so a kill
         loses at most about that much work.
     val_fraction, split_seed: the by-episode train/val split recorded in the manifest and used by stats.
+    split: a given split (episode indices) instead of the seeded one (`shardyard edit` keeps an official
+    split by key); extra: more manifest `extra` entries (e.g. its `split_source`).
     """
 
     overwrite: bool = False
@@ -91,6 +93,8 @@ class EpisodicWriterConfig:
     split_seed: int = 0
     source: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, list[int]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -373,12 +377,12 @@ class EpisodicWriter:
         meta.create_array("episode_ends", data=ends, chunks=(max(len(ends), 1),))
         atomic_write_json(self.path / "meta" / "episodes.json", [
             {"key": e["key"], "length": e["length"], **e["meta"]} for e in self._episodes])
-        split = split_episodes(self.committed_keys, self.cfg.val_fraction, self.cfg.split_seed)
+        split = self.cfg.split or split_episodes(self.committed_keys, self.cfg.val_fraction, self.cfg.split_seed)
         manifest = Manifest(
             format=FORMAT, format_version=FORMAT_VERSION, schema=self.schema.to_dict(),
             num_episodes=len(self._episodes), num_steps=self.num_steps, source=self.cfg.source,
             provenance=provenance(self.cfg.config), split=split,
-            extra={"split_seed": self.cfg.split_seed, "val_fraction": self.cfg.val_fraction})
+            extra={"split_seed": self.cfg.split_seed, "val_fraction": self.cfg.val_fraction, **self.cfg.extra})
         atomic_write_json(self.path / "report.json", self.report)
         if self.stats_fn is not None:
             # Stats read the finished arrays through the public reader; it needs a manifest, so give it the

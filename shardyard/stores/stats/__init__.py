@@ -18,8 +18,11 @@ episode and every `image_pixel_stride`-th pixel in x and y); a depth map is one 
 (> 0) pixels, sampled like images; tokens `(..., D)` have D features over every token of the sampled
 frames. "text" and "video" fields are skipped.
 
-Parts are made per episode and merged (`field_parts`), so stats from per-worker episode sets merge exactly
-(`merge_stats_parts`) when the workers share the histogram edges (`field_edges`, pass 1).
+Parts are made per episode and merged (`field_parts`), so stats from any episode sets merge exactly
+(`merge_stats_parts`). uint8/int8/bool fields take fixed dense edges (`moments.fixed_edges`); every other
+field takes `stats.parts.SparsePart`, whose buckets do not depend on the data (float quantiles within
+2**-16 relative, integer quantiles exact), so parts of different stores or edits merge whatever their
+ranges, and the stats of a merged or edited store equal those of ingesting its episodes from scratch.
 """
 
 from __future__ import annotations
@@ -31,17 +34,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from shardyard.schema import FieldSpec, Schema
+from shardyard.stores.stats import parts as sparts
 from shardyard.stores.stats.config import StatsConfig
 from shardyard.stores.stats.depth import depth_stats
-from shardyard.stores.stats.moments import (
-    FieldStatsPart,
-    empty_part,
-    finalize,
-    fixed_edges,
-    make_edges,
-    merge_parts,
-    part_from_array,
-)
+from shardyard.stores.stats.moments import fixed_edges
 from shardyard.stores.stats.robot import gripper_bins, height_bins, rotation_stats
 
 log = logging.getLogger(__name__)
@@ -116,21 +112,18 @@ def field_rows(store, episode: int, field: str, config: StatsConfig | None = Non
     return np.concatenate(blocks) if blocks else np.zeros((0, f), dtype=store.schema[field].dtype)
 
 
-def _blocks_part(blocks: Iterator[np.ndarray], num_features: int, edges: np.ndarray | None) -> FieldStatsPart:
-    part = empty_part(num_features, edges)
-    for rows in blocks:
-        part = merge_parts(part, part_from_array(rows, edges))
-    return part
+def _blocks_part(blocks: Iterator[np.ndarray], num_features: int, edges: np.ndarray | None) -> sparts.AnyPart:
+    return sparts.merge_many(sparts.empty(num_features, edges), [sparts.of_rows(rows, edges) for rows in blocks])
 
 
 def _episode_part(store, episode: int, field: str, edges: np.ndarray | None, cfg: StatsConfig,
-                  pre: dict[str, Any] | None = None) -> FieldStatsPart:
+                  pre: dict[str, Any] | None = None) -> sparts.AnyPart:
     """The part of `field` in `episode`: `pre` (a worker's `sampled_frames_part`) when its sampling and
     edges match, else read from the store."""
     if pre is not None and pre.get("frame_stride") == cfg.image_frame_stride \
             and pre.get("pixel_stride") == cfg.image_pixel_stride:
-        part = FieldStatsPart.from_dict(pre["part"])
-        if part.edges is not None and edges is not None and np.array_equal(part.edges, edges):
+        part = sparts.from_dict(pre["part"])
+        if sparts.same_layout(part, edges):
             return part
     return _blocks_part(_iter_blocks(store, episode, field, cfg), _num_features(store.schema[field]), edges)
 
@@ -160,28 +153,20 @@ def sampled_frames_part(sample: np.ndarray, spec: FieldSpec, config: StatsConfig
 
 
 def field_edges(store, episodes: Sequence[int], config: StatsConfig | None = None,
-                fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Histogram edges `(F, B + 1)` per field (pass 1): fixed for uint8/int8/bool (no read), else from the
-    min/max over `episodes` (`moments.make_edges`). Workers that are to merge their parts use these."""
-    cfg = config or StatsConfig()
+                fields: Sequence[str] | None = None) -> dict[str, np.ndarray | None]:
+    """Histogram layout per field, data-independent (nothing is read; `store` gives the schema):
+    `moments.fixed_edges` `(F, B + 1)` for uint8/int8/bool, None (sparse buckets, `stats.parts`) for every
+    other dtype. `episodes` and `config` are kept for callers of the two-pass version."""
     out = {}
     for field in fields if fields is not None else stats_fields(store.schema):
         spec = store.schema[field]
-        f = _num_features(spec)
-        fixed = fixed_edges(spec.dtype, f)
-        if fixed is not None:
-            out[field] = fixed
-            continue
-        part = empty_part(f)
-        for ep in episodes:
-            part = merge_parts(part, _episode_part(store, ep, field, None, cfg))
-        out[field] = make_edges(part.min, part.max, spec.dtype, cfg.hist_bins)
+        out[field] = fixed_edges(spec.dtype, _num_features(spec))
     return out
 
 
-def field_parts(store, episodes: Sequence[int], edges: dict[str, np.ndarray],
+def field_parts(store, episodes: Sequence[int], edges: dict[str, np.ndarray | None],
                 config: StatsConfig | None = None,
-                frame_parts: dict[str, dict[str, dict[str, Any]]] | None = None) -> dict[str, FieldStatsPart]:
+                frame_parts: dict[str, dict[str, dict[str, Any]]] | None = None) -> dict[str, sparts.AnyPart]:
     """Pass 2: one part per episode and field, merged over `episodes`, for every field in `edges`.
     `frame_parts` (episode key -> field -> `sampled_frames_part`) are used where their sampling matches
     `config`, instead of reading those frames back."""
@@ -190,30 +175,28 @@ def field_parts(store, episodes: Sequence[int], edges: dict[str, np.ndarray],
     frame_parts = frame_parts or {}
     out = {}
     for field, e in edges.items():
-        part = empty_part(_num_features(store.schema[field]), e)
-        for ep in episodes:
-            pre = frame_parts.get(keys[ep], {}).get(field)
-            part = merge_parts(part, _episode_part(store, ep, field, e, cfg, pre))
-        out[field] = part
+        per_episode = [_episode_part(store, ep, field, e, cfg, frame_parts.get(keys[ep], {}).get(field))
+                       for ep in episodes]
+        out[field] = sparts.merge_many(sparts.empty(_num_features(store.schema[field]), e), per_episode)
     return out
 
 
-def merge_stats_parts(a: dict[str, FieldStatsPart], b: dict[str, FieldStatsPart]) -> dict[str, FieldStatsPart]:
-    """Field-wise `merge_parts` of two `field_parts` results (a field missing on one side is taken as is).
-    stats(A ∪ B) == merge(stats(A), stats(B)) when both used the same edges."""
+def merge_stats_parts(a: dict[str, sparts.AnyPart], b: dict[str, sparts.AnyPart]) -> dict[str, sparts.AnyPart]:
+    """Field-wise `stats.parts.merge` of two `field_parts` results (a field missing on one side is taken as
+    is). stats(A ∪ B) == merge(stats(A), stats(B)), whatever the ranges of A and B."""
     out = dict(a)
     for field, part in b.items():
-        out[field] = merge_parts(out[field], part) if field in out else part
+        out[field] = sparts.merge(out[field], part) if field in out else part
     return out
 
 
-def finalize_stats_parts(parts: dict[str, FieldStatsPart], schema: Schema) -> dict[str, dict[str, list]]:
+def finalize_stats_parts(parts: dict[str, sparts.AnyPart], schema: Schema) -> dict[str, dict[str, list]]:
     """LeRobot stats per field (`moments.finalize`); uint8 images are scaled by 1/255 into [0, 1]."""
     out = {}
     for field, part in parts.items():
         spec = schema[field]
         scale = 1.0 / 255.0 if spec.kind == "image" and np.dtype(spec.dtype) == np.uint8 else 1.0
-        out[field] = finalize(part, scale=scale)
+        out[field] = sparts.finalize_part(part, scale=scale)
     return out
 
 

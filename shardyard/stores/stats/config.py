@@ -12,7 +12,8 @@ __all__ = ["StatsConfig"]
 class StatsConfig:
     """Options of `compute_stats`. Bin counts and the PCA threshold follow seed 001's defaults
     (`N_HEIGHT_BINS = N_GRIPPER_BINS = N_ROT_BINS = 32`, PC1 >= 80 % -> "1d_pca"); `hist_bins` is the
-    number of equal histogram bins of float fields (their q01/q99 are within one bin width).
+    number of equal bins of `moments.make_edges` (the loaders' own histograms); `compute_stats` does not use
+    it: its float fields take the data-independent buckets of `stats.parts`.
     `rotation_separation`: PC1 projections whose two-group split (`robot.pc1_separation`) reaches this are
     taken as two groups of orientations, and the recommended rotation mode is then "kmeans".
 

@@ -1,0 +1,242 @@
+"""Writing the result of a `shardyard edit` operation: a plan of source episodes copied into a new
+episodic store (`stores.edit` builds the plans).
+
+Frame fields are copied chunk for chunk: each frame's encoded inner chunk is read from the source's shard
+file by its index entry (`stores.zarr_shard.read_shard_index`) and handed to `EpisodicWriter` as
+`EncodedRows`, which appends the bytes as they are (no decode, no re-encode), with the episode's stored stats
+part (`meta/stats_parts`), so the stats pass does not read those frames back either. That holds whatever the
+field's one-row-per-chunk codec is (lz4, zstd, raw, and JPEG when its chunks are one frame each), provided
+the output array gets the same codec; where it cannot (a layout that is not one frame per chunk, such as a
+video GOP, or sources of a merge with different codecs) the frames are decoded and re-encoded, with a
+warning. Low-dim fields are read and written through zarr (they are small).
+
+The stats of the result come from `stats.compute_stats` on it, with the copied per-episode frame parts:
+every part is a function of its episode's data alone (`stats.parts`: data-independent buckets), so the
+stats equal, value for value, those of ingesting the resulting episodes from scratch in the same order.
+
+In place (`commit_in_place`): the result is written beside the store, then swapped in with two renames;
+the old store is kept at `.<name>.edit-old` until the new one is in place, and a later edit puts it back
+if a kill fell between the two renames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from shardyard.errors import StoreError
+from shardyard.schema import Episode, Schema
+from shardyard.stores.episodic import FRAME_KINDS, STATS_PARTS, EpisodicStore
+from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
+from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows
+from shardyard.stores.manifest import read_json
+from shardyard.stores.stats import StatsConfig, compute_stats
+from shardyard.stores.zarr_shard import EMPTY, load_array_meta, read_shard_index, shard_file
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CopyPlan", "write_plan", "commit_in_place", "restore_interrupted", "stats_config_of",
+           "episode_records", "frame_parts_of"]
+
+
+@dataclass
+class CopyPlan:
+    """What one output store holds: `episodes[i] = (source index, episode index)` in output order, with
+    output key `keys[i]`; `fields` maps each output field to its source field (renames, drops)."""
+
+    sources: list[EpisodicStore]
+    episodes: list[tuple[int, int]]
+    keys: list[str]
+    fields: dict[str, str]
+    op: dict[str, Any] = field(default_factory=dict)
+
+    def schema(self) -> Schema:
+        """Output schema: the first source's specs under the output names."""
+        src = self.sources[0].schema
+        return Schema({new: src[old] for new, old in self.fields.items()})
+
+
+def stats_config_of(store: EpisodicStore) -> StatsConfig:
+    """The `StatsConfig` the store's stats.json was computed with (defaults when it records none)."""
+    recorded = (store.stats or {}).get("config") or {}
+    known = set(StatsConfig.__dataclass_fields__)
+    return StatsConfig(**{k: v for k, v in recorded.items() if k in known})
+
+
+def episode_records(store: EpisodicStore) -> list[dict[str, Any]]:
+    """`meta/episodes.json` as stored (key, length, task, fps, cameras, ...), without conversions."""
+    return read_json(os.path.join(store.root, "meta", "episodes.json"))
+
+
+def frame_parts_of(store: EpisodicStore) -> dict[str, dict[str, Any]]:
+    """Per-episode stats parts that the ingest workers stored (`meta/stats_parts`): key -> field -> part."""
+    folder = Path(store.root) / STATS_PARTS
+    out: dict[str, dict[str, Any]] = {}
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        out.update(read_json(str(f)).get("episodes", {}))
+    return out
+
+
+class _FrameSource:
+    """Encoded chunks of one frame field of a local source store, read by the shard index."""
+
+    def __init__(self, store: EpisodicStore, field_name: str) -> None:
+        self.dir = os.path.join(store.root, "data", field_name)
+        self.meta = load_array_meta(self.dir)
+        self.codec = ChunkCodec.for_array(self.meta)
+        self.shard_rows = int(self.meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        self.ndim = len(self.meta["shape"])
+        self.field = field_name
+
+    def chunks(self, start: int, stop: int, key: str) -> list[bytes]:
+        """Encoded chunks of global rows `[start, stop)`. Raises StoreError for a missing chunk or index."""
+        out: list[bytes] = []
+        for s in range(start // self.shard_rows, (stop - 1) // self.shard_rows + 1 if stop > start else 0):
+            path = shard_file(self.dir, s, self.ndim)
+            index = read_shard_index(path, self.shard_rows)
+            if index is None:
+                raise StoreError("shard file missing", path=path, key=key, field=self.field)
+            with open(path, "rb") as f:
+                for row in range(max(start, s * self.shard_rows), min(stop, (s + 1) * self.shard_rows)):
+                    off, n = index[row - s * self.shard_rows]
+                    if off == EMPTY:
+                        raise StoreError(f"row {row} was never written", path=path, key=key, field=self.field)
+                    f.seek(int(off))
+                    out.append(f.read(int(n)))
+        return out
+
+
+def _image_codec_name(plan: CopyPlan) -> str:
+    """The writer's `image_codec` that reproduces the first source's image chunks: the one its ingest
+    recorded, else read off the array's codec."""
+    first = plan.sources[0]
+    recorded = ((first.manifest.get("provenance") or {}).get("config") or {}).get("image_codec")
+    if recorded:
+        return str(recorded)
+    for name in plan.fields.values():
+        if first.schema[name].kind == "image":
+            codec = ChunkCodec.for_array(load_array_meta(os.path.join(first.root, "data", name)))
+            if codec is not None:
+                return {"blosc": "lz4", "zstd": "zstd", "none": "none"}.get(codec.name, "lz4")
+    return "lz4"
+
+
+def _read_episode(plan: CopyPlan, i: int, frames: dict[tuple[int, str], _FrameSource],
+                  writer: EpisodicWriter, parts: dict[int, dict[str, dict[str, Any]]],
+                  records: dict[int, list[dict[str, Any]]]) -> Episode:
+    s, e = plan.episodes[i]
+    src = plan.sources[s]
+    rec = records[s][e]
+    key = plan.keys[i]
+    start, stop = int(src.episode_starts[e]), int(src.episode_ends[e])
+    lowdim = {new: old for new, old in plan.fields.items() if new not in writer.codecs}
+    read = src.read(e, list(lowdim.values())) if lowdim else {}
+    steps: dict[str, Any] = {new: read[old] for new, old in lowdim.items()}
+    for new, old in plan.fields.items():
+        if new not in writer.codecs:
+            continue
+        fs = frames.get((s, old))
+        spec = src.schema[old]
+        if fs is None or fs.codec != writer.codecs[new]:
+            steps[new] = src.read(e, [old])[old]  # decoded; the writer re-encodes
+            continue
+        stats_part = parts[s].get(rec["key"], {}).get(old)
+        steps[new] = EncodedRows(chunks=fs.chunks(start, stop, rec["key"]), shape=(stop - start,) + spec.shape,
+                                 dtype=np.dtype(spec.dtype), stats_part=stats_part)
+    meta = {k: v for k, v in rec.items() if k not in ("key", "length")}
+    return Episode(key=key, steps=steps, meta=meta)
+
+
+def _frame_sources(plan: CopyPlan, writer: EpisodicWriter) -> dict[tuple[int, str], _FrameSource]:
+    out = {}
+    warned = set()
+    for s, src in enumerate(plan.sources):
+        for new, old in plan.fields.items():
+            if new not in writer.codecs or src.schema[old].kind not in FRAME_KINDS:
+                continue
+            fs = _FrameSource(src, old)
+            if fs.codec is None or fs.codec != writer.codecs[new]:
+                if new not in warned:
+                    log.warning("%s: codec of %s differs from the output's %s: frames are re-encoded",
+                                old, src.url, writer.codecs[new])
+                    warned.add(new)
+                continue
+            out[(s, old)] = fs
+    return out
+
+
+def _kept_split(plan: CopyPlan) -> tuple[dict[str, list[int]] | None, dict[str, Any]]:
+    """A split that is not the seeded one (its manifest names a `split_source`, e.g. NYU's official one) is
+    kept episode by episode; otherwise None: the writer re-splits by the seeded hash of the keys, as an
+    ingest of the resulting episodes would."""
+    sources = [s.manifest.get("extra", {}).get("split_source") for s in plan.sources]
+    if not any(sources):
+        return None, {}
+    val = [set(int(i) for i in (s.split or {}).get("val", [])) for s in plan.sources]
+    split: dict[str, list[int]] = {"train": [], "val": []}
+    for i, (s, e) in enumerate(plan.episodes):
+        split["val" if e in val[s] else "train"].append(i)
+    return split, {"split_source": "; ".join(sorted({str(x) for x in sources if x}))}
+
+
+def write_plan(plan: CopyPlan, out: str | os.PathLike, *, overwrite: bool = False,
+               stats: StatsConfig | None = None) -> EpisodicStore:
+    """Write `plan` as a new complete store at `out` (manifest last, as every writer) and return it.
+    The split uses the first source's `val_fraction` and `split_seed` (a function of the keys, as on ingest).
+    Raises StoreError when `out` exists (without `overwrite`) or a source chunk is missing."""
+    first = plan.sources[0]
+    extra = first.manifest.get("extra", {})
+    split, split_extra = _kept_split(plan)
+    cfg = EpisodicWriterConfig(
+        overwrite=overwrite, image_codec=_image_codec_name(plan), val_fraction=extra.get("val_fraction", 0.1),
+        split_seed=extra.get("split_seed", 0),
+        source={"name": "edit", "op": plan.op.get("op"),
+                "inputs": [{"url": s.url, "source": s.manifest.get("source", {})} for s in plan.sources]},
+        config={"edit": plan.op}, split=split, extra=split_extra)
+    if Path(out).exists() and not overwrite:
+        raise StoreError("output exists; choose another --out or --overwrite", path=str(out))
+    stats_cfg = stats or stats_config_of(first)
+    writer = EpisodicWriter(out, plan.schema(), config=cfg)
+    writer.stats_fn = lambda store: compute_stats(store, stats_cfg, frame_parts=writer.stats_parts)
+    writer.report = {"edit": plan.op}
+    parts = {s: frame_parts_of(src) for s, src in enumerate(plan.sources)}
+    records = {s: episode_records(src) for s, src in enumerate(plan.sources)}
+    with writer:
+        frames = _frame_sources(plan, writer)
+        for i in range(len(plan.episodes)):
+            writer.write(_read_episode(plan, i, frames, writer, parts, records))
+    return EpisodicStore(out)
+
+
+def _old_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.edit-old")
+
+
+def restore_interrupted(path: str | os.PathLike) -> bool:
+    """Put back a store whose in-place edit was killed between its two renames; True if it did."""
+    p, old = Path(path), _old_path(Path(path))
+    if old.exists() and not p.exists():
+        os.rename(old, p)
+        return True
+    if old.exists():
+        shutil.rmtree(old)
+    return False
+
+
+def commit_in_place(plans: Sequence[CopyPlan], path: str | os.PathLike,
+                    stats: StatsConfig | None = None) -> EpisodicStore:
+    """Write the one plan beside `path`, then swap it in (module docstring) and return the new store."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.edit-new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_plan(plans[0], tmp, stats=stats)
+    os.rename(p, _old_path(p))
+    os.rename(tmp, p)
+    shutil.rmtree(_old_path(p))
+    return EpisodicStore(p)

@@ -1,0 +1,124 @@
+"""Feature stores follow edits (issue 16, item 2): the `ingest dino` tokens of the edited episodes are
+copied, row for row, into a feature store aligned with the edited store, without recomputing tokens.
+
+A feature store belongs to a source store by provenance: its key's `source_fingerprint` is the sha256 of
+the source's manifest (the recipe of `ingest.dino.FrameReader.fingerprint`). Each input feature store must
+match its source store, and the inputs of a merge must share the rest of the key (model, weights,
+preprocessing, field, dtype) and the layout (grid, embed dim, patch size); every mismatch is listed at
+once. The result's key is the inputs' with the new store's fingerprint and step count, so `ingest dino` on
+the edited store resumes it as complete; its token stats are recomputed from the copied tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from shardyard.errors import ConfigError
+from shardyard.stores.edit_copy import CopyPlan
+from shardyard.stores.episodic import EpisodicStore
+from shardyard.stores.features import (
+    FeatureLayout,
+    FeatureStore,
+    FeatureWriter,
+    FeatureWriterConfig,
+    key_diff,
+    write_batch,
+)
+from shardyard.stores.frame_encoding import ChunkCodec
+from shardyard.stores.zarr_shard import load_array_meta
+
+__all__ = ["manifest_fingerprint", "check_features", "edit_features"]
+
+_SOURCE_KEYS = ("source_fingerprint", "source_num_steps")
+
+
+def manifest_fingerprint(manifest: dict[str, Any]) -> str:
+    """sha256 of a store's manifest, as `ingest dino` keys its feature store."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_features(plan: CopyPlan, features: Sequence[str]) -> list[FeatureStore]:
+    """Open one feature store per source of `plan` and check provenance and layout (module docstring).
+    Raises ConfigError listing every mismatch."""
+    if len(features) != len(plan.sources):
+        raise ConfigError(f"give one feature store per input store ({len(plan.sources)}), got {len(features)}")
+    stores = [FeatureStore(p) for p in features]
+    problems = []
+    for src, fs in zip(plan.sources, stores):
+        if fs.key.get("source_fingerprint") != manifest_fingerprint(src.manifest):
+            problems.append(f"{fs.path} was not computed from {src.url} (source fingerprint differs)")
+        if fs.num_samples != src.num_steps:
+            problems.append(f"{fs.path} has {fs.num_samples} samples, {src.url} {src.num_steps} steps")
+    ref = {k: v for k, v in stores[0].key.items() if k not in _SOURCE_KEYS}
+    for fs in stores[1:]:
+        other = {k: v for k, v in fs.key.items() if k not in _SOURCE_KEYS}
+        problems += [f"{fs.path} vs {stores[0].path}: {d}" for d in key_diff(ref, other)]
+        for attr in ("grid", "embed_dim", "patch_size", "dtype"):
+            if getattr(fs.layout, attr) != getattr(stores[0].layout, attr):
+                problems.append(f"{fs.path}: {attr} {getattr(fs.layout, attr)} vs {getattr(stores[0].layout, attr)}")
+    field = stores[0].key.get("field")
+    if field is not None and field not in plan.fields.values():
+        problems.append(f"the features were computed from field {field!r}, which the edit drops")
+    if problems:
+        raise ConfigError("feature stores do not follow this edit: " + "; ".join(problems))
+    return stores
+
+
+def _compressor(fs: FeatureStore) -> str:
+    codec = ChunkCodec.for_array(load_array_meta(str(fs.path / "patch_tokens")))
+    return "none" if codec is None or codec.name == "none" else "zstd"
+
+
+def _rows(plan: CopyPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Source index and source row `(N,)` of every output row, in output order."""
+    src, rows = [], []
+    for s, e in plan.episodes:
+        st = plan.sources[s]
+        r = np.arange(int(st.episode_starts[e]), int(st.episode_ends[e]))
+        src.append(np.full(len(r), s))
+        rows.append(r)
+    return np.concatenate(src), np.concatenate(rows)
+
+
+def _gather(stores: list[FeatureStore], src: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Patch tokens, CLS tokens and missing flags of the given (source, row) pairs, one read per run."""
+    patch, cls, missing = [], [], []
+    cut = np.flatnonzero((np.diff(src) != 0) | (np.diff(rows) != 1)) + 1
+    for a, b in zip(np.r_[0, cut], np.r_[cut, len(rows)]):
+        fs, r0, r1 = stores[int(src[a])], int(rows[a]), int(rows[b - 1]) + 1
+        patch.append(fs.patch_tokens(r0, r1))
+        cls.append(fs.cls_token(r0, r1))
+        missing.append(fs.missing[r0:r1])
+    return np.concatenate(patch), np.concatenate(cls), np.concatenate(missing)
+
+
+def edit_features(plan: CopyPlan, features: Sequence[str], new_store: EpisodicStore, out: str | os.PathLike,
+                  *, overwrite: bool = False) -> FeatureStore:
+    """Write the feature store of `new_store` (the result of `plan`) at `out` from the sources' feature
+    stores `features` (one per source, in order). Raises ConfigError (see `check_features`)."""
+    stores = check_features(plan, features)
+    first = stores[0]
+    renamed = {old: new for new, old in plan.fields.items()}
+    fingerprint = manifest_fingerprint(new_store.manifest)
+    key = {**first.key, "source_fingerprint": fingerprint, "source_num_steps": new_store.num_steps}
+    if "field" in key:
+        key["field"] = renamed.get(key["field"], key["field"])
+    layout = FeatureLayout(num_samples=new_store.num_steps, grid=first.layout.grid, embed_dim=first.layout.embed_dim,
+                           patch_size=first.layout.patch_size, dtype=first.layout.dtype,
+                           batch_size=first.layout.batch_size)
+    source = {"path": str(Path(new_store.root).resolve()), "field": key.get("field"), "fingerprint": fingerprint,
+              "format": new_store.manifest.get("format"), "episode_keys": new_store.episode_keys}
+    cfg = FeatureWriterConfig(overwrite=overwrite, compressor=_compressor(first), split=new_store.split,
+                              episode_ends=new_store.episode_ends.tolist(), source=source)
+    src, rows = _rows(plan)
+    with FeatureWriter(out, key=key, layout=layout, config=cfg) as writer:
+        for a, b in writer.layout.batches():
+            patch, cls, missing = _gather(stores, src[a:b], rows[a:b])
+            write_batch(writer.path, a, patch, cls, missing)
+    return FeatureStore(out)
