@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import shardyard.commands.foveated  # noqa: F401  (train foveated-caption)
 import shardyard.commands.ingest  # noqa: F401  (registers the ingest commands)
 import shardyard.commands.store  # noqa: F401  (stats, inspect, export)
 import shardyard.commands.train  # noqa: F401  (train commands)
