@@ -149,6 +149,12 @@ def setup(cfg: FoveatedTrainConfig) -> Setup:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     stream = open_stream(cfg)
+    if rt.world_size > 1 and len(stream.shards) < rt.world_size:     # a rank without shards would never step
+        raise ConfigError(f"{cfg.shards}: {len(stream.shards)} shards for {rt.world_size} processes; each rank "
+                          "streams its own shards")
+    if rt.world_size > 1 and cfg.mode_weights.coarse > 0:             # DDP needs a gradient for every parameter
+        raise ConfigError("coarse-only steps leave the fine pass's parameters without gradients, which DDP "
+                          "refuses: under torchrun train with --mode-weights coarse=0")
     step, sums = 0, dict.fromkeys(SUMS, 0.0)
     state = resume_state(out / CHECKPOINT, cfg, RESUME_IGNORES, model=model, optimizer=optimizer) \
         if cfg.resume else None
