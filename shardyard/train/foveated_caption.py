@@ -11,7 +11,8 @@ warmup then cosine decay to `min_lr` at `steps` (`train.loop.LRSchedule`). AdamW
 (`train.runtime`): autocast per `--amp` (auto: bf16 on CUDA, off on CPU), batches pinned and copied
 `non_blocking`, gradient checkpointing of the LM on CUDA (`--checkpointing auto`). Under torchrun the model
 is wrapped in DDP and each rank streams its own shards (`shards[rank::world_size]`); the checkpoint holds
-every rank's stream position.
+every rank's stream position. DDP needs a gradient for every parameter, so coarse-only steps (which leave
+the fine pass's `q_init` and `query_head` unused) are refused there, as are fewer shards than ranks.
 
 Writes `RUN/latest.pth` (`train.loop`'s layout; a rerun refuses a checkpoint of another config, naming the
 differing fields), `RUN/metrics.jsonl` (per record: `loss_fine`, `loss_coarse`, `ratio` = mean coarse
