@@ -15,20 +15,22 @@ state: the second half of the steps):
   bf16 autocast, gradient checkpointing, batch 3 x 16 frames at 256 px (encoder input 224): s/step and peak
   CUDA memory beside the seed's RTX 4090 (about 1.1 s/step, 9 GB).
 
-`--smoke`: tiny inputs (T 2, 32 px clips, 28 px encoder input, a few steps) to check the script runs.
+Sides alternate over `--trials` (`harness.alternate`; medians, ratios of the same trial).
+`--smoke`: tiny inputs (T 2, 32 px clips, 28 px encoder input, a few steps, one trial) to check the script runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import SHARED, figure  # noqa: E402
+from harness import SHARED, add_common_args, alternate, figure, median_ratio  # noqa: E402
 
 CAPTION = "Aerial view of a small boat sailing along the rocky coast at sunset, slow motion"
 SEED_S_PER_STEP, SEED_PEAK_GB = 1.1, 9.0
@@ -77,13 +79,13 @@ class CachedClips:
         return {"hidden": torch.from_numpy(self.store.patch_tokens(s, s + self.t)).float(), "caption": CAPTION}
 
 
-def cached_steps_per_s(features: Path, args, model_opts: dict) -> float:
+def cached_steps_per_s(features: Path, args) -> float:
     """Steps/s of the model on cached hidden states (steady state: the second half of the steps)."""
     import torch
 
     from shardyard.train.foveated_caption import FoveatedTrainConfig, build_model
 
-    model = build_model(FoveatedTrainConfig(shards="-", out="-", model=model_opts), torch.device("cpu"))
+    model = build_model(FoveatedTrainConfig(shards="-", out="-", image_size=args.image_size), torch.device("cpu"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     data = CachedClips(features, args.frames)
     loader = torch.utils.data.DataLoader(data, batch_size=2, shuffle=True, num_workers=2, drop_last=True,
@@ -104,14 +106,14 @@ def cached_steps_per_s(features: Path, args, model_opts: dict) -> float:
     return (args.steps - args.steps // 2) / (time.perf_counter() - t0)
 
 
-def live(shards: Path, root: Path, args, model_opts: dict, workers: int, steps: int, **kw) -> dict:
+def live(shards: Path, root: Path, args, image_size: int, workers: int, steps: int, **kw) -> dict:
     """The trainer's record over its second half of `steps` (streamed clips, live encoder)."""
     from shardyard.train.foveated_caption import FoveatedTrainConfig, train
 
     cfg = FoveatedTrainConfig(shards=str(shards), out=str(root / f"live{workers}_{kw.get('device', 'cpu')}"),
-                              frames=args.frames, size=args.size, steps=steps, num_workers=workers,
-                              lr=1e-3, log_every=steps // 2, ckpt_every=10 * steps, sample_every=0,
-                              resume=False, model=model_opts, **{"batch_size": 2, "device": "cpu", **kw})
+                              frames=args.frames, size=args.size, image_size=image_size, steps=steps,
+                              num_workers=workers, lr=1e-3, log_every=steps // 2, ckpt_every=10 * steps,
+                              sample_every=0, resume=False, **{"batch_size": 2, "device": "cpu", **kw})
     return train(cfg).records[-1]
 
 
@@ -123,19 +125,20 @@ def gpu(shards: Path, root: Path, args) -> None:
         print("--gpu: no CUDA device here; nothing measured", file=sys.stderr)
         return
     torch.cuda.reset_peak_memory_stats()
-    opts = {"encoder": "random-dinov2-small", "lm": "random-smollm-135m", "image_size": 224}
-    rec = live(shards, root, argparse.Namespace(frames=16, size=256), opts, 2, args.gpu_steps,
-               batch_size=3, device="cuda", bf16=True, checkpointing=True)
+    rec = live(shards, root, argparse.Namespace(frames=16, size=256), 224, 2, args.gpu_steps, batch_size=3,
+               device="cuda", amp="bf16", checkpointing="on", encoder="random-dinov2-small", lm="random-smollm-135m")
     peak = torch.cuda.max_memory_allocated() / 2**30
     s_per_step = 1.0 / rec["steps_per_s"]
     figure("train_foveated.gpu_s_per_step", s_per_step, "s/step", "seed 002 RTX 4090", SEED_S_PER_STEP,
+           goal="<= 1", label="dinov2-small + SmolLM-135M sized, bf16, batch 3x16 frames, streamed",
            batch="3x16 frames", device=torch.cuda.get_device_name(), data_wait_frac=rec["data_wait_frac"])
-    figure("train_foveated.gpu_peak_memory", peak, "GiB", "seed 002 RTX 4090", SEED_PEAK_GB)
+    figure("train_foveated.gpu_peak_memory", peak, "GiB", "seed 002 RTX 4090", SEED_PEAK_GB, goal="<= 1",
+           label="peak CUDA memory of the same run")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints JSON figure lines."""
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", type=int, default=128)
@@ -143,22 +146,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=float, default=8.0)
     ap.add_argument("--gpu", action="store_true", help="Also run the seed-sized models on CUDA.")
     ap.add_argument("--gpu-steps", type=int, default=200)
-    ap.add_argument("--smoke", action="store_true", help="Tiny inputs, a few steps.")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.steps, args.frames, args.size, args.image_size, args.gpu_steps = 6, 2, 32, 28, 4
+        args.steps, args.frames, args.size, args.image_size, args.gpu_steps, args.trials = 6, 2, 32, 28, 4, 1
     logging.basicConfig(level=logging.WARNING)
-    opts = {"image_size": args.image_size}
     with tempfile.TemporaryDirectory(prefix="bench_fov_") as tmp:
         root = Path(tmp)
         shards, feats = build(root, args.fps, args.image_size)
-        cached = cached_steps_per_s(feats, args, opts)
-        streamed = live(shards, root, args, opts, 2, args.steps)
-        inproc = live(shards, root, args, opts, 0, args.steps)
-        figure("train_foveated.steps_per_s", cached, "steps/s", "live tiny encoder, streamed clips",
-               streamed["steps_per_s"], workers=2, batch=2, frames=args.frames)
-        figure("train_foveated.data_wait_frac", streamed["data_wait_frac"], "fraction", "0 workers",
-               max(inproc["data_wait_frac"], 1e-9), workers=2, goal="< 0.05")
+        recs: dict[str, list[dict]] = {"streamed": [], "inproc": []}
+
+        def side(name: str, workers: int) -> float:
+            recs[name].append(live(shards, root, args, args.image_size, workers, args.steps))
+            return recs[name][-1]["steps_per_s"]
+
+        r = alternate({"cached": lambda: cached_steps_per_s(feats, args),
+                       "streamed": lambda: side("streamed", 2), "inproc": lambda: side("inproc", 0)}, args.trials)
+        figure("train_foveated.steps_per_s", statistics.median(r["cached"]), "steps/s",
+               "live tiny encoder, streamed clips", statistics.median(r["streamed"]),
+               ratio=median_ratio(r["cached"], r["streamed"]), goal=">= 1",
+               label="per-layer K/V from a `--layers all` feature store vs the live frozen encoder",
+               workers=2, batch=2, frames=args.frames)
+        wait = [x["data_wait_frac"] for x in recs["streamed"]]
+        base = [max(x["data_wait_frac"], 1e-9) for x in recs["inproc"]]
+        figure("train_foveated.data_wait_frac", statistics.median(wait), "fraction", "0 workers",
+               statistics.median(base), ratio=median_ratio(wait, base), goal="value < 0.05",
+               label="data-wait share of the trainer's step time, `ClipStream` with 2 workers", workers=2)
         if args.gpu:
             gpu(shards, root, args)
     return 0

@@ -19,7 +19,7 @@ from PIL import Image
 
 from shardyard.errors import ConfigError
 from shardyard.ingest.webvid import WebvidConfig, ingest_webvid
-from shardyard.train.foveated_caption import FoveatedTrainConfig, step_mode
+from shardyard.train.foveated_caption import FoveatedTrainConfig, ModeWeights, step_mode
 from shardyard.train.loop import read_metrics
 
 STEPS = 12
@@ -121,3 +121,24 @@ def test_ingest_dino_layers_all_feeds_the_cached_path(store, tmp_path):
     model = FoveatedCaptioner(FoveatedConfig(image_size=28, device="cpu"))
     out = model(None, ["two people holding flowers"], hidden=hidden)
     assert torch.isfinite(out["loss"]) and out["fine"].shape[:2] == (1, 2)
+
+
+def test_resume_refuses_another_config_naming_the_field(store, run_a):
+    """The shared resume check (`train.loop.resume_state`): a longer schedule is another run."""
+    proc = run_cli("train", "foveated-caption", "--shards", store, "--out", run_a, *ARGS, "--steps", "13")
+    assert proc.returncode == 1 and "['steps']" in proc.stderr, proc.stderr
+
+
+def test_cli_options_come_from_the_config(store, tmp_path):
+    """`--help` shows the dataclass defaults; `--mode-weights` / `--model-opt` are converted by field type."""
+    helptext = run_cli("train", "foveated-caption", "--help", check=True).stdout
+    for shown in ("--attention-out", "--mode-weights", "--model-opt", "3e-05", "tiny-random-llama", "[default: 16]"):
+        assert shown in helptext, shown
+    cfg = FoveatedTrainConfig(shards=str(store), out="x", mode_weights={"coarse": 1.0})
+    assert cfg.mode_weights == ModeWeights(caption=0.0, coarse=1.0)
+    assert {step_mode(cfg, s) for s in range(10)} == {"coarse"}
+    with pytest.raises(ConfigError, match="image_size"):
+        FoveatedTrainConfig(shards=str(store), out="x", model={"image_size": 56})
+    proc = run_cli("train", "foveated-caption", "--shards", store, "--out", tmp_path / "r", "--mode-weights",
+                   "video=1")
+    assert proc.returncode == 2 and "ModeWeights has no field 'video'" in proc.stderr, proc.stderr

@@ -4,6 +4,7 @@ there only. The trainers (and torch) are imported when a command runs, not when 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -11,7 +12,7 @@ import typer
 from shardyard.commands.common import train_app
 from shardyard.commands.options import config_command
 from shardyard.errors import ConfigError
-from shardyard.train.configs import DepthTrainConfig, PatchPredictConfig, TrainConfig
+from shardyard.train.configs import DepthTrainConfig, FoveatedTrainConfig, PatchPredictConfig, TrainConfig
 
 COMMON_HELP = {
     "out": "Run folder: latest.pth, metrics.jsonl (resumed when it holds a checkpoint of the same config).",
@@ -107,4 +108,48 @@ config_command(
         "model": "copy, linear or mlp.",
         "stream": "Shard store / folder of tars to stream clips from.",
         "live_backbone": "Tokens from the frozen backbone per step.",
+    })
+
+
+def foveated_caption(cfg: FoveatedTrainConfig, attention_out: Path | None = None) -> None:
+    """Train seed 002's captioner (the trainer prints the table and sample captions); then, with
+    `--attention-out`, draw the attention overlays of the trained model."""
+    from shardyard.train.foveated_caption import run
+
+    result = run(cfg)
+    if attention_out is not None and result.records:                   # rank 0 only
+        from shardyard.inspection_foveated import draw_run
+
+        for p in draw_run(result.out, attention_out):
+            typer.echo(f"picture: {p}")
+
+
+FOVEATED_EXTRA: dict[str, tuple[Any, Any]] = {
+    "attention_out": (Optional[Path], typer.Option(None, "--attention-out",
+                                                   help="Draw attention overlays (PNG + GIF) here after training.")),
+}
+
+config_command(
+    train_app, "foveated-caption", FoveatedTrainConfig, foveated_caption, extra=FOVEATED_EXTRA,
+    help="Train seed 002's foveated one-token-per-frame captioner; prints losses, ratio and sample captions.",
+    names={"model": "--model-opt"},
+    option_help=COMMON_HELP | {
+        "shards": "WebVid shard store (path or http:// URL) of `ingest webvid`.",
+        "out": "Run folder: latest.pth, metrics.jsonl, samples.jsonl (resumed when it holds a checkpoint of the "
+               "same config).",
+        "steps": "Optimiser steps in total (the cosine schedule's length).",
+        "frames": "Frames per clip T.", "size": "Clip side, px.",
+        "fps": "Sample clips at this rate, Hz (default: consecutive frames).",
+        "encoder": "DINO spec, local folder or random-dinov2-small.",
+        "lm": "Local causal-LM folder, tiny-random-llama or random-smollm-135m.",
+        "image_size": "Encoder input side, px.",
+        "model": "FoveatedConfig override, e.g. deep=false (shallow), temperature=2, top_k=8, freeze_dino=false.",
+        "batch_size": "Clips per micro-batch.", "grad_accum": "Micro-batches per optimiser step.",
+        "min_lr": "End of the cosine decay.", "warmup_steps": "Linear warmup steps.",
+        "mode_weights": "Weight of each mode per step, e.g. coarse=0.5 (caption=1 unless given).",
+        "shuffle_buffer": "Clips held for shuffling per worker.",
+        "sample_every": "Greedy captions into samples.jsonl every N steps (0: none).",
+        "sample_clips": "Clips captioned per sample.", "sample_tokens": "Tokens generated per caption.",
+        "checkpointing": "Gradient checkpointing: auto (on CUDA), on or off.",
+        "resume": "Resume from RUN/latest.pth if it exists (--no-resume starts over).",
     })

@@ -8,7 +8,7 @@ A field's `metadata={"options_of": "module:Class"}` marks a dict of overrides of
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +163,84 @@ class PatchPredictConfig:
         if self.gap < 1 or self.steps < 0 or self.batch_size < 1:
             raise ConfigError(f"need gap >= 1, steps >= 0, batch_size >= 1 (got {self.gap}, {self.steps}, "
                               f"{self.batch_size})")
+
+
+@dataclass
+class ModeWeights:
+    """Relative weight of each training mode of the foveated captioner (`models.foveated.MODES`), drawn once
+    per optimiser step: caption (both passes, fine and coarse) and coarse (the coarse pass only)."""
+
+    caption: float = 1.0
+    coarse: float = 0.0
+
+
+# set by FoveatedTrainConfig's own fields (or by the runtime), so not overridable through `model`
+FOVEATED_MODEL_KEYS = ("encoder", "lm", "image_size", "checkpointing", "device")
+
+
+@dataclass
+class FoveatedTrainConfig:
+    """Options of `train foveated-caption` (seed 002's foveated captioner; defaults from the seed's
+    `scripts/train_captioning_scaled.py` but for the tiny models).
+
+    shards: shard store path or http(s) URL; out: run folder. frames / size / fps: clip length T, side in px,
+    sampling rate in Hz (None: consecutive frames). encoder / lm / image_size: the DINO encoder, the causal LM
+    and the encoder input side (px). model: overrides of other `FoveatedConfig` fields (deep, temperature,
+    top_k, freeze_dino, query_dim, ...). steps: optimiser steps in total, the length of the cosine schedule.
+    batch_size: clips per micro-batch; grad_accum: micro-batches per step. mode_weights: `ModeWeights`
+    (a dict `{mode: weight}` is accepted, absent modes weighing 0). log_every / ckpt_every / sample_every:
+    in steps (sample_every 0: no samples). checkpointing: gradient checkpointing, "auto" (on CUDA), "on"
+    or "off". device: "auto", "cpu", "cuda"... amp: autocast, "auto" (bf16 on CUDA), "bf16", "fp16", "off".
+    Raises ConfigError for unknown modes, negative weights, counts < 1 or a `model` key set elsewhere.
+    """
+
+    shards: str
+    out: str
+    frames: int = 16
+    size: int = 256
+    fps: float | None = None
+    encoder: str = "tiny-random-dinov2"
+    lm: str = "tiny-random-llama"
+    image_size: int = 224
+    model: dict[str, Any] = field(default_factory=dict,
+                                  metadata={"options_of": "shardyard.models.foveated:FoveatedConfig"})
+    steps: int = 200
+    batch_size: int = 2
+    grad_accum: int = 1
+    lr: float = 3e-5
+    min_lr: float = 0.0
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    mode_weights: ModeWeights = field(default_factory=ModeWeights)
+    num_workers: int = 0
+    shuffle_buffer: int = 16
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 50
+    sample_every: int = 50
+    sample_clips: int = 2
+    sample_tokens: int = 32
+    checkpointing: str = "auto"
+    resume: bool = True
+    device: str = "auto"
+    amp: str = "auto"
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in fields(ModeWeights)]
+        if isinstance(self.mode_weights, dict):
+            bad = set(self.mode_weights) - set(names)
+            if bad:
+                raise ConfigError(f"mode_weights {self.mode_weights}: unknown modes {sorted(bad)} (modes: {names})")
+            self.mode_weights = ModeWeights(**(dict.fromkeys(names, 0.0) | self.mode_weights))
+        weights = [getattr(self.mode_weights, m) for m in names]
+        if min(weights) < 0 or sum(weights) <= 0:
+            raise ConfigError(f"mode_weights {self.mode_weights}: weights >= 0 with a sum > 0")
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.frames < 1:
+            raise ConfigError("steps, batch_size, grad_accum and frames must be >= 1")
+        if self.checkpointing not in ("auto", "on", "off"):
+            raise ConfigError(f"checkpointing must be auto, on or off, got {self.checkpointing!r}")
+        taken = sorted(set(self.model) & set(FOVEATED_MODEL_KEYS))
+        if taken:
+            raise ConfigError(f"model overrides {taken} are options of their own (--encoder, --lm, --image-size, "
+                              "--checkpointing, --device)")

@@ -7,10 +7,15 @@ with `num_workers` workers; the stream's position is saved with every checkpoint
 `--out` resumes mid-stream exactly (model, optimiser, stream position, RNG: bit-identical weights to an
 uninterrupted run). Each optimiser step takes `grad_accum` batches; the mode of each step is drawn from
 `mode_weights` by a generator seeded with (seed, step), one mode for the whole step (BUG-003). LR: linear
-warmup then cosine decay to `min_lr` at `steps` (`train.loop.LRSchedule`). AdamW (seed: lr 3e-5). On CUDA:
-bf16 autocast and gradient checkpointing of the LM.
+warmup then cosine decay to `min_lr` at `steps` (`train.loop.LRSchedule`). AdamW (seed: lr 3e-5). Runtime
+(`train.runtime`): autocast per `--amp` (auto: bf16 on CUDA, off on CPU), batches pinned and copied
+`non_blocking`, gradient checkpointing of the LM on CUDA (`--checkpointing auto`). Under torchrun the model
+is wrapped in DDP and each rank streams its own shards (`shards[rank::world_size]`); the checkpoint holds
+every rank's stream position. DDP needs a gradient for every parameter, so coarse-only steps (which leave
+the fine pass's `q_init` and `query_head` unused) are refused there, as are fewer shards than ranks.
 
-Writes `RUN/latest.pth`, `RUN/metrics.jsonl` (per record: `loss_fine`, `loss_coarse`, `ratio` = mean coarse
+Writes `RUN/latest.pth` (`train.loop`'s layout; a rerun refuses a checkpoint of another config, naming the
+differing fields), `RUN/metrics.jsonl` (per record: `loss_fine`, `loss_coarse`, `ratio` = mean coarse
 over mean fine loss, `entropy_fine` / `entropy_coarse` (nats) and `max_attn_fine` / `max_attn_coarse` of the
 last block's query attention, `clips_per_s`, `data_wait_frac`, `lr`, `epoch`), and every `sample_every` steps
 `RUN/samples.jsonl`: ground truth, fine and coarse greedy captions of the step's first clips.
@@ -21,158 +26,161 @@ Source: seed 002 (`scripts/train_captioning_scaled.py`: batch 2 x 4, lr 3e-5 wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from shardyard.errors import ConfigError
 from shardyard.loaders.streaming import ClipStream, StreamConfig
-from shardyard.models.backbones import best_device
-from shardyard.models.foveated import MODES, FoveatedCaptioner, FoveatedConfig
+from shardyard.models.foveated import FoveatedCaptioner, FoveatedConfig
+from shardyard.train.configs import FoveatedTrainConfig, ModeWeights
 from shardyard.train.loop import (
     CHECKPOINT,
     METRICS,
     DataWait,
     LRSchedule,
     MetricLogger,
-    load_checkpoint,
+    TrainResult,
+    format_table,
+    resume_state,
     save_checkpoint,
+    set_lr,
 )
+from shardyard.train.runtime import Runtime, setup_runtime
+
+__all__ = ["FoveatedTrainConfig", "ModeWeights", "build_model", "step_mode", "train", "run", "write_samples"]
 
 log = logging.getLogger(__name__)
 
 SAMPLES = "samples.jsonl"
-_SUMS = ("loss_fine", "loss_coarse", "entropy_fine", "entropy_coarse", "max_attn_fine", "max_attn_coarse",
-         "n_fine", "n_coarse", "clips")
+SUMS = ("loss_fine", "loss_coarse", "entropy_fine", "entropy_coarse", "max_attn_fine", "max_attn_coarse",
+        "n_fine", "n_coarse", "clips")
+# may change between a run and its resume: where it is read from (a store served over HTTP), how it logs, runs
+RESUME_IGNORES = ("shards", "out", "log_every", "ckpt_every", "sample_every", "sample_clips", "sample_tokens",
+                  "checkpointing", "resume", "device", "amp")
+COLUMNS = ("step", "loss_fine", "loss_coarse", "ratio", "entropy_fine", "entropy_coarse", "max_attn_fine",
+           "max_attn_coarse", "clips_per_s", "data_wait_frac")
 
 
-@dataclass
-class FoveatedTrainConfig:
-    """Options of `train foveated-caption`.
-
-    shards: shard store path or http(s) URL; out: run folder. frames / size / fps: clip length T, side in px,
-    sampling rate in Hz (None: consecutive frames). model: overrides of `FoveatedConfig` fields (encoder, lm,
-    deep, temperature, top_k, freeze_dino, query_dim, ...). steps: optimiser steps in total (a resumed run
-    goes on to this count). batch_size: clips per micro-batch; grad_accum: micro-batches per step.
-    mode_weights: probability of each mode per step. log_every / ckpt_every / sample_every: in steps
-    (sample_every 0: no samples). checkpointing: gradient checkpointing (None: on CUDA only). bf16: autocast
-    on CUDA. device: "auto", "cpu", "cuda".
-    """
-
-    shards: str
-    out: str
-    frames: int = 16
-    size: int = 256
-    fps: float | None = None
-    model: dict[str, Any] = field(default_factory=dict)
-    steps: int = 200
-    batch_size: int = 2
-    grad_accum: int = 1
-    lr: float = 3e-5
-    min_lr: float = 0.0
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    mode_weights: dict[str, float] = field(default_factory=lambda: {"caption": 1.0})
-    num_workers: int = 0
-    shuffle_buffer: int = 16
-    seed: int = 0
-    log_every: int = 10
-    ckpt_every: int = 50
-    sample_every: int = 50
-    sample_clips: int = 2
-    sample_tokens: int = 32
-    checkpointing: bool | None = None
-    bf16: bool = True
-    resume: bool = True
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        bad = set(self.mode_weights) - set(MODES)
-        if bad or not self.mode_weights or min(self.mode_weights.values()) < 0 or sum(self.mode_weights.values()) <= 0:
-            raise ConfigError(f"mode_weights {self.mode_weights}: modes of {MODES} with weights >= 0, sum > 0")
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.frames < 1:
-            raise ConfigError("steps, batch_size, grad_accum and frames must be >= 1")
-
-
-@dataclass
-class FoveatedTrainResult:
-    """records: metrics.jsonl records; checkpoint, metrics, samples: paths; model: the trained captioner."""
-
-    records: list[dict[str, Any]]
-    checkpoint: Path
-    metrics: Path
-    samples: Path
-    model: FoveatedCaptioner
-
-
+# ---- model ----------------------------------------------------------------------------------------------
 def build_model(cfg: FoveatedTrainConfig, device: torch.device) -> FoveatedCaptioner:
-    """The captioner of a run config (also used by `inspect RUN`)."""
-    ckpt = cfg.checkpointing if cfg.checkpointing is not None else device.type == "cuda"
-    mcfg = FoveatedConfig(**{"image_size": 224, "checkpointing": ckpt, **cfg.model, "device": str(device)})
-    return FoveatedCaptioner(mcfg)
+    """The captioner of a run config on `device` (also used by `inspect RUN`)."""
+    ckpt = cfg.checkpointing == "on" or (cfg.checkpointing == "auto" and device.type == "cuda")
+    return FoveatedCaptioner(FoveatedConfig(**{**cfg.model, "encoder": cfg.encoder, "lm": cfg.lm,
+                                               "image_size": cfg.image_size, "checkpointing": ckpt,
+                                               "device": str(device)}))
 
 
 def step_mode(cfg: FoveatedTrainConfig, step: int) -> str:
-    """The mode of optimiser step `step`: a pure function of (seed, step), one for the whole batch."""
-    modes = sorted(cfg.mode_weights)
-    p = np.array([cfg.mode_weights[m] for m in modes], dtype=np.float64)
+    """The mode of optimiser step `step`: a pure function of (seed, step), one for the whole batch (BUG-003).
+    Modes of weight 0 are left out of the draw."""
+    weights = asdict(cfg.mode_weights) if not isinstance(cfg.mode_weights, dict) else cfg.mode_weights
+    modes = [m for m in sorted(weights) if weights[m] > 0]
+    p = np.array([weights[m] for m in modes], dtype=np.float64)
     return modes[int(np.random.default_rng([cfg.seed, step]).choice(len(modes), p=p / p.sum()))]
 
 
-def _truncate_jsonl(path: Path, step: int | None) -> None:
-    """Keep the records with `step <= step` (all gone when `step` is None): a resumed run's file then equals
-    an uninterrupted one's."""
-    if not path.exists():
-        return
-    keep = [] if step is None else [line for line in path.read_text().splitlines() if line.strip()
-                                    and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
-
-
-def write_samples(path: Path, model: FoveatedCaptioner, batch: dict[str, Any], step: int, n: int,
+def write_samples(samples: MetricLogger, model: FoveatedCaptioner, batch: dict[str, Any], step: int, n: int,
                   max_new_tokens: int) -> None:
-    """Append greedy captions (fine, coarse) beside the ground truth of the first `n` clips of `batch`."""
+    """Log greedy captions (fine, coarse) beside the ground truth of the first `n` clips of `batch`
+    (`frames (B, T, 3, H, W) uint8`, `caption`, `key`), one record per clip."""
     was = model.training
     model.eval()
     caps = model.generate(batch["frames"][:n], max_new_tokens=max_new_tokens)
     model.train(was)
-    with open(path, "a") as f:
-        for i in range(len(caps["fine"])):
-            f.write(json.dumps({"step": step, "key": batch["key"][i], "caption": batch["caption"][i],
-                                "fine": caps["fine"][i], "coarse": caps["coarse"][i]}) + "\n")
+    for i in range(len(caps["fine"])):
+        samples.log({"step": step, "key": batch["key"][i], "caption": batch["caption"][i],
+                     "fine": caps["fine"][i], "coarse": caps["coarse"][i]})
 
 
-def _next_batch(it: Any, loader: Any, stream: ClipStream, cfg: FoveatedTrainConfig) -> tuple[dict[str, Any], Any]:
-    """The next batch, starting the next epoch when the stream is exhausted; returns (batch, iterator)."""
-    batch = next(it, None)
-    if batch is None:
-        stream.set_epoch(stream.epoch + 1)
-        it = iter(loader)
-        batch = next(it, None)
-        if batch is None:
+# ---- data -----------------------------------------------------------------------------------------------
+def open_stream(cfg: FoveatedTrainConfig) -> ClipStream:
+    """The training clip stream (`frames (T, 3, size, size) uint8`, `caption`, `key`)."""
+    return ClipStream(cfg.shards, config=StreamConfig(num_frames=cfg.frames, size=cfg.size, fps=cfg.fps,
+                                                      shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed))
+
+
+def clip_batches(stream: ClipStream, cfg: FoveatedTrainConfig, pin: bool) -> Iterator[dict[str, Any]]:
+    """Batches of `batch_size` clips, epoch after epoch (`stream.set_epoch`), endlessly. Raises ConfigError
+    when an epoch yields no clip."""
+    loader = torch.utils.data.DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                         pin_memory=pin)
+    while True:
+        n = 0
+        for n, batch in enumerate(loader, 1):
+            yield batch
+        if n == 0:
             raise ConfigError(f"{cfg.shards}: no clip of {cfg.frames} frames in the shard store")
-    return batch, it
+        stream.set_epoch(stream.epoch + 1)
 
 
-def _accumulate(sums: dict[str, float], out: dict[str, Any], mode: str, clips: int, accum: int) -> None:
+# ---- loop -----------------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    """A run ready to train: runtime, model (and its DDP wrapper `net`), optimiser, schedule, stream,
+    the step it starts at, the running sums and the two logs."""
+
+    rt: Runtime
+    model: FoveatedCaptioner
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    stream: ClipStream
+    step: int
+    sums: dict[str, float]
+    logger: MetricLogger
+    samples: MetricLogger
+
+
+def setup(cfg: FoveatedTrainConfig) -> Setup:
+    """Runtime, model, optimiser and stream of `cfg`, resumed from `out/latest.pth` when there is one of
+    the same config. Raises ConfigError for a checkpoint of another config or another process count."""
+    rt = setup_runtime(cfg.device, cfg.amp)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    model = build_model(cfg, rt.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    stream = open_stream(cfg)
+    if rt.world_size > 1 and len(stream.shards) < rt.world_size:     # a rank without shards would never step
+        raise ConfigError(f"{cfg.shards}: {len(stream.shards)} shards for {rt.world_size} processes; each rank "
+                          "streams its own shards")
+    if rt.world_size > 1 and cfg.mode_weights.coarse > 0:             # DDP needs a gradient for every parameter
+        raise ConfigError("coarse-only steps leave the fine pass's parameters without gradients, which DDP "
+                          "refuses: under torchrun train with --mode-weights coarse=0")
+    step, sums = 0, dict.fromkeys(SUMS, 0.0)
+    state = resume_state(out / CHECKPOINT, cfg, RESUME_IGNORES, model=model, optimizer=optimizer) \
+        if cfg.resume else None
+    if state is not None:
+        if len(state["extra"]["streams"]) != rt.world_size:
+            raise ConfigError(f"{out / CHECKPOINT} was written by {len(state['extra']['streams'])} processes, "
+                              f"this run has {rt.world_size}; use another --out", path=str(out / CHECKPOINT))
+        step, sums = state["step"], state["extra"]["sums"][rt.rank]
+        stream.load_state_dict(state["extra"]["streams"][rt.rank])
+    resume_step = step if step else None
+    return Setup(rt, model, rt.wrap(model), optimizer, LRSchedule(cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr),
+                 stream, step, sums, MetricLogger(out / METRICS, resume_step=resume_step, enabled=rt.is_main),
+                 MetricLogger(out / SAMPLES, resume_step=resume_step, enabled=rt.is_main))
+
+
+def accumulate(sums: dict[str, float], out: dict[str, Any], mode: str, clips: int, accum: int) -> None:
     """Add one micro-batch's losses and attention statistics to the running sums."""
     sums["clips"] += clips
-    names = ("coarse", "fine") if mode == "caption" else ("coarse",)
-    for p in names:
+    for p in (("coarse", "fine") if mode == "caption" else ("coarse",)):
         for k in (f"loss_{p}", f"entropy_{p}", f"max_attn_{p}"):
             sums[k] += float(out[k].detach()) / accum
         sums[f"n_{p}"] += 1 / accum
 
 
-def _record(sums: dict[str, float], timer: DataWait, **head: Any) -> dict[str, Any]:
+def record(sums: dict[str, float], timer: DataWait, **head: Any) -> dict[str, Any]:
     """One metrics record from the sums since the last one (means per step; ratio of the mean losses)."""
     rec = dict(head)
     for p in ("coarse", "fine"):
@@ -185,96 +193,88 @@ def _record(sums: dict[str, float], timer: DataWait, **head: Any) -> dict[str, A
     return rec
 
 
-def train(cfg: FoveatedTrainConfig) -> FoveatedTrainResult:
-    """Train (or resume) per `cfg`. Raises StoreError for an unusable shard store, ConfigError for options."""
-    # ---- init: device, model, optimiser, data, resume -----------------------------------------------------
-    device = best_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    out_dir = Path(cfg.out)
-    model = build_model(cfg, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = LRSchedule(cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr)
-    stream = ClipStream(cfg.shards, config=StreamConfig(num_frames=cfg.frames, size=cfg.size, fps=cfg.fps,
-                                                        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed))
-    step, sums = 0, dict.fromkeys(_SUMS, 0.0)
-    ckpt_path, samples_path = out_dir / CHECKPOINT, out_dir / SAMPLES
-    if cfg.resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, model=model, optimizer=optimizer)
-        step, sums = state["step"], state["extra"]["sums"]
-        stream.load_state_dict(state["sampler"])
-        log.info("resumed from %s at step %d", ckpt_path, step)
-    logger = MetricLogger(out_dir / METRICS, resume_step=step if step else None)
-    _truncate_jsonl(samples_path, step if step else None)
-    loader = torch.utils.data.DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                         pin_memory=device.type == "cuda")
-    it, timer = iter(loader), DataWait()
-    model.train()
-    log.info("training %d params (%d trainable) on %s from step %d", sum(p.numel() for p in model.parameters()),
-             sum(p.numel() for p in params), device, step)
-
-    # ---- the loop ---------------------------------------------------------------------------------------
-    while step < cfg.steps:
-        timer.wait_start()
-        lr, mode = schedule(step), step_mode(cfg, step)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        for micro in range(cfg.grad_accum):
-            t0 = time.perf_counter()
-            batch, it = _next_batch(it, loader, stream, cfg)
-            if micro == 0:
-                timer.wait_end()
-            else:                                               # the timer's step started before micro 0
-                timer.wait_s += time.perf_counter() - t0
-            stream.record(batch)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16):
-                out = model(batch["frames"], batch["caption"], mode=mode)
+def train_step(s: Setup, cfg: FoveatedTrainConfig, batches: Iterator[dict[str, Any]], timer: DataWait,
+               mode: str) -> tuple[dict[str, Any], float]:
+    """One optimiser step over `grad_accum` micro-batches in `mode`; returns the last batch (on the device)
+    and the step's loss."""
+    s.optimizer.zero_grad(set_to_none=True)
+    loss = 0.0
+    for micro in range(cfg.grad_accum):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        if micro == 0:
+            timer.wait_end()
+        else:                                                   # the timer's step started before micro 0
+            timer.wait_s += time.perf_counter() - t0
+        s.stream.record(batch)                                  # before the copy: positions stay on the CPU
+        batch = s.rt.to_device(batch)
+        last = micro == cfg.grad_accum - 1
+        # DDP: all-reduce the gradients once per step, on its last micro-batch
+        sync = contextlib.nullcontext() if last or s.net is s.model else s.net.no_sync()
+        with sync:
+            with s.rt.autocast():
+                out = s.net(batch["frames"], batch["caption"], mode=mode)
             (out["loss"] / cfg.grad_accum).backward()
-            _accumulate(sums, out, mode, len(batch["caption"]), cfg.grad_accum)
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        step += 1
+        accumulate(s.sums, out, mode, len(batch["caption"]), cfg.grad_accum)
+        loss += float(out["loss"].detach()) / cfg.grad_accum
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in s.model.parameters() if p.requires_grad], cfg.grad_clip)
+    s.optimizer.step()
+    return batch, loss
+
+
+def train(cfg: FoveatedTrainConfig) -> TrainResult:
+    """Train (or resume) per `cfg`; returns `train.loop.TrainResult` (records of metrics.jsonl, the loss of
+    each step run here). Raises StoreError for an unusable shard store, ConfigError for options or a
+    checkpoint of another config in `out`."""
+    s = setup(cfg)
+    out_dir, start = Path(cfg.out), s.step
+    batches, timer, losses = clip_batches(s.stream, cfg, pin=s.rt.device.type == "cuda"), DataWait(), []
+    s.model.train()
+    log.info("training %d params (%d trainable) on %s, rank %d/%d, from step %d",
+             sum(p.numel() for p in s.model.parameters()),
+             sum(p.numel() for p in s.model.parameters() if p.requires_grad), s.rt.device, s.rt.rank,
+             s.rt.world_size, s.step)
+    while s.step < cfg.steps:
+        timer.wait_start()
+        lr, mode = set_lr(s.optimizer, s.schedule(s.step)), step_mode(cfg, s.step)
+        batch, loss = train_step(s, cfg, batches, timer, mode)
+        s.step += 1
+        losses.append(loss)
         timer.step_end()
-
+        step = s.step
         if step % cfg.log_every == 0 or step == 1 or step == cfg.steps:
-            logger.log(_record(sums, timer, step=step, epoch=stream.epoch, lr=lr, mode=mode))
-            sums = dict.fromkeys(_SUMS, 0.0)
+            s.logger.log(record(s.rt.all_reduce_sums(s.sums), timer, step=step, epoch=s.stream.epoch, lr=lr,
+                                mode=mode))
+            s.sums = dict.fromkeys(SUMS, 0.0)
             timer.reset()
-        if cfg.sample_every > 0 and (step % cfg.sample_every == 0 or step == cfg.steps):
-            write_samples(samples_path, model, batch, step, cfg.sample_clips, cfg.sample_tokens)
+        if s.rt.is_main and cfg.sample_every > 0 and (step % cfg.sample_every == 0 or step == cfg.steps):
+            write_samples(s.samples, s.model, batch, step, cfg.sample_clips, cfg.sample_tokens)
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            save_checkpoint(ckpt_path, model=model, optimizer=optimizer, step=step, sampler=stream.state_dict(),
-                            config=asdict(cfg) | {"model_config": asdict(model.config)}, extra={"sums": sums})
-
-    return FoveatedTrainResult(records=logger.records(), checkpoint=ckpt_path, metrics=out_dir / METRICS,
-                               samples=samples_path, model=model)
-
-
-COLUMNS = ("step", "loss_fine", "loss_coarse", "ratio", "entropy_fine", "entropy_coarse", "max_attn_fine",
-           "max_attn_coarse", "clips_per_s", "data_wait_frac")
-
-
-def format_table(records: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
-    """Plain-text table of metric records (the CLI's summary)."""
-    cell = lambda r, c: str(r["step"]) if c == "step" else f"{r.get(c, float('nan')):.4g}"  # noqa: E731
-    rows = [[cell(r, c) for c in columns] for r in records]
-    widths = [max([len(c), *(len(row[i]) for row in rows)]) for i, c in enumerate(columns)]
-    line = lambda cells: "  ".join(x.rjust(w) for x, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, rows)])
+            streams, sums = s.rt.gather(s.stream.state_dict()), s.rt.gather(s.sums)
+            if s.rt.is_main:
+                save_checkpoint(out_dir / CHECKPOINT, model=s.net, optimizer=s.optimizer, step=step,
+                                sampler=streams[0], config=asdict(cfg) | {"model_config": asdict(s.model.config)},
+                                extra={"streams": streams, "sums": sums})
+            s.rt.barrier()
+    s.rt.barrier()
+    return TrainResult(out=out_dir, step=s.step, resumed_from=start, records=s.logger.records(), losses=losses)
 
 
-def run(cfg: FoveatedTrainConfig) -> FoveatedTrainResult:
-    """Train, then print the metric table, the last sample captions and where the files are (the CLI's body)."""
+def run(cfg: FoveatedTrainConfig) -> TrainResult:
+    """Train, then (rank 0) print the metric table, the last sample captions and where the files are (the
+    CLI's body)."""
     result = train(cfg)
-    print(format_table(result.records))
-    if result.samples.exists():
-        lines = [json.loads(line) for line in result.samples.read_text().splitlines() if line.strip()]
-        for s in lines[-cfg.sample_clips:]:
-            print(f"\nstep {s['step']} {s['key']}\n  truth:  {s['caption']!r}\n  fine:   {s['fine']!r}\n"
-                  f"  coarse: {s['coarse']!r}")
-    print(f"\ncheckpoint: {result.checkpoint}\nmetrics: {result.metrics}\nsamples: {result.samples}")
+    if not result.records:                                              # ranks > 0
+        return result
+    print(format_table(result.records, COLUMNS))
+    samples = result.out / SAMPLES
+    if samples.exists():
+        lines = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
+        for r in lines[-cfg.sample_clips:]:
+            print(f"\nstep {r['step']} {r['key']}\n  truth:  {r['caption']!r}\n  fine:   {r['fine']!r}\n"
+                  f"  coarse: {r['coarse']!r}")
+    print(f"\ncheckpoint: {result.checkpoint}\nmetrics: {result.metrics}\nsamples: {samples}")
     return result
 
 
