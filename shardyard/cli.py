@@ -17,6 +17,8 @@ import shardyard.commands.train  # noqa: F401  (train commands)
 import shardyard.commands.view  # noqa: F401  (view)
 from shardyard.commands.common import app, ingest_app
 
+__all__ = ["ingest_main", "main"]
+
 
 def main() -> None:
     """Entry point of the `shardyard` console script."""

@@ -19,6 +19,8 @@ from pathlib import Path
 from shardyard.stores.wds import Sample, ShardWriter
 from shardyard.testing import SyntheticConfig, write_synthetic_yam
 
+__all__ = ["main", "write_clip_shards"]
+
 
 def _cli(*args: str) -> int:
     cmd = [sys.executable, "-m", "shardyard.cli", *args]

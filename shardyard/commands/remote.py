@@ -11,6 +11,8 @@ import typer
 from shardyard.commands.common import app, fail
 from shardyard.errors import ShardyardError
 
+__all__ = ["pull_cmd", "push_cmd"]
+
 StorageOption = typer.Option(None, "--storage-option", "-S",
                              help="fsspec option of the URL's filesystem, key=value (repeatable), e.g. "
                                   "endpoint_url=http://127.0.0.1:9000; else fsspec's configuration applies.")

@@ -14,6 +14,8 @@ from shardyard.commands.options import config_command
 from shardyard.errors import ConfigError
 from shardyard.train.configs import DepthTrainConfig, FoveatedTrainConfig, PatchPredictConfig, TrainConfig
 
+__all__ = ["COMMON_HELP", "EXTRA", "FOVEATED_EXTRA", "depth", "foveated_caption", "patch_predict", "volume_query"]
+
 COMMON_HELP = {
     "out": "Run folder: latest.pth, metrics.jsonl (resumed when it holds a checkpoint of the same config).",
     "steps": "Optimiser steps in total (a resumed run goes on to this count).",

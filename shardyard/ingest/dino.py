@@ -40,6 +40,9 @@ from shardyard.models.backbones import Backbone, BackboneConfig, load_backbone
 from shardyard.stores.features import PROGRESS_DIR, FeatureLayout, FeatureWriter, FeatureWriterConfig, write_batch
 from shardyard.version import __version__
 
+__all__ = ["DinoConfig", "DinoResult", "EXIT_FATAL", "EXIT_MISSING", "EXIT_OK", "FrameReader", "ingest_dino",
+           "provenance_key", "run_unit"]
+
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FATAL, EXIT_MISSING = 0, 1, 2

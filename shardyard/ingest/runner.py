@@ -32,6 +32,8 @@ from shardyard.stores.frame_encoding import DEFAULT_FRAME_CODEC, ChunkCodec, Enc
 from shardyard.stores.stats import StatsConfig, compute_stats, frame_sampling, sampled_frames_part
 from shardyard.stores.video_frames import VideoCodec
 
+__all__ = ["EXIT_FATAL", "EXIT_OK", "EXIT_SKIPPED", "IngestConfig", "IngestResult", "Source", "run_ingest"]
+
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FATAL, EXIT_SKIPPED = 0, 1, 2

@@ -20,6 +20,8 @@ import torch
 from shardyard.stores.features import CLS, FIELD_NAMES, PATCH, FeatureStore, open_features
 from shardyard.stores.zarr_shard import ShardReader
 
+__all__ = ["CLS_KEY", "MISSING_KEY", "PATCH_KEY", "REMOTE_READS_IN_FLIGHT", "TokenDataset", "TokenDatasetConfig"]
+
 log = logging.getLogger(__name__)
 
 PATCH_KEY, CLS_KEY, MISSING_KEY = FIELD_NAMES["patch_tokens"], FIELD_NAMES["cls_token"], FIELD_NAMES["missing"]

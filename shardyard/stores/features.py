@@ -39,6 +39,10 @@ from shardyard.stores.remote_fs import ProcessLocalFS, is_remote
 from shardyard.stores.stats.tokens import token_stats
 from shardyard.stores.zarr_shard import ShardAppender, ShardReader, load_array_meta
 
+__all__ = ["CLS", "FIELD_NAMES", "FORMAT", "FORMAT_VERSION", "FeatureLayout", "FeatureStore", "FeatureWriter",
+           "FeatureWriterConfig", "KEY_FILE", "MISSING", "PATCH", "PROGRESS_DIR", "bf16_bits_to_float32", "key_diff",
+           "open_features", "storage_dtype", "write_batch"]
+
 log = logging.getLogger(__name__)
 
 FORMAT = "features-zarr3"

@@ -14,6 +14,9 @@ from typing import Any
 
 from shardyard.errors import ConfigError
 
+__all__ = ["BTSAugmentConfig", "DepthTrainConfig", "FOVEATED_MODEL_KEYS", "FoveatedTrainConfig", "ModeWeights",
+           "PatchPredictConfig", "TrainConfig"]
+
 
 @dataclass
 class BTSAugmentConfig:

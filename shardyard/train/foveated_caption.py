@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -277,9 +276,3 @@ def run(cfg: FoveatedTrainConfig) -> TrainResult:
     print(f"\ncheckpoint: {result.checkpoint}\nmetrics: {result.metrics}\nsamples: {samples}")
     return result
 
-
-if __name__ == "__main__":
-    from shardyard.cli import main as _cli_main
-
-    sys.argv = [sys.argv[0], "train", "foveated-caption", *sys.argv[1:]]
-    _cli_main()

@@ -27,6 +27,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+__all__ = ["FLOAT_BINS", "FieldStatsPart", "QUANTILES", "empty_part", "finalize", "fixed_edges", "is_discrete",
+           "make_edges", "merge_all", "merge_parts", "part_from_array", "quantiles_from_hist"]
+
 log = logging.getLogger(__name__)
 
 FLOAT_BINS = 2048
