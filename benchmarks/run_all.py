@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         results["exit_codes"][path.name] = code
         results["seconds"][path.name] = round(seconds, 1)
         print(f"{path.name}: {len(rows)} figure(s), exit {code}, {seconds:.0f} s", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))  # after each script: a stopped run keeps what it has
     if not only and not args.smoke:
         write_readme_table(results)
     return 1 if any(results["exit_codes"].values()) else 0
