@@ -18,6 +18,7 @@ from shardyard.stores.checksums import CHECKSUMS, CHUNK_CRC, VIDEO_CRC, read_crc
 from shardyard.stores.edit import EditTarget, EpisodeSelection, delete_episodes
 from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
+from shardyard.stores.recode import recode_store
 from shardyard.stores.stats import compute_stats
 from shardyard.stores.verify import verify_store
 from shardyard.stores.zarr_shard import read_shard_index, shard_file
@@ -169,6 +170,10 @@ def test_resumed_and_edited_stores_verify_clean(tmp_path, episodes) -> None:  # 
     np.testing.assert_array_equal(read_crc32c(out.root, CHUNK_CRC, FIELD),
                                   read_crc32c(_write(tmp_path / "g", [episodes[i] for i in (0, 2, 4)]).root,
                                               CHUNK_CRC, FIELD))
+    recode_store(out.root, "jpeg", out=tmp_path / "j")  # recoded: new chunks, new checksums
+    report = verify_store(tmp_path / "j")
+    assert report.ok and not report.warnings, report.summary()
+    assert not np.array_equal(read_crc32c(tmp_path / "j", CHUNK_CRC, FIELD), read_crc32c(out.root, CHUNK_CRC, FIELD))
 
 
 def test_feature_provenance_and_cli(tmp_path, store) -> None:
