@@ -31,6 +31,7 @@ from zarr.codecs import ZstdCodec
 from shardyard.errors import ConfigError, SchemaError, StoreError
 from shardyard.schema import Episode, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
+from shardyard.stores.checksums import CHUNK_CRC, VIDEO_CRC, append_crc32c, truncate_crc32c, write_ingest_checksums
 from shardyard.stores.codecs_jpeg import check_frame_shape
 from shardyard.stores.episodic import (
     FORMAT,
@@ -55,6 +56,7 @@ from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
 from shardyard.stores.video_frames import (
     DEFAULT_CRF,
     INDEX,
+    VIDEO_DIR,
     VideoCodec,
     VideoFieldFiles,
     create_video_field,
@@ -82,6 +84,7 @@ class EpisodicWriterConfig:
     val_fraction, split_seed: the by-episode train/val split recorded in the manifest and used by stats.
     split: a given split (episode indices) instead of the seeded one (`shardyard edit` keeps an official
     split by key); extra: more manifest `extra` entries (e.g. its `split_source`).
+    image_codec: the former name of `frame_codec` (stores/edit_copy.py still passes it); overrides it when set.
     """
 
     overwrite: bool = False
@@ -95,6 +98,11 @@ class EpisodicWriterConfig:
     config: dict[str, Any] = field(default_factory=dict)
     split: dict[str, list[int]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    image_codec: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_codec is not None:
+            self.frame_codec = self.image_codec
 
 
 @dataclass
@@ -106,6 +114,7 @@ class _Pending:
     meta: dict[str, Any]
     lowdim: dict[str, np.ndarray]
     parts: dict[str, dict[str, Any]]
+    crc: dict[str, np.ndarray]  # frame field -> (T,) crc32c of its chunks, or (1,) of its MP4
 
 
 class EpisodicWriter:
@@ -167,6 +176,7 @@ class EpisodicWriter:
                 if arr.shape[0] != n:
                     log.info("truncating %s from %d to %d committed steps", name, arr.shape[0], n)
                     arr.resize((n,) + arr.shape[1:])
+            truncate_crc32c(self._root, n, len(self._episodes))
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self._root = zarr.open_group(str(self.path), mode="w")
@@ -275,18 +285,20 @@ class EpisodicWriter:
             group.create_array(key, shape=shape, dtype=spec.dtype, chunks=(rows,) + spec.shape,
                                compressors=ZstdCodec(level=3), attributes={"spec": spec.to_dict()})
 
-    def _append_frames(self, key: str, rows: EncodedRows) -> None:
+    def _append_frames(self, key: str, rows: EncodedRows) -> np.ndarray:
         """Append one episode's encoded rows of frame field `key` to its shard files (a reader's spill file
-        is copied in the kernel, then deleted)."""
+        is copied in the kernel, then deleted); returns their crc32c `(T,) uint32`."""
         if rows.spill is None:
             self._appenders[key].append(rows.pieces(None))
-            return
+            return rows.checksums(None)
         fd = os.open(rows.spill, os.O_RDONLY)
         try:
             self._appenders[key].append(rows.pieces(fd))
+            crc = rows.checksums(fd)
         finally:
             os.close(fd)
         os.unlink(rows.spill)
+        return crc
 
     def write(self, episode: Episode) -> None:
         """Validate `episode` against the schema (every mismatch reported at once, as `SchemaError`) and
@@ -298,11 +310,11 @@ class EpisodicWriter:
             raise SchemaError("episode key already in store", key=episode.key, path=str(self.path))
         if episode.num_steps == 0:
             raise SchemaError("episode has no steps", key=episode.key)
-        parts = {}
+        parts, crc = {}, {}
         for key in self._appenders:
             value = episode.steps[key]
             rows = value if isinstance(value, EncodedRows) else self.codecs[key].encode_rows(value)
-            self._append_frames(key, rows)
+            crc[key] = self._append_frames(key, rows)
             if rows.stats_part is not None:
                 parts[key] = rows.stats_part
             self._pending_bytes += rows.nbytes
@@ -313,7 +325,7 @@ class EpisodicWriter:
             if not isinstance(value, EncodedVideo):
                 value = FrameEncoding(self.codecs[key]).encode_array(value)
             self._pending_bytes += value.nbytes
-            files.place(episode_index, value)
+            crc[key] = np.array([files.place(episode_index, value)], dtype=np.uint32)
             if value.stats_part is not None:
                 parts[key] = value.stats_part
             videos[f"{key}/{INDEX}"] = value.index
@@ -321,7 +333,7 @@ class EpisodicWriter:
         lowdim.update(videos)
         if not self._pending:
             self._group_opened = time.monotonic()
-        self._pending.append(_Pending(episode.key, episode.num_steps, episode.meta, lowdim, parts))
+        self._pending.append(_Pending(episode.key, episode.num_steps, episode.meta, lowdim, parts, crc))
         self._pending_bytes += sum(v.nbytes for v in lowdim.values())
         if len(self._pending) >= self.cfg.commit_every or self._pending_bytes >= self.cfg.commit_bytes \
                 or time.monotonic() - self._group_opened >= self.cfg.commit_seconds:
@@ -338,6 +350,10 @@ class EpisodicWriter:
             arr = self._root[f"data/{key}"]
             arr.resize((n0 + t,) + arr.shape[1:])
             arr[n0:n0 + t] = np.concatenate([ep.lowdim[key] for ep in self._pending])
+        for key in self._pending[0].crc:  # before the commit point, like the arrays they check
+            video = key in self._videos
+            append_crc32c(self._root, VIDEO_CRC if video else CHUNK_CRC, key,
+                          np.concatenate([ep.crc[key] for ep in self._pending]), len(self._episodes) if video else n0)
         parts = {ep.key: ep.parts for ep in self._pending if ep.parts}
         if parts:  # before the commit point, so that a committed episode always has its parts on disk
             (self.path / STATS_PARTS).mkdir(parents=True, exist_ok=True)
@@ -389,6 +405,8 @@ class EpisodicWriter:
             # one about to be written, held in memory.
             view = EpisodicStore(str(self.path), manifest=manifest)
             atomic_write_json(self.path / "stats.json", self.stats_fn(view))
+        write_ingest_checksums(self.path, [f"data/{k}/c/" for k in self._appenders]
+                               + [f"data/{k}/{VIDEO_DIR}/" for k in self._videos])
         atomic_write_json(self.path / MANIFEST, manifest.to_dict())
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import google_crc32c
 import numcodecs
 import numpy as np
 from zarr.codecs import BloscCodec, ZstdCodec
@@ -149,7 +150,8 @@ class ChunkCodec:
         cache, rather than whole) as one inner chunk."""
         encode = self.encoder()
         chunks = [encode(np.ascontiguousarray(row)) for row in arr]
-        return EncodedRows(chunks=chunks, shape=tuple(arr.shape), dtype=np.dtype(arr.dtype))
+        return EncodedRows(chunks=chunks, shape=tuple(arr.shape), dtype=np.dtype(arr.dtype),
+                           crc32c=[google_crc32c.value(c) for c in chunks])
 
 
 @dataclass(frozen=True)
@@ -185,12 +187,14 @@ class FrameEncoding:
 class FrameSink:
     """Callback `(frame, positions)` that encodes each distinct frame once, while it is in cache, places
     the chunk at every position it fills (in memory, or appended to a spill file), and keeps the
-    pixel-subsampled stats sample."""
+    pixel-subsampled stats sample. The crc32c of each chunk is taken here too, in the worker, while the
+    chunk is in cache (`EncodedRows.crc32c`), so that `verify` can find a flipped byte inside a chunk."""
 
     def __init__(self, encoding: FrameEncoding, num_rows: int) -> None:
         self._encoding = encoding
         self._encode = encoding.codec.encoder()
         self._chunks: list[bytes | tuple[int, int] | None] = [None] * num_rows
+        self._crc = [0] * num_rows
         self._sample: dict[int, np.ndarray] = {}
         self._spill: str | None = None
         self._fd: int | None = None
@@ -202,6 +206,7 @@ class FrameSink:
         """Encode `frame (H, W, C)` once and place it at each of `positions` (steps of the episode)."""
         frame = np.ascontiguousarray(frame)  # a decoder's rows may be padded
         chunk = self._encode(frame)
+        crc = google_crc32c.value(chunk)
         if self._fd is not None:
             view = memoryview(chunk)
             while view:
@@ -214,6 +219,7 @@ class FrameSink:
         stored = None
         for pos in positions:
             self._chunks[pos] = ref
+            self._crc[pos] = crc
             if every and pos % every == 0:
                 if stored is None:  # a lossy codec's stats describe the stored frames, as `shardyard stats`
                     stored = self._stored(frame, chunk)  # recomputes them from the store
@@ -238,7 +244,7 @@ class FrameSink:
             raise ValueError(f"{len(missing)} of {len(self._chunks)} rows were not decoded (first: {missing[0]})")
         sample = np.stack([self._sample[k] for k in sorted(self._sample)]) if self._sample else None
         return EncodedRows(chunks=list(self._chunks), shape=(len(self._chunks),) + tuple(row_shape),  # type: ignore[arg-type]
-                           dtype=np.dtype(dtype), sample=sample, spill=self._spill)
+                           dtype=np.dtype(dtype), sample=sample, spill=self._spill, crc32c=self._crc)
 
 
 @dataclass
@@ -247,7 +253,9 @@ class EncodedRows:
     (`shape`, `dtype`, `ndim`, `len`). Each chunk is its bytes, or `(offset, length)` in the file
     `spill`. `sample` is the stats sample kept while encoding (see `FrameEncoding`); the worker turns it
     into `stats_part`, an opaque JSON-able dict that the writer stores per episode for the stats pass
-    (`stores/stats`, `sampled_frames_part`)."""
+    (`stores/stats`, `sampled_frames_part`). `crc32c` is each chunk's crc32c (Castagnoli, as zarr's
+    `crc32c` codec), taken where the chunk was encoded; None when the maker did not take it (`checksums`
+    takes it then)."""
 
     chunks: list[bytes] | list[tuple[int, int]]
     shape: tuple[int, ...]
@@ -255,6 +263,7 @@ class EncodedRows:
     sample: np.ndarray | None = None
     stats_part: dict[str, Any] | None = None
     spill: str | None = None
+    crc32c: list[int] | None = None
 
     @property
     def ndim(self) -> int:
@@ -274,3 +283,13 @@ class EncodedRows:
         if self.spill is None:
             return list(self.chunks)  # type: ignore[arg-type]
         return [ChunkRef(fd, o, n) for o, n in self.chunks]  # type: ignore[arg-type, misc]
+
+    def checksums(self, fd: int | None) -> np.ndarray:
+        """`(T,) uint32` crc32c of each chunk: the recorded ones, else computed from the chunks (`fd` is the
+        spill file opened for reading, if any)."""
+        if self.crc32c is not None:
+            return np.asarray(self.crc32c, dtype=np.uint32)
+        if self.spill is None:
+            return np.array([google_crc32c.value(c) for c in self.chunks], dtype=np.uint32)
+        return np.array([google_crc32c.value(os.pread(fd, n, o)) for o, n in self.chunks],  # type: ignore[arg-type, misc]
+                        dtype=np.uint32)

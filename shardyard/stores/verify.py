@@ -1,16 +1,16 @@
-"""`shardyard verify STORE` (issue 16, item 1, in part): check a store after a copy, for every store kind.
+"""`shardyard verify STORE` (issue 16, item 1): check a store after a copy, for every store kind.
 
 Episodic stores: `meta/episode_ends` against `meta/episodes.json` and every array's length; each shard
-file's index against its crc32c, its chunks' byte ranges against the file, and every frame chunk decoded
-(a chunk that no longer decodes, or decodes to the wrong size, is reported with its episode, field and
-file); every low-dim array read whole; and stats.json recomputed (from the stored per-episode parts and the
-contents) and compared, value for value, with the stored one. Feature stores: shard indexes and chunks as
-above, and the provenance key's source fingerprint against the source store named in the manifest (when
-it is present). Shard stores: each tar's size and sha256 against the manifest.
-
-Not yet checked: a checksum of each chunk recorded at ingest. A flipped byte inside a compressed chunk is
-found only when the codec notices (zstd and lz4 streams usually do; raw chunks never do); recording a
-crc32c per chunk in the writer's commit log is what is left of item 1.
+file's index against its crc32c and its chunks' byte ranges against the file; each frame chunk's crc32c
+against the one recorded at ingest (`meta/chunk_crc32c/<field>`, stores/checksums.py), and each video
+field's MP4 against its recorded crc32c (`meta/video_crc32c/<field>`); every other file listed in
+`checksums.json` against its size and sha256; every low-dim array read whole; and stats.json recomputed (from
+the stored per-episode parts and the contents) and compared, value for value, with the stored one. Each
+finding names the episode (key and index), field, step and file where they are known. A store written before
+checksums were recorded gets a warning ("no checksums recorded"), its frame chunks decoded instead (a flipped
+byte is then found only when the codec notices). Feature stores: shard indexes and chunks as above, and the
+provenance key's source fingerprint against the source store named in the manifest (when it is present).
+Shard stores: each tar's size and sha256 against the manifest.
 """
 
 from __future__ import annotations
@@ -21,18 +21,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numcodecs
 import numpy as np
 import zarr
 
 from shardyard.stores import store_format
+from shardyard.stores.checksums import CHECKSUMS, CHUNK_CRC, VIDEO_CRC, read_crc32c
 from shardyard.stores.edit_copy import frame_parts_of, stats_config_of
 from shardyard.stores.edit_features import manifest_fingerprint
 from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.features import FeatureStore
 from shardyard.stores.frame_encoding import ChunkCodec
-from shardyard.stores.manifest import read_json
+from shardyard.stores.manifest import read_json, sha256_file
 from shardyard.stores.stats import compute_stats
+from shardyard.stores.video_frames import INDEX, file_crc32c, video_codec_of, video_name
 from shardyard.stores.wds import ShardStore
 from shardyard.stores.zarr_shard import EMPTY, index_nbytes, load_array_meta, shard_file
 
@@ -41,22 +44,27 @@ __all__ = ["Damage", "VerifyReport", "verify_store"]
 
 @dataclass
 class Damage:
-    """One problem: what is damaged (`file`, and the `episode` key and `field` where known) and why."""
+    """One problem: what is damaged (`file`, and the `episode` key, `episode_index` in the store, `field`
+    and `step` within the episode where known) and why."""
 
     reason: str
     file: str | None = None
     episode: str | None = None
     field: str | None = None
+    episode_index: int | None = None
+    step: int | None = None
 
 
 @dataclass
 class VerifyReport:
-    """Result of `verify_store`: `ok` when `damages` is empty."""
+    """Result of `verify_store`: `ok` when `damages` is empty; `warnings` (e.g. no checksums recorded)
+    do not make it fail."""
 
     store: str
     format: str | None
     checked: list[str] = field(default_factory=list)
     damages: list[Damage] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -66,9 +74,10 @@ class VerifyReport:
     def summary(self) -> str:
         """One line per damage, after a status line."""
         head = f"{self.store} ({self.format}): " + ("intact" if self.ok else f"{len(self.damages)} problem(s)")
-        lines = [head] + [f"  checked: {c}" for c in self.checked]
+        lines = [head] + [f"  checked: {c}" for c in self.checked] + [f"  WARNING: {w}" for w in self.warnings]
         for d in self.damages:
-            where = ", ".join(f"{k}={v}" for k, v in (("episode", d.episode), ("field", d.field), ("file", d.file))
+            where = ", ".join(f"{k}={v}" for k, v in (("episode", d.episode), ("episode_index", d.episode_index),
+                                                      ("field", d.field), ("step", d.step), ("file", d.file))
                               if v is not None)
             lines.append(f"  DAMAGED: {d.reason}" + (f" [{where}]" if where else ""))
         return "\n".join(lines)
@@ -76,7 +85,7 @@ class VerifyReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return {"store": self.store, "format": self.format, "ok": self.ok, "checked": self.checked,
-                "damages": [asdict(d) for d in self.damages]}
+                "warnings": self.warnings, "damages": [asdict(d) for d in self.damages]}
 
 
 def _decoder(codec: ChunkCodec | None):
@@ -88,11 +97,10 @@ def _decoder(codec: ChunkCodec | None):
     return numcodecs.blosc.decompress
 
 
-def _check_sharded(array_dir: str, n_rows: int, owner, name: str) -> list[Damage]:
-    """Index crc32c, chunk ranges and decoding of every shard of a one-row-per-chunk array; `owner(row)`
-    names the episode of a row."""
-    import google_crc32c
-
+def _check_sharded(array_dir: str, n_rows: int, owner, name: str, crc: np.ndarray | None = None) -> list[Damage]:
+    """Index crc32c and chunk ranges of every shard of a one-row-per-chunk array, then each chunk's crc32c
+    against `crc (n_rows,) uint32` (recorded at ingest) or, without it, whether the chunk decodes;
+    `owner(row)` gives the `Damage` keywords (episode, episode_index, step) of a row."""
     meta = load_array_meta(array_dir)
     codec = ChunkCodec.for_array(meta)
     rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
@@ -106,25 +114,97 @@ def _check_sharded(array_dir: str, n_rows: int, owner, name: str) -> list[Damage
             data = Path(path).read_bytes()
         except FileNotFoundError:
             out.append(Damage(f"shard file missing (rows {s * rows}..{s * rows + want - 1})", path,
-                              owner(s * rows), name))
+                              field=name, **owner(s * rows)))
             continue
         raw = data[-index_nbytes(rows):]
         if len(raw) < index_nbytes(rows) or np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
-            out.append(Damage("shard index fails its crc32c", path, owner(s * rows), name))
+            out.append(Damage("shard index fails its crc32c", path, field=name, **owner(s * rows)))
             continue
         index = np.frombuffer(raw[:-4], dtype="<u8").reshape(rows, 2)
         for k in range(want):
             off, n = index[k]
             row = s * rows + k
             if off == EMPTY or int(off) + int(n) > len(data) - index_nbytes(rows):
-                out.append(Damage(f"row {row}: chunk missing or out of the file", path, owner(row), name))
+                out.append(Damage(f"row {row}: chunk missing or out of the file", path, field=name, **owner(row)))
+                continue
+            chunk = data[int(off):int(off) + int(n)]
+            if crc is not None:
+                got = google_crc32c.value(chunk)
+                if got != int(crc[row]):
+                    out.append(Damage(f"row {row}: chunk crc32c {got:08x} differs from the one recorded at ingest "
+                                      f"({int(crc[row]):08x})", path, field=name, **owner(row)))
                 continue
             try:
-                ok = len(decode(data[int(off):int(off) + int(n)])) == row_nbytes
+                ok = len(decode(chunk)) == row_nbytes
             except Exception:  # noqa: BLE001 - any codec error means a damaged chunk
                 ok = False
             if not ok:
-                out.append(Damage(f"row {row}: chunk does not decode", path, owner(row), name))
+                out.append(Damage(f"row {row}: chunk does not decode", path, field=name, **owner(row)))
+    return out
+
+
+def _check_videos(store: EpisodicStore, name: str, owner, report: VerifyReport) -> None:
+    """A video field: its frame index's length, and each episode's MP4 against its recorded crc32c."""
+    field_dir = os.path.join(store.root, "data", name)
+    n = load_array_meta(os.path.join(field_dir, INDEX))["shape"][0]
+    if n != store.num_steps:
+        report.damages.append(Damage(f"frame index has {n} rows, episode_ends say {store.num_steps}",
+                                     os.path.join(field_dir, INDEX), None, name))
+    crc = read_crc32c(store.root, VIDEO_CRC, name)
+    if crc is None or len(crc) != store.num_episodes:
+        report.warnings.append(f"{name}: no checksums recorded for its MP4 files (only their presence checked)")
+        crc = None
+    for e in range(store.num_episodes):
+        path = os.path.join(field_dir, video_name(e))
+        where = owner(int(store.episode_starts[e]))
+        where["step"] = None
+        if not os.path.isfile(path):
+            report.damages.append(Damage("video file missing", path, field=name, **where))
+        elif crc is not None and file_crc32c(path) != int(crc[e]):
+            report.damages.append(Damage("video file crc32c differs from the one recorded at ingest", path,
+                                         field=name, **where))
+
+
+def _check_files(store: EpisodicStore, owner, report: VerifyReport) -> None:
+    """Every file `checksums.json` lists against its size and sha256; a damaged chunk file of an array under
+    `data/` names its field and the episodes of its rows."""
+    listed = os.path.join(store.root, CHECKSUMS)
+    if not os.path.isfile(listed):
+        report.warnings.append("no checksums recorded for the store's files (no checksums.json: written before "
+                               "ingest recorded them); low-dim arrays only read back")
+        return
+    files = read_json(listed)["files"]
+    for entry in files:
+        path = os.path.join(store.root, entry["name"])
+        if not os.path.isfile(path):
+            why = "file missing"
+        elif os.path.getsize(path) != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            why = "file size or sha256 differs from checksums.json"
+        else:
+            continue
+        report.damages.append(Damage(why, path, **_file_owner(store, entry["name"], owner)))
+    report.checked.append(f"size and sha256 of {len(files)} file(s) in checksums.json")
+
+
+def _file_owner(store: EpisodicStore, name: str, owner) -> dict[str, Any]:
+    """`Damage` keywords of store file `name`: the field of `data/<field>/...`, and for a chunk file
+    (`.../c/<i>/...`) the episodes its rows fall in (`first..last` key)."""
+    parts = name.split("/")
+    if len(parts) < 2 or parts[0] != "data":
+        return {}
+    out: dict[str, Any] = {"field": parts[1]}
+    array, sep, coords = name.partition("/c/")
+    if not sep or not coords.split("/")[0].isdigit():
+        return out
+    try:
+        rows = int(load_array_meta(os.path.join(store.root, array))["chunk_grid"]["configuration"]["chunk_shape"][0])
+    except Exception:  # noqa: BLE001 - a damaged zarr.json is reported on its own
+        return out
+    first = int(coords.split("/")[0]) * rows
+    last = min(first + rows, store.num_steps) - 1
+    a, b = owner(first), owner(max(first, last))
+    out["episode"] = a["episode"] if a["episode"] == b["episode"] else f"{a['episode']}..{b['episode']}"
+    out["episode_index"] = a["episode_index"]
     return out
 
 
@@ -136,24 +216,38 @@ def _verify_episodic(path: str, report: VerifyReport, check_stats: bool) -> None
         report.damages.append(Damage("meta/episode_ends does not match meta/episodes.json lengths", ends_path))
     keys = store.episode_keys
 
-    def owner(row: int) -> str | None:
+    def owner(row: int) -> dict[str, Any]:
         e = int(np.searchsorted(store.episode_ends, row, side="right"))
-        return keys[e] if e < len(keys) else None
+        if e >= len(keys):
+            return {"episode": None, "episode_index": None, "step": None}
+        return {"episode": keys[e], "episode_index": e, "step": row - int(store.episode_starts[e])}
 
+    unrecorded = []
     for name in store.schema.keys():
         array_dir = os.path.join(store.root, "data", name)
         meta = load_array_meta(array_dir)
+        if video_codec_of(meta) is not None:
+            _check_videos(store, name, owner, report)
+            continue
         if meta["shape"][0] != store.num_steps:
             report.damages.append(Damage(f"array has {meta['shape'][0]} rows, episode_ends say {store.num_steps}",
                                          array_dir, None, name))
             continue
         if ChunkCodec.for_array(meta) is not None:
-            report.damages += _check_sharded(array_dir, store.num_steps, owner, name)
+            crc = read_crc32c(store.root, CHUNK_CRC, name)
+            if crc is None or len(crc) != store.num_steps:
+                unrecorded.append(name)
+                crc = None
+            report.damages += _check_sharded(array_dir, store.num_steps, owner, name, crc)
             continue
         try:
             zarr.open_array(array_dir, mode="r")[:]
         except Exception as e:  # noqa: BLE001 - a damaged chunk can raise anything from a codec
             report.damages.append(Damage(f"array does not read: {e}", array_dir, None, name))
+    if unrecorded:
+        report.warnings.append(f"no checksums recorded for the frame chunks of {', '.join(unrecorded)} "
+                               "(decoded instead: a flipped byte the codec does not notice goes unseen)")
+    _check_files(store, owner, report)
     report.checked.append(f"episode_ends, {len(store.schema.keys())} arrays, shard indexes and chunks")
     if check_stats and store.stats and not report.damages:
         fresh = json.loads(json.dumps(compute_stats(store, stats_config_of(store), frame_parts=frame_parts_of(store))))
@@ -170,7 +264,8 @@ def _verify_features(path: str, report: VerifyReport) -> None:
     ends = fs.episode_ends
     for name in ("patch_tokens", "cls_token"):
         report.damages += _check_sharded(str(fs.path / name), fs.num_samples,
-                                         lambda r: f"sample {r} (episode {int(np.searchsorted(ends, r, 'right'))})",
+                                         lambda r: {"episode": f"sample {r}",
+                                                    "episode_index": int(np.searchsorted(ends, r, "right"))},
                                          name)
     src = (fs.manifest.get("source") or {}).get("path")
     if src and Path(src, "manifest.json").exists():

@@ -34,12 +34,25 @@ DEFAULT_CRF = 20
 DEFAULT_GOP = 8
 
 __all__ = ["DEFAULT_CRF", "DEFAULT_GOP", "INDEX", "VIDEO_DIR", "EncodedVideo", "VideoCodec", "VideoEncoder",
-           "VideoFrameReader", "to_rgb", "video_name"]
+           "VideoFrameReader", "file_crc32c", "to_rgb", "video_name"]
 
 
 def video_name(episode: int) -> str:
     """File name of episode `episode`'s video inside the field's folder (`video/000007.mp4`)."""
     return f"{VIDEO_DIR}/{episode:06d}.mp4"
+
+
+def file_crc32c(source: str | bytes | None) -> int:
+    """crc32c (Castagnoli) of a file (`source` a path) or of bytes, read in 8 MiB pieces."""
+    import google_crc32c
+
+    if not isinstance(source, str):
+        return int(google_crc32c.value(source or b""))
+    crc = 0
+    with open(source, "rb") as f:
+        while piece := f.read(8 << 20):
+            crc = google_crc32c.extend(crc, piece)
+    return int(crc)
 
 
 def to_rgb(frame: Any) -> np.ndarray:
@@ -77,8 +90,9 @@ class VideoCodec:
 @dataclass
 class EncodedVideo:
     """One episode of a video field, encoded: the MP4 (`path` of a spill file, or its bytes in `data`),
-    `index (T, 2) int64` (pts, keyframe step), `shape` `(T, H, W, 3)`, and the stats sample/part of the
-    stored frames (as `EncodedRows`). Quacks like an array for schema checks."""
+    `index (T, 2) int64` (pts, keyframe step), `shape` `(T, H, W, 3)`, the stats sample/part of the
+    stored frames (as `EncodedRows`), and `crc32c` of the MP4 file (taken in the worker; None: not taken).
+    Quacks like an array for schema checks."""
 
     index: np.ndarray
     shape: tuple[int, ...]
@@ -87,6 +101,7 @@ class EncodedVideo:
     data: bytes | None = None
     sample: np.ndarray | None = None
     stats_part: dict[str, Any] | None = None
+    crc32c: int | None = None
 
     @property
     def ndim(self) -> int:
@@ -160,7 +175,7 @@ class VideoEncoder:
         index, sample = _index_and_sample(self._path or io.BytesIO(data), self.num_rows, self.sample_every,
                                           self.pixel_stride)
         return EncodedVideo(index=index, shape=(self.num_rows,) + tuple(row_shape), dtype=np.dtype(dtype),
-                            path=self._path, data=data, sample=sample)
+                            path=self._path, data=data, sample=sample, crc32c=file_crc32c(self._path or data))
 
     rows = finish  # the `FrameSink.rows` name, so sources treat both sinks alike
 
@@ -299,18 +314,21 @@ class VideoFieldFiles:
 
     field_dir: Any
 
-    def place(self, episode: int, video: EncodedVideo) -> None:
-        """Put `video` at episode index `episode` (a spill file is renamed, bytes are written)."""
+    def place(self, episode: int, video: EncodedVideo) -> int:
+        """Put `video` at episode index `episode` (a spill file is renamed, bytes are written); returns the
+        file's crc32c (the worker's, else taken here)."""
         from pathlib import Path
 
         target = Path(self.field_dir) / video_name(episode)
         target.parent.mkdir(parents=True, exist_ok=True)
+        crc = video.crc32c if video.crc32c is not None else file_crc32c(video.path or video.data)
         if video.path is not None:
             os.replace(video.path, target)
-            return
+            return crc
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_bytes(video.data or b"")
         os.replace(tmp, target)
+        return crc
 
     def drop_after(self, num_episodes: int) -> None:
         """Delete the files of episodes `>= num_episodes` (not committed) and stray temp files."""
