@@ -60,7 +60,7 @@ def _episode(i: int, shift: float = 0.0) -> Episode:
 
 
 def _write(path: Path, episodes: list[Episode], codec: str = "lz4") -> EpisodicStore:
-    cfg = EpisodicWriterConfig(val_fraction=0.25, image_codec=codec, config={"image_codec": codec})
+    cfg = EpisodicWriterConfig(val_fraction=0.25, frame_codec=codec, config={"frame_codec": codec})
     with EpisodicWriter(path, SCHEMA, config=cfg, stats_fn=lambda s: compute_stats(s, STATS)) as w:
         for ep in episodes:
             w.write(ep)
@@ -349,7 +349,7 @@ def test_real_and_libero_stores_round_trip(tmp_path, shared_data, source) -> Non
     out = tmp_path / "s"
     if source == "lerobot_g1":
         proc = run_cli("ingest", "lerobot", shared_data / "lerobot" / "unitree_g1_inspire_v2.1", "--out", out,
-                       "--image-size", "160x120", "--image-codec", "zstd")
+                       "--image-size", "160x120", "--frame-codec", "zstd")
         assert proc.returncode == 2, proc.stderr  # the sample holds 2 of its 100 episodes
     else:
         write_libero_file(tmp_path / "pick_demo.hdf5", num_demos=4, steps=12, size=32)

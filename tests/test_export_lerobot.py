@@ -131,7 +131,9 @@ def _video(path):
 def tiny_store(tmp_path_factory):
     """The store `ingest lerobot` makes of `write_lerobot_v21`'s two episodes (24 + 17 steps, 64x48 frames)."""
     root = tmp_path_factory.mktemp("tiny")
-    run_cli("ingest", "lerobot", write_lerobot_v21(root / "v21"), "--out", root / "s", check=True)
+    # lossless store frames: the tolerance checked is the export's own (LeRobot's AV1 at crf 30), not a JPEG's too
+    run_cli("ingest", "lerobot", write_lerobot_v21(root / "v21"), "--out", root / "s", "--frame-codec", "lz4",
+            check=True)
     return root / "s"
 
 

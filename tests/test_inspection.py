@@ -97,7 +97,8 @@ def make_store(tmp_path: Path, *, moving: bool = False, with_stats: bool = True)
         fields[f"obs.T_world_cam.{role}"] = FieldSpec("float64", (4, 4), "m", "pose")
     path = tmp_path / ("store_moving" if moving else "store")
     collected: dict[str, list[np.ndarray]] = {k: [] for k in fields}
-    with EpisodicWriter(path, Schema(fields), config=EpisodicWriterConfig(val_fraction=0.0)) as w:
+    # lz4: the marker pixels are compared exactly (jpeg, the default, would soften them)
+    with EpisodicWriter(path, Schema(fields), config=EpisodicWriterConfig(val_fraction=0.0, frame_codec="lz4")) as w:
         for ep in range(2):
             pos, quat, grip = _eef(ep)
             poses = np.stack([_looking_down(0.05 * np.sin(t / 3), 0.02 * t / T, 1.0 + 0.01 * t) if moving

@@ -29,7 +29,7 @@ FIELD = "obs.rgb.top"
 
 
 def _write(path: Path, eps, codec: str = "lz4", **cfg) -> EpisodicStore:
-    config = EpisodicWriterConfig(val_fraction=0.25, frame_codec=codec, config={"image_codec": codec}, **cfg)
+    config = EpisodicWriterConfig(val_fraction=0.25, frame_codec=codec, config={"frame_codec": codec}, **cfg)
     with EpisodicWriter(path, SCHEMA, config=config, stats_fn=lambda s: compute_stats(s, STATS)) as w:
         for ep in eps:
             w.write(ep)

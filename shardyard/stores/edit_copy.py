@@ -112,18 +112,22 @@ class _FrameSource:
         return out
 
 
-def _image_codec_name(plan: CopyPlan) -> str:
-    """The writer's `image_codec` that reproduces the first source's image chunks: the one its ingest
-    recorded, else read off the array's codec."""
+def _frame_codec_name(plan: CopyPlan) -> str:
+    """The writer's `frame_codec` that reproduces the first source's image chunks: the one its ingest
+    recorded (`frame_codec`, or `image_codec` in stores written before the frame codecs), else read off the
+    array's codec."""
     first = plan.sources[0]
-    recorded = ((first.manifest.get("provenance") or {}).get("config") or {}).get("image_codec")
+    config = (first.manifest.get("provenance") or {}).get("config") or {}
+    recorded = config.get("frame_codec") or config.get("image_codec")
     if recorded:
         return str(recorded)
     for name in plan.fields.values():
         if first.schema[name].kind == "image":
             codec = ChunkCodec.for_array(load_array_meta(os.path.join(first.root, "data", name)))
             if codec is not None:
-                return {"blosc": "lz4", "zstd": "zstd", "none": "none"}.get(codec.name, "lz4")
+                quality = dict(codec.config).get("quality")
+                return {"blosc": "lz4", "zstd": "zstd", "none": "none",
+                        "jpeg": f"jpeg:{quality}" if quality else "jpeg"}.get(codec.name, "lz4")
     return "lz4"
 
 
@@ -194,7 +198,7 @@ def write_plan(plan: CopyPlan, out: str | os.PathLike, *, overwrite: bool = Fals
     extra = first.manifest.get("extra", {})
     split, split_extra = _kept_split(plan)
     cfg = EpisodicWriterConfig(
-        overwrite=overwrite, image_codec=_image_codec_name(plan), val_fraction=extra.get("val_fraction", 0.1),
+        overwrite=overwrite, frame_codec=_frame_codec_name(plan), val_fraction=extra.get("val_fraction", 0.1),
         split_seed=extra.get("split_seed", 0),
         source={"name": "edit", "op": plan.op.get("op"),
                 "inputs": [{"url": s.url, "source": s.manifest.get("source", {})} for s in plan.sources]},

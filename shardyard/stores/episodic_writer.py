@@ -84,7 +84,6 @@ class EpisodicWriterConfig:
     val_fraction, split_seed: the by-episode train/val split recorded in the manifest and used by stats.
     split: a given split (episode indices) instead of the seeded one (`shardyard edit` keeps an official
     split by key); extra: more manifest `extra` entries (e.g. its `split_source`).
-    image_codec: the former name of `frame_codec` (stores/edit_copy.py still passes it); overrides it when set.
     """
 
     overwrite: bool = False
@@ -98,11 +97,6 @@ class EpisodicWriterConfig:
     config: dict[str, Any] = field(default_factory=dict)
     split: dict[str, list[int]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    image_codec: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.image_codec is not None:
-            self.frame_codec = self.image_codec
 
 
 @dataclass
