@@ -344,9 +344,16 @@ def _round_trip(tmp_path: Path, store: EpisodicStore) -> None:
     _assert_same_store(EpisodicStore(tmp_path / "rt_d"), store)
 
 
-@pytest.mark.parametrize("source", ["lerobot_g1", "libero"])
+@pytest.mark.parametrize("source", ["lerobot_g1", "libero", "robosuite"])
 def test_real_and_libero_stores_round_trip(tmp_path, shared_data, source) -> None:
     out = tmp_path / "s"
+    if source == "robosuite":  # the real raw robosuite demos of ../shared/data (2 demos, states only)
+        proc = run_cli("ingest", "libero", shared_data / "robosuite_hdf5" / "robosuite_SawyerLift.hdf5", "--out", out)
+        assert proc.returncode == 0, proc.stderr
+        store = EpisodicStore(out)
+        assert store.num_episodes == 2 and not store.schema.of_kind("image")
+        _round_trip(tmp_path, store)
+        return
     if source == "lerobot_g1":
         proc = run_cli("ingest", "lerobot", shared_data / "lerobot" / "unitree_g1_inspire_v2.1", "--out", out,
                        "--image-size", "160x120", "--frame-codec", "zstd")
