@@ -242,7 +242,8 @@ def _run_ray(cfg: DinoConfig, units: list[list[tuple[int, int]]], on_batch) -> d
 
     if not ray.is_initialized():
         if cfg.ray_address in (None, "", "local"):
-            ray.init(num_cpus=max(cfg.workers, 1), include_dashboard=False, log_to_driver=False)
+            # address="local": always a new local instance, never a cluster another job started on this machine
+            ray.init(address="local", num_cpus=max(cfg.workers, 1), include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=cfg.ray_address, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()

@@ -237,7 +237,8 @@ def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig, plan: _ReadPl
 
     if not ray.is_initialized():
         if cfg.ray_address in ("local", ""):
-            ray.init(num_cpus=cfg.workers, include_dashboard=False, log_to_driver=False)
+            # address="local": always a new local instance, never a cluster another job started on this machine
+            ray.init(address="local", num_cpus=cfg.workers, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=cfg.ray_address, log_to_driver=False)
     remote_read = ray.remote(_read_in_ray)

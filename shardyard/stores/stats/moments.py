@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 __all__ = ["FLOAT_BINS", "FieldStatsPart", "QUANTILES", "empty_part", "finalize", "fixed_edges", "is_discrete",
-           "make_edges", "merge_all", "merge_parts", "part_from_array", "quantiles_from_hist"]
+           "interpolate_ranks", "make_edges", "merge_all", "merge_parts", "part_from_array", "quantiles_from_hist"]
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,16 @@ def merge_all(parts: Sequence[FieldStatsPart]) -> FieldStatsPart:
     return out
 
 
+def interpolate_ranks(order_stat: Callable[[np.ndarray], np.ndarray], n: int, qs: Sequence[float]) -> np.ndarray:
+    """`np.quantile`'s linear method over `n` values known only through `order_stat(k) -> x[k]` (ranks
+    `(m,) int64`): the value at rank h = (n - 1) q interpolates x[floor h] and x[floor h + 1]. Returns `(len(qs),)`."""
+    h = (n - 1) * np.asarray(qs, dtype=np.float64)
+    k0 = np.floor(h).astype(np.int64)
+    k1 = np.minimum(k0 + 1, n - 1)
+    x0, x1 = order_stat(k0), order_stat(k1)
+    return x0 + (h - k0) * (x1 - x0)
+
+
 def quantiles_from_hist(hist: np.ndarray, edges: np.ndarray, mins: np.ndarray, maxs: np.ndarray,
                         qs: Sequence[float]) -> np.ndarray:
     """Quantiles `(len(qs), F)` from a histogram, following `np.quantile`'s linear method: the value at
@@ -259,11 +269,7 @@ def quantiles_from_hist(hist: np.ndarray, edges: np.ndarray, mins: np.ndarray, m
             v = np.clip(v, mins[j], maxs[j])
             return np.where(k == 0, mins[j], np.where(k == n - 1, maxs[j], v))
 
-        h = (n - 1) * np.asarray(qs, dtype=np.float64)
-        k0 = np.floor(h).astype(np.int64)
-        k1 = np.minimum(k0 + 1, n - 1)
-        x0, x1 = order_stat(k0), order_stat(k1)
-        out[:, j] = x0 + (h - k0) * (x1 - x0)
+        out[:, j] = interpolate_ranks(order_stat, n, qs)
     return out
 
 

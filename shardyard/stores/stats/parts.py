@@ -36,6 +36,7 @@ from shardyard.stores.stats.moments import (
     FieldStatsPart,
     empty_part,
     finalize,
+    interpolate_ranks,
     merge_parts,
     part_from_array,
 )
@@ -222,11 +223,7 @@ def quantiles(p: SparsePart, qs: Sequence[float]) -> np.ndarray:
             v = np.clip(v, lo_v, hi_v)
             return np.where(k == 0, lo_v, np.where(k == n - 1, hi_v, v))
 
-        h = (n - 1) * np.asarray(qs, dtype=np.float64)
-        k0 = np.floor(h).astype(np.int64)
-        k1 = np.minimum(k0 + 1, n - 1)
-        x0, x1 = order_stat(k0), order_stat(k1)
-        out[:, j] = x0 + (h - k0) * (x1 - x0)
+        out[:, j] = interpolate_ranks(order_stat, n, qs)
     return out
 
 
