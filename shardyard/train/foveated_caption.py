@@ -156,12 +156,9 @@ def setup(cfg: FoveatedTrainConfig) -> Setup:
         raise ConfigError("coarse-only steps leave the fine pass's parameters without gradients, which DDP "
                           "refuses: under torchrun train with --mode-weights coarse=0")
     step, sums = 0, dict.fromkeys(SUMS, 0.0)
-    state = resume_state(out / CHECKPOINT, cfg, RESUME_IGNORES, model=model, optimizer=optimizer) \
-        if cfg.resume else None
+    state = resume_state(out / CHECKPOINT, cfg, RESUME_IGNORES, model=model, optimizer=optimizer,
+                         world_size=rt.world_size) if cfg.resume else None
     if state is not None:
-        if len(state["extra"]["streams"]) != rt.world_size:
-            raise ConfigError(f"{out / CHECKPOINT} was written by {len(state['extra']['streams'])} processes, "
-                              f"this run has {rt.world_size}; use another --out", path=str(out / CHECKPOINT))
         step, sums = state["step"], state["extra"]["sums"][rt.rank]
         stream.load_state_dict(state["extra"]["streams"][rt.rank])
     resume_step = step if step else None

@@ -89,8 +89,16 @@ def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module,
                     restore_rng: bool = True) -> dict[str, Any]:
     """Restore model, optimizer, extra `modules` and RNG from `path`; returns the checkpoint dict.
     Raises FileNotFoundError when there is none."""
+    return _restore(_read(path), model=model, optimizer=optimizer, modules=modules, restore_rng=restore_rng)
+
+
+def _read(path: str | os.PathLike) -> dict[str, Any]:
     # weights_only=False: the file holds RNG states (numpy arrays, tuples) written by this module only
-    state = torch.load(Path(path), map_location="cpu", weights_only=False)
+    return torch.load(Path(path), map_location="cpu", weights_only=False)
+
+
+def _restore(state: dict[str, Any], *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+             modules: dict[str, torch.nn.Module | None] | None, restore_rng: bool) -> dict[str, Any]:
     _unwrap(model).load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -111,19 +119,26 @@ def run_key(config: Any, ignore: Sequence[str] = ()) -> dict[str, Any]:
 
 def resume_state(path: Path, cfg: Any, ignore: Sequence[str], *, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer,
-                 modules: dict[str, torch.nn.Module | None] | None = None) -> dict[str, Any] | None:
+                 modules: dict[str, torch.nn.Module | None] | None = None,
+                 world_size: int | None = None) -> dict[str, Any] | None:
     """Load `path` when it exists (see `load_checkpoint`), after checking that it was written by the same
-    run: every field of `cfg` but `ignore` must match. Returns None when there is no checkpoint.
-    Raises ConfigError naming the differing fields otherwise."""
+    run: every field of `cfg` but `ignore` must match, and with `world_size`, by as many processes (the
+    per-rank lists of `extra["sums"]`). Returns None when there is no checkpoint.
+    Raises ConfigError naming the differing fields or process counts otherwise."""
     if not path.exists():
         return None
-    saved = torch.load(path, map_location="cpu", weights_only=False)["config"]
-    want, have = run_key(cfg, ignore), run_key(saved, ignore)
+    state = _read(path)  # read once: the config check and the restore use the same dict
+    want, have = run_key(cfg, ignore), run_key(state["config"], ignore)
     diff = sorted(k for k in want if want[k] != have.get(k))
     if diff:
         raise ConfigError(f"{path} was written with another config (differs in {diff}); use another --out",
                           path=str(path))
-    state = load_checkpoint(path, model=model, optimizer=optimizer, modules=modules)
+    if world_size is not None:
+        per_rank = state["extra"].get("sums", [None])
+        if len(per_rank) != world_size:
+            raise ConfigError(f"{path} was written by {len(per_rank)} processes, this run has {world_size}; use "
+                              "another --out", path=str(path))
+    state = _restore(state, model=model, optimizer=optimizer, modules=modules, restore_rng=True)
     log.info("resumed from %s at step %d", path, state["step"])
     return state
 

@@ -221,12 +221,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     schedule = LRSchedule(cfg.lr, cfg.warmup_steps, cfg.decay_steps)
     order = BatchOrder(len(data), cfg.batch_size, cfg.seed, rt.rank, rt.world_size)
     step, sums = 0, dict.fromkeys(SUMS, 0.0)
-    state = resume_state(out_dir / CHECKPOINT, cfg, RESUME_IGNORES, model=model, optimizer=optimizer) \
-        if cfg.resume else None
+    state = resume_state(out_dir / CHECKPOINT, cfg, RESUME_IGNORES, model=model, optimizer=optimizer,
+                         world_size=rt.world_size) if cfg.resume else None
     if state is not None:
-        if len(state["extra"]["sums"]) != rt.world_size:
-            raise ConfigError(f"{out_dir / CHECKPOINT} was written by {len(state['extra']['sums'])} processes, "
-                              f"this run has {rt.world_size}; use another --out", path=str(out_dir / CHECKPOINT))
         step, sums = state["step"], state["extra"]["sums"][rt.rank]
     start = step
     logger = MetricLogger(out_dir / METRICS, resume_step=step if step else None, enabled=rt.is_main)
