@@ -27,6 +27,7 @@ from shardyard.ingest.dino import DinoConfig, ingest_dino
 from shardyard.ingest.runner import IngestConfig, run_ingest
 from shardyard.ingest.yam import YamConfig, YamSource
 from shardyard.models.backbones import BackboneConfig
+from shardyard.stores.commit_log import committed_episodes
 from shardyard.stores.features import open_features
 
 pytest.importorskip("ray")
@@ -104,7 +105,7 @@ def _cli(*args) -> list[str]:
 
 def _committed(store: Path) -> int:
     try:
-        return len(json.loads((store / "progress.json").read_text())["episodes"])
+        return len(committed_episodes(store))
     except (FileNotFoundError, ValueError):
         return 0
 
@@ -148,7 +149,7 @@ def test_yam_on_two_nodes_equals_local_and_names_both_nodes(work, nodes):
     report = json.loads((out / "report.json").read_text())
     assert set(report["ray_nodes"]) == {c.head_id, c.worker.node_id}
     assert sorted(k for ks in report["ray_nodes"].values() for k in ks) == sorted(
-        json.loads((out / "progress.json").read_text())["episodes"][i]["key"] for i in range(N_EPISODES))
+        committed_episodes(out)[i]["key"] for i in range(N_EPISODES))
 
 
 def test_yam_worker_node_killed_mid_job_gives_the_same_store(work, nodes):
@@ -235,5 +236,5 @@ def test_driver_killed_then_resumed_on_a_fresh_cluster(work, nodes):
     report = json.loads((out / "report.json").read_text())
     assert report["num_already_committed"] == kept and report["num_written"] == N_EPISODES - kept
     assert sorted(k for ks in report["ray_nodes"].values() for k in ks) == sorted(
-        e["key"] for e in json.loads((out / "progress.json").read_text())["episodes"][kept:])
+        e["key"] for e in committed_episodes(out)[kept:])
     assert_stores_equal(str(work / "local"), str(out))

@@ -23,6 +23,7 @@ from shardyard.errors import ConfigError
 from shardyard.ingest.runner import IngestConfig, run_ingest
 from shardyard.ingest.yam import YamConfig, YamSource
 from shardyard.schema import Episode, FieldSpec, Schema
+from shardyard.stores.commit_log import committed_episodes
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
 from shardyard.stores.frame_encoding import parse_frame_codecs
 from shardyard.video import open_video
@@ -196,13 +197,13 @@ def test_commit_groups_count_frame_bytes(tmp_path, real_frames):
         for i in range(8):
             w.write(Episode(key=f"ep{i}", steps={"obs.rgb.top": real_frames[5 * i:5 * i + 5],
                                                  "obs.eef_pos": np.zeros((5, 3), np.float32)}, meta={}))
-            seen.append(len(json.loads((out / "progress.json").read_text())["episodes"]))
+            seen.append(len(committed_episodes(out)))
     assert seen[-1] >= 4 and seen != [0] * 8 and seen == sorted(seen)
 
 
 def _committed(out: Path) -> int:
     try:
-        return len(json.loads((out / "progress.json").read_text())["episodes"])
+        return len(committed_episodes(out))
     except (FileNotFoundError, json.JSONDecodeError):
         return 0
 

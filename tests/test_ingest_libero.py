@@ -17,6 +17,7 @@ from scipy.spatial.transform import Rotation
 
 from shardyard import open_store
 from shardyard.geometry import GL_TO_CV, project
+from shardyard.stores.commit_log import committed_episodes
 
 WRIST = "obs.T_world_cam.eye_in_hand"
 
@@ -214,7 +215,7 @@ def test_workers_and_resume_after_sigkill_give_identical_arrays(tmp_path):
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
-            n = len(json.loads((killed / "progress.json").read_text())["episodes"])
+            n = len(committed_episodes(killed))
         except (FileNotFoundError, json.JSONDecodeError):
             n = 0
         if n >= 3 or proc.poll() is not None:

@@ -24,6 +24,7 @@ from shardyard.ingest.yam.frames import FrameReader
 from shardyard.ingest.yam.i2rt import read_i2rt
 from shardyard.ingest.yam.per_demo import read_per_demo
 from shardyard.mjcf import RobotKinematics
+from shardyard.stores.commit_log import committed_episodes
 
 SMALL = ["--image-size", "160x120", "--camera", "top"]
 
@@ -290,7 +291,7 @@ def test_same_arrays_whatever_the_worker_count(yam_raw, tmp_path):
 
 def _committed(out: Path) -> int:
     try:
-        return len(json.loads((out / "progress.json").read_text())["episodes"])
+        return len(committed_episodes(out))
     except (FileNotFoundError, json.JSONDecodeError):
         return 0
 
@@ -438,9 +439,8 @@ def test_resume_over_a_half_written_group_equals_uninterrupted(tiny_yam_dir, tmp
     assert shard_rows == 36 and 36 < sum(lengths) <= 72 and lengths[0] + lengths[1] < 36
 
     # rewind to one committed episode, as if killed during the commit of the second
-    progress = json.loads((out / "progress.json").read_text())
-    progress["episodes"] = progress["episodes"][:1]
-    (out / "progress.json").write_text(json.dumps(progress))
+    for record in sorted((out / "progress").glob("*.json"))[1:]:  # commit_every=1: one record per episode
+        record.unlink()
     for name in ("manifest.json", "stats.json", "report.json"):
         (out / name).unlink()
     array_meta["shape"][0] = 0  # the first run had not yet grown it

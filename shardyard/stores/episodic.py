@@ -8,7 +8,8 @@ Layout of a store directory:
                               one MP4 per episode plus `frame_index` (`video_frames`)
     meta/episode_ends/        (E,) int64, cumulative step counts (diffusion_policy's replay buffer)
     meta/episodes.json        per-episode metadata: key, task, fps, source path, cameras {K, T_world_cam}
-    progress.json             the writer's commit log (episodes committed so far); resume reads it
+    progress.json             the writer's commit log header; progress/<first>.json one record per
+                              committed group (`stores.commit_log`); resume reads them
     stats.json, report.json
     manifest.json             written last: no manifest, no store
 
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "episodic-zarr3"
 FORMAT_VERSION = 1
-PROGRESS = "progress.json"
 SPILL = ".spill"  # reader workers' encoded frames, until the writer has copied them into shard files
 STATS_PARTS = "meta/stats_parts"  # per commit group: {"episodes": {key: {field: stats part}}}
 LOWDIM_CACHE_BYTES = 256 << 20  # low-dim fields below this are read whole once per process

@@ -3,11 +3,11 @@
 Commit protocol (why resume after SIGKILL is exact): validated episodes are committed in groups
 (`commit_every` episodes, `commit_bytes` of encoded frames and low-dim arrays, or `commit_seconds` since the
 group's first episode, whichever comes first: 32, 1 GiB, 30 s by default, so a kill costs at most about half
-a minute of work). A frame field's rows are
-appended to its shard files as each episode arrives (`ShardAppender`: bytes once written are never
-rewritten); the group's low-dim fields are written through zarr at its commit; then
-`progress.json`, which also records the size of each field's partial last shard, is replaced atomically to
-list the group. A rerun truncates every array back to the committed step count (cutting the partial shard
+a minute of work). A frame field's rows are appended to its shard files as each episode arrives
+(`ShardAppender`: bytes once written are never rewritten); the group's low-dim fields are written through
+zarr at its commit; then one record listing the group, with the size of each field's partial last shard, is
+added to the commit log (`stores.commit_log`: one new file per group, so a commit costs its group's size,
+not the store's). A rerun truncates every array back to the committed step count (cutting the partial shard
 to its recorded size, deleting shard files past it) and goes on from there, so a half-written group is
 overwritten, never kept; a kill loses at most the group in flight. Grouping is what makes small episodes
 cheap: one zarr call per low-dim field per group, not per episode. The zarr.json shape of a sharded frame
@@ -33,11 +33,11 @@ from shardyard.schema import Episode, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
 from shardyard.stores.checksums import CHUNK_CRC, VIDEO_CRC, append_crc32c, truncate_crc32c, write_ingest_checksums
 from shardyard.stores.codecs_jpeg import check_frame_shape
+from shardyard.stores.commit_log import PROGRESS, CommitLog
 from shardyard.stores.episodic import (
     FORMAT,
     FORMAT_VERSION,
     FRAME_KINDS,
-    PROGRESS,
     SPILL,
     STATS_PARTS,
     EpisodicStore,
@@ -132,6 +132,10 @@ class EpisodicWriter:
         self._appenders: dict[str, ShardAppender] = {}
         self._videos: dict[str, VideoFieldFiles] = {}
         self._pending: list[_Pending] = []
+        self._pending_keys: set[str] = set()
+        self._keys: set[str] = set()
+        self._num_steps = 0
+        self._log: CommitLog | None = None
         self._pending_bytes = 0
         self.codecs: dict[str, ChunkCodec | VideoCodec] = {}
         self._stats_parts: dict[str, dict[str, dict[str, Any]]] = {}
@@ -153,13 +157,12 @@ class EpisodicWriter:
         if self.path.exists() and any(self.path.iterdir()) and not progress_path.exists():
             raise StoreError("directory exists and is not a shardyard store; choose another --out or "
                              "--overwrite", path=str(self.path))
-        if progress_path.exists():
-            progress = read_json(str(progress_path))
-            if progress["schema"] != to_jsonable(self.schema.to_dict()):
+        log_ = CommitLog.read(self.path)
+        if log_ is not None:
+            if log_.header.get("schema") != to_jsonable(self.schema.to_dict()):
                 raise StoreError("existing store was written with a different schema; use --overwrite",
                                  path=str(self.path))
-            self._episodes = progress["episodes"]
-            self._shard_bytes = progress.get("shard_bytes", {})
+            self._set_log(log_)
             self._load_stats_parts()
             remove_stale_temps(self.path)
             (self.path / MANIFEST).unlink(missing_ok=True)  # appending makes the store incomplete again
@@ -177,7 +180,7 @@ class EpisodicWriter:
             data = self._root.create_group("data")
             for key, spec in self.schema.items():
                 self._create_array(data, key, spec)
-            self._write_progress()
+            self._set_log(CommitLog.create(self.path, FORMAT, self.schema.to_dict()))
         self._open_appenders()
         return self
 
@@ -226,10 +229,17 @@ class EpisodicWriter:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
 
     # -- writing -----------------------------------------------------------------------------------------
+    def _set_log(self, log_: CommitLog) -> None:
+        self._log = log_
+        self._episodes = log_.episodes  # the log's list: its appends are the commits
+        self._shard_bytes = log_.shard_bytes
+        self._keys = {e["key"] for e in self._episodes}
+        self._num_steps = int(sum(e["length"] for e in self._episodes))
+
     @property
     def num_steps(self) -> int:
         """Committed steps."""
-        return int(sum(e["length"] for e in self._episodes))
+        return self._num_steps
 
     @property
     def committed_keys(self) -> list[str]:
@@ -300,7 +310,7 @@ class EpisodicWriter:
         latest on exit. Its frame fields are appended to their shard files at once, so that the copy
         overlaps the readers' work; they count as stored only once the group's commit lists the episode."""
         self.schema.validate(episode, path=str(episode.meta.get("source_path", "")) or None)
-        if episode.key in self.committed_keys or any(p.key == episode.key for p in self._pending):
+        if episode.key in self._keys or episode.key in self._pending_keys:
             raise SchemaError("episode key already in store", key=episode.key, path=str(self.path))
         if episode.num_steps == 0:
             raise SchemaError("episode has no steps", key=episode.key)
@@ -327,6 +337,7 @@ class EpisodicWriter:
         lowdim.update(videos)
         if not self._pending:
             self._group_opened = time.monotonic()
+        self._pending_keys.add(episode.key)
         self._pending.append(_Pending(episode.key, episode.num_steps, episode.meta, lowdim, parts, crc))
         self._pending_bytes += sum(v.nbytes for v in lowdim.values())
         if len(self._pending) >= self.cfg.commit_every or self._pending_bytes >= self.cfg.commit_bytes \
@@ -337,7 +348,7 @@ class EpisodicWriter:
         """Write the group's low-dim fields and record its episodes in `progress.json` (the commit point)."""
         if not self._pending:
             return
-        assert self._root is not None
+        assert self._root is not None and self._log is not None
         n0 = self.num_steps
         t = sum(ep.num_steps for ep in self._pending)
         for key in self._pending[0].lowdim:
@@ -353,11 +364,14 @@ class EpisodicWriter:
             (self.path / STATS_PARTS).mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.path / STATS_PARTS / f"{len(self._episodes):08d}.json", {"episodes": parts},
                               fsync=False, indent=None)
-        self._episodes += [{"key": ep.key, "length": ep.num_steps, "meta": to_jsonable(ep.meta)}
-                           for ep in self._pending]
-        self._write_progress()
+        self._log.append([{"key": ep.key, "length": ep.num_steps, "meta": to_jsonable(ep.meta)}
+                          for ep in self._pending],
+                         {k: app.shard_bytes for k, app in self._appenders.items()})
+        self._shard_bytes = self._log.shard_bytes
+        self._keys |= self._pending_keys
+        self._num_steps += t
         self._stats_parts.update(parts)
-        self._pending, self._pending_bytes = [], 0
+        self._pending, self._pending_bytes, self._pending_keys = [], 0, set()
         if self.on_commit is not None:
             self.on_commit()
 
@@ -365,14 +379,6 @@ class EpisodicWriter:
     def spill_dir(self) -> Path:
         """Folder for reader workers' spill files (`FrameEncoding.spill_dir`), emptied on open and close."""
         return self.path / SPILL
-
-    def _write_progress(self) -> None:
-        # No fsync: the commit protocol is against the process dying (the page cache outlives it, and the
-        # chunk files it refers to are not fsynced either); flushing each group cost ~50 ms here.
-        self._shard_bytes = {k: app.shard_bytes for k, app in self._appenders.items()}
-        atomic_write_json(self.path / PROGRESS, {"format": FORMAT, "schema": self.schema.to_dict(),
-                                                 "episodes": self._episodes, "shard_bytes": self._shard_bytes},
-                          fsync=False)
 
     def _finalize(self) -> None:
         assert self._root is not None
