@@ -55,6 +55,28 @@ def tiny_yam_dir(tmp_path):
     return make
 
 
+def loader_batches(ds, **kw) -> list[dict]:
+    """Every batch of `ds` through a DataLoader with 2 forked workers, batch 4 (each worker opens its own
+    filesystem handle: what the object-store tests check)."""
+    from torch.utils.data import DataLoader
+
+    return list(DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context="fork", **kw))
+
+
+def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
+    """Same number of batches (at least one), same keys, equal tensors and values."""
+    import torch
+
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            if isinstance(x[k], torch.Tensor):
+                assert torch.equal(x[k], y[k]), k
+            else:
+                assert x[k] == y[k], k
+
+
 def run_cli(*args: str, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `shardyard ARGS` as a subprocess with this interpreter."""
     proc = subprocess.run([sys.executable, "-m", "shardyard.cli", *map(str, args)], capture_output=True, text=True,

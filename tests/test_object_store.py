@@ -16,9 +16,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-import torch
-from conftest import run_cli
-from torch.utils.data import DataLoader
+from conftest import assert_batches_equal, loader_batches, run_cli
 
 from shardyard import open_store
 from shardyard.errors import StoreError
@@ -120,22 +118,6 @@ def pushed(s3, local):
     return {name: f"s3://{BUCKET}/{name}" for name in ("yam", "dino", "clips")}
 
 
-def _batches(ds, **kw) -> list[dict]:
-    loader = DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context="fork", **kw)
-    return list(loader)
-
-
-def _assert_batches_equal(a: list[dict], b: list[dict]) -> None:
-    assert len(a) == len(b) > 0
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for k in x:
-            if isinstance(x[k], torch.Tensor):
-                assert torch.equal(x[k], y[k]), k
-            else:
-                assert x[k] == y[k], k
-
-
 def test_open_store_reads_the_bucket_like_the_local_copy(s3, local, pushed):
     remote, here = open_store(pushed["yam"]), open_store(str(local / "yam"))
     assert remote.episode_keys == here.episode_keys and remote.stats == here.stats
@@ -153,16 +135,16 @@ def test_open_store_reads_the_bucket_like_the_local_copy(s3, local, pushed):
     assert open_store(pushed["clips"]).num_samples == 6
 
 
-def test_loaders_with_workers_give_the_same_batches(s3, local, pushed):
+def test_loaders_with_workers_give_the_sameloader_batches(s3, local, pushed):
     """EpisodeWindows, TokenDataset and ClipStream over the bucket with 2 forked DataLoader workers (each
     opens its own s3 filesystem) give the batches of the local copy."""
-    _assert_batches_equal(_batches(EpisodeWindows(pushed["yam"], window=4, split=None)),
-                          _batches(EpisodeWindows(str(local / "yam"), window=4, split=None)))
-    _assert_batches_equal(_batches(TokenDataset(pushed["dino"], store=pushed["yam"])),
-                          _batches(TokenDataset(local / "dino", store=str(local / "yam"))))
+    assert_batches_equal(loader_batches(EpisodeWindows(pushed["yam"], window=4, split=None)),
+                          loader_batches(EpisodeWindows(str(local / "yam"), window=4, split=None)))
+    assert_batches_equal(loader_batches(TokenDataset(pushed["dino"], store=pushed["yam"])),
+                          loader_batches(TokenDataset(local / "dino", store=str(local / "yam"))))
     cfg = dict(num_frames=4, size=16, shuffle_buffer=0)
-    _assert_batches_equal(_batches(ClipStream(pushed["clips"], config=StreamConfig(**cfg))),
-                          _batches(ClipStream(str(local / "clips"), config=StreamConfig(**cfg))))
+    assert_batches_equal(loader_batches(ClipStream(pushed["clips"], config=StreamConfig(**cfg))),
+                          loader_batches(ClipStream(str(local / "clips"), config=StreamConfig(**cfg))))
 
 
 def test_push_is_resumable_and_pull_checks_every_file(s3, local, pushed, tmp_path):
