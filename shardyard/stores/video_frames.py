@@ -11,7 +11,8 @@ frames are):
                                episode's file, and the step (within the episode) of its keyframe
 
 Random access (`VideoFrameReader.read`) seeks to the keyframe at or before the first wanted frame and decodes
-forward; a read that continues where the last one ended (consecutive frames) reuses the open decoder. Frames
+forward; a read that continues where the last one ended (consecutive frames) goes on decoding without a seek,
+and the files of the last few episodes read stay open. Frames
 are matched by pts, so a read is frame-exact whatever the demuxer's seek lands on (tested against FFmpeg's
 own `select=eq(n\,i)` output). Encoding happens in the reader workers (`VideoEncoder`), decoding through the
 same PyAV conversion everywhere (`to_rgb`), so the workers' stats sample equals the frames read back.
@@ -206,20 +207,35 @@ def _index_and_sample(src: Any, num_rows: int, every: int, stride: int) -> tuple
 
 
 @dataclass
+class _OpenEpisode:
+    """One episode's open file: its container and stream, pts -> step, the decode generator and the last
+    step it gave."""
+
+    container: Any
+    stream: Any
+    step_of: dict[int, int]
+    frames: Any = None
+    last: int = -2  # no frame decoded since the last seek
+
+
+@dataclass
 class VideoFrameReader:
     """Frames of one video field: global rows -> `(n, H, W, 3) uint8`, through the per-episode MP4s.
 
     `field_dir` is the field's folder (local path or path inside fsspec `fs`); `index` its `(N, 2)`
-    frame index; `episode_starts (E,)` the first global row of each episode. Per-process state (the open
-    decoder) is rebuilt after a fork."""
+    frame index; `episode_starts (E,)` the first global row of each episode. The files of the last
+    `open_files` episodes read stay open (opening an MP4 probes its stream, which costs about what decoding
+    a GOP of 640x480 frames does), so a shuffled sampler over a few episodes pays a seek, not an open, per
+    read. Per-process state (the open files) is rebuilt after a fork."""
 
     field_dir: str
     index: np.ndarray
     episode_starts: np.ndarray
     row_shape: tuple[int, ...]
     fs: Any = None
+    open_files: int = 4
     _pid: int = field(default=-1, repr=False)
-    _open: Any = field(default=None, repr=False)  # [episode, container, frames, last step decoded, pts -> step]
+    _open: dict[int, _OpenEpisode] = field(default_factory=dict, repr=False)  # in least-recent-first order
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Global rows `[start, stop)` (across episodes)."""
@@ -234,38 +250,47 @@ class VideoFrameReader:
             row = end
         return out
 
-    def _decoder(self, ep: int, first: int) -> Any:
-        """The open decoder of episode `ep`, positioned so that its next frame is at most `first`: the cached
-        one when it stopped before `first` and no keyframe lies between, else a fresh seek."""
+    def _episode(self, ep: int) -> _OpenEpisode:
+        """Episode `ep`'s open file (opened, and the least recently used one closed, when not open)."""
         import av
 
-        if self._pid != os.getpid():
-            self._open, self._pid = None, os.getpid()
-        base = int(self.episode_starts[ep])
-        key = int(self.index[base + first, 1])
-        if self._open is not None and self._open[0] == ep and key <= self._open[3] + 1 <= first:
-            return self._open
-        if self._open is not None:
-            self._open[1].close()
-        path = f"{self.field_dir}/{video_name(ep)}"
-        container = av.open(self.fs.open(path, "rb") if self.fs is not None else path)
-        stream = container.streams.video[0]
-        if key > 0:
-            container.seek(int(self.index[base + key, 0]), stream=stream, backward=True, any_frame=False)
-        index = self._episode_index(ep)
-        step_of = {int(p): t for t, p in enumerate(index[:, 0].tolist())}
-        self._open = [ep, container, container.decode(stream), key - 1, step_of]
-        return self._open
+        if self._pid != os.getpid():  # a forked child must not share the parent's demuxers
+            self._open, self._pid = {}, os.getpid()
+        state = self._open.pop(ep, None)
+        if state is None:
+            while len(self._open) >= max(self.open_files, 1):
+                self._open.pop(next(iter(self._open))).container.close()
+            path = f"{self.field_dir}/{video_name(ep)}"
+            container = av.open(self.fs.open(path, "rb") if self.fs is not None else path)
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1  # one slice per frame (the encoder's): threads add nothing
+            step_of = {int(p): t for t, p in enumerate(self._episode_index(ep)[:, 0].tolist())}
+            state = _OpenEpisode(container, stream, step_of)
+        self._open[ep] = state  # most recent last
+        return state
+
+    def _decoder(self, ep: int, first: int) -> _OpenEpisode:
+        """Episode `ep`'s open file, positioned so that its next frame is at most `first`: where the last
+        read stopped when that is before `first` with no keyframe between, else after a seek to the
+        keyframe of `first`."""
+        state = self._episode(ep)
+        key = int(self.index[int(self.episode_starts[ep]) + first, 1])
+        if state.frames is not None and key <= state.last + 1 <= first:
+            return state
+        state.container.seek(int(self.index[int(self.episode_starts[ep]) + key, 0]), stream=state.stream,
+                             backward=True, any_frame=False)
+        state.frames, state.last = state.container.decode(state.stream), key - 1
+        return state
 
     def _read_episode(self, ep: int, a: int, b: int, dst: np.ndarray) -> None:
         """Steps `[a, b)` of episode `ep` into `dst`; frames are matched to steps by pts."""
         state = self._decoder(ep, a)
         filled = 0
-        for frame in state[2]:
-            t = state[4].get(frame.pts)
+        for frame in state.frames:
+            t = state.step_of.get(frame.pts)
             if t is None:
                 continue
-            state[3] = t
+            state.last = t
             if a <= t < b:
                 dst[t - a] = to_rgb(frame)
                 filled += 1
@@ -273,6 +298,7 @@ class VideoFrameReader:
                     return
             if t >= b - 1:
                 break
+        state.frames = None  # exhausted or past the end: the next read seeks
         raise ValueError(f"{b - a - filled} frame(s) of steps [{a}, {b}) not found in {self.field_dir}/"
                          f"{video_name(ep)} (truncated or corrupt file)")
 
@@ -281,9 +307,15 @@ class VideoFrameReader:
         end = int(self.episode_starts[ep + 1]) if ep + 1 < len(self.episode_starts) else len(self.index)
         return self.index[base:end]
 
+    def close(self) -> None:
+        """Close the open files (they are also closed when the reader is collected)."""
+        for state in self._open.values():
+            state.container.close()
+        self._open = {}
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_pid=-1, _open=None)
+        state.update(_pid=-1, _open={})
         return state
 
 
