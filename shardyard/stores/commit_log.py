@@ -16,7 +16,9 @@ new groups are appended as records after them.
 
 from __future__ import annotations
 
+import bisect
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from shardyard.stores.manifest import read_json
 PROGRESS = "progress.json"
 PROGRESS_DIR = "progress"
 
-__all__ = ["PROGRESS", "PROGRESS_DIR", "CommitLog", "committed_episodes"]
+__all__ = ["PROGRESS", "PROGRESS_DIR", "CommitLog", "GroupFiles", "committed_episodes"]
 
 
 def _record_name(first: int) -> str:
@@ -90,3 +92,47 @@ def committed_episodes(root: str | os.PathLike) -> list[dict[str, Any]]:
     meta}` in store order; empty when it has no log."""
     log = CommitLog.read(root)
     return log.episodes if log is not None else []
+
+
+class GroupFiles(Mapping):
+    """Episode key -> the value that per-group files `folder/<first>.json` (`{"episodes": {key: value}}`,
+    `first` the store index of the group's first episode, 8 digits) hold for it, read on demand with one file
+    in memory at a time: the ingest workers' stats parts (`meta/stats_parts`) of a store of 10^6 episodes
+    are gigabytes of JSON, which a dict of them all would hold in memory. `keys` are the store's episode keys
+    in order (a growing list is fine: lookups use its current contents). A key with no entry maps to
+    nothing (`get` gives the default)."""
+
+    def __init__(self, folder: str | os.PathLike, keys: list[str]) -> None:
+        self.folder, self._keys = Path(folder), keys
+        self._index: dict[str, int] = {}
+        self._starts: list[int] = []
+        self._cached: tuple[int, dict[str, Any]] = (-1, {})
+
+    def _list(self) -> list[int]:
+        return sorted(int(f.stem) for f in self.folder.glob("*.json")) if self.folder.is_dir() else []
+
+    def __getitem__(self, key: str) -> Any:
+        if len(self._index) != len(self._keys):
+            self._index.update((k, i) for i, k in enumerate(self._keys[len(self._index):], len(self._index)))
+        i = self._index[key]  # KeyError for a key the store does not have
+        if key not in self._cached[1]:
+            at = bisect.bisect_right(self._starts, i) - 1
+            if at == len(self._starts) - 1:  # at or past the last file known: files may have been added
+                self._starts = self._list()
+                at = bisect.bisect_right(self._starts, i) - 1
+            if at < 0:
+                raise KeyError(key)
+            if self._starts[at] != self._cached[0]:
+                self._cached = (self._starts[at],
+                                read_json(str(self.folder / f"{self._starts[at]:08d}.json")).get("episodes", {}))
+        return self._cached[1][key]
+
+    def __iter__(self) -> Iterator[str]:
+        for start in self._list():
+            yield from read_json(str(self.folder / f"{start:08d}.json")).get("episodes", {})
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __bool__(self) -> bool:
+        return bool(self._list())

@@ -33,7 +33,7 @@ from shardyard.schema import Episode, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
 from shardyard.stores.checksums import CHUNK_CRC, VIDEO_CRC, append_crc32c, truncate_crc32c, write_ingest_checksums
 from shardyard.stores.codecs_jpeg import check_frame_shape
-from shardyard.stores.commit_log import PROGRESS, CommitLog
+from shardyard.stores.commit_log import PROGRESS, CommitLog, GroupFiles
 from shardyard.stores.episodic import (
     FORMAT,
     FORMAT_VERSION,
@@ -52,7 +52,7 @@ from shardyard.stores.frame_encoding import (
     frame_codec_args,
     parse_frame_codecs,
 )
-from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
+from shardyard.stores.manifest import MANIFEST, Manifest, provenance
 from shardyard.stores.video_frames import (
     DEFAULT_CRF,
     INDEX,
@@ -138,7 +138,6 @@ class EpisodicWriter:
         self._log: CommitLog | None = None
         self._pending_bytes = 0
         self.codecs: dict[str, ChunkCodec | VideoCodec] = {}
-        self._stats_parts: dict[str, dict[str, dict[str, Any]]] = {}
         self._shard_bytes: dict[str, int] = {}  # committed size of each frame field's partial last shard
         self._frame_codecs = parse_frame_codecs(self.cfg.frame_codec)
         unknown = sorted(set(self._frame_codecs) - {""} - set(schema.keys()))
@@ -247,22 +246,19 @@ class EpisodicWriter:
         return [e["key"] for e in self._episodes]
 
     @property
-    def stats_parts(self) -> dict[str, dict[str, dict[str, Any]]]:
+    def stats_parts(self) -> GroupFiles:
         """Stats parts that reader workers made while encoding frames (`EncodedRows.stats_part`), per
-        committed episode key and field; `stats_fn` may use them instead of reading those frames back."""
-        return self._stats_parts
+        committed episode key and field, read from `meta/stats_parts` on demand (a mapping, not a dict in
+        memory); `stats_fn` may use them instead of reading those frames back."""
+        return GroupFiles(self.path / STATS_PARTS, [e["key"] for e in self._episodes])
 
     def _load_stats_parts(self) -> None:
-        """On resume: the parts of committed episodes. A file of a group killed before its commit lists
-        keys that are not committed: it is deleted (its episodes are read again)."""
+        """On resume: a parts file of a group killed before its commit (named by a first episode past the
+        committed ones) is deleted; its episodes are read again."""
         folder = self.path / STATS_PARTS
-        committed = set(self.committed_keys)
-        for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            episodes = read_json(str(f)).get("episodes", {})
-            if not set(episodes) <= committed:
+        for f in folder.glob("*.json") if folder.is_dir() else []:
+            if int(f.stem) >= len(self._episodes):
                 f.unlink()
-                continue
-            self._stats_parts.update(episodes)
 
     def _create_array(self, group: zarr.Group, key: str, spec) -> None:
         shape = (0,) + spec.shape
@@ -370,7 +366,6 @@ class EpisodicWriter:
         self._shard_bytes = self._log.shard_bytes
         self._keys |= self._pending_keys
         self._num_steps += t
-        self._stats_parts.update(parts)
         self._pending, self._pending_bytes, self._pending_keys = [], 0, set()
         if self.on_commit is not None:
             self.on_commit()

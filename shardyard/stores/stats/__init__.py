@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 SKIP_KINDS = ("text", "video")
 FRAME_KINDS = ("image", "depth", "tokens")  # read frame by frame with `image_frame_stride`
 _BLOCK_ROWS = 64  # frames per read when walking an episode's frame field
+_FOLD_EPISODES = 1024  # episode parts merged per step of the stats fold
 _VECTOR_BLOCK_ROWS = 8192  # steps per read of a low-dim field (per-block overhead dominated at 64)
 
 __all__ = ["StatsConfig", "compute_stats", "stats_episodes", "stats_fields", "field_rows", "field_edges",
@@ -175,9 +176,14 @@ def field_parts(store, episodes: Sequence[int], edges: dict[str, np.ndarray | No
     frame_parts = frame_parts or {}
     out = {}
     for field, e in edges.items():
-        per_episode = [_episode_part(store, ep, field, e, cfg, frame_parts.get(keys[ep], {}).get(field))
-                       for ep in episodes]
-        out[field] = sparts.merge_many(sparts.empty(_num_features(store.schema[field]), e), per_episode)
+        # Folded a block of episodes at a time (the same left fold: moments in order, buckets added), so
+        # that a store of 10^6 episodes never holds 10^6 parts at once.
+        acc = sparts.empty(_num_features(store.schema[field]), e)
+        for i in range(0, len(episodes), _FOLD_EPISODES):
+            acc = sparts.merge_many(acc, [_episode_part(store, ep, field, e, cfg,
+                                                        frame_parts.get(keys[ep], {}).get(field))
+                                          for ep in episodes[i:i + _FOLD_EPISODES]])
+        out[field] = acc
     return out
 
 
