@@ -1,9 +1,9 @@
 """Cost curves: how each cost of a store grows with its number of episodes (issue 14, item 3).
 
-Per size E (default 10^2, 10^3, 10^4, 10^5 episodes of 8 steps: 16x16 RGB frames and realistic low-dim
+Per size E (default 10^2, 10^3, 10^4; the README also reports 10^5; episodes of 8 steps: 16x16 RGB frames and realistic low-dim
 fields, EEF position in metres, unit quaternions, gripper, 7-D action), each in a fresh process so that its
 peak RSS is its own: ingest seconds per episode (`run_ingest`, one process), peak RSS of the ingest,
-`open_store` seconds, stats-pass seconds (`compute_stats` on the finished store), `EpisodeWindows`
+`open_store` seconds, stats-pass seconds (`compute_stats` on the finished store), `EpisodeDataset`
 construction seconds and first-batch latency (DataLoader, 2 forked workers), and RSS per DataLoader worker
 after its first batch. Goal: per-episode costs flat (within 1.5x from the smallest size to the largest),
 open time and worker memory sub-linear.
@@ -105,7 +105,7 @@ def one(num_episodes: int, out: Path) -> dict:
 
     from shardyard import open_store
     from shardyard.ingest.runner import IngestConfig, run_ingest
-    from shardyard.loaders.windows import EpisodeWindows
+    from shardyard.loaders import EpisodeDataset
     from shardyard.stores.stats import compute_stats
 
     t0 = time.perf_counter()
@@ -119,7 +119,7 @@ def one(num_episodes: int, out: Path) -> dict:
     compute_stats(store)
     stats = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ds = EpisodeWindows(str(out), window=4, frame_stride=1, split=None)
+    ds = EpisodeDataset(str(out), {"obs.rgb.front": [0], "action": list(range(4)), "obs.eef_pos": [-1, 0]})
     built = time.perf_counter() - t0
     t0 = time.perf_counter()
     dl = torch.utils.data.DataLoader(_WithRss(ds), batch_size=32, shuffle=True, num_workers=2,
@@ -128,13 +128,13 @@ def one(num_episodes: int, out: Path) -> dict:
     first = time.perf_counter() - t0
     return {"episodes": num_episodes, "ingest_s_per_episode": ingest / num_episodes, "ingest_peak_rss_mb":
             peak_ingest / 1024, "open_store_s": opened, "stats_s_per_episode": stats / num_episodes,
-            "windows_init_s": built, "first_batch_s": first,
+            "dataset_init_s": built, "first_batch_s": first,
             "worker_rss_mb": float(batch["rss_kb"].max()) / 1024}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--sizes", default="100,1000", help="episodes per store, comma-separated (10^4, 10^5: see README)")
+    ap.add_argument("--sizes", default="100,1000,10000", help="episodes per store, comma-separated (10^5: see README)")
     ap.add_argument("--smoke", action="store_true", help="10 and 100 episodes")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -143,19 +143,18 @@ def main() -> None:
         sys.stdout.write(json.dumps(one(args.one, Path(args.out))) + "\n")
         return
     sizes = [10, 100] if args.smoke else [int(s) for s in args.sizes.split(",")]
-    rows = []
-    for n in sizes:
+    units = {"ingest_s_per_episode": "s", "ingest_peak_rss_mb": "MB", "open_store_s": "s",
+             "stats_s_per_episode": "s", "dataset_init_s": "s", "first_batch_s": "s", "worker_rss_mb": "MB"}
+    base = None
+    for n in sizes:  # each size's figures as soon as it is done (10^5 takes most of an hour)
         with tempfile.TemporaryDirectory() as tmp:
             proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--out", f"{tmp}/store"],
                                   capture_output=True, text=True, env=os.environ.copy(), check=True)
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    units = {"ingest_s_per_episode": "s", "ingest_peak_rss_mb": "MB", "open_store_s": "s",
-             "stats_s_per_episode": "s", "windows_init_s": "s", "first_batch_s": "s", "worker_rss_mb": "MB"}
-    base = rows[0]
-    for row in rows:
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+        base = base or row
         for k, unit in units.items():
             figure(f"scale.{k}", row[k], unit, f"{base['episodes']} episodes", base[k], episodes=row["episodes"])
-
+        sys.stdout.flush()
 
 if __name__ == "__main__":
     main()
