@@ -3,7 +3,7 @@ lets a job write a store at a URL through a local staging directory.
 
 Object stores have no rename and no append, so a job never writes into the bucket directly: it writes the
 store on local disk as usual, and after each commit `StagedStore.sync` uploads the files the commit added or
-changed, then the commit records (`progress.json` of an episodic store, `progress/*.json` of a feature store),
+changed, then the commit records (`progress.json` and `progress/*.json`: one new small file per commit group),
 snapshotted before the data so that a record never reaches the bucket ahead of the bytes it vouches for.
 `finish` removes remote files the job deleted (a resume truncates past the last commit), uploads
 `checksums.json` and, last, `manifest.json`. A kill loses at most the group in flight; rerunning the same

@@ -32,7 +32,7 @@ import numpy as np
 VIDEO_DIR = "video"
 INDEX = "frame_index"
 DEFAULT_CRF = 20
-DEFAULT_GOP = 8
+DEFAULT_GOP = 4  # G1 640x480: 0.70x the source bytes, reads as fast as GOP 2 (1.09x the bytes), 1.6x GOP 8
 
 __all__ = ["DEFAULT_CRF", "DEFAULT_GOP", "INDEX", "VIDEO_DIR", "EncodedVideo", "VideoCodec", "VideoEncoder",
            "VideoFrameReader", "file_crc32c", "to_rgb", "video_name"]
