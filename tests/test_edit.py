@@ -329,6 +329,13 @@ def test_official_split_is_kept_by_episode(tmp_path, episodes) -> None:
     assert out.stats["split"] == out.split and out.stats["num_episodes"] == 2
 
 
+def _video_files(store: EpisodicStore) -> dict[tuple[str, str], bytes]:
+    """(field, episode key) -> bytes of the episode's MP4, for every video field of the store."""
+    return {(f, key): (Path(store.root) / "data" / f / "video" / f"{e:06d}.mp4").read_bytes()
+            for f in store.schema.keys() if (Path(store.root) / "data" / f / "video").is_dir()
+            for e, key in enumerate(store.episode_keys)}
+
+
 def _round_trip(tmp_path: Path, store: EpisodicStore) -> None:
     """Split 50/50 and merge back, and delete episode 0 / every other episode and merge back: each gives
     the store itself, data and stats value for value."""
@@ -337,6 +344,7 @@ def _round_trip(tmp_path: Path, store: EpisodicStore) -> None:
     merge_stores([b, a], EditTarget(out=str(tmp_path / "rt_m")))
     _assert_same_store(EpisodicStore(tmp_path / "rt_m"), store)
     assert verify_store(tmp_path / "rt_m").ok
+    assert _video_files(EpisodicStore(tmp_path / "rt_m")) == _video_files(store)  # MP4s copied, not re-encoded
     rest, first = str(tmp_path / "rt_rest"), str(tmp_path / "rt_first")
     delete_episodes(store.root, EpisodeSelection(episodes="0"), EditTarget(out=rest))
     delete_episodes(store.root, EpisodeSelection(episodes=f"1-{store.num_episodes - 1}"), EditTarget(out=first))
@@ -344,7 +352,7 @@ def _round_trip(tmp_path: Path, store: EpisodicStore) -> None:
     _assert_same_store(EpisodicStore(tmp_path / "rt_d"), store)
 
 
-@pytest.mark.parametrize("source", ["lerobot_g1", "libero", "robosuite"])
+@pytest.mark.parametrize("source", ["lerobot_g1", "libero", "libero_video", "robosuite"])
 def test_real_and_libero_stores_round_trip(tmp_path, shared_data, source) -> None:
     out = tmp_path / "s"
     if source == "robosuite":  # the real raw robosuite demos of ../shared/data (2 demos, states only)
@@ -360,10 +368,12 @@ def test_real_and_libero_stores_round_trip(tmp_path, shared_data, source) -> Non
         assert proc.returncode == 2, proc.stderr  # the sample holds 2 of its 100 episodes
     else:
         write_libero_file(tmp_path / "pick_demo.hdf5", num_demos=4, steps=12, size=32)
-        proc = run_cli("ingest", "libero", tmp_path / "pick_demo.hdf5", "--out", out)
+        codec = ["--frame-codec", "video"] if source == "libero_video" else []
+        proc = run_cli("ingest", "libero", tmp_path / "pick_demo.hdf5", "--out", out, *codec)
         assert proc.returncode == 0, proc.stderr
     store = EpisodicStore(out)
     assert store.num_episodes >= 2 and store.schema.of_kind("image")
+    assert bool(_video_files(store)) == (source == "libero_video")
     _round_trip(tmp_path, store)
 
 
@@ -377,3 +387,51 @@ def test_real_nyu_stores_do_not_merge_across_sizes(tmp_path, shared_data) -> Non
     with pytest.raises(SchemaError) as err:
         merge_stores(stores, EditTarget(out=str(tmp_path / "m")))
     assert "obs.rgb: shape" in str(err.value) and "obs.depth: shape" in str(err.value)
+
+
+def _mp4(store: EpisodicStore, key: str) -> bytes:
+    folder = Path(store.root) / "data" / "obs.rgb.top" / "video"
+    return (folder / f"{store.episode_keys.index(key):06d}.mp4").read_bytes()
+
+
+def _assert_videos_copied(out: EpisodicStore, *sources: EpisodicStore) -> None:
+    """Each episode of `out` has its source's MP4 bytes and decoded frames, and `out` verifies clean."""
+    for src in sources:
+        for e, key in enumerate(src.episode_keys):
+            if key in out.episode_keys:
+                assert _mp4(out, key) == _mp4(src, key)
+                np.testing.assert_array_equal(out.read(out.episode_keys.index(key), ["obs.rgb.top"])["obs.rgb.top"],
+                                              src.read(e, ["obs.rgb.top"])["obs.rgb.top"])
+    report = verify_store(out.root)
+    assert report.ok and not report.warnings, report.summary()
+
+
+def test_video_fields_are_copied_as_mp4_files(tmp_path, episodes, caplog) -> None:
+    """A `video` field is copied file for file on delete, split and merge (repeated, edited inputs too): the
+    result equals a fresh video ingest of its episodes, MP4 bytes, frames and stats."""
+    src = _write(tmp_path / "src", episodes, codec="video")
+    with caplog.at_level("WARNING", logger="shardyard.stores.edit_copy"):
+        delete_episodes(src.root, EpisodeSelection(episodes="1,4"), EditTarget(out=str(tmp_path / "d")))
+        split_store(src.root, [(str(tmp_path / "a"), 0.5), (str(tmp_path / "b"), 0.5)], seed=0, target=EditTarget())
+        merge_stores([str(tmp_path / "b"), str(tmp_path / "a")], EditTarget(out=str(tmp_path / "m")))
+    assert "re-encoded" not in caplog.text
+    for name in ("d", "a", "b", "m"):
+        out = EpisodicStore(tmp_path / name)
+        assert json.loads((Path(out.root) / "data/obs.rgb.top/zarr.json").read_text())["attributes"][
+            "frame_codec"]["name"] == "video"
+        _assert_videos_copied(out, src)
+        _assert_same_store(out, _write(tmp_path / f"fresh_{name}", [e for e in episodes if e.key in out.episode_keys],
+                                       codec="video"))
+
+
+def test_video_merge_with_other_codec_reencodes_only_those(tmp_path, episodes, caplog) -> None:
+    """Merging a video store with an lz4 one: the output takes the first input's codec; the video episodes
+    keep their MP4 bytes, the lz4 ones are encoded (with a warning), as a fresh video ingest would."""
+    v = _write(tmp_path / "v", [episodes[i] for i in (0, 2, 4)], codec="video")
+    raw = _write(tmp_path / "raw", [episodes[i] for i in (1, 3)])
+    with caplog.at_level("WARNING", logger="shardyard.stores.edit_copy"):
+        merge_stores([v.root, raw.root], EditTarget(out=str(tmp_path / "m")))
+    assert "frames are re-encoded" in caplog.text
+    merged = EpisodicStore(tmp_path / "m")
+    _assert_videos_copied(merged, v)
+    _assert_same_store(merged, _write(tmp_path / "fresh", episodes[:5], codec="video"))
