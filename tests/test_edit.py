@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardyard.errors import ConfigError, SchemaError
+from shardyard.errors import ConfigError, SchemaError, StoreError
 from shardyard.ingest.dino import FrameReader
 from shardyard.ingest.runner import IngestConfig, run_ingest
 from shardyard.ingest.yam import YamConfig, YamSource
 from shardyard.schema import Episode, FieldSpec, Schema
+from shardyard.stores.checksums import CHUNK_CRC, read_crc32c
 from shardyard.stores.edit import (
     EditTarget,
     EpisodeSelection,
@@ -281,7 +282,8 @@ def _features(store: EpisodicStore, out: Path) -> Path:
                         batch_size=8)
     with FeatureWriter(out, key=key, layout=lay,
                        config=FeatureWriterConfig(episode_ends=store.episode_ends.tolist(),
-                                                  source={"path": str(store.root)})) as w:
+                                                  source={"path": str(store.root),
+                                                          "episode_keys": store.episode_keys})) as w:
         for a, b in w.layout.batches():
             patch, cls = _tokens(store.read_rows("obs.rgb.top", a, b))
             write_batch(w.path, a, patch, cls, np.zeros(b - a, bool))
@@ -301,6 +303,10 @@ def test_features_follow_merge_and_delete(tmp_path, episodes) -> None:
     np.testing.assert_array_equal(got.patch_tokens(0, n), want.patch_tokens(0, n))
     np.testing.assert_array_equal(got.cls_token(0, n), want.cls_token(0, n))
     np.testing.assert_array_equal(got.episode_ends, merged.episode_ends)
+    report = verify_store(got.path)  # its token chunks have checksums, as a fresh `ingest dino`'s
+    assert report.ok and not report.warnings, report.summary()
+    np.testing.assert_array_equal(read_crc32c(got.path, CHUNK_CRC, "patch_tokens"),
+                                  read_crc32c(want.path, CHUNK_CRC, "patch_tokens"))
     # in place: the store and its features edited together
     delete_episodes(merged.root, EpisodeSelection(keys=["ep01"]), EditTarget(in_place=True,
                                                                              features=[str(tmp_path / "m.dino")]))
@@ -309,6 +315,17 @@ def test_features_follow_merge_and_delete(tmp_path, episodes) -> None:
     assert feats.key["source_fingerprint"] == FrameReader(after.root, "obs.rgb.top").fingerprint()  # ingest dino's
     np.testing.assert_array_equal(feats.patch_tokens(0, after.num_steps),
                                   _tokens(after.read_rows("obs.rgb.top", 0, after.num_steps))[0])
+    assert verify_store(feats.path).ok
+    # a token damaged in an input since it was written is refused, not copied under new checksums
+    row = int(b.episode_starts[1]) + 2
+    shard = Path(shard_file(str(fb / "cls_token"), 0, 2))
+    off, n = read_shard_index(shard, FeatureStore(fb).layout.shard_rows)[row]
+    data = bytearray(shard.read_bytes())
+    data[int(off) + int(n) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=f"cls_token: sample {row} .episode ep02, step 2. differs from the crc32c"):
+        merge_stores([a.root, b.root], EditTarget(out=str(tmp_path / "y"), features=[str(fa), str(fb)],
+                                                  features_out=[str(tmp_path / "y.dino")]))
     with pytest.raises(ConfigError, match="was not computed from"):
         merge_stores([a.root, b.root], EditTarget(out=str(tmp_path / "x"), features=[str(fb), str(fa)],
                                                   features_out=[str(tmp_path / "x.dino")]))

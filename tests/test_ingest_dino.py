@@ -18,7 +18,9 @@ from conftest import YAM_EPISODES, YAM_MODEL, run_cli
 from shardyard.errors import ConfigError
 from shardyard.ingest.dino import DinoConfig, ingest_dino
 from shardyard.models.backbones import BackboneConfig
+from shardyard.stores.checksums import CHUNK_CRC, read_crc32c
 from shardyard.stores.features import open_features
+from shardyard.stores.verify import verify_store
 
 ARGS = ["--image-size", "112", "--batch-size", "4"]  # grid 8x8, D 32
 
@@ -108,6 +110,10 @@ def test_sigkill_of_driver_then_rerun_equals_uninterrupted(source, tmp_path):
     for a, b in zip(_tokens(ref), _tokens(out)):
         np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
     assert open_features(out).stats == open_features(ref).stats
+    for name in ("patch_tokens", "cls_token"):  # checksums of the killed run's batches and the rerun's
+        np.testing.assert_array_equal(read_crc32c(out, CHUNK_CRC, name), read_crc32c(ref, CHUNK_CRC, name))
+    report = verify_store(out)
+    assert report.ok and not report.warnings, report.summary()
 
 
 def test_different_provenance_key_is_refused(source):

@@ -185,3 +185,21 @@ def test_feature_provenance_and_cli(tmp_path, store) -> None:
     assert verify_store(store.root).ok
     bad = run_cli("verify", feats)
     assert bad.returncode == 1 and "has changed since the tokens were computed" in bad.stdout
+
+
+def test_flipped_byte_in_token_chunk_is_named(tmp_path, store) -> None:
+    """An uncompressed token chunk decodes whatever its bytes: only its crc32c, recorded when it was written,
+    finds a flipped byte; `shardyard verify` names the sample, its source episode and step, and the field."""
+    feats = _features(store, tmp_path / "s.dino")
+    assert read_crc32c(feats, CHUNK_CRC, "patch_tokens").shape == (store.num_steps,)
+    ok = run_cli("verify", feats)
+    assert ok.returncode == 0 and "intact" in ok.stdout and "WARNING" not in ok.stdout, ok.stdout
+    row = int(store.episode_starts[2]) + 3
+    shard = Path(shard_file(str(feats / "patch_tokens"), 0, 3))
+    rows = json.loads((feats / "patch_tokens" / "zarr.json").read_text())["chunk_grid"]["configuration"]
+    off, n = read_shard_index(shard, rows["chunk_shape"][0])[row]
+    _flip(shard, int(off) + int(n) // 2)
+    bad = run_cli("verify", feats)
+    assert bad.returncode == 1, bad.stdout
+    assert f"sample {row}: chunk crc32c" in bad.stdout and "field=patch_tokens" in bad.stdout
+    assert "episode=ep02" in bad.stdout and "step=3" in bad.stdout and f"file={shard}" in bad.stdout

@@ -8,8 +8,10 @@ field's MP4 against its recorded crc32c (`meta/video_crc32c/<field>`); every oth
 the stored per-episode parts and the contents) and compared, value for value, with the stored one. Each
 finding names the episode (key and index), field, step and file where they are known. A store written before
 checksums were recorded gets a warning ("no checksums recorded"), its frame chunks decoded instead (a flipped
-byte is then found only when the codec notices). Feature stores: shard indexes and chunks as above, and the
-provenance key's source fingerprint against the source store named in the manifest (when it is present).
+byte is then found only when the codec notices). Feature stores: shard indexes, and each token chunk against
+the crc32c recorded when it was written (`meta/chunk_crc32c/<array>`, `stores.feature_rows`), each finding
+naming the sample, its source episode and step; and the provenance key's source fingerprint against the
+source store named in the manifest (when it is present).
 Shard stores: each tar's size and sha256 against the manifest.
 """
 
@@ -31,6 +33,7 @@ from shardyard.stores.checksums import CHECKSUMS, CHUNK_CRC, VIDEO_CRC, read_crc
 from shardyard.stores.edit_copy import frame_parts_of, stats_config_of
 from shardyard.stores.edit_features import manifest_fingerprint
 from shardyard.stores.episodic import EpisodicStore
+from shardyard.stores.feature_rows import TOKEN_ARRAYS
 from shardyard.stores.features import FeatureStore
 from shardyard.stores.frame_encoding import ChunkCodec
 from shardyard.stores.manifest import read_json, sha256_file
@@ -97,10 +100,14 @@ def _decoder(codec: ChunkCodec | None):
     return numcodecs.blosc.decompress
 
 
-def _check_sharded(array_dir: str, n_rows: int, owner, name: str, crc: np.ndarray | None = None) -> list[Damage]:
+def _check_sharded(array_dir: str, n_rows: int, owner, name: str, crc: np.ndarray | None = None, *,
+                   unit: str = "row", fill_ok: bool = False) -> list[Damage]:
     """Index crc32c and chunk ranges of every shard of a one-row-per-chunk array, then each chunk's crc32c
     against `crc (n_rows,) uint32` (recorded at ingest) or, without it, whether the chunk decodes;
-    `owner(row)` gives the `Damage` keywords (episode, episode_index, step) of a row."""
+    `owner(row)` gives the `Damage` keywords (episode, episode_index, step) of a row, `unit` names a row in
+    the reasons ("sample" in a feature store). With `fill_ok`, a chunk the index marks as never written is
+    the fill value (zarr leaves out chunks equal to it; a feature store's missing frames are zeros), unless
+    its recorded crc32c says bytes were stored."""
     meta = load_array_meta(array_dir)
     codec = ChunkCodec.for_array(meta)
     rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
@@ -124,14 +131,17 @@ def _check_sharded(array_dir: str, n_rows: int, owner, name: str, crc: np.ndarra
         for k in range(want):
             off, n = index[k]
             row = s * rows + k
+            if off == EMPTY and fill_ok and (crc is None or int(crc[row]) == 0):
+                continue
             if off == EMPTY or int(off) + int(n) > len(data) - index_nbytes(rows):
-                out.append(Damage(f"row {row}: chunk missing or out of the file", path, field=name, **owner(row)))
+                out.append(Damage(f"{unit} {row}: chunk missing or out of the file", path, field=name,
+                                  **owner(row)))
                 continue
             chunk = data[int(off):int(off) + int(n)]
             if crc is not None:
                 got = google_crc32c.value(chunk)
                 if got != int(crc[row]):
-                    out.append(Damage(f"row {row}: chunk crc32c {got:08x} differs from the one recorded at ingest "
+                    out.append(Damage(f"{unit} {row}: chunk crc32c {got:08x} differs from the one recorded at ingest "
                                       f"({int(crc[row]):08x})", path, field=name, **owner(row)))
                 continue
             try:
@@ -139,7 +149,7 @@ def _check_sharded(array_dir: str, n_rows: int, owner, name: str, crc: np.ndarra
             except Exception:  # noqa: BLE001 - any codec error means a damaged chunk
                 ok = False
             if not ok:
-                out.append(Damage(f"row {row}: chunk does not decode", path, field=name, **owner(row)))
+                out.append(Damage(f"{unit} {row}: chunk does not decode", path, field=name, **owner(row)))
     return out
 
 
@@ -259,14 +269,36 @@ def _verify_episodic(path: str, report: VerifyReport, check_stats: bool) -> None
         report.checked.append("stats.json recomputed and compared")
 
 
+def _sample_owner(fs: FeatureStore):
+    """`owner(row)` of a feature store: the source episode (key, when the manifest lists them) and step."""
+    ends = np.asarray(fs.episode_ends, dtype=np.int64)
+    starts = np.r_[0, ends[:-1]].astype(np.int64)
+    keys = (fs.manifest.get("source") or {}).get("episode_keys") or []
+
+    def owner(row: int) -> dict[str, Any]:
+        e = int(np.searchsorted(ends, row, side="right"))
+        if e >= len(ends):
+            return {"episode": None, "episode_index": None, "step": None}
+        key = keys[e] if len(keys) == len(ends) else f"episode {e}"
+        return {"episode": key, "episode_index": e, "step": row - int(starts[e])}
+
+    return owner
+
+
 def _verify_features(path: str, report: VerifyReport) -> None:
     fs = FeatureStore(path)
-    ends = fs.episode_ends
-    for name in ("patch_tokens", "cls_token"):
-        report.damages += _check_sharded(str(fs.path / name), fs.num_samples,
-                                         lambda r: {"episode": f"sample {r}",
-                                                    "episode_index": int(np.searchsorted(ends, r, "right"))},
-                                         name)
+    owner = _sample_owner(fs)
+    unrecorded = []
+    for name in TOKEN_ARRAYS:
+        crc = read_crc32c(fs.path, CHUNK_CRC, name)
+        if crc is None or len(crc) != fs.num_samples:
+            unrecorded.append(name)
+            crc = None
+        report.damages += _check_sharded(str(fs.path / name), fs.num_samples, owner, name, crc, unit="sample",
+                                         fill_ok=True)
+    if unrecorded:
+        report.warnings.append(f"no checksums recorded for the token chunks of {', '.join(unrecorded)} "
+                               "(decoded instead: a flipped byte in an uncompressed chunk goes unseen)")
     src = (fs.manifest.get("source") or {}).get("path")
     if src and Path(src, "manifest.json").exists():
         if manifest_fingerprint(read_json(str(Path(src, "manifest.json")))) != fs.key.get("source_fingerprint"):
@@ -275,7 +307,7 @@ def _verify_features(path: str, report: VerifyReport) -> None:
         report.checked.append(f"provenance against {src}")
     else:
         report.checked.append("provenance not checked: the manifest names no source store present here")
-    report.checked.append("shard indexes and chunks of patch_tokens, cls_token")
+    report.checked.append(f"shard indexes and chunk crc32c of {', '.join(TOKEN_ARRAYS)}")
 
 
 def verify_store(path: str | os.PathLike, *, check_stats: bool = True) -> VerifyReport:
