@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardyard.errors import ConfigError, SchemaError
+from shardyard.errors import ConfigError, SchemaError, StoreError
 from shardyard.ingest.dino import FrameReader
 from shardyard.ingest.runner import IngestConfig, run_ingest
 from shardyard.ingest.yam import YamConfig, YamSource
 from shardyard.schema import Episode, FieldSpec, Schema
+from shardyard.stores.checksums import CHUNK_CRC, read_crc32c
 from shardyard.stores.edit import (
     EditTarget,
     EpisodeSelection,
@@ -281,7 +282,8 @@ def _features(store: EpisodicStore, out: Path) -> Path:
                         batch_size=8)
     with FeatureWriter(out, key=key, layout=lay,
                        config=FeatureWriterConfig(episode_ends=store.episode_ends.tolist(),
-                                                  source={"path": str(store.root)})) as w:
+                                                  source={"path": str(store.root),
+                                                          "episode_keys": store.episode_keys})) as w:
         for a, b in w.layout.batches():
             patch, cls = _tokens(store.read_rows("obs.rgb.top", a, b))
             write_batch(w.path, a, patch, cls, np.zeros(b - a, bool))
@@ -301,6 +303,10 @@ def test_features_follow_merge_and_delete(tmp_path, episodes) -> None:
     np.testing.assert_array_equal(got.patch_tokens(0, n), want.patch_tokens(0, n))
     np.testing.assert_array_equal(got.cls_token(0, n), want.cls_token(0, n))
     np.testing.assert_array_equal(got.episode_ends, merged.episode_ends)
+    report = verify_store(got.path)  # its token chunks have checksums, as a fresh `ingest dino`'s
+    assert report.ok and not report.warnings, report.summary()
+    np.testing.assert_array_equal(read_crc32c(got.path, CHUNK_CRC, "patch_tokens"),
+                                  read_crc32c(want.path, CHUNK_CRC, "patch_tokens"))
     # in place: the store and its features edited together
     delete_episodes(merged.root, EpisodeSelection(keys=["ep01"]), EditTarget(in_place=True,
                                                                              features=[str(tmp_path / "m.dino")]))
@@ -309,6 +315,17 @@ def test_features_follow_merge_and_delete(tmp_path, episodes) -> None:
     assert feats.key["source_fingerprint"] == FrameReader(after.root, "obs.rgb.top").fingerprint()  # ingest dino's
     np.testing.assert_array_equal(feats.patch_tokens(0, after.num_steps),
                                   _tokens(after.read_rows("obs.rgb.top", 0, after.num_steps))[0])
+    assert verify_store(feats.path).ok
+    # a token damaged in an input since it was written is refused, not copied under new checksums
+    row = int(b.episode_starts[1]) + 2
+    shard = Path(shard_file(str(fb / "cls_token"), 0, 2))
+    off, n = read_shard_index(shard, FeatureStore(fb).layout.shard_rows)[row]
+    data = bytearray(shard.read_bytes())
+    data[int(off) + int(n) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=f"cls_token: sample {row} .episode ep02, step 2. differs from the crc32c"):
+        merge_stores([a.root, b.root], EditTarget(out=str(tmp_path / "y"), features=[str(fa), str(fb)],
+                                                  features_out=[str(tmp_path / "y.dino")]))
     with pytest.raises(ConfigError, match="was not computed from"):
         merge_stores([a.root, b.root], EditTarget(out=str(tmp_path / "x"), features=[str(fb), str(fa)],
                                                   features_out=[str(tmp_path / "x.dino")]))
@@ -329,6 +346,13 @@ def test_official_split_is_kept_by_episode(tmp_path, episodes) -> None:
     assert out.stats["split"] == out.split and out.stats["num_episodes"] == 2
 
 
+def _video_files(store: EpisodicStore) -> dict[tuple[str, str], bytes]:
+    """(field, episode key) -> bytes of the episode's MP4, for every video field of the store."""
+    return {(f, key): (Path(store.root) / "data" / f / "video" / f"{e:06d}.mp4").read_bytes()
+            for f in store.schema.keys() if (Path(store.root) / "data" / f / "video").is_dir()
+            for e, key in enumerate(store.episode_keys)}
+
+
 def _round_trip(tmp_path: Path, store: EpisodicStore) -> None:
     """Split 50/50 and merge back, and delete episode 0 / every other episode and merge back: each gives
     the store itself, data and stats value for value."""
@@ -337,6 +361,7 @@ def _round_trip(tmp_path: Path, store: EpisodicStore) -> None:
     merge_stores([b, a], EditTarget(out=str(tmp_path / "rt_m")))
     _assert_same_store(EpisodicStore(tmp_path / "rt_m"), store)
     assert verify_store(tmp_path / "rt_m").ok
+    assert _video_files(EpisodicStore(tmp_path / "rt_m")) == _video_files(store)  # MP4s copied, not re-encoded
     rest, first = str(tmp_path / "rt_rest"), str(tmp_path / "rt_first")
     delete_episodes(store.root, EpisodeSelection(episodes="0"), EditTarget(out=rest))
     delete_episodes(store.root, EpisodeSelection(episodes=f"1-{store.num_episodes - 1}"), EditTarget(out=first))
@@ -344,7 +369,7 @@ def _round_trip(tmp_path: Path, store: EpisodicStore) -> None:
     _assert_same_store(EpisodicStore(tmp_path / "rt_d"), store)
 
 
-@pytest.mark.parametrize("source", ["lerobot_g1", "libero", "robosuite"])
+@pytest.mark.parametrize("source", ["lerobot_g1", "libero", "libero_video", "robosuite"])
 def test_real_and_libero_stores_round_trip(tmp_path, shared_data, source) -> None:
     out = tmp_path / "s"
     if source == "robosuite":  # the real raw robosuite demos of ../shared/data (2 demos, states only)
@@ -360,10 +385,12 @@ def test_real_and_libero_stores_round_trip(tmp_path, shared_data, source) -> Non
         assert proc.returncode == 2, proc.stderr  # the sample holds 2 of its 100 episodes
     else:
         write_libero_file(tmp_path / "pick_demo.hdf5", num_demos=4, steps=12, size=32)
-        proc = run_cli("ingest", "libero", tmp_path / "pick_demo.hdf5", "--out", out)
+        codec = ["--frame-codec", "video"] if source == "libero_video" else []
+        proc = run_cli("ingest", "libero", tmp_path / "pick_demo.hdf5", "--out", out, *codec)
         assert proc.returncode == 0, proc.stderr
     store = EpisodicStore(out)
     assert store.num_episodes >= 2 and store.schema.of_kind("image")
+    assert bool(_video_files(store)) == (source == "libero_video")
     _round_trip(tmp_path, store)
 
 
@@ -377,3 +404,51 @@ def test_real_nyu_stores_do_not_merge_across_sizes(tmp_path, shared_data) -> Non
     with pytest.raises(SchemaError) as err:
         merge_stores(stores, EditTarget(out=str(tmp_path / "m")))
     assert "obs.rgb: shape" in str(err.value) and "obs.depth: shape" in str(err.value)
+
+
+def _mp4(store: EpisodicStore, key: str) -> bytes:
+    folder = Path(store.root) / "data" / "obs.rgb.top" / "video"
+    return (folder / f"{store.episode_keys.index(key):06d}.mp4").read_bytes()
+
+
+def _assert_videos_copied(out: EpisodicStore, *sources: EpisodicStore) -> None:
+    """Each episode of `out` has its source's MP4 bytes and decoded frames, and `out` verifies clean."""
+    for src in sources:
+        for e, key in enumerate(src.episode_keys):
+            if key in out.episode_keys:
+                assert _mp4(out, key) == _mp4(src, key)
+                np.testing.assert_array_equal(out.read(out.episode_keys.index(key), ["obs.rgb.top"])["obs.rgb.top"],
+                                              src.read(e, ["obs.rgb.top"])["obs.rgb.top"])
+    report = verify_store(out.root)
+    assert report.ok and not report.warnings, report.summary()
+
+
+def test_video_fields_are_copied_as_mp4_files(tmp_path, episodes, caplog) -> None:
+    """A `video` field is copied file for file on delete, split and merge (repeated, edited inputs too): the
+    result equals a fresh video ingest of its episodes, MP4 bytes, frames and stats."""
+    src = _write(tmp_path / "src", episodes, codec="video")
+    with caplog.at_level("WARNING", logger="shardyard.stores.edit_copy"):
+        delete_episodes(src.root, EpisodeSelection(episodes="1,4"), EditTarget(out=str(tmp_path / "d")))
+        split_store(src.root, [(str(tmp_path / "a"), 0.5), (str(tmp_path / "b"), 0.5)], seed=0, target=EditTarget())
+        merge_stores([str(tmp_path / "b"), str(tmp_path / "a")], EditTarget(out=str(tmp_path / "m")))
+    assert "re-encoded" not in caplog.text
+    for name in ("d", "a", "b", "m"):
+        out = EpisodicStore(tmp_path / name)
+        assert json.loads((Path(out.root) / "data/obs.rgb.top/zarr.json").read_text())["attributes"][
+            "frame_codec"]["name"] == "video"
+        _assert_videos_copied(out, src)
+        _assert_same_store(out, _write(tmp_path / f"fresh_{name}", [e for e in episodes if e.key in out.episode_keys],
+                                       codec="video"))
+
+
+def test_video_merge_with_other_codec_reencodes_only_those(tmp_path, episodes, caplog) -> None:
+    """Merging a video store with an lz4 one: the output takes the first input's codec; the video episodes
+    keep their MP4 bytes, the lz4 ones are encoded (with a warning), as a fresh video ingest would."""
+    v = _write(tmp_path / "v", [episodes[i] for i in (0, 2, 4)], codec="video")
+    raw = _write(tmp_path / "raw", [episodes[i] for i in (1, 3)])
+    with caplog.at_level("WARNING", logger="shardyard.stores.edit_copy"):
+        merge_stores([v.root, raw.root], EditTarget(out=str(tmp_path / "m")))
+    assert "frames are re-encoded" in caplog.text
+    merged = EpisodicStore(tmp_path / "m")
+    _assert_videos_copied(merged, v)
+    _assert_same_store(merged, _write(tmp_path / "fresh", episodes[:5], codec="video"))

@@ -1,15 +1,17 @@
 """Feature store: layout invariants, writer protocol (key refusal, completion records, manifest last),
-fast reads equal to zarr-python, stats."""
+fast reads equal to zarr-python, stats, a crc32c per stored token chunk (also after a torn batch is rewritten)."""
 
 from __future__ import annotations
 
 import json
 
+import google_crc32c
 import numpy as np
 import pytest
 import zarr
 
 from shardyard.errors import ConfigError, StoreError
+from shardyard.stores.checksums import CHUNK_CRC, read_crc32c
 from shardyard.stores.features import (
     FeatureLayout,
     FeatureStore,
@@ -19,6 +21,7 @@ from shardyard.stores.features import (
     open_features,
     write_batch,
 )
+from shardyard.stores.verify import verify_store
 
 
 @pytest.mark.parametrize("n,batch,shard", [(1, 1, 0), (10, 3, 6), (100, 8, 0), (37, 4, 8), (64, 64, 64)])
@@ -151,13 +154,22 @@ def test_rewriting_recorded_or_torn_batches_keeps_other_rows(tmp_path):
         for a, b in lay.batches():
             write_batch(path, a, x[a:b], x[a:b, 0], np.zeros(b - a, bool))
     (path / "progress" / f"{4:012d}.json").unlink()  # a middle batch: the rows after it are on disk
-    import shardyard.stores.features as features
+    import shardyard.stores.feature_rows as feature_rows
 
-    features._WRITERS.clear()  # a fresh process
+    feature_rows._WRITERS.clear()  # a fresh process
     with FeatureWriter(path, key={}, layout=lay) as w:
         assert (4, 8) not in w.done_batches()
-        write_batch(path, 4, -x[4:8], -x[4:8, 0], np.zeros(4, bool))
+        redo = -x[4:8]
+        redo[1] = 0.0  # a missing frame's zero tokens: zarr stores no chunk for them (the fill value)
+        crc = write_batch(path, 4, redo, redo[:, 0], np.eye(4, dtype=bool)[1])
     got = open_features(path).patch_tokens(0, 16)
     want = x.copy()
-    want[4:8] *= -1
+    want[4:8] = redo
     np.testing.assert_array_equal(got, want)
+    # the checksums of the rewritten batch are those of the bytes zarr stored; the rest are the appender's
+    recorded = read_crc32c(path, CHUNK_CRC, "patch_tokens")
+    assert recorded.shape == (16,) and recorded[5] == 0 and crc["patch_tokens"][1] == 0
+    assert list(recorded[4:8]) == crc["patch_tokens"]
+    assert recorded[0] == google_crc32c.value(x[0].tobytes())
+    report = verify_store(path)
+    assert report.ok and not report.warnings, report.summary()

@@ -18,7 +18,9 @@ from conftest import YAM_EPISODES, YAM_MODEL, run_cli
 from shardyard.errors import ConfigError
 from shardyard.ingest.dino import DinoConfig, ingest_dino
 from shardyard.models.backbones import BackboneConfig
+from shardyard.stores.checksums import CHUNK_CRC, read_crc32c
 from shardyard.stores.features import open_features
+from shardyard.stores.verify import verify_store
 
 ARGS = ["--image-size", "112", "--batch-size", "4"]  # grid 8x8, D 32
 
@@ -72,8 +74,8 @@ def test_ray_path_on_local_ray_gives_identical_tokens(source, tmp_path):
 
     store, ref = source
     started = not ray.is_initialized()  # another test in this worker may have started it
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if started:  # address="local": a new instance, never a cluster another job started
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         out = tmp_path / "ray"
         res = ingest_dino(DinoConfig(store=str(store), out=out, batch_size=4, ray=True, workers=2,
@@ -85,6 +87,8 @@ def test_ray_path_on_local_ray_gives_identical_tokens(source, tmp_path):
     for a, b in zip(_tokens(ref), _tokens(out)):
         np.testing.assert_array_equal(a, b)
     assert open_features(out).stats == open_features(ref).stats
+    # the checksums taken in the Ray actors' processes are those of the local run
+    np.testing.assert_array_equal(read_crc32c(out, CHUNK_CRC, "cls_token"), read_crc32c(ref, CHUNK_CRC, "cls_token"))
 
 
 def test_sigkill_of_driver_then_rerun_equals_uninterrupted(source, tmp_path):
@@ -108,6 +112,32 @@ def test_sigkill_of_driver_then_rerun_equals_uninterrupted(source, tmp_path):
     for a, b in zip(_tokens(ref), _tokens(out)):
         np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
     assert open_features(out).stats == open_features(ref).stats
+    for name in ("patch_tokens", "cls_token"):  # checksums of the killed run's batches and the rerun's
+        np.testing.assert_array_equal(read_crc32c(out, CHUNK_CRC, name), read_crc32c(ref, CHUNK_CRC, name))
+    report = verify_store(out)
+    assert report.ok and not report.warnings, report.summary()
+
+
+def test_verify_names_a_flipped_byte_in_a_token_chunk(source, tmp_path):
+    """`shardyard verify` (CLI) of a fresh `ingest dino` store: intact, then, with one byte of a raw float16
+    token chunk flipped (it still decodes), exit 1 naming the sample, its YAM episode and step, and the field."""
+    store, ref = source
+    ok = run_cli("verify", ref)
+    assert ok.returncode == 0 and "intact" in ok.stdout and "WARNING" not in ok.stdout, ok.stdout
+    out = tmp_path / "copy"
+    shutil.copytree(ref, out)
+    fs = open_features(out)
+    row = int(fs.episode_ends[0]) + 2  # step 2 of the second episode
+    rows = fs.layout.shard_rows
+    shard = out / "patch_tokens" / "c" / str(row // rows) / "0" / "0"
+    index = np.frombuffer(shard.read_bytes()[-(16 * rows + 4):-4], dtype="<u8").reshape(rows, 2)
+    data = bytearray(shard.read_bytes())
+    data[int(index[row % rows, 0]) + 7] ^= 0x40
+    shard.write_bytes(bytes(data))
+    bad = run_cli("verify", out)
+    key = fs.manifest["source"]["episode_keys"][1]
+    assert bad.returncode == 1 and f"sample {row}: chunk crc32c" in bad.stdout, bad.stdout
+    assert f"episode={key}" in bad.stdout and "step=2" in bad.stdout and "field=patch_tokens" in bad.stdout
 
 
 def test_different_provenance_key_is_refused(source):

@@ -30,7 +30,9 @@ from shardyard.models.backbones import BackboneConfig
 from shardyard.stores.features import open_features
 from shardyard.stores.remote import StagedStore, pull, push
 from shardyard.stores.remote_fs import parse_storage_options
+from shardyard.stores.verify import verify_store
 from shardyard.stores.wds import Sample, ShardWriter
+from shardyard.stores.zarr_shard import read_shard_index
 from shardyard.testing import SyntheticConfig, write_synthetic_yam
 from shardyard.video import write_video
 
@@ -169,6 +171,37 @@ def test_push_is_resumable_and_pull_checks_every_file(s3, local, pushed, tmp_pat
         fs.pipe_file(f"{BUCKET}/yam/{name}", good)
 
 
+def test_verify_a_store_in_the_bucket(s3, local, pushed):
+    """`shardyard verify s3://...` (CLI) of each pushed store is clean; a flipped byte inside a frame chunk
+    of the bucket's copy and a deleted object are each named by their s3:// file, field and episode."""
+    for url in pushed.values():
+        proc = run_cli("verify", url, "--storage-option", f"endpoint_url={s3.endpoint}")
+        assert proc.returncode == 0 and "intact" in proc.stdout and "downloaded" in proc.stdout, proc.stdout
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    field, store = "obs.rgb.front", open_store(str(local / "yam"))
+    rows = json.loads((local / "yam" / "data" / field / "zarr.json").read_text())["chunk_grid"]["configuration"]
+    frames, lowdim = f"data/{field}/c/0/0/0/0", "data/obs.eef_pos/c/0/0"
+    row = int(store.episode_starts[1]) + 1
+    off, n = (int(v) for v in read_shard_index(local / "yam" / frames, rows["chunk_shape"][0])[row])
+    good, kept = fs.cat_file(f"{BUCKET}/yam/{frames}"), fs.cat_file(f"{BUCKET}/yam/{lowdim}")
+    bad = bytearray(good)
+    bad[off + n // 2] ^= 0xFF
+    fs.pipe_file(f"{BUCKET}/yam/{frames}", bytes(bad))
+    fs.rm_file(f"{BUCKET}/yam/{lowdim}")
+    try:
+        report = verify_store(pushed["yam"], storage_options={"endpoint_url": s3.endpoint})
+        chunk = next(d for d in report.damages if "crc32c" in d.reason)
+        assert (chunk.file, chunk.field, chunk.episode, chunk.step) == (
+            f"{pushed['yam']}/{frames}", field, store.episode_keys[1], 1), report.summary()
+        gone = next(d for d in report.damages if d.reason == "file missing")
+        assert gone.file == f"{pushed['yam']}/{lowdim}" and gone.field == "obs.eef_pos"
+        proc = run_cli("verify", pushed["yam"], "--storage-option", f"endpoint_url={s3.endpoint}")
+        assert proc.returncode == 1 and f"file={pushed['yam']}/{frames}" in proc.stdout
+    finally:
+        fs.pipe_file(f"{BUCKET}/yam/{frames}", good)
+        fs.pipe_file(f"{BUCKET}/yam/{lowdim}", kept)
+
+
 def test_ingest_to_bucket_uploads_each_commit_and_the_manifest_last(s3, local):
     url = f"s3://{BUCKET}/ingested"
     start = len(s3.log)
@@ -237,4 +270,7 @@ def test_ingest_dino_from_and_to_the_bucket(s3, local, pushed):
     np.testing.assert_array_equal(a.patch_tokens(0, n), b.patch_tokens(0, n))
     np.testing.assert_array_equal(a.cls_token(0, n), b.cls_token(0, n))
     assert json.loads(fsspec.filesystem("s3").cat_file(f"{BUCKET}/dino_out/checksums.json"))["files"]
+    report = verify_store(url)  # token checksums uploaded with the commits; provenance against the bucket's yam
+    assert report.ok and not report.warnings, report.summary()
+    assert any(f"provenance against {pushed['yam']}" in c for c in report.checked)
     assert os.environ["FSSPEC_S3_ENDPOINT_URL"] == s3.endpoint

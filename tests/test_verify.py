@@ -185,3 +185,43 @@ def test_feature_provenance_and_cli(tmp_path, store) -> None:
     assert verify_store(store.root).ok
     bad = run_cli("verify", feats)
     assert bad.returncode == 1 and "has changed since the tokens were computed" in bad.stdout
+
+
+def test_flipped_byte_in_token_chunk_is_named(tmp_path, store) -> None:
+    """An uncompressed token chunk decodes whatever its bytes: only its crc32c, recorded when it was written,
+    finds a flipped byte; `shardyard verify` names the sample, its source episode and step, and the field."""
+    feats = _features(store, tmp_path / "s.dino")
+    assert read_crc32c(feats, CHUNK_CRC, "patch_tokens").shape == (store.num_steps,)
+    ok = run_cli("verify", feats)
+    assert ok.returncode == 0 and "intact" in ok.stdout and "WARNING" not in ok.stdout, ok.stdout
+    row = int(store.episode_starts[2]) + 3
+    shard = Path(shard_file(str(feats / "patch_tokens"), 0, 3))
+    rows = json.loads((feats / "patch_tokens" / "zarr.json").read_text())["chunk_grid"]["configuration"]
+    off, n = read_shard_index(shard, rows["chunk_shape"][0])[row]
+    _flip(shard, int(off) + int(n) // 2)
+    bad = run_cli("verify", feats)
+    assert bad.returncode == 1, bad.stdout
+    assert f"sample {row}: chunk crc32c" in bad.stdout and "field=patch_tokens" in bad.stdout
+    assert "episode=ep02" in bad.stdout and "step=3" in bad.stdout and f"file={shard}" in bad.stdout
+
+
+@pytest.mark.parametrize("codec", ["lz4", "video"])
+def test_damage_in_an_edit_input_shows_in_the_result(tmp_path, episodes, codec) -> None:  # noqa: F811
+    """Copied frame chunks and MP4s keep the crc32c of their ingest: a byte flipped in the input after it was
+    written is found by `verify` of the edited store, at the episode it moved to."""
+    src = _write(tmp_path / "s", episodes[:4], codec)
+    if codec == "video":
+        damaged = Path(src.root) / "data" / FIELD / "video" / "000002.mp4"
+        _flip(damaged, damaged.read_bytes().index(b"mdat") + 40)  # inside a frame: the file still decodes
+    else:
+        damaged, index = _image_shard(src)
+        off, n = (int(v) for v in index[int(src.episode_starts[2]) + 1])
+        _flip(damaged, off + n // 2)
+    delete_episodes(src.root, EpisodeSelection(episodes="0"), EditTarget(out=str(tmp_path / "d")))
+    report = verify_store(tmp_path / "d", check_stats=False)
+    (d,) = report.damages
+    assert (d.episode, d.episode_index, d.field) == ("ep02", 1, FIELD) and "crc32c" in d.reason, report.summary()
+    if codec == "video":
+        assert d.file == str(Path(tmp_path, "d", "data", FIELD, "video", "000001.mp4"))
+    else:
+        assert d.step == 1

@@ -132,16 +132,27 @@ def recompute_stats_cmd(store: Store, dry_run: DryRun = False) -> None:
 
 @app.command("verify")
 def verify_cmd(
-    store: Annotated[str, typer.Argument(help="Store path (episodic, features or shards).")],
+    store: Annotated[str, typer.Argument(help="Store path or fsspec URL (episodic, features or shards).")],
     stats: Annotated[bool, typer.Option(help="Recompute stats.json and compare (episodic stores).")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    storage_option: Annotated[Optional[List[str]], typer.Option(
+        "--storage-option", "-S", help="fsspec option of a URL's filesystem, key=value (repeatable), e.g. "
+                                       "endpoint_url=http://127.0.0.1:9000; else fsspec's configuration.")] = None,
+    tmp_dir: Annotated[Optional[str], typer.Option(
+        help="Where a store at a URL is downloaded to be checked (room for the whole store).")] = None,
 ) -> None:
     """Check a store's files (shard indexes, chunks, tar checksums, episode_ends, provenance, stats);
-    exit 0 when intact, 1 with a report naming each damaged episode, field and file."""
+    exit 0 when intact, 1 with a report naming each damaged episode, field and file. A store at a URL
+    (`s3://...`) is downloaded into a temporary folder and checked there."""
     import json
 
+    from shardyard.stores.remote_fs import parse_storage_options
     from shardyard.stores.verify import verify_store
 
-    report = verify_store(store, check_stats=stats)
+    try:
+        options = parse_storage_options(storage_option)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    report = verify_store(store, check_stats=stats, storage_options=options, tmp_dir=tmp_dir)
     typer.echo(json.dumps(report.to_dict(), indent=2) if json_out else report.summary())
     raise typer.Exit(0 if report.ok else 1)

@@ -14,7 +14,9 @@ process, would cost what the parallel readers saved):
                                 inner chunk as stored in the shard file, taken where it was encoded
     meta/video_crc32c/<field>   (E,) uint32, one per episode: crc32c of the episode's MP4 file
 
-Both grow at each commit of the writer and are cut back to the committed count on resume.
+Both grow at each commit of the writer and are cut back to the committed count on resume. A feature store
+has `meta/chunk_crc32c/patch_tokens` and `cls_token` (one per sample), gathered at finalize from its batches'
+completion records (`stores.feature_rows`). Edits copy the recorded values with the bytes they vouch for.
 """
 
 from __future__ import annotations

@@ -5,10 +5,16 @@ Frame fields are copied chunk for chunk: each frame's encoded inner chunk is rea
 file by its index entry (`stores.zarr_shard.read_shard_index`) and handed to `EpisodicWriter` as
 `EncodedRows`, which appends the bytes as they are (no decode, no re-encode), with the episode's stored stats
 part (`meta/stats_parts`), so the stats pass does not read those frames back either. That holds whatever the
-field's one-row-per-chunk codec is (lz4, zstd, raw, and JPEG when its chunks are one frame each), provided
-the output array gets the same codec; where it cannot (a layout that is not one frame per chunk, such as a
-video GOP, or sources of a merge with different codecs) the frames are decoded and re-encoded, with a
-warning. Low-dim fields are read and written through zarr (they are small).
+field's one-row-per-chunk codec is (lz4, zstd, raw, and JPEG when its chunks are one frame each). A field
+stored with the `video` codec is copied episode for episode: the episode's MP4 file as it is (copied into the
+writer's spill folder, which the writer renames into place), its `frame_index` rows (pts and keyframe step
+are relative to the episode's own file) and its stats part, as an `EncodedVideo`. Both hand over the crc32c
+recorded at the source's ingest (`meta/chunk_crc32c`, `meta/video_crc32c`) rather than one taken from the
+bytes read now, so a source byte damaged since its ingest still fails `verify` on the result. All of this
+holds when the output field gets the source's codec (`_frame_codec_name` reads each field's codec off the
+first source's arrays); where it cannot (sources of a merge with different codecs, or a different video
+GOP/CRF) the frames are decoded and re-encoded, with a warning. Low-dim fields are read and written through
+zarr (they are small).
 
 The stats of the result come from `stats.compute_stats` on it, with the copied per-episode frame parts:
 every part is a function of its episode's data alone (`stats.parts`: data-independent buckets), so the
@@ -24,19 +30,23 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import zarr
 
 from shardyard.errors import StoreError
 from shardyard.schema import Episode, Schema
+from shardyard.stores.checksums import CHUNK_CRC, VIDEO_CRC, read_crc32c
 from shardyard.stores.episodic import FRAME_KINDS, STATS_PARTS, EpisodicStore
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows
+from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows, EncodedVideo
 from shardyard.stores.manifest import read_json
 from shardyard.stores.stats import StatsConfig, compute_stats
+from shardyard.stores.video_frames import INDEX, VideoCodec, video_codec_of, video_name
 from shardyard.stores.zarr_shard import EMPTY, load_array_meta, read_shard_index, shard_file
 
 log = logging.getLogger(__name__)
@@ -83,16 +93,30 @@ def frame_parts_of(store: EpisodicStore) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _recorded_crc(store: EpisodicStore, kind: str, field_name: str, n: int) -> np.ndarray | None:
+    """The crc32c array the source recorded at ingest, when it covers all `n` rows (else None: the writer
+    takes them from the bytes)."""
+    crc = read_crc32c(store.root, kind, field_name)
+    return crc if crc is not None and len(crc) == n else None
+
+
 class _FrameSource:
     """Encoded chunks of one frame field of a local source store, read by the shard index."""
 
-    def __init__(self, store: EpisodicStore, field_name: str) -> None:
+    def __init__(self, store: EpisodicStore, field_name: str, meta: dict[str, Any]) -> None:
         self.dir = os.path.join(store.root, "data", field_name)
-        self.meta = load_array_meta(self.dir)
-        self.codec = ChunkCodec.for_array(self.meta)
-        self.shard_rows = int(self.meta["chunk_grid"]["configuration"]["chunk_shape"][0])
-        self.ndim = len(self.meta["shape"])
+        self.meta = meta
+        self.codec: ChunkCodec | None = ChunkCodec.for_array(meta)
+        self.shard_rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        self.ndim = len(meta["shape"])
         self.field = field_name
+        self.crc = _recorded_crc(store, CHUNK_CRC, field_name, store.num_steps)
+
+    def rows(self, start: int, stop: int, key: str, spec: Any, stats_part: dict[str, Any] | None) -> EncodedRows:
+        """Global rows `[start, stop)` (one episode, `spec` its `FieldSpec`) as `EncodedRows`."""
+        return EncodedRows(chunks=self.chunks(start, stop, key), shape=(stop - start,) + tuple(spec.shape),
+                           dtype=np.dtype(spec.dtype), stats_part=stats_part,
+                           crc32c=None if self.crc is None else self.crc[start:stop].tolist())
 
     def chunks(self, start: int, stop: int, key: str) -> list[bytes]:
         """Encoded chunks of global rows `[start, stop)`. Raises StoreError for a missing chunk or index."""
@@ -112,26 +136,56 @@ class _FrameSource:
         return out
 
 
+class _VideoSource:
+    """The per-episode MP4 files of one video field of a local source store, with its frame index and the
+    files' recorded crc32c."""
+
+    def __init__(self, store: EpisodicStore, field_name: str, meta: dict[str, Any]) -> None:
+        self.dir = os.path.join(store.root, "data", field_name)
+        self.codec: VideoCodec | None = video_codec_of(meta)
+        self.index = np.asarray(zarr.open_array(os.path.join(self.dir, INDEX), mode="r")[:], dtype=np.int64)
+        self.field = field_name
+        self.crc = _recorded_crc(store, VIDEO_CRC, field_name, store.num_episodes)
+
+    def episode(self, e: int, start: int, stop: int, key: str, spec: Any, stats_part: dict[str, Any] | None,
+                spill_dir: str | os.PathLike) -> EncodedVideo:
+        """Episode `e` (global rows `[start, stop)`) as an `EncodedVideo` whose `path` is a copy of its MP4 in
+        `spill_dir` (the writer renames it into place). Raises StoreError when the file is missing."""
+        src = os.path.join(self.dir, video_name(e))
+        if not os.path.isfile(src):
+            raise StoreError("video file missing", path=src, key=key, field=self.field)
+        fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=spill_dir)
+        os.close(fd)
+        shutil.copyfile(src, tmp)  # sendfile: the bytes stay in the kernel
+        return EncodedVideo(index=self.index[start:stop].copy(), shape=(stop - start,) + tuple(spec.shape),
+                            dtype=np.dtype(spec.dtype), path=tmp, stats_part=stats_part,
+                            crc32c=None if self.crc is None else int(self.crc[e]))
+
+
+_CODEC_TOKENS = {"blosc": "lz4", "zstd": "zstd", "none": "none"}
+
+
 def _frame_codec_name(plan: CopyPlan) -> str:
-    """The writer's `frame_codec` that reproduces the first source's image chunks: the one its ingest
-    recorded (`frame_codec`, or `image_codec` in stores written before the frame codecs), else read off the
-    array's codec."""
+    """The writer's `frame_codec` that reproduces the first source's image fields under their output names,
+    read off each field's stored codec (`video:CRF`, `jpeg:QUALITY`, lz4, zstd, none), not off the recorded
+    ingest option: an edited store records none, and a field JPEG or video could not hold was stored lz4."""
     first = plan.sources[0]
-    config = (first.manifest.get("provenance") or {}).get("config") or {}
-    recorded = config.get("frame_codec") or config.get("image_codec")
-    if recorded:
-        return str(recorded)
-    for name in plan.fields.values():
-        if first.schema[name].kind == "image":
-            codec = ChunkCodec.for_array(load_array_meta(os.path.join(first.root, "data", name)))
-            if codec is not None:
-                quality = dict(codec.config).get("quality")
-                return {"blosc": "lz4", "zstd": "zstd", "none": "none",
-                        "jpeg": f"jpeg:{quality}" if quality else "jpeg"}.get(codec.name, "lz4")
-    return "lz4"
+    tokens = ["lz4"]
+    for new, old in plan.fields.items():
+        if first.schema[old].kind != "image":
+            continue
+        meta = load_array_meta(os.path.join(first.root, "data", old))
+        video, codec = video_codec_of(meta), ChunkCodec.for_array(meta)
+        if video is not None:
+            tokens.append(f"{new}=video:{video.crf}")
+        elif codec is not None:
+            quality = dict(codec.config).get("quality")
+            name = (f"jpeg:{quality}" if quality else "jpeg") if codec.name == "jpeg" else _CODEC_TOKENS[codec.name]
+            tokens.append(f"{new}={name}")
+    return ",".join(tokens)
 
 
-def _read_episode(plan: CopyPlan, i: int, frames: dict[tuple[int, str], _FrameSource],
+def _read_episode(plan: CopyPlan, i: int, frames: dict[tuple[int, str], _FrameSource | _VideoSource],
                   writer: EpisodicWriter, parts: dict[int, dict[str, dict[str, Any]]],
                   records: dict[int, list[dict[str, Any]]]) -> Episode:
     s, e = plan.episodes[i]
@@ -146,29 +200,32 @@ def _read_episode(plan: CopyPlan, i: int, frames: dict[tuple[int, str], _FrameSo
         if new not in writer.codecs:
             continue
         fs = frames.get((s, old))
-        spec = src.schema[old]
-        if fs is None or fs.codec != writer.codecs[new]:
+        if fs is None:
             steps[new] = src.read(e, [old])[old]  # decoded; the writer re-encodes
             continue
         stats_part = parts[s].get(rec["key"], {}).get(old)
-        steps[new] = EncodedRows(chunks=fs.chunks(start, stop, rec["key"]), shape=(stop - start,) + spec.shape,
-                                 dtype=np.dtype(spec.dtype), stats_part=stats_part)
+        if isinstance(fs, _VideoSource):
+            steps[new] = fs.episode(e, start, stop, rec["key"], src.schema[old], stats_part, writer.spill_dir)
+        else:
+            steps[new] = fs.rows(start, stop, rec["key"], src.schema[old], stats_part)
     meta = {k: v for k, v in rec.items() if k not in ("key", "length")}
     return Episode(key=key, steps=steps, meta=meta)
 
 
-def _frame_sources(plan: CopyPlan, writer: EpisodicWriter) -> dict[tuple[int, str], _FrameSource]:
-    out = {}
+def _frame_sources(plan: CopyPlan, writer: EpisodicWriter) -> dict[tuple[int, str], _FrameSource | _VideoSource]:
+    """The frame fields that can be copied as stored: those whose source codec equals the output's."""
+    out: dict[tuple[int, str], _FrameSource | _VideoSource] = {}
     warned = set()
     for s, src in enumerate(plan.sources):
         for new, old in plan.fields.items():
             if new not in writer.codecs or src.schema[old].kind not in FRAME_KINDS:
                 continue
-            fs = _FrameSource(src, old)
+            meta = load_array_meta(os.path.join(src.root, "data", old))
+            fs = _VideoSource(src, old, meta) if video_codec_of(meta) is not None else _FrameSource(src, old, meta)
             if fs.codec is None or fs.codec != writer.codecs[new]:
                 if new not in warned:
-                    log.warning("%s: codec of %s differs from the output's %s: frames are re-encoded",
-                                old, src.url, writer.codecs[new])
+                    log.warning("%s: codec of %s (%s) differs from the output's %s: frames are re-encoded",
+                                old, src.url, fs.codec, writer.codecs[new])
                     warned.add(new)
                 continue
             out[(s, old)] = fs

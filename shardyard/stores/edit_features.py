@@ -7,6 +7,12 @@ match its source store, and the inputs of a merge must share the rest of the key
 preprocessing, field, dtype) and the layout (grid, embed dim, patch size); every mismatch is listed at
 once. The result's key is the inputs' with the new store's fingerprint and step count, so `ingest dino` on
 the edited store resumes it as complete; its token stats are recomputed from the copied tokens.
+
+Checksums: the copied tokens are written by `write_batch`, which records the crc32c of each stored chunk
+like `ingest dino` does. Where an input's chunk codec is the output's (the same bytes, then), each new
+crc32c must equal the one the input recorded for that sample: a token damaged in the input since it was
+written is refused (StoreError naming the sample, its episode and the input) rather than copied into a
+store whose new checksums would vouch for it.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from shardyard.errors import ConfigError
+from shardyard.errors import ConfigError, StoreError
+from shardyard.stores.checksums import CHUNK_CRC, read_crc32c
 from shardyard.stores.edit_copy import CopyPlan
 from shardyard.stores.episodic import EpisodicStore
+from shardyard.stores.feature_rows import TOKEN_ARRAYS
 from shardyard.stores.features import (
     FeatureLayout,
     FeatureStore,
@@ -86,16 +94,52 @@ def _rows(plan: CopyPlan) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(src), np.concatenate(rows)
 
 
+def _runs(src: np.ndarray, rows: np.ndarray) -> list[tuple[int, int, int]]:
+    """(source, first row, stop row) of each run of consecutive rows of one source, in order."""
+    cut = np.flatnonzero((np.diff(src) != 0) | (np.diff(rows) != 1)) + 1
+    return [(int(src[a]), int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(np.r_[0, cut], np.r_[cut, len(rows)])]
+
+
 def _gather(stores: list[FeatureStore], src: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
     """Patch tokens, CLS tokens and missing flags of the given (source, row) pairs, one read per run."""
     patch, cls, missing = [], [], []
-    cut = np.flatnonzero((np.diff(src) != 0) | (np.diff(rows) != 1)) + 1
-    for a, b in zip(np.r_[0, cut], np.r_[cut, len(rows)]):
-        fs, r0, r1 = stores[int(src[a])], int(rows[a]), int(rows[b - 1]) + 1
+    for s, r0, r1 in _runs(src, rows):
+        fs = stores[s]
         patch.append(fs.patch_tokens(r0, r1))
         cls.append(fs.cls_token(r0, r1))
         missing.append(fs.missing[r0:r1])
     return np.concatenate(patch), np.concatenate(cls), np.concatenate(missing)
+
+
+def _recorded(stores: list[FeatureStore], out_codec: ChunkCodec | None) -> list[dict[str, np.ndarray]]:
+    """Per input: array -> its recorded crc32c `(N,) uint32`, for the inputs whose chunks the output encodes
+    to the same bytes (same chunk codec); arrays without recorded checksums are left out."""
+    out = []
+    for fs in stores:
+        same = ChunkCodec.for_array(load_array_meta(str(fs.path / "patch_tokens"))) == out_codec
+        crcs = {name: read_crc32c(fs.path, CHUNK_CRC, name) for name in TOKEN_ARRAYS} if same else {}
+        out.append({k: v for k, v in crcs.items() if v is not None and len(v) == fs.num_samples})
+    return out
+
+
+def _check_carried(crc: dict[str, list[int]], recorded: list[dict[str, np.ndarray]], stores: list[FeatureStore],
+                   src: np.ndarray, rows: np.ndarray) -> None:
+    """Raise StoreError when a copied chunk's new crc32c differs from the one its input recorded (0: the
+    input stored no bytes for that sample, zarr's fill value; nothing to compare)."""
+    i = 0
+    for s, r0, r1 in _runs(src, rows):
+        for name, want in recorded[s].items():
+            got = np.asarray(crc[name][i:i + r1 - r0], dtype=np.uint32)
+            bad = np.flatnonzero((got != want[r0:r1]) & (want[r0:r1] != 0))
+            if len(bad):
+                row, ends = r0 + int(bad[0]), stores[s].episode_ends
+                e = int(np.searchsorted(ends, row, side="right"))
+                keys = (stores[s].manifest.get("source") or {}).get("episode_keys") or []
+                step = row - (int(ends[e - 1]) if e else 0)
+                raise StoreError(f"{name}: sample {row} (episode {keys[e] if len(keys) == len(ends) else e}, step "
+                                 f"{step}) differs from the crc32c recorded when it was written (damaged input; "
+                                 "`shardyard verify` it)", path=str(stores[s].path), field=name)
+        i += r1 - r0
 
 
 def edit_features(plan: CopyPlan, features: Sequence[str], new_store: EpisodicStore, out: str | os.PathLike,
@@ -118,7 +162,9 @@ def edit_features(plan: CopyPlan, features: Sequence[str], new_store: EpisodicSt
                               episode_ends=new_store.episode_ends.tolist(), source=source)
     src, rows = _rows(plan)
     with FeatureWriter(out, key=key, layout=layout, config=cfg) as writer:
+        recorded = _recorded(stores, ChunkCodec.for_array(load_array_meta(str(writer.path / "patch_tokens"))))
         for a, b in writer.layout.batches():
             patch, cls, missing = _gather(stores, src[a:b], rows[a:b])
-            write_batch(writer.path, a, patch, cls, missing)
+            crc = write_batch(writer.path, a, patch, cls, missing)
+            _check_carried(crc, recorded, stores, src[a:b], rows[a:b])
     return FeatureStore(out)

@@ -6,8 +6,10 @@ Layout of a feature store directory:
     cls_token/                (N, D), same sharding along axis 0
     missing/                  (N,) bool: True where the source frame failed to decode (from the records)
     key.json                  provenance key + layout, written before any token; another key is refused
-    progress/<start>.json     completion record of the batch [start, stop) (missing rows, error rows)
+    progress/<start>.json     completion record of the batch [start, stop) (missing rows, error rows, crc32c
+                              of each stored chunk: `stores.feature_rows`, which writes the rows)
     meta/episode_ends/        (E,) int64, copied from the source store
+    meta/chunk_crc32c/<a>/    (N,) uint32 crc32c of each stored chunk of patch_tokens / cls_token, from the records
     stats.json                per-channel mean/std of patch and CLS tokens, 3-component PCA basis
     report.json               frames that failed to decode (index, episode, field, reason)
     manifest.json             written last: no manifest, no store
@@ -33,11 +35,11 @@ from zarr.codecs import ZstdCodec
 from shardyard.errors import ConfigError, StoreError
 from shardyard.schema import FieldSpec, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
-from shardyard.stores.frame_encoding import ChunkCodec
+from shardyard.stores.feature_rows import CLS, MISSING, PATCH, PROGRESS_DIR, write_batch, write_chunk_crc32c
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
 from shardyard.stores.remote_fs import ProcessLocalFS, is_remote
 from shardyard.stores.stats.tokens import token_stats
-from shardyard.stores.zarr_shard import ShardAppender, ShardReader, load_array_meta
+from shardyard.stores.zarr_shard import ShardReader, load_array_meta
 
 __all__ = ["CLS", "FIELD_NAMES", "FORMAT", "FORMAT_VERSION", "FeatureLayout", "FeatureStore", "FeatureWriter",
            "FeatureWriterConfig", "KEY_FILE", "MISSING", "PATCH", "PROGRESS_DIR", "bf16_bits_to_float32", "key_diff",
@@ -48,8 +50,6 @@ log = logging.getLogger(__name__)
 FORMAT = "features-zarr3"
 FORMAT_VERSION = 1
 KEY_FILE = "key.json"
-PROGRESS_DIR = "progress"
-PATCH, CLS, MISSING = "patch_tokens", "cls_token", "missing"
 FIELD_NAMES = {PATCH: "dino.patch_tokens", CLS: "dino.cls_token", MISSING: "dino.missing"}
 _SHARD_TARGET_BYTES = 16 << 20
 
@@ -116,14 +116,6 @@ def storage_dtype(name: str) -> np.dtype:
 def bf16_bits_to_float32(x: np.ndarray) -> np.ndarray:
     """uint16 bfloat16 bit patterns -> float32 (exact)."""
     return (x.astype(np.uint32) << 16).view(np.float32)
-
-
-def _to_stored(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if dtype != np.uint16:
-        return x.astype(dtype, copy=False)
-    import torch  # bfloat16 bits, rounded to nearest even by torch
-    bits = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(torch.bfloat16).view(torch.int16)
-    return bits.numpy().view(np.uint16)
 
 
 def key_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -237,6 +229,7 @@ class FeatureWriter:
         mask = np.zeros(self.layout.num_samples, dtype=bool)
         mask[missing] = True
         zarr.open_array(str(self.path / MISSING), mode="r+")[:] = mask
+        write_chunk_crc32c(self.path, self.layout.num_samples, records)
         atomic_write_json(self.path / "report.json", {"num_samples": self.layout.num_samples,
                                                       "num_missing": len(missing), "missing": missing,
                                                       "errors": errors, **self.run_info})
@@ -255,58 +248,6 @@ class FeatureWriter:
                         num_episodes=len(self.cfg.episode_ends), num_steps=lay.num_samples,
                         source=self.cfg.source, provenance=provenance({"key": self.key}), split=self.cfg.split,
                         extra={"layout": lay.to_dict(), "key": self.key})
-
-
-_WRITERS: dict[tuple[int, str], dict[str, Any]] = {}
-
-
-def _array_writer(root: Path, name: str) -> dict[str, Any]:
-    """Per-process writer state of one array: `ShardAppender` fast path (pre-encoded one-row chunks
-    concatenated into shard files, `stores/zarr_shard.py`) and the zarr array as the general fallback."""
-    states = _WRITERS.setdefault((os.getpid(), str(root)), {})
-    if name not in states:
-        meta = load_array_meta(str(root / name))
-        codec = ChunkCodec.for_array(meta)
-        shard_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
-        states[name] = {"codec": codec, "zarr": zarr.open_array(str(root / name), mode="r+"),
-                        "app": ShardAppender(root / name, shard_rows, len(meta["shape"]), n_rows=-1)}
-    return states[name]
-
-
-def _write_rows(root: Path, name: str, start: int, x: np.ndarray) -> None:
-    st = _array_writer(root, name)
-    x = _to_stored(x, st["zarr"].dtype)
-    app = st["app"]
-    if st["codec"] is not None:
-        try:
-            if app.n_rows != start:
-                if app.has_rows_from(start):
-                    raise ValueError("shard already holds rows past the start")
-                app.load(start)  # a new shard, or resuming one: re-read its committed rows
-            app.append(st["codec"].encode_rows(x).chunks)
-            return
-        except (OSError, ValueError) as e:  # rows before `start` in this shard are not all there
-            log.debug("append path not usable at row %d of %s (%s); writing through zarr", start, name, e)
-            app.n_rows = -1
-    st["zarr"][start:start + len(x)] = x
-
-
-def write_batch(path: str | os.PathLike, start: int, patch_tokens: np.ndarray, cls_token: np.ndarray,
-                missing: np.ndarray, errors: list[dict[str, Any]] | None = None) -> None:
-    """Write the tokens of samples `[start, start + B)` and then their completion record (which also
-    carries the batch's missing rows; the `missing` array is filled from the records at finalize).
-
-    patch_tokens `(B, h*w, D)`, cls_token `(B, D)` (any float dtype; cast to the store's), missing `(B,)`
-    bool. Safe to call from any process, provided one shard is only ever written by one process at a time;
-    fastest when a shard's batches come in order (the shard file is then appended, not re-encoded).
-    """
-    root = Path(path)
-    stop = start + patch_tokens.shape[0]
-    _write_rows(root, PATCH, start, patch_tokens)
-    _write_rows(root, CLS, start, cls_token)
-    atomic_write_json(root / PROGRESS_DIR / f"{start:012d}.json", {
-        "start": int(start), "stop": int(stop), "missing": (np.flatnonzero(missing) + start).tolist(),
-        "errors": errors or []})
 
 
 class FeatureStore:

@@ -8,19 +8,29 @@ field's MP4 against its recorded crc32c (`meta/video_crc32c/<field>`); every oth
 the stored per-episode parts and the contents) and compared, value for value, with the stored one. Each
 finding names the episode (key and index), field, step and file where they are known. A store written before
 checksums were recorded gets a warning ("no checksums recorded"), its frame chunks decoded instead (a flipped
-byte is then found only when the codec notices). Feature stores: shard indexes and chunks as above, and the
-provenance key's source fingerprint against the source store named in the manifest (when it is present).
+byte is then found only when the codec notices). Feature stores: shard indexes, and each token chunk against
+the crc32c recorded when it was written (`meta/chunk_crc32c/<array>`, `stores.feature_rows`), each finding
+naming the sample, its source episode and step; and the provenance key's source fingerprint against the
+source store named in the manifest (when it is present).
 Shard stores: each tar's size and sha256 against the manifest.
+
+A store at an fsspec URL (`s3://bucket/store`, `gs://...`) is downloaded file by file, as the bucket holds it,
+into a temporary folder (`tmp_dir`, deleted afterwards; it needs room for the whole store) and checked there,
+every finding naming the file by its URL: verify reads every byte of a store anyway, and checking a local copy
+keeps one set of checks for every place a store can be (a missing or truncated object is missing or truncated
+in the copy).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import google_crc32c
 import numcodecs
 import numpy as np
@@ -31,9 +41,11 @@ from shardyard.stores.checksums import CHECKSUMS, CHUNK_CRC, VIDEO_CRC, read_crc
 from shardyard.stores.edit_copy import frame_parts_of, stats_config_of
 from shardyard.stores.edit_features import manifest_fingerprint
 from shardyard.stores.episodic import EpisodicStore
+from shardyard.stores.feature_rows import TOKEN_ARRAYS
 from shardyard.stores.features import FeatureStore
 from shardyard.stores.frame_encoding import ChunkCodec
 from shardyard.stores.manifest import read_json, sha256_file
+from shardyard.stores.remote_fs import ProcessLocalFS, is_remote
 from shardyard.stores.stats import compute_stats
 from shardyard.stores.video_frames import INDEX, file_crc32c, video_codec_of, video_name
 from shardyard.stores.wds import ShardStore
@@ -97,10 +109,14 @@ def _decoder(codec: ChunkCodec | None):
     return numcodecs.blosc.decompress
 
 
-def _check_sharded(array_dir: str, n_rows: int, owner, name: str, crc: np.ndarray | None = None) -> list[Damage]:
+def _check_sharded(array_dir: str, n_rows: int, owner, name: str, crc: np.ndarray | None = None, *,
+                   unit: str = "row", fill_ok: bool = False) -> list[Damage]:
     """Index crc32c and chunk ranges of every shard of a one-row-per-chunk array, then each chunk's crc32c
     against `crc (n_rows,) uint32` (recorded at ingest) or, without it, whether the chunk decodes;
-    `owner(row)` gives the `Damage` keywords (episode, episode_index, step) of a row."""
+    `owner(row)` gives the `Damage` keywords (episode, episode_index, step) of a row, `unit` names a row in
+    the reasons ("sample" in a feature store). With `fill_ok`, a chunk the index marks as never written is
+    the fill value (zarr leaves out chunks equal to it; a feature store's missing frames are zeros), unless
+    its recorded crc32c says bytes were stored."""
     meta = load_array_meta(array_dir)
     codec = ChunkCodec.for_array(meta)
     rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
@@ -124,14 +140,17 @@ def _check_sharded(array_dir: str, n_rows: int, owner, name: str, crc: np.ndarra
         for k in range(want):
             off, n = index[k]
             row = s * rows + k
+            if off == EMPTY and fill_ok and (crc is None or int(crc[row]) == 0):
+                continue
             if off == EMPTY or int(off) + int(n) > len(data) - index_nbytes(rows):
-                out.append(Damage(f"row {row}: chunk missing or out of the file", path, field=name, **owner(row)))
+                out.append(Damage(f"{unit} {row}: chunk missing or out of the file", path, field=name,
+                                  **owner(row)))
                 continue
             chunk = data[int(off):int(off) + int(n)]
             if crc is not None:
                 got = google_crc32c.value(chunk)
                 if got != int(crc[row]):
-                    out.append(Damage(f"row {row}: chunk crc32c {got:08x} differs from the one recorded at ingest "
+                    out.append(Damage(f"{unit} {row}: chunk crc32c {got:08x} differs from the one recorded at ingest "
                                       f"({int(crc[row]):08x})", path, field=name, **owner(row)))
                 continue
             try:
@@ -139,7 +158,7 @@ def _check_sharded(array_dir: str, n_rows: int, owner, name: str, crc: np.ndarra
             except Exception:  # noqa: BLE001 - any codec error means a damaged chunk
                 ok = False
             if not ok:
-                out.append(Damage(f"row {row}: chunk does not decode", path, field=name, **owner(row)))
+                out.append(Damage(f"{unit} {row}: chunk does not decode", path, field=name, **owner(row)))
     return out
 
 
@@ -259,34 +278,109 @@ def _verify_episodic(path: str, report: VerifyReport, check_stats: bool) -> None
         report.checked.append("stats.json recomputed and compared")
 
 
-def _verify_features(path: str, report: VerifyReport) -> None:
+def _sample_owner(fs: FeatureStore):
+    """`owner(row)` of a feature store: the source episode (key, when the manifest lists them) and step."""
+    ends = np.asarray(fs.episode_ends, dtype=np.int64)
+    starts = np.r_[0, ends[:-1]].astype(np.int64)
+    keys = (fs.manifest.get("source") or {}).get("episode_keys") or []
+
+    def owner(row: int) -> dict[str, Any]:
+        e = int(np.searchsorted(ends, row, side="right"))
+        if e >= len(ends):
+            return {"episode": None, "episode_index": None, "step": None}
+        key = keys[e] if len(keys) == len(ends) else f"episode {e}"
+        return {"episode": key, "episode_index": e, "step": row - int(starts[e])}
+
+    return owner
+
+
+def _source_manifest(src: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The manifest of a feature store's source store (local path or URL), or None when it is not there."""
+    options = (storage_options or {}) if is_remote(src) else {}
+    try:
+        with fsspec.open(f"{src.rstrip('/')}/manifest.json", "rb", **options) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _verify_features(path: str, report: VerifyReport, storage_options: dict[str, Any] | None = None) -> None:
     fs = FeatureStore(path)
-    ends = fs.episode_ends
-    for name in ("patch_tokens", "cls_token"):
-        report.damages += _check_sharded(str(fs.path / name), fs.num_samples,
-                                         lambda r: {"episode": f"sample {r}",
-                                                    "episode_index": int(np.searchsorted(ends, r, "right"))},
-                                         name)
+    owner = _sample_owner(fs)
+    unrecorded = []
+    for name in TOKEN_ARRAYS:
+        crc = read_crc32c(fs.path, CHUNK_CRC, name)
+        if crc is None or len(crc) != fs.num_samples:
+            unrecorded.append(name)
+            crc = None
+        report.damages += _check_sharded(str(fs.path / name), fs.num_samples, owner, name, crc, unit="sample",
+                                         fill_ok=True)
+    if unrecorded:
+        report.warnings.append(f"no checksums recorded for the token chunks of {', '.join(unrecorded)} "
+                               "(decoded instead: a flipped byte in an uncompressed chunk goes unseen)")
     src = (fs.manifest.get("source") or {}).get("path")
-    if src and Path(src, "manifest.json").exists():
-        if manifest_fingerprint(read_json(str(Path(src, "manifest.json")))) != fs.key.get("source_fingerprint"):
+    source_manifest = _source_manifest(src, storage_options) if src else None
+    if source_manifest is not None:
+        if manifest_fingerprint(source_manifest) != fs.key.get("source_fingerprint"):
             report.damages.append(Damage(f"provenance: source store {src} has changed since the tokens were "
                                          "computed (fingerprint differs)", str(fs.path / "key.json")))
         report.checked.append(f"provenance against {src}")
     else:
         report.checked.append("provenance not checked: the manifest names no source store present here")
-    report.checked.append("shard indexes and chunks of patch_tokens, cls_token")
+    report.checked.append(f"shard indexes and chunk crc32c of {', '.join(TOKEN_ARRAYS)}")
 
 
-def verify_store(path: str | os.PathLike, *, check_stats: bool = True) -> VerifyReport:
-    """Check the store at `path` (module docstring); never raises for damage, only reports it."""
+def _download(url: str, local: Path, storage_options: dict[str, Any] | None) -> tuple[int, int]:
+    """Copy every object under `url` into `local`, keeping relative names; returns (files, bytes)."""
+    fs, root = ProcessLocalFS.for_url(url, storage_options)
+    prefix = root.rstrip("/") + "/"
+    try:
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        found = {}
+    files = total = 0
+    for name, info in sorted(found.items()):
+        if not name.startswith(prefix) or info.get("type", "file") == "directory":
+            continue
+        dest = local / name[len(prefix):]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(name, str(dest))
+        files, total = files + 1, total + int(info.get("size") or 0)
+    return files, total
+
+
+def _verify_remote(url: str, check_stats: bool, storage_options: dict[str, Any] | None,
+                   tmp_dir: str | os.PathLike | None) -> VerifyReport:
+    """Download the store at `url` into a temporary folder, verify it there, and name files by their URL."""
+    url = url.rstrip("/")
+    with tempfile.TemporaryDirectory(prefix="shardyard-verify-", dir=tmp_dir) as tmp:
+        local = Path(tmp) / "store"
+        local.mkdir()
+        try:
+            files, nbytes = _download(url, local, storage_options)
+        except Exception as e:  # noqa: BLE001 - an unreachable bucket is a finding, not a traceback
+            report = VerifyReport(url, None)
+            report.damages.append(Damage(f"cannot be downloaded: {type(e).__name__}: {e}", url))
+            return report
+        report = _verify_local(str(local), check_stats, storage_options)
+        here = str(local)
+        report.store = url
+        for d in report.damages:
+            d.reason = d.reason.replace(here, url)
+            d.file = d.file.replace(here, url) if d.file else d.file
+        report.checked = [f"downloaded {files} file(s), {nbytes:,} bytes, to a temporary folder"] + [
+            c.replace(here, url) for c in report.checked]
+    return report
+
+
+def _verify_local(path: str, check_stats: bool, storage_options: dict[str, Any] | None = None) -> VerifyReport:
     fmt = store_format(path)
     report = VerifyReport(str(path), fmt)
     try:
         if fmt == "episodic-zarr3":
             _verify_episodic(str(path), report, check_stats)
         elif fmt == "features-zarr3":
-            _verify_features(str(path), report)
+            _verify_features(str(path), report, storage_options)
         elif fmt == "shards-webdataset":
             store = ShardStore(str(path))
             report.damages += [Damage("size or sha256 differs from the manifest", f"{store.root}/{n}")
@@ -297,3 +391,13 @@ def verify_store(path: str | os.PathLike, *, check_stats: bool = True) -> Verify
     except Exception as e:  # noqa: BLE001 - whatever a damaged store raises becomes a finding
         report.damages.append(Damage(f"cannot be read: {type(e).__name__}: {e}", str(path)))
     return report
+
+
+def verify_store(path: str | os.PathLike, *, check_stats: bool = True, storage_options: dict[str, Any] | None = None,
+                 tmp_dir: str | os.PathLike | None = None) -> VerifyReport:
+    """Check the store at `path`, a local path or an fsspec URL (`storage_options` for its filesystem;
+    `tmp_dir` where a remote store is downloaded to be checked; module docstring); never raises for damage,
+    only reports it."""
+    if is_remote(path):
+        return _verify_remote(str(path), check_stats, storage_options, tmp_dir)
+    return _verify_local(str(path), check_stats)
