@@ -89,17 +89,35 @@ class EpisodicStore:
             raise StoreError(f"not an episodic store (format {mdict.get('format')!r})", path=self.url)
         self.manifest: dict[str, Any] = mdict
         self.schema = Schema.from_dict(mdict["schema"])
-        self._episodes: list[dict[str, Any]] = read_json(self._join("meta/episodes.json"), self._fs)
-        lengths = np.array([e["length"] for e in self._episodes], dtype=np.int64)
-        self.episode_ends = np.cumsum(lengths)
-        self.episode_starts = self.episode_ends - lengths
-        self.stats: dict[str, Any] = self._optional_json("stats.json")
-        self.report: dict[str, Any] = self._optional_json("report.json")
         self._pid = -1
         self._arrays: dict[str, Any] = {}
+        # Opening reads the manifest and the (E,) int64 episode ends, nothing per episode in JSON:
+        # `meta/episodes.json` (~1 kB per episode), stats.json and report.json are read on first use.
+        self._lazy: dict[str, Any] = {}
+        self.episode_ends = np.asarray(self._group()["meta/episode_ends"][:], dtype=np.int64)
+        self.episode_starts = self.episode_ends - np.diff(self.episode_ends, prepend=0)
         self._fast: dict[str, ShardReader | None] = {}
         self._video: dict[str, VideoFrameReader] = {}
         self._cache: dict[str, np.ndarray] = {}
+
+    def _json(self, rel: str, optional: bool) -> Any:
+        if rel not in self._lazy:
+            self._lazy[rel] = self._optional_json(rel) if optional else read_json(self._join(rel), self._fs)
+        return self._lazy[rel]
+
+    @property
+    def _episodes(self) -> list[dict[str, Any]]:
+        return self._json("meta/episodes.json", optional=False)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Parsed stats.json ({} if absent), read on first use."""
+        return self._json("stats.json", optional=True)
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """Parsed report.json ({} if absent), read on first use."""
+        return self._json("report.json", optional=True)
 
     def _join(self, rel: str) -> str:
         return f"{self.root}/{rel}" if self._fs is not None else os.path.join(self.root, rel)
@@ -122,7 +140,7 @@ class EpisodicStore:
     @property
     def num_episodes(self) -> int:
         """Episodes in the store."""
-        return len(self._episodes)
+        return len(self.episode_ends)
 
     @property
     def num_steps(self) -> int:
@@ -141,7 +159,7 @@ class EpisodicStore:
 
     def episode_length(self, episode: int) -> int:
         """Steps of one episode."""
-        return int(self._episodes[episode]["length"])
+        return int(self.episode_ends[episode] - self.episode_starts[episode])
 
     def episode_record(self, episode: int) -> dict[str, Any]:
         """The episode's entry of `meta/episodes.json` as stored (JSON values: key, length, task, fps, ...)."""
