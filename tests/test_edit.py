@@ -441,6 +441,19 @@ def test_video_fields_are_copied_as_mp4_files(tmp_path, episodes, caplog) -> Non
                                        codec="video"))
 
 
+def test_video_copies_keep_a_non_default_gop_and_crf(tmp_path, episodes, caplog) -> None:
+    """A store encoded with `video:28:8` (not the defaults) is edited by copying its MP4s: the output keeps
+    CRF 28 and GOP 8 instead of re-encoding to the current defaults."""
+    src = _write(tmp_path / "src", episodes, codec="video:28:8")
+    with caplog.at_level("WARNING", logger="shardyard.stores.edit_copy"):
+        delete_episodes(src.root, EpisodeSelection(episodes="2"), EditTarget(out=str(tmp_path / "d")))
+    assert "re-encoded" not in caplog.text
+    out = EpisodicStore(tmp_path / "d")
+    codec = json.loads((Path(out.root) / "data/obs.rgb.top/zarr.json").read_text())["attributes"]["frame_codec"]
+    assert (codec["crf"], codec["gop"]) == (28, 8)
+    _assert_videos_copied(out, src)
+
+
 def test_video_merge_with_other_codec_reencodes_only_those(tmp_path, episodes, caplog) -> None:
     """Merging a video store with an lz4 one: the output takes the first input's codec; the video episodes
     keep their MP4 bytes, the lz4 ones are encoded (with a warning), as a fresh video ingest would."""

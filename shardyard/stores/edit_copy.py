@@ -167,7 +167,7 @@ _CODEC_TOKENS = {"blosc": "lz4", "zstd": "zstd", "none": "none"}
 
 def _frame_codec_name(plan: CopyPlan) -> str:
     """The writer's `frame_codec` that reproduces the first source's image fields under their output names,
-    read off each field's stored codec (`video:CRF`, `jpeg:QUALITY`, lz4, zstd, none), not off the recorded
+    read off each field's stored codec (`video:CRF:GOP`, `jpeg:QUALITY`, lz4, zstd, none), not off the recorded
     ingest option: an edited store records none, and a field JPEG or video could not hold was stored lz4."""
     first = plan.sources[0]
     tokens = ["lz4"]
@@ -177,7 +177,7 @@ def _frame_codec_name(plan: CopyPlan) -> str:
         meta = load_array_meta(os.path.join(first.root, "data", old))
         video, codec = video_codec_of(meta), ChunkCodec.for_array(meta)
         if video is not None:
-            tokens.append(f"{new}=video:{video.crf}")
+            tokens.append(f"{new}=video:{video.crf}:{video.gop}")
         elif codec is not None:
             quality = dict(codec.config).get("quality")
             name = (f"jpeg:{quality}" if quality else "jpeg") if codec.name == "jpeg" else _CODEC_TOKENS[codec.name]

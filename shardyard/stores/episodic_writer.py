@@ -55,6 +55,7 @@ from shardyard.stores.frame_encoding import (
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance
 from shardyard.stores.video_frames import (
     DEFAULT_CRF,
+    DEFAULT_GOP,
     INDEX,
     VIDEO_DIR,
     VideoCodec,
@@ -270,8 +271,9 @@ class EpisodicWriter:
             if spec.kind == "image" and token.startswith("video"):
                 why = check_frame_shape(spec.shape, spec.dtype)
                 if why is None and len(spec.shape) == 3 and spec.shape[2] == 3:
-                    crf = token.partition(":")[2]
-                    create_video_field(group, key, spec.to_dict(), VideoCodec(crf=int(crf or DEFAULT_CRF)))
+                    crf, _, gop = token.partition(":")[2].partition(":")
+                    create_video_field(group, key, spec.to_dict(),
+                                       VideoCodec(crf=int(crf or DEFAULT_CRF), gop=int(gop or DEFAULT_GOP)))
                     return
                 log.warning("field %s: not (H, W, 3) uint8; stored with lz4 instead of video", key)
                 token = "lz4"

@@ -38,7 +38,8 @@ DEFAULT_FRAME_CODEC = "jpeg"
 
 def parse_frame_codecs(text: str) -> dict[str, str]:
     """`--frame-codec` text -> {"": default codec, field: codec}: one codec for every image field
-    ("jpeg", "jpeg:90" with a JPEG quality, "video", "video:23" with an H.264 CRF, "lz4", "zstd", "none"),
+    ("jpeg", "jpeg:90" with a JPEG quality, "video", "video:23" with an H.264 CRF, "video:23:8" with a CRF and
+    a GOP in frames, "lz4", "zstd", "none"),
     then any `FIELD=CODEC` overrides, comma separated ("jpeg:90,obs.rgb.wrist=lz4"). Raises ConfigError
     naming the bad entry."""
     out: dict[str, str] = {"": DEFAULT_FRAME_CODEC}
@@ -47,11 +48,14 @@ def parse_frame_codecs(text: str) -> dict[str, str]:
         if not codec or (i == 0) != (not field_name):
             raise ConfigError(f"--frame-codec {text!r}: expected CODEC[,FIELD=CODEC...], got {item!r}")
         name, _, quality = codec.partition(":")
+        quality, _, gop = quality.partition(":") if name == "video" else (quality, "", "")
         top = 100 if name == "jpeg" else 51
         if name not in FRAME_CODECS or (quality and (name not in ("jpeg", "video") or not quality.isdigit()
-                                                     or not int(name == "jpeg") <= int(quality) <= top)):
+                                                     or not int(name == "jpeg") <= int(quality) <= top)) \
+                or (gop and not (gop.isdigit() and 1 <= int(gop) <= 600)):
             raise ConfigError(f"--frame-codec {text!r}: unknown codec {codec!r}; expected one of "
-                              f"{', '.join(FRAME_CODECS)} (jpeg:QUALITY 1-100, video:CRF 0-51)")
+                              f"{', '.join(FRAME_CODECS)} (jpeg:QUALITY 1-100, video:CRF 0-51, "
+                              "video:CRF:GOP with GOP 1-600 frames)")
         out[field_name] = codec
     return out
 
