@@ -182,9 +182,10 @@ def _open_reader(store: str, field_name: str, fps: float | None,
 
 
 def run_unit(path: Path, batches: list[tuple[int, int]], reader: FrameReader, backbone: Backbone,
-             on_batch: Callable[[int], None] | None = None, pool: ThreadPoolExecutor | None = None) -> None:
+             on_batch: Callable[[int], None] | None = None, pool: ThreadPoolExecutor | None = None,
+             node: str | None = None) -> None:
     """Compute and write `batches` (all in one shard, in order), from the first one not recorded on (a
-    resumed or retried unit).
+    resumed or retried unit). `node`: the Ray node id to record with each batch.
 
     With `pool` (2 threads), the next read and the previous write overlap the forward."""
     done = [(path / PROGRESS_DIR / f"{a:012d}.json").exists() for a, _ in batches]
@@ -204,9 +205,9 @@ def run_unit(path: Path, batches: list[tuple[int, int]], reader: FrameReader, ba
         if pending_write is not None:
             pending_write.result()
         if pool:
-            pending_write = pool.submit(write_batch, path, a, patch, cls, missing, errors)
+            pending_write = pool.submit(write_batch, path, a, patch, cls, missing, errors, node)
         else:
-            write_batch(path, a, patch, cls, missing, errors)
+            write_batch(path, a, patch, cls, missing, errors, node)
         if on_batch:
             on_batch(b - a)
     if pending_write is not None:
@@ -227,11 +228,11 @@ class _RayShardWorker:
         import ray
 
         done = []
+        node = ray.get_runtime_context().get_node_id()
         for unit in batch["unit"]:
             batches = [tuple(x) for x in json.loads(str(unit))]
-            run_unit(self.path, batches, self.reader, self.backbone)
+            run_unit(self.path, batches, self.reader, self.backbone, node=node)
             done.append(batches[0][0])
-        node = ray.get_runtime_context().get_node_id()
         return {"shard_start": np.asarray(done, dtype=np.int64), "node_id": np.asarray([node] * len(done))}
 
 

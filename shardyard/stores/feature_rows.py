@@ -101,13 +101,15 @@ def _write_rows(root: Path, name: str, start: int, x: np.ndarray) -> list[int]:
 
 
 def write_batch(path: str | os.PathLike, start: int, patch_tokens: np.ndarray, cls_token: np.ndarray,
-                missing: np.ndarray, errors: list[dict[str, Any]] | None = None) -> dict[str, list[int]]:
+                missing: np.ndarray, errors: list[dict[str, Any]] | None = None,
+                node: str | None = None) -> dict[str, list[int]]:
     """Write the tokens of samples `[start, start + B)` and then their completion record (which also
     carries the batch's missing rows, filled into the `missing` array at finalize, and the crc32c of each
     stored chunk, `{"patch_tokens": [B], "cls_token": [B]}`, which it also returns).
 
     patch_tokens `(B, h*w, D)`, cls_token `(B, D)` (any float dtype; cast to the store's), missing `(B,)`
-    bool. Safe to call from any process, provided one shard is only ever written by one process at a time;
+    bool. `node`: the Ray node id of the process writing, kept in the record (where the work ran). Safe to call
+    from any process, provided one shard is only ever written by one process at a time;
     fastest when a shard's batches come in order (the shard file is then appended, not re-encoded).
     """
     root = Path(path)
@@ -115,7 +117,7 @@ def write_batch(path: str | os.PathLike, start: int, patch_tokens: np.ndarray, c
     crc = {PATCH: _write_rows(root, PATCH, start, patch_tokens), CLS: _write_rows(root, CLS, start, cls_token)}
     atomic_write_json(root / PROGRESS_DIR / f"{start:012d}.json", {
         "start": int(start), "stop": int(stop), "missing": (np.flatnonzero(missing) + start).tolist(),
-        "errors": errors or [], "crc32c": crc})
+        "errors": errors or [], "crc32c": crc, **({"node": node} if node else {})})
     return crc
 
 
