@@ -1,9 +1,10 @@
 """Cost curves: how each cost of a store grows with its number of episodes (issue 14, item 3).
 
-Per size E (default 10^2, 10^3, 10^4; the README also reports 10^5; episodes of 8 steps: 16x16 RGB frames and realistic low-dim
-fields, EEF position in metres, unit quaternions, gripper, 7-D action), each in a fresh process so that its
-peak RSS is its own: ingest seconds per episode (`run_ingest`, one process), peak RSS of the ingest,
-`open_store` seconds, stats-pass seconds (`compute_stats` on the finished store), `EpisodeDataset`
+Per size E (default 10^2, 10^3, 10^4; the README also reports 10^5; episodes of 8 steps: 16x16 RGB frames
+and realistic low-dim fields, EEF position in metres, unit quaternions, gripper, 7-D action): in one fresh
+process, ingest seconds per episode (`run_ingest`, one process), its peak RSS, and stats-pass seconds
+(`compute_stats` on the finished store); then in another fresh process, as a training job would meet the
+store, `open_store` seconds (after a first open has started zarr's event loop), `EpisodeDataset`
 construction seconds and first-batch latency (DataLoader, 2 forked workers), and RSS per DataLoader worker
 after its first batch. Goal: per-episode costs flat (within 1.5x from the smallest size to the largest),
 open time and worker memory sub-linear.
@@ -99,25 +100,36 @@ class _WithRss:
         return {**self.ds[i], "rss_kb": _rss_kb()}
 
 
-def one(num_episodes: int, out: Path) -> dict:
-    """All figures of one size, in this process."""
-    import torch
-
+def ingest_phase(num_episodes: int, out: Path) -> dict:
+    """Ingest and the stats pass, in this process."""
     from shardyard import open_store
     from shardyard.ingest.runner import IngestConfig, run_ingest
-    from shardyard.loaders import EpisodeDataset
     from shardyard.stores.stats import compute_stats
 
     t0 = time.perf_counter()
     run_ingest(SyntheticSource(num_episodes), IngestConfig(out=out, commit_every=256))
     ingest = time.perf_counter() - t0
     peak_ingest = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
     store = open_store(str(out))
-    opened = time.perf_counter() - t0
     t0 = time.perf_counter()
     compute_stats(store)
     stats = time.perf_counter() - t0
+    return {"ingest_s_per_episode": ingest / num_episodes, "ingest_peak_rss_mb": peak_ingest / 1024,
+            "stats_s_per_episode": stats / num_episodes}
+
+
+def load_phase(out: Path) -> dict:
+    """What a training process pays, in a fresh process that did not ingest (so its forked workers do not
+    inherit the ingest's heap): open, `EpisodeDataset` construction, first batch, RSS per worker."""
+    import torch
+
+    from shardyard import open_store
+    from shardyard.loaders import EpisodeDataset
+
+    open_store(str(out))  # zarr's event-loop thread and imports: once per process, not per store
+    t0 = time.perf_counter()
+    open_store(str(out))
+    opened = time.perf_counter() - t0
     t0 = time.perf_counter()
     ds = EpisodeDataset(str(out), {"obs.rgb.front": [0], "action": list(range(4)), "obs.eef_pos": [-1, 0]})
     built = time.perf_counter() - t0
@@ -126,10 +138,14 @@ def one(num_episodes: int, out: Path) -> dict:
                                      multiprocessing_context="fork", generator=torch.Generator().manual_seed(0))
     batch = next(iter(dl))
     first = time.perf_counter() - t0
-    return {"episodes": num_episodes, "ingest_s_per_episode": ingest / num_episodes, "ingest_peak_rss_mb":
-            peak_ingest / 1024, "open_store_s": opened, "stats_s_per_episode": stats / num_episodes,
-            "dataset_init_s": built, "first_batch_s": first,
+    return {"open_store_s": opened, "dataset_init_s": built, "first_batch_s": first,
             "worker_rss_mb": float(batch["rss_kb"].max()) / 1024}
+
+
+def _run_phase(phase: str, n: int, out: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--phase", phase, "--one", str(n), "--out", out],
+                          capture_output=True, text=True, env=os.environ.copy(), check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -137,10 +153,12 @@ def main() -> None:
     ap.add_argument("--sizes", default="100,1000,10000", help="episodes per store, comma-separated (10^5: see README)")
     ap.add_argument("--smoke", action="store_true", help="10 and 100 episodes")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--phase", choices=["ingest", "load"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        sys.stdout.write(json.dumps(one(args.one, Path(args.out))) + "\n")
+        row = ingest_phase(args.one, Path(args.out)) if args.phase == "ingest" else load_phase(Path(args.out))
+        sys.stdout.write(json.dumps(row) + "\n")
         return
     sizes = [10, 100] if args.smoke else [int(s) for s in args.sizes.split(",")]
     units = {"ingest_s_per_episode": "s", "ingest_peak_rss_mb": "MB", "open_store_s": "s",
@@ -148,9 +166,7 @@ def main() -> None:
     base = None
     for n in sizes:  # each size's figures as soon as it is done (10^5 takes most of an hour)
         with tempfile.TemporaryDirectory() as tmp:
-            proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--out", f"{tmp}/store"],
-                                  capture_output=True, text=True, env=os.environ.copy(), check=True)
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row = {"episodes": n, **_run_phase("ingest", n, f"{tmp}/store"), **_run_phase("load", n, f"{tmp}/store")}
         base = base or row
         for k, unit in units.items():
             figure(f"scale.{k}", row[k], unit, f"{base['episodes']} episodes", base[k], episodes=row["episodes"])

@@ -17,7 +17,9 @@ new groups are appended as records after them.
 from __future__ import annotations
 
 import bisect
+import json
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +41,16 @@ def _record_name(first: int) -> str:
 
 @dataclass
 class CommitLog:
-    """The commit log of the episodic store at `root`: `header` (format and schema), the committed
-    `episodes` in store order (`{key, length, meta}`) and the committed `shard_bytes` of each frame field's
-    partial last shard."""
+    """The commit log of the episodic store at `root`: `header` (format and schema), the committed episodes'
+    `keys` and `lengths` (steps) in store order, and the committed `shard_bytes` of each frame field's
+    partial last shard. Per-episode metadata stays on disk (`episodes()` reads it back record by record), so
+    a writer holds ~100 bytes per episode, not its ~1 kB of metadata (10^6 episodes: ~0.1 GB, not ~5 GB of
+    Python objects)."""
 
     root: Path
     header: dict[str, Any]
-    episodes: list[dict[str, Any]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
     shard_bytes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -64,34 +69,71 @@ class CommitLog:
             return None
         header = read_json(str(root / PROGRESS))
         log = cls(root, {k: v for k, v in header.items() if k not in ("episodes", "shard_bytes")},
-                  list(header.get("episodes", [])), dict(header.get("shard_bytes", {})))
-        folder = root / PROGRESS_DIR
-        for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            record = read_json(str(f))
-            if record.get("first") != len(log.episodes):
-                raise StoreError(f"commit log: record starts at episode {record.get('first')}, expected "
-                                 f"{len(log.episodes)} (a record is missing or was copied in)", path=str(f))
-            log.episodes += record["episodes"]
-            log.shard_bytes = dict(record.get("shard_bytes", {}))
+                  shard_bytes=dict(header.get("shard_bytes", {})))
+        for episodes, shard_bytes in log._records(header):
+            log.keys += [e["key"] for e in episodes]
+            log.lengths += [int(e["length"]) for e in episodes]
+            if shard_bytes is not None:
+                log.shard_bytes = shard_bytes
         return log
 
+    def _records(self, header: dict[str, Any] | None = None) -> Iterator[tuple[list[dict[str, Any]], Any]]:
+        """(episodes, shard_bytes) of each record in order, the old layout's header episodes first."""
+        header = read_json(str(self.root / PROGRESS)) if header is None else header
+        n = len(header.get("episodes", []))
+        if n:
+            yield header["episodes"], None
+        folder = self.root / PROGRESS_DIR
+        for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            record = read_json(str(f))
+            if record.get("first") != n:
+                raise StoreError(f"commit log: record starts at episode {record.get('first')}, expected "
+                                 f"{n} (a record is missing or was copied in)", path=str(f))
+            n += len(record["episodes"])
+            yield record["episodes"], dict(record.get("shard_bytes", {}))
+
+    def episodes(self) -> Iterator[dict[str, Any]]:
+        """Every committed episode's `{key, length, meta}`, in store order, read from the records."""
+        for episodes, _ in self._records():
+            yield from episodes
+
     def append(self, episodes: list[dict[str, Any]], shard_bytes: dict[str, int]) -> None:
-        """Commit `episodes` (one record: the commit point of their group) with the shard sizes after them."""
+        """Commit `episodes` (`{key, length, meta}`; one record: the commit point of their group) with the
+        shard sizes after them."""
         folder = self.root / PROGRESS_DIR
         folder.mkdir(exist_ok=True)
-        record = {"first": len(self.episodes), "episodes": to_jsonable(episodes), "shard_bytes": shard_bytes}
+        first = len(self.keys)
+        record = {"first": first, "episodes": to_jsonable(episodes), "shard_bytes": shard_bytes}
         # No fsync: the protocol is against the process dying (the page cache outlives it, and the chunk
         # files a record refers to are not fsynced either); flushing each group cost ~50 ms here.
-        atomic_write_json(folder / _record_name(len(self.episodes)), record, fsync=False, indent=None)
-        self.episodes += record["episodes"]
+        atomic_write_json(folder / _record_name(first), record, fsync=False, indent=None)
+        self.keys += [e["key"] for e in episodes]
+        self.lengths += [int(e["length"]) for e in episodes]
         self.shard_bytes = dict(shard_bytes)
+
+    def write_episodes_json(self, path: str | os.PathLike) -> None:
+        """Write `meta/episodes.json` (`[{key, length, **meta}, ...]`) from the records, one record in memory
+        at a time, atomically (a temp file renamed into place)."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write("[")
+                for i, e in enumerate(self.episodes()):
+                    f.write(("," if i else "") + "\n" + json.dumps({"key": e["key"], "length": e["length"],
+                                                                   **e["meta"]}))
+                f.write("\n]\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def committed_episodes(root: str | os.PathLike) -> list[dict[str, Any]]:
     """Episodes committed so far in the (possibly unfinished) episodic store at `root`: `{key, length,
     meta}` in store order; empty when it has no log."""
     log = CommitLog.read(root)
-    return log.episodes if log is not None else []
+    return list(log.episodes()) if log is not None else []
 
 
 class GroupFiles(Mapping):

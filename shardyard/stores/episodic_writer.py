@@ -128,7 +128,6 @@ class EpisodicWriter:
         self.stats_fn = stats_fn
         self.on_commit: Callable[[], None] | None = None  # called after each commit point (staged upload)
         self.report: dict[str, Any] = {}
-        self._episodes: list[dict[str, Any]] = []
         self._root: zarr.Group | None = None
         self._appenders: dict[str, ShardAppender] = {}
         self._videos: dict[str, VideoFieldFiles] = {}
@@ -173,7 +172,7 @@ class EpisodicWriter:
                 if arr.shape[0] != n:
                     log.info("truncating %s from %d to %d committed steps", name, arr.shape[0], n)
                     arr.resize((n,) + arr.shape[1:])
-            truncate_crc32c(self._root, n, len(self._episodes))
+            truncate_crc32c(self._root, n, self.num_episodes)
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self._root = zarr.open_group(str(self.path), mode="w")
@@ -194,7 +193,7 @@ class EpisodicWriter:
             video = video_codec_of(meta)
             if video is not None:  # files of episodes past the commit are a killed group's: dropped
                 self._videos[key] = VideoFieldFiles(path)
-                self._videos[key].drop_after(len(self._episodes))
+                self._videos[key].drop_after(self.num_episodes)
                 self.codecs[key] = video
                 continue
             codec = ChunkCodec.for_array(meta)
@@ -231,10 +230,9 @@ class EpisodicWriter:
     # -- writing -----------------------------------------------------------------------------------------
     def _set_log(self, log_: CommitLog) -> None:
         self._log = log_
-        self._episodes = log_.episodes  # the log's list: its appends are the commits
         self._shard_bytes = log_.shard_bytes
-        self._keys = {e["key"] for e in self._episodes}
-        self._num_steps = int(sum(e["length"] for e in self._episodes))
+        self._keys = set(log_.keys)
+        self._num_steps = int(sum(log_.lengths))
 
     @property
     def num_steps(self) -> int:
@@ -242,23 +240,29 @@ class EpisodicWriter:
         return self._num_steps
 
     @property
+    def num_episodes(self) -> int:
+        """Committed episodes."""
+        return len(self._log.keys) if self._log is not None else 0
+
+    @property
     def committed_keys(self) -> list[str]:
         """Keys of the committed episodes, in store order."""
-        return [e["key"] for e in self._episodes]
+        assert self._log is not None
+        return list(self._log.keys)
 
     @property
     def stats_parts(self) -> GroupFiles:
         """Stats parts that reader workers made while encoding frames (`EncodedRows.stats_part`), per
         committed episode key and field, read from `meta/stats_parts` on demand (a mapping, not a dict in
         memory); `stats_fn` may use them instead of reading those frames back."""
-        return GroupFiles(self.path / STATS_PARTS, [e["key"] for e in self._episodes])
+        return GroupFiles(self.path / STATS_PARTS, self.committed_keys)
 
     def _load_stats_parts(self) -> None:
         """On resume: a parts file of a group killed before its commit (named by a first episode past the
         committed ones) is deleted; its episodes are read again."""
         folder = self.path / STATS_PARTS
         for f in folder.glob("*.json") if folder.is_dir() else []:
-            if int(f.stem) >= len(self._episodes):
+            if int(f.stem) >= self.num_episodes:
                 f.unlink()
 
     def _create_array(self, group: zarr.Group, key: str, spec) -> None:
@@ -320,7 +324,7 @@ class EpisodicWriter:
             if rows.stats_part is not None:
                 parts[key] = rows.stats_part
             self._pending_bytes += rows.nbytes
-        episode_index = len(self._episodes) + len(self._pending)
+        episode_index = self.num_episodes + len(self._pending)
         videos = {}
         for key, files in self._videos.items():
             value = episode.steps[key]
@@ -356,11 +360,11 @@ class EpisodicWriter:
         for key in self._pending[0].crc:  # before the commit point, like the arrays they check
             video = key in self._videos
             append_crc32c(self._root, VIDEO_CRC if video else CHUNK_CRC, key,
-                          np.concatenate([ep.crc[key] for ep in self._pending]), len(self._episodes) if video else n0)
+                          np.concatenate([ep.crc[key] for ep in self._pending]), self.num_episodes if video else n0)
         parts = {ep.key: ep.parts for ep in self._pending if ep.parts}
         if parts:  # before the commit point, so that a committed episode always has its parts on disk
             (self.path / STATS_PARTS).mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.path / STATS_PARTS / f"{len(self._episodes):08d}.json", {"episodes": parts},
+            atomic_write_json(self.path / STATS_PARTS / f"{self.num_episodes:08d}.json", {"episodes": parts},
                               fsync=False, indent=None)
         self._log.append([{"key": ep.key, "length": ep.num_steps, "meta": to_jsonable(ep.meta)}
                           for ep in self._pending],
@@ -383,17 +387,17 @@ class EpisodicWriter:
             arr = self._root[f"data/{key}"]
             if arr.shape[0] != self.num_steps:
                 arr.resize((self.num_steps,) + arr.shape[1:])
-        ends = np.cumsum([e["length"] for e in self._episodes], dtype=np.int64)
+        assert self._log is not None
+        ends = np.cumsum(self._log.lengths, dtype=np.int64)
         meta = self._root.require_group("meta")
         if "episode_ends" in meta:
             del meta["episode_ends"]
         meta.create_array("episode_ends", data=ends, chunks=(max(len(ends), 1),))
-        atomic_write_json(self.path / "meta" / "episodes.json", [
-            {"key": e["key"], "length": e["length"], **e["meta"]} for e in self._episodes])
+        self._log.write_episodes_json(self.path / "meta" / "episodes.json")
         split = self.cfg.split or split_episodes(self.committed_keys, self.cfg.val_fraction, self.cfg.split_seed)
         manifest = Manifest(
             format=FORMAT, format_version=FORMAT_VERSION, schema=self.schema.to_dict(),
-            num_episodes=len(self._episodes), num_steps=self.num_steps, source=self.cfg.source,
+            num_episodes=self.num_episodes, num_steps=self.num_steps, source=self.cfg.source,
             provenance=provenance(self.cfg.config), split=split,
             extra={"split_seed": self.cfg.split_seed, "val_fraction": self.cfg.val_fraction, **self.cfg.extra})
         atomic_write_json(self.path / "report.json", self.report)
