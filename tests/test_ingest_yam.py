@@ -224,26 +224,31 @@ BAD_I2RT = {"truncated_mp4": _truncate_video, "missing_npy": _missing_npy, "shor
             "length_mismatch": _length_mismatch, "nan": _nan, "incomplete": _no_flag, "pickle": _pickled_npy}
 
 
-@pytest.mark.parametrize("case", sorted(BAD_I2RT))
-def test_bad_i2rt_episode_is_reported_and_skipped(yam_raw, tmp_path, case):
-    raw = yam_raw(3)
+def test_bad_i2rt_episodes_are_reported_and_skipped(yam_raw, tmp_path):
+    """One raw folder with a good episode and one bad episode per kind of damage (`BAD_I2RT`): one ingest
+    skips each bad one with a report row naming its file, episode and field, and stores the good one."""
+    raw = yam_raw(6)  # the six shared episodes, and copies of them for the other kinds
     eps = sorted(p.parent for p in raw.rglob("metadata.json"))
-    bad = eps[1]
-    field = BAD_I2RT[case](bad)
+    for i in range(len(eps), 1 + len(BAD_I2RT)):
+        shutil.copytree(eps[i % len(eps)], eps[i % len(eps)].with_name(f"{eps[i % len(eps)].name}_copy{i}"))
+    eps = sorted(p.parent for p in raw.rglob("metadata.json"))
+    bad = {eps[i + 1].relative_to(raw).as_posix(): (case, BAD_I2RT[case](eps[i + 1]), eps[i + 1])
+           for i, case in enumerate(sorted(BAD_I2RT))}
     out = tmp_path / "store"
     proc = run_cli("ingest", "yam", raw, "--out", out, "--robot-model", YAM_MODEL, *SMALL)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "1 skipped" in proc.stdout and "report.json" in proc.stderr
+    assert f"{len(BAD_I2RT)} skipped" in proc.stdout and "report.json" in proc.stderr
     s = open_store(str(out))
-    bad_key = bad.relative_to(raw).as_posix()
-    assert s.num_episodes == 2 and bad_key not in s.episode_keys
-    (row,) = s.report["skipped"]
-    assert row["key"] == bad_key and row["field"] == field
-    assert row["path"] and Path(row["path"]).is_relative_to(bad)
+    assert s.episode_keys == [eps[0].relative_to(raw).as_posix()]
+    rows = {row["key"]: row for row in s.report["skipped"]}
+    assert rows.keys() == bad.keys()
+    for key, (case, field, ep) in bad.items():
+        assert rows[key]["field"] == field, case
+        assert rows[key]["path"] and Path(rows[key]["path"]).is_relative_to(ep), case
     # --on-error fail stops at the first bad episode, exit status 1, and names the episode
     proc = run_cli("ingest", "yam", raw, "--out", tmp_path / "fail", "--robot-model", YAM_MODEL, *SMALL,
                    "--on-error", "fail")
-    assert proc.returncode == 1 and bad_key in proc.stderr
+    assert proc.returncode == 1 and min(bad) in proc.stderr
 
 
 def _nonunit_quat(ep: Path) -> str:
