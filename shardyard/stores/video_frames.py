@@ -56,9 +56,13 @@ def file_crc32c(source: str | bytes | None) -> int:
     return int(crc)
 
 
-def to_rgb(frame: Any) -> np.ndarray:
-    """A decoded PyAV frame as `(H, W, 3) uint8` RGB (the one conversion every reader uses)."""
-    return frame.to_ndarray(format="rgb24")
+def to_rgb(frame: Any, reformatter: Any = None) -> np.ndarray:
+    """A decoded PyAV frame as `(H, W, 3) uint8` RGB (the one conversion every reader uses). Pass the
+    caller's own `av.video.reformatter.VideoReformatter` to reuse its scaler: `frame.to_ndarray` builds a
+    new one per frame, 3.2 ms of a 640x480 frame's 3.5 ms here; the pixels are the same either way."""
+    if reformatter is None:
+        return frame.to_ndarray(format="rgb24")
+    return reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
 @dataclass(frozen=True)
@@ -192,14 +196,16 @@ class VideoEncoder:
 def _index_and_sample(src: Any, num_rows: int, every: int, stride: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode an encoded episode once: `(T, 2)` (pts, keyframe step) and the stats sample of its frames."""
     import av
+    from av.video.reformatter import VideoReformatter
 
     pts, keys, sample = [], [], []
+    reformatter = VideoReformatter()
     with av.open(src) as c:
         for t, frame in enumerate(c.decode(c.streams.video[0])):
             pts.append(frame.pts)
             keys.append(t if frame.key_frame else keys[-1])
             if every and t % every == 0:
-                sample.append(to_rgb(frame)[::stride, ::stride].copy())
+                sample.append(to_rgb(frame, reformatter)[::stride, ::stride].copy())
     if len(pts) != num_rows:
         raise ValueError(f"encoded video holds {len(pts)} frames, expected {num_rows}")
     return np.stack([np.asarray(pts, np.int64), np.asarray(keys, np.int64)], axis=1), \
@@ -236,6 +242,7 @@ class VideoFrameReader:
     open_files: int = 4
     _pid: int = field(default=-1, repr=False)
     _open: dict[int, _OpenEpisode] = field(default_factory=dict, repr=False)  # in least-recent-first order
+    _reformatter: Any = field(default=None, repr=False)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Global rows `[start, stop)` (across episodes)."""
@@ -253,9 +260,11 @@ class VideoFrameReader:
     def _episode(self, ep: int) -> _OpenEpisode:
         """Episode `ep`'s open file (opened, and the least recently used one closed, when not open)."""
         import av
+        from av.video.reformatter import VideoReformatter
 
         if self._pid != os.getpid():  # a forked child must not share the parent's demuxers
             self._open, self._pid = {}, os.getpid()
+            self._reformatter = VideoReformatter()
         state = self._open.pop(ep, None)
         if state is None:
             while len(self._open) >= max(self.open_files, 1):
@@ -292,7 +301,7 @@ class VideoFrameReader:
                 continue
             state.last = t
             if a <= t < b:
-                dst[t - a] = to_rgb(frame)
+                dst[t - a] = to_rgb(frame, self._reformatter)
                 filled += 1
                 if filled == b - a:
                     return
@@ -315,7 +324,7 @@ class VideoFrameReader:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_pid=-1, _open={})
+        state.update(_pid=-1, _open={}, _reformatter=None)
         return state
 
 
