@@ -75,10 +75,10 @@ def test_ray_path_on_local_ray_gives_identical_tokens(source, tmp_path):
     store, ref = source
     started = not ray.is_initialized()  # another test in this worker may have started it
     if started:  # address="local": a new instance, never a cluster another job started
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:  # one actor: the 2-node cluster test (tests/test_cluster.py) runs two
         out = tmp_path / "ray"
-        res = ingest_dino(DinoConfig(store=str(store), out=out, batch_size=4, ray=True, workers=2,
+        res = ingest_dino(DinoConfig(store=str(store), out=out, batch_size=4, ray=True, workers=1,
                                      backbone=BackboneConfig(image_size=(112, 112))))
     finally:
         if started:
