@@ -219,16 +219,16 @@ class EpisodeDataset(torch.utils.data.Dataset):
         if anchor_mask is not None and np.asarray(anchor_mask).shape != (n,):
             raise ConfigError(f"anchor_mask must be ({n},) bool over the store's steps, "
                               f"got {np.asarray(anchor_mask).shape}")
-        rows, eps = [], []
-        for e in self.episodes:
-            a, b = int(store.episode_starts[e]), int(store.episode_ends[e])
-            r = np.arange(a, b, dtype=np.int64)
-            if anchor_mask is not None:
-                r = r[np.asarray(anchor_mask[a:b], dtype=bool)]
-            rows.append(r)
-            eps.append(np.full(len(r), e, dtype=np.int64))
-        self.rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        self.episode_of = np.concatenate(eps) if eps else np.zeros(0, np.int64)
+        # Every step of the selected episodes, in episode order, without a Python loop over episodes
+        # (10^5 episodes: ~0.5 s as a loop).
+        eps = np.asarray(self.episodes, dtype=np.int64)
+        starts = np.asarray(store.episode_starts, dtype=np.int64)[eps]
+        lengths = np.asarray(store.episode_ends, dtype=np.int64)[eps] - starts
+        self.episode_of = np.repeat(eps, lengths)
+        self.rows = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+        if anchor_mask is not None:
+            keep = np.asarray(anchor_mask, dtype=bool)[self.rows]
+            self.rows, self.episode_of = self.rows[keep], self.episode_of[keep]
         if len(self.rows) == 0:
             raise ConfigError(f"no valid anchor steps selected (split {self.cfg.split!r}, "
                               f"{len(self.episodes)} episodes)")
