@@ -132,12 +132,10 @@ def _check_carried(crc: dict[str, list[int]], recorded: list[dict[str, np.ndarra
             got = np.asarray(crc[name][i:i + r1 - r0], dtype=np.uint32)
             bad = np.flatnonzero((got != want[r0:r1]) & (want[r0:r1] != 0))
             if len(bad):
-                row, ends = r0 + int(bad[0]), stores[s].episode_ends
-                e = int(np.searchsorted(ends, row, side="right"))
-                keys = (stores[s].manifest.get("source") or {}).get("episode_keys") or []
-                step = row - (int(ends[e - 1]) if e else 0)
-                raise StoreError(f"{name}: sample {row} (episode {keys[e] if len(keys) == len(ends) else e}, step "
-                                 f"{step}) differs from the crc32c recorded when it was written (damaged input; "
+                row = r0 + int(bad[0])
+                e, key, step = stores[s].source_position(row)
+                raise StoreError(f"{name}: sample {row} (episode {e if key is None else key}, step {step}) "
+                                 "differs from the crc32c recorded when it was written (damaged input; "
                                  "`shardyard verify` it)", path=str(stores[s].path), field=name)
         i += r1 - r0
 

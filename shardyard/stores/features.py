@@ -318,6 +318,16 @@ class FeatureStore:
         """`(E,) int64` cumulative step counts of the source store's episodes."""
         return np.asarray(self._zarr("meta/episode_ends")[:])
 
+    def source_position(self, row: int) -> tuple[int | None, str | None, int | None]:
+        """Where sample `row` comes from in the source store: (episode index, episode key, step), the key None
+        when the manifest does not list the source's keys; all None past the end."""
+        ends = self.episode_ends
+        e = int(np.searchsorted(ends, row, side="right"))
+        if e >= len(ends):
+            return None, None, None
+        keys = (self.manifest.get("source") or {}).get("episode_keys") or []
+        return e, keys[e] if len(keys) == len(ends) else None, row - (int(ends[e - 1]) if e else 0)
+
     def array_reader(self, name: str):
         """Per-process reader of one stored array (`patch_tokens`, `cls_token`, `missing`): a `ShardReader`
         on the fast path, else the zarr array. Rebuilt after a fork."""

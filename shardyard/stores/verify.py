@@ -280,16 +280,9 @@ def _verify_episodic(path: str, report: VerifyReport, check_stats: bool) -> None
 
 def _sample_owner(fs: FeatureStore):
     """`owner(row)` of a feature store: the source episode (key, when the manifest lists them) and step."""
-    ends = np.asarray(fs.episode_ends, dtype=np.int64)
-    starts = np.r_[0, ends[:-1]].astype(np.int64)
-    keys = (fs.manifest.get("source") or {}).get("episode_keys") or []
-
     def owner(row: int) -> dict[str, Any]:
-        e = int(np.searchsorted(ends, row, side="right"))
-        if e >= len(ends):
-            return {"episode": None, "episode_index": None, "step": None}
-        key = keys[e] if len(keys) == len(ends) else f"episode {e}"
-        return {"episode": key, "episode_index": e, "step": row - int(starts[e])}
+        e, key, step = fs.source_position(row)
+        return {"episode": key if key is not None or e is None else f"episode {e}", "episode_index": e, "step": step}
 
     return owner
 
