@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -75,6 +76,26 @@ def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
                 assert torch.equal(x[k], y[k]), k
             else:
                 assert x[k] == y[k], k
+
+
+@contextlib.contextmanager
+def fsspec_protocol(protocol: str, conf: dict, env: dict[str, str]):
+    """Point fsspec's configuration for `protocol` at `conf` in this process, and set `env` (its FSSPEC_*
+    form, for CLI subprocesses); both are restored on exit."""
+    import fsspec
+
+    saved = fsspec.config.conf.get(protocol)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        fsspec.config.conf[protocol] = conf
+        try:
+            yield
+        finally:
+            if saved is None:
+                fsspec.config.conf.pop(protocol, None)
+            else:
+                fsspec.config.conf[protocol] = saved
 
 
 def run_cli(*args: str, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-from conftest import assert_batches_equal, loader_batches, run_cli
+from conftest import assert_batches_equal, fsspec_protocol, loader_batches, run_cli
 
 from shardyard import open_store
 from shardyard.errors import StoreError
@@ -75,17 +75,9 @@ def s3(tmp_path_factory):
     env = {"FSSPEC_S3_ENDPOINT_URL": server.endpoint, "FSSPEC_S3_KEY": "testing", "FSSPEC_S3_SECRET": "testing",
            "AWS_DEFAULT_REGION": "us-east-1",
            "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("xdg"))}  # the CLI's staging directories
-    saved_conf = fsspec.config.conf.get("s3")
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        fsspec.config.conf["s3"] = conf
+    with fsspec_protocol("s3", conf, env):
         fsspec.filesystem("s3", skip_instance_cache=True).mkdir(BUCKET)
         yield server
-        if saved_conf is None:
-            fsspec.config.conf.pop("s3", None)
-        else:
-            fsspec.config.conf["s3"] = saved_conf
     server.server.shutdown()
 
 

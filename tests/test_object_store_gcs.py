@@ -18,7 +18,7 @@ os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 import fsspec  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from conftest import assert_batches_equal, loader_batches, run_cli  # noqa: E402
+from conftest import assert_batches_equal, fsspec_protocol, loader_batches, run_cli  # noqa: E402
 
 from shardyard import open_store  # noqa: E402
 from shardyard.ingest.dino import DinoConfig, ingest_dino  # noqa: E402
@@ -53,16 +53,8 @@ def gcs(tmp_path_factory):
     conf = {"endpoint_url": endpoint, "token": "anon", "project": "shardyard-test"}
     env = {"FSSPEC_GS_ENDPOINT_URL": endpoint, "FSSPEC_GS_TOKEN": "anon", "FSSPEC_GS_PROJECT": "shardyard-test",
            "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("xdg"))}  # the CLI's staging directories
-    saved = fsspec.config.conf.get("gs")
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        fsspec.config.conf["gs"] = conf
+    with fsspec_protocol("gs", conf, env):
         yield endpoint
-        if saved is None:
-            fsspec.config.conf.pop("gs", None)
-        else:
-            fsspec.config.conf["gs"] = saved
     server.stop()
 
 
