@@ -208,6 +208,21 @@ def _committed(out: Path) -> int:
         return 0
 
 
+def _kill_after_commits(cli_args: list, out: Path, n: int) -> int:
+    """Run the CLI with `cli_args --out out`, SIGKILL its process group once `n` episodes are committed;
+    returns how many were. Fails the test if the job finished first."""
+    proc = subprocess.Popen([sys.executable, "-m", "shardyard.cli", *map(str, cli_args), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and _committed(out) < n:
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if (out / "manifest.json").exists():
+        pytest.fail("the job finished before it could be killed; slow it down")
+    return _committed(out)
+
+
 @pytest.mark.parametrize("codec", ["jpeg", "lz4"])
 def test_kill_late_in_a_small_job_loses_only_the_last_seconds(tiny_yam_dir, tmp_path, codec):
     """Issue 12 item 7: groups also close on time. With the default 32-episode groups a 10-episode job
@@ -218,16 +233,7 @@ def test_kill_late_in_a_small_job_loses_only_the_last_seconds(tiny_yam_dir, tmp_
     args = ["ingest", "yam", str(raw), "--workers", "2", "--frame-codec", codec, "--commit-seconds", "0"]
     run_cli(*args, "--out", tmp_path / "ref", check=True)
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "shardyard.cli", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and _committed(out) < 8:
-        time.sleep(0.002)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    if (out / "manifest.json").exists():
-        pytest.fail("the job finished before it could be killed; slow it down")
-    killed_at = _committed(out)
+    killed_at = _kill_after_commits(args, out, 8)
     assert killed_at >= 8
     rerun = run_cli(*args, "--out", out)
     assert rerun.returncode == 0, rerun.stderr
@@ -334,16 +340,7 @@ def test_video_ingest_is_deterministic_resumable_and_its_stats_match(tiny_yam_di
     assert fields and all(written["fields"][k] == recomputed["fields"][k] for k in fields)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "shardyard.cli", *args, "--workers", "2", "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and _committed(out) < 4:
-        time.sleep(0.002)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    if (out / "manifest.json").exists():
-        pytest.fail("the job finished before it could be killed")
-    assert _committed(out) >= 4
+    assert _kill_after_commits([*args, "--workers", "2"], out, 4) >= 4
     rerun = run_cli(*args, "--workers", "2", "--out", out)
     assert rerun.returncode == 0, rerun.stderr
     _stores_equal(str(tmp_path / "w1"), str(out))
