@@ -186,9 +186,9 @@ class PyAVReader:
             raise IndexError(f"frame index out of range [0, {self.num_frames}) in {self.path}")
         if not len(idx):
             return
-        w, h = size if size else (self.width, self.height)
         from av.video.reformatter import VideoReformatter
 
+        w, h = size if size else (self.width, self.height)
         # One scaler for the call: `frame.to_ndarray(format=...)` builds a new one per frame, which was
         # ~90% of a 640x480 frame's conversion time; the pixels are the same.
         reformatter = VideoReformatter()
