@@ -138,7 +138,6 @@ class EpisodicWriter:
         self._log: CommitLog | None = None
         self._pending_bytes = 0
         self.codecs: dict[str, ChunkCodec | VideoCodec] = {}
-        self._shard_bytes: dict[str, int] = {}  # committed size of each frame field's partial last shard
         self._frame_codecs = parse_frame_codecs(self.cfg.frame_codec)
         unknown = sorted(set(self._frame_codecs) - {""} - set(schema.keys()))
         if unknown:
@@ -202,7 +201,7 @@ class EpisodicWriter:
             app = ShardAppender(path, shard_rows=meta["chunk_grid"]["configuration"]["chunk_shape"][0],
                                 ndim=len(meta["shape"]))
             app.drop_shards_after(self.num_steps)
-            app.load(self.num_steps, self._shard_bytes.get(key))
+            app.load(self.num_steps, self._log.shard_bytes.get(key) if self._log is not None else None)
             self._appenders[key] = app
             self.codecs[key] = codec
 
@@ -230,7 +229,6 @@ class EpisodicWriter:
     # -- writing -----------------------------------------------------------------------------------------
     def _set_log(self, log_: CommitLog) -> None:
         self._log = log_
-        self._shard_bytes = log_.shard_bytes
         self._keys = set(log_.keys)
         self._num_steps = int(sum(log_.lengths))
 
@@ -369,7 +367,6 @@ class EpisodicWriter:
         self._log.append([{"key": ep.key, "length": ep.num_steps, "meta": to_jsonable(ep.meta)}
                           for ep in self._pending],
                          {k: app.shard_bytes for k, app in self._appenders.items()})
-        self._shard_bytes = self._log.shard_bytes
         self._keys |= self._pending_keys
         self._num_steps += t
         self._pending, self._pending_bytes, self._pending_keys = [], 0, set()
