@@ -38,7 +38,7 @@ def figure(name: str, value: float, unit: str, baseline: str, baseline_value: fl
 
     Keys: `benchmark` (`<script stem>.<figure>`), `value`, `unit`, `baseline` (what it is compared with, measured
     in the same run), `baseline_value`, `ratio` (value / baseline unless given, e.g. a median of per-trial
-    ratios), `label` (one line for the README table), `goal` (e.g. ">= 0.5" on the ratio), plus any `extra`.
+    ratios), `label` (one line for the benchmark table), `goal` (e.g. ">= 0.5" on the ratio), plus any `extra`.
     """
     if ratio is None:
         ratio = value / baseline_value if baseline_value else math.nan

@@ -1,13 +1,13 @@
 """`make bench`: run every benchmark script once, write their figures to one results file, and regenerate the
-README's benchmark table from that file (so no row outlives the code that measured it).
+benchmark table of the manual (`docs/benchmarks.md`) from that file (so no row outlives the code that measured it).
 
     python benchmarks/run_all.py [--out bench_out/results.json] [--only read_episodic,ingest_yam] [--smoke]
-    python benchmarks/run_all.py --render bench_out/results.json      # only rewrite the README table
+    python benchmarks/run_all.py --render bench_out/results.json      # only rewrite the table in docs/benchmarks.md
 
 Each script prints its figures as JSON lines on stdout (`harness.figure`); anything else it prints is kept in
-`bench_out/<script>.log`. The results file holds the run's date, commit, machine and every figure. The README
-table sits between the `<!-- bench:begin -->` and `<!-- bench:end -->` markers; it is replaced whole. Only a run
-without `--only` or `--smoke` rewrites the README (a table from one complete run, as the guide asks).
+`bench_out/<script>.log`. The results file holds the run's date, commit, machine and every figure. The table
+sits between the `<!-- bench:begin -->` and `<!-- bench:end -->` markers of `docs/benchmarks.md`; it is replaced
+whole. Only a run without `--only` or `--smoke` rewrites it (a table from one complete run, as the guide asks).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-README = ROOT / "README.md"
+TABLE_PAGE = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 NOT_BENCHMARKS = {"harness", "run_all"}
 
@@ -73,7 +73,7 @@ def _fmt(x: float) -> str:
 
 
 def render_table(results: dict) -> str:
-    """The README table (markdown) of a results file's figures, one row per figure, in script order."""
+    """The benchmark table (markdown) of a results file's figures, one row per figure, in script order."""
     lines = [f"Figures of one `make bench` run ({results['date']}, commit `{results['commit']}`, "
              f"{results['machine']}); each a median of alternated trials against a baseline measured in the "
              "same run (method: `benchmarks/harness.py`).", "",
@@ -89,15 +89,15 @@ def render_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme_table(results: dict, readme: Path = README) -> None:
-    """Replace the text between the bench markers of the README with the table of `results`. Raises
-    `ValueError` when the markers are missing."""
-    text = readme.read_text()
+def write_table(results: dict, page: Path = TABLE_PAGE) -> None:
+    """Replace the text between the bench markers of `page` (the manual's benchmarks page) with the table of
+    `results`. Raises `ValueError` when the markers are missing."""
+    text = page.read_text()
     if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme} lacks the {BEGIN} / {END} markers")
+        raise ValueError(f"{page} lacks the {BEGIN} / {END} markers")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{render_table(results)}\n{END}{tail}")
+    page.write_text(f"{head}{BEGIN}\n{render_table(results)}\n{END}{tail}")
 
 
 def _commit() -> str:
@@ -113,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "bench_out" / "results.json")
     ap.add_argument("--only", default="", help="comma-separated script stems")
-    ap.add_argument("--smoke", action="store_true", help="tiny inputs (checks only; README left alone)")
+    ap.add_argument("--smoke", action="store_true", help="tiny inputs (checks only; the table is left alone)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per script")
-    ap.add_argument("--render", type=Path, default=None, help="only rewrite the README table from this file")
+    ap.add_argument("--render", type=Path, default=None, help="only rewrite the table in docs/benchmarks.md from this file")
     args = ap.parse_args(argv)
     if args.render is not None:
-        write_readme_table(json.loads(args.render.read_text()))
+        write_table(json.loads(args.render.read_text()))
         return 0
     only = {s for s in args.only.split(",") if s}
     chosen = [p for p in scripts() if not only or p.stem in only]
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))  # after each script: a stopped run keeps what it has
     if not only and not args.smoke:
-        write_readme_table(results)
+        write_table(results)
     return 1 if any(results["exit_codes"].values()) else 0
 
 

@@ -1,6 +1,6 @@
 """Cost curves: how each cost of a store grows with its number of episodes (issue 14, item 3).
 
-Per size E (default 10^2, 10^3, 10^4; the README also reports 10^5; episodes of 8 steps: 16x16 RGB frames
+Per size E (default 10^2, 10^3, 10^4; docs/clusters-and-buckets.md also reports 10^5; episodes of 8 steps: 16x16 RGB frames
 and realistic low-dim fields, EEF position in metres, unit quaternions, gripper, 7-D action): in one fresh
 process, ingest seconds per episode (`run_ingest`, one process), its peak RSS, and stats-pass seconds
 (`compute_stats` on the finished store); then in another fresh process, as a training job would meet the
@@ -150,7 +150,7 @@ def _run_phase(phase: str, n: int, out: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--sizes", default="100,1000,10000", help="episodes per store, comma-separated (10^5: see README)")
+    ap.add_argument("--sizes", default="100,1000,10000", help="episodes per store, comma-separated (10^5: see docs/clusters-and-buckets.md)")
     ap.add_argument("--smoke", action="store_true", help="10 and 100 episodes")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--phase", choices=["ingest", "load"], help=argparse.SUPPRESS)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from run_all import render_table, scripts, write_readme_table  # noqa: E402
+from run_all import render_table, scripts, write_table  # noqa: E402
 
 
 @pytest.mark.slow
@@ -36,13 +36,13 @@ def test_benchmark_smoke_run_prints_figures(script):
         assert r["unit"] and r["baseline"]
 
 
-def test_readme_table_is_regenerated_from_a_results_file(tmp_path):
-    readme = tmp_path / "README.md"
+def test_benchmark_table_is_regenerated_from_a_results_file(tmp_path):
+    readme = tmp_path / "benchmarks.md"
     readme.write_text("intro\n<!-- bench:begin -->\n| old | row |\n<!-- bench:end -->\noutro\n")
     results = {"date": "2026-12-01", "commit": "abc1234", "machine": "2 cores", "exit_codes": {"a.py": 0},
                "figures": [{"benchmark": "a.speed", "value": 1234.5, "unit": "frames/s", "baseline": "memmap",
                             "baseline_value": 2000.0, "ratio": 0.617, "label": "random frames", "goal": ">= 0.5"}]}
-    write_readme_table(results, readme)
+    write_table(results, readme)
     text = readme.read_text()
     assert "| old | row |" not in text
     assert "| `a.speed` | random frames | 1,234 frames/s | memmap: 2,000 | 0.617 | >= 0.5 |" in text
