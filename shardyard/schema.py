@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from shardyard.errors import SchemaError
+from shardyard.errors import SchemaError, UnsafePathError
+from shardyard.stores.safe_paths import safe_relative
 
 __all__ = ["Episode", "FieldSpec", "KINDS", "Schema"]
 
@@ -55,9 +56,19 @@ class FieldSpec:
 
 @dataclass(frozen=True)
 class Schema:
-    """Ordered mapping of field key (dotted, e.g. `obs.rgb.top`) to `FieldSpec`."""
+    """Ordered mapping of field key (dotted, e.g. `obs.rgb.top`) to `FieldSpec`. Raises `UnsafePathError`
+    for a key that, as the folder `data/<key>`, would lead outside the store (`..`, absolute, ...)."""
 
     fields: dict[str, FieldSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # a field key becomes the folder `data/<key>`, and keys come from manifests and source metadata
+        # (LeRobot's info.json): one that leads outside the store raises `UnsafePathError`
+        for key in self.fields:
+            try:
+                safe_relative(key)
+            except UnsafePathError as e:
+                raise UnsafePathError(f"field key: {e.reason}", field=str(key)) from None
 
     def __contains__(self, key: str) -> bool:
         return key in self.fields

@@ -108,7 +108,8 @@ def test_ingest_stores_each_container_and_every_sample_streams(clips, tmp_path):
     files = {_url_path(name): data for name, (_, data, _, _) in clips.items()}
     with FaultServer(files, nth_500=0, max_requests=100, max_seconds=120) as srv:
         proc = run_cli("ingest", "webvid", _meta(tmp_path, srv.url), "--out", tmp_path / "s",
-                       "--samples-per-shard", "4", "--timeout", "10", "--retries", "0", timeout=180)
+                       "--samples-per-shard", "4", "--timeout", "10", "--retries", "0", "--allow-private-urls",
+                       timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert report["by_status"] == {"success": len(CLIPS)}

@@ -78,7 +78,8 @@ def test_iso_durations_and_both_column_orders(shared_data, tmp_path):
 def test_fetch_retries_and_dead_links(shared_data):
     files = {"/a.mp4": b"x" * 5000, "/b.mp4": b"y" * 5000, "/c.mp4": b"z" * 5000}
     plan = {"/a.mp4": ["500", "429", "ok"], "/b.mp4": ["404"], "/d.mp4": ["403"]}
-    with FaultServer(files, plan, nth_500=0) as srv, Fetcher(FetchConfig(timeout_s=1, retries=3, backoff_s=0.01)) as f:
+    with FaultServer(files, plan, nth_500=0) as srv, Fetcher(FetchConfig(
+            timeout_s=1, retries=3, backoff_s=0.01, allow_private_urls=True)) as f:
         a, b, c = (f.fetch(f"{srv.url}{p}") for p in ("/a.mp4", "/b.mp4", "/c.mp4"))
         assert (a.status, a.attempts, a.retries_429, a.data) == ("success", 3, 1, files["/a.mp4"])
         assert (b.status, b.attempts, b.http_status) == ("dead_link", 1, 404)  # never retried
@@ -93,7 +94,7 @@ def test_csv_ingest_under_faults_resume_and_retry_failed(shared_data, tmp_path):
         meta = _csv(shared_data, tmp_path, srv.url)
         out = tmp_path / "store"
         args = ["ingest", "webvid", meta, "--out", out, "--samples-per-shard", "5", "--timeout", "0.5",
-                "--retries", "2", "--backoff", "0.05", "--concurrency", "4"]
+                "--retries", "2", "--backoff", "0.05", "--concurrency", "4", "--allow-private-urls"]
         proc = run_cli(*args, timeout=120)
         assert proc.returncode == 2, proc.stderr
         report = json.loads((out / "report.json").read_text())
@@ -146,7 +147,7 @@ def test_ingest_with_transcode_writes_video2dataset_style_json(shared_data, tmp_
         lines = meta.read_text().splitlines()
         meta.write_text("\n".join(lines[:4]) + "\n")
         cfg = WebvidConfig(out=tmp_path / "t", transcode=TranscodeConfig(short_side=64, fps=8, max_seconds=1),
-                           fetch=FetchConfig(timeout_s=5, retries=0, concurrency=2))
+                           fetch=FetchConfig(timeout_s=5, retries=0, concurrency=2, allow_private_urls=True))
         result = ingest_webvid(meta, cfg)
     assert result.exit_code == 0 and result.report["success_rate"] == 1.0
     with tarfile.open(tmp_path / "t" / "shards" / "train-000000.tar") as t:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from shardyard.commands.common import app, fail
-from shardyard.errors import ShardyardError
+from shardyard.errors import ShardyardError, UnsafePathError
 
 __all__ = ["pull_cmd", "push_cmd"]
 
@@ -49,11 +49,14 @@ def pull_cmd(
     store: Path = typer.Argument(..., help="Local directory to fill (files that already match are kept)."),
     storage_option: Optional[list[str]] = StorageOption,
 ) -> None:
-    """Download a pushed store, every file checked against its checksums.json, manifest last."""
+    """Download a pushed store, every file checked against its checksums.json, manifest last (a name in it
+    that would land outside STORE fails the pull before anything is written)."""
     from shardyard.stores.remote import pull
 
     try:
         r = pull(url, store, storage_options=_options(storage_option))
+    except UnsafePathError as e:  # a crafted store rather than a damaged one: said by name (nothing written)
+        fail(Exception(f"{type(e).__name__}: {e} (nothing written)"))
     except (ShardyardError, OSError) as e:
         fail(e)
     typer.echo(f"{r.copied} file(s) downloaded ({r.bytes / 1e6:.1f} MB), {r.skipped} already matching -> {store}")

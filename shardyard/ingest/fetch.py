@@ -1,5 +1,8 @@
 """HTTP downloads for URL-list ingests (WebVid): bounded concurrency, timeouts, retries with exponential
 backoff on timeouts, dropped/truncated bodies, 429 and 5xx; no retry on 403/404/410 (the link is dead).
+URLs that lead to loopback, private, link-local or metadata-service addresses are refused (status
+"refused"; checked after DNS, on every redirect and on every connection: `ingest/url_guard.py`) unless
+`allow_private_urls` is set.
 
 Built on `requests` (a pooled `Session`); each attempt has a connect/read timeout and an overall deadline
 (`timeout_s` for the whole body), so a server that trickles or stalls cannot hold a worker forever.
@@ -18,11 +21,14 @@ from typing import Iterable, Iterator
 import requests
 from requests.adapters import HTTPAdapter
 
-__all__ = ["DEAD", "FetchConfig", "FetchResult", "Fetcher"]
+from shardyard.ingest.url_guard import GuardedAdapter, RefusedURL, check_redirect, url_refusal
+
+__all__ = ["ALLOW_HINT", "DEAD", "FetchConfig", "FetchResult", "Fetcher"]
 
 log = logging.getLogger(__name__)
 
 DEAD = {401, 403, 404, 410, 451}
+ALLOW_HINT = " (allow_private_urls, or --allow-private-urls, fetches it anyway)"
 
 
 @dataclass
@@ -30,7 +36,9 @@ class FetchConfig:
     """concurrency: downloads in flight. timeout_s: connect/read timeout and deadline per attempt (s).
     retries: extra attempts after the first. backoff_s: first backoff (s), doubled per retry up to
     backoff_max_s, with +-25 % jitter; a 429's Retry-After is honoured up to backoff_max_s.
-    max_bytes: bodies larger than this fail (status "too_large")."""
+    max_bytes: bodies larger than this fail (status "too_large"). allow_private_urls: fetch from loopback,
+    private, link-local and metadata-service addresses too (off: such URLs get status "refused"; turn it on
+    only for metadata you trust, e.g. a test server on 127.0.0.1)."""
 
     concurrency: int = 16
     timeout_s: float = 30.0
@@ -39,12 +47,14 @@ class FetchConfig:
     backoff_max_s: float = 30.0
     max_bytes: int = 512 * 1024 * 1024
     user_agent: str = "shardyard (+https://github.com/; WebVid ingest)"
+    allow_private_urls: bool = False
 
 
 @dataclass
 class FetchResult:
     """Outcome of one URL. status: "success" | "dead_link" | "timeout" | "http_error" | "network_error" |
-    "too_large"; data: the body (success only); attempts: requests made; http_status: last HTTP code."""
+    "too_large" | "refused" (an address the SSRF guard refuses; error_message says which and why); data: the
+    body (success only); attempts: requests made; http_status: last HTTP code."""
 
     url: str
     status: str
@@ -68,9 +78,13 @@ class Fetcher:
     def __init__(self, config: FetchConfig | None = None) -> None:
         self.config = config or FetchConfig()
         self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(self.config.concurrency, 4), max_retries=0)
+        guarded = not self.config.allow_private_urls
+        adapter = (GuardedAdapter if guarded else HTTPAdapter)(
+            pool_connections=4, pool_maxsize=max(self.config.concurrency, 4), max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
+        if guarded:
+            self._session.hooks["response"].append(check_redirect)
         self._session.headers["User-Agent"] = self.config.user_agent
         self._rng = random.Random(0)
         self._lock = threading.Lock()
@@ -116,6 +130,8 @@ class Fetcher:
                 if expected is not None and len(buf) != int(expected):
                     raise _Retryable("network_error", f"truncated body: {len(buf)} of {expected} bytes")
                 return bytes(buf), code
+        except RefusedURL as e:
+            raise _Final("refused", f"{e}{ALLOW_HINT}", None) from e
         except (requests.Timeout, TimeoutError) as e:
             raise _Retryable("timeout", f"timeout after {cfg.timeout_s} s: {type(e).__name__}") from e
         except requests.ConnectionError as e:
@@ -127,6 +143,10 @@ class Fetcher:
     def fetch(self, url: str) -> FetchResult:
         """Download `url` with retries; see `FetchResult` for the statuses."""
         res = FetchResult(url=url, status="network_error")
+        why = None if self.config.allow_private_urls else url_refusal(url)
+        if why is not None:  # refused before any request is made
+            res.status, res.error_message = "refused", f"{why}{ALLOW_HINT}"
+            return res
         for attempt in range(self.config.retries + 1):
             res.attempts = attempt + 1
             try:

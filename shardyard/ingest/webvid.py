@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import re
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -29,11 +30,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from shardyard.errors import ConfigError, SourceError
+from shardyard.errors import ConfigError, SourceError, UnsafePathError
 from shardyard.ingest.fetch import FetchConfig, Fetcher
 from shardyard.stores.atomic import to_jsonable
 from shardyard.stores.manifest import MANIFEST
-from shardyard.stores.wds import Sample, ShardWriter, ShardWriterConfig, iter_tar_samples, shard_name
+from shardyard.stores.safe_paths import safe_relative
+from shardyard.stores.wds import Sample, ShardWriter, ShardWriterConfig, iter_tar_samples, shard_name, split_key_ext
 from shardyard.video import VIDEO_EXTS, open_video_bytes
 
 __all__ = ["CAPTION_COLUMNS", "EXIT_FATAL", "EXIT_OK", "EXIT_SKIPPED", "ISO_RE", "TranscodeConfig", "URL_COLUMNS",
@@ -318,29 +320,68 @@ def ingest_webvid(meta: str | Path, cfg: WebvidConfig,
     return WebvidResult(out=Path(cfg.out), report=report)
 
 
+def _tar_refusals(tar: Path) -> dict[str, str]:
+    """Members of `tar` that must not be taken in, each with the reason: a name that would land outside a
+    folder it is extracted to (absolute, `..`, drive letter, backslash), a link (symbolic or hard), or any
+    other member that is neither a file nor a folder. Reads the headers only."""
+    out = {}
+    with tarfile.open(tar, "r:") as t:
+        for info in t:
+            try:
+                safe_relative(info.name, source=tar)
+            except UnsafePathError as e:
+                out[info.name] = e.reason
+                continue
+            if info.issym() or info.islnk():
+                out[info.name] = f"{'symbolic' if info.issym() else 'hard'} link to {info.linkname!r}"
+            elif not (info.isfile() or info.isdir()):
+                out[info.name] = "neither a file nor a folder (device, FIFO or other special member)"
+    return out
+
+
+def _read_v2d_tar(tar: Path, name: str, rows: list[dict[str, Any]],
+                  on_sample: Callable[[str, str], None] | None) -> list[Sample] | None:
+    """Append to `rows` the report rows of one video2dataset tar: one per refused member (`_tar_refusals`,
+    naming the tar, member and reason), one per other sample (decoded). Returns None when the tar can be
+    copied in unchanged, else the samples to keep: those none of whose members was refused."""
+    refused = _tar_refusals(tar)
+    bad_keys = {split_key_ext(m)[0] for m in refused}
+    for m, why in refused.items():
+        rows.append({"key": split_key_ext(m)[0], "shard": name, "tar": str(tar), "member": m,
+                     "status": "unsafe_member", "error_message": f"{tar}: member {m!r}: {why}"})
+    kept: list[Sample] | None = [] if refused else None
+    with open(tar, "rb") as f:
+        for s in iter_tar_samples(f):
+            if s.key in bad_keys or not s.key:
+                continue
+            src = json.loads(s.members["json"]) if "json" in s.members else {}
+            vid_ext = next((e for e in VIDEO_EXTS if e in s.members), None)
+            probe = (probe_video(s.members[vid_ext]) if vid_ext else
+                     {"status": "undecodable", "error_message": "no video member"})
+            rows.append(to_jsonable({"key": s.key, "shard": name, "url": src.get("url"),
+                                     "source_status": src.get("status"), **probe}))
+            if kept is not None:
+                kept.append(s)
+            if on_sample:
+                on_sample(s.key, probe["status"])
+    return kept
+
+
 def _verify_video2dataset(folder: Path, cfg: WebvidConfig, t0: float,
                           on_sample: Callable[[str, str], None] | None) -> WebvidResult:
     """Copy each `.tar` of a video2dataset output in as one of our shards (bytes unchanged), decoding every
-    `.mp4` member; samples the source recorded as failed (its per-shard parquet) are reported too."""
+    `.mp4` member; samples the source recorded as failed (its per-shard parquet) are reported too. A tar
+    with refused members (`_tar_refusals`) is rewritten without the samples they belong to."""
     tars = sorted(folder.glob("*.tar"))
     wcfg = ShardWriterConfig(split=cfg.split, overwrite=cfg.overwrite,
                              source={"name": "video2dataset", "path": str(folder)}, config={"verify": True})
     status_rows: list[dict[str, Any]] = []
     with ShardWriter(cfg.out, config=wcfg) as writer:
         for si, tar in enumerate(tars):
-            name, rows = shard_name(cfg.split, si), []
+            name, rows, kept = shard_name(cfg.split, si), [], None
             try:
-                with open(tar, "rb") as f:
-                    for s in iter_tar_samples(f):
-                        src = json.loads(s.members["json"]) if "json" in s.members else {}
-                        vid_ext = next((e for e in VIDEO_EXTS if e in s.members), None)
-                        probe = (probe_video(s.members[vid_ext]) if vid_ext else
-                                 {"status": "undecodable", "error_message": "no video member"})
-                        rows.append(to_jsonable({"key": s.key, "shard": name, "url": src.get("url"),
-                                                 "source_status": src.get("status"), **probe}))
-                        if on_sample:
-                            on_sample(s.key, probe["status"])
-            except (OSError, EOFError, __import__("tarfile").TarError) as e:
+                kept = _read_v2d_tar(tar, name, rows, on_sample)
+            except (OSError, EOFError, tarfile.TarError) as e:
                 rows.append({"key": None, "shard": name, "status": "corrupt_shard", "error_message": str(e)})
             parquet = tar.with_suffix(".parquet")
             if parquet.exists():
@@ -351,7 +392,10 @@ def _verify_video2dataset(folder: Path, cfg: WebvidConfig, t0: float,
                     if str(r.get("key")) not in in_tar and r.get("status") != "success":
                         rows.append(to_jsonable({"key": str(r.get("key")), "shard": None, "url": r.get("url"),
                                                  "status": "source_failed", "error_message": r.get("error_message")}))
-            writer.add_foreign_shard(si, tar, rows)
+            if kept is None:
+                writer.add_foreign_shard(si, tar, rows)
+            else:
+                writer.write_shard(si, kept, rows)
             status_rows += rows
         report = {"source": "video2dataset", "mode": "verify", "meta": str(folder), **_summary(status_rows),
                   "num_shards": len(tars), "seconds": round(time.perf_counter() - t0, 3), "samples": status_rows}

@@ -29,6 +29,7 @@ from shardyard.stores.atomic import atomic_write_bytes, atomic_write_json
 from shardyard.stores.checksums import CHECKSUMS, file_entry, list_store_files, store_checksums, verify_bytes
 from shardyard.stores.manifest import MANIFEST, sha256_file
 from shardyard.stores.remote_fs import ProcessLocalFS
+from shardyard.stores.safe_paths import safe_join, safe_relatives
 
 log = logging.getLogger(__name__)
 
@@ -108,23 +109,39 @@ def push(store: str | os.PathLike, url: str, *, storage_options: dict[str, Any] 
     return result
 
 
+def _checked_entries(sums: Any, local: Path, where: str) -> list[tuple[dict[str, Any], Path]]:
+    """The entries of a downloaded `checksums.json`, manifest last, each with its local path, every name
+    checked to stay inside `local` (`where` names the file in errors). Raises `UnsafePathError` for a name
+    that would leave it, `StoreError` for entries that are not `{name, bytes, sha256}`."""
+    files = sums.get("files") if isinstance(sums, dict) else None
+    if not isinstance(files, list) or not isinstance(sums.get("manifest_sha256"), (str, type(None))) or not all(
+            isinstance(f, dict) and isinstance(f.get("bytes"), int) and isinstance(f.get("sha256"), str)
+            for f in files):
+        raise StoreError("malformed: expected {manifest_sha256, files: [{name, bytes, sha256}, ...]}", path=where)
+    names = safe_relatives([f.get("name") for f in files], source=where)
+    entries = [(f | {"name": n}, safe_join(local, n, source=where)) for f, n in zip(files, names)]
+    return sorted(entries, key=lambda e: e[0]["name"] == MANIFEST)
+
+
 def pull(url: str, store: str | os.PathLike, *, storage_options: dict[str, Any] | None = None,
          on_file: Callable[[str], None] | None = None) -> TransferResult:
     """Copy the store at `url` to the local directory `store`, checking every file against the store's
     `checksums.json` (manifest last). Resumable: local files that already match are kept. Raises
-    `StoreError` naming the file when a download does not match, or when `url` has no `checksums.json`."""
+    `StoreError` naming the file when a download does not match, or when `url` has no `checksums.json`;
+    `UnsafePathError` (nothing written) when a name in `checksums.json` would land outside `store`."""
     fs, root = ProcessLocalFS.for_url(str(url), storage_options)
     try:
         sums = json.loads(fs.cat_file(f"{root}/{CHECKSUMS}"))
     except FileNotFoundError:
         raise StoreError(f"no {CHECKSUMS}: not a pushed store (write it with `shardyard push`)", path=url) from None
     local = Path(store)
+    entries = _checked_entries(sums, local, f"{url.rstrip('/')}/{CHECKSUMS}")  # all, before the first write
     if (local / MANIFEST).exists() and sha256_file(local / MANIFEST) != sums["manifest_sha256"]:
-        (local / MANIFEST).unlink()  # another version: incomplete until every file matches
+        # another version: incomplete until every file matches, and, before any data file changes, the
+        # signal to readers of the old version that it is going (`stores.snapshot`)
+        (local / MANIFEST).unlink()
     result = TransferResult()
-    entries = sorted(sums["files"], key=lambda f: f["name"] == MANIFEST)  # manifest last
-    for f in entries:
-        path = local / f["name"]
+    for f, path in entries:
         if path.exists() and path.stat().st_size == f["bytes"] and sha256_file(path) == f["sha256"]:
             result.skipped += 1
             continue
@@ -167,7 +184,8 @@ class StagedStore:
     def prepare(self, *, overwrite: bool = False) -> None:
         """Make the staging directory the job's starting point: emptied with `overwrite` (the remote store is
         deleted too); else, when it holds no job but the bucket does, the bucket's files are downloaded. A
-        remote manifest is removed until `finish` (the job may change the store)."""
+        remote manifest is removed until `finish` (the job may change the store). Raises `UnsafePathError`
+        (nothing downloaded) when an object key would land outside the staging directory."""
         there = _remote_sizes(self.fs, self.root)
         if overwrite:
             if there:
@@ -179,11 +197,13 @@ class StagedStore:
             return
         if not (self.local.exists() and any(self.local.iterdir())) and there:
             log.info("resuming %s from the %d file(s) in the bucket", self.url, len(there))
-            for name in sorted(there):
+            # object keys may hold `..` or a leading `/`: every one checked before the first is written
+            paths = {name: safe_join(self.local, name, source=self.url) for name in sorted(there)}
+            for name, path in paths.items():
                 data = self.fs.cat_file(f"{self.root}/{name}")
-                atomic_write_bytes(self.local / name, data, fsync=False)
-                st = (self.local / name).stat()
-                self._sent[name] = (st.st_size, st.st_mtime_ns)
+                atomic_write_bytes(path, data, fsync=False)
+                st = path.stat()
+                self._sent[path.relative_to(self.local).as_posix()] = (st.st_size, st.st_mtime_ns)
         if MANIFEST in there:  # as a resumed writer does locally: incomplete until the job ends
             self.fs.rm_file(f"{self.root}/{MANIFEST}")
 

@@ -36,6 +36,7 @@ import numcodecs
 import numpy as np
 import zarr
 
+from shardyard.errors import UnsafePathError
 from shardyard.stores import store_format
 from shardyard.stores.checksums import CHECKSUMS, CHUNK_CRC, VIDEO_CRC, read_crc32c
 from shardyard.stores.edit_copy import frame_parts_of, stats_config_of
@@ -46,6 +47,7 @@ from shardyard.stores.features import FeatureStore
 from shardyard.stores.frame_encoding import ChunkCodec
 from shardyard.stores.manifest import read_json, sha256_file
 from shardyard.stores.remote_fs import ProcessLocalFS, is_remote
+from shardyard.stores.safe_paths import safe_join
 from shardyard.stores.stats import compute_stats
 from shardyard.stores.video_frames import INDEX, file_crc32c, video_codec_of, video_name
 from shardyard.stores.wds import ShardStore
@@ -194,7 +196,11 @@ def _check_files(store: EpisodicStore, owner, report: VerifyReport) -> None:
         return
     files = read_json(listed)["files"]
     for entry in files:
-        path = os.path.join(store.root, entry["name"])
+        try:  # a crafted name must not make verify read (or name) a file outside the store
+            path = str(safe_join(store.root, entry["name"], source=listed))
+        except UnsafePathError as e:
+            report.damages.append(Damage(f"{type(e).__name__}: {e.reason} in checksums.json", listed))
+            continue
         if not os.path.isfile(path):
             why = "file missing"
         elif os.path.getsize(path) != entry["bytes"] or sha256_file(path) != entry["sha256"]:
@@ -228,7 +234,7 @@ def _file_owner(store: EpisodicStore, name: str, owner) -> dict[str, Any]:
 
 
 def _verify_episodic(path: str, report: VerifyReport, check_stats: bool) -> None:
-    store = EpisodicStore(path)
+    store = EpisodicStore(path, verify_reads=False)  # damage is reported here, one finding each
     ends_path = os.path.join(store.root, "meta", "episode_ends")
     recorded = np.cumsum([store.episode_record(e)["length"] for e in range(store.num_episodes)], dtype=np.int64)
     if not np.array_equal(recorded, store.episode_ends):
@@ -298,7 +304,7 @@ def _source_manifest(src: str, storage_options: dict[str, Any] | None) -> dict[s
 
 
 def _verify_features(path: str, report: VerifyReport, storage_options: dict[str, Any] | None = None) -> None:
-    fs = FeatureStore(path)
+    fs = FeatureStore(path, verify_reads=False)
     owner = _sample_owner(fs)
     unrecorded = []
     for name in TOKEN_ARRAYS:
@@ -324,18 +330,21 @@ def _verify_features(path: str, report: VerifyReport, storage_options: dict[str,
 
 
 def _download(url: str, local: Path, storage_options: dict[str, Any] | None) -> tuple[int, int]:
-    """Copy every object under `url` into `local`, keeping relative names; returns (files, bytes)."""
+    """Copy every object under `url` into `local`, keeping relative names; returns (files, bytes). Raises
+    `UnsafePathError`, before anything is written, when an object key would land outside `local`."""
     fs, root = ProcessLocalFS.for_url(url, storage_options)
     prefix = root.rstrip("/") + "/"
     try:
         found = fs.find(root, detail=True)
     except FileNotFoundError:
         found = {}
+    objects = {name: info for name, info in sorted(found.items())
+               if name.startswith(prefix) and info.get("type", "file") != "directory"}
+    # a key may hold `..` or `//` (S3 keeps both literally): every one checked before the first download
+    dests = {name: safe_join(local, name[len(prefix):], source=fs.url(name)) for name in objects}
     files = total = 0
-    for name, info in sorted(found.items()):
-        if not name.startswith(prefix) or info.get("type", "file") == "directory":
-            continue
-        dest = local / name[len(prefix):]
+    for name, info in objects.items():
+        dest = dests[name]
         dest.parent.mkdir(parents=True, exist_ok=True)
         fs.get_file(name, str(dest))
         files, total = files + 1, total + int(info.get("size") or 0)

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from shardyard.errors import StoreError
-from shardyard.stores.atomic import atomic_write_json, remove_stale_temps
+from shardyard.stores.atomic import atomic_write_json, chmod_as_umask, remove_stale_temps
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json, sha256_file
+from shardyard.stores.safe_paths import safe_relatives
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "SCHEMA", "SHARD_RE", "Sample", "ShardStore", "ShardWriter",
            "ShardWriterConfig", "iter_tar_samples", "list_shards", "shard_name", "split_key_ext", "write_tar"]
@@ -197,7 +198,7 @@ class ShardWriter:
 
     def _commit(self, tmp: str, name: str, num_samples: int, sidecar: dict[str, Any]) -> None:
         """Sidecar (with the shard's manifest entry) first, then the rename that makes the shard finished."""
-        os.chmod(tmp, 0o644)
+        chmod_as_umask(tmp)
         entry = {"name": f"shards/{name}", "split": self.config.split, "samples": num_samples,
                  "bytes": os.path.getsize(tmp), "sha256": sha256_file(tmp)}
         atomic_write_json((self.shard_dir / name).with_suffix(".status.json"),
@@ -251,6 +252,8 @@ class ShardStore:
         self.manifest = Manifest.from_dict(d)
         if self.manifest.format != FORMAT:
             raise StoreError(f"store format is {self.manifest.format!r}, not {FORMAT!r}", path=self.root)
+        # shard names are joined onto the root by every reader and by verify: none may lead outside it
+        safe_relatives([f.get("name") for f in self.manifest.files], source=path)
 
     def shards(self, split: str | None = None) -> list[str]:
         """Paths or URLs of the shards (all splits, or one), in manifest order."""
