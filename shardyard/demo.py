@@ -10,12 +10,14 @@ it, with attention overlays.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from shardyard.procs import die_with_parent
 from shardyard.stores.wds import Sample, ShardWriter
 from shardyard.testing import SyntheticConfig, write_synthetic_yam
 
@@ -25,7 +27,8 @@ __all__ = ["main", "write_clip_shards"]
 def _cli(*args: str) -> int:
     cmd = [sys.executable, "-m", "shardyard.cli", *args]
     print("$ shardyard " + " ".join(args), flush=True)
-    return subprocess.run(cmd, check=False).returncode
+    # The step dies with the demo (a killed `make demo` leaves no ingest or training running).
+    return subprocess.run(cmd, check=False, preexec_fn=functools.partial(die_with_parent, os.getpid())).returncode
 
 
 def write_clip_shards(raw: Path, out: Path) -> Path:

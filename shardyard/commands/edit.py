@@ -140,19 +140,31 @@ def verify_cmd(
                                        "endpoint_url=http://127.0.0.1:9000; else fsspec's configuration.")] = None,
     tmp_dir: Annotated[Optional[str], typer.Option(
         help="Where a store at a URL is downloaded to be checked (room for the whole store).")] = None,
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="First delete what killed jobs left (.spill/ folders, temp files) in a local store no "
+                         "job is writing; each removed path is printed.")] = False,
 ) -> None:
     """Check a store's files (shard indexes, chunks, tar checksums, episode_ends, provenance, stats);
     exit 0 when intact, 1 with a report naming each damaged episode, field and file. A store at a URL
-    (`s3://...`) is downloaded into a temporary folder and checked there."""
+    (`s3://...`) is downloaded into a temporary folder and checked there. `--repair` first removes a killed
+    job's spill folders and temp files (printed; on stderr with --json)."""
     import json
 
     from shardyard.stores.remote_fs import parse_storage_options
+    from shardyard.stores.repair import repair_store
     from shardyard.stores.verify import verify_store
 
     try:
         options = parse_storage_options(storage_option)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    if repair:
+        try:
+            removed = repair_store(store)
+        except ShardyardError as e:
+            fail(e)
+        typer.echo(f"repair: removed {len(removed)} leftover(s)" + "".join(f"\n  removed {p}" for p in removed),
+                   err=json_out)
     report = verify_store(store, check_stats=stats, storage_options=options, tmp_dir=tmp_dir)
     typer.echo(json.dumps(report.to_dict(), indent=2) if json_out else report.summary())
     raise typer.Exit(0 if report.ok else 1)

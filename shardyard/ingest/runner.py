@@ -12,7 +12,7 @@ import contextlib
 import importlib
 import logging
 import multiprocessing as mp
-import pickle
+import os
 import sys
 import threading
 import time
@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Protocol
 import numpy as np
 
 from shardyard.errors import ConfigError, SchemaError, SourceError
+from shardyard.procs import die_with_parent
 from shardyard.schema import Episode, Schema
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
 from shardyard.stores.frame_encoding import DEFAULT_FRAME_CODEC, ChunkCodec, EncodedRows, EncodedVideo, FrameEncoding
@@ -67,7 +68,9 @@ class IngestConfig:
     cheaper). frame_codec: codec of the image fields (`stores.episodic_writer.parse_frame_codecs`: "jpeg"
     default, "jpeg:Q", "lz4", "zstd", "none", `FIELD=CODEC` overrides). ray_address: read with Ray tasks
     instead ("local" starts Ray on this machine). on_error: "skip" records a bad episode in report.json and goes on,
-    "fail" stops at the first.
+    "fail" stops at the first. follow_links: the `--follow-links` choice, recorded in the manifest's provenance;
+    the sources apply it (each source config has the same field: read links leading out of the input folder,
+    `ingest.inside`).
     """
 
     out: Path
@@ -81,6 +84,7 @@ class IngestConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     stats: StatsConfig = field(default_factory=StatsConfig)
+    follow_links: bool = False
 
     def __post_init__(self) -> None:
         if self.on_error not in ("skip", "fail"):
@@ -180,15 +184,19 @@ def _register(token: str, source: Source) -> None:
         warm()
 
 
-def _init_worker(token: str, pickled_source: bytes) -> None:
-    """Initializer of a spawned pool: the source arrives pickled."""
-    _register(token, pickle.loads(pickled_source))
+def _init_worker(token: str, source: Source, parent_pid: int) -> None:
+    """Initializer of a spawned pool (the source arrives as multiprocessing sends a process's arguments):
+    the worker dies with the writer's process `parent_pid`."""
+    die_with_parent(parent_pid)
+    _register(token, source)
 
 
-def _init_forked(token: str) -> None:
-    """Initializer of a forked pool: the source is the writer's own object, inherited with its warm state
-    (imports, a compiled robot model), less what its `__getstate__` says must not cross a process (open
-    HDF5 files): exactly what unpickling it would give, without the copy."""
+def _init_forked(token: str, parent_pid: int) -> None:
+    """Initializer of a forked pool: the worker dies with the writer's process `parent_pid`; the source is
+    the writer's own object, inherited with its warm state (imports, a compiled robot model), less what its
+    `__getstate__` says must not cross a process (open HDF5 files): exactly what unpickling it would give,
+    without the copy."""
+    die_with_parent(parent_pid)
     source = _WORKER_SOURCES[token]
     getstate = getattr(source, "__getstate__", None)
     state = getstate() if getstate is not None else None
@@ -269,7 +277,8 @@ def _start_pool(source: Source, cfg: IngestConfig,
     Forked (Linux) after the schema probe when this process runs no other thread, so the workers inherit
     its imports and the source's warm state (a compiled robot model) instead of repeating them (about a
     second of CPU each); a thread must not be forked, and zarr's event loop or a progress bar's refresh
-    thread would be one. Otherwise spawned, before the probe, so that worker start-up overlaps it.
+    thread would be one. Otherwise spawned, before the probe, so that worker start-up overlaps it. Either
+    way each worker dies with this process (`procs.die_with_parent`): a killed ingest leaves no reader.
     """
     token = uuid.uuid4().hex
     fork = sys.platform.startswith("linux") and threading.active_count() == 1
@@ -278,10 +287,10 @@ def _start_pool(source: Source, cfg: IngestConfig,
         source.keys()
         _WORKER_SOURCES[token] = source  # handed down by the fork itself (see _init_forked)
         executor = ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("fork"), initializer=_init_forked,
-                                       initargs=(token,))
+                                       initargs=(token, os.getpid()))
     else:
         executor = ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                       initargs=(token, pickle.dumps(source)))
+                                       initargs=(token, source, os.getpid()))
     stack.enter_context(executor)
     for _ in range(cfg.workers):  # start every worker now (a spawn pool starts them on demand)
         executor.submit(int)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from shardyard.errors import StoreError
-from shardyard.stores.atomic import atomic_write_json, to_jsonable
+from shardyard.stores.atomic import atomic_write_json, chmod_as_umask, to_jsonable
 from shardyard.stores.manifest import read_json
 
 PROGRESS = "progress.json"
@@ -117,6 +117,7 @@ class CommitLog:
         path = Path(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            chmod_as_umask(fd)
             with os.fdopen(fd, "w") as f:
                 f.write("[")
                 for i, e in enumerate(self.episodes()):

@@ -25,9 +25,12 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+
+from shardyard.stores.atomic import chmod_as_umask
+from shardyard.stores.read_checks import damaged_file
 
 VIDEO_DIR = "video"
 INDEX = "frame_index"
@@ -232,7 +235,11 @@ class VideoFrameReader:
     frame index; `episode_starts (E,)` the first global row of each episode. The files of the last
     `open_files` episodes read stay open (opening an MP4 probes its stream, which costs about what decoding
     a GOP of 640x480 frames does), so a shuffled sampler over a few episodes pays a seek, not an open, per
-    read. Per-process state (the open files) is rebuilt after a fork."""
+    read. Per-process state (the open files) is rebuilt after a fork.
+
+    `crc (E,) uint32`: each MP4's recorded crc32c, checked as the file opens (a local one once per process
+    while its inode, size and mtime stay; a remote one is read whole, decoded from memory). A missing, damaged
+    or undecodable file raises `damaged(reason, episode=, step=, file=)` (`StoreDamagedError`)."""
 
     field_dir: str
     index: np.ndarray
@@ -240,6 +247,9 @@ class VideoFrameReader:
     row_shape: tuple[int, ...]
     fs: Any = None
     open_files: int = 4
+    crc: np.ndarray | None = None
+    damaged: Callable[..., Exception] = damaged_file
+    _verified: dict[int, tuple[int, int, int]] = field(default_factory=dict, repr=False)
     _pid: int = field(default=-1, repr=False)
     _open: dict[int, _OpenEpisode] = field(default_factory=dict, repr=False)  # in least-recent-first order
     _reformatter: Any = field(default=None, repr=False)
@@ -253,9 +263,36 @@ class VideoFrameReader:
             base = int(self.episode_starts[ep])
             end = min(stop, int(self.episode_starts[ep + 1]) if ep + 1 < len(self.episode_starts)
                       else len(self.index))
-            self._read_episode(ep, row - base, end - base, out[row - start:end - start])
+            try:
+                self._read_episode(ep, row - base, end - base, out[row - start:end - start])
+            except (ValueError, FileNotFoundError, EOFError) as e:  # av's errors subclass these
+                self._open.pop(ep, None)
+                why = "missing" if isinstance(e, FileNotFoundError) else f"does not decode ({type(e).__name__}: {e})"
+                raise self.damaged(f"video file {why}", episode=ep, step=row - base,
+                                   file=f"{self.field_dir}/{video_name(ep)}") from e
             row = end
         return out
+
+    def _source(self, ep: int, path: str) -> Any:
+        """What `av.open` reads for episode `ep` (local `path`, or a file object), checked against its crc32c."""
+        if self.fs is not None:
+            if self.crc is None:
+                return self.fs.open(path, "rb")
+            data = self.fs.cat_file(path)
+            self._check(ep, path, file_crc32c(data))
+            return io.BytesIO(data)
+        if self.crc is not None:
+            st = os.stat(path)
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if self._verified.get(ep) != key:
+                self._check(ep, path, file_crc32c(path))
+                self._verified[ep] = key
+        return path
+
+    def _check(self, ep: int, path: str, got: int) -> None:
+        if self.crc is not None and got != int(self.crc[ep]):
+            raise self.damaged(f"video file crc32c {got:08x} differs from the recorded {int(self.crc[ep]):08x}",
+                               episode=ep, file=path)
 
     def _episode(self, ep: int) -> _OpenEpisode:
         """Episode `ep`'s open file (opened, and the least recently used one closed, when not open)."""
@@ -270,7 +307,7 @@ class VideoFrameReader:
             while len(self._open) >= max(self.open_files, 1):
                 self._open.pop(next(iter(self._open))).container.close()
             path = f"{self.field_dir}/{video_name(ep)}"
-            container = av.open(self.fs.open(path, "rb") if self.fs is not None else path)
+            container = av.open(self._source(ep, path))
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1  # one slice per frame (the encoder's): threads add nothing
             step_of = {int(p): t for t, p in enumerate(self._episode_index(ep)[:, 0].tolist())}
@@ -364,6 +401,7 @@ class VideoFieldFiles:
         target.parent.mkdir(parents=True, exist_ok=True)
         crc = video.crc32c if video.crc32c is not None else file_crc32c(video.path or video.data)
         if video.path is not None:
+            chmod_as_umask(video.path)  # a spill file is made 0600 (mkstemp)
             os.replace(video.path, target)
             return crc
         tmp = target.with_name(f".{target.name}.tmp")

@@ -33,6 +33,7 @@ import numpy as np
 from shardyard.stores.byte_ranges import Piece, piece_len, write_pieces
 from shardyard.stores.codecs_jpeg import NAME as JPEG_NAME
 from shardyard.stores.codecs_jpeg import decode_frame
+from shardyard.stores.read_checks import crc32c, crc_mismatch, damaged_file
 
 EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk that was never written (fill value)
 
@@ -158,7 +159,7 @@ class ShardAppender:
             if path.parent not in self._made_dirs:  # a mkdir costs ~0.7 ms here, even of an existing folder
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._made_dirs.add(path.parent)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, as open()
             try:
                 start = self._size  # a new shard starts at 0 (over any stale file of a killed run)
                 end = start + write_pieces(fd, take, start)
@@ -227,14 +228,17 @@ class ShardReader:
     fs: Any = None  # fsspec filesystem for remote stores; None = local file system
     fill_value: Any = 0
     raw: bool = False  # inner chunks are stored uncompressed (codec chain is `bytes` alone)
+    crc: np.ndarray | None = None  # (shape[0],) uint32: recorded crc32c of each one-row chunk, checked as read
+    fill_ok: bool = True  # a chunk never written (index EMPTY, shard absent) reads as fill_value; False: damage
+    damaged: Callable[..., Exception] = damaged_file  # (reason, row=, file=) -> the error (read_checks.FieldNamer)
     _pid: int = field(default=-1, repr=False)
     _files: dict[int, Any] = field(default_factory=dict, repr=False)
     _indexes: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def maybe_for(cls, root: str, meta: dict[str, Any], fs: Any = None) -> "ShardReader | None":
+    def maybe_for(cls, root: str, meta: dict[str, Any], fs: Any = None, **checks: Any) -> "ShardReader | None":
         """Return a reader for the array whose `zarr.json` content is `meta`, or None if its layout is not
-        one this fast path handles."""
+        one this fast path handles. `checks`: `crc`, `fill_ok`, `damaged` (integrity on read, fields above)."""
         codecs = meta.get("codecs", [])
         if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
             return None
@@ -257,7 +261,7 @@ class ShardReader:
         return cls(root=root, shape=shape, dtype=dtype, shard_rows=outer[0], chunk_rows=inner[0],
                    decode=decode, index_at_end=conf.get("index_location", "end") == "end",
                    has_crc="crc32c" in index_codecs, fs=fs, fill_value=meta.get("fill_value", 0),
-                   raw=len(conf["codecs"]) == 1)
+                   raw=len(conf["codecs"]) == 1, **checks)
 
     @property
     def row_nbytes(self) -> int:
@@ -271,14 +275,15 @@ class ShardReader:
     def _shard_path(self, s: int) -> str:
         return shard_file(self.root, s, len(self.shape))
 
-    def _read_range(self, s: int, start: int, length: int) -> bytes:
-        """`length` bytes at `start` of shard `s` (start < 0 counts from the end)."""
+    def _read_range(self, s: int, start: int, length: int) -> bytes | None:
+        """`length` bytes at `start` of shard `s` (start < 0 counts from the end; fewer when the file is
+        shorter), or None when the file is absent."""
         if self.fs is not None:
             path = self._shard_path(s)
             try:
                 data = self.fs.cat_file(path, start=start, end=None if start < 0 else start + length)
             except FileNotFoundError:
-                return b""
+                return None
             # A server that ignores Range answers with the whole file: cut the asked range out of it.
             if start < 0 and len(data) > -start:
                 data = data[start:]
@@ -290,67 +295,90 @@ class ShardReader:
             try:
                 fd = os.open(self._shard_path(s), os.O_RDONLY)
             except FileNotFoundError:
-                return b""
+                return None
             self._files[s] = fd
-        if start < 0:
-            size = os.fstat(fd).st_size
-            start = size + start
+        if start < 0:  # a file shorter than asked (truncated) gives what it has
+            start = max(os.fstat(fd).st_size + start, 0)
         return os.pread(fd, length, start)
 
+    def _damage(self, reason: str, row: int, s: int) -> Exception:
+        return self.damaged(reason, row=row, file=self._shard_path(s))
+
     def _index(self, s: int) -> np.ndarray | None:
+        """Shard `s`'s `(chunks, 2)` index, checked against its crc32c; None when there is no file."""
         idx = self._indexes.get(s)
         if idx is None:
             n = self.shard_rows // self.chunk_rows
             nbytes = index_nbytes(n, self.has_crc)
             raw = self._read_range(s, -nbytes if self.index_at_end else 0, nbytes)
-            if len(raw) < nbytes:
-                return None  # shard absent: every chunk is fill_value
-            idx = np.frombuffer(raw[: 16 * n], dtype="<u8").reshape(n, 2)
-            self._indexes[s] = idx
+            if raw is None:
+                return None  # shard absent: every chunk is fill_value (or damage, without fill_ok)
+            if len(raw) < nbytes or (self.has_crc and crc32c(raw[:-4]) != int.from_bytes(raw[-4:], "little")):
+                raise self._damage("shard index fails its crc32c (damaged or truncated file)", s * self.shard_rows, s)
+            idx = self._indexes[s] = np.frombuffer(raw[: 16 * n], dtype="<u8").reshape(n, 2)
         return idx
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows `[start, stop)` as one `(stop - start, *shape[1:])` array."""
+        """Rows `[start, stop)` as one `(stop - start, *shape[1:])` array. Raises `StoreDamagedError` for a
+        chunk whose crc32c differs from the recorded one, a missing chunk (without `fill_ok`), a truncated
+        file or a chunk that does not decode."""
         self._check_pid()
         out = np.empty((stop - start,) + self.shape[1:], dtype=self.dtype)
         if stop <= start:
             return out
-        flat = out.reshape(stop - start, -1).view(np.uint8).reshape(-1)
-        rb = self.row_nbytes
         c0, c1 = start // self.chunk_rows, (stop - 1) // self.chunk_rows + 1
         per_shard = self.shard_rows // self.chunk_rows
         c = c0
         while c < c1:
             s = c // per_shard
             run_end = min(c1, (s + 1) * per_shard)
-            idx = self._index(s)
             chunks = list(range(c, run_end))
-            entries = None if idx is None else idx[np.array(chunks) - s * per_shard]
-            present = entries is not None and not np.any(entries[:, 0] == EMPTY)
-            contiguous = present and np.all(entries[1:, 0] == entries[:-1, 0] + entries[:-1, 1])
-            if contiguous:
-                blob = self._read_range(s, int(entries[0, 0]), int(entries[-1, 0] + entries[-1, 1] - entries[0, 0]))
-                base = int(entries[0, 0])
-                pieces = [blob[int(o) - base: int(o) - base + int(n)] for o, n in entries]
-            else:
-                pieces = []
-                for k, cc in enumerate(chunks):
-                    if entries is None or entries[k, 0] == EMPTY:
-                        pieces.append(None)
-                    else:
-                        pieces.append(self._read_range(s, int(entries[k, 0]), int(entries[k, 1])))
-            for cc, piece in zip(chunks, pieces):
-                r0 = cc * self.chunk_rows
-                lo, hi = max(r0, start), min(r0 + self.chunk_rows, stop, self.shape[0])
-                dst = flat[(lo - start) * rb: (hi - start) * rb]
-                if piece is None:
-                    out[lo - start: hi - start] = self.fill_value
-                    continue
-                raw = self.decode(piece)
-                src = np.frombuffer(raw, dtype=np.uint8)
-                dst[:] = src[(lo - r0) * rb: (hi - r0) * rb]
+            for cc, piece in zip(chunks, self._pieces(s, chunks)):
+                self._place(out, start, stop, cc, piece, s)
             c = run_end
         return out
+
+    def _pieces(self, s: int, chunks: list[int]) -> list[bytes | None]:
+        """The stored bytes of `chunks` (all in shard `s`; None: never written), with one ranged read when
+        they lie back to back."""
+        idx = self._index(s)
+        if idx is None:
+            return [None] * len(chunks)
+        entries = idx[np.array(chunks) - s * (self.shard_rows // self.chunk_rows)]
+        written = entries[:, 0] != EMPTY
+        if np.all(written) and np.all(entries[1:, 0] == entries[:-1, 0] + entries[:-1, 1]):
+            base, total = int(entries[0, 0]), int(entries[-1, 0] + entries[-1, 1] - entries[0, 0])
+            blob = self._read_range(s, base, total)
+            if blob is None or len(blob) != total:
+                raise self._damage("short read: shard file truncated", chunks[0] * self.chunk_rows, s)
+            return [blob[int(o) - base: int(o) - base + int(n)] for o, n in entries]
+        pieces: list[bytes | None] = []
+        for k, cc in enumerate(chunks):
+            piece = self._read_range(s, int(entries[k, 0]), int(entries[k, 1])) if written[k] else None
+            if written[k] and (piece is None or len(piece) != int(entries[k, 1])):
+                raise self._damage("short read: shard file truncated", cc * self.chunk_rows, s)
+            pieces.append(piece)
+        return pieces
+
+    def _place(self, out: np.ndarray, start: int, stop: int, cc: int, piece: bytes | None, s: int) -> None:
+        """Check chunk `cc`'s bytes (`piece`), decode them and copy its rows inside `[start, stop)` into `out`."""
+        r0 = cc * self.chunk_rows
+        lo, hi = max(r0, start), min(r0 + self.chunk_rows, stop, self.shape[0])
+        crc = self.crc if self.chunk_rows == 1 else None
+        if piece is None:
+            if not self.fill_ok or (crc is not None and int(crc[cc]) != 0):
+                raise self._damage("chunk missing (the shard file or its index lacks it; zarr would give the "
+                                   "fill value)", r0, s)
+            out[lo - start: hi - start] = self.fill_value
+            return
+        if crc is not None and (why := crc_mismatch(piece, int(crc[cc]))):
+            raise self._damage(why, r0, s)
+        rb = self.row_nbytes
+        try:
+            src = np.frombuffer(self.decode(piece), dtype=np.uint8)
+            out[lo - start: hi - start].reshape(-1).view(np.uint8)[:] = src[(lo - r0) * rb: (hi - r0) * rb]
+        except Exception as e:  # noqa: BLE001 - any codec error on stored bytes is damage
+            raise self._damage(f"chunk does not decode ({type(e).__name__}: {e})", r0, s) from e
 
     def pread_rows(self, indices: np.ndarray) -> np.ndarray | None:
         """Rows at `indices` (any order, repeats allowed) as `(len(indices), *shape[1:])`, each `pread`
@@ -368,7 +396,9 @@ class ShardReader:
             index = self._index(s)  # also opens the shard file
             if index is None or index[k, 0] == EMPTY or int(index[k, 1]) != rb \
                     or os.preadv(self._files[s], [flat[j]], int(index[k, 0])) != rb:
-                out[j] = self.read(i, i + 1)[0]
+                out[j] = self.read(i, i + 1)[0]  # the general path: fill value or damage, checked
+            elif self.crc is not None and (why := crc_mismatch(flat[j], int(self.crc[i]))):
+                raise self._damage(why, i, s)
         return out
 
     def close(self) -> None:

@@ -40,6 +40,7 @@ import torch
 from shardyard.errors import ConfigError
 from shardyard.loaders.streaming import ClipStream, StreamConfig
 from shardyard.models.foveated import FoveatedCaptioner, FoveatedConfig
+from shardyard.procs import loader_worker_init
 from shardyard.train.configs import FoveatedTrainConfig, ModeWeights
 from shardyard.train.loop import (
     CHECKPOINT,
@@ -111,7 +112,7 @@ def clip_batches(stream: ClipStream, cfg: FoveatedTrainConfig, pin: bool) -> Ite
     """Batches of `batch_size` clips, epoch after epoch (`stream.set_epoch`), endlessly. Raises ConfigError
     when an epoch yields no clip."""
     loader = torch.utils.data.DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                         pin_memory=pin)
+                                         pin_memory=pin, worker_init_fn=loader_worker_init())
     while True:
         n = 0
         for n, batch in enumerate(loader, 1):

@@ -38,6 +38,7 @@ from shardyard.errors import ConfigError
 from shardyard.loaders.targets import decode_positions
 from shardyard.loaders.windows import EpisodeWindows, WindowConfig, collate_numpy
 from shardyard.models.volume_query import DinoVolumeQuery, VolumeQueryConfig, decode, volume_query_loss
+from shardyard.procs import loader_worker_init
 from shardyard.train.configs import TrainConfig
 from shardyard.train.loop import (
     CHECKPOINT,
@@ -229,7 +230,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     logger = MetricLogger(out_dir / METRICS, resume_step=step if step else None, enabled=rt.is_main)
     net = rt.wrap(model)
     loader = torch.utils.data.DataLoader(StepBatches(data, order, step, cfg.steps, collate_numpy), batch_size=None,
-                                         num_workers=cfg.num_workers, collate_fn=keep_batch)
+                                         num_workers=cfg.num_workers, collate_fn=keep_batch,
+                                         worker_init_fn=loader_worker_init())
     timer, plots, losses = DataWait(), [], []
     log.info("training %d params on %s, rank %d/%d, %d batches/rank/epoch, from step %d",
              sum(p.numel() for p in model.parameters()), rt.device, rt.rank, rt.world_size, order.per_epoch, step)
