@@ -37,6 +37,7 @@ import torch
 from shardyard.errors import ConfigError
 from shardyard.ingest.lerobot import field_from_feature
 from shardyard.loaders.normalize import FieldNorm, relative_action_stats
+from shardyard.stores.snapshot import reads_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ class EpisodeDatasetConfig:
     the anchor step on `relative_dims` (default every dim; the two fields must then have the same shape).
     tolerance_s: how far (seconds) a `delta_timestamps` value may be from a whole step (LeRobot's 1e-4).
     include_task: add the episode's task text as `task` (a str). eps: smallest normalisation scale.
-    float32: serve float fields as float32 (else in their stored dtype).
+    float32: serve float fields as float32 (else in their stored dtype). verify_reads: a store given by path
+    checks every read against the checksums recorded at write time (`stores.read_checks`: damage raises
+    `StoreDamagedError`); False skips the checks (a store given as an object keeps its own setting).
     """
 
     split: str | None = None
@@ -72,6 +75,7 @@ class EpisodeDatasetConfig:
     include_task: bool = False
     eps: float = 1e-8
     float32: bool = True
+    verify_reads: bool = True
 
 
 def resolve_field(schema: Any, name: str) -> str:
@@ -155,7 +159,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         if isinstance(store, (str, os.PathLike)):
             from shardyard import open_store
 
-            store = open_store(str(store))
+            store = open_store(str(store), verify_reads=(config or EpisodeDatasetConfig()).verify_reads)
         self.store = store
         self.cfg = cfg = config or EpisodeDatasetConfig()
         if (deltas is None) == (delta_timestamps is None):
@@ -289,6 +293,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
             gap = max(1, SPAN_GAP_BYTES // row_bytes)
         return gather_rows(self.store, field, rows, gap)
 
+    @reads_snapshot("store")  # one read section a batch: served whole from the version opened, or StoreChangedError
     def fetch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         """A batch as numpy arrays: per field `name` -> `(B, K, *shape)` (raw store layout: images
         `(B, K, H, W, C)` uint8; normalisation and relative actions applied), `name_is_pad (B, K) bool`,

@@ -19,7 +19,9 @@ Faults. A sample that does not decode, is an image, or is shorter than the clip 
 (`stream.counters`, shared with the workers through shared memory); it is never raised into the training
 loop. A network fault while reading a shard (timeout, 5xx, dropped connection, truncated body) reopens
 the shard after a backoff and continues after the last sample read; after `retries` failures the rest of
-the shard is skipped and counted in `shards_skipped`.
+the shard is skipped and counted in `shards_skipped`. Damage is not a fault: a shard store's tar whose size
+or sha256 differs from its manifest, or that is missing locally, raises `StoreDamagedError` before any of its
+samples is served (`StreamConfig.verify_reads`, default on; over HTTP a 404 is still a skipped shard).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from shardyard.errors import ConfigError, SourceError
+from shardyard.errors import ConfigError, SourceError, StoreDamagedError
+from shardyard.stores.read_checks import checked_shard, recorded_shards
+from shardyard.stores.snapshot import source_snapshot
 from shardyard.stores.wds import Sample, iter_tar_samples, list_shards
 from shardyard.video import VIDEO_EXTS, open_video_bytes
 
@@ -56,7 +60,9 @@ class StreamConfig:
     shuffle_buffer: samples held for shuffling (0 or 1: shard order only). seed: order seed.
     clip_start: "random" (drawn from (seed, epoch, key)) or "start". retries / backoff_s / backoff_max_s /
     timeout_s: network faults per shard (s). rank / world_size: default from torch.distributed.
-    backend: video backend of `shardyard.video` ("pyav"; "decord" only at native size)."""
+    backend: video backend of `shardyard.video` ("pyav"; "decord" only at native size). verify_reads: check
+    each tar of a shard store against the size and sha256 in its manifest before serving its samples
+    (`stores.read_checks.checked_shard`; damage raises `StoreDamagedError`, never a skip)."""
 
     num_frames: int = 16
     fps: float | None = None
@@ -72,6 +78,7 @@ class StreamConfig:
     rank: int | None = None
     world_size: int | None = None
     backend: str = "pyav"
+    verify_reads: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.size, int):
@@ -95,7 +102,10 @@ class ClipStream(IterableDataset):
         super().__init__()
         self.config = config or StreamConfig(num_frames=num_frames, fps=fps, size=size,
                                              shuffle_buffer=shuffle_buffer, seed=seed)
-        self.shards = list_shards(source)
+        self.snapshot = source_snapshot(source)  # a shard store's version: checked as samples are read
+        with self.snapshot.reading():
+            self.shards = list_shards(source)
+            self._store, self._recorded = recorded_shards(source) if self.config.verify_reads else (None, {})
         self.epoch = 0
         self._consumed: dict[int, int] = {}
         self._start: dict[int, int] = {}
@@ -180,16 +190,23 @@ class ClipStream(IterableDataset):
 
     def _read_shard(self, url: str, worker: int, fs: Any) -> Iterator[Sample]:
         c, done, failures = self.config, 0, 0
+        entry = self._recorded.get(url)  # its manifest entry: checked before any sample is served
         while True:
+            self.snapshot.check_remote()  # a remote store: checked per shard opened, not per sample
             try:
-                with self._open(url, fs) as f:
-                    for i, s in enumerate(iter_tar_samples(f)):
+                with self._open(url, fs) as f, checked_shard(f, url, entry, self._store) as g:
+                    for i, s in enumerate(iter_tar_samples(g)):
                         if i >= done:
                             done += 1
                             yield s
                 self._count(worker, "shards_done")
                 return
+            except StoreDamagedError:
+                raise
             except FileNotFoundError as e:  # local file missing or HTTP 404: not a transient fault
+                if entry is not None and "://" not in url:  # the store's own manifest lists it
+                    raise StoreDamagedError("tar shard listed in the manifest is missing", store=self._store,
+                                            path=url) from e
                 log.warning("shard %s skipped: %s", url, e)
                 break
             except Exception as e:  # aiohttp/asyncio/tarfile/OS errors: a dropped or truncated read
@@ -276,6 +293,7 @@ class ClipStream(IterableDataset):
         for pos, s in enumerate(self._shuffled(raw, rng)):
             if pos < skip:
                 continue
+            self.snapshot.check_local()  # after the sample's bytes were read: the version opened, or raise
             self._count(worker, "seen")
             frames, reason = self._clip(s)
             if frames is None:

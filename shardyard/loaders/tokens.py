@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from shardyard.stores.features import CLS, FIELD_NAMES, PATCH, FeatureStore, open_features
+from shardyard.stores.snapshot import reads_snapshot
 from shardyard.stores.zarr_shard import ShardReader
 
 __all__ = ["CLS_KEY", "MISSING_KEY", "PATCH_KEY", "REMOTE_READS_IN_FLIGHT", "TokenDataset", "TokenDatasetConfig"]
@@ -32,10 +33,13 @@ REMOTE_READS_IN_FLIGHT = 16  # ranged reads of a batch in flight at once from a 
 @dataclass
 class TokenDatasetConfig:
     """tokens: which token fields to return (`dino.patch_tokens`, `dino.cls_token`). as_float32: cast the
-    stored float16/bfloat16 tokens to float32 (default keeps the stored dtype: half the bytes)."""
+    stored float16/bfloat16 tokens to float32 (default keeps the stored dtype: half the bytes). verify_reads:
+    stores given by path check each token chunk (and the source store's reads) against the checksums
+    recorded at write time, raising `StoreDamagedError` (`stores.read_checks`); False skips the checks."""
 
     tokens: tuple[str, ...] = (PATCH_KEY, CLS_KEY)
     as_float32: bool = False
+    verify_reads: bool = True
 
 
 def _runs(idx: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
@@ -63,15 +67,16 @@ class TokenDataset(torch.utils.data.Dataset):
 
     def __init__(self, features: str | os.PathLike | FeatureStore, store: Any = None,
                  fields: Sequence[str] | None = None, config: TokenDatasetConfig | None = None) -> None:
-        self.features = features if isinstance(features, FeatureStore) else open_features(features)
         self.cfg = config or TokenDatasetConfig()
+        self.features = features if isinstance(features, FeatureStore) else \
+            open_features(features, verify_reads=self.cfg.verify_reads)
         unknown = [t for t in self.cfg.tokens if t not in (PATCH_KEY, CLS_KEY)]
         if unknown:
             raise ValueError(f"unknown token field(s) {unknown}; expected {PATCH_KEY}, {CLS_KEY}")
         if isinstance(store, (str, os.PathLike)):
             from shardyard import open_store
 
-            store = open_store(str(store))
+            store = open_store(str(store), verify_reads=self.cfg.verify_reads)
         self.store = store
         if store is not None and store.num_steps != self.features.num_samples:
             raise ValueError(f"store has {store.num_steps} steps, feature store {self.features.num_samples}: "
@@ -108,12 +113,13 @@ class TokenDataset(torch.utils.data.Dataset):
             runs = _runs(uniq)
             if fs.is_remote and len(runs) > 1:  # one round trip per run: overlap them, not one after another
                 with ThreadPoolExecutor(min(len(runs), REMOTE_READS_IN_FLIGHT)) as pool:
-                    parts = list(pool.map(lambda r: read(r[0], r[1]), runs))
+                    parts = list(pool.map(fs.snapshot.carried(lambda r: read(r[0], r[1])), runs))
             else:
                 parts = [read(a, b) for a, b, _ in runs]
             x = (parts[0] if len(parts) == 1 else np.concatenate(parts))[inverse]
         return x.astype(np.float32) if self.cfg.as_float32 else x
 
+    @reads_snapshot("features", "store")  # one read section a batch (`stores.snapshot`)
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """A batch of items (DataLoader calls this once per batch): reads grouped by runs of indices."""
         idx = np.asarray(indices, dtype=np.int64)

@@ -12,6 +12,10 @@ the result in atomically), with a dry run that says what would change (issue 16,
 
 Frame chunks are copied without re-encoding, and the stats of every result equal those of ingesting its
 episodes from scratch (`stores.edit_copy`, `stores.stats.parts`).
+
+In place, the new store (and feature store) gets a new manifest `generation` and is swapped in by renames:
+a reader that opened the old one raises `StoreChangedError` at its next read, never mixing the two
+(`stores.snapshot`).
 """
 
 from __future__ import annotations

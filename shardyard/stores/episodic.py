@@ -30,7 +30,9 @@ import zarr
 from shardyard.errors import StoreError
 from shardyard.schema import Schema
 from shardyard.stores.manifest import MANIFEST, Manifest, read_json
+from shardyard.stores.read_checks import ReadChecks
 from shardyard.stores.remote_fs import ProcessLocalFS, is_remote
+from shardyard.stores.snapshot import open_snapshot, reads_snapshot
 from shardyard.stores.video_frames import INDEX, VideoFrameReader, video_codec_of
 from shardyard.stores.zarr_shard import ShardReader, load_array_meta
 
@@ -65,9 +67,14 @@ class EpisodicStore:
     to DataLoader workers (fork or spawn).
 
     Raises `StoreError` if there is no `manifest.json` (absent, or a job that never finished).
+
+    `verify_reads` (default True): every frame chunk, MP4 and low-dim array is checked against the checksums
+    recorded when it was written, and `meta/episode_ends` at open (`stores.read_checks`); damage raises
+    `StoreDamagedError` naming the store, field, episode, step and file. False skips those checks.
     """
 
-    def __init__(self, path_or_url: str | os.PathLike, *, manifest: Manifest | None = None) -> None:
+    def __init__(self, path_or_url: str | os.PathLike, *, manifest: Manifest | None = None,
+                 verify_reads: bool = True) -> None:
         import fsspec
 
         self.url = str(path_or_url)
@@ -77,14 +84,11 @@ class EpisodicStore:
             self._fs, self.root = ProcessLocalFS.for_url(self.url)
         else:
             self.root = str(Path(fsspec.core.url_to_fs(self.url)[1]))
-        if manifest is None:
-            try:
-                mdict = read_json(self._join(MANIFEST), self._fs)
-            except FileNotFoundError:
-                raise StoreError("no manifest.json: not a store, or its ingest never finished "
-                                 "(rerun the same command to resume)", path=self.url) from None
-        else:
-            mdict = manifest.to_dict()
+        try:  # the version opened: every read checks it is still the store's (`stores.snapshot`)
+            self.snapshot, mdict = open_snapshot(self.url, self._join(MANIFEST), self._fs, manifest)
+        except FileNotFoundError:
+            raise StoreError("no manifest.json: not a store, or its ingest never finished "
+                             "(rerun the same command to resume)", path=self.url) from None
         if mdict.get("format") != FORMAT:
             raise StoreError(f"not an episodic store (format {mdict.get('format')!r})", path=self.url)
         self.manifest: dict[str, Any] = mdict
@@ -94,7 +98,12 @@ class EpisodicStore:
         # Opening reads the manifest and the (E,) int64 episode ends, nothing per episode in JSON:
         # `meta/episodes.json` (~1 kB per episode), stats.json and report.json are read on first use.
         self._lazy: dict[str, Any] = {}
-        self.episode_ends = np.asarray(self._group()["meta/episode_ends"][:], dtype=np.int64)
+        # Integrity on read (`stores.read_checks`): recorded checksums checked as bytes are read
+        self.verify_reads = verify_reads
+        self._checks = ReadChecks(self.url, self.root, self._fs, verify=verify_reads,
+                                  manifest_in_memory=manifest is not None)
+        with self.snapshot.reading():
+            self.episode_ends = self._checks.load_episode_ends(self._group(), mdict)
         self.episode_starts = self.episode_ends - np.diff(self.episode_ends, prepend=0)
         self._fast: dict[str, ShardReader | None] = {}
         self._video: dict[str, VideoFrameReader] = {}
@@ -102,7 +111,9 @@ class EpisodicStore:
 
     def _json(self, rel: str, optional: bool) -> Any:
         if rel not in self._lazy:
-            self._lazy[rel] = self._optional_json(rel) if optional else read_json(self._join(rel), self._fs)
+            with self.snapshot.reading():
+                got = self._optional_json(rel) if optional else read_json(self._join(rel), self._fs)
+            self._lazy[rel] = got
         return self._lazy[rel]
 
     @property
@@ -180,6 +191,7 @@ class EpisodicStore:
         meta["cameras"] = cams
         return meta
 
+    @reads_snapshot()
     def read(self, episode: int, fields: Sequence[str] | None = None, start: int = 0,
              stop: int | None = None) -> dict[str, np.ndarray]:
         """Steps `[start, stop)` of `episode` (negative indices count from the episode's end): field ->
@@ -194,6 +206,7 @@ class EpisodicStore:
         base = int(self.episode_starts[episode])
         return {f: self.read_rows(f, base + start, base + stop) for f in (fields or self.schema.keys())}
 
+    @reads_snapshot()
     def read_rows(self, field: str, start: int, stop: int) -> np.ndarray:
         """Global rows `[start, stop)` of one field, across episode boundaries."""
         if field not in self.schema:
@@ -228,7 +241,9 @@ class EpisodicStore:
 
     def _array(self, field: str):
         if field not in self._arrays:
+            self._checks.check_files(f"data/{field}/", field)  # a low-dim field's chunk files, once per process
             self._arrays[field] = self._group()[f"data/{field}"]
+            self._checks.check_rows(field, self._arrays[field].shape[0], self._join(f"data/{field}"))
         return self._arrays[field]
 
     def _fast_reader(self, field: str) -> ShardReader | None:
@@ -236,10 +251,11 @@ class EpisodicStore:
         if field not in self._fast:
             path = self._join(f"data/{field}")
             meta = load_array_meta(path, self._fs)
-            self._fast[field] = ShardReader.maybe_for(path, meta, fs=self._fs)
+            self._fast[field] = self._checks.attach(field, ShardReader.maybe_for(path, meta, fs=self._fs), path)
             if video_codec_of(meta) is not None:
                 index = np.asarray(self._group()[f"data/{field}/{INDEX}"][:])
                 self._video[field] = VideoFrameReader(path, index, self.episode_starts,
-                                                      tuple(self.schema[field].shape), fs=self._fs)
+                                                      tuple(self.schema[field].shape), fs=self._fs,
+                                                      **self._checks.video_options(field, len(index), path))
         return self._fast[field]
 

@@ -37,7 +37,9 @@ from shardyard.schema import FieldSpec, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
 from shardyard.stores.feature_rows import CLS, MISSING, PATCH, PROGRESS_DIR, write_batch, write_chunk_crc32c
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
+from shardyard.stores.read_checks import ReadChecks
 from shardyard.stores.remote_fs import ProcessLocalFS, is_remote
+from shardyard.stores.snapshot import open_snapshot, reads_snapshot
 from shardyard.stores.stats.tokens import token_stats
 from shardyard.stores.zarr_shard import ShardReader, load_array_meta
 
@@ -257,10 +259,14 @@ class FeatureStore:
 
     Attributes: `path` (local `Path`, or the URL string of a remote store), `manifest`, `layout`
     (`FeatureLayout`), `key`, `stats`, `report`, `num_samples`, `grid`, `embed_dim`, `episode_ends`.
-    Raises `StoreError` when there is no manifest or it is another format.
+    Raises `StoreError` when there is no manifest or it is another format. With `verify_reads` (default)
+    each token chunk is checked against its crc32c recorded when it was written (`stores.read_checks`): a
+    mismatch, a written chunk that is missing or a damaged shard raises `StoreDamagedError` naming the sample's
+    source episode and step, the field and the file.
     """
 
-    def __init__(self, path: str | os.PathLike, *, manifest: Manifest | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, manifest: Manifest | None = None,
+                 verify_reads: bool = True) -> None:
         self._fs: ProcessLocalFS | None = None
         if is_remote(path):
             self.path: Path | str = str(path).rstrip("/")
@@ -268,8 +274,8 @@ class FeatureStore:
         else:
             self.path = Path(str(path).removeprefix("file://"))
             self._root = str(self.path)
-        try:
-            m = manifest.to_dict() if manifest is not None else read_json(self._join(MANIFEST), self._fs)
+        try:  # the version opened: every read checks it is still the store's (`stores.snapshot`)
+            self.snapshot, m = open_snapshot(str(self.path), self._join(MANIFEST), self._fs, manifest)
         except FileNotFoundError:
             raise StoreError("no manifest.json: not a feature store, or its `ingest dino` never finished "
                              "(rerun the same command to resume)", path=str(self.path)) from None
@@ -278,11 +284,16 @@ class FeatureStore:
         self.manifest = m
         self.layout = FeatureLayout(**m["extra"]["layout"])
         self.key = m["extra"]["key"]
-        self.stats = self._optional("stats.json")
-        self.report = self._optional("report.json")
+        with self.snapshot.reading():
+            self.stats = self._optional("stats.json")
+            self.report = self._optional("report.json")
         self._pid = -1
         self._readers: dict[str, Any] = {}
         self._missing: np.ndarray | None = None
+        self.verify_reads = verify_reads
+        self._checks = ReadChecks(str(self.path), self._root, self._fs, verify=verify_reads,
+                                  manifest_in_memory=manifest is not None,
+                                  keys=(m.get("source") or {}).get("episode_keys") or [])
 
     def _join(self, rel: str) -> str:
         return f"{self._root}/{rel}"
@@ -314,6 +325,7 @@ class FeatureStore:
     embed_dim = property(lambda self: self.layout.embed_dim)  # D
 
     @property
+    @reads_snapshot()
     def episode_ends(self) -> np.ndarray:
         """`(E,) int64` cumulative step counts of the source store's episodes."""
         return np.asarray(self._zarr("meta/episode_ends")[:])
@@ -335,10 +347,12 @@ class FeatureStore:
             self._readers, self._missing, self._pid = {}, None, os.getpid()
         if name not in self._readers:
             path = self._join(name)
-            fast = ShardReader.maybe_for(path, load_array_meta(path, self._fs), fs=self._fs)
+            fast = self._checks.attach(name, ShardReader.maybe_for(path, load_array_meta(path, self._fs), fs=self._fs),
+                                       path, fill_ok=True, name=FIELD_NAMES.get(name))
             self._readers[name] = fast if fast is not None else self._zarr(name)
         return self._readers[name]
 
+    @reads_snapshot()
     def _rows(self, name: str, start: int, stop: int) -> np.ndarray:
         r = self.array_reader(name)
         return self.decode(r.read(start, stop) if isinstance(r, ShardReader) else r[start:stop])
@@ -357,6 +371,7 @@ class FeatureStore:
         return self._rows(CLS, start, stop)
 
     @property
+    @reads_snapshot()
     def missing(self) -> np.ndarray:
         """`(N,) bool`: True where the source frame failed to decode (its tokens are not valid)."""
         self.array_reader(MISSING)
@@ -365,7 +380,7 @@ class FeatureStore:
         return self._missing
 
 
-def open_features(path: str | os.PathLike) -> FeatureStore:
+def open_features(path: str | os.PathLike, verify_reads: bool = True) -> FeatureStore:
     """Open a complete feature store (local path or fsspec URL); see `FeatureStore` (raises `StoreError`
-    when incomplete)."""
-    return FeatureStore(path)
+    when incomplete; `verify_reads` checks token chunks against their recorded crc32c)."""
+    return FeatureStore(path, verify_reads=verify_reads)

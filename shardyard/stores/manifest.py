@@ -1,19 +1,27 @@
-"""`manifest.json`: written last, its presence is what makes a directory a store."""
+"""`manifest.json`: written last, its presence is what makes a directory a store. Its `generation` (a random
+id, new with every manifest a writer makes) names the store's version: readers compare it to notice a store
+replaced under them (`stores.snapshot`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shardyard.version import __version__
 
-__all__ = ["MANIFEST", "Manifest", "fingerprint_paths", "provenance", "read_json", "sha256_file"]
+__all__ = ["MANIFEST", "Manifest", "fingerprint_paths", "new_generation", "provenance", "read_json", "sha256_file"]
 
 MANIFEST = "manifest.json"
+
+
+def new_generation() -> str:
+    """A fresh store generation id: 32 hex digits, random (uuid4), so no two writes share one."""
+    return uuid.uuid4().hex
 
 
 @dataclass
@@ -30,6 +38,9 @@ class Manifest:
     split: dict[str, list[int]] = field(default_factory=dict)  # "train"/"val" -> episode indices
     files: list[dict[str, Any]] = field(default_factory=list)  # shard stores: name, samples, bytes, sha256
     extra: dict[str, Any] = field(default_factory=dict)
+    # The version id readers check (`stores.snapshot`): kept when a manifest is rewritten from `from_dict`
+    # for the same data (a new split), new for every store a writer makes.
+    generation: str = field(default_factory=new_generation)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able content of `manifest.json`."""

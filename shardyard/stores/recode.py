@@ -6,7 +6,8 @@ split, source description and report. Low-dim arrays are copied value for value;
 store's own stats options, so they describe the frames as now stored (equal to the old ones for lossless
 codecs; image moments move slightly for a lossy one). The new store is complete (manifest last) before it
 replaces anything: in place, the old directory is renamed aside, the new one renamed into its place, then the
-old one deleted.
+old one deleted. The new manifest has a new `generation`: a reader of the old store raises `StoreChangedError`
+at its next read (`stores.snapshot`).
 """
 
 from __future__ import annotations
