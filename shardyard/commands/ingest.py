@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -14,6 +14,8 @@ from shardyard.commands.common import (
     Out,
     OutURL,
     Overwrite,
+    PauseAfter,
+    PauseFile,
     SplitSeed,
     ValFraction,
     Workers,
@@ -24,8 +26,13 @@ from shardyard.commands.common import (
     run_ingest_job,
 )
 from shardyard.errors import ShardyardError
+from shardyard.ingest.pause import PausePoint
 
 __all__ = ["ingest_dino_cmd", "ingest_lerobot", "ingest_libero", "ingest_nyu_cmd", "ingest_webvid_cmd", "ingest_yam"]
+
+FollowLinks = Annotated[bool, typer.Option(
+    "--follow-links", help="Read symlinks and HDF5 external links that lead out of the input folder, and LeRobot "
+                           "path templates with '..' (refused by default).")]
 
 
 @ingest_app.command("yam")
@@ -48,20 +55,25 @@ def ingest_yam(
     commit_seconds: float = typer.Option(30.0, help="Or commit a group once it is this old (s)."),
     timestamp_tolerance_ms: float = typer.Option(50.0, help="Largest step-to-frame gap when aligning cameras."),
     video_backend: str = typer.Option("pyav", help="pyav (default, frame-exact) or decord."),
+    follow_links: FollowLinks = False,
+    pause_file: PauseFile = None,
+    pause_after: PauseAfter = 1,
 ) -> None:
     """Ingest YAM robot-arm demos into an episodic zarr store, with stats and a report."""
     from shardyard.ingest.yam import YamConfig, YamSource
 
     try:
+        pause = PausePoint.from_options(pause_file, pause_after)
         source = YamSource(YamConfig(
             root=raw_dir, robot_model=robot_model, eef_site=eef_site, calibration=calibration,
             cameras=tuple(camera) if camera else None, image_size=parse_size(image_size),
-            timestamp_tolerance_s=timestamp_tolerance_ms / 1000.0, video_backend=video_backend))
+            timestamp_tolerance_s=timestamp_tolerance_ms / 1000.0, video_backend=video_backend,
+            follow_links=follow_links))
     except ShardyardError as e:
         fail(e)
-    run_ingest_job(source, out, workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
-                   split_seed=split_seed, frame_codec=frame_codec, ray_address=ray_address, commit_every=commit_every,
-                   commit_seconds=commit_seconds)
+    run_ingest_job(source, out, pause=pause, workers=workers, on_error=on_error, overwrite=overwrite,
+                   val_fraction=val_fraction, split_seed=split_seed, frame_codec=frame_codec, ray_address=ray_address,
+                   commit_every=commit_every, commit_seconds=commit_seconds, follow_links=follow_links)
 
 
 @ingest_app.command("libero")
@@ -70,22 +82,28 @@ def ingest_libero(
     out: OutURL = ...,
     image_convention: Optional[str] = typer.Option(None, help="opengl|opencv (default: file attr, else opengl)."),
     fps: Optional[float] = typer.Option(None, help="Control rate in Hz (default 20)."),
+    follow_links: FollowLinks = False,
     workers: Workers = 1,
     on_error: OnError = "skip",
     overwrite: Overwrite = False,
     val_fraction: ValFraction = 0.1,
     split_seed: SplitSeed = 0,
     frame_codec: FrameCodec = "jpeg",
+    pause_file: PauseFile = None,
+    pause_after: PauseAfter = 1,
 ) -> None:
     """Ingest LIBERO / robomimic / raw robosuite HDF5 demos into an episodic zarr store."""
     from shardyard.ingest.libero import LiberoConfig, LiberoSource
 
     try:
-        source = LiberoSource(LiberoConfig(root=path, image_convention=image_convention, fps=fps))
+        pause = PausePoint.from_options(pause_file, pause_after)
+        source = LiberoSource(LiberoConfig(root=path, image_convention=image_convention, fps=fps,
+                                           follow_links=follow_links))
     except ShardyardError as e:
         fail(e)
-    run_ingest_job(source, out, workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
-                   split_seed=split_seed, frame_codec=frame_codec)
+    run_ingest_job(source, out, pause=pause, workers=workers, on_error=on_error, overwrite=overwrite,
+                   val_fraction=val_fraction, split_seed=split_seed, frame_codec=frame_codec,
+                   follow_links=follow_links)
 
 
 @ingest_app.command("lerobot")
@@ -94,23 +112,29 @@ def ingest_lerobot(
     out: OutURL = ...,
     image_size: ImageSize = None,
     timestamp_tolerance_ms: float = typer.Option(1.0, help="Largest row-to-frame gap when decoding video."),
+    follow_links: FollowLinks = False,
     workers: Workers = 1,
     on_error: OnError = "skip",
     overwrite: Overwrite = False,
     val_fraction: ValFraction = 0.1,
     split_seed: SplitSeed = 0,
     frame_codec: FrameCodec = "jpeg",
+    pause_file: PauseFile = None,
+    pause_after: PauseAfter = 1,
 ) -> None:
     """Ingest a LeRobot dataset (v2.1 or v3.0, AV1 video included) into an episodic zarr store."""
     from shardyard.ingest.lerobot import LeRobotConfig, LeRobotSource
 
     try:
+        pause = PausePoint.from_options(pause_file, pause_after)
         source = LeRobotSource(LeRobotConfig(root=path, image_size=parse_size(image_size),
-                                             timestamp_tolerance_s=timestamp_tolerance_ms / 1000.0))
+                                             timestamp_tolerance_s=timestamp_tolerance_ms / 1000.0,
+                                             follow_links=follow_links))
     except ShardyardError as e:
         fail(e)
-    run_ingest_job(source, out, workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
-                   split_seed=split_seed, frame_codec=frame_codec)
+    run_ingest_job(source, out, pause=pause, workers=workers, on_error=on_error, overwrite=overwrite,
+                   val_fraction=val_fraction, split_seed=split_seed, frame_codec=frame_codec,
+                   follow_links=follow_links)
 
 
 @ingest_app.command("nyu")
@@ -123,6 +147,7 @@ def ingest_nyu_cmd(
     max_episode_frames: int = typer.Option(256, help="Longest episode; longer scenes are cut into parts."),
     mat_depth: str = typer.Option("depths", help="Labeled .mat depth: depths (inpainted) or rawDepths."),
     hf_cache_dir: Optional[str] = typer.Option(None, help="`datasets` cache folder for the HF layout."),
+    follow_links: FollowLinks = False,
     workers: Workers = 1,
     on_error: OnError = "skip",
     overwrite: Overwrite = False,
@@ -136,9 +161,10 @@ def ingest_nyu_cmd(
 
     try:
         source = NyuSource(NyuConfig(root=path, layout=layout, max_episode_frames=max_episode_frames,
-                                     mat_depth=mat_depth, hf_cache_dir=hf_cache_dir))
+                                     mat_depth=mat_depth, hf_cache_dir=hf_cache_dir, follow_links=follow_links))
         cfg = IngestConfig(out=out, workers=workers, on_error=on_error, overwrite=overwrite,
-                           val_fraction=val_fraction, split_seed=split_seed, frame_codec=frame_codec)
+                           val_fraction=val_fraction, split_seed=split_seed, frame_codec=frame_codec,
+                           follow_links=follow_links)
         result = ingest_nyu(source, cfg)
     except ShardyardError as e:
         fail(e)
@@ -161,6 +187,9 @@ def ingest_webvid_cmd(
     backoff: float = typer.Option(1.0, help="First retry backoff (s), doubled per retry."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Refetch only the failed samples."),
     split: str = typer.Option("train", help="Shard name prefix."),
+    allow_private_urls: bool = typer.Option(
+        False, "--allow-private-urls", help="Also fetch URLs that lead to loopback, private, link-local or "
+        "metadata-service addresses (refused by default: metadata from elsewhere must not reach your network)."),
     overwrite: Overwrite = False,
 ) -> None:
     """Download WebVid rows into checksummed webdataset shards (or verify a video2dataset folder)."""
@@ -171,7 +200,7 @@ def ingest_webvid_cmd(
         cfg = WebvidConfig(out=out, samples_per_shard=samples_per_shard, split=split, overwrite=overwrite,
                            retry_failed=retry_failed,
                            fetch=FetchConfig(concurrency=concurrency, timeout_s=timeout, retries=retries,
-                                             backoff_s=backoff),
+                                             backoff_s=backoff, allow_private_urls=allow_private_urls),
                            transcode=TranscodeConfig(short_side=resize, fps=fps, max_seconds=max_seconds))
         result = ingest_webvid(meta, cfg)
     except ShardyardError as e:
@@ -208,6 +237,8 @@ def ingest_dino_cmd(
     num_gpus_per_worker: float = typer.Option(0.0, help="GPUs per Ray actor."),
     overwrite: bool = typer.Option(False, help="Delete an existing feature store at --out first."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Shard store of videos: frames sampled per second."),
+    pause_file: PauseFile = None,
+    pause_after: PauseAfter = 1,
 ) -> None:
     """Cache DINO patch and CLS tokens of one camera field in a feature store (exit 2 if frames are missing)."""
     from shardyard.ingest.dino import DinoConfig, ingest_dino
@@ -227,7 +258,8 @@ def ingest_dino_cmd(
                               weights=str(weights) if weights else None, device=device)
         cfg = DinoConfig(store=store, out=staged.local if staged else Path(out), backbone=bcfg, field=field,
                          dtype=dtype, batch_size=batch_size, overwrite=overwrite and staged is None, ray=ray,
-                         ray_address=ray_address, workers=workers, num_gpus_per_worker=num_gpus_per_worker, fps=fps)
+                         ray_address=ray_address, workers=workers, num_gpus_per_worker=num_gpus_per_worker, fps=fps,
+                         pause=PausePoint.from_options(pause_file, pause_after))
         result = ingest_dino(cfg, on_batch=(lambda n: staged.sync()) if staged else None)
         if staged is not None:
             staged.finish()

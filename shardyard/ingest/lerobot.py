@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from shardyard.errors import ConfigError, SourceError
+from shardyard.ingest.inside import FOLLOW_HINT, check_inside, name_problem, outside_problem
 from shardyard.schema import Episode, FieldSpec, Schema
 
 __all__ = ["BOOKKEEPING", "IMAGES", "LeRobotConfig", "LeRobotSource", "column_array", "feature_from_field",
@@ -73,12 +74,16 @@ class LeRobotConfig:
     root: dataset folder, or a Hub repo id resolved offline from the local cache (`snapshot_download(...,
     local_files_only=True)`: nothing is downloaded). image_size: `(W, H)` to resize frames (area filter).
     timestamp_tolerance_s: largest gap between a row's timestamp and the video frame matched to it.
+    follow_links: read files that resolve outside the dataset folder, and path templates in `meta/info.json`
+    with `..` or an absolute path (refused by default, `ingest.inside`). A Hub cache snapshot's folder is its
+    repository's cache folder (the snapshot's files are links into its `blobs/`).
     """
 
     root: str | Path
     image_size: tuple[int, int] | None = None
     timestamp_tolerance_s: float = 1e-3
     revision: str | None = None
+    follow_links: bool = False
 
 
 def resolve_root(root: str | Path, revision: str | None = None) -> Path:
@@ -97,12 +102,23 @@ def resolve_root(root: str | Path, revision: str | None = None) -> Path:
     raise ConfigError("LeRobot dataset folder not found", path=str(root))
 
 
+def _containment_root(root: Path) -> Path:
+    """The folder a dataset's files must resolve into: `root`, or for a Hub cache snapshot
+    (`<repo>/snapshots/<revision>`, whose files are links to `<repo>/blobs/`) the repository's cache folder."""
+    if root.parent.name == "snapshots" and (root.parent.parent / "blobs").is_dir():
+        return root.parent.parent
+    return root
+
+
 class LeRobotSource:
     """Source over a LeRobot v2.1 or v3.0 dataset; keys are `episode_NNNNNN` in episode order.
 
     `read(key)` raises `SourceError` (path, key, field) when the episode's parquet or video is missing or
     unreadable, when the parquet row count differs from `meta` `length`, or a frame cannot be matched to a
-    row's timestamp within the tolerance.
+    row's timestamp within the tolerance; and, without `follow_links`, when its parquet or video resolves
+    outside the dataset folder. The constructor raises `ConfigError` when `meta/info.json` is unreadable, its
+    `data_path`/`video_path` template is absolute or has a `..` part, or a meta file resolves outside the
+    dataset folder (without `follow_links`).
     """
 
     name: ClassVar[str] = "lerobot"
@@ -110,10 +126,16 @@ class LeRobotSource:
     def __init__(self, config: LeRobotConfig) -> None:
         self.cfg = config
         self.root = resolve_root(config.root, config.revision)
+        self.inside = _containment_root(self.root)
+        info_path = self._meta_file(self.root / "meta" / "info.json")
         try:
-            self.info = json.loads((self.root / "meta" / "info.json").read_text())
+            self.info = json.loads(info_path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read meta/info.json: {e}", path=str(self.root)) from e
+        for name in ("data_path", "video_path"):
+            why = None if config.follow_links or self.info.get(name) is None else name_problem(self.info[name])
+            if why:
+                raise ConfigError(f"{name} template {why}; {FOLLOW_HINT}", path=str(info_path), field=name)
         self.version = str(self.info.get("codebase_version", ""))
         if not self.version.startswith(("v2", "v3")):
             raise ConfigError(f"unsupported LeRobot codebase_version {self.version!r} (v2.1 or v3.0)",
@@ -129,13 +151,26 @@ class LeRobotSource:
         return state
 
     # -- meta --------------------------------------------------------------------------------------------
+    def _meta_file(self, path: Path) -> Path:
+        """`path` (a file under `meta/`), checked to resolve inside the dataset folder unless `follow_links`;
+        raises `ConfigError` naming it otherwise (meta concerns the whole dataset)."""
+        why = None if self.cfg.follow_links else outside_problem(self.inside, path)
+        if why:
+            raise ConfigError(why, path=str(path))
+        return path
+
+    def _inside(self, path: Path, key: str, field: str) -> Path:
+        """An episode's data or video file, checked like `_meta_file` but raising `SourceError` (a report row)."""
+        return check_inside(self.inside, path, follow_links=self.cfg.follow_links, key=key, field=field)
+
     def _load_episodes(self) -> dict[int, dict[str, Any]]:
         meta = self.root / "meta"
         if self.version.startswith("v2"):
-            rows = [json.loads(line) for line in (meta / "episodes.jsonl").read_text().splitlines() if line.strip()]
+            rows = [json.loads(line) for line in self._meta_file(meta / "episodes.jsonl").read_text().splitlines()
+                    if line.strip()]
             tasks = {}
             if (meta / "tasks.jsonl").exists():
-                for line in (meta / "tasks.jsonl").read_text().splitlines():
+                for line in self._meta_file(meta / "tasks.jsonl").read_text().splitlines():
                     if line.strip():
                         t = json.loads(line)
                         tasks[int(t["task_index"])] = t["task"]
@@ -148,9 +183,9 @@ class LeRobotSource:
             raise ConfigError("no meta/episodes/*.parquet", path=str(meta))
         rows: dict[int, dict[str, Any]] = {}
         for f in files:
-            for r in pq.read_table(f).to_pylist():
+            for r in pq.read_table(self._meta_file(f)).to_pylist():
                 rows[int(r["episode_index"])] = r
-        df = pq.read_table(meta / "tasks.parquet").to_pandas()
+        df = pq.read_table(self._meta_file(meta / "tasks.parquet")).to_pandas()
         col = "task" if "task" in df.columns else None
         self.tasks = {int(i): (t if col is None else t) for t, i in zip(df[col] if col else df.index, df["task_index"])}
         return dict(sorted(rows.items()))
@@ -252,7 +287,7 @@ class LeRobotSource:
             ep = self.episodes[idx]
         except (IndexError, ValueError, KeyError):
             raise SourceError("no such episode in meta", key=key) from None
-        path = self._data_path(idx)
+        path = self._inside(self._data_path(idx), key, "data")
         table = self._table(path, key)
         if self.version.startswith("v3") or "episode_index" in table.column_names:
             table = table.filter(pc.equal(table.column("episode_index"), idx))
@@ -286,6 +321,7 @@ class LeRobotSource:
         from shardyard.video import open_video
 
         vpath, t0 = self._video(idx, feat)
+        self._inside(vpath, key, fld)
         if not vpath.exists():
             raise SourceError("video file listed in meta is missing", path=str(vpath), key=key, field=fld)
         try:

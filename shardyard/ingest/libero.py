@@ -45,7 +45,8 @@ import numpy as np
 
 from shardyard.errors import ConfigError, SourceError
 from shardyard.geometry import sign_continuous
-from shardyard.ingest.libero_cameras import demo_cameras, pose_specs
+from shardyard.ingest.inside import hdf5_links_problem, hdf5_member_problem, hdf5_problem, is_inside, outside_problem
+from shardyard.ingest.libero_cameras import demo_cameras, pose_specs, without_files
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.manifest import fingerprint_paths
 
@@ -82,11 +83,14 @@ class LiberoConfig:
     `macros_image_convention` and defaults to "opengl" (robosuite's default renderer convention).
     fps: control rate in Hz; None uses 20 Hz (LIBERO, robomimic, robosuite v1) and marks it assumed for
     robosuite v0.x files, whose rate is not recorded.
+    follow_links: read what is refused by default (`ingest.inside`): links leading out of the root folder, HDF5
+    data in other files, and files a demo's `model_file` MJCF names (meshes, includes: else compiled without).
     """
 
     root: Path
     image_convention: str | None = None
     fps: float | None = None
+    follow_links: bool = False
 
 
 def _natural(name: str) -> tuple:
@@ -117,7 +121,8 @@ class LiberoSource:
     `keys()` are `<file path relative to root, without .hdf5>/<demo>` in file then natural demo order. HDF5
     files are opened lazily in the process that reads (never inherited: `__getstate__` drops the handles).
     `read(key)` raises `SourceError` (path, key, field) for a missing or malformed array, mismatched lengths,
-    non-finite values, or an image field of another size than the store's.
+    non-finite values, an image field of another size than the store's; without `follow_links`, a file linked
+    from outside the root (key `<file>/data`) or a demo with data in another file (`ingest.inside`).
     """
 
     name: ClassVar[str] = "libero"
@@ -136,6 +141,7 @@ class LiberoSource:
         if not self.files:
             raise ConfigError("no .hdf5 files under the folder", path=str(self.root))
         self._handles: dict[Path, Any] = {}
+        self._refused: dict[str, SourceError] = {}  # keys refused while listing (links leading out), by key
         self._index: dict[str, tuple[Path, str]] | None = None
         self._scan: dict[str, dict[str, Any]] | None = None
         self._schema: Schema | None = None
@@ -166,19 +172,32 @@ class LiberoSource:
     def _scan_files(self) -> None:
         """One metadata pass over every file: demo keys, layout, per-field shapes, file info."""
         index, scan = {}, {}
+        follow = self.cfg.follow_links
         for path in self.files:
+            why = None if follow or self.root.is_file() else outside_problem(self.root, path)
             try:
-                f = self._file(path)
-                demos = sorted((k for k in f.get("data", {}).keys() if k.startswith("demo")), key=_natural)
+                f = None if why else self._file(path)
+                why = why or (None if follow else hdf5_member_problem(f, "data"))
+                demos = [] if why else sorted((k for k in f.get("data", {}).keys() if k.startswith("demo")),
+                                              key=_natural)
             except (SourceError, OSError) as e:
                 log.warning("skipping unreadable file %s: %s", path, e)
                 scan[str(path)] = {"error": str(e), "layouts": []}
+                continue
+            if why:  # one report row for the whole file: its demos cannot be listed without following the link
+                key = f"{self._rel(path)}/data"
+                index[key], self._refused[key] = (path, ""), SourceError(why, path=str(path), key=key)
+                scan[str(path)] = {"error": why, "layouts": []}
                 continue
             attrs = {k: _text(v) if isinstance(v, (bytes, str)) else v for k, v in f["data"].attrs.items()}
             layouts = set()
             for d in demos:
                 key = f"{self._rel(path)}/{d}"
                 index[key] = (path, d)
+                why = None if follow else (hdf5_member_problem(f["data"], d) or hdf5_links_problem(f["data"][d]))
+                if why:
+                    self._refused[key] = SourceError(why, path=str(path), key=key)
+                    continue
                 layouts.add(detect_layout(f["data"][d]))
             scan[str(path)] = {"layouts": sorted(layouts), "num_demos": len(demos),
                                "env": attrs.get("env") or attrs.get("env_name"),
@@ -201,9 +220,10 @@ class LiberoSource:
         return [f"{p}: {NO_OBS_NOTE}" for p in self.files_without_observations()]
 
     def describe(self) -> dict[str, Any]:
-        """Source block of the manifest: root, fingerprint, per-file layout/env, files without observations."""
+        """Source block of the manifest: root, fingerprint (of the files read), layout/env per file, no-obs files."""
         self.keys()
-        return {"name": self.name, "root": str(self.root), "fingerprint": fingerprint_paths(self.files, self.root
+        files = [p for p in self.files if self.cfg.follow_links or self.root.is_file() or is_inside(self.root, p)]
+        return {"name": self.name, "root": str(self.root), "fingerprint": fingerprint_paths(files, self.root
                 if self.root.is_dir() else self.root.parent), "files": self._scan,
                 "files_without_observations": self.files_without_observations()}
 
@@ -230,6 +250,8 @@ class LiberoSource:
         """(demo group, layout, {field: (hdf5 path, dtype, unit, kind)})."""
         if key not in self.keys():
             raise SourceError("no such demo", key=key)
+        if key in self._refused:
+            raise self._refused[key]
         path, demo = self._index[key]
         g = self._file(path)["data"][demo]
         layout = detect_layout(g)
@@ -253,7 +275,15 @@ class LiberoSource:
             for name, ds in g.items():
                 if name not in _COMMON and getattr(ds, "ndim", 0) == 2 and ds.shape[1] > 0:
                     plan[f"raw.{name}"] = (name, "float32", None, "vector")
+        why = None if self.cfg.follow_links else hdf5_problem(g, [h5 for h5, *_ in plan.values()])
+        if why:
+            raise SourceError(why, path=str(path), key=key)
         return g, layout, plan
+
+    def _model_xml(self, g) -> str:
+        """The demo's `model_file` MJCF, less the files it names (input's names) unless `follow_links`."""
+        xml = _text(g.attrs.get("model_file", ""))
+        return xml if self.cfg.follow_links else without_files(xml)
 
     def _field_specs(self, key: str) -> dict[str, FieldSpec]:
         g, _, plan = self._plan(key)
@@ -263,7 +293,7 @@ class LiberoSource:
             names = {"obs.eef_quat": ("qx", "qy", "qz", "qw"), "obs.eef_pos": ("x", "y", "z")}.get(fld)
             out[fld] = FieldSpec(dt, shape, unit, kind, names)
         states = g["states"] if "sim_state" in plan else None
-        out.update(pose_specs(_text(g.attrs.get("model_file", "")), _cams(plan),
+        out.update(pose_specs(self._model_xml(g), _cams(plan),
                               states.shape[1] if states is not None and states.ndim == 2 else None, self._models))
         return out
 
@@ -328,7 +358,7 @@ class LiberoSource:
         """Camera meta and notes of one demo; adds moving cameras' per-step poses to `steps` (see
         `libero_cameras.demo_cameras`; `sim_state` is still the demo's own, unpadded `states` here)."""
         sizes = {c: (int(steps[f"obs.rgb.{c}"].shape[2]), int(steps[f"obs.rgb.{c}"].shape[1])) for c in _cams(plan)}
-        cameras, poses, notes = demo_cameras(_text(g.attrs.get("model_file", "")), sizes,
+        cameras, poses, notes = demo_cameras(self._model_xml(g), sizes,
                                              steps.get("sim_state"), self._models)
         for fld, pose in poses.items():
             if fld in schema:  # always, unless this demo's schema scan failed

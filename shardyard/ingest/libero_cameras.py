@@ -29,7 +29,7 @@ from shardyard.geometry import GL_TO_CV, intrinsics_from_fovy, pose_matrix
 from shardyard.schema import FieldSpec
 
 __all__ = ["MAX_MODELS", "POSE_METHOD", "POSE_SPEC", "camera_meta", "compile_model", "demo_cameras", "pose_field",
-           "pose_specs", "state_widths"]
+           "pose_specs", "state_widths", "without_files"]
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,15 @@ def pose_field(camera: str) -> str:
 
 
 def _strip_assets(xml: str) -> str:
-    """The MJCF without assets, includes and mesh/texture references (mesh geoms become small spheres), so
-    that a model recorded on another machine compiles; body and camera poses are unchanged."""
+    """The MJCF without assets, includes, other elements naming a file (`skin`, `flexcomp`) and mesh/texture
+    references (mesh geoms become small spheres), so that a model recorded on another machine compiles and
+    nothing is read from a file; body and camera poses are unchanged."""
     import xml.etree.ElementTree as ET
 
     root = ET.fromstring(xml)
     for parent in list(root.iter()):
         for child in list(parent):
-            if child.tag in ("asset", "include"):
+            if child.tag in ("asset", "include") or any(a.startswith("file") for a in child.attrib):
                 parent.remove(child)
     for el in root.iter():
         had_mesh = el.attrib.pop("mesh", None) is not None or el.get("type") in ("mesh", "hfield")
@@ -62,6 +63,20 @@ def _strip_assets(xml: str) -> str:
             el.set("type", "sphere")
             el.set("size", "0.01")
     return ET.tostring(root, encoding="unicode")
+
+
+def without_files(model_xml: str) -> str:
+    """`model_xml` with nothing that makes MuJoCo open a file: the file names in an HDF5 attribute are the
+    input's, not the user's (`ingest.inside`). Unchanged when it names no file, or does not parse (MuJoCo
+    then refuses it as well)."""
+    import xml.etree.ElementTree as ET
+
+    if "file" not in model_xml:
+        return model_xml
+    try:
+        return _strip_assets(model_xml)
+    except ET.ParseError:
+        return model_xml
 
 
 def compile_model(model_xml: str, models: dict[str, Any] | None = None):

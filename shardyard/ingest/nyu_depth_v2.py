@@ -30,7 +30,9 @@ import numpy as np
 
 from shardyard.errors import ConfigError, SchemaError, SourceError
 from shardyard.ingest import nyu_layouts as L
+from shardyard.ingest.inside import check_inside, is_inside
 from shardyard.ingest.nyu_layouts import detect_layout
+from shardyard.ingest.readers import open_npy
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.manifest import fingerprint_paths
 
@@ -55,7 +57,9 @@ class NyuConfig:
     root: file (`.mat`) or folder, or a cached HF hub id. layout: one of `LAYOUTS`, or None to detect.
     max_episode_frames: longest episode (a worker holds one whole episode in memory: ~2.1 MB per 480x640 pair).
     max_depth: clamp of raw Kinect depth (m), as the NYU toolbox. mat_depth: "depths" (inpainted) or
-    "rawDepths" of the labeled .mat. hf_cache_dir: `datasets` cache for the HF layout.
+    "rawDepths" of the labeled .mat. hf_cache_dir: `datasets` cache for the HF layout. follow_links: read
+    files that resolve outside the root folder (a `.mat` root: its folder) and HDF5 datasets stored in other
+    files (refused by default, `ingest.inside`; a hub id is read by `datasets` from its cache, unchecked).
     """
 
     root: Path | str
@@ -64,6 +68,7 @@ class NyuConfig:
     max_depth: float = 10.0
     mat_depth: str = "depths"
     hf_cache_dir: str | None = None
+    follow_links: bool = False
 
     def __post_init__(self) -> None:
         if self.layout is not None and self.layout not in LAYOUTS:
@@ -82,8 +87,9 @@ def eigen_crop(h: int, w: int) -> list[int]:
 
 class NyuSource:
     """Source over one NYU Depth V2 layout. `keys()` are `<split>/<scene>[/partNN]`, sorted; `read(key)`
-    raises `SourceError` (file, episode, field) for an unreadable or mismatched pair and `SchemaError`
-    for a pair whose size differs from the store's (the first readable episode's)."""
+    raises `SourceError` (file, episode, field) for an unreadable or mismatched pair, or one whose file
+    resolves outside the root (without `follow_links`), and `SchemaError` for a pair whose size differs from
+    the store's (the first readable episode's)."""
 
     name: ClassVar[str] = "nyu"
 
@@ -139,7 +145,8 @@ class NyuSource:
         root = Path(self.root)
         if not root.exists():
             return f"hf:{self.root}"
-        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()
+                                               and (self.cfg.follow_links or is_inside(root, p))]
         return fingerprint_paths(files, root.parent if root.is_file() else root)
 
     def describe(self) -> dict[str, Any]:
@@ -151,7 +158,7 @@ class NyuSource:
                       "invalid": 0.0},
              "depth_registered": self.layout != "raw_kinect"}
         if self.layout == "eigen_npy" and (Path(self.root) / "eigen_test_crop.npy").exists():
-            d["eval"]["densedepth_crop"] = np.load(Path(self.root) / "eigen_test_crop.npy").astype(int).tolist()
+            d["eval"]["densedepth_crop"] = open_npy(Path(self.root) / "eigen_test_crop.npy").astype(int).tolist()
         return d
 
     # -- schema and reading --------------------------------------------------------------------------------
@@ -181,9 +188,16 @@ class NyuSource:
 
     def _options(self) -> L.LayoutOptions:
         return L.LayoutOptions(max_depth=self.cfg.max_depth, mat_depth=self.cfg.mat_depth,
-                               hf=self._hf() if self.layout == "hf" else None)
+                               hf=self._hf() if self.layout == "hf" else None, follow_links=self.cfg.follow_links)
 
     def _read_pair(self, pair: L.Pair, key: str) -> tuple[np.ndarray, np.ndarray]:
+        if self.layout != "hf" and not self.cfg.follow_links:
+            # the files of a pair are named by listings (a DenseDepth CSV among them): keep them in the root
+            root = Path(self.root).resolve()
+            inside = root.parent if root.is_file() else root
+            for path, fld in ((pair.rgb, "obs.rgb"), (pair.depth, "obs.depth")):
+                if path:
+                    check_inside(inside, path, follow_links=False, key=key, field=fld)
         return L.read_pair(self.layout, pair, key, self._options())
 
     def read(self, key: str) -> Episode:

@@ -37,7 +37,9 @@ from typing import Any, Callable
 import numpy as np
 
 from shardyard.errors import ConfigError, SourceError
+from shardyard.ingest.inside import hdf5_member_problem, hdf5_problem
 from shardyard.ingest.nyu_files import kinect_depth, png_depth, read_pgm_disparity, rgb_image
+from shardyard.ingest.readers import open_npy
 
 __all__ = ["LAYOUTS", "Layout", "LayoutOptions", "Pair", "TEST", "TRAIN", "UNKNOWN", "detect_layout", "list_bts",
            "list_densedepth", "list_eigen_npy", "list_h5", "list_hf", "list_labeled_mat", "list_mmseg", "list_pairs",
@@ -190,7 +192,7 @@ def list_densedepth(root: Path) -> list[Pair]:
 
 def list_eigen_npy(root: Path) -> list[Pair]:
     """Samples of `eigen_test_rgb.npy` / `eigen_test_depth.npy` (654 test frames, depth in metres), one per row."""
-    rgb = np.load(root / "eigen_test_rgb.npy", mmap_mode="r")
+    rgb = open_npy(root / "eigen_test_rgb.npy", field="obs.rgb", mmap=True)
     return [Pair(None, TEST, f"eigen_test/{i:04d}", str(root / "eigen_test_rgb.npy"),
                  str(root / "eigen_test_depth.npy"), index=i) for i in range(rgb.shape[0])]
 
@@ -249,11 +251,23 @@ def list_hf(ds) -> list[Pair]:
 @dataclass(frozen=True)
 class LayoutOptions:
     """What listing and reading need besides the pair: `max_depth` (m, raw Kinect clamp), `mat_depth`
-    ("depths" or "rawDepths" of the labeled .mat), `hf` (the loaded `DatasetDict`, HF layout only)."""
+    ("depths" or "rawDepths" of the labeled .mat), `hf` (the loaded `DatasetDict`, HF layout only),
+    `follow_links` (read HDF5 datasets stored in other files: refused by default, `ingest.inside`)."""
 
     max_depth: float = 10.0
     mat_depth: str = "depths"
     hf: Any = None
+    follow_links: bool = False
+
+
+def _check_h5(f, names: tuple[str, ...], path: str, key: str, opts: LayoutOptions) -> None:
+    """Refuse the pair when one of `names` (top-level datasets of h5py File `f`) is stored in another file."""
+    if opts.follow_links:
+        return
+    why = next(filter(None, (hdf5_member_problem(f, n) for n in names)), None) \
+        or hdf5_problem(f, [n for n in names if n in f])
+    if why:
+        raise SourceError(why, path=path, key=key, field="obs.rgb")
 
 
 def _hf_depth(value: Any, key: str) -> np.ndarray:
@@ -271,6 +285,7 @@ def _read_labeled_mat(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.nda
     import h5py
 
     with h5py.File(pair.rgb, "r") as f:
+        _check_h5(f, ("images", opts.mat_depth), pair.rgb, key, opts)
         rgb = np.asarray(f["images"][pair.index]).transpose(2, 1, 0)               # (3, W, H) -> (H, W, 3)
         depth = np.asarray(f[opts.mat_depth][pair.index], dtype=np.float32).T      # (W, H) -> (H, W)
     return rgb, depth
@@ -281,6 +296,7 @@ def _read_h5(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.
 
     try:
         with h5py.File(pair.rgb, "r") as f:
+            _check_h5(f, ("rgb", "depth"), pair.rgb, key, opts)
             return np.asarray(f["rgb"]).transpose(1, 2, 0), np.asarray(f["depth"], dtype=np.float32)  # (3, H, W)
     except (OSError, KeyError) as e:
         raise SourceError(f"cannot read h5 pair: {e}", path=pair.rgb, key=key, field="obs.rgb") from e
@@ -291,8 +307,8 @@ def _read_png_pair(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarra
 
 
 def _read_eigen_npy(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.ndarray]:
-    rgb = np.asarray(np.load(pair.rgb, mmap_mode="r")[pair.index])
-    return rgb, np.asarray(np.load(pair.depth, mmap_mode="r")[pair.index], dtype=np.float32)
+    rgb = np.asarray(open_npy(pair.rgb, key, "obs.rgb", mmap=True)[pair.index])
+    return rgb, np.asarray(open_npy(pair.depth, key, "obs.depth", mmap=True)[pair.index], dtype=np.float32)
 
 
 def _read_raw_kinect(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from shardyard.errors import SourceError
+from shardyard.ingest.inside import plain_name_problem
 from shardyard.ingest.readers import load_npy, nearest_frames, read_json
 from shardyard.ingest.yam.i2rt_cameras import Stream, camera_poses, stream_camera, streams_of
 from shardyard.ingest.yam.layout import I2RT, LayoutInputs, RawEpisode
@@ -65,6 +66,9 @@ def _metadata(folder: Path, key: str) -> tuple[dict[str, Any], list[str]]:
     if not arm_names:
         raise SourceError("metadata.json names no arms (arm_names)", path=str(folder / "metadata.json"), key=key,
                           field="arm_names")
+    why = next(filter(None, map(plain_name_problem, arm_names)), None)  # they become parts of file names
+    if why:
+        raise SourceError(f"arm name {why}", path=str(folder / "metadata.json"), key=key, field="arm_names")
     return meta, arm_names
 
 
@@ -72,6 +76,10 @@ def _wanted_streams(folder: Path, key: str, meta: dict[str, Any],
                     cameras: tuple[str, ...] | None) -> tuple[list[Stream], list[Stream]]:
     """All recorded streams and the ones to store (`cameras`, or all); raises when a wanted one is missing."""
     streams = streams_of(meta)
+    why = next(filter(None, (plain_name_problem(n) for s in streams for n in (s.role, s.image_key))), None)
+    if why:
+        raise SourceError(f"camera role or image key {why}", path=str(folder / "metadata.json"), key=key,
+                          field="cameras")
     if not streams:
         raise SourceError("metadata.json lists no cameras", path=str(folder / "metadata.json"), key=key,
                           field="cameras")

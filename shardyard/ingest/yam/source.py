@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from shardyard.errors import ConfigError, SchemaError, SourceError
+from shardyard.ingest.inside import check_folder, is_inside
 from shardyard.ingest.readers import read_json
 from shardyard.ingest.yam.frames import FrameReader
 from shardyard.ingest.yam.i2rt import read_i2rt
@@ -42,6 +43,8 @@ class YamConfig:
     image_size: `(W, H)` to resize frames on ingest (area filter; `K` is scaled to match); None keeps size.
     timestamp_tolerance_s: largest gap between a control step and the camera frame matched to it.
     quat_norm_tolerance: largest |norm - 1| of a recorded quaternion. video_backend: "pyav" or "decord".
+    follow_links: read episode folders and files that are links leading outside `root` (refused by default,
+    `ingest.inside`).
     """
 
     root: Path
@@ -53,6 +56,7 @@ class YamConfig:
     timestamp_tolerance_s: float = 0.05
     quat_norm_tolerance: float = 1e-3
     video_backend: str = "pyav"
+    follow_links: bool = False
 
 
 class YamSource:
@@ -61,7 +65,8 @@ class YamSource:
     `keys()` are episode folder paths relative to the root, sorted. `read(key)` raises `SourceError` naming
     the file, episode and field for a missing/short/non-finite array, an undecodable video, camera frames
     that cannot be matched to steps within `timestamp_tolerance_s`, a non-unit quaternion, or an episode
-    without `write_complete.flag`; `SchemaError` for an episode that differs from the store schema. The
+    without `write_complete.flag`, or (without `follow_links`) an episode folder or file that is a link leading
+    outside the root; `SchemaError` for an episode that differs from the store schema. The
     constructor raises `ConfigError` when the root is not a folder, `SourceError` when the calibration JSON is
     missing or invalid.
     """
@@ -97,8 +102,10 @@ class YamSource:
             self.kinematics.load()
 
     def fingerprint(self) -> str:
-        """Fingerprint of every file under the root (names, sizes, contents; `stores.manifest`)."""
-        return fingerprint_paths([p for p in self.root.rglob("*") if p.is_file()], self.root)
+        """Fingerprint of every file under the root (names, sizes, contents; `stores.manifest`), less the links
+        leading outside it unless `follow_links` (their episodes are refused: their contents are not read)."""
+        return fingerprint_paths([p for p in self.root.rglob("*") if p.is_file()
+                                  and (self.cfg.follow_links or is_inside(self.root, p))], self.root)
 
     def describe(self) -> dict[str, Any]:
         """Source block of the manifest: name, root, input fingerprint, robot model path and sha256."""
@@ -141,6 +148,7 @@ class YamSource:
 
     def _read_raw(self, key: str, inputs: LayoutInputs) -> RawEpisode:
         folder = self.root / key
+        check_folder(self.root, folder, follow_links=self.cfg.follow_links, key=key, subfolders=("frames",))
         reader = LAYOUT_READERS.get(detect_layout(folder))
         if reader is None:
             raise SourceError("not an episode folder (no metadata.json or eef_pos.npy)", path=str(folder), key=key)
