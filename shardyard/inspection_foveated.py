@@ -4,7 +4,8 @@
 run's shard store from their start, runs both passes and writes, per clip, `attention_<key>.png` (rows:
 frames; fine and coarse attention of the last block over the patch grid, upsampled onto the frame, with the
 greedy captions in the title) and `attention_<key>.gif` (one frame per clip frame: frame | fine | coarse).
-`is_foveated_run(path)` tells `shardyard inspect` that a folder is such a run.
+`is_foveated_run(path)` tells `shardyard inspect` that a folder is such a run. The checkpoint is read with
+`torch.load(weights_only=True)` (`train.checkpoint.read_checkpoint`): nothing in a run folder is executed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from shardyard.errors import ConfigError
+from shardyard.train.checkpoint import read_checkpoint
 from shardyard.train.loop import CHECKPOINT
 
 __all__ = ["TRAINER_KEY", "draw_clip", "draw_run", "is_foveated_run", "overlay"]
@@ -25,12 +27,14 @@ TRAINER_KEY = "mode_weights"   # a field only the foveated trainer's config has
 
 
 def is_foveated_run(path: str | Path) -> bool:
-    """True when `path` is a local run folder whose `latest.pth` was written by `train foveated-caption`."""
+    """True when `path` is a local run folder whose `latest.pth` was written by `train foveated-caption`.
+    Raises ConfigError naming the file when `latest.pth` is not a checkpoint readable without unpickling
+    objects (a crafted file is refused, never run)."""
     ckpt = Path(path) / CHECKPOINT
     if not ckpt.is_file():
         return False
-    config = torch.load(ckpt, map_location="cpu", weights_only=False)["config"]
-    return TRAINER_KEY in config and "model_config" in config and "shards" in config
+    config = read_checkpoint(ckpt)["config"]
+    return isinstance(config, dict) and TRAINER_KEY in config and "model_config" in config and "shards" in config
 
 
 def overlay(frame: np.ndarray, attn: np.ndarray, alpha: float = 0.55) -> np.ndarray:
@@ -81,7 +85,7 @@ def draw_run(run: str | Path, out: str | Path, model: Any = None, clips: int = 1
     """Attention overlays of the first `clips` clips of a run's shard store (see the module docstring).
 
     model: the trained `FoveatedCaptioner` (else rebuilt from `RUN/latest.pth`). Raises ConfigError when RUN
-    is not a foveated-caption run.
+    is not a foveated-caption run or its `latest.pth` holds anything but tensors and plain values.
     """
     from shardyard.loaders.streaming import ClipStream, StreamConfig
     from shardyard.train.foveated_caption import FoveatedTrainConfig, build_model
@@ -90,7 +94,7 @@ def draw_run(run: str | Path, out: str | Path, model: Any = None, clips: int = 1
     run, out = Path(run), Path(out)
     if not is_foveated_run(run):
         raise ConfigError(f"{run} is not a `train foveated-caption` run (no latest.pth of that trainer)")
-    state = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
+    state = read_checkpoint(run / CHECKPOINT)
     fields = {k: v for k, v in state["config"].items() if k != "model_config"}
     cfg = FoveatedTrainConfig(**fields)
     if model is None:

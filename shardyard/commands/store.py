@@ -71,7 +71,11 @@ def inspect_cmd(
     from shardyard.inspection_tokens import inspect_features
     from shardyard.stores import store_format
 
-    if is_foveated_run(store):  # a `train foveated-caption` run folder: attention overlays (seed 002)
+    try:  # a checkpoint that is not plain tensors and values is refused with a named error, never unpickled
+        foveated = is_foveated_run(store)
+    except ShardyardError as e:
+        fail(e)
+    if foveated:  # a `train foveated-caption` run folder: attention overlays (seed 002)
         try:
             paths = draw_run(store, out or Path(store) / "attention", clips=max_episodes)
         except ShardyardError as e:

@@ -14,18 +14,26 @@ import numpy as np
 
 from shardyard.errors import SourceError
 
-__all__ = ["load_npy", "nearest_frames", "read_json"]
+__all__ = ["load_npy", "nearest_frames", "open_npy", "read_json"]
+
+
+def open_npy(path: Path | str, key: str | None = None, field: str | None = None, *, mmap: bool = False) -> np.ndarray:
+    """The array in `path` as stored, memory-mapped read-only when `mmap`; never unpickled. Raises
+    `SourceError(path=, key=, field=)` when it is missing, unreadable or an object array."""
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except FileNotFoundError:
+        raise SourceError("file missing", path=str(path), key=key, field=field) from None
+    except Exception as e:  # truncated header or payload, or an object array (pickle refused)
+        what = "an object array, refused: .npy files are never unpickled" if (
+            "allow_pickle" in str(e) or "Python objects" in str(e)) else str(e)
+        raise SourceError(f"cannot read .npy: {what}", path=str(path), key=key, field=field) from e
 
 
 def load_npy(path: Path, key: str, field: str, *, ndim: int | None = None) -> np.ndarray:
     """The array in `path`, checked: present, readable without pickle, `ndim`-D when given, and finite when it
     is float or complex. Raises `SourceError(path=, key=, field=)` naming the first non-finite step."""
-    if not path.exists():
-        raise SourceError("file missing", path=str(path), key=key, field=field)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as e:  # truncated header or payload, or an object array (pickle refused)
-        raise SourceError(f"cannot read .npy: {e}", path=str(path), key=key, field=field) from e
+    arr = open_npy(path, key, field)
     if ndim is not None and arr.ndim != ndim:
         raise SourceError(f"expected {ndim}-D array, got shape {arr.shape}", path=str(path), key=key, field=field)
     if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):

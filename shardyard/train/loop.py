@@ -8,6 +8,8 @@ batch order's state at `step`), `rng` (torch CPU, CUDA when present, numpy's glo
 (the trainer config as a dict), `extra` (trainer-specific state), plus one entry per extra module (e.g.
 `backbone`, None when absent). It is written to a temp file and renamed, so a kill never leaves a torn
 file; loading restores every piece, so a resumed run makes exactly the updates of an uninterrupted one.
+It holds only tensors and plain values and is read with `torch.load(weights_only=True)` (`train.checkpoint`):
+nothing in a run folder is unpickled.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 
 from shardyard.errors import ConfigError
 from shardyard.loaders.sampler import ResumableSampler
+from shardyard.train.checkpoint import atomic_torch_save, plain, read_checkpoint, rng_state, set_rng_state
 
 __all__ = ["BatchOrder", "CHECKPOINT", "DataWait", "LRSchedule", "METRICS", "MetricLogger", "StepBatches",
            "TrainResult", "atomic_torch_save", "format_table", "keep_batch", "load_checkpoint", "read_metrics",
@@ -39,33 +41,6 @@ METRICS = "metrics.jsonl"
 
 
 # ---- checkpoint and resume ----------------------------------------------------------------------------
-def rng_state() -> dict[str, Any]:
-    """RNG states of torch (CPU, and CUDA when available), numpy's global generator and Python's."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the RNG states saved by `rng_state` (CUDA only when present both then and now)."""
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def atomic_torch_save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """`torch.save(state)` to a temp file beside `path`, then rename: a kill never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "module", module)                             # DDP keeps the model in .module
 
@@ -77,7 +52,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimize
     """Write the checkpoint (layout in the module docstring) atomically; returns its path. `model` may be
     DDP-wrapped. `modules`: further modules saved under their own key (None values saved as None)."""
     state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": int(step),
-             "sampler": sampler or {}, "rng": rng_state(), "config": config, "extra": extra or {}}
+             "sampler": plain(sampler or {}, "sampler"), "rng": rng_state(), "config": plain(config, "config"),
+             "extra": plain(extra or {}, "extra")}
     for name, m in (modules or {}).items():
         state[name] = _unwrap(m).state_dict() if m is not None else None
     return atomic_torch_save(path, state)
@@ -88,13 +64,10 @@ def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module,
                     modules: dict[str, torch.nn.Module | None] | None = None,
                     restore_rng: bool = True) -> dict[str, Any]:
     """Restore model, optimizer, extra `modules` and RNG from `path`; returns the checkpoint dict.
-    Raises FileNotFoundError when there is none."""
-    return _restore(_read(path), model=model, optimizer=optimizer, modules=modules, restore_rng=restore_rng)
-
-
-def _read(path: str | os.PathLike) -> dict[str, Any]:
-    # weights_only=False: the file holds RNG states (numpy arrays, tuples) written by this module only
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
+    Raises FileNotFoundError when there is none, ConfigError naming the file when it holds anything but
+    tensors and plain values (see `train.checkpoint.read_checkpoint`)."""
+    return _restore(read_checkpoint(path), model=model, optimizer=optimizer, modules=modules,
+                    restore_rng=restore_rng)
 
 
 def _restore(state: dict[str, Any], *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -124,10 +97,11 @@ def resume_state(path: Path, cfg: Any, ignore: Sequence[str], *, model: torch.nn
     """Load `path` when it exists (see `load_checkpoint`), after checking that it was written by the same
     run: every field of `cfg` but `ignore` must match, and with `world_size`, by as many processes (the
     per-rank lists of `extra["sums"]`). Returns None when there is no checkpoint.
-    Raises ConfigError naming the differing fields or process counts otherwise."""
+    Raises ConfigError naming the differing fields or process counts otherwise, or the file when it is
+    not a checkpoint readable without unpickling objects."""
     if not path.exists():
         return None
-    state = _read(path)  # read once: the config check and the restore use the same dict
+    state = read_checkpoint(path)  # read once: the config check and the restore use the same dict
     want, have = run_key(cfg, ignore), run_key(state["config"], ignore)
     diff = sorted(k for k in want if want[k] != have.get(k))
     if diff:
