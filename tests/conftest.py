@@ -107,6 +107,46 @@ def run_cli(*args: str, check: bool = False, timeout: float = 300) -> subprocess
     return proc
 
 
+def start_paused_cli(*args, pause_file: Path, after: int) -> subprocess.Popen:
+    """Start `shardyard ARGS --pause-file PAUSE_FILE --pause-after AFTER` in its own process group, the file
+    created first: the job stops after its AFTER-th stored episode (`ingest dino`: batch, per worker) and cannot
+    get past that point until the file is deleted, so a fault injected then (`wait_paused`, then a kill) lands
+    there however busy the machine is. stderr is piped for `wait_paused`; stdout is dropped."""
+    pause_file.touch()
+    return subprocess.Popen([sys.executable, "-m", "shardyard.cli", *map(str, args), "--pause-file", str(pause_file),
+                             "--pause-after", str(after)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, env={**os.environ, "COLUMNS": "200"})
+
+
+def wait_paused(proc: subprocess.Popen, timeout: float = 240) -> str:
+    """Read `proc`'s stderr until the job logs that it paused (`ingest.pause`); returns what it read. Fails the
+    test, with that stderr, when the job exits or the timeout passes first."""
+    import select
+    import time
+
+    fd, seen, deadline = proc.stderr.fileno(), b"", time.monotonic() + timeout
+    while b"paused after" not in seen:
+        left = deadline - time.monotonic()
+        ready = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
+        chunk = os.read(fd, 65536) if ready else b""
+        if not chunk:
+            exited = proc.poll() is not None or bool(ready)
+            rc = sigkill_group(proc)
+            why = f"exited ({rc})" if exited else "made no progress"
+            pytest.fail(f"the job {why} before it paused:\n{seen.decode(errors='replace')[-3000:]}")
+        seen += chunk
+    return seen.decode(errors="replace")
+
+
+def sigkill_group(proc: subprocess.Popen) -> int:
+    """SIGKILL the process group `proc` leads (its reader processes too) and reap it; returns its exit status."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):  # the whole group already gone
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
 class RangeHTTPRequestHandler(__import__("http.server").server.SimpleHTTPRequestHandler):
     """Static file server on loopback that honours `Range: bytes=a-b` and `bytes=-n` (as S3/nginx do)."""
 

@@ -5,22 +5,26 @@ the CLI's `--ray-address`. The stores must equal the local run bit for bit, the 
 nodes, a worker node SIGKILLed mid-job must still give the identical store (Ray retries its tasks elsewhere;
 committed episodes are neither read again nor written twice), and a job whose driver is SIGKILLed resumes on
 a fresh cluster from the commit log.
+
+Faults are injected at known points, never by racing the job: it runs with `--pause-file` and waits there
+(after its N-th stored episode, or each dino actor after its first token batch) until the test, having seen
+that state on disk, has killed what it kills and deleted the file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import YAM_EPISODES, YAM_MODEL, run_cli
+from conftest import YAM_EPISODES, YAM_MODEL, run_cli, sigkill_group, start_paused_cli, wait_paused
 from test_ingest_yam import assert_stores_equal
 
 from shardyard.ingest.dino import DinoConfig, ingest_dino
@@ -46,6 +50,9 @@ class TwoNodes:
 
         # Short temp dirs: Ray's socket paths must stay under the 107-byte limit of AF_UNIX.
         self.dirs = [tempfile.mkdtemp(prefix="sy-ray-", dir="/tmp") for _ in range(2)]
+        # Cluster still records the head's address in Ray's default temp dir, and fails where that folder does
+        # not exist yet (a machine on which Ray never ran).
+        (Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray").mkdir(exist_ok=True)
         # A dead node is declared after 3 missed health checks 0.5 s apart (Ray's default waits ~15 s more).
         fast_failure = {"health_check_initial_delay_ms": 500, "health_check_period_ms": 500,
                         "health_check_failure_threshold": 3}
@@ -102,10 +109,6 @@ def nodes():
     holder["c"].shutdown()
 
 
-def _cli(*args) -> list[str]:
-    return [sys.executable, "-m", "shardyard.cli", *map(str, args)]
-
-
 def _committed(store: Path) -> int:
     try:
         return len(committed_episodes(store))
@@ -114,20 +117,22 @@ def _committed(store: Path) -> int:
 
 
 def _wait_for(cond, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Poll `cond()` while the paused job runs; fail if it exits (it cannot finish while paused) or stalls."""
     t0 = time.monotonic()
     while not cond():
         if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"job ended (exit {proc.returncode}) before the fault could be injected:\n{err[-3000:]}")
+            pytest.fail(f"job ended (exit {proc.returncode}) while paused:\n{proc.stderr.read().decode()[-3000:]}")
         if time.monotonic() - t0 > timeout:
-            proc.kill()
+            sigkill_group(proc)
             pytest.fail("job made no progress")
         time.sleep(0.05)
 
 
-def _finish(proc: subprocess.Popen) -> None:
-    out, err = proc.communicate(timeout=400)
-    assert proc.returncode == 0, err[-4000:]
+def _resume_and_finish(proc: subprocess.Popen, pause_file: Path) -> None:
+    """Delete the pause file and wait for the job to end successfully."""
+    pause_file.unlink()
+    _, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err.decode()[-4000:]
 
 
 def _assert_tokens_equal(a: Path, b: Path) -> None:
@@ -153,18 +158,17 @@ def test_yam_on_two_nodes_equals_local_and_names_both_nodes(work, nodes):
 
 def test_yam_worker_node_killed_mid_job_gives_the_same_store(work, nodes):
     c = nodes["c"]
-    out = work / "yam_kill_node"
-    proc = subprocess.Popen(_cli("ingest", "yam", work / "raw", *YAM_ARGS, "--ray-address", c.address,
-                                 "--workers", "2", "--commit-every", "1", "--out", out),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, pause = work / "yam_kill_node", work / "yam_kill_node.pause"
+    proc = start_paused_cli("ingest", "yam", work / "raw", *YAM_ARGS, "--ray-address", c.address, "--workers", "2",
+                            "--commit-every", "1", "--out", out, pause_file=pause, after=1)
     try:
-        _wait_for(lambda: _committed(out) >= 1, proc)
-        assert not (out / "manifest.json").exists()
+        wait_paused(proc)  # the driver waits after committing its first episode
+        assert _committed(out) == 1 and not (out / "manifest.json").exists()
         dead = c.kill_worker()
-        _finish(proc)
+        _resume_and_finish(proc, pause)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            sigkill_group(proc)
         c.add_worker()
     assert_stores_equal(str(work / "local"), str(out))
     report = json.loads((out / "report.json").read_text())
@@ -189,27 +193,31 @@ def _dino_nodes(store: Path) -> set[str]:
 
 def test_dino_on_two_nodes_with_the_worker_node_killed_mid_job(work, nodes):
     """Both nodes' actors write token batches (their records name them); then the worker node is SIGKILLed:
-    its unit is retried on the head, and the tokens equal the local run's, each shard listed once."""
+    its unit is retried on the head, and the tokens equal the local run's, each shard listed once.
+
+    Each actor pauses after its first batch, and an actor takes one shard unit at a time: the head's actor
+    cannot take every unit, so the worker node's actor must write one (a record naming that node) before the
+    job can go on, and no unit can finish before the kill."""
     c = nodes["c"]
-    out = work / "dino_kill_node"
+    out, pause = work / "dino_kill_node", work / "dino_kill_node.pause"
     head, worker = c.head_id, c.worker.node_id
-    proc = subprocess.Popen(_cli("ingest", "dino", work / "local", *DINO_ARGS, "--ray-address", c.address,
-                                 "--workers", "2", "--out", out),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    layout = open_features(work / "local_dino").layout
+    assert layout.num_samples > layout.shard_rows  # two units or more: one for each node
+    proc = start_paused_cli("ingest", "dino", work / "local", *DINO_ARGS, "--ray-address", c.address,
+                            "--workers", "2", "--out", out, pause_file=pause, after=1)
     try:
         _wait_for(lambda: _dino_nodes(out) >= {head, worker}, proc)
-        assert not (out / "manifest.json").exists()
+        assert len(list((out / "progress").glob("*.json"))) == 2 and not (out / "manifest.json").exists()
         dead = c.kill_worker()
-        _finish(proc)
+        _resume_and_finish(proc, pause)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            sigkill_group(proc)
         c.add_worker()
     _assert_tokens_equal(work / "local_dino", out)
     assert _dino_nodes(out) == {head, dead}  # the work ran on both nodes
     report = json.loads((out / "report.json").read_text())
     starts = sorted(s for v in report["ray_nodes"].values() for s in v)
-    layout = open_features(out).layout
     assert starts == list(range(0, layout.num_samples, layout.shard_rows))  # each shard once
     assert head in report["ray_nodes"] and set(report["ray_nodes"]) <= {head, dead}
 
@@ -220,17 +228,11 @@ def test_driver_killed_then_resumed_on_a_fresh_cluster(work, nodes):
     c = nodes["c"]
     out = work / "yam_kill_driver"
     args = ("ingest", "yam", work / "raw", *YAM_ARGS, "--workers", "2", "--commit-every", "1", "--out", out)
-    proc = subprocess.Popen(_cli(*args, "--ray-address", c.address), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(lambda: _committed(out) >= 2, proc)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = start_paused_cli(*args, "--ray-address", c.address, pause_file=work / "yam_kill_driver.pause", after=2)
+    wait_paused(proc)  # after the 2nd committed episode
+    assert sigkill_group(proc) == -signal.SIGKILL
     kept = _committed(out)
-    assert 2 <= kept < N_EPISODES and not (out / "manifest.json").exists()
+    assert kept == 2 and not (out / "manifest.json").exists()
     c.shutdown()
     nodes["c"] = c = TwoNodes()
     run_cli(*args, "--ray-address", c.address, check=True)

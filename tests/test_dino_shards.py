@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED, run_cli
+from conftest import SHARED, run_cli, sigkill_group, start_paused_cli, wait_paused
 
 from shardyard.errors import ConfigError
 from shardyard.ingest.dino import DinoConfig, ingest_dino
@@ -137,15 +133,11 @@ def test_tokens_equal_backbone_on_decoded_frames(shard_features):
 def test_sigkill_then_resume_is_identical(shard_features, tmp_path):
     store, ref, _ = shard_features
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "shardyard.cli", "ingest", "dino", str(store), "--out", str(out), *ARGS]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and len(list((out / "progress").glob("*.json"))) < 2:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc = start_paused_cli("ingest", "dino", store, "--out", out, *ARGS, pause_file=tmp_path / "pause", after=2)
+    wait_paused(proc)
+    assert sigkill_group(proc) == -signal.SIGKILL
     done = len(list((out / "progress").glob("*.json")))
-    assert 2 <= done < 11 and not (out / "manifest.json").exists()  # 44 rows in batches of 4
+    assert done == 2 and not (out / "manifest.json").exists()  # of 11: 44 rows in batches of 4
     res = ingest_dino(_cfg(store, out))
     assert res.exit_code == 2 and res.num_batches_done_before == done
     for x, y in zip(_arrays(ref), _arrays(out)):

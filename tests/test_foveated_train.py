@@ -71,14 +71,14 @@ def test_sigkill_then_resume_over_http_is_bit_identical(store, run_a):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert alive, "the run ended before it could be killed"
-    killed_at = torch.load(run / "latest.pth", weights_only=False)["step"]
+    killed_at = torch.load(run / "latest.pth", weights_only=True)["step"]
     assert killed_at < STEPS
     server, base = serve_directory(store.parent)
     try:
         run_cli("train", "foveated-caption", "--shards", f"{base}/{store.name}", "--out", run, *ARGS, check=True)
     finally:
         server.shutdown()
-    a, b = (torch.load(r / "latest.pth", weights_only=False) for r in (run_a, run))
+    a, b = (torch.load(r / "latest.pth", weights_only=True) for r in (run_a, run))
     assert b["step"] == STEPS
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

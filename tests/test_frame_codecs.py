@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from conftest import run_cli, serve_directory
+from conftest import run_cli, serve_directory, sigkill_group, start_paused_cli, wait_paused
 from PIL import Image
 
 from shardyard import open_store
@@ -209,17 +207,12 @@ def _committed(out: Path) -> int:
 
 
 def _kill_after_commits(cli_args: list, out: Path, n: int) -> int:
-    """Run the CLI with `cli_args --out out`, SIGKILL its process group once `n` episodes are committed;
-    returns how many were. Fails the test if the job finished first."""
-    proc = subprocess.Popen([sys.executable, "-m", "shardyard.cli", *map(str, cli_args), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and _committed(out) < n:
-        time.sleep(0.002)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    if (out / "manifest.json").exists():
-        pytest.fail("the job finished before it could be killed; slow it down")
+    """Run the CLI with `cli_args --out out`, paused (`--pause-file`) after its `n`-th stored episode, and
+    SIGKILL its process group there; returns how many episodes were committed."""
+    proc = start_paused_cli(*cli_args, "--out", out, pause_file=out.parent / f"{out.name}.pause", after=n)
+    wait_paused(proc)
+    assert sigkill_group(proc) == -signal.SIGKILL
+    assert not (out / "manifest.json").exists()
     return _committed(out)
 
 
@@ -234,7 +227,7 @@ def test_kill_late_in_a_small_job_loses_only_the_last_seconds(tiny_yam_dir, tmp_
     run_cli(*args, "--out", tmp_path / "ref", check=True)
     out = tmp_path / "killed"
     killed_at = _kill_after_commits(args, out, 8)
-    assert killed_at >= 8
+    assert killed_at == 8
     rerun = run_cli(*args, "--out", out)
     assert rerun.returncode == 0, rerun.stderr
     report = open_store(str(out)).report
@@ -340,7 +333,7 @@ def test_video_ingest_is_deterministic_resumable_and_its_stats_match(tiny_yam_di
     assert fields and all(written["fields"][k] == recomputed["fields"][k] for k in fields)
 
     out = tmp_path / "killed"
-    assert _kill_after_commits([*args, "--workers", "2"], out, 4) >= 4
+    assert _kill_after_commits([*args, "--workers", "2"], out, 4) == 4
     rerun = run_cli(*args, "--workers", "2", "--out", out)
     assert rerun.returncode == 0, rerun.stderr
     _stores_equal(str(tmp_path / "w1"), str(out))

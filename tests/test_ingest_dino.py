@@ -4,16 +4,12 @@ SIGKILL of the driver then resume, provenance refusal, decode failures masked an
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import YAM_EPISODES, YAM_MODEL, run_cli
+from conftest import YAM_EPISODES, YAM_MODEL, run_cli, sigkill_group, start_paused_cli, wait_paused
 
 from shardyard.errors import ConfigError
 from shardyard.ingest.dino import DinoConfig, ingest_dino
@@ -94,19 +90,12 @@ def test_ray_path_on_local_ray_gives_identical_tokens(source, tmp_path):
 def test_sigkill_of_driver_then_rerun_equals_uninterrupted(source, tmp_path):
     store, ref = source
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "shardyard.cli", "ingest", "dino", str(store), "--out", str(out), *ARGS]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     total = len(open_features(ref).layout.batches())
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done = len(list((out / "progress").glob("*.json"))) if (out / "progress").is_dir() else 0
-        if done >= 3:
-            break
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc = start_paused_cli("ingest", "dino", store, "--out", out, *ARGS, pause_file=tmp_path / "pause", after=3)
+    wait_paused(proc)  # after the 3rd batch's completion record; the 4th cannot be recorded before the kill
+    assert sigkill_group(proc) == -signal.SIGKILL
     done = len(list((out / "progress").glob("*.json")))
-    assert 3 <= done < total and not (out / "manifest.json").exists()
+    assert done == 3 < total and not (out / "manifest.json").exists()
     rerun = ingest_dino(_cfg(store, out))
     assert (rerun.num_batches_run, rerun.num_batches_done_before) == (total - done, done)
     for a, b in zip(_tokens(ref), _tokens(out)):

@@ -4,20 +4,15 @@ posed per step from states), workers, resume after SIGKILL."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
-from conftest import SHARED, run_cli
+from conftest import SHARED, run_cli, sigkill_group, start_paused_cli, wait_paused
 from libero_fixtures import MODEL_XML, gl_pixel, mujoco_camera, write_libero_file, write_libero_suite
 from scipy.spatial.transform import Rotation
 
 from shardyard import open_store
 from shardyard.geometry import GL_TO_CV, project
-from shardyard.stores.commit_log import committed_episodes
 
 WRIST = "obs.T_world_cam.eye_in_hand"
 
@@ -210,19 +205,10 @@ def test_workers_and_resume_after_sigkill_give_identical_arrays(tmp_path):
     _arrays_equal(a, b)
     assert a.episode_meta(4)["field_widths"] == {"sim_state": 40}  # narrower scene padded, true width kept
 
-    proc = subprocess.Popen([sys.executable, "-m", "shardyard.cli", "ingest", "libero", str(raw), "--out",
-                             str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            n = len(committed_episodes(killed))
-        except (FileNotFoundError, json.JSONDecodeError):
-            n = 0
-        if n >= 3 or proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "manifest.json").exists(), "killed too late: the run had finished"
+    # killed after 3 of 12 episodes are written (into an open group: nothing committed yet)
+    proc = start_paused_cli("ingest", "libero", raw, "--out", killed, pause_file=tmp_path / "pause", after=3)
+    wait_paused(proc)
+    assert sigkill_group(proc) == -signal.SIGKILL
+    assert not (killed / "manifest.json").exists()
     run_cli("ingest", "libero", raw, "--out", killed, check=True)
     _arrays_equal(a, open_store(str(killed)))

@@ -8,12 +8,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import YAM_EPISODES, YAM_MODEL, run_cli
+from conftest import YAM_EPISODES, YAM_MODEL, run_cli, sigkill_group, start_paused_cli, wait_paused
 
 from shardyard import open_store
 from shardyard.errors import SourceError
@@ -303,31 +302,24 @@ def _committed(out: Path) -> int:
 
 @pytest.mark.parametrize("kill_after,commit_every", [(0, 32), (1, 1), (3, 1), (2, 2)])
 def test_resume_after_sigkill_equals_uninterrupted(tiny_yam_dir, tmp_path, kill_after, commit_every):
-    """SIGKILL the CLI once `kill_after` episodes are committed (0: as soon as the store directory exists),
-    rerun the same command, and compare with a run that was never interrupted."""
+    """SIGKILL the CLI (and its readers) once exactly `kill_after` episodes are committed (0: after the first
+    episode of an open group is written, nothing committed), rerun the same command, and compare with a run
+    that was never interrupted. The job is paused at that point (`--pause-file`), so the kill cannot miss it."""
     raw = tiny_yam_dir(num_episodes=6, steps=30, video=True)
     args = ["ingest", "yam", str(raw), "--workers", "2", "--commit-every", str(commit_every)]
     run_cli(*args, "--out", tmp_path / "ref", check=True)
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "shardyard.cli", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "progress.json").exists() and _committed(out) >= kill_after:
-            break
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    if proc.returncode == 0:
-        pytest.fail("the job finished before it could be killed; slow it down")
-    assert not (out / "manifest.json").exists()
+    proc = start_paused_cli(*args, "--out", out, pause_file=tmp_path / "pause", after=max(kill_after, 1))
+    wait_paused(proc)
+    assert sigkill_group(proc) == -signal.SIGKILL
+    assert _committed(out) == kill_after and not (out / "manifest.json").exists()
     with pytest.raises(Exception):
         open_store(str(out))
     rerun = run_cli(*args, "--out", out)
     assert rerun.returncode == 0, rerun.stderr
     assert_stores_equal(str(tmp_path / "ref"), str(out))
     report = open_store(str(out)).report
-    assert report["num_already_committed"] >= kill_after
+    assert report["num_already_committed"] == kill_after
 
 
 def test_rerun_of_complete_store_is_a_no_op_and_overwrite_redoes(tiny_yam_dir, tmp_path):

@@ -109,8 +109,8 @@ def test_resume_from_latest_equals_uninterrupted(synthetic, tmp_path):
     run(PatchPredictConfig(out=str(tmp_path / "b"), steps=10, **base))  # stopped at step 10
     (tmp_path / "b" / "metrics.jsonl").open("a").write('{"step": 11, "split": "train", "loss": 0}\n')  # a torn tail
     run(PatchPredictConfig(out=str(tmp_path / "b"), steps=20, **base))
-    sa = torch.load(tmp_path / "a" / "latest.pth", weights_only=False)
-    sb = torch.load(tmp_path / "b" / "latest.pth", weights_only=False)
+    sa = torch.load(tmp_path / "a" / "latest.pth", weights_only=True)
+    sb = torch.load(tmp_path / "b" / "latest.pth", weights_only=True)
     assert sa["step"] == sb["step"] == 20
     for k in sa["model"]:
         torch.testing.assert_close(sa["model"][k], sb["model"][k], rtol=0, atol=0)
@@ -168,7 +168,7 @@ def test_stream_live_backbone_smoke_via_cli(tar_folder, tmp_path):
     online = [r for r in rows if r["split"] == "stream"]
     assert len(online) == 1 and online[0]["step"] == 3 and online[0]["clips"]["yielded"] >= 6
     assert np.isfinite(online[0]["mse"]) and 0 < online[0]["copy_cos"] <= 1
-    state = torch.load(out / "latest.pth", weights_only=False)
+    state = torch.load(out / "latest.pth", weights_only=True)
     assert state["step"] == 3 and state["sampler"]["stream"]["consumed"]
 
 
@@ -178,8 +178,8 @@ def test_stream_resume_equals_uninterrupted(tar_folder, tmp_path):
     run(PatchPredictConfig(out=str(tmp_path / "a"), steps=4, **base))
     run(PatchPredictConfig(out=str(tmp_path / "b"), steps=2, **base))
     run(PatchPredictConfig(out=str(tmp_path / "b"), steps=4, **base))
-    sa = torch.load(tmp_path / "a" / "latest.pth", weights_only=False)
-    sb = torch.load(tmp_path / "b" / "latest.pth", weights_only=False)
+    sa = torch.load(tmp_path / "a" / "latest.pth", weights_only=True)
+    sb = torch.load(tmp_path / "b" / "latest.pth", weights_only=True)
     assert sa["sampler"] == sb["sampler"]
     for k in sa["model"]:
         torch.testing.assert_close(sa["model"][k], sb["model"][k], rtol=0, atol=0)

@@ -122,8 +122,8 @@ def test_resume_is_exact(nyu_tokens):
     resumed = train_depth(_cfg(nyu_tokens, "run_b"))
     assert resumed.resumed_from == 4 and resumed.step == 8
     assert straight.losses[4:] == resumed.losses
-    a = torch.load(nyu_tokens / "run_a" / "latest.pth", weights_only=False)
-    b = torch.load(nyu_tokens / "run_b" / "latest.pth", weights_only=False)
+    a = torch.load(nyu_tokens / "run_a" / "latest.pth", weights_only=True)
+    b = torch.load(nyu_tokens / "run_b" / "latest.pth", weights_only=True)
     assert a["step"] == b["step"] == 8
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
@@ -141,5 +141,5 @@ def test_cli_live_backbone_with_bts_augmentation(nyu_tokens):
                    "--features-dim", "16", "--reassemble-channels", "8,8,16,16", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert "abs_rel" in proc.stdout and "step 3" in proc.stdout
-    state = torch.load(nyu_tokens / "run_live" / "latest.pth", weights_only=False)
+    state = torch.load(nyu_tokens / "run_live" / "latest.pth", weights_only=True)
     assert state["backbone"] is not None and state["config"]["live_backbone"]

@@ -42,8 +42,8 @@ def test_resume_from_latest_equals_uninterrupted(vq_data, tmp_path):
     with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 5, "loss": 123.0}) + "\n")
     resumed = train(_cfg(store, features, tmp_path / "run", steps=8))
-    a = torch.load(full.checkpoint, weights_only=False)
-    b = torch.load(resumed.checkpoint, weights_only=False)
+    a = torch.load(full.checkpoint, weights_only=True)
+    b = torch.load(resumed.checkpoint, weights_only=True)
     assert a["step"] == b["step"] == 8
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
@@ -59,7 +59,7 @@ def test_live_backbone_mode_runs(vq_data, tmp_path):
     store, _ = vq_data
     res = train(_cfg(store, None, tmp_path / "live", steps=2, batch_size=4, backbone="tiny-random-dinov2"))
     assert [r["step"] for r in res.records] == [1, 2]
-    assert torch.load(res.checkpoint, weights_only=False)["config"]["model_config"]["grid"] == (16, 16)
+    assert torch.load(res.checkpoint, weights_only=True)["config"]["model_config"]["grid"] == (16, 16)
 
 
 def test_torchrun_two_processes_gloo(vq_data, tmp_path):
@@ -74,7 +74,7 @@ def test_torchrun_two_processes_gloo(vq_data, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("train_pix_argmax") == 2                  # the table printed once, by rank 0
-    ckpt = torch.load(out / "latest.pth", weights_only=False)
+    ckpt = torch.load(out / "latest.pth", weights_only=True)
     samplers = ckpt["extra"]["samplers"]
     assert [s["rank"] for s in samplers] == [0, 1] and all(s["world_size"] == 2 for s in samplers)
     assert all(s["offset"] == 24 for s in samplers)                    # 3 steps x 8 samples, on each rank
@@ -104,4 +104,4 @@ def test_validation_pass_in_bf16_on_cpu(vq_data, tmp_path):
             assert 3 * cells - 1e-9 <= px <= 4 * cells + 1e-9 and cells > 0
         assert 3 * r["pix_start_baseline_cells"] - 1e-9 <= r["pix_start_baseline"]
     assert res.final["step"] == 4 and res.final["val_pix_argmax"] == rows[-1]["val_pix_argmax"]
-    assert torch.load(res.checkpoint, weights_only=False)["config"]["amp"] == "bf16"
+    assert torch.load(res.checkpoint, weights_only=True)["config"]["amp"] == "bf16"

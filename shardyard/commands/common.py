@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from shardyard.errors import ShardyardError
+from shardyard.ingest.pause import PausePoint
 
 __all__ = ["fail", "finish_ingest", "parse_size", "run_ingest_job"]
 
@@ -31,6 +32,11 @@ FrameCodec = Annotated[str, typer.Option(
     "--frame-codec", help="Image fields' codec: jpeg (default; jpeg:Q sets the quality, 85), lz4 (raw pixels, "
                           "fastest reads), zstd or none; FIELD=CODEC overrides, comma separated.")]
 ImageSize = Annotated[Optional[str], typer.Option(help="Resize frames on ingest: S or WxH (default keep).")]
+PauseFile = Annotated[Optional[Path], typer.Option(
+    help="While this file exists, the job waits after each stored episode (dino: token batch) and goes on once "
+         "it is deleted; a paused job can be killed and resumed.")]
+PauseAfter = Annotated[int, typer.Option(help="Pause no earlier than after this many stored episodes (dino: "
+                                              "batches per worker) of this run.")]
 
 
 @ingest_app.callback()
@@ -75,10 +81,11 @@ def _export_group() -> None:
     """Export a store to another dataset format (`export lerobot STORE --out DIR`)."""
 
 
-def run_ingest_job(source, out: str | Path, **kwargs) -> None:
+def run_ingest_job(source, out: str | Path, pause: PausePoint | None = None, **kwargs) -> None:
     """Run `run_ingest` for a CLI command with a progress bar (`kwargs` are `IngestConfig` fields), then print the
     summary and exit 0, or 2 when episodes were skipped, via `finish_ingest`. An `out` URL (`s3://...`) is
-    written through a local staging directory, each commit uploaded as it is made (`stores/remote.py`)."""
+    written through a local staging directory, each commit uploaded as it is made (`stores/remote.py`).
+    `pause`: reached after each episode written (`--pause-file`, `--pause-after`)."""
     from rich.progress import Progress
 
     from shardyard.ingest.runner import IngestConfig, run_ingest
@@ -103,6 +110,8 @@ def run_ingest_job(source, out: str | Path, **kwargs) -> None:
             if not progress.live.is_started:
                 progress.start()
             progress.advance(task)
+            if pause is not None and status == "written":
+                pause.reached(f"episode {key}")
 
         try:
             result = run_ingest(source, cfg, on_episode=advance, on_commit=staged.sync if staged else None)

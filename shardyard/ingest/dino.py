@@ -36,6 +36,7 @@ import torch
 
 from shardyard.errors import ConfigError, StoreError
 from shardyard.ingest.dino_frames import ShardFrameReader, ShardFramesConfig, is_shard_source
+from shardyard.ingest.pause import PausePoint
 from shardyard.models.backbones import Backbone, BackboneConfig, load_backbone
 from shardyard.stores.features import PROGRESS_DIR, FeatureLayout, FeatureWriter, FeatureWriterConfig, write_batch
 from shardyard.version import __version__
@@ -56,7 +57,8 @@ class DinoConfig:
     (shard stores: the video member extension, or any other name for the first video member). fps: frames
     per second sampled from each video (shard stores only, required there). dtype: stored token dtype.
     batch_size: frames per forward (also per completion record). ray / ray_address: run on Ray ("local" or
-    None with ray=True starts Ray here). workers: Ray actors. num_gpus_per_worker: GPUs per actor.
+    None with ray=True starts Ray here). workers: Ray actors. num_gpus_per_worker: GPUs per actor. pause: wait
+    after stored batches while a file exists (`ingest.pause`; on Ray, `after` counts each actor's batches).
     """
 
     store: str
@@ -72,6 +74,7 @@ class DinoConfig:
     workers: int = 2
     num_gpus_per_worker: float = 0.0
     fps: float | None = None
+    pause: PausePoint | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -183,11 +186,18 @@ def _open_reader(store: str, field_name: str, fps: float | None,
 
 def run_unit(path: Path, batches: list[tuple[int, int]], reader: FrameReader, backbone: Backbone,
              on_batch: Callable[[int], None] | None = None, pool: ThreadPoolExecutor | None = None,
-             node: str | None = None) -> None:
+             node: str | None = None, pause: PausePoint | None = None) -> None:
     """Compute and write `batches` (all in one shard, in order), from the first one not recorded on (a
-    resumed or retried unit). `node`: the Ray node id to record with each batch.
+    resumed or retried unit). `node`: the Ray node id to record with each batch. `pause`: reached after each
+    batch's completion record (the next batch's record waits for it).
 
     With `pool` (2 threads), the next read and the previous write overlap the forward."""
+
+    def write(a: int, patch: np.ndarray, cls: np.ndarray, missing: np.ndarray, errors: list) -> None:
+        write_batch(path, a, patch, cls, missing, errors, node)
+        if pause is not None:
+            pause.reached(f"token batch at row {a} of {path}")
+
     done = [(path / PROGRESS_DIR / f"{a:012d}.json").exists() for a, _ in batches]
     # a shard is written in batch order, so its recorded batches are a prefix: go on from the first gap
     todo = batches[done.index(False):] if False in done else []
@@ -205,9 +215,9 @@ def run_unit(path: Path, batches: list[tuple[int, int]], reader: FrameReader, ba
         if pending_write is not None:
             pending_write.result()
         if pool:
-            pending_write = pool.submit(write_batch, path, a, patch, cls, missing, errors, node)
+            pending_write = pool.submit(write, a, patch, cls, missing, errors)
         else:
-            write_batch(path, a, patch, cls, missing, errors, node)
+            write(a, patch, cls, missing, errors)
         if on_batch:
             on_batch(b - a)
     if pending_write is not None:
@@ -223,6 +233,7 @@ class _RayShardWorker:
         self.backbone = load_backbone(bcfg)
         self.reader = _open_reader(cfg["store"], cfg["field"], cfg.get("fps"), self.backbone.input_hw)
         self.path = Path(cfg["out"])
+        self.pause = PausePoint(**cfg["pause"]) if cfg.get("pause") else None  # counts this actor's batches
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import ray
@@ -231,7 +242,7 @@ class _RayShardWorker:
         node = ray.get_runtime_context().get_node_id()
         for unit in batch["unit"]:
             batches = [tuple(x) for x in json.loads(str(unit))]
-            run_unit(self.path, batches, self.reader, self.backbone, node=node)
+            run_unit(self.path, batches, self.reader, self.backbone, node=node, pause=self.pause)
             done.append(batches[0][0])
         return {"shard_start": np.asarray(done, dtype=np.int64), "node_id": np.asarray([node] * len(done))}
 
@@ -250,12 +261,14 @@ def _run_ray(cfg: DinoConfig, units: list[list[tuple[int, int]]], on_batch) -> d
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     conf = {"store": _store_ref(cfg.store), "field": cfg.field, "out": str(cfg.out.resolve()),
-            "backbone": asdict(cfg.backbone), "fps": cfg.fps}
+            "backbone": asdict(cfg.backbone), "fps": cfg.fps, "pause": cfg.pause.to_dict() if cfg.pause else None}
     items = [{"unit": json.dumps([list(b) for b in u])} for u in units]
+    # One unit in flight per actor: a unit is a whole shard (many batches), and a second one queued behind a
+    # busy actor (Ray Data's default) would wait there while another actor sits idle.
+    pool = ray.data.ActorPoolStrategy(size=min(cfg.workers, len(items)), max_tasks_in_flight_per_actor=1)
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _RayShardWorker, fn_constructor_kwargs={"cfg": conf}, batch_size=1, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(items))), num_cpus=1,
-        num_gpus=cfg.num_gpus_per_worker or None)
+        _RayShardWorker, fn_constructor_kwargs={"cfg": conf}, batch_size=1, batch_format="numpy", compute=pool,
+        num_cpus=1, num_gpus=cfg.num_gpus_per_worker or None)
     sizes = {u[0][0]: sum(b - a for a, b in u) for u in units}
     nodes: dict[str, list[int]] = {}
     for row in ds.iter_rows():
@@ -306,7 +319,7 @@ def ingest_dino(cfg: DinoConfig, *, on_batch: Callable[[int], None] | None = Non
         elif units:
             with ThreadPoolExecutor(2, thread_name_prefix="dino-io") as pool:
                 for unit in units:
-                    run_unit(writer.path, unit, reader, backbone, on_batch, pool)
+                    run_unit(writer.path, unit, reader, backbone, on_batch, pool, pause=cfg.pause)
     report_rows = [e for r in sorted((writer.path / PROGRESS_DIR).glob("*.json"))
                    for e in json.loads(r.read_text()).get("errors", [])]
     return DinoResult(out=cfg.out, num_samples=layout.num_samples, num_batches_done_before=len(done),
