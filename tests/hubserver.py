@@ -436,6 +436,9 @@ class HubHandler(BaseHTTPRequestHandler):
     """One request against `self.server.hub` (a `HubServer`)."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects; every answer has a Content-Length
+    # Headers and body go out in two writes: with Nagle's algorithm on, the body waits for the client's
+    # delayed ACK of the headers (~40 ms a request), which would be all a benchmark of reads measured.
+    disable_nagle_algorithm = True
     server: "_Server"
 
     def log_message(self, *args: Any) -> None:

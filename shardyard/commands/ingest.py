@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,8 +26,9 @@ from shardyard.commands.common import (
     parse_size,
     run_ingest_job,
 )
-from shardyard.errors import ShardyardError
+from shardyard.errors import ConfigError, ShardyardError
 from shardyard.ingest.pause import PausePoint
+from shardyard.progress import ProgressLog
 
 __all__ = ["ingest_dino_cmd", "ingest_lerobot", "ingest_libero", "ingest_nyu_cmd", "ingest_webvid_cmd", "ingest_yam"]
 
@@ -82,6 +84,10 @@ def ingest_libero(
     out: OutURL = ...,
     image_convention: Optional[str] = typer.Option(None, help="opengl|opencv (default: file attr, else opengl)."),
     fps: Optional[float] = typer.Option(None, help="Control rate in Hz (default 20)."),
+    group_by_schema: bool = typer.Option(
+        False, "--group-by-schema", help="Demos whose fields or shapes differ (other robots, scenes) go to one "
+        "store per schema under --out, named <robot>-<schema hash> and listed in --out/groups.json (default: one "
+        "store; such demos are refused with a report row naming the differing fields; nothing is padded)."),
     follow_links: FollowLinks = False,
     workers: Workers = 1,
     on_error: OnError = "skip",
@@ -101,15 +107,51 @@ def ingest_libero(
                                            follow_links=follow_links))
     except ShardyardError as e:
         fail(e)
-    run_ingest_job(source, out, pause=pause, workers=workers, on_error=on_error, overwrite=overwrite,
-                   val_fraction=val_fraction, split_seed=split_seed, frame_codec=frame_codec,
-                   follow_links=follow_links)
+    options = dict(workers=workers, on_error=on_error, overwrite=overwrite, val_fraction=val_fraction,
+                   split_seed=split_seed, frame_codec=frame_codec, follow_links=follow_links)
+    if group_by_schema:
+        _ingest_libero_groups(source, out, options)
+    run_ingest_job(source, out, pause=pause, **options)
+
+
+def _ingest_libero_groups(source, out: str, options: dict) -> None:
+    """`ingest libero --group-by-schema`: one store per schema under `out`, a summary line each, then exit 0,
+    or 2 when any store skipped episodes (`schema_groups.ingest_groups`)."""
+    from dataclasses import replace
+
+    from shardyard.ingest.libero import LiberoSource, add_report_notes
+    from shardyard.ingest.runner import IngestConfig, run_ingest
+    from shardyard.ingest.schema_groups import GROUPS_FILE, ingest_groups
+
+    try:
+        groups, info = source.schema_groups()
+        cfg = IngestConfig(out=Path(out), **options)
+        results = ingest_groups(lambda keys: LiberoSource(replace(source.cfg, keys=tuple(keys))), groups, cfg,
+                                run_ingest, info)
+    except ShardyardError as e:
+        fail(e)
+    for name, result in results.items():
+        add_report_notes(result.store, LiberoSource(replace(source.cfg, keys=tuple(groups[name]))).report_notes())
+        typer.echo(f"{name}: {result.num_written} episode(s) written, {result.num_already_committed} already "
+                   f"stored, {len(result.skipped)} skipped -> {result.store}")
+    skipped = sum(len(r.skipped) for r in results.values())
+    typer.echo(f"{len(results)} store(s), listed in {Path(out) / GROUPS_FILE}")
+    if skipped:
+        typer.secho(f"{skipped} episode(s) skipped; reasons in each store's report.json", fg=typer.colors.YELLOW,
+                    err=True)
+    raise typer.Exit(2 if skipped else 0)
 
 
 @ingest_app.command("lerobot")
 def ingest_lerobot(
-    path: str = typer.Argument(..., help="LeRobot dataset folder (v2.1 or v3.0) or a Hub repo id in the cache."),
+    path: str = typer.Argument(..., help="LeRobot dataset folder (v2.1 or v3.0), or a Hub dataset repo id "
+                                         "ORG/NAME[@REVISION], downloaded into the Hugging Face cache as needed."),
     out: OutURL = ...,
+    episodes: Optional[str] = typer.Option(None, help="Episode ids to ingest, e.g. 0-9,42 (default all); of a "
+                                                      "repo id only their files are downloaded."),
+    camera: Optional[list[str]] = typer.Option(
+        None, "--camera", help="Camera to store (observation.images.NAME), repeat for several; 'none' stores no "
+        "camera (default all; a camera with no video file for any episode is refused unless left out here)."),
     image_size: ImageSize = None,
     timestamp_tolerance_ms: float = typer.Option(1.0, help="Largest row-to-frame gap when decoding video."),
     follow_links: FollowLinks = False,
@@ -123,13 +165,16 @@ def ingest_lerobot(
     pause_after: PauseAfter = 1,
 ) -> None:
     """Ingest a LeRobot dataset (v2.1 or v3.0, AV1 video included) into an episodic zarr store."""
-    from shardyard.ingest.lerobot import LeRobotConfig, LeRobotSource
+    from shardyard.ingest.episode_ranges import parse_episodes
+    from shardyard.ingest.lerobot import LeRobotConfig
+    from shardyard.ingest.lerobot_hub import open_lerobot
 
     try:
         pause = PausePoint.from_options(pause_file, pause_after)
-        source = LeRobotSource(LeRobotConfig(root=path, image_size=parse_size(image_size),
-                                             timestamp_tolerance_s=timestamp_tolerance_ms / 1000.0,
-                                             follow_links=follow_links))
+        source = open_lerobot(path, LeRobotConfig(root=path, image_size=parse_size(image_size),
+                                                  timestamp_tolerance_s=timestamp_tolerance_ms / 1000.0,
+                                                  follow_links=follow_links, episodes=parse_episodes(episodes),
+                                                  cameras=None if camera is None else tuple(camera)))
     except ShardyardError as e:
         fail(e)
     run_ingest_job(source, out, pause=pause, workers=workers, on_error=on_error, overwrite=overwrite,
@@ -174,8 +219,9 @@ def ingest_nyu_cmd(
 
 @ingest_app.command("webvid")
 def ingest_webvid_cmd(
-    meta: Path = typer.Argument(..., help="WebVid CSV (10M or 2.5M order), parquet, saved HF dataset, "
-                                          "or a video2dataset output folder to verify."),
+    meta: Path = typer.Argument(..., help="WebVid CSV (10M or 2.5M order), parquet, saved HF dataset, a "
+                                          "video2dataset output folder to verify, or a folder of local clips "
+                                          "(captions from <clip>.txt or a captions CSV)."),
     out: Path = typer.Option(..., "--out", "-o", help="Shard store to write (resumed if it exists)."),
     resize: Optional[int] = typer.Option(None, "--resize", help="Transcode: short side in px."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Transcode: output frame rate (Hz)."),
@@ -191,20 +237,38 @@ def ingest_webvid_cmd(
         False, "--allow-private-urls", help="Also fetch URLs that lead to loopback, private, link-local or "
         "metadata-service addresses (refused by default: metadata from elsewhere must not reach your network)."),
     overwrite: Overwrite = False,
+    captions: Optional[Path] = typer.Option(None, help="Folder of clips: CSV of captions (a clip column file|"
+                                            "filename|path|video|videoid and a caption column caption|name|text); "
+                                            "default <clip>.txt beside each clip, else the folder's only .csv."),
+    follow_links: FollowLinks = False,
 ) -> None:
-    """Download WebVid rows into checksummed webdataset shards (or verify a video2dataset folder)."""
+    """Download WebVid rows into checksummed webdataset shards (or verify a video2dataset folder, or shard a
+    folder of local clips)."""
     from shardyard.ingest.fetch import FetchConfig
     from shardyard.ingest.webvid import TranscodeConfig, WebvidConfig, ingest_webvid
+    from shardyard.ingest.webvid_local import folder_kind, ingest_local_clips
 
+    lines = None if sys.stderr.isatty() else ProgressLog("ingest webvid", None, "samples")
     try:
         cfg = WebvidConfig(out=out, samples_per_shard=samples_per_shard, split=split, overwrite=overwrite,
                            retry_failed=retry_failed,
                            fetch=FetchConfig(concurrency=concurrency, timeout_s=timeout, retries=retries,
                                              backoff_s=backoff, allow_private_urls=allow_private_urls),
                            transcode=TranscodeConfig(short_side=resize, fps=fps, max_seconds=max_seconds))
-        result = ingest_webvid(meta, cfg)
+        kind = folder_kind(meta) if meta.is_dir() else "file"
+        on_sample = None if lines is None else (lambda key, status: lines.update())
+        if kind == "clips":
+            result = ingest_local_clips(meta, cfg, captions=captions, follow_links=follow_links, on_sample=on_sample)
+        elif kind is None:
+            raise ConfigError("this folder holds no .tar shards (a video2dataset output), no video clips (mp4, mov, "
+                              "mkv, webm, ...) and no dataset (a saved Hugging Face dataset, parquet or CSV files)",
+                              path=str(meta))
+        else:
+            result = ingest_webvid(meta, cfg, on_sample=on_sample)
     except ShardyardError as e:
         fail(e)
+    if lines is not None:
+        lines.finish()
     r = result.report
     typer.echo(f"{r['num_success']} of {r['num_samples']} sample(s) ok ({100 * r['success_rate']:.1f} %), "
                f"{r['num_shards']} shard(s), in {r['seconds']:.1f} s -> {out}")

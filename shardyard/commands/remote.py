@@ -30,14 +30,26 @@ def _options(pairs: Optional[list[str]]) -> dict:
 @app.command("push")
 def push_cmd(
     store: Path = typer.Argument(..., help="A complete local store (episodic, features or shards)."),
-    url: str = typer.Argument(..., help="Destination: s3://bucket/store, gs://..., hf://datasets/user/repo/path."),
+    url: str = typer.Argument(..., help="Destination: s3://bucket/store, gs://..., hf://datasets/ORG/NAME "
+                                        "(made when missing; @BRANCH and a /FOLDER may follow NAME)."),
     storage_option: Optional[list[str]] = StorageOption,
+    commit_files: int = typer.Option(256, help="hf:// only: files per Hub commit."),
+    commit_mb: int = typer.Option(1024, help="hf:// only: MiB per Hub commit."),
+    pause_file: Optional[Path] = typer.Option(None, help="hf:// only: while this file exists, the push waits after "
+                                                         "each commit; a paused push can be killed and rerun."),
+    pause_after: int = typer.Option(1, help="Pause no earlier than after this many commits."),
 ) -> None:
-    """Upload a complete store with checksums.json, manifest last (files already there are skipped)."""
+    """Upload a complete store with checksums.json, manifest last (files already there are skipped). To the
+    Hub: a few commits within the Hub's limits, a dataset card, the repo made when missing."""
+    from shardyard.ingest.pause import PausePoint
+    from shardyard.stores.hub import CommitLimits
     from shardyard.stores.remote import push
 
     try:
-        r = push(store, url, storage_options=_options(storage_option))
+        pause = PausePoint.from_options(pause_file, pause_after)
+        limits = CommitLimits(files=commit_files, bytes=commit_mb << 20)
+        r = push(store, url, storage_options=_options(storage_option), hub_limits=limits,
+                 on_commit=(lambda n: pause.reached(f"commit {n}")) if pause else None)
     except (ShardyardError, OSError) as e:
         fail(e)
     typer.echo(f"{r.copied} file(s) uploaded ({r.bytes / 1e6:.1f} MB), {r.skipped} already there -> {url}")

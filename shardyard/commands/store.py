@@ -1,4 +1,4 @@
-"""`shardyard stats|inspect|export`: commands on an existing store."""
+"""`shardyard stats|inspect|export|upgrade`: commands on an existing store."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from shardyard.commands.common import app, export_app, fail
 from shardyard.errors import ShardyardError
 
-__all__ = ["export_lerobot_cmd", "inspect_cmd", "stats_cmd"]
+__all__ = ["export_lerobot_cmd", "inspect_cmd", "stats_cmd", "upgrade_cmd"]
 
 
 @export_app.command("lerobot")
@@ -23,9 +23,13 @@ def export_lerobot_cmd(
     pix_fmt: str = typer.Option("yuv420p", help="Encoder pixel format (LeRobot's default)."),
     preset: int = typer.Option(12, help="SVT-AV1 speed preset (LeRobot's default 12; libx264 ignores it)."),
     overwrite: bool = typer.Option(False, help="Delete an existing folder at --out first."),
+    push_to_hub: Optional[str] = typer.Option(None, help="Then upload it to this Hub dataset repo (ORG/NAME, made "
+                                                         "when missing; HF_ENDPOINT/HF_TOKEN apply), tagged with "
+                                                         "its codebase version as LeRobotDataset(ORG/NAME) needs."),
 ) -> None:
     """Write an episodic store as a LeRobot v3.0 dataset (parquet + mp4 + meta), with LeRobot's video encoding."""
     from shardyard.stores.export_lerobot import ExportConfig, export_lerobot
+    from shardyard.stores.hub import push_lerobot
 
     try:
         cfg = ExportConfig(out=out, vcodec=vcodec, crf=crf, g=g, pix_fmt=pix_fmt, preset=preset, overwrite=overwrite)
@@ -35,6 +39,13 @@ def export_lerobot_cmd(
     typer.echo(f"wrote LeRobot v3.0 dataset: {info['total_episodes']} episode(s), {info['total_frames']} "
                f"frame(s), {len([k for k, v in info['features'].items() if v['dtype'] == 'video'])} video "
                f"stream(s) -> {out}")
+    if push_to_hub:
+        try:
+            r = push_lerobot(out, push_to_hub)
+        except (ShardyardError, OSError) as e:
+            fail(e)
+        typer.echo(f"{r.uploaded} file(s) uploaded ({r.bytes / 1e6:.1f} MB) in {r.commits} commit(s), {r.skipped} "
+                   f"already there -> hf://datasets/{push_to_hub} (tag {info['codebase_version']})")
 
 
 @app.command("stats")
@@ -56,6 +67,18 @@ def stats_cmd(
     except ShardyardError as e:
         fail(e)
     typer.echo(f"stats.json rewritten for {store} (train episodes: {len(stats['split']['train'])})")
+
+
+@app.command("upgrade")
+def upgrade_cmd(store: Path = typer.Argument(..., help="Local episodic store.")) -> None:
+    """Rewrite an older store's metadata to the current format (columnar episode table and stats parts)."""
+    from shardyard.stores.upgrade import upgrade_store
+
+    try:
+        result = upgrade_store(store)
+    except ShardyardError as e:
+        fail(e)
+    typer.echo(result.summary())
 
 
 @app.command("inspect")

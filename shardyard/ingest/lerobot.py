@@ -9,10 +9,13 @@ Field mapping (its inverse is used by `shardyard.stores.export_lerobot`): `obser
 `obs.rgb.<cam>` (uint8 `(H, W, 3)`, decoded with PyAV, AV1 included, at each row's timestamp), `observation.state`
 -> `obs.state`, `observation.<x>` -> `obs.<x>`, anything else keeps its name (`action`, `timestamp` s, ...).
 Bookkeeping columns (`frame_index`, `episode_index`, `index`, `task_index`) are not stored: the episode's meta
-has `episode_index`, `task`, `tasks`, `fps`. Features of shape `[1]` are stored as scalars.
+has `episode_index`, `task`, `tasks`, `fps`. Features of shape `[1]` are stored as scalars. A dataset written
+by `export lerobot` gives back the exported store's keys, field specs and episode metadata (`meta/shardyard.json`,
+`stores.export_meta`).
 
-An episode listed in `meta` whose parquet or video is missing is a `SourceError` (reported, not fatal); a
-camera with no video file at all in the dataset is left out of the schema and named in `report_notes()`.
+An episode listed in `meta` whose parquet or video is missing, or whose data contradicts `meta/info.json`
+(declared shapes, `fps` against the timestamps: `lerobot_checks`), is a `SourceError` (a report row, not
+fatal); a camera with no video file at all in the dataset is refused unless left out with `cameras`.
 """
 
 from __future__ import annotations
@@ -26,8 +29,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from shardyard.errors import ConfigError, SourceError
+from shardyard.ingest.episode_ranges import format_ranges, select_episodes
+from shardyard.ingest.failures import reading, source_error
 from shardyard.ingest.inside import FOLLOW_HINT, check_inside, name_problem, outside_problem
+from shardyard.ingest.lerobot_checks import check_timestamps, declared_array, decode_images, skipped_cameras
 from shardyard.schema import Episode, FieldSpec, Schema
+from shardyard.stores.export_meta import EXPORT_META, read_export_meta
 
 __all__ = ["BOOKKEEPING", "IMAGES", "LeRobotConfig", "LeRobotSource", "column_array", "feature_from_field",
            "field_from_feature", "resolve_root"]
@@ -61,8 +68,12 @@ def column_array(table, name: str) -> np.ndarray:
     import pyarrow as pa
 
     col = table.column(name).combine_chunks()
-    if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
-        flat = col.flatten().to_numpy(zero_copy_only=False)
+    nested = lambda t: pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t)  # noqa: E731
+    if nested(col.type):
+        flat = col.flatten()
+        while nested(flat.type):  # lists of lists: LeRobot's Array2D (an exported pose field), ...
+            flat = flat.flatten()
+        flat = flat.to_numpy(zero_copy_only=False)
         return flat.reshape(len(col), -1) if len(col) else flat.reshape(0, 0)
     return col.to_numpy(zero_copy_only=False)
 
@@ -76,7 +87,12 @@ class LeRobotConfig:
     timestamp_tolerance_s: largest gap between a row's timestamp and the video frame matched to it.
     follow_links: read files that resolve outside the dataset folder, and path templates in `meta/info.json`
     with `..` or an absolute path (refused by default, `ingest.inside`). A Hub cache snapshot's folder is its
-    repository's cache folder (the snapshot's files are links into its `blobs/`).
+    repository's cache folder (the snapshot's files are links into its `blobs/`). episodes: episode ids to
+    ingest (None: every episode listed in meta); selected ones without a data file in the folder (a partial
+    download) are left out, named in one summary line. hub: where a downloaded dataset came from (repo id,
+    revision, commit: `ingest.lerobot_hub`), recorded in the manifest's source block. cameras: the cameras
+    (`observation.images.<name>`) to store, None all, `()` none; a camera to store with no video for any
+    episode is refused (`lerobot_checks.skipped_cameras`), one missing for some episodes is a report row each.
     """
 
     root: str | Path
@@ -84,6 +100,9 @@ class LeRobotConfig:
     timestamp_tolerance_s: float = 1e-3
     revision: str | None = None
     follow_links: bool = False
+    episodes: tuple[int, ...] | None = None
+    hub: dict[str, str] | None = None
+    cameras: tuple[str, ...] | None = None
 
 
 def resolve_root(root: str | Path, revision: str | None = None) -> Path:
@@ -140,8 +159,14 @@ class LeRobotSource:
         if not self.version.startswith(("v2", "v3")):
             raise ConfigError(f"unsupported LeRobot codebase_version {self.version!r} (v2.1 or v3.0)",
                               path=str(self.root / "meta" / "info.json"))
-        self.fps = float(self.info["fps"])
-        self.episodes = self._load_episodes()
+        try:
+            self.fps = float(self.info["fps"])
+            self.episodes = self._load_episodes()
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSONDecodeError too: a ValueError
+            raise ConfigError(f"malformed LeRobot meta: {type(e).__name__}: {e}", path=str(self.root / "meta")) from e
+        self.export = read_export_meta(self._meta_file(self.root / EXPORT_META))  # keys, specs, metadata
+        self.selected = select_episodes(config.episodes, list(self.episodes), str(self.root / "meta"))
+        self._absent: list[int] | None = None
         self._tables: dict[str, Any] = {}
         self._schema: Schema | None = None
 
@@ -190,9 +215,35 @@ class LeRobotSource:
         self.tasks = {int(i): (t if col is None else t) for t, i in zip(df[col] if col else df.index, df["task_index"])}
         return dict(sorted(rows.items()))
 
+    def absent(self) -> list[int]:
+        """Selected episodes (`episodes` given) whose data file is not in the folder: a partial download."""
+        if self.cfg.episodes is None:
+            return []
+        if self._absent is None:
+            self._absent = [i for i in self.selected if not self._data_path(i).exists()]
+            if self._absent:
+                log.warning("%d of %d selected episode(s) have no data file in %s (a partial download?), left "
+                            "out: %s", len(self._absent), len(self.selected), self.root, format_ranges(self._absent))
+        return self._absent
+
     def keys(self) -> list[str]:
-        """`episode_NNNNNN` for each episode listed in meta, in index order."""
-        return [f"episode_{i:06d}" for i in self.episodes]
+        """`episode_NNNNNN` for each episode listed in meta (or selected, and present), in index order."""
+        gone = set(self.absent())
+        return [self._key(i) for i in self.selected if i not in gone]
+
+    def _key(self, idx: int) -> str:
+        """The store key an `export lerobot` recorded for episode `idx`, else `episode_NNNNNN`."""
+        return self.export.keys[idx] if self.export and idx in self.export.keys else f"episode_{idx:06d}"
+
+    def episode_files(self) -> list[str]:
+        """Paths, relative to the dataset folder, of the data and video files the selected episodes are read
+        from (what a download of those episodes needs besides `meta/`), each once."""
+        out: dict[str, None] = {}
+        for i in self.selected:
+            out[self._data_path(i).relative_to(self.root).as_posix()] = None
+            for feature in self._video_features():
+                out[self._video(i, feature)[0].relative_to(self.root).as_posix()] = None
+        return list(out)
 
     def _data_path(self, idx: int) -> Path:
         ep = self.episodes[idx]
@@ -219,29 +270,42 @@ class LeRobotSource:
 
     def missing_videos(self) -> list[str]:
         """Video features with no file at all for any episode (left out of the schema)."""
-        return [f for f in self._video_features() if not any(self._video(i, f)[0].exists() for i in self.episodes)]
+        return [f for f in self._video_features() if not any(self._video(i, f)[0].exists() for i in self.selected)]
 
     def report_notes(self) -> list[str]:
         """Notes for report.json: video features without files, and episodes listed without a data file."""
         notes = [f"{f}: listed in meta/info.json but no video file is present; stored without it"
                  for f in self.missing_videos()]
-        absent = [i for i in self.episodes if not self._data_path(i).exists()]
+        if self.absent():
+            notes.append(f"{len(self.absent())} of {len(self.selected)} selected episode(s) have no data file in "
+                         f"the folder (a partial download?), left out: {format_ranges(self.absent())}")
+        absent = [i for i in self.selected if not self._data_path(i).exists()] if self.cfg.episodes is None else []
         if absent:
             notes.append(f"{len(absent)} of {len(self.episodes)} episode(s) listed in meta have no data file "
                          f"(see skipped)")
         return notes
 
     def describe(self) -> dict[str, Any]:
-        """Source block of the manifest: root, codebase version, robot type, fps, episodes, missing videos."""
+        """Source block of the manifest: root, codebase version, robot type, fps, episodes, missing videos, the
+        selection (`episodes`) and, for a download, `hub`: the repo id, the revision asked for and its commit."""
         return {"name": self.name, "root": str(self.root), "codebase_version": self.version,
                 "robot_type": self.info.get("robot_type"), "fps": self.fps,
-                "total_episodes": self.info.get("total_episodes"), "missing_videos": self.missing_videos()}
+                "total_episodes": self.info.get("total_episodes"), "missing_videos": self.missing_videos(),
+                **({"episodes": format_ranges(self.selected, limit=10**6)} if self.cfg.episodes is not None else {}),
+                **({"hub": dict(self.cfg.hub)} if self.cfg.hub else {})}
+
+    def episode_path(self, key: str) -> str | None:
+        """The parquet file episode `key` is read from (named by a row of an unforeseen failure)."""
+        idx = next((i for i in self.selected if self._key(i) == key), None)
+        return None if idx is None else str(self._data_path(idx))
 
     # -- schema ------------------------------------------------------------------------------------------
     def schema(self) -> Schema:
-        """Fields from `meta/info.json` features (video features with no file anywhere are left out)."""
+        """Fields from `meta/info.json` features, less the cameras not asked for (`cameras`). Raises
+        `ConfigError` for a camera to store with no video file for any episode (`lerobot_checks`)."""
         if self._schema is None:
-            missing = set(self.missing_videos())
+            missing = skipped_cameras(self._video_features(), self.cfg.cameras, self.missing_videos(),
+                                      self.root / "meta" / "info.json")
             fields: dict[str, FieldSpec] = {}
             for feat, spec in self.info["features"].items():
                 if feat in BOOKKEEPING or feat in missing:
@@ -262,7 +326,7 @@ class LeRobotSource:
                 unit = "s" if feat == "timestamp" else None
                 kind = "scalar" if not shape else "vector"
                 fields[field_from_feature(feat)] = FieldSpec(dtype, shape, unit, kind, names)
-            self._schema = Schema(fields)
+            self._schema = Schema(self.export.restore_schema(fields, field_from_feature) if self.export else fields)
         return self._schema
 
     # -- reading -----------------------------------------------------------------------------------------
@@ -283,7 +347,8 @@ class LeRobotSource:
         import pyarrow.compute as pc
 
         try:
-            idx = int(key.rsplit("_", 1)[1])
+            by_key = {k: i for i, k in self.export.keys.items()} if self.export else {}
+            idx = by_key[key] if key in by_key else int(key.rsplit("_", 1)[1])
             ep = self.episodes[idx]
         except (IndexError, ValueError, KeyError):
             raise SourceError("no such episode in meta", key=key) from None
@@ -295,25 +360,34 @@ class LeRobotSource:
         if n == 0 or int(ep.get("length", n)) != n:
             raise SourceError(f"parquet has {n} rows for the episode, meta length is {ep.get('length')}",
                               path=str(path), key=key, field="length")
+        if "timestamp" not in table.column_names:
+            raise SourceError("column missing from parquet", path=str(path), key=key, field="timestamp")
         ts = column_array(table, "timestamp").astype(np.float64)
+        info_path = self.root / "meta" / "info.json"
+        check_timestamps(ts, self.fps, path=str(path), key=key, info_path=info_path)
         steps: dict[str, np.ndarray] = {}
         for fld, spec in self.schema().items():
-            feat = feature_from_field(fld)
+            feat = self.export.features.get(fld, feature_from_field(fld)) if self.export else feature_from_field(fld)
             if self.info["features"][feat]["dtype"] == "video":
                 steps[fld] = self._frames(idx, feat, ts, key, fld)
             elif self.info["features"][feat]["dtype"] == "image":
-                steps[fld] = self._images(table, feat, key, fld, path)
+                steps[fld] = decode_images(table.column(feat).to_pylist(), self.cfg.image_size, path=str(path),
+                                           key=key, field=fld)
             else:
                 if feat not in table.column_names:
                     raise SourceError("column missing from parquet", path=str(path), key=key, field=fld)
-                arr = column_array(table, feat)
-                steps[fld] = arr.reshape((n,) + spec.shape).astype(spec.dtype, copy=False)
+                with reading(path, key, fld):
+                    arr = column_array(table, feat)
+                steps[fld] = declared_array(arr, n, spec, feat, path=str(path), key=key, field=fld,
+                                            info_path=info_path)
         tasks = list(ep.get("tasks") or [])
         if not tasks and "task_index" in table.column_names:
             tasks = [self.tasks.get(int(column_array(table, "task_index")[0]), "")]
         meta = {"task": tasks[0] if tasks else "", "tasks": tasks, "fps": self.fps, "episode_index": idx,
                 "source_path": str(path), "robot_type": self.info.get("robot_type"),
                 "codebase_version": self.version, "cameras": {}}
+        if self.export and idx in self.export.records:  # the exported store's own metadata of the episode
+            meta = dict(self.export.records[idx])
         return Episode(key=key, steps=steps, meta=meta)
 
     def _frames(self, idx: int, feat: str, ts: np.ndarray, key: str, fld: str) -> np.ndarray:
@@ -332,22 +406,5 @@ class LeRobotSource:
                 raise SourceError(f"no frame within {self.cfg.timestamp_tolerance_s * 1e3:.1f} ms of row {bad} "
                                   f"(t={ts[bad] + t0:.4f} s, gap {gap[bad] * 1e3:.1f} ms)", path=str(vpath))
             return video.read(frame_idx, size=self.cfg.image_size)
-        except SourceError as e:
-            raise SourceError(e.reason, path=str(vpath), key=key, field=fld) from None
-
-    def _images(self, table, feat: str, key: str, fld: str, path: Path) -> np.ndarray:
-        import io
-
-        from PIL import Image
-
-        out = []
-        for item in table.column(feat).to_pylist():
-            try:
-                with Image.open(io.BytesIO(item["bytes"])) as im:
-                    im = im.convert("RGB")
-                    if self.cfg.image_size:
-                        im = im.resize(self.cfg.image_size, Image.Resampling.BOX)
-                    out.append(np.asarray(im))
-            except Exception as e:
-                raise SourceError(f"cannot decode image: {e}", path=str(path), key=key, field=fld) from e
-        return np.stack(out)
+        except Exception as e:  # PyAV's own errors too: the row names the video and the camera
+            raise source_error(e, path=str(vpath), key=key, field=fld) from e

@@ -27,6 +27,7 @@ from typing import Any, Callable
 from shardyard.errors import StoreError
 from shardyard.stores.atomic import atomic_write_bytes, atomic_write_json
 from shardyard.stores.checksums import CHECKSUMS, file_entry, list_store_files, store_checksums, verify_bytes
+from shardyard.stores.hub import HUB_OWN, CommitLimits, HubTarget, push_store
 from shardyard.stores.manifest import MANIFEST, sha256_file
 from shardyard.stores.remote_fs import ProcessLocalFS
 from shardyard.stores.safe_paths import safe_join, safe_relatives
@@ -58,8 +59,11 @@ def _remote_sizes(fs: ProcessLocalFS, root: str) -> dict[str, int]:
     except FileNotFoundError:
         return {}
     prefix = root.rstrip("/") + "/"
+    # A Hub repo's own files at its root (`.gitattributes`, the card) are not the store's: never deleted
+    repo = HubTarget.of_repo(root) if fs.protocol == "hf" else None
+    own = HUB_OWN if repo is not None and repo.path == "" else ()
     return {p[len(prefix):]: int(info.get("size") or 0) for p, info in found.items()
-            if p.startswith(prefix) and info.get("type", "file") != "directory"}
+            if p.startswith(prefix) and info.get("type", "file") != "directory" and p[len(prefix):] not in own}
 
 
 def _put(fs: ProcessLocalFS, local: Path, remote: str, data: bytes | None = None) -> None:
@@ -79,14 +83,23 @@ def _put(fs: ProcessLocalFS, local: Path, remote: str, data: bytes | None = None
 
 
 def push(store: str | os.PathLike, url: str, *, storage_options: dict[str, Any] | None = None,
-         on_file: Callable[[str], None] | None = None) -> TransferResult:
+         on_file: Callable[[str], None] | None = None, hub_limits: CommitLimits | None = None,
+         on_commit: Callable[[int], None] | None = None) -> TransferResult:
     """Copy the complete local store at `store` to `url` (any fsspec URL: `s3://`, `gs://`, `hf://datasets/...`,
     a local path), with `checksums.json` and, last, `manifest.json`. Resumable: files already at `url` with
-    the right size are skipped. Raises `StoreError` when `store` has no manifest."""
+    the right size are skipped. Raises `StoreError` when `store` has no manifest.
+
+    To `hf://` (`stores.hub`): the repo is made when missing, the files go up in a few commits within
+    `hub_limits` (a `stores.hub.CommitLimits`; `on_commit(n)` after the n-th), files already there with the
+    same content (git blob id or LFS sha256) are skipped, and a dataset card is written."""
     local = Path(store)
     sums = store_checksums(local)
     atomic_write_json(local / CHECKSUMS, sums, fsync=False)
     fs, root = ProcessLocalFS.for_url(str(url), storage_options)
+    target = HubTarget.of_repo(root, fs.fs.endpoint, fs.fs.token) if fs.protocol == "hf" else None
+    if target is not None:  # a commit per file would get the repo throttled: few batched commits instead
+        r = push_store(local, sums, target, limits=hub_limits, on_commit=on_commit)
+        return TransferResult(copied=r.uploaded, skipped=r.skipped, bytes=r.bytes)
     there = _remote_sizes(fs, root)
     if MANIFEST in there:  # replacing a store: it must not look complete while its files change
         fs.rm_file(f"{root}/{MANIFEST}")

@@ -88,6 +88,15 @@ class ProcessLocalFS:
             raise AttributeError(name)
         return getattr(self.fs, name)
 
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+        """Bytes `start:end` of the file at `path` (None: from the start / to the end; negative: from the end).
+        `HfFileSystem` inherits fsspec's generic `cat_file`, which opens a read-ahead buffered file: each range
+        would fetch a whole 5 MB block (to the end of a shard, for a frame of a few KB); it gets
+        `cache_type="none"`, so one range is one exact ranged GET."""
+        if self.protocol == "hf":
+            kwargs.setdefault("cache_type", "none")
+        return self.fs.cat_file(path, start=start, end=end, **kwargs)
+
     def __getstate__(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "storage_options": self.storage_options, "_pid": -1, "_fs": None}
 
