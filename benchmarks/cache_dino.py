@@ -98,10 +98,12 @@ def main() -> None:
     base = f"forward on preloaded tensors ({args.model}, {device}, batch {args.batch_size})"
     common = {"cores": args.cores, "threads": args.threads, "frames": args.frames, "goal": ""}
     figure("cache_dino.steady", statistics.median(steadies), "images/s", base, statistics.median(fwds),
-           ratio=median_ratio(steadies, fwds), label="`ingest dino`, tiny model, CPU, steady state",
+           ratio=median_ratio(steadies, fwds),
+           label=f"`ingest dino` of {args.frames:,} frames, tiny model, CPU, steady state",
            **(common | {"goal": ">= 0.9"}))
     figure("cache_dino.end_to_end", statistics.median(e2es), "images/s", base, statistics.median(fwds),
-           ratio=median_ratio(e2es, fwds), label="`ingest dino` end to end (model load, stats, manifest)",
+           ratio=median_ratio(e2es, fwds),
+           label=f"`ingest dino` of {args.frames:,} frames end to end (model load, stats, manifest)",
            **common)
 
 

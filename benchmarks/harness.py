@@ -8,6 +8,12 @@ output, use the same number of processes and threads and see the same cache stat
 is the median of its trials (the ratio is the median of the per-trial ratios). `--smoke` runs the same code
 on tiny inputs with one trial: the test suite does that for every script, so none breaks unseen; its figures
 mean nothing.
+
+Rows: each benchmark name is unique (`<script stem>.<figure>`, with the size or variant in the name when one
+figure is measured at several, e.g. `scale.e1000.open_store_s`), and each label names the sizes measured: a
+count followed by what it counts (`SIZE_UNITS`), e.g. "1,500 random frames of 8 episodes" (`names_size`,
+checked by tests/test_benchmarks.py on every script's smoke run). A figure measured once rather than as a
+median of trials says so in its label and carries `trials: 1`.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -22,14 +29,26 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["G1_DATASET", "SHARED", "YAM_EPISODES", "YAM_MODEL", "add_common_args", "alternate", "figure",
-           "g1_frames", "median_ratio", "yam_subset"]
+__all__ = ["G1_DATASET", "SHARED", "SIZE_UNITS", "YAM_EPISODES", "YAM_MODEL", "add_common_args", "alternate",
+           "figure", "g1_frames", "median_ratio", "names_size", "yam_subset"]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 YAM_EPISODES = SHARED / "yam" / "episodes"
 YAM_MODEL = SHARED / "yam" / "model" / "station" / "yam_station_linear_4310_d405" / \
     "yam_station_linear_4310_d405_sim_scene.xml"
 G1_DATASET = SHARED / "lerobot" / "unitree_g1_inspire_v2.1"
+
+SIZE_UNITS = ("episodes", "frames", "clips", "steps", "samples", "images", "windows", "reads", "demos", "videos",
+              "shards", "files", "rows")
+# a count (digits, thousands commas, or 10^k), at most one word between (e.g. "random"), then the unit
+_SIZE = re.compile(r"(?<![\w.])(?:\d[\d,]*|10\^\d+)\s+(?:[\w`-]+\s+)?(?:%s)\b" %
+                   "|".join(u.rstrip("s") + "s?" for u in SIZE_UNITS), re.IGNORECASE)
+
+
+def names_size(label: str) -> bool:
+    """Whether a row label names a size: a count followed by one of `SIZE_UNITS` (singular or plural), with at
+    most one word between, e.g. "36 episodes", "1,500 random frames", "10^4 episodes"."""
+    return bool(_SIZE.search(label))
 
 
 def figure(name: str, value: float, unit: str, baseline: str, baseline_value: float, *,

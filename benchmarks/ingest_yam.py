@@ -131,7 +131,8 @@ def main() -> None:
                      f"{args.workers}`, end to end", **extra)
         figure(f"ingest_yam.frames_vs_decode_loop_{kind}", med(m["ingest"]), "frames/s",
                f"PyAV decode loop dropping frames, {args.workers} processes", med(m["loop"]),
-               ratio=median_ratio(m["ingest"], m["loop"]), label=f"the same, against the stricter decode loop ({what})",
+               ratio=median_ratio(m["ingest"], m["loop"]),
+               label=f"the same {m['episodes']} episodes against the stricter decode loop ({what})",
                **extra)
 
 

@@ -8,7 +8,8 @@ alternated `--trials` times, medians (`benchmarks/harness.py`):
 - `frames_<store>`: random (episode, step) single-frame reads; goal ratio >= 0.5.
 - `windows`: random 16-step windows of the low-dim fields (EEF pose, gripper, joints, action); goal >= 0.8.
 Also, in one process without a DataLoader: `frames_1proc_<store>` against memmap and `zarr_python_1proc`
-(what plain `zarr` array indexing gives) against memmap.
+(what plain `zarr` array indexing gives, 300 reads) against the same reads from the memmap in that process,
+alternated likewise.
 """
 
 from __future__ import annotations
@@ -126,9 +127,11 @@ def frame_figures(kind: str, store_path: Path, tmp: Path, reads: int, trials: in
         return k / (time.perf_counter() - t0)
 
     r = alternate({"store": one_store, "mm": one_mm}, trials)
+    what = "real G1 camera" if kind == "real" else "simulated renders"
+    of = f"of {store.num_episodes} episodes ({what})"
     figure(f"read_episodic.frames_1proc_{kind}", statistics.median(r["store"]), "frames/s", "memmap, 1 process",
-           statistics.median(r["mm"]), ratio=median_ratio(r["store"], r["mm"]), frame=shape, codec=codec,
-           label=f"single {shape} frames ({kind}), one process, no DataLoader")
+           statistics.median(r["mm"]), ratio=median_ratio(r["store"], r["mm"]), frame=shape, codec=codec, reads=k,
+           label=f"{k:,} random frames, single {shape} reads {of}, one process, no DataLoader")
     frames_mm = lazy_memmaps({field: frames_path})
     r = alternate({
         "store": lambda: _rate(Reads(frame_index, lambda e, t: torch.from_numpy(
@@ -137,19 +140,32 @@ def frame_figures(kind: str, store_path: Path, tmp: Path, reads: int, trials: in
             np.array(frames_mm()[field][starts[e] + t]))), 2)}, trials)
     figure(f"read_episodic.frames_{kind}", statistics.median(r["store"]), "frames/s",
            "raw np.memmap, same loader", statistics.median(r["mm"]), ratio=median_ratio(r["store"], r["mm"]),
-           goal=">= 0.5", frame=shape, codec=codec,
-           label=f"random single {shape} frames ({'real G1 camera' if kind == 'real' else 'simulated renders'}), "
-                 "DataLoader 2 workers")
+           goal=">= 0.5", frame=shape, codec=codec, reads=reads,
+           label=f"{reads:,} random frames, single {shape} reads {of}, DataLoader 2 workers")
     if kind == "sim":
-        import zarr
+        zarr_figure(store_path, field, frame_index[:min(300, reads)], starts, mm, shape, of, trials)
 
-        za = zarr.open_group(str(store_path), mode="r")[f"data/{field}"]
+
+def zarr_figure(store_path: Path, field: str, frame_index: np.ndarray, starts: np.ndarray, mm: np.ndarray,
+                shape: str, of: str, trials: int) -> None:
+    """Plain zarr-python `arr[i]` reads against the same frames from the memmap, both in this one process,
+    alternated (zarr-python costs about 1 ms of Python per read: fewer reads than the other figures)."""
+    import zarr
+
+    za = zarr.open_group(str(store_path), mode="r")[f"data/{field}"]
+    rows = [int(starts[e] + t) for e, t in frame_index]
+
+    def rate(get) -> float:
         t0 = time.perf_counter()
-        for e, t in frame_index[:min(300, reads)]:
-            za[starts[e] + t]
-        zarr_rate = min(300, reads) / (time.perf_counter() - t0)
-        figure("read_episodic.zarr_python_1proc", zarr_rate, "frames/s", "memmap, 1 process",
-               statistics.median(r["mm"]), label="plain zarr-python indexing, one process (for scale)")
+        for i in rows:
+            np.asarray(get(i))
+        return len(rows) / (time.perf_counter() - t0)
+
+    r = alternate({"zarr": lambda: rate(za.__getitem__), "mm": lambda: rate(lambda i: np.array(mm[i]))}, trials)
+    figure("read_episodic.zarr_python_1proc", statistics.median(r["zarr"]), "frames/s", "memmap, 1 process",
+           statistics.median(r["mm"]), ratio=median_ratio(r["zarr"], r["mm"]), frame=shape, reads=len(rows),
+           label=f"plain zarr-python indexing, {len(rows)} random frames, single {shape} reads {of}, one process "
+                 "(for scale)")
 
 
 def window_figures(store_path: Path, tmp: Path, reads: int, trials: int) -> None:
@@ -174,7 +190,8 @@ def window_figures(store_path: Path, tmp: Path, reads: int, trials: int) -> None
             m[starts[e] + t:starts[e] + t + WINDOW])) for k, m in lowdim_mm().items()}), 2)}, trials)
     figure("read_episodic.windows", statistics.median(r["store"]), "windows/s", "raw np.memmap, same loader",
            statistics.median(r["mm"]), ratio=median_ratio(r["store"], r["mm"]), goal=">= 0.8", steps=WINDOW,
-           label="random 16-step low-dim windows, DataLoader 2 workers")
+           reads=reads, label=f"{reads:,} random {WINDOW}-step low-dim windows of {store.num_episodes} episodes "
+                              "(simulated), DataLoader 2 workers")
 
 
 def main() -> None:

@@ -106,7 +106,8 @@ def run_config(name: str, device: str, tmp: Path, trials: int) -> dict:
                   ratio=median_ratio(r["cached"], r["live"]), device=dev, batch=c["batch"],
                   frames_hw=list(c["hw"]), vit_input_wh=list(c["image_size"]), layers=list(c["layers"]),
                   threads=torch.get_num_threads(),
-                  label=f"seed 003 DPT decoder on cached tokens ({name}: {c['model']}, {dev})")
+                  steps=c["steps"], label=f"seed 003 DPT decoder on cached tokens ({name}: {c['model']}, {dev}), "
+                                          f"{c['steps']} steps of batch {c['batch']} from {c['frames']} images")
 
 
 def main() -> None:

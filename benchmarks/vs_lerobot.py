@@ -180,12 +180,13 @@ def compare(work: Path, codec: str, args: argparse.Namespace, samples: int, tria
     figure(f"vs_lerobot.samples_per_s_{name}", statistics.median(ours), "samples/s",
            "LeRobot 0.4.4 `LeRobotDataset` on its own encoding (AV1, g=2)", statistics.median(theirs),
            ratio=median_ratio(ours, theirs), goal=GOALS.get(name, ""),
-           label=f"frame + {args.chunk}-step action chunk, G1 episodes, `{codec}` store vs LeRobot, "
-                 f"DataLoader {args.workers} workers, batch {args.batch}, shuffled", **extra)
+           label=f"{samples:,} samples (frame + {args.chunk}-step action chunk) of {n:,} G1 steps, `{codec}` store "
+                 f"vs LeRobot, DataLoader {args.workers} workers, batch {args.batch}, shuffled", **extra)
     store_bytes = _bytes(store / "data" / "obs.rgb.cam_high") / n
     export_bytes = _bytes(export / "videos" / CAMERA) / n
     figure(f"vs_lerobot.bytes_per_frame_{name}", store_bytes, "bytes/frame", "LeRobot export mp4, bytes/frame",
-           export_bytes, frame_codec=codec, frames=n, label=f"`{codec}` store size per frame against LeRobot's")
+           export_bytes, frame_codec=codec, frames=n,
+           label=f"`{codec}` store size per frame against LeRobot's, over {n:,} frames")
 
 
 def main() -> None:
