@@ -382,8 +382,8 @@ def open_video(path: str | Path, backend: str = "pyav") -> VideoReader:
 
 @contextmanager
 def open_video_bytes(data: bytes, backend: str = "pyav", suffix: str = ".mp4") -> Iterator[VideoReader]:
-    """Open in-memory video bytes (a tar member, an HTTP body) with `open_video`, through a temp file that
-    is deleted on exit, so the same frame-exact readers serve bytes and paths. Raises as `open_video`."""
+    """Open in-memory video bytes (a tar member, an HTTP body) with `open_video`, through a temp file deleted on
+    exit: the same frame-exact readers serve bytes and paths. Raises as `open_video`, naming `<bytes>`."""
     fd, tmp = tempfile.mkstemp(prefix="shardyard-", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -393,6 +393,10 @@ def open_video_bytes(data: bytes, backend: str = "pyav", suffix: str = ".mp4") -
             yield reader
         finally:
             reader.close()
+    except SourceError as e:  # the same bytes, the same message (a report stores it): no temp name in it
+        if e.path == tmp:
+            raise SourceError(e.reason.replace(tmp, "<bytes>"), key=e.key, field=e.field) from e
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
 

@@ -22,6 +22,7 @@ COMMON_HELP = {
     "device": "auto, cpu, cuda or cuda:N.",
     "amp": "Autocast: auto (bf16 on CUDA, off on CPU), bf16, fp16 or off.",
     "seed": "Seed of the batch order and the initial weights.",
+    "verify_reads": "Check every read against the store's recorded checksums (StoreDamagedError on damage).",
 }
 
 
@@ -40,6 +41,9 @@ config_command(
         "store": "Episodic store with robot stats (ingest yam/libero/lerobot).",
         "features": "Feature store of `ingest dino` on STORE (else the live --backbone runs every step).",
         "backbone": "Live backbone when no --features.",
+        "camera": "Camera to train on: a role (top) or a field (obs.rgb.top); default the store's first camera, "
+                  "named in a warning when the store has several.",
+        "frame_stride": "Steps s between the T future steps.",
         "window": "Future steps T.", "pred_size": "Side P of the prediction grid (cells).",
         "robot": "Robot prefix of the stats (default the first).",
         "rotation_mode": "1d_pca or kmeans (default: the stats' choice).",
@@ -134,9 +138,19 @@ FOVEATED_EXTRA: dict[str, tuple[Any, Any]] = {
 config_command(
     train_app, "foveated-caption", FoveatedTrainConfig, foveated_caption, extra=FOVEATED_EXTRA,
     help="Train seed 002's foveated one-token-per-frame captioner; prints losses, ratio and sample captions.",
-    names={"model": "--model-opt"},
+    names={"model": "--model-opt", "fetch": "--fetch-opt"},
     option_help=COMMON_HELP | {
         "shards": "WebVid shard store (path or http:// URL) of `ingest webvid`.",
+        "urls": "Or stream straight from a WebVid URL list (CSV, parquet or save_to_disk folder) with no local copy.",
+        "cache": "--urls: write downloaded blocks here as `ingest webvid` shards (finish with `ingest webvid META "
+                 "--out DIR --retry-failed`).",
+        "in_flight": "--urls: downloads at once per DataLoader worker.",
+        "ahead": "--urls: clips downloaded and decoded ahead per worker (memory: T x 3 x size^2 bytes each); "
+                 "covers slow downloads.",
+        "min_success": "--urls: stop when fewer than this fraction of a worker's recent downloads give a clip.",
+        "min_success_window": "--urls: downloads per worker the success rate is taken over.",
+        "allow_private_urls": "--urls: fetch from loopback/private addresses too (only for metadata you trust).",
+        "fetch": "--urls: download setting, e.g. timeout_s=10, retries=2, backoff_s=0.5.",
         "out": "Run folder: latest.pth, metrics.jsonl, samples.jsonl (resumed when it holds a checkpoint of the "
                "same config).",
         "steps": "Optimiser steps in total (the cosine schedule's length).",

@@ -5,6 +5,9 @@ META is a WebVid CSV (10M order `videoid,contentUrl,duration,page_dir,name` or 2
 like `PT00H00M17S`), a parquet file, or a Hugging Face dataset saved with `save_to_disk` (needs `datasets`).
 Row `i` gets the key `f"{i:09d}"` and lands in shard `i // samples_per_shard`, so a rerun rebuilds the same
 shards: finished shards are skipped, and `retry_failed` refetches only the failed rows of finished shards.
+Every row is checked first (`meta_rows`): a row with bytes that are not UTF-8, the wrong number of fields, no
+URL or an unclosed quote, and the later copies of a duplicated row, are report rows naming the file, line and
+field (status "bad_row" or "duplicate"), never fetched, and count as failed (exit status 2).
 
 Each sample is `<key>.<container>` (the video bytes, under the extension of their real container: mp4,
 mov, mkv, webm, avi, ...), `<key>.txt` (caption) and `<key>.json`: the input columns (unchanged, so
@@ -14,7 +17,6 @@ duration_s, fps, num_frames, width, height, bytes`.
 
 from __future__ import annotations
 
-import csv
 import io
 import itertools
 import json
@@ -32,6 +34,7 @@ import numpy as np
 
 from shardyard.errors import ConfigError, SourceError, UnsafePathError
 from shardyard.ingest.fetch import FetchConfig, Fetcher
+from shardyard.ingest.meta_rows import BAD_ROW, CAPTION_COLUMNS, DUPLICATE, URL_COLUMNS, iter_meta_records, row_key
 from shardyard.stores.atomic import to_jsonable
 from shardyard.stores.manifest import MANIFEST
 from shardyard.stores.safe_paths import safe_relative
@@ -39,15 +42,14 @@ from shardyard.stores.wds import Sample, ShardWriter, ShardWriterConfig, iter_ta
 from shardyard.video import VIDEO_EXTS, open_video_bytes
 
 __all__ = ["CAPTION_COLUMNS", "EXIT_FATAL", "EXIT_OK", "EXIT_SKIPPED", "ISO_RE", "TranscodeConfig", "URL_COLUMNS",
-           "WebvidConfig", "WebvidResult", "ingest_webvid", "iter_meta", "parse_iso_duration", "probe_video",
-           "read_meta", "sniff", "transcode"]
+           "WebvidConfig", "WebvidResult", "fetch_row", "ingest_webvid", "iter_meta", "parse_iso_duration",
+           "probe_video", "read_meta", "row_key", "row_sample", "sniff", "transcode"]
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FATAL, EXIT_SKIPPED = 0, 1, 2
 ISO_RE = re.compile(r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
                     r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$")
-URL_COLUMNS, CAPTION_COLUMNS = ("contentUrl", "url"), ("name", "caption")
 
 
 def parse_iso_duration(text: str) -> float | None:
@@ -61,43 +63,14 @@ def parse_iso_duration(text: str) -> float | None:
 
 def iter_meta(path: str | Path) -> Iterator[dict[str, Any]]:
     """Stream the rows of a WebVid CSV, a parquet file or a Hugging Face dataset (a `save_to_disk` folder,
-    or a dataset name in the local cache) as dicts of the input columns, without loading them all.
-    Raises `SourceError` when the input is missing or has no URL column, `ConfigError` when a HF dataset
-    is given and `datasets` is not installed."""
-    p = Path(path)
-    if p.is_file() and p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows: Iterator[dict[str, Any]] = (r for b in pq.ParquetFile(p).iter_batches(batch_size=4096)
-                                          for r in b.to_pylist())
-    elif p.is_file():
-        rows = _iter_csv(p)
-    elif p.is_dir() or not p.exists():
-        try:
-            import datasets
-        except ImportError as e:
-            raise (ConfigError("reading a Hugging Face dataset needs `pip install datasets`", path=str(p))
-                   if p.exists() else SourceError("metadata not found", path=str(p))) from e
-        if (p / "state.json").exists() or (p / "dataset_info.json").exists():
-            ds = datasets.load_from_disk(str(p))  # a `save_to_disk` folder
-        else:
-            # a folder of parquet/CSV files, or a dataset id in the local cache (HF_HUB_OFFLINE is honoured)
-            try:
-                ds = datasets.load_dataset(str(path), split="train", streaming=True)
-            except Exception as e:  # datasets raises several types for "no such dataset"
-                raise SourceError(f"not a CSV, parquet file or loadable HF dataset: {e}", path=str(p)) from e
-        rows = (dict(r) for r in ds)
-    else:
-        raise SourceError("expected a CSV, a parquet file or a saved HF dataset", path=str(p))
-    for i, row in enumerate(rows):
-        if i == 0 and not any(c in row for c in URL_COLUMNS):
-            raise SourceError(f"no URL column (one of {URL_COLUMNS}) in columns {list(row)}", path=str(p))
-        yield to_jsonable(row)
-
-
-def _iter_csv(p: Path) -> Iterator[dict[str, Any]]:
-    with open(p, newline="", encoding="utf-8") as f:
-        yield from csv.DictReader(f)
+    or a dataset name in the local cache) as dicts of the input columns, without loading them all: one per
+    record, as parsed (`meta_rows.MetaRecord.raw`: refused ones too, bytes that are not UTF-8 replaced; rows
+    recovered from a record with an unclosed quote are not among them). `ingest webvid` reads the checked
+    records (`meta_rows.iter_meta_records`). Raises `SourceError` when the input is missing or has no URL
+    column, `ConfigError` when a HF dataset is given and `datasets` is not installed."""
+    for rec in iter_meta_records(path):
+        if rec.raw is not None:
+            yield to_jsonable(rec.raw)
 
 
 def read_meta(path: str | Path) -> list[dict[str, Any]]:
@@ -226,7 +199,11 @@ class WebvidResult:
         return EXIT_OK if self.report["num_failed"] == 0 else EXIT_SKIPPED
 
 
-def _process(fetcher: Fetcher, tcfg: TranscodeConfig, key: str, row: dict[str, Any]) -> tuple[dict, bytes | None]:
+def fetch_row(fetcher: Fetcher, tcfg: TranscodeConfig, key: str, row: dict[str, Any]) -> tuple[dict, bytes | None]:
+    """Download, (re-encode per `tcfg`) and check one metadata row: `(info, video bytes or None)`, where info
+    is the sample's `<key>.json` (the row's columns, `key, url, caption, attempts, http_status, status,
+    error_message` and `probe_video`'s fields). `UrlClipStream`'s cache writes what this returns, so a cached
+    shard equals the one an ingest of the same URLs writes. Never raises for network or video faults."""
     url = next((row[c] for c in URL_COLUMNS if c in row), None)
     caption = next((row[c] for c in CAPTION_COLUMNS if c in row), "") or ""
     info: dict[str, Any] = row | {"key": key, "url": url, "caption": caption}
@@ -245,9 +222,25 @@ def _process(fetcher: Fetcher, tcfg: TranscodeConfig, key: str, row: dict[str, A
     return info, (data if probe["status"] == "success" else None)
 
 
+def row_sample(key: str, info: dict[str, Any], data: bytes) -> Sample:
+    """The shard sample of a stored row: `<key>.<container>` (the video bytes), `<key>.txt` (caption) and
+    `<key>.json` (`info`, as `fetch_row` returns it)."""
+    return Sample(key, {info["container"]: data, "txt": str(info["caption"]).encode(),
+                        "json": json.dumps(to_jsonable(info)).encode()})
+
+
 def _compact(row: dict[str, Any]) -> dict[str, Any]:
-    """The report.json row of a sample (the shard's status sidecar keeps the full row)."""
-    return {k: row.get(k) for k in ("key", "shard", "url", "status", "error_message", "attempts", "http_status")}
+    """The report.json row of a sample (the shard's status sidecar keeps the full row); a refused metadata row
+    also names the metadata file (`path`), its `line` and the `field`."""
+    return {k: row.get(k) for k in ("key", "shard", "url", "status", "error_message", "attempts", "http_status")} \
+        | {k: row[k] for k in ("path", "line", "field") if k in row}
+
+
+def _refused(rec, meta: Path) -> dict[str, Any]:
+    """The sample row of a metadata record that is not fetched (`meta_rows`: bad or duplicate)."""
+    url = next((rec.raw.get(c) for c in URL_COLUMNS if rec.raw and c in rec.raw), None)
+    return {"key": rec.key, "url": url, "status": rec.status, "path": str(meta), "line": rec.line,
+            "field": rec.field, "error_message": f"{meta}" + (f":{rec.line}" if rec.line else "") + f": {rec.problem}"}
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -268,7 +261,7 @@ def ingest_webvid(meta: str | Path, cfg: WebvidConfig,
     meta = Path(meta)
     if meta.is_dir() and any(meta.glob("*.tar")) and not (meta / MANIFEST).exists():
         return _verify_video2dataset(meta, cfg, t0, on_sample)
-    rows_it = iter_meta(meta)
+    records = iter_meta_records(meta)
     n = cfg.samples_per_shard
     wcfg = ShardWriterConfig(split=cfg.split, overwrite=cfg.overwrite, source={"name": "webvid", "path": str(meta)},
                              config=to_jsonable(asdict(cfg)))
@@ -276,33 +269,34 @@ def ingest_webvid(meta: str | Path, cfg: WebvidConfig,
     reused = retried = 0
     with ShardWriter(cfg.out, config=wcfg) as writer, Fetcher(cfg.fetch) as fetcher:
         finished = writer.finished()
+        num_shards = 0
         with ThreadPoolExecutor(cfg.fetch.concurrency, thread_name_prefix="webvid") as pool:
-            for si in itertools.count():
-                rows = dict(enumerate(itertools.islice(rows_it, n), start=si * n))
-                if not rows:
-                    break
-                keys = [f"{i:09d}" for i in rows]
+            for si, group in itertools.groupby(records, key=lambda r: r.index // n):
+                recs = {r.key: r for r in group}
+                keys, num_shards = list(recs), si + 1
                 name = shard_name(cfg.split, si)
                 old = {r["key"]: r for r in finished.get(name, [])}
                 if set(old) - set(keys):
                     raise SourceError(f"shard {name} was written from other metadata (keys differ); "
                                       "use --overwrite or another --out", path=str(cfg.out))
-                todo = [k for k in keys if k not in old or (cfg.retry_failed and old[k]["status"] != "success")]
+                todo = [k for k in keys if k not in old or (cfg.retry_failed and old[k]["status"] not in
+                                                             ("success", BAD_ROW, DUPLICATE))]
                 if old and not todo:
                     reused += 1
                     status_rows += [_compact(old[k]) for k in keys]
                     continue
                 kept = {s.key: s for s in writer.read_shard(name)} if old else {}
-                results = dict(zip(todo, pool.map(lambda k: _process(fetcher, cfg.transcode, k,
-                                                                     rows[int(k)]), todo)))
+                fetch = [k for k in todo if recs[k].row is not None]
+                results = dict(zip(fetch, pool.map(lambda k: fetch_row(fetcher, cfg.transcode, k, recs[k].row),
+                                                   fetch)))
+                results |= {k: (_refused(recs[k], meta), None) for k in todo if recs[k].row is None}
                 retried += len(todo) if old else 0
                 samples, shard_rows = [], []
                 for k in keys:
                     if k in results:
                         info, data = results[k]
                         if data is not None:  # the video member is named by its container: <key>.avi, ...
-                            samples.append(Sample(k, {info["container"]: data, "txt": str(info["caption"]).encode(),
-                                                      "json": json.dumps(to_jsonable(info)).encode()}))
+                            samples.append(row_sample(k, info, data))
                     else:
                         info = old[k]
                         if k in kept:
@@ -313,7 +307,7 @@ def ingest_webvid(meta: str | Path, cfg: WebvidConfig,
                 writer.write_shard(si, samples, shard_rows)
                 status_rows += [_compact(r) for r in shard_rows]
         report = {"source": "webvid", "mode": "download", "meta": str(meta), **_summary(status_rows),
-                  "num_shards": si, "num_shards_reused": reused, "num_retried": retried,
+                  "num_shards": num_shards, "num_shards_reused": reused, "num_retried": retried,
                   "seconds": round(time.perf_counter() - t0, 3),
                   "samples": status_rows}
         writer.report = report
@@ -388,7 +382,13 @@ def _verify_video2dataset(folder: Path, cfg: WebvidConfig, t0: float,
                 import pyarrow.parquet as pq
 
                 in_tar = {r["key"] for r in rows}
-                for r in pq.read_table(parquet).to_pylist():
+                try:
+                    listed = pq.read_table(parquet).to_pylist()
+                except Exception as e:  # a damaged sidecar is a row, the shard itself is still verified
+                    listed = []
+                    rows.append({"key": None, "shard": name, "status": "corrupt_sidecar", "path": str(parquet),
+                                 "field": "parquet", "error_message": f"{parquet}: {type(e).__name__}: {e}"})
+                for r in listed:
                     if str(r.get("key")) not in in_tar and r.get("status") != "success":
                         rows.append(to_jsonable({"key": str(r.get("key")), "shard": None, "url": r.get("url"),
                                                  "status": "source_failed", "error_message": r.get("error_message")}))

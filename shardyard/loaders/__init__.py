@@ -21,6 +21,8 @@ _EXPORTS: dict[str, str] = {
     "TokenDatasetConfig": "tokens",
     "ClipStream": "streaming",
     "StreamConfig": "streaming",
+    "UrlClipStream": "url_stream",
+    "UrlStreamConfig": "url_stream",
     "ResumableSampler": "sampler",
     "BatchStream": "sampler",
     "FieldNorm": "normalize",

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -37,11 +36,12 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from shardyard.errors import ConfigError, SourceError, StoreDamagedError
+from shardyard.errors import ConfigError, StoreDamagedError
+from shardyard.loaders.clip_decode import IMAGE_MAGIC, decode_clip
 from shardyard.stores.read_checks import checked_shard, recorded_shards
 from shardyard.stores.snapshot import source_snapshot
 from shardyard.stores.wds import Sample, iter_tar_samples, list_shards
-from shardyard.video import VIDEO_EXTS, open_video_bytes
+from shardyard.video import VIDEO_EXTS
 
 __all__ = ["COUNTERS", "ClipStream", "IMAGE_MAGIC", "MAX_WORKERS", "REASONS", "StreamConfig"]
 
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 MAX_WORKERS = 64
 REASONS = ("undecodable", "not_video", "too_short", "no_video")
 COUNTERS = ("seen", "yielded", *(f"skipped_{r}" for r in REASONS), "retries", "shards_done", "shards_skipped")
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
 
 
 @dataclass
@@ -111,6 +110,15 @@ class ClipStream(IterableDataset):
         self._start: dict[int, int] = {}
         self._num_workers: int | None = None
         self._shared = torch.zeros(MAX_WORKERS, len(COUNTERS), dtype=torch.int64).share_memory_()
+
+    @classmethod
+    def from_urls(cls, meta: Any, config: Any = None, **options: Any) -> Any:
+        """A stream straight from a WebVid-style URL list (CSV, parquet or `save_to_disk` folder), nothing
+        stored unless `cache` is given: a `loaders.url_stream.UrlClipStream` (same items, plus `failed`)
+        with `config` (a `UrlStreamConfig`) or `options` (its fields, e.g. `num_frames=16, in_flight=8`)."""
+        from shardyard.loaders.url_stream import UrlClipStream, UrlStreamConfig
+
+        return UrlClipStream(meta, config=config or UrlStreamConfig(**options))
 
     # ---- order ------------------------------------------------------------------------------------
     def _rank(self) -> tuple[int, int]:
@@ -242,37 +250,11 @@ class ClipStream(IterableDataset):
             yield buf.pop()
 
     def _clip(self, s: Sample) -> tuple[torch.Tensor | None, str | None]:
-        """Frames `(T, 3, H, W) uint8` of sample `s`, or `(None, reason)`."""
-        c = self.config
+        """Frames `(T, 3, H, W) uint8` of sample `s`, or `(None, reason)` (`loaders.clip_decode`)."""
         ext = next((e for e in VIDEO_EXTS if e in s.members), None)
         if ext is None:
             return None, "no_video"
-        data = s.members[ext]
-        if data.startswith(IMAGE_MAGIC):
-            return None, "not_video"
-        rng = np.random.default_rng([c.seed, self.epoch, zlib.crc32(s.key.encode())])
-        try:
-            with open_video_bytes(data, backend=c.backend, suffix=f".{ext}") as r:
-                if c.fps:
-                    ts = r.timestamps()
-                    span = (c.num_frames - 1) / c.fps
-                    room = float(ts[-1] - ts[0]) - span
-                    if room < 0:
-                        return None, "too_short"
-                    t0 = ts[0] + (rng.uniform(0, room) if c.clip_start == "random" else 0.0)
-                    targets = t0 + np.arange(c.num_frames) / c.fps
-                    idx = np.clip(np.searchsorted(ts, targets + 1e-6, side="right") - 1, 0, r.num_frames - 1)
-                else:
-                    room = r.num_frames - c.num_frames
-                    if room < 0:
-                        return None, "too_short"
-                    start = int(rng.integers(room + 1)) if c.clip_start == "random" else 0
-                    idx = np.arange(start, start + c.num_frames)
-                frames = r.read(idx, size=c.size)  # (T, H, W, 3) uint8
-        except (SourceError, IndexError) as e:
-            log.debug("sample %s undecodable: %s", s.key, e)
-            return None, "undecodable"
-        return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(), None  # (T, 3, H, W)
+        return decode_clip(s.members[ext], s.key, self.config, self.epoch, ext)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()

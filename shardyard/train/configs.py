@@ -40,7 +40,8 @@ class TrainConfig:
     steps: optimiser steps in total (a resumed run goes on to this count). num_workers: DataLoader workers.
     log_every / ckpt_every / plot_every / eval_every: in steps (0 disables plots / validation).
     val_max_samples: held-out windows per evaluation. device: "auto", "cpu", "cuda"... amp: autocast,
-    "auto" (bf16 on CUDA), "bf16", "fp16" or "off".
+    "auto" (bf16 on CUDA), "bf16", "fp16" or "off". verify_reads: check every read against the stores'
+    recorded checksums (`stores.read_checks`; off: `--no-verify-reads`).
     """
 
     store: str
@@ -72,6 +73,7 @@ class TrainConfig:
     resume: bool = True
     device: str = "auto"
     amp: str = "auto"
+    verify_reads: bool = True
 
 
 @dataclass
@@ -80,7 +82,8 @@ class DepthTrainConfig:
     checkpoint) without changing the schedule, whose length is `steps`. `model`/`layers`/`image_size`
     configure the live backbone when no feature store is given (else they come from the store's key).
     freeze_backbone: with `live_backbone`, run the ViT forward only (no fine-tuning, no gradient through it).
-    amp: autocast, "auto" (bf16 on CUDA), "bf16", "fp16" or "off"."""
+    amp: autocast, "auto" (bf16 on CUDA), "bf16", "fp16" or "off". verify_reads: check every read against the
+    stores' recorded checksums."""
 
     store: str
     out: Path
@@ -112,6 +115,7 @@ class DepthTrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
+    verify_reads: bool = True
     augment_cfg: BTSAugmentConfig = field(default_factory=BTSAugmentConfig)
 
     def __post_init__(self) -> None:
@@ -129,7 +133,8 @@ class PatchPredictConfig:
     linear or mlp. steps: optimizer updates. lr, weight_decay, warmup_steps: AdamW, constant after warmup.
     eval_every / ckpt_every / log_every: in steps. val_fraction: episodes held out. max_eval_pairs: cap.
     Stream only: backbone (spec), image_size (px), stream_fps (Hz), clips_per_step, stream_size (decode
-    size, px). device: "cpu", "cuda" or "auto". amp: autocast ("auto": bf16 on CUDA; "bf16", "off")."""
+    size, px). device: "cpu", "cuda" or "auto". amp: autocast ("auto": bf16 on CUDA; "bf16", "off").
+    verify_reads: check token chunks and stream shards against their recorded checksums."""
 
     out: str
     features: str | None = None
@@ -157,6 +162,7 @@ class PatchPredictConfig:
     clips_per_step: int = 2
     stream_size: int = 128
     amp: str = "auto"
+    verify_reads: bool = True
 
     def __post_init__(self) -> None:
         if (self.features is None) == (self.stream is None):
@@ -186,7 +192,14 @@ class FoveatedTrainConfig:
     """Options of `train foveated-caption` (seed 002's foveated captioner; defaults from the seed's
     `scripts/train_captioning_scaled.py` but for the tiny models).
 
-    shards: shard store path or http(s) URL; out: run folder. frames / size / fps: clip length T, side in px,
+    out: run folder. shards: shard store path or http(s) URL; or urls: a WebVid-style URL list (CSV, parquet or
+    `save_to_disk` folder) streamed with `loaders.url_stream.UrlClipStream`, with cache (a folder the downloaded
+    blocks are written to as `ingest webvid` shards, None: nothing written), in_flight (downloads at once per
+    DataLoader worker), ahead (clips downloaded and decoded ahead per worker), min_success /
+    min_success_window (the run stops when fewer than this fraction of a worker's last `min_success_window`
+    downloads give a clip), allow_private_urls (fetch from loopback and private addresses: only for metadata
+    you trust) and fetch (overrides of `ingest.fetch.FetchConfig`: timeout_s, retries, backoff_s, ...).
+    frames / size / fps: clip length T, side in px,
     sampling rate in Hz (None: consecutive frames). encoder / lm / image_size: the DINO encoder, the causal LM
     and the encoder input side (px). model: overrides of other `FoveatedConfig` fields (deep, temperature,
     top_k, freeze_dino, query_dim, ...). steps: optimiser steps in total, the length of the cosine schedule.
@@ -194,11 +207,20 @@ class FoveatedTrainConfig:
     (a dict `{mode: weight}` is accepted, absent modes weighing 0). log_every / ckpt_every / sample_every:
     in steps (sample_every 0: no samples). checkpointing: gradient checkpointing, "auto" (on CUDA), "on"
     or "off". device: "auto", "cpu", "cuda"... amp: autocast, "auto" (bf16 on CUDA), "bf16", "fp16", "off".
+    verify_reads: check each tar shard against the store's manifest before its clips are served.
     Raises ConfigError for unknown modes, negative weights, counts < 1 or a `model` key set elsewhere.
     """
 
-    shards: str
     out: str
+    shards: str | None = None
+    urls: str | None = None
+    cache: str | None = None
+    in_flight: int = 8
+    ahead: int = 64
+    min_success: float = 0.5
+    min_success_window: int = 50
+    allow_private_urls: bool = False
+    fetch: dict[str, Any] = field(default_factory=dict, metadata={"options_of": "shardyard.ingest.fetch:FetchConfig"})
     frames: int = 16
     size: int = 256
     fps: float | None = None
@@ -228,6 +250,7 @@ class FoveatedTrainConfig:
     resume: bool = True
     device: str = "auto"
     amp: str = "auto"
+    verify_reads: bool = True
 
     def __post_init__(self) -> None:
         names = [f.name for f in fields(ModeWeights)]
@@ -243,6 +266,11 @@ class FoveatedTrainConfig:
             raise ConfigError("steps, batch_size, grad_accum and frames must be >= 1")
         if self.checkpointing not in ("auto", "on", "off"):
             raise ConfigError(f"checkpointing must be auto, on or off, got {self.checkpointing!r}")
+        if (self.shards is None) == (self.urls is None) or (self.cache is not None and self.urls is None):
+            raise ConfigError("give exactly one of --shards (a shard store) or --urls (a URL list); --cache goes "
+                              "with --urls")
+        if not 0 <= self.min_success <= 1 or min(self.in_flight, self.ahead, self.min_success_window) < 1:
+            raise ConfigError("need 0 <= min_success <= 1, in_flight, ahead and min_success_window >= 1")
         taken = sorted(set(self.model) & set(FOVEATED_MODEL_KEYS))
         if taken:
             raise ConfigError(f"model overrides {taken} are options of their own (--encoder, --lm, --image-size, "

@@ -1,6 +1,7 @@
 """Flat trainer of seed 002's foveated captioner, streaming clips and captions from WebVid shards.
 
     shardyard train foveated-caption --shards STORE|http://HOST/STORE --out RUN [--steps 200]
+    shardyard train foveated-caption --urls META.csv|.parquet --out RUN [--cache DIR] [--min-success 0.5]
 
 Data: `loaders.streaming.ClipStream` (T = `--frames` 16 frames at `--size` 256 px by default), a DataLoader
 with `num_workers` workers; the stream's position is saved with every checkpoint, so a rerun with the same
@@ -13,6 +14,13 @@ warmup then cosine decay to `min_lr` at `steps` (`train.loop.LRSchedule`). AdamW
 is wrapped in DDP and each rank streams its own shards (`shards[rank::world_size]`); the checkpoint holds
 every rank's stream position. DDP needs a gradient for every parameter, so coarse-only steps (which leave
 the fine pass's `q_init` and `query_head` unused) are refused there, as are fewer shards than ranks.
+
+`--urls`: the clips come straight from a WebVid URL list (`loaders.url_stream.UrlClipStream`: downloads ahead,
+failures counted by reason, exact resume with the failed rows recorded in the checkpoint; `--cache DIR` keeps
+what was downloaded as `ingest webvid` shards). Each metrics record then also has `stream_ok`,
+`stream_failed` and `stream_failed_<reason>` (rows the workers finished in the interval), and the run stops
+with a `SourceError` naming the counts when fewer than `--min-success` of a worker's last
+`--min-success-window` downloads gave a clip.
 
 Writes `RUN/latest.pth` (`train.loop`'s layout; a rerun refuses a checkpoint of another config, naming the
 differing fields), `RUN/metrics.jsonl` (per record: `loss_fine`, `loss_coarse`, `ratio` = mean coarse
@@ -37,8 +45,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from shardyard.errors import ConfigError
+from shardyard.errors import ConfigError, SourceError
+from shardyard.ingest.fetch import FetchConfig
 from shardyard.loaders.streaming import ClipStream, StreamConfig
+from shardyard.loaders.url_stream import UrlClipStream, UrlStreamConfig, worker_error
 from shardyard.models.foveated import FoveatedCaptioner, FoveatedConfig
 from shardyard.procs import loader_worker_init
 from shardyard.train.configs import FoveatedTrainConfig, ModeWeights
@@ -65,7 +75,8 @@ SUMS = ("loss_fine", "loss_coarse", "entropy_fine", "entropy_coarse", "max_attn_
         "n_fine", "n_coarse", "clips")
 # may change between a run and its resume: where it is read from (a store served over HTTP), how it logs, runs
 RESUME_IGNORES = ("shards", "out", "log_every", "ckpt_every", "sample_every", "sample_clips", "sample_tokens",
-                  "checkpointing", "resume", "device", "amp")
+                  "checkpointing", "resume", "device", "amp", "verify_reads", "urls", "cache", "in_flight", "ahead",
+                  "min_success", "min_success_window", "allow_private_urls", "fetch")
 COLUMNS = ("step", "loss_fine", "loss_coarse", "ratio", "entropy_fine", "entropy_coarse", "max_attn_fine",
            "max_attn_coarse", "clips_per_s", "data_wait_frac")
 
@@ -102,10 +113,18 @@ def write_samples(samples: MetricLogger, model: FoveatedCaptioner, batch: dict[s
 
 
 # ---- data -----------------------------------------------------------------------------------------------
-def open_stream(cfg: FoveatedTrainConfig) -> ClipStream:
-    """The training clip stream (`frames (T, 3, size, size) uint8`, `caption`, `key`)."""
+def open_stream(cfg: FoveatedTrainConfig, ordered: bool = False) -> ClipStream | UrlClipStream:
+    """The training clip stream (`frames (T, 3, size, size) uint8`, `caption`, `key`): over the shard store,
+    or (`--urls`) straight from the URL list (`ordered`: in file order from each clip's first frame, no cache)."""
+    if cfg.urls is not None:
+        fetch = FetchConfig(**{"allow_private_urls": cfg.allow_private_urls, **cfg.fetch})
+        return UrlClipStream(cfg.urls, UrlStreamConfig(
+            num_frames=cfg.frames, size=cfg.size, fps=cfg.fps, seed=cfg.seed, in_flight=cfg.in_flight, ahead=cfg.ahead,
+            fetch=fetch, cache=None if ordered else cfg.cache, min_success=cfg.min_success,
+            window=cfg.min_success_window, shuffle=not ordered, clip_start="start" if ordered else "random"))
     return ClipStream(cfg.shards, config=StreamConfig(num_frames=cfg.frames, size=cfg.size, fps=cfg.fps,
-                                                      shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed))
+                                                      shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+                                                      verify_reads=cfg.verify_reads))
 
 
 def clip_batches(stream: ClipStream, cfg: FoveatedTrainConfig, pin: bool) -> Iterator[dict[str, Any]]:
@@ -115,8 +134,13 @@ def clip_batches(stream: ClipStream, cfg: FoveatedTrainConfig, pin: bool) -> Ite
                                          pin_memory=pin, worker_init_fn=loader_worker_init())
     while True:
         n = 0
-        for n, batch in enumerate(loader, 1):
-            yield batch
+        try:
+            for n, batch in enumerate(loader, 1):
+                yield batch
+        except SourceError as e:                        # a URL stream's worker gave up (min_success)
+            raise worker_error(e) from None
+        if n == 0 and isinstance(stream, UrlClipStream):
+            raise ConfigError(f"{cfg.urls}: no clip of {cfg.frames} frames in an epoch: {stream.summary()}")
         if n == 0:
             raise ConfigError(f"{cfg.shards}: no clip of {cfg.frames} frames in the shard store")
         stream.set_epoch(stream.epoch + 1)
@@ -133,7 +157,7 @@ class Setup:
     net: torch.nn.Module
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
-    stream: ClipStream
+    stream: ClipStream | UrlClipStream
     step: int
     sums: dict[str, float]
     logger: MetricLogger
@@ -150,9 +174,10 @@ def setup(cfg: FoveatedTrainConfig) -> Setup:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     stream = open_stream(cfg)
-    if rt.world_size > 1 and len(stream.shards) < rt.world_size:     # a rank without shards would never step
-        raise ConfigError(f"{cfg.shards}: {len(stream.shards)} shards for {rt.world_size} processes; each rank "
-                          "streams its own shards")
+    units = len(stream.shards) if isinstance(stream, ClipStream) else stream.meta.num_blocks
+    if rt.world_size > 1 and units < rt.world_size:                  # a rank without shards would never step
+        raise ConfigError(f"{cfg.shards or cfg.urls}: {units} shards (or blocks of URLs) for {rt.world_size} "
+                          "processes; each rank streams its own")
     if rt.world_size > 1 and cfg.mode_weights.coarse > 0:             # DDP needs a gradient for every parameter
         raise ConfigError("coarse-only steps leave the fine pass's parameters without gradients, which DDP "
                           "refuses: under torchrun train with --mode-weights coarse=0")
@@ -164,7 +189,8 @@ def setup(cfg: FoveatedTrainConfig) -> Setup:
         stream.load_state_dict(state["extra"]["streams"][rt.rank])
     resume_step = step if step else None
     return Setup(rt, model, rt.wrap(model), optimizer, LRSchedule(cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr),
-                 stream, step, sums, MetricLogger(out / METRICS, resume_step=resume_step, enabled=rt.is_main),
+                 stream, step, sums, MetricLogger(out / METRICS, resume_step=resume_step, enabled=rt.is_main,
+                                                    total_steps=cfg.steps, name="foveated-caption"),
                  MetricLogger(out / SAMPLES, resume_step=resume_step, enabled=rt.is_main))
 
 
@@ -241,8 +267,10 @@ def train(cfg: FoveatedTrainConfig) -> TrainResult:
         timer.step_end()
         step = s.step
         if step % cfg.log_every == 0 or step == 1 or step == cfg.steps:
+            counts = s.stream.take_metrics() if isinstance(s.stream, UrlClipStream) else {}  # URL rows per reason
+            counts = {k: int(v) for k, v in s.rt.all_reduce_sums(counts).items()}
             s.logger.log(record(s.rt.all_reduce_sums(s.sums), timer, step=step, epoch=s.stream.epoch, lr=lr,
-                                mode=mode))
+                                mode=mode) | counts)
             s.sums = dict.fromkeys(SUMS, 0.0)
             timer.reset()
         if s.rt.is_main and cfg.sample_every > 0 and (step % cfg.sample_every == 0 or step == cfg.steps):
@@ -265,6 +293,9 @@ def run(cfg: FoveatedTrainConfig) -> TrainResult:
     if not result.records:                                              # ranks > 0
         return result
     print(format_table(result.records, COLUMNS))
+    totals = {k[7:]: sum(r.get(k, 0) for r in result.records) for k in result.records[-1] if k.startswith("stream_")}
+    if totals:                                          # --urls: the rows of every interval, resumed runs included
+        print("stream rows: " + ", ".join(f"{k} {v}" for k, v in totals.items() if v or k == "ok"))
     samples = result.out / SAMPLES
     if samples.exists():
         lines = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
