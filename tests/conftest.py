@@ -119,7 +119,7 @@ def start_paused_cli(*args, pause_file: Path, after: int) -> subprocess.Popen:
 
 
 def wait_paused(proc: subprocess.Popen, timeout: float = 240) -> str:
-    """Read `proc`'s stderr until the job logs that it paused (`ingest.pause`); returns what it read. Fails the
+    """Read `proc`'s stderr until the job logs that it paused (`shardyard.pause`); returns what it read. Fails the
     test, with that stderr, when the job exits or the timeout passes first."""
     import select
     import time

@@ -5,16 +5,12 @@ weights, and `shardyard inspect RUN` draws the attention overlays (PNG and GIF).
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, run_cli, serve_directory
+from conftest import SHARED, run_cli, serve_directory, sigkill_group, start_paused_cli, wait_paused
 from PIL import Image
 
 from shardyard.errors import ConfigError
@@ -61,18 +57,14 @@ def test_metrics_and_samples_are_logged(run_a):
 
 def test_sigkill_then_resume_over_http_is_bit_identical(store, run_a):
     run = store.parent / "run_b"
-    cmd = [sys.executable, "-m", "shardyard.cli", "train", "foveated-caption", "--shards", str(store),
-           "--out", str(run), *ARGS]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while not (run / "latest.pth").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    alive = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert alive, "the run ended before it could be killed"
+    # Paused after its first checkpoint (step 3) while the file exists: the kill lands there however busy the
+    # machine is, instead of racing the run to the end.
+    proc = start_paused_cli("train", "foveated-caption", "--shards", store, "--out", run, *ARGS,
+                            pause_file=store.parent / "pause_b", after=1)
+    wait_paused(proc)
+    sigkill_group(proc)
     killed_at = torch.load(run / "latest.pth", weights_only=True)["step"]
-    assert killed_at < STEPS
+    assert killed_at == 3
     server, base = serve_directory(store.parent)
     try:
         run_cli("train", "foveated-caption", "--shards", f"{base}/{store.name}", "--out", run, *ARGS, check=True)

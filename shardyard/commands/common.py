@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -9,7 +10,9 @@ from typing import Annotated, Optional
 import typer
 
 from shardyard.errors import ShardyardError
-from shardyard.ingest.pause import PausePoint
+from shardyard.pause import PausePoint
+from shardyard.progress import PROGRESS_LOGGER, ProgressLog
+from shardyard.stores.codec_names import frame_codec_help
 
 __all__ = ["fail", "finish_ingest", "parse_size", "run_ingest_job"]
 
@@ -23,14 +26,13 @@ app.add_typer(ingest_app, name="ingest")
 Out = Annotated[Path, typer.Option("--out", "-o", help="Store directory to write (resumed if it exists).")]
 OutURL = Annotated[str, typer.Option("--out", "-o", help="Store to write (resumed if it exists): a directory, or "
                                      "an fsspec URL (s3://bucket/store, gs://...) written through local staging.")]
-Workers = Annotated[int, typer.Option(help="Reader processes.")]
+Workers = Annotated[int, typer.Option(help="Reader processes: 1 reads in the job's own process; N decode in "
+                                            "parallel (up to the number of cores).")]
 OnError = Annotated[str, typer.Option(help="skip: report bad episodes and go on; fail: stop at the first.")]
 Overwrite = Annotated[bool, typer.Option(help="Delete an existing store at --out first.")]
 ValFraction = Annotated[float, typer.Option(help="Fraction of episodes held out (stats use train only).")]
 SplitSeed = Annotated[int, typer.Option(help="Seed of the by-episode train/val split.")]
-FrameCodec = Annotated[str, typer.Option(
-    "--frame-codec", help="Image fields' codec: jpeg (default; jpeg:Q sets the quality, 85), lz4 (raw pixels, "
-                          "fastest reads), zstd or none; FIELD=CODEC overrides, comma separated.")]
+FrameCodec = Annotated[str, typer.Option("--frame-codec", help=frame_codec_help())]
 ImageSize = Annotated[Optional[str], typer.Option(help="Resize frames on ingest: S or WxH (default keep).")]
 PauseFile = Annotated[Optional[Path], typer.Option(
     help="While this file exists, the job waits after each stored episode (dino: token batch) and goes on once "
@@ -103,6 +105,9 @@ def run_ingest_job(source, out: str | Path, pause: PausePoint | None = None, **k
         keys = source.keys()
         progress = Progress(transient=True, disable=not sys.stderr.isatty())
         task = progress.add_task(f"ingest {source.name}", total=len(keys))
+        # not on a terminal (a log file, CI): periodic lines instead of the bar
+        lines = None if sys.stderr.isatty() else ProgressLog(f"ingest {source.name}", len(keys), "episodes")
+        stored_before = [0, False]  # episodes a resumed job finds stored; said once
 
         def advance(key: str, status: str) -> None:
             # Started at the first episode, after the reader processes: its refresh thread would make
@@ -110,6 +115,17 @@ def run_ingest_job(source, out: str | Path, pause: PausePoint | None = None, **k
             if not progress.live.is_started:
                 progress.start()
             progress.advance(task)
+            if status == "committed":
+                stored_before[0] += 1
+                if lines is not None:
+                    lines.skip()
+            else:
+                if stored_before[0] and not stored_before[1]:
+                    stored_before[1] = True
+                    logging.getLogger(PROGRESS_LOGGER).info("resumed: %d of %d episode(s) already stored in %s",
+                                                            stored_before[0], len(keys), out)
+                if lines is not None:
+                    lines.update()
             if pause is not None and status == "written":
                 pause.reached(f"episode {key}")
 

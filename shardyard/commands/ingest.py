@@ -27,7 +27,7 @@ from shardyard.commands.common import (
     run_ingest_job,
 )
 from shardyard.errors import ConfigError, ShardyardError
-from shardyard.ingest.pause import PausePoint
+from shardyard.pause import PausePoint
 from shardyard.progress import ProgressLog
 
 __all__ = ["ingest_dino_cmd", "ingest_lerobot", "ingest_libero", "ingest_nyu_cmd", "ingest_webvid_cmd", "ingest_yam"]
@@ -324,13 +324,23 @@ def ingest_dino_cmd(
                          dtype=dtype, batch_size=batch_size, overwrite=overwrite and staged is None, ray=ray,
                          ray_address=ray_address, workers=workers, num_gpus_per_worker=num_gpus_per_worker, fps=fps,
                          pause=PausePoint.from_options(pause_file, pause_after))
-        result = ingest_dino(cfg, on_batch=(lambda n: staged.sync()) if staged else None)
+        lines = None if sys.stderr.isatty() else ProgressLog("ingest dino", None, "frames")
+
+        def on_batch(n: int) -> None:
+            if staged is not None:
+                staged.sync()
+            if lines is not None:
+                lines.update(lines.done + n)
+
+        result = ingest_dino(cfg, on_batch=on_batch)
         if staged is not None:
             staged.finish()
     except ShardyardError as e:
         fail(e)
     except ValueError as e:
         fail(e)
+    if lines is not None:
+        lines.finish()
     typer.echo(f"{result.num_samples} frame(s): {result.num_batches_run} batch(es) run, "
                f"{result.num_batches_done_before} already stored, in {result.seconds:.1f} s -> {out}")
     if result.errors:

@@ -41,7 +41,7 @@ def push_cmd(
 ) -> None:
     """Upload a complete store with checksums.json, manifest last (files already there are skipped). To the
     Hub: a few commits within the Hub's limits, a dataset card, the repo made when missing."""
-    from shardyard.ingest.pause import PausePoint
+    from shardyard.pause import PausePoint
     from shardyard.stores.hub import CommitLimits
     from shardyard.stores.remote import push
 

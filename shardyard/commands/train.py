@@ -23,6 +23,9 @@ COMMON_HELP = {
     "amp": "Autocast: auto (bf16 on CUDA, off on CPU), bf16, fp16 or off.",
     "seed": "Seed of the batch order and the initial weights.",
     "verify_reads": "Check every read against the store's recorded checksums (StoreDamagedError on damage).",
+    "pause_file": "While this file exists, wait after each checkpoint (from the --pause-after-th on); delete it to go "
+                  "on. A paused run can be killed and resumed from that checkpoint.",
+    "pause_after": "First checkpoint of this run at which --pause-file is honoured.",
 }
 
 

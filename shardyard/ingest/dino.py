@@ -36,7 +36,7 @@ import torch
 
 from shardyard.errors import ConfigError, StoreError
 from shardyard.ingest.dino_frames import ShardFrameReader, ShardFramesConfig, is_shard_source
-from shardyard.ingest.pause import PausePoint
+from shardyard.pause import PausePoint
 from shardyard.models.backbones import Backbone, BackboneConfig, load_backbone
 from shardyard.stores.features import PROGRESS_DIR, FeatureLayout, FeatureWriter, FeatureWriterConfig, write_batch
 from shardyard.version import __version__
@@ -58,7 +58,7 @@ class DinoConfig:
     per second sampled from each video (shard stores only, required there). dtype: stored token dtype.
     batch_size: frames per forward (also per completion record). ray / ray_address: run on Ray ("local" or
     None with ray=True starts Ray here). workers: Ray actors. num_gpus_per_worker: GPUs per actor. pause: wait
-    after stored batches while a file exists (`ingest.pause`; on Ray, `after` counts each actor's batches).
+    after stored batches while a file exists (`shardyard.pause`; on Ray, `after` counts each actor's batches).
     """
 
     store: str
@@ -306,7 +306,7 @@ def ingest_dino(cfg: DinoConfig, *, on_batch: Callable[[int], None] | None = Non
         wcfg = FeatureWriterConfig(
             overwrite=cfg.overwrite, compressor=cfg.compressor, split=store.split,
             episode_ends=store.episode_ends.tolist(),
-            source=source | {"format": store.manifest.get("format"), "episode_keys": store.episode_keys})
+            source=source | {"format": store.manifest.get("format"), "episode_keys": list(store.episode_keys)})
     with FeatureWriter(cfg.out, key=key, layout=layout, config=wcfg) as writer:
         if shard:
             reader.write_index(writer.path)

@@ -14,8 +14,13 @@ from typing import Any
 
 from shardyard.errors import ConfigError
 
+# Every trainer's config ends with these two (`shardyard.pause`): while `pause_file` exists the run waits after
+# each checkpoint from the `pause_after`-th on (a run can make way on a shared machine, or be killed at a known
+# point). They never change what a run computes, so resume ignores them (`PAUSE_FIELDS` in each RESUME_IGNORES).
+PAUSE_FIELDS = ("pause_file", "pause_after")
+
 __all__ = ["BTSAugmentConfig", "DepthTrainConfig", "FOVEATED_MODEL_KEYS", "FoveatedTrainConfig", "ModeWeights",
-           "PatchPredictConfig", "TrainConfig"]
+           "PAUSE_FIELDS", "PatchPredictConfig", "TrainConfig"]
 
 
 @dataclass
@@ -74,6 +79,8 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"
     verify_reads: bool = True
+    pause_file: str | None = None
+    pause_after: int = 1
 
 
 @dataclass
@@ -116,6 +123,8 @@ class DepthTrainConfig:
     device: str = "auto"
     amp: str = "auto"
     verify_reads: bool = True
+    pause_file: str | None = None
+    pause_after: int = 1
     augment_cfg: BTSAugmentConfig = field(default_factory=BTSAugmentConfig)
 
     def __post_init__(self) -> None:
@@ -163,6 +172,8 @@ class PatchPredictConfig:
     stream_size: int = 128
     amp: str = "auto"
     verify_reads: bool = True
+    pause_file: str | None = None
+    pause_after: int = 1
 
     def __post_init__(self) -> None:
         if (self.features is None) == (self.stream is None):
@@ -251,6 +262,8 @@ class FoveatedTrainConfig:
     device: str = "auto"
     amp: str = "auto"
     verify_reads: bool = True
+    pause_file: str | None = None
+    pause_after: int = 1
 
     def __post_init__(self) -> None:
         names = [f.name for f in fields(ModeWeights)]

@@ -31,7 +31,7 @@ import torch
 
 from shardyard.errors import ConfigError
 from shardyard.models.dpt_depth import DPTConfig, DPTDepth, silog_loss
-from shardyard.train.configs import DepthTrainConfig
+from shardyard.train.configs import PAUSE_FIELDS, DepthTrainConfig
 from shardyard.train.depth_augment import bts_augment
 from shardyard.train.depth_data import DepthData, open_depth_data
 from shardyard.train.depth_metrics import DepthMetrics, format_table, write_depth_png
@@ -42,6 +42,7 @@ from shardyard.train.loop import (
     LRSchedule,
     MetricLogger,
     TrainResult,
+    pause_point,
     resume_state,
     save_checkpoint,
     set_lr,
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 TRAIN_LOG = "train.jsonl"
 # fields a resumed run may change: where it stops, how often it reports, where it runs
 RESUME_IGNORES = ("out", "stop_at", "eval_every", "ckpt_every", "log_every", "eval_max_images", "png_samples",
-                  "device", "amp")
+                  "device", "amp", "verify_reads", *PAUSE_FIELDS)
 
 
 def lr_schedule(base: float, cfg: DepthTrainConfig) -> LRSchedule:
@@ -116,11 +117,13 @@ def train_depth(cfg: DepthTrainConfig) -> TrainResult:
     order = BatchOrder(len(data.train_rows), cfg.batch_size, cfg.seed)
     state = resume_state(cfg.out / CHECKPOINT, cfg, RESUME_IGNORES, model=model, optimizer=opt, modules=backbone)
     step = resumed_from = state["step"] if state else 0
-    train_log = MetricLogger(cfg.out / TRAIN_LOG, resume_step=step or None)
+    train_log = MetricLogger(cfg.out / TRAIN_LOG, resume_step=step or None, total_steps=cfg.stop_at or cfg.steps,
+                             name="depth")
     eval_log = MetricLogger(cfg.out / METRICS, resume_step=step or None)
     stop = min(cfg.steps, cfg.stop_at) if cfg.stop_at is not None else cfg.steps
     losses: list[float] = []
     last_eval: dict[str, Any] = {}
+    pause = pause_point(cfg)
     model.train()
     t0 = time.perf_counter()
 
@@ -150,7 +153,7 @@ def train_depth(cfg: DepthTrainConfig) -> TrainResult:
                            "elapsed_s": round(time.perf_counter() - t0, 4)})
         if step % cfg.ckpt_every == 0 or step == stop:
             save_checkpoint(cfg.out / CHECKPOINT, model=model, optimizer=opt, step=step, config=asdict(cfg),
-                            sampler=order.state(step), modules=backbone)
+                            sampler=order.state(step), modules=backbone, pause=pause)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             last_eval = evaluate(model, data, cfg, step, rt) | {"train_loss": losses[-1]}
             eval_log.log(last_eval)

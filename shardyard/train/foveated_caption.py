@@ -51,7 +51,7 @@ from shardyard.loaders.streaming import ClipStream, StreamConfig
 from shardyard.loaders.url_stream import UrlClipStream, UrlStreamConfig, worker_error
 from shardyard.models.foveated import FoveatedCaptioner, FoveatedConfig
 from shardyard.procs import loader_worker_init
-from shardyard.train.configs import FoveatedTrainConfig, ModeWeights
+from shardyard.train.configs import PAUSE_FIELDS, FoveatedTrainConfig, ModeWeights
 from shardyard.train.loop import (
     CHECKPOINT,
     METRICS,
@@ -60,6 +60,7 @@ from shardyard.train.loop import (
     MetricLogger,
     TrainResult,
     format_table,
+    pause_point,
     resume_state,
     save_checkpoint,
     set_lr,
@@ -76,7 +77,7 @@ SUMS = ("loss_fine", "loss_coarse", "entropy_fine", "entropy_coarse", "max_attn_
 # may change between a run and its resume: where it is read from (a store served over HTTP), how it logs, runs
 RESUME_IGNORES = ("shards", "out", "log_every", "ckpt_every", "sample_every", "sample_clips", "sample_tokens",
                   "checkpointing", "resume", "device", "amp", "verify_reads", "urls", "cache", "in_flight", "ahead",
-                  "min_success", "min_success_window", "allow_private_urls", "fetch")
+                  "min_success", "min_success_window", "allow_private_urls", "fetch", *PAUSE_FIELDS)
 COLUMNS = ("step", "loss_fine", "loss_coarse", "ratio", "entropy_fine", "entropy_coarse", "max_attn_fine",
            "max_attn_coarse", "clips_per_s", "data_wait_frac")
 
@@ -253,6 +254,7 @@ def train(cfg: FoveatedTrainConfig) -> TrainResult:
     s = setup(cfg)
     out_dir, start = Path(cfg.out), s.step
     batches, timer, losses = clip_batches(s.stream, cfg, pin=s.rt.device.type == "cuda"), DataWait(), []
+    pause = pause_point(cfg)
     s.model.train()
     log.info("training %d params (%d trainable) on %s, rank %d/%d, from step %d",
              sum(p.numel() for p in s.model.parameters()),
@@ -280,7 +282,7 @@ def train(cfg: FoveatedTrainConfig) -> TrainResult:
             if s.rt.is_main:
                 save_checkpoint(out_dir / CHECKPOINT, model=s.net, optimizer=s.optimizer, step=step,
                                 sampler=streams[0], config=asdict(cfg) | {"model_config": asdict(s.model.config)},
-                                extra={"streams": streams, "sums": sums})
+                                extra={"streams": streams, "sums": sums}, pause=pause)
             s.rt.barrier()
     s.rt.barrier()
     return TrainResult(out=out_dir, step=s.step, resumed_from=start, records=s.logger.records(), losses=losses)

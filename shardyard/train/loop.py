@@ -28,11 +28,13 @@ import torch
 
 from shardyard.errors import ConfigError
 from shardyard.loaders.sampler import ResumableSampler
+from shardyard.pause import PausePoint
+from shardyard.progress import PROGRESS_LOGGER, ProgressLog
 from shardyard.train.checkpoint import atomic_torch_save, plain, read_checkpoint, rng_state, set_rng_state
 
 __all__ = ["BatchOrder", "CHECKPOINT", "DataWait", "LRSchedule", "METRICS", "MetricLogger", "StepBatches",
-           "TrainResult", "atomic_torch_save", "format_table", "keep_batch", "load_checkpoint", "read_metrics",
-           "resume_state", "rng_state", "run_key", "save_checkpoint", "set_lr", "set_rng_state"]
+           "TrainResult", "atomic_torch_save", "format_table", "keep_batch", "load_checkpoint", "pause_point",
+           "read_metrics", "resume_state", "rng_state", "run_key", "save_checkpoint", "set_lr", "set_rng_state"]
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +50,25 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
 def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     step: int, config: dict[str, Any], sampler: dict[str, Any] | None = None,
                     extra: dict[str, Any] | None = None,
-                    modules: dict[str, torch.nn.Module | None] | None = None) -> Path:
+                    modules: dict[str, torch.nn.Module | None] | None = None, pause: PausePoint | None = None) -> Path:
     """Write the checkpoint (layout in the module docstring) atomically; returns its path. `model` may be
-    DDP-wrapped. `modules`: further modules saved under their own key (None values saved as None)."""
+    DDP-wrapped. `modules`: further modules saved under their own key (None values saved as None).
+    `pause` (`pause_point(cfg)`): reached once the file is in place, so a run paused there can be killed and
+    resumed from exactly this step."""
     state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": int(step),
              "sampler": plain(sampler or {}, "sampler"), "rng": rng_state(), "config": plain(config, "config"),
              "extra": plain(extra or {}, "extra")}
     for name, m in (modules or {}).items():
         state[name] = _unwrap(m).state_dict() if m is not None else None
-    return atomic_torch_save(path, state)
+    saved = atomic_torch_save(path, state)
+    if pause is not None:
+        pause.reached(f"checkpoint at step {int(step)}")
+    return saved
+
+
+def pause_point(cfg: Any) -> PausePoint | None:
+    """The run's `PausePoint` from its config's `pause_file` / `pause_after` (None without a file)."""
+    return PausePoint.from_options(cfg.pause_file, cfg.pause_after)
 
 
 def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module,
@@ -113,7 +125,7 @@ def resume_state(path: Path, cfg: Any, ignore: Sequence[str], *, model: torch.nn
             raise ConfigError(f"{path} was written by {len(per_rank)} processes, this run has {world_size}; use "
                               "another --out", path=str(path))
     state = _restore(state, model=model, optimizer=optimizer, modules=modules, restore_rng=True)
-    log.info("resumed from %s at step %d", path, state["step"])
+    logging.getLogger(PROGRESS_LOGGER).info("resumed from step %d (%s)", state["step"], path)
     return state
 
 
@@ -220,11 +232,15 @@ class MetricLogger:
     """Appends one JSON object per record to a JSONL file (`RUN/metrics.jsonl`). `resume_step`: drop
     records with `step > resume_step` left by an interrupted run (logged after its last checkpoint), so
     the file matches an uninterrupted one; None starts the file over. `enabled=False` (ranks > 0) writes
-    nothing."""
+    nothing. `total_steps` (with `name`, the trainer): each record with a `step` is also a progress line
+    (`shardyard.progress`: step/total, steps/s, ETA and the loss), at most one every 10 s."""
 
-    def __init__(self, path: str | os.PathLike, resume_step: int | None = None, enabled: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None, enabled: bool = True, *,
+                 total_steps: int | None = None, name: str = "") -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self.progress = ProgressLog(f"train {name}".strip(), total_steps, "steps", prefix="step ",
+                                    start=resume_step or 0) if enabled and total_steps else None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +258,9 @@ class MetricLogger:
         with open(self.path, "a") as f:
             f.write(json.dumps({k: (float(v) if isinstance(v, (np.floating, torch.Tensor)) else v)
                                 for k, v in record.items()}) + "\n")
+        if self.progress is not None and isinstance(record.get("step"), int):
+            loss = record.get("loss")
+            self.progress.update(record["step"], "" if loss is None else f"loss {float(loss):.4g}")
 
     def records(self) -> list[dict[str, Any]]:
         """Every record of the file ([] when disabled)."""
@@ -338,7 +357,10 @@ def format_table(records: list[dict[str, Any]], columns: Sequence[str], float_fo
     def cell(v: Any) -> str:
         if v is None:
             return "-"
-        return str(v) if isinstance(v, (int, str)) else format(v, float_format)
+        if isinstance(v, (int, str)):
+            return str(v)
+        # zero, and a subnormal (a sum's rounding residue of zero, else shown as 2.45e-315), print as 0
+        return format(0.0 if abs(float(v)) < np.finfo(np.float64).tiny else v, float_format)
 
     rows = [[cell(r.get(c)) for c in columns] for r in records]
     widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(columns)]

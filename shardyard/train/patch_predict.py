@@ -31,8 +31,9 @@ import torch
 
 from shardyard.errors import ConfigError, SourceError
 from shardyard.models.patch_predict import PatchPredictorConfig, build_predictor, improvement, patch_cosine, patch_mse
+from shardyard.pause import PausePoint
 from shardyard.stores.atomic import atomic_write_json
-from shardyard.train.configs import PatchPredictConfig
+from shardyard.train.configs import PAUSE_FIELDS, PatchPredictConfig
 from shardyard.train.loop import (
     CHECKPOINT,
     METRICS,
@@ -40,6 +41,7 @@ from shardyard.train.loop import (
     LRSchedule,
     MetricLogger,
     TrainResult,
+    pause_point,
     resume_state,
     save_checkpoint,
     set_lr,
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 
 # fields a resumed run may change: how long it runs, how often it reports, where it runs
 RESUME_IGNORES = ("out", "steps", "eval_every", "ckpt_every", "log_every", "max_eval_pairs", "resume", "device",
-                  "amp")
+                  "amp", "verify_reads", *PAUSE_FIELDS)
 
 
 # ---- data: cached features ----------------------------------------------------------------------------
@@ -73,10 +75,10 @@ class FeaturePairs:
     this gap (at least one, when two or more do) are held out. `tokens(rows)` -> `(len(rows), P, D)` float32.
     Raises `ConfigError` when no pair fits `gap` (episodes too short)."""
 
-    def __init__(self, path: str, gap: int, val_fraction: float) -> None:
+    def __init__(self, path: str, gap: int, val_fraction: float, verify_reads: bool = True) -> None:
         from shardyard.stores.features import open_features
 
-        self.fs = open_features(path)
+        self.fs = open_features(path, verify_reads=verify_reads)
         ends = self.fs.episode_ends if len(self.fs.episode_ends) else np.asarray([self.fs.num_samples])
         pairs = make_pairs(ends, self.fs.missing, gap)
         episode = np.searchsorted(ends, pairs[:, 0], side="right")          # episode of each pair
@@ -156,6 +158,7 @@ class Setup:
     start: int
     state: dict[str, Any] | None
     metrics: MetricLogger
+    pause: PausePoint | None = None   # `pause_point(cfg)`, reached after each checkpoint
 
 
 def setup(cfg: PatchPredictConfig, rt: Runtime, embed_dim: int) -> Setup:
@@ -171,7 +174,8 @@ def setup(cfg: PatchPredictConfig, rt: Runtime, embed_dim: int) -> Setup:
         state = resume_state(out / CHECKPOINT, cfg, RESUME_IGNORES, model=model, optimizer=opt)
     start = state["step"] if state else 0
     return Setup(rt, model, opt, LRSchedule(cfg.lr, warmup_steps=cfg.warmup_steps), start, state,
-                 MetricLogger(out / METRICS, resume_step=start or None))
+                 MetricLogger(out / METRICS, resume_step=start or None, total_steps=cfg.steps,
+                              name="patch-predict"), pause_point(cfg))
 
 
 def train_step(s: Setup, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,7 +196,7 @@ def after_step(cfg: PatchPredictConfig, s: Setup, done: int, loss: torch.Tensor,
         s.metrics.log({"step": done, "split": "train", "loss": loss.item(), "lr": s.schedule(done - 1)})
     if done % cfg.ckpt_every == 0 or done == cfg.steps:
         save_checkpoint(Path(cfg.out) / CHECKPOINT, model=s.model, optimizer=s.opt, step=done, sampler=sampler,
-                        config=asdict(cfg))
+                        config=asdict(cfg), pause=s.pause)
 
 
 def finish(cfg: PatchPredictConfig, s: Setup, final: dict[str, Any], step: int) -> TrainResult:
@@ -222,7 +226,7 @@ def run(cfg: PatchPredictConfig) -> TrainResult:
 def run_features(cfg: PatchPredictConfig, rt: Runtime) -> TrainResult:
     """Cached-feature mode: batches of train pairs in `BatchOrder`, eval on the held-out pairs every
     `eval_every` steps and at the end."""
-    data = FeaturePairs(cfg.features, cfg.gap, cfg.val_fraction)
+    data = FeaturePairs(cfg.features, cfg.gap, cfg.val_fraction, cfg.verify_reads)
     val = data.val[np.sort(np.random.default_rng(cfg.seed).permutation(len(data.val))[:cfg.max_eval_pairs])]
     s = setup(cfg, rt, data.fs.embed_dim)
     order = BatchOrder(len(data.train), cfg.batch_size, cfg.seed)
@@ -256,7 +260,8 @@ def run_stream(cfg: PatchPredictConfig, rt: Runtime) -> TrainResult:
     backbone = load_backbone(BackboneConfig(spec=cfg.backbone, image_size=(cfg.image_size, cfg.image_size),
                                             device=str(rt.device)))
     stream = ClipStream(cfg.stream, config=StreamConfig(num_frames=cfg.gap + 1, fps=cfg.stream_fps,
-                                                       size=cfg.stream_size, seed=cfg.seed, shuffle_buffer=8))
+                                                       size=cfg.stream_size, seed=cfg.seed, shuffle_buffer=8,
+                                                       verify_reads=cfg.verify_reads))
     s = setup(cfg, rt, backbone.embed_dim)
     if s.state is not None:
         stream.load_state_dict(s.state["sampler"]["stream"])

@@ -39,7 +39,7 @@ from shardyard.loaders.targets import decode_positions
 from shardyard.loaders.windows import EpisodeWindows, WindowConfig, collate_numpy
 from shardyard.models.volume_query import DinoVolumeQuery, VolumeQueryConfig, decode, volume_query_loss
 from shardyard.procs import loader_worker_init
-from shardyard.train.configs import TrainConfig
+from shardyard.train.configs import PAUSE_FIELDS, TrainConfig
 from shardyard.train.loop import (
     CHECKPOINT,
     METRICS,
@@ -51,6 +51,7 @@ from shardyard.train.loop import (
     TrainResult,
     format_table,
     keep_batch,
+    pause_point,
     resume_state,
     save_checkpoint,
     set_lr,
@@ -67,7 +68,7 @@ SUMS = (*LOSSES, "pix_err", "pix_err_cells", "pix_err_start", "pix_err_start_cel
         "err3d", "n_steps", "n_valid")
 # fields a resumed run may change: where and how long it runs, how often it reports
 RESUME_IGNORES = ("out", "steps", "num_workers", "log_every", "ckpt_every", "plot_every", "eval_every",
-                  "val_max_samples", "resume", "device", "amp")
+                  "val_max_samples", "resume", "device", "amp", "verify_reads", *PAUSE_FIELDS)
 
 
 def pixel_error(pred_cells: np.ndarray, true_cells: np.ndarray, image_wh: np.ndarray,
@@ -179,10 +180,15 @@ def open_data(cfg: TrainConfig) -> tuple[EpisodeWindows, EpisodeWindows | None]:
     """Train windows and held-out val windows (None, with a warning, when the store has no usable val
     split). Raises ConfigError / StoreError for bad inputs (see EpisodeWindows)."""
     kw = dict(window=cfg.window, frame_stride=cfg.frame_stride, camera=cfg.camera,
-              config=WindowConfig(cfg.pred_size, cfg.robot, cfg.rotation_mode))
+              config=WindowConfig(cfg.pred_size, cfg.robot, cfg.rotation_mode, verify_reads=cfg.verify_reads))
     data = EpisodeWindows(cfg.store, cfg.features, split="train", **kw)
+    kw["camera"] = data.field  # the camera train picked (the first when none was given, said once)
     val = None
-    if cfg.eval_every > 0:
+    if cfg.eval_every > 0 and not len(data.store.split.get("val") or []):
+        log.warning("no validation pass: the store's split has no validation episode (all %d in train), so no "
+                    "val_* metrics; hold some out with `shardyard stats %s --val-fraction F` (or ingest with "
+                    "--val-fraction F)", data.store.num_episodes, cfg.store)
+    elif cfg.eval_every > 0:
         try:
             val = EpisodeWindows(cfg.store, cfg.features, split="val", **kw)
         except ConfigError as e:                       # no val split, or no valid window in it
@@ -226,8 +232,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                          world_size=rt.world_size) if cfg.resume else None
     if state is not None:
         step, sums = state["step"], state["extra"]["sums"][rt.rank]
-    start = step
-    logger = MetricLogger(out_dir / METRICS, resume_step=step if step else None, enabled=rt.is_main)
+    start, pause = step, pause_point(cfg)
+    logger = MetricLogger(out_dir / METRICS, resume_step=step if step else None, enabled=rt.is_main,
+                          total_steps=cfg.steps, name="volume-query")
     net = rt.wrap(model)
     loader = torch.utils.data.DataLoader(StepBatches(data, order, step, cfg.steps, collate_numpy), batch_size=None,
                                          num_workers=cfg.num_workers, collate_fn=keep_batch,
@@ -277,7 +284,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 save_checkpoint(out_dir / CHECKPOINT, model=net, optimizer=optimizer, step=step,
                                 sampler=order.state(step), config=asdict(cfg) | {"model_config": asdict(mcfg)},
                                 extra={"samplers": [order.state(step, r) for r in range(rt.world_size)],
-                                       "sums": all_sums})
+                                       "sums": all_sums}, pause=pause)
             rt.barrier()
     rt.barrier()
     return TrainResult(out=out_dir, step=step, resumed_from=start, records=logger.records(), losses=losses,

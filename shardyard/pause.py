@@ -1,11 +1,12 @@
-"""Pause a running ingest at a known point while a file exists (`--pause-file PATH`, `--pause-after N`).
+"""Pause a running job at a known point while a file exists (`--pause-file PATH`, `--pause-after N`).
 
 A long job can make way for other work on a shared machine without being killed: while the pause file
 exists, the job waits after its next stored episode (`ingest yam|libero|lerobot`: the episode has been
-written and, when its group closed, committed) or after its next stored token batch (`ingest dino`: each
-worker, after the batch's completion record), and goes on once the file is deleted. A paused job is also at a
-known point for a kill: it cannot get past that point while the file exists, so nothing it commits later can
-race the kill (the tests that SIGKILL jobs mid-run rely on this rather than on timing).
+written and, when its group closed, committed), after its next stored token batch (`ingest dino`: each
+worker, after the batch's completion record), after its next pushed commit (`push`), or after its next
+checkpoint (`train ...`: `latest.pth` has been written), and goes on once the file is deleted. A paused job
+is also at a known point for a kill: it cannot get past that point while the file exists, so nothing it
+commits later can race the kill (the tests that SIGKILL jobs mid-run rely on this rather than on timing).
 """
 
 from __future__ import annotations
