@@ -144,10 +144,10 @@ def write_libero_file(path: Path, *, num_demos: int = 3, steps: int = 20, size: 
     return path
 
 
-def write_libero_suite(root: Path, *, num_files: int = 2, **kwargs) -> Path:
-    """A folder of LIBERO task files (different state widths, as different scenes have: 40 + 3 i columns,
-    none matching MODEL_XML, so these stores hold no wrist pose field)."""
+def write_libero_suite(root: Path, *, num_files: int = 2, state_dim_step: int = 3, **kwargs) -> Path:
+    """A folder of LIBERO task files (different state widths, as different scenes have: 40 + step i columns,
+    none matching MODEL_XML, so these stores hold no wrist pose field; `state_dim_step=0`: one scene)."""
     for i in range(num_files):
-        write_libero_file(root / f"TASK_{i}_demo.hdf5", seed=i, state_dim=40 + 3 * i,
+        write_libero_file(root / f"TASK_{i}_demo.hdf5", seed=i, state_dim=40 + state_dim_step * i,
                           task=f"task number {i}", **kwargs)
     return root

@@ -45,7 +45,10 @@ def test_g1_v21_av1_one_frame_per_row_and_missing_episodes_reported(tmp_path):
 
 def test_so101_v30_tabular_with_absent_videos(tmp_path):
     out = tmp_path / "so"
-    proc = run_cli("ingest", "lerobot", SO101, "--out", out)
+    refused = run_cli("ingest", "lerobot", SO101, "--out", out)  # cameras without any video: a named refusal
+    assert refused.returncode == 1 and "no video file for any episode of camera(s) ['front', 'top']" in \
+        refused.stderr and "--camera none" in refused.stderr and "Traceback" not in refused.stderr
+    proc = run_cli("ingest", "lerobot", SO101, "--out", out, "--camera", "none")
     assert proc.returncode == 0, proc.stderr
     s = open_store(str(out))
     eps = pq.read_table(SO101 / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
@@ -66,7 +69,7 @@ def test_repo_id_resolves_offline_from_the_hub_cache(tmp_path):
     (cache / "datasets--someone--so101" / "refs" / "main").write_text("a" * 40)
     os.environ["HF_HUB_CACHE"] = str(cache)
     try:
-        proc = run_cli("ingest", "lerobot", "someone/so101", "--out", tmp_path / "s")
+        proc = run_cli("ingest", "lerobot", "someone/so101", "--out", tmp_path / "s", "--camera", "none")
         missing = run_cli("ingest", "lerobot", "someone/not-cached", "--out", tmp_path / "m")
     finally:
         del os.environ["HF_HUB_CACHE"]

@@ -28,31 +28,41 @@ def _arrays_equal(a, b):
 
 
 def test_raw_robosuite_folder_says_which_files_hold_no_observations(tmp_path):
+    """The eight real robosuite files differ in robot and scene (`sim_state` 23 to 52 wide, `action` 7 or 8 wide
+    or absent): `--group-by-schema` stores them in one store per schema, never padded, each demo's arrays exact."""
     out = tmp_path / "r"
-    proc = run_cli("ingest", "libero", ROBOSUITE, "--out", out)
+    proc = run_cli("ingest", "libero", ROBOSUITE, "--out", out, "--group-by-schema")
     assert proc.returncode == 0, proc.stderr
     files = sorted(ROBOSUITE.glob("*.hdf5"))
-    report = json.loads((out / "report.json").read_text())
-    for f in files:
-        assert any(str(f) in n and "no observations" in n for n in report["notes"]), f
-        assert f"{f}: holds no observations" in proc.stdout
-    s = open_store(str(out))
-    assert s.num_episodes == 11 and not s.schema.of_kind("image")
+    groups = json.loads((out / "groups.json").read_text())
+    stores = {name: open_store(str(out / name)) for name in groups}
+    assert sum(s.num_episodes for s in stores.values()) == 11 and len(stores) == 7
+    assert {g["robot"] for g in groups.values()} == {"Sawyer", "Baxter", "Panda"}
     lengths = {}
     import h5py
     for f in files:
         with h5py.File(f, "r") as h:
             for d in h["data"]:
                 lengths[f"{f.stem}/{d}"] = (len(h["data"][d]["states"]), h["data"][d]["states"][()])
-    for i, key in enumerate(s.episode_keys):
-        meta = s.episode_meta(i)
-        assert meta["observations"] is False and meta["cameras"] == {} and "model_file" in meta["camera_note"]
-        n, states = lengths[key]
-        assert s.episode_length(i) == n
-        w = meta.get("field_widths", {}).get("sim_state", states.shape[1])
-        assert np.array_equal(s.read(i, ["sim_state"])["sim_state"][:, :w], states)  # float64, exact
-    lift = s.episode_keys.index("robosuite_lift_panda/demo_1")
-    assert s.episode_meta(lift)["env"]["env_info"]["controller_configs"]["type"] == "OSC_POSE"
+    seen = set()
+    for name, s in stores.items():
+        assert not s.schema.of_kind("image") and s.episode_keys == groups[name]["keys"]
+        report = json.loads((out / name / "report.json").read_text())
+        for key in s.episode_keys:
+            f = ROBOSUITE / f"{key.split('/')[0]}.hdf5"
+            assert any(str(f) in n and "no observations" in n for n in report["notes"]), f
+            assert f"{f}: holds no observations" in (out / name / "report.json").read_text()
+        for i, key in enumerate(s.episode_keys):
+            meta = s.episode_meta(i)
+            assert meta["observations"] is False and meta["cameras"] == {} and "model_file" in meta["camera_note"]
+            assert "absent_fields" not in meta and "field_widths" not in meta
+            n, states = lengths[key]
+            assert s.episode_length(i) == n
+            assert np.array_equal(s.read(i, ["sim_state"])["sim_state"], states)  # float64, exact, unpadded
+            seen.add(key)
+    assert seen == set(lengths)
+    lift = next(s for s in stores.values() if "robosuite_lift_panda/demo_1" in s.episode_keys)
+    assert lift.episode_meta(0)["env"]["env_info"]["controller_configs"]["type"] == "OSC_POSE"
 
 
 def test_camera_matches_mujoco_and_eef_projects_onto_marker(tmp_path):
@@ -157,31 +167,51 @@ def test_wrist_pose_absent_when_states_do_not_match_model(tmp_path):
     import h5py
 
     from shardyard.ingest.libero import LiberoConfig, LiberoSource
+    from shardyard.loaders.episodes import EpisodeDataset
 
     raw = tmp_path / "raw"
     write_libero_file(raw / "A_demo.hdf5", num_demos=2, steps=12, size=32)
-    write_libero_file(raw / "B_demo.hdf5", num_demos=2, steps=12, size=32, seed=1, state_dim=9)
+    # B: the same fields and widths, but its MJCF has one more joint, so its 5-column states do not match it
+    write_libero_file(raw / "B_demo.hdf5", num_demos=2, steps=12, size=32, seed=1)
+    other = MODEL_XML.replace("<worldbody>", '<worldbody><body name="extra"><joint name="j0" type="slide" '
+                              'axis="1 0 0"/><geom type="sphere" size="0.01"/></body>')
+    with h5py.File(raw / "B_demo.hdf5", "a") as h:
+        for d in h["data"]:
+            h["data"][d].attrs["model_file"] = other
     out = tmp_path / "store"
-    proc = run_cli("ingest", "libero", raw, "--out", out)
+    proc = run_cli("ingest", "libero", raw, "--out", out, "--val-fraction", "0")
     assert proc.returncode == 0, proc.stderr
     s = open_store(str(out))
     assert s.num_episodes == 4 and WRIST in s.schema
     for ep, key in enumerate(s.episode_keys):
         meta = s.episode_meta(ep)
-        assert "agentview" in meta["cameras"]
+        assert "agentview" in meta["cameras"] and "field_widths" not in meta
         if key.startswith("A_demo/"):
-            assert "eye_in_hand" in meta["cameras"] and "camera_note" not in meta
-            assert np.abs(s.read(ep, [WRIST])[WRIST]).max() > 0.1 and meta["field_widths"] == {"sim_state": 5}
+            assert "eye_in_hand" in meta["cameras"] and "camera_note" not in meta and "absent_fields" not in meta
+            assert np.abs(s.read(ep, [WRIST])[WRIST]).max() > 0.1
         else:
             assert "eye_in_hand" not in meta["cameras"]
-            assert "states have 9 columns" in meta["camera_note"] and "no per-step pose" in meta["camera_note"]
-            assert WRIST in meta["absent_fields"]
-            np.testing.assert_array_equal(s.read(ep, [WRIST])[WRIST], np.zeros((s.episode_length(ep), 4, 4)))
-            assert "field_widths" not in meta  # the widest sim_state in the store
+            assert "states have 5 columns" in meta["camera_note"] and "no per-step pose" in meta["camera_note"]
+            assert meta["absent_fields"] == [WRIST]
+    # absent is absent: left out of the stats, served as padding, never as a pose of zeros
+    a_steps = sum(s.episode_length(i) for i, k in enumerate(s.episode_keys) if k.startswith("A_demo/"))
+    assert s.stats["fields"][WRIST]["count"] == [a_steps] and s.stats["fields"]["action"]["count"] == [s.num_steps]
+    ds = EpisodeDataset(s, {WRIST: [0, 1], "action": [0]})
+    batch = ds.fetch(range(len(ds)))
+    from_b = np.isin(batch["episode_index"], [i for i, k in enumerate(s.episode_keys) if k.startswith("B_demo/")])
+    assert batch[f"{WRIST}_is_pad"][from_b].all() and not batch["action_is_pad"].any()
+    assert not batch[f"{WRIST}_is_pad"][~from_b][:, 0].any()
+    # states of another width are another schema: refused with a row naming the field, or a store of their own
+    write_libero_file(raw / "C_demo.hdf5", num_demos=1, steps=12, size=32, seed=2, state_dim=9)
+    proc = run_cli("ingest", "libero", raw, "--out", tmp_path / "mixed")
+    assert proc.returncode == 2, proc.stderr
+    (row,) = json.loads((tmp_path / "mixed" / "report.json").read_text())["skipped"]
+    assert row["key"] == "C_demo/demo_0" and row["field"] == "sim_state" and "(9,)" in row["reason"]
+    assert row["path"] == str(raw / "C_demo.hdf5") and "--group-by-schema" in row["reason"]
     # a store of mismatching demos only has no wrist pose field; one compiled model serves every demo
-    src = LiberoSource(LiberoConfig(root=raw / "B_demo.hdf5"))
+    src = LiberoSource(LiberoConfig(root=raw / "C_demo.hdf5"))
     assert WRIST not in src.schema() and "obs.rgb.eye_in_hand" in src.schema()
-    src = LiberoSource(LiberoConfig(root=raw))
+    src = LiberoSource(LiberoConfig(root=raw / "A_demo.hdf5"))
     for key in src.keys():
         src.read(key)
     assert len(src._models) == 1 and pickle.loads(pickle.dumps(src))._models == {}
@@ -192,18 +222,18 @@ def test_wrist_pose_absent_when_states_do_not_match_model(tmp_path):
     src = LiberoSource(LiberoConfig(root=nostates))
     ep = src.read("C_demo/demo_1")
     assert "eye_in_hand" not in ep.meta["cameras"] and "no states" in ep.meta["camera_note"]
-    assert not ep.steps[WRIST].any() and WRIST in ep.meta["absent_fields"]
+    assert sorted(ep.meta["absent_fields"]) == sorted([WRIST, "sim_state"])
     assert "eye_in_hand" in src.read("C_demo/demo_0").meta["cameras"]
 
 
 def test_workers_and_resume_after_sigkill_give_identical_arrays(tmp_path):
-    raw = write_libero_suite(tmp_path / "suite", num_files=2, num_demos=6, steps=30, size=96)
+    raw = write_libero_suite(tmp_path / "suite", num_files=2, num_demos=6, steps=30, size=96, state_dim_step=0)
     one, two, killed = tmp_path / "w1", tmp_path / "w2", tmp_path / "killed"
     run_cli("ingest", "libero", raw, "--out", one, "--workers", "1", check=True)
     run_cli("ingest", "libero", raw, "--out", two, "--workers", "2", check=True)
     a, b = open_store(str(one)), open_store(str(two))
     _arrays_equal(a, b)
-    assert a.episode_meta(4)["field_widths"] == {"sim_state": 40}  # narrower scene padded, true width kept
+    assert a.schema["sim_state"].shape == (40,) and "absent_fields" not in a.episode_meta(4)
 
     # killed after 3 of 12 episodes are written (into an open group: nothing committed yet)
     proc = start_paused_cli("ingest", "libero", raw, "--out", killed, pause_file=tmp_path / "pause", after=3)

@@ -118,10 +118,10 @@ def test_hdf5_external_links_and_linked_files_refused_unless_follow_links(tmp_pa
     root, outside = tmp_path / "in", tmp_path / "outside"
     outside.mkdir()
     _copy(ROBOSUITE / "robosuite_lift_panda.hdf5", root / "good.hdf5")
-    with h5py.File(_copy(ROBOSUITE / "robosuite_door_panda.hdf5", root / "demo_link.hdf5"), "a") as f:
+    with h5py.File(_copy(ROBOSUITE / "robosuite_lift_panda.hdf5", root / "demo_link.hdf5"), "a") as f:
         n = f["data/demo_1/actions"].shape
         _external(f["data/demo_1"], "actions", outside / "secret.hdf5", np.full(n, 7.25))
-    with h5py.File(_copy(ROBOSUITE / "robosuite_door_panda.hdf5", outside / "data.hdf5"), "a") as f:
+    with h5py.File(_copy(ROBOSUITE / "robosuite_lift_panda.hdf5", outside / "data.hdf5"), "a") as f:
         f["data/demo_1/actions"][...] = 7.25
     with h5py.File(root / "data_link.hdf5", "w") as f:
         f["data"] = h5py.ExternalLink(str(outside / "data.hdf5"), "/data")
@@ -193,13 +193,13 @@ def test_lerobot_dotdot_data_path_is_fatal_and_names_info_json(tmp_path):
     info["data_path"] = "../outside/" + info["data_path"]
     (ds / "meta" / "info.json").write_text(json.dumps(info))
 
-    proc = run_cli("ingest", "lerobot", ds, "--out", tmp_path / "s")
+    proc = run_cli("ingest", "lerobot", ds, "--out", tmp_path / "s", "--camera", "none")
     assert proc.returncode == 1
     assert "data_path" in proc.stderr and str(ds / "meta" / "info.json") in proc.stderr
     assert "'..'" in proc.stderr and "--follow-links" in proc.stderr
     assert not (tmp_path / "s").exists()  # fatal before anything is written
 
-    proc = run_cli("ingest", "lerobot", ds, "--out", tmp_path / "f", "--follow-links")
+    proc = run_cli("ingest", "lerobot", ds, "--out", tmp_path / "f", "--follow-links", "--camera", "none")
     assert proc.returncode == 0, proc.stderr
     assert open_store(str(tmp_path / "f")).num_episodes == 4
 
@@ -214,7 +214,7 @@ def test_lerobot_episode_parquet_linked_from_outside_is_a_report_row(tmp_path):
     outside = _copy(G1 / "data" / "chunk-000" / "episode_000002.parquet", tmp_path / "outside.parquet")
     (ds / "data" / "chunk-000" / "episode_000002.parquet").symlink_to(outside)
 
-    proc = run_cli("ingest", "lerobot", ds, "--out", tmp_path / "s")
+    proc = run_cli("ingest", "lerobot", ds, "--out", tmp_path / "s", "--camera", "none")
     assert proc.returncode == 2, proc.stderr
     row = _report(tmp_path / "s")["episode_000002"]
     _assert_refused_link(row, ds / "data" / "chunk-000" / "episode_000002.parquet")
@@ -261,6 +261,6 @@ def test_lerobot_hub_cache_snapshot_links_into_its_blobs_are_inside(tmp_path, mo
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("a" * 40)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    proc = run_cli("ingest", "lerobot", "someone/so101", "--out", tmp_path / "s")
+    proc = run_cli("ingest", "lerobot", "someone/so101", "--out", tmp_path / "s", "--camera", "none")
     assert proc.returncode == 0, proc.stderr
     assert open_store(str(tmp_path / "s")).num_episodes == 4

@@ -17,9 +17,15 @@ Stored fields: `obs.rgb.agentview`, `obs.rgb.eye_in_hand` (upright: "opengl" ima
 `obs.T_world_cam.eye_in_hand (4, 4)` m (wrist camera-to-world, OpenCV; see below),
 `obs.eef_pos (3,)` m, `obs.eef_quat (4,)` xyzw, `obs.gripper ()` m (finger separation), `obs.gripper_qpos
 (2,)` m, `obs.joint_pos` rad, `action`, `reward`, `done`, `sim_state` (float64 flattened MuJoCo state) and, in
-raw files, `raw.<name>`. A store has one schema: the union of every demo's fields. A 1-D field narrower in
-one file than in another (e.g. `sim_state` of different scenes) is zero-padded to the widest; the episode's
-meta `field_widths` gives the true width and `absent_fields` the fields it lacked (stored as zeros).
+raw files, `raw.<name>`. Nothing is padded (`ingest.schema_groups`): a demo whose field has another shape
+than the store's (e.g. `sim_state` of another scene or robot) is refused with a report row naming the
+differing fields, or, with `--group-by-schema` (`schema_groups()`), stored in a store of its own; a low-dim
+field some demos lack (e.g. `action` of a 2018 file) is listed in their meta's `absent_fields` and served
+with `<field>_is_pad` True, never as data.
+
+A file that h5py cannot open (truncated, not HDF5) or that holds no `data/demo_*` group is a report row keyed
+`<file>/data`; a dataset of strings or other non-numbers, an image that is not `(T, H, W, 3) uint8`, NaN or
+inf, or arrays of different lengths is a row naming the demo, file and field.
 
 Cameras come from each demo's `model_file` MJCF string (`libero_cameras`): meta `cameras[<camera>]` holds
 `K (3, 3)` and, for a fixed camera (`agentview`), `T_world_cam (4, 4)` OpenCV camera-to-world (metres). The
@@ -27,16 +33,15 @@ wrist camera (`eye_in_hand`, below the arm's jointed bodies) moves: its pose is 
 `obs.T_world_cam.eye_in_hand (T, 4, 4) float32`, forward kinematics of the MJCF at each step's qpos from
 `states` (`[time, qpos, qvel]`), with meta `moving: True`, `T_world_cam: None`, `pose: "fk from states"`. A
 demo without an MJCF (raw files store only a file name), or whose `states` width does not match the model,
-gets no such calibration (a demo in a store whose other demos have the pose field gets zeros and lists it in
+gets no such calibration (in a store whose other demos have the pose field, the field is listed in its
 `absent_fields`), and its meta's `camera_note` says why; this never fails the demo. Each MJCF is compiled
 once per process and source (cached by a hash of the XML).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,8 +50,26 @@ import numpy as np
 
 from shardyard.errors import ConfigError, SourceError
 from shardyard.geometry import sign_continuous
+from shardyard.ingest.failures import source_error
 from shardyard.ingest.inside import hdf5_links_problem, hdf5_member_problem, hdf5_problem, is_inside, outside_problem
 from shardyard.ingest.libero_cameras import demo_cameras, pose_specs, without_files
+from shardyard.ingest.libero_meta import (
+    DEFAULT_FPS,
+    LIBERO,
+    NO_OBS_NOTE,
+    RAW,
+    ROBOMIMIC,
+    add_report_notes,
+    camera_names,
+    demo_meta,
+    detect_layout,
+    field_plan,
+    file_attrs,
+    natural_key,
+    robot_of,
+    text,
+)
+from shardyard.ingest.schema_groups import SchemaPlan, group_keys, group_name, plan_schema
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.manifest import fingerprint_paths
 
@@ -55,23 +78,7 @@ __all__ = ["DEFAULT_FPS", "LIBERO", "LiberoConfig", "LiberoSource", "NO_OBS_NOTE
 
 log = logging.getLogger(__name__)
 
-LIBERO, ROBOMIMIC, RAW = "libero", "robomimic", "raw"
-DEFAULT_FPS = 20.0
-NO_OBS_NOTE = ("holds no observations (raw robosuite demonstration: states and actions only); "
-               "replay it in robosuite to render images")
-# (layout, hdf5 path under the demo, field, dtype, unit, kind, camera)
-_IMAGES = {LIBERO: {"obs/agentview_rgb": "agentview", "obs/eye_in_hand_rgb": "eye_in_hand"},
-           ROBOMIMIC: {"obs/agentview_image": "agentview", "obs/robot0_eye_in_hand_image": "eye_in_hand"}}
-_VECTORS = {  # hdf5 path -> (field, dtype, unit)
-    LIBERO: {"obs/ee_pos": ("obs.eef_pos", "float32", "m"), "obs/joint_states": ("obs.joint_pos", "float32", "rad"),
-             "obs/gripper_states": ("obs.gripper_qpos", "float32", "m")},
-    ROBOMIMIC: {"obs/robot0_eef_pos": ("obs.eef_pos", "float32", "m"),
-                "obs/robot0_eef_quat": ("obs.eef_quat", "float32", None),
-                "obs/robot0_joint_pos": ("obs.joint_pos", "float32", "rad"),
-                "obs/robot0_gripper_qpos": ("obs.gripper_qpos", "float32", "m")},
-}
-_COMMON = {"actions": ("action", "float32", "normalised"), "rewards": ("reward", "float32", None),
-           "dones": ("done", "uint8", None), "states": ("sim_state", "float64", None)}
+GROUP_HINT = " (--group-by-schema stores each set of fields in a store of its own)"
 
 
 @dataclass
@@ -85,44 +92,26 @@ class LiberoConfig:
     robosuite v0.x files, whose rate is not recorded.
     follow_links: read what is refused by default (`ingest.inside`): links leading out of the root folder, HDF5
     data in other files, and files a demo's `model_file` MJCF names (meshes, includes: else compiled without).
+    keys: read only these episode keys (one store of `--group-by-schema`); None reads all.
     """
 
     root: Path
     image_convention: str | None = None
     fps: float | None = None
     follow_links: bool = False
-
-
-def _natural(name: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
-
-
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _cams(plan: dict[str, Any]) -> list[str]:
-    return [f[len("obs.rgb."):] for f in plan if f.startswith("obs.rgb.")]
-
-
-def detect_layout(group) -> str:
-    """"libero", "robomimic" or "raw" for an h5py demo group."""
-    obs = group.get("obs")
-    if obs is None:
-        return RAW
-    if any(k in obs for k in ("agentview_rgb", "ee_ori", "ee_states", "ee_pos", "gripper_states")):
-        return LIBERO
-    return ROBOMIMIC
+    keys: tuple[str, ...] | None = None
 
 
 class LiberoSource:
     """Source over LIBERO / robomimic / raw robosuite HDF5 files.
 
-    `keys()` are `<file path relative to root, without .hdf5>/<demo>` in file then natural demo order. HDF5
-    files are opened lazily in the process that reads (never inherited: `__getstate__` drops the handles).
-    `read(key)` raises `SourceError` (path, key, field) for a missing or malformed array, mismatched lengths,
-    non-finite values, an image field of another size than the store's; without `follow_links`, a file linked
-    from outside the root (key `<file>/data`) or a demo with data in another file (`ingest.inside`).
+    `keys()` are `<file path relative to root, without .hdf5>/<demo>` in file then natural demo order, and
+    `<file>/data` for a file whose demos cannot be listed (unreadable, no `data/demo_*`, linked from outside).
+    HDF5 files are opened lazily in the process that reads (never inherited: `__getstate__` drops the handles).
+    `read(key)` raises `SourceError` (path, key, field) for an unreadable file, a missing or malformed array,
+    mismatched lengths, non-finite values; `SchemaError` naming the differing fields for a demo the store's
+    schema cannot hold without padding (`schema_groups.plan_schema`); without `follow_links`, a file linked
+    from outside the root or a demo with data in another file (`ingest.inside`).
     """
 
     name: ClassVar[str] = "libero"
@@ -141,10 +130,11 @@ class LiberoSource:
         if not self.files:
             raise ConfigError("no .hdf5 files under the folder", path=str(self.root))
         self._handles: dict[Path, Any] = {}
-        self._refused: dict[str, SourceError] = {}  # keys refused while listing (links leading out), by key
+        self._refused: dict[str, SourceError] = {}  # keys refused while listing or scanning, by key
         self._index: dict[str, tuple[Path, str]] | None = None
         self._scan: dict[str, dict[str, Any]] | None = None
-        self._schema: Schema | None = None
+        self._specs: dict[str, dict[str, FieldSpec]] | None = None
+        self._plan_: SchemaPlan | None = None
         self._models: dict[str, Any] = {}  # compiled MJCF models by XML hash (libero_cameras.compile_model)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -159,8 +149,8 @@ class LiberoSource:
         if path not in self._handles:
             try:
                 self._handles[path] = h5py.File(path, "r")
-            except OSError as e:
-                raise SourceError(f"cannot open HDF5: {e}", path=str(path)) from e
+            except Exception as e:  # OSError for a truncated or non-HDF5 file; others for worse damage
+                raise SourceError(f"cannot open HDF5 ({type(e).__name__}): {e}", path=str(path), field="data") from e
         return self._handles[path]
 
     def _rel(self, path: Path) -> str:
@@ -168,44 +158,60 @@ class LiberoSource:
             return path.name[: -len(path.suffix)]
         return path.relative_to(self.root).with_suffix("").as_posix()
 
+    def episode_path(self, key: str) -> str | None:
+        """The HDF5 file episode `key` is read from."""
+        return str(self._index[key][0]) if key in self.keys() else None
+
     # -- discovery ---------------------------------------------------------------------------------------
-    def _scan_files(self) -> None:
-        """One metadata pass over every file: demo keys, layout, per-field shapes, file info."""
-        index, scan = {}, {}
+    def _list_demos(self, path: Path) -> tuple[Any, list[str], str | None]:
+        """(open file or None, its demo groups in natural order, why its demos cannot be listed or None)."""
         follow = self.cfg.follow_links
+        why = None if follow or self.root.is_file() else outside_problem(self.root, path)
+        if why:
+            return None, [], why
+        try:
+            f = self._file(path)
+            why = None if follow else hdf5_member_problem(f, "data")
+            if why:
+                return f, [], why
+            data = f.get("data")
+            demos = sorted((k for k in data.keys() if k.startswith("demo")), key=natural_key) \
+                if data is not None and hasattr(data, "keys") else []
+        except Exception as e:
+            return None, [], source_error(e, path=str(path), field="data").reason
+        return f, demos, None if demos else "no data/demo_* group in the file (not a robosuite/LIBERO demo file)"
+
+    def _scan_files(self) -> None:
+        """One metadata pass over every file: demo keys, layout, file info; unlistable files become keys."""
+        index, scan = {}, {}
         for path in self.files:
-            why = None if follow or self.root.is_file() else outside_problem(self.root, path)
-            try:
-                f = None if why else self._file(path)
-                why = why or (None if follow else hdf5_member_problem(f, "data"))
-                demos = [] if why else sorted((k for k in f.get("data", {}).keys() if k.startswith("demo")),
-                                              key=_natural)
-            except (SourceError, OSError) as e:
-                log.warning("skipping unreadable file %s: %s", path, e)
-                scan[str(path)] = {"error": str(e), "layouts": []}
-                continue
-            if why:  # one report row for the whole file: its demos cannot be listed without following the link
+            f, demos, why = self._list_demos(path)
+            if why:  # one report row for the whole file: its demos cannot be listed
                 key = f"{self._rel(path)}/data"
-                index[key], self._refused[key] = (path, ""), SourceError(why, path=str(path), key=key)
+                index[key], self._refused[key] = (path, ""), SourceError(why, path=str(path), key=key, field="data")
                 scan[str(path)] = {"error": why, "layouts": []}
                 continue
-            attrs = {k: _text(v) if isinstance(v, (bytes, str)) else v for k, v in f["data"].attrs.items()}
+            attrs = file_attrs(f["data"])
             layouts = set()
             for d in demos:
                 key = f"{self._rel(path)}/{d}"
                 index[key] = (path, d)
-                why = None if follow else (hdf5_member_problem(f["data"], d) or hdf5_links_problem(f["data"][d]))
+                why = None if self.cfg.follow_links else (hdf5_member_problem(f["data"], d)
+                                                          or hdf5_links_problem(f["data"][d]))
                 if why:
                     self._refused[key] = SourceError(why, path=str(path), key=key)
                     continue
                 layouts.add(detect_layout(f["data"][d]))
             scan[str(path)] = {"layouts": sorted(layouts), "num_demos": len(demos),
-                               "env": attrs.get("env") or attrs.get("env_name"),
+                               "env": attrs.get("env") or attrs.get("env_name"), "robot": robot_of(attrs),
                                "repository_version": attrs.get("repository_version")}
+        if self.cfg.keys is not None:
+            index = {k: v for k, v in index.items() if k in set(self.cfg.keys)}
         self._index, self._scan = index, scan
 
     def keys(self) -> list[str]:
-        """Episode keys `<file path relative to the root, no suffix>/<demo>`, files then demos in natural order."""
+        """Episode keys `<file path relative to the root, no suffix>/<demo>` (or `/data` for a file whose demos
+        cannot be listed), files then demos in natural order."""
         if self._index is None:
             self._scan_files()
         return list(self._index)
@@ -228,25 +234,55 @@ class LiberoSource:
                 "files_without_observations": self.files_without_observations()}
 
     # -- schema ------------------------------------------------------------------------------------------
-    def schema(self) -> Schema:
-        """Union of the fields of every demo (shapes from HDF5 metadata only); 1-D fields take the widest."""
-        if self._schema is None:
-            specs: dict[str, FieldSpec] = {}
+    def demo_specs(self) -> dict[str, dict[str, FieldSpec]]:
+        """Fields of every demo that can be scanned (shapes and dtypes from HDF5 metadata only), in key order;
+        a demo that cannot is refused (its read raises why)."""
+        if self._specs is None:
+            specs = {}
             for key in self.keys():
+                if key in self._refused:
+                    continue
                 try:
-                    for name, spec in self._field_specs(key).items():
-                        old = specs.get(name)
-                        if old is not None and old.shape != spec.shape and len(spec.shape) == 1 == len(old.shape):
-                            spec = spec if spec.shape[0] > old.shape[0] else old
-                        specs[name] = spec if old is None or len(spec.shape) == 1 else old
-                except (SourceError, OSError, KeyError) as e:
-                    log.warning("schema scan: %s: %s", key, e)
+                    specs[key] = self._field_specs(key)
+                except ConfigError:
+                    raise
+                except Exception as e:  # one bad demo never stops the scan: its read reports it
+                    self._refused[key] = source_error(e, path=str(self._index[key][0]), key=key)
+            self._specs = specs
+        return self._specs
+
+    def _plan(self) -> SchemaPlan:
+        if self._plan_ is None:
+            specs = self.demo_specs()
             if not specs:
                 raise ConfigError("no readable demo in the HDF5 files", path=str(self.root))
-            self._schema = Schema(dict(sorted(specs.items())))
-        return self._schema
+            self._plan_ = plan_schema(specs, GROUP_HINT)
+        return self._plan_
 
-    def _plan(self, key: str) -> tuple[Any, str, dict[str, tuple[str, str, str | None, str]]]:
+    def schema(self) -> Schema:
+        """The fields of the demos, never padded (`schema_groups.plan_schema`: the first scannable demo sets
+        each field's shape; demos whose fields differ are refused)."""
+        return self._plan().schema
+
+    def schema_groups(self) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+        """`--group-by-schema`: (store name -> keys with exactly those fields, store name -> {"robot", "schema"
+        hash}); the name is `<robot>-<hash>` (or the env name, or `schema-<hash>`). Keys refused while listing
+        or scanning go with the first group, whose report names them."""
+        specs = self.demo_specs()
+        groups, info = {}, {}
+        for digest, keys in group_keys(specs).items():
+            attrs = self._scan.get(str(self._index[keys[0]][0]), {})
+            name = group_name(attrs.get("robot") or attrs.get("env"), digest)
+            groups[name], info[name] = keys, {"robot": attrs.get("robot"), "schema_hash": digest}
+        refused = [k for k in self.keys() if k not in specs]
+        if refused and groups:
+            first = next(iter(groups))
+            groups[first] = sorted(groups[first] + refused, key=self.keys().index)
+        elif refused:
+            groups["unreadable"], info["unreadable"] = refused, {"robot": None, "schema_hash": None}
+        return groups, info
+
+    def _demo(self, key: str) -> tuple[Any, str, dict[str, tuple[str, str, str | None, str]]]:
         """(demo group, layout, {field: (hdf5 path, dtype, unit, kind)})."""
         if key not in self.keys():
             raise SourceError("no such demo", key=key)
@@ -255,26 +291,7 @@ class LiberoSource:
         path, demo = self._index[key]
         g = self._file(path)["data"][demo]
         layout = detect_layout(g)
-        plan: dict[str, tuple[str, str, str | None, str]] = {}
-        for h5, cam in _IMAGES.get(layout, {}).items():
-            if h5 in g:
-                plan[f"obs.rgb.{cam}"] = (h5, "uint8", None, "image")
-        for h5, (fld, dt, unit) in _VECTORS.get(layout, {}).items():
-            if h5 in g:
-                plan[fld] = (h5, dt, unit, "vector")
-        if layout == LIBERO and ("obs/ee_ori" in g or "obs/ee_states" in g):
-            plan["obs.eef_quat"] = ("obs/ee_ori" if "obs/ee_ori" in g else "obs/ee_states", "float32", None, "vector")
-            if "obs.eef_pos" not in plan and "obs/ee_states" in g:
-                plan["obs.eef_pos"] = ("obs/ee_states", "float32", "m", "vector")
-        if "obs.gripper_qpos" in plan:
-            plan["obs.gripper"] = (plan["obs.gripper_qpos"][0], "float32", "m", "scalar")
-        for h5, (fld, dt, unit) in _COMMON.items():
-            if h5 in g:
-                plan[fld] = (h5, dt, unit, "scalar" if g[h5].ndim == 1 else "vector")
-        if layout == RAW:
-            for name, ds in g.items():
-                if name not in _COMMON and getattr(ds, "ndim", 0) == 2 and ds.shape[1] > 0:
-                    plan[f"raw.{name}"] = (name, "float32", None, "vector")
+        plan = field_plan(g, layout)
         why = None if self.cfg.follow_links else hdf5_problem(g, [h5 for h5, *_ in plan.values()])
         if why:
             raise SourceError(why, path=str(path), key=key)
@@ -282,45 +299,63 @@ class LiberoSource:
 
     def _model_xml(self, g) -> str:
         """The demo's `model_file` MJCF, less the files it names (input's names) unless `follow_links`."""
-        xml = _text(g.attrs.get("model_file", ""))
+        xml = text(g.attrs.get("model_file", ""))
         return xml if self.cfg.follow_links else without_files(xml)
 
     def _field_specs(self, key: str) -> dict[str, FieldSpec]:
-        g, _, plan = self._plan(key)
+        g, _, plan = self._demo(key)
+        path = str(self._index[key][0])
         out = {}
         for fld, (h5, dt, unit, kind) in plan.items():
-            shape = {"obs.eef_quat": (4,), "obs.eef_pos": (3,), "obs.gripper": ()}.get(fld, tuple(g[h5].shape[1:]))
+            ds = g[h5]
+            if ds.dtype.kind not in "biuf" or ds.ndim < 1:
+                raise SourceError(f"dataset {h5} holds {ds.dtype} of shape {ds.shape}, expected per-step numbers",
+                                  path=path, key=key, field=fld)
+            shape = {"obs.eef_quat": (4,), "obs.eef_pos": (3,), "obs.gripper": ()}.get(fld, tuple(ds.shape[1:]))
             names = {"obs.eef_quat": ("qx", "qy", "qz", "qw"), "obs.eef_pos": ("x", "y", "z")}.get(fld)
             out[fld] = FieldSpec(dt, shape, unit, kind, names)
+        if not out:
+            raise SourceError("demo holds no array this source reads (states, actions, obs/...)", path=path,
+                              key=key, field="sim_state")
         states = g["states"] if "sim_state" in plan else None
-        out.update(pose_specs(self._model_xml(g), _cams(plan),
+        out.update(pose_specs(self._model_xml(g), camera_names(plan),
                               states.shape[1] if states is not None and states.ndim == 2 else None, self._models))
         return out
 
     # -- reading -----------------------------------------------------------------------------------------
+    def _array(self, g, key: str, path: str, fld: str, h5: str, kind: str, convention: str) -> np.ndarray:
+        """One dataset as read (images flipped per `convention`), checked: numbers, finite, images (T, H, W, 3)
+        uint8."""
+        try:
+            arr = np.asarray(g[h5][()])
+        except Exception as e:
+            raise SourceError(f"cannot read dataset {h5}: {type(e).__name__}: {e}", path=path, key=key,
+                              field=fld) from e
+        if arr.dtype.kind not in "biuf" or arr.ndim < 1:
+            raise SourceError(f"dataset {h5} holds {arr.dtype} of shape {arr.shape}, expected per-step numbers",
+                              path=path, key=key, field=fld)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise SourceError(f"NaN or inf in dataset {h5}", path=path, key=key, field=fld)
+        if kind == "image":
+            if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+                raise SourceError(f"image dataset {h5} is {arr.dtype} {arr.shape}, expected (T, H, W, 3) uint8",
+                                  path=path, key=key, field=fld)
+            # a flipped view: the ingest's encoder copies it row by row, in cache
+            return arr[:, ::-1] if convention == "opengl" else arr
+        return arr
+
     def read(self, key: str) -> Episode:
         """One demo as an `Episode` (see the module docstring for fields, units and meta)."""
-        g, layout, plan = self._plan(key)
+        g, layout, plan = self._demo(key)
         path = str(self._index[key][0])
-        file_attrs = {k: _text(v) if isinstance(v, (bytes, str)) else v for k, v in g.parent.attrs.items()}
-        convention = self.cfg.image_convention or file_attrs.get("macros_image_convention") or "opengl"
+        self._plan().check(key, path)
+        attrs = file_attrs(g.parent)
+        convention = self.cfg.image_convention or attrs.get("macros_image_convention") or "opengl"
         schema = self.schema()
         steps: dict[str, np.ndarray] = {}
-        widths: dict[str, int] = {}
         for fld, (h5, dt, unit, kind) in plan.items():
-            try:
-                arr = np.asarray(g[h5][()])
-            except Exception as e:
-                raise SourceError(f"cannot read dataset: {e}", path=path, key=key, field=fld) from e
-            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                raise SourceError("NaN or inf in dataset", path=path, key=key, field=fld)
-            if kind == "image":
-                if arr.ndim != 4 or arr.shape[-1] != 3:
-                    raise SourceError(f"image dataset has shape {arr.shape}, expected (T, H, W, 3)", path=path,
-                                      key=key, field=fld)
-                # a flipped view: the ingest's encoder copies it row by row, in cache
-                arr = arr[:, ::-1] if convention == "opengl" else arr
-            elif fld == "obs.eef_quat" and layout == LIBERO:
+            arr = self._array(g, key, path, fld, h5, kind, convention)
+            if fld == "obs.eef_quat" and layout == LIBERO:
                 from scipy.spatial.transform import Rotation
 
                 rotvec = arr[:, 3:6] if h5.endswith("ee_states") else arr
@@ -331,24 +366,18 @@ class LiberoSource:
                 arr = arr[:, 0] - arr[:, 1] if arr.ndim == 2 and arr.shape[1] >= 2 else arr.reshape(len(arr), -1)[:, 0]
             steps[fld] = arr.astype(dt, copy=False)
         cameras, camera_notes = self._cameras(g, key, plan, steps, schema)
-        T = {len(a) for a in steps.values()}
-        if len(T) != 1:
+        lengths = Counter(len(a) for a in steps.values())
+        if len(lengths) != 1:
+            n = lengths.most_common(1)[0][0]
+            odd = sorted(k for k, a in steps.items() if len(a) != n)
             raise SourceError("arrays differ in length: " + ", ".join(f"{k}={len(a)}" for k, a in steps.items()),
-                              path=path, key=key)
-        n = T.pop()
-        absent = []
-        for fld, spec in schema.items():
-            if fld not in steps:
-                if spec.kind == "image":
-                    raise SourceError(f"demo has no {fld} (the store's other demos do); "
-                                      + (NO_OBS_NOTE if layout == RAW else "store it separately"),
-                                      path=path, key=key, field=fld)
-                absent.append(fld)
-                steps[fld] = np.zeros((n,) + spec.shape, spec.dtype)
-            elif len(spec.shape) == 1 and steps[fld].ndim == 2 and steps[fld].shape[1] < spec.shape[0]:
-                widths[fld] = steps[fld].shape[1]
-                steps[fld] = np.pad(steps[fld], ((0, 0), (0, spec.shape[0] - steps[fld].shape[1])))
-        meta = self._meta(key, layout, file_attrs, widths, absent)
+                              path=path, key=key, field=",".join(odd))
+        n = next(iter(lengths))
+        absent = sorted(fld for fld in schema if fld not in steps)
+        for fld in absent:  # a placeholder the meta marks absent: stats skip it, loaders flag it as padding
+            spec = schema[fld]
+            steps[fld] = np.zeros((n,) + spec.shape, spec.dtype)
+        meta = demo_meta(key, path, layout, attrs, self.cfg.fps, absent)
         meta["cameras"] = cameras
         if camera_notes:
             meta["camera_note"] = "; ".join(camera_notes)
@@ -356,8 +385,9 @@ class LiberoSource:
 
     def _cameras(self, g, key, plan, steps, schema) -> tuple[dict[str, Any], list[str]]:
         """Camera meta and notes of one demo; adds moving cameras' per-step poses to `steps` (see
-        `libero_cameras.demo_cameras`; `sim_state` is still the demo's own, unpadded `states` here)."""
-        sizes = {c: (int(steps[f"obs.rgb.{c}"].shape[2]), int(steps[f"obs.rgb.{c}"].shape[1])) for c in _cams(plan)}
+        `libero_cameras.demo_cameras`)."""
+        sizes = {c: (int(steps[f"obs.rgb.{c}"].shape[2]), int(steps[f"obs.rgb.{c}"].shape[1]))
+                 for c in camera_names(plan)}
         cameras, poses, notes = demo_cameras(self._model_xml(g), sizes,
                                              steps.get("sim_state"), self._models)
         for fld, pose in poses.items():
@@ -370,51 +400,3 @@ class LiberoSource:
         if notes:
             log.info("%s: cameras: %s", key, "; ".join(notes))
         return cameras, notes
-
-    def _meta(self, key, layout, file_attrs, widths, absent) -> dict[str, Any]:
-        path = str(self._index[key][0])
-        task = ""
-        problem = file_attrs.get("problem_info")
-        if problem:
-            try:
-                task = json.loads(problem).get("language_instruction", "")
-            except (json.JSONDecodeError, AttributeError):
-                task = ""
-        env_info: dict[str, Any] = {}
-        for name in ("env_args", "env_info"):
-            if name in file_attrs:
-                try:
-                    env_info[name] = json.loads(file_attrs[name])
-                except (json.JSONDecodeError, TypeError):
-                    env_info[name] = file_attrs[name]
-        for name in ("env", "env_name", "repository_version", "date", "time", "bddl_file_name", "problem_name"):
-            if name in file_attrs:
-                env_info[name] = file_attrs[name]
-        v0 = str(file_attrs.get("repository_version", "")).startswith("0.")
-        fps = self.cfg.fps or DEFAULT_FPS
-        meta: dict[str, Any] = {"task": task, "fps": fps, "fps_assumed": self.cfg.fps is None and v0,
-                                "layout": layout, "source_path": path, "demo": key.rsplit("/", 1)[-1],
-                                "env": env_info, "observations": layout != RAW, "cameras": {}}
-        if "bddl_file_content" in file_attrs:
-            meta["bddl_file_content"] = file_attrs["bddl_file_content"]
-        if widths:
-            meta["field_widths"] = widths
-        if absent:
-            meta["absent_fields"] = absent
-        if layout == RAW:
-            meta["note"] = NO_OBS_NOTE
-        return meta
-
-
-def add_report_notes(store: str | Path, notes: list[str]) -> None:
-    """Add `notes` (plain sentences, e.g. files without observations) to a finished store's `report.json`
-    under "notes"; `summarize` prints them. A no-op for an empty list."""
-    from shardyard.stores.atomic import atomic_write_json
-    from shardyard.stores.manifest import read_json
-
-    if not notes:
-        return
-    path = Path(store) / "report.json"
-    report = read_json(str(path)) if path.exists() else {}
-    report["notes"] = list(dict.fromkeys(list(report.get("notes") or []) + list(notes)))
-    atomic_write_json(path, report)

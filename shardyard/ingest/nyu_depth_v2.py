@@ -30,6 +30,7 @@ import numpy as np
 
 from shardyard.errors import ConfigError, SchemaError, SourceError
 from shardyard.ingest import nyu_layouts as L
+from shardyard.ingest.failures import reading
 from shardyard.ingest.inside import check_inside, is_inside
 from shardyard.ingest.nyu_layouts import detect_layout
 from shardyard.ingest.readers import open_npy
@@ -86,10 +87,11 @@ def eigen_crop(h: int, w: int) -> list[int]:
 
 
 class NyuSource:
-    """Source over one NYU Depth V2 layout. `keys()` are `<split>/<scene>[/partNN]`, sorted; `read(key)`
-    raises `SourceError` (file, episode, field) for an unreadable or mismatched pair, or one whose file
-    resolves outside the root (without `follow_links`), and `SchemaError` for a pair whose size differs from
-    the store's (the first readable episode's)."""
+    """Source over one NYU Depth V2 layout. `keys()` are `<split>/<scene>[/partNN]`, and `<split>/unpaired/<name>`
+    for a file without its partner, sorted; `read(key)` raises `SourceError` (file, episode, field) for an
+    unreadable or mismatched pair, an unpaired file, a depth png of the wrong bit depth for its layout, or a
+    file that resolves outside the root (without `follow_links`), and `SchemaError` for a pair whose size
+    differs from the store's (the first readable episode's)."""
 
     name: ClassVar[str] = "nyu"
 
@@ -117,12 +119,16 @@ class NyuSource:
         return _LISTINGS[tag]
 
     def episodes(self) -> "OrderedDict[str, list[L.Pair]]":
-        """Episode key -> its pairs in frame order (scenes, cut at `max_episode_frames`)."""
+        """Episode key -> its pairs in frame order (scenes, cut at `max_episode_frames`); a file without its
+        partner (`Pair.problem`) is an episode `<split>/unpaired/<name>` of its own."""
         groups: dict[tuple[str, str | None], list[L.Pair]] = {}
-        for p in self.pairs():
-            groups.setdefault((p.split, p.scene), []).append(p)
-        n = self.cfg.max_episode_frames
         out: dict[str, list[L.Pair]] = {}
+        for p in self.pairs():
+            if p.problem:  # a file without its partner: an episode of its own, whose read is a report row
+                out[f"{p.split}/unpaired/{p.name}"] = [p]
+            else:
+                groups.setdefault((p.split, p.scene), []).append(p)
+        n = self.cfg.max_episode_frames
         for (split, scene), pairs in groups.items():
             for i in range(0, len(pairs), n):
                 chunk = pairs[i:i + n]
@@ -167,9 +173,13 @@ class NyuSource:
         if self._schema is None:
             last: Exception | None = None
             for key, pairs in self.episodes().items():
+                if pairs[0].problem:
+                    continue
                 try:
                     rgb, _ = self._read_pair(pairs[0], key)
-                except SourceError as e:
+                except ConfigError:
+                    raise
+                except Exception as e:  # any bad pair: the next one may give the size (`failures`)
                     last = e
                     continue
                 h, w = rgb.shape[:2]
@@ -190,7 +200,15 @@ class NyuSource:
         return L.LayoutOptions(max_depth=self.cfg.max_depth, mat_depth=self.cfg.mat_depth,
                                hf=self._hf() if self.layout == "hf" else None, follow_links=self.cfg.follow_links)
 
+    def episode_path(self, key: str) -> str | None:
+        """The first file of episode `key` (named by the report row of a read that failed unforeseen)."""
+        pairs = self.episodes().get(key)
+        return (pairs[0].rgb or pairs[0].depth) if pairs else None
+
     def _read_pair(self, pair: L.Pair, key: str) -> tuple[np.ndarray, np.ndarray]:
+        if pair.problem:
+            field, _, why = pair.problem.partition(": ")
+            raise SourceError(why, path=pair.depth or pair.rgb, key=key, field=field)
         if self.layout != "hf" and not self.cfg.follow_links:
             # the files of a pair are named by listings (a DenseDepth CSV among them): keep them in the root
             root = Path(self.root).resolve()
@@ -198,7 +216,8 @@ class NyuSource:
             for path, fld in ((pair.rgb, "obs.rgb"), (pair.depth, "obs.depth")):
                 if path:
                     check_inside(inside, path, follow_links=False, key=key, field=fld)
-        return L.read_pair(self.layout, pair, key, self._options())
+        with reading(pair.depth or pair.rgb, key, "obs.rgb,obs.depth"):  # an unforeseen failure still names them
+            return L.read_pair(self.layout, pair, key, self._options())
 
     def read(self, key: str) -> Episode:
         """One scene (or part of one): `obs.rgb (T, H, W, 3) uint8`, `obs.depth (T, H, W) float32` metres."""

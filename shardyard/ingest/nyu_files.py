@@ -28,8 +28,10 @@ def rgb_image(path: str, key: str) -> np.ndarray:
         raise SourceError(f"cannot read RGB image: {e}", path=path, key=key, field="obs.rgb") from e
 
 
-def png_depth(path: str, key: str, *, scale8: float = 10.0 / 255.0) -> np.ndarray:
-    """Depth png -> metres: 16-bit is millimetres (/1000); 8-bit is DenseDepth's `255 = 10 m` (x scale8)."""
+def png_depth(path: str, key: str, *, scale8: float | None = 10.0 / 255.0) -> np.ndarray:
+    """Depth png -> metres: 16-bit is millimetres (/1000); 8-bit is DenseDepth's `255 = 10 m` (x scale8).
+    `scale8=None`: the layout's depth is 16-bit millimetres, and an 8-bit png is a `SourceError` (its values
+    are not millimetres, and no scale for them is known)."""
     from PIL import Image
 
     try:
@@ -41,7 +43,11 @@ def png_depth(path: str, key: str, *, scale8: float = 10.0 / 255.0) -> np.ndarra
     if arr.ndim == 3:
         raise SourceError(f"depth png has {arr.shape[2]} channels (mode {mode}), expected one", path=path,
                           key=key, field="obs.depth")
-    if arr.dtype == np.uint8:
+    if arr.dtype == np.uint8 or arr.dtype == np.bool_:
+        if scale8 is None:
+            raise SourceError(f"8-bit depth png (mode {mode}) where this layout's depth is uint16 millimetres: "
+                              "its values cannot be metres (DenseDepth's 255 = 10 m applies to nyu2_train only); "
+                              "re-save it as 16-bit millimetres", path=path, key=key, field="obs.depth")
         return arr.astype(np.float32) * np.float32(scale8)
     return arr.astype(np.float32) / np.float32(1000.0)
 

@@ -15,7 +15,11 @@ pair's true size (never resized). Units and conventions (`../shared/data/SOURCES
   in one folder; the scene is NAME without its trailing `_NNNNN`.
 - "densedepth": `nyu2_train/<scene>_out/<n>.jpg|png` (8-bit depth, 255 = 10 m, as DenseDepth's loader
   `png / 255 * 1000` cm) and `nyu2_test/<n>_colors.png` + `<n>_depth.png` (uint16 mm), listed by
-  `nyu2_train.csv` / `nyu2_test.csv` when present; the depth scale follows the png's bit depth.
+  `nyu2_train.csv` / `nyu2_test.csv` when present. An 8-bit depth png anywhere else (bts, mmseg, nyu2_test)
+  is refused with a report row: scaling it as 255 = 10 m would store wrong metres.
+
+Listings (`nyu_pairs`) never drop a file silently: a depth map without its RGB (or the reverse) is a `Pair`
+with a `problem`, which the source makes an episode of its own whose read is a report row.
 - "eigen_npy": DenseDepth's `nyu_test.zip`: `eigen_test_rgb.npy (654, 480, 640, 3)`,
   `eigen_test_depth.npy (654, 480, 640)` metres, `eigen_test_crop.npy`.
 - "hf": a Hugging Face dataset (`datasets.load_dataset` on a local parquet folder or a cached hub id such as
@@ -27,9 +31,7 @@ pair's true size (never resized). Units and conventions (`../shared/data/SOURCES
 
 from __future__ import annotations
 
-import csv
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +41,18 @@ import numpy as np
 from shardyard.errors import ConfigError, SourceError
 from shardyard.ingest.inside import hdf5_member_problem, hdf5_problem
 from shardyard.ingest.nyu_files import kinect_depth, png_depth, read_pgm_disparity, rgb_image
+from shardyard.ingest.nyu_pairs import (
+    PATTERNS,
+    TEST,
+    TRAIN,
+    UNKNOWN,
+    Pair,
+    list_bts,
+    list_densedepth,
+    list_mmseg,
+    num_key,
+    split_of,
+)
 from shardyard.ingest.readers import open_npy
 
 __all__ = ["LAYOUTS", "Layout", "LayoutOptions", "Pair", "TEST", "TRAIN", "UNKNOWN", "detect_layout", "list_bts",
@@ -46,42 +60,6 @@ __all__ = ["LAYOUTS", "Layout", "LayoutOptions", "Pair", "TEST", "TRAIN", "UNKNO
            "list_raw_kinect", "load_hf", "read_pair"]
 
 log = logging.getLogger(__name__)
-
-TRAIN, TEST, UNKNOWN = "train", "test", "unknown"
-_IMG = (".jpg", ".jpeg", ".png")
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One RGB-depth sample: `scene` (None when the layout does not say), `split` (train/test/unknown),
-    `name` (stable id), file paths `rgb`/`depth` (or the container), `index` (row in a container)."""
-
-    scene: str | None
-    split: str
-    name: str
-    rgb: str
-    depth: str = ""
-    index: int = -1
-
-
-# -- helpers ------------------------------------------------------------------------------------------------
-def _scene_of_name(stem: str) -> str | None:
-    m = re.match(r"^(.*?)_\d+$", stem)
-    return m.group(1) if m else None
-
-
-def _split_of(parts: tuple[str, ...]) -> str:
-    low = [p.lower() for p in parts]
-    if "test" in low or "val" in low or "validation" in low:
-        return TEST
-    if "train" in low or "sync" in low:
-        return TRAIN
-    return UNKNOWN
-
-
-def _num_key(p: Path) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.as_posix()))
-
 
 # -- listing ----------------------------------------------------------------------------------------------
 def list_labeled_mat(path: Path) -> list[Pair]:
@@ -113,80 +91,12 @@ def list_labeled_mat(path: Path) -> list[Pair]:
 def list_h5(root: Path) -> list[Pair]:
     """Samples of a sparse-to-dense / FastDepth folder (`{train,val}/<scene>/<n>.h5` with `rgb (3, 480, 640)` and
     `depth` metres); `val` is the official test split."""
-    files = sorted(root.rglob("*.h5"), key=lambda p: _num_key(p.relative_to(root)))
+    files = sorted(root.rglob("*.h5"), key=lambda p: num_key(p.relative_to(root)))
     out = []
     for p in files:
         rel = p.relative_to(root)
         scene = rel.parent.name if rel.parent.name not in ("", "official", "train", "val") else None
-        out.append(Pair(scene, _split_of(rel.parts[:-1]), rel.as_posix(), str(p), str(p)))
-    return out
-
-
-def list_bts(root: Path) -> list[Pair]:
-    """Samples of a BTS-style folder (`<scene>/rgb_XXXXX.jpg` + `sync_depth_XXXXX.png`, uint16 millimetres); files
-    under `official_splits/test` are the test split."""
-    out = []
-    for d in sorted(root.rglob("sync_depth_*.png"), key=lambda p: _num_key(p.relative_to(root))):
-        idx = d.stem[len("sync_depth_"):]
-        rgb = next((d.with_name(f"rgb_{idx}{e}") for e in _IMG if d.with_name(f"rgb_{idx}{e}").exists()), None)
-        if rgb is None:
-            log.warning("no rgb_%s.* beside %s: pair skipped", idx, d)
-            continue
-        rel = d.relative_to(root)
-        scene = rel.parent.name if rel.parent.name not in ("", "sync") else None
-        out.append(Pair(scene, _split_of(rel.parts[:-1]), rel.parent.joinpath(idx).as_posix(), str(rgb), str(d)))
-    return out
-
-
-def list_mmseg(root: Path) -> list[Pair]:
-    """Samples of mmsegmentation's variant (`images/` + `annotations/`, depth png in millimetres), paired by file
-    stem."""
-    img_dir, ann_dir = (root / "images", root / "annotations") if (root / "images").is_dir() else (root, root)
-    out = []
-    for rgb in sorted((p for p in img_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")),
-                      key=lambda p: _num_key(p.relative_to(img_dir))):
-        rel = rgb.relative_to(img_dir)
-        depth = (ann_dir / rel).with_suffix(".png")
-        if not depth.exists():
-            log.warning("no annotation %s for %s: pair skipped", depth, rgb)
-            continue
-        out.append(Pair(_scene_of_name(rgb.stem), _split_of(rel.parts[:-1]), rel.with_suffix("").as_posix(),
-                        str(rgb), str(depth)))
-    return out
-
-
-def _densedepth_base(root: Path) -> Path:
-    return root / "data" if (root / "data" / "nyu2_train").is_dir() or (root / "data" / "nyu2_test").is_dir() \
-        or any((root / "data").glob("nyu2_*.csv")) else root
-
-
-def list_densedepth(root: Path) -> list[Pair]:
-    """Samples of DenseDepth's `nyu2_train` (8-bit depth, 255 ~ 10 m) and `nyu2_test` (uint16 mm), from its CSV
-    lists when present, else from the folders (`<scene>_out/<n>.jpg` + `.png`, `<n>_colors.png` + `_depth.png`)."""
-    base = _densedepth_base(root)
-    out: list[Pair] = []
-    for split, name in ((TRAIN, "nyu2_train"), (TEST, "nyu2_test")):
-        csv_path = base / f"{name}.csv"
-        rows: list[tuple[Path, Path]] = []
-        if csv_path.exists():
-            with open(csv_path, newline="") as fh:
-                for line in csv.reader(fh):
-                    if len(line) < 2:
-                        continue
-                    a, b = (next((c for c in (base / s, base.parent / s, root / s) if c.exists()), base.parent / s)
-                            for s in (line[0].strip(), line[1].strip()))
-                    rows.append((a, b))
-        elif (base / name).is_dir():
-            folder = base / name
-            if split == TRAIN:
-                rows = [(j, j.with_suffix(".png")) for j in sorted(folder.rglob("*.jpg"), key=_num_key)]
-            else:
-                rows = [(c, c.with_name(c.name.replace("_colors", "_depth")))
-                        for c in sorted(folder.glob("*_colors.png"), key=_num_key)]
-        for rgb, depth in rows:
-            scene = rgb.parent.name[:-4] if rgb.parent.name.endswith("_out") else None
-            out.append(Pair(scene, split, f"{name}/{rgb.parent.name}/{rgb.stem}" if scene else f"{name}/{rgb.stem}",
-                            str(rgb), str(depth)))
+        out.append(Pair(scene, split_of(rel.parts[:-1]), rel.as_posix(), str(p), str(p)))
     return out
 
 
@@ -215,8 +125,9 @@ def list_raw_kinect(root: Path) -> list[Pair]:
                 out.append(Pair(scene, UNKNOWN, f"{rel}/{d.stem}", str(r), str(d)))
         elif len(ppm) == len(pgm):
             out += [Pair(scene, UNKNOWN, f"{rel}/{d.stem}", str(r), str(d)) for r, d in zip(ppm, pgm)]
-        else:
-            log.warning("%s: %d .ppm and %d .pgm without r-/d- timestamps: cannot pair", folder, len(ppm), len(pgm))
+        else:  # one report row for the folder: without timestamps its frames cannot be paired
+            out.append(Pair(scene, UNKNOWN, f"{rel}/unpaired", str(folder), str(folder), problem=(
+                f"obs.depth: {len(ppm)} .ppm and {len(pgm)} .pgm without r-/d- timestamps: cannot pair")))
     return out
 
 
@@ -302,8 +213,14 @@ def _read_h5(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.
         raise SourceError(f"cannot read h5 pair: {e}", path=pair.rgb, key=key, field="obs.rgb") from e
 
 
-def _read_png_pair(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.ndarray]:
-    return rgb_image(pair.rgb, key), png_depth(pair.depth, key)
+def _read_mm_pair(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.ndarray]:
+    """BTS and mmseg pairs: the depth png must be 16-bit millimetres (an 8-bit one is refused, never scaled)."""
+    return rgb_image(pair.rgb, key), png_depth(pair.depth, key, scale8=None)
+
+
+def _read_densedepth_pair(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.ndarray]:
+    """DenseDepth: 8-bit depth (255 = 10 m) only in nyu2_train; nyu2_test depth is 16-bit millimetres."""
+    return rgb_image(pair.rgb, key), png_depth(pair.depth, key, scale8=10.0 / 255.0 if pair.split == TRAIN else None)
 
 
 def _read_eigen_npy(pair: Pair, key: str, opts: LayoutOptions) -> tuple[np.ndarray, np.ndarray]:
@@ -345,12 +262,12 @@ def _labeled_file(root: Path) -> Path:
 LAYOUTS: dict[str, Layout] = {
     "eigen_npy": Layout(lambda root, o: list_eigen_npy(root), _read_eigen_npy,
                         marker=lambda p, names: "eigen_test_rgb.npy" in names),
-    "densedepth": Layout(lambda root, o: list_densedepth(root), _read_png_pair,
+    "densedepth": Layout(lambda root, o: list_densedepth(root), _read_densedepth_pair,
                          marker=lambda p, names: any(n.startswith("nyu2_") for n in names)
                          or any((p / "data").glob("nyu2_*"))),
-    "bts": Layout(lambda root, o: list_bts(root), _read_png_pair,
+    "bts": Layout(lambda root, o: list_bts(root), _read_mm_pair,
                   content=lambda p, names: any(p.rglob("sync_depth_*.png")), claims_others=True),
-    "mmseg": Layout(lambda root, o: list_mmseg(root), _read_png_pair,
+    "mmseg": Layout(lambda root, o: list_mmseg(root), _read_mm_pair,
                     marker=lambda p, names: "images" in names and "annotations" in names,
                     content=lambda p, names: any(j.with_suffix(".png").exists() for j in p.rglob("*.jpg"))),
     "labeled_mat": Layout(lambda root, o: list_labeled_mat(_labeled_file(root)), _read_labeled_mat,
@@ -389,7 +306,10 @@ def detect_layout(root: Path | str) -> str:
         return found[0]
     images = sorted(q.name for q in p.rglob("*") if q.suffix.lower() in (".png", ".jpg", ".ppm"))[:5]
     raise ConfigError(f"no NYU RGB+depth layout recognised (found e.g. {images or 'nothing'}; an RGB-only "
-                      f"folder has no depth to ingest); expected one of {tuple(LAYOUTS)}", path=str(p))
+                      "folder has no depth to ingest); the layouts and their file patterns: "
+                      + "; ".join(f"{name}: {PATTERNS[name]}" for name in LAYOUTS)
+                      + " (rename a plain rgb.jpg + depth.png pair to the mmseg pattern, e.g. <scene>_00001.jpg + "
+                      "<scene>_00001.png in one folder, depth as uint16 millimetres)", path=str(p))
 
 
 def list_pairs(layout: str, root: Path, opts: LayoutOptions) -> list[Pair]:

@@ -31,25 +31,34 @@ def open_npy(path: Path | str, key: str | None = None, field: str | None = None,
 
 
 def load_npy(path: Path, key: str, field: str, *, ndim: int | None = None) -> np.ndarray:
-    """The array in `path`, checked: present, readable without pickle, `ndim`-D when given, and finite when it
-    is float or complex. Raises `SourceError(path=, key=, field=)` naming the first non-finite step."""
+    """The array in `path`, checked: present, readable without pickle, of numbers (bool, int, float), `ndim`-D
+    when given, and finite when it is float. Raises `SourceError(path=, key=, field=)` naming the first
+    non-finite step."""
     arr = open_npy(path, key, field)
+    if arr.dtype.kind not in "biuf":  # strings, bytes, complex, structured: not a recording of numbers
+        raise SourceError(f"array of dtype {arr.dtype}, expected numbers", path=str(path), key=key, field=field)
     if ndim is not None and arr.ndim != ndim:
         raise SourceError(f"expected {ndim}-D array, got shape {arr.shape}", path=str(path), key=key, field=field)
-    if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+    if arr.dtype.kind == "f" and arr.ndim and not np.all(np.isfinite(arr)):
         bad = int(np.argwhere(~np.isfinite(arr.reshape(len(arr), -1)))[0, 0])
         raise SourceError(f"NaN or inf at step {bad}", path=str(path), key=key, field=field)
     return arr
 
 
 def read_json(path: Path, key: str, field: str | None = None) -> dict[str, Any]:
-    """The parsed JSON file `path` of episode `key`; raises `SourceError` when it is missing or invalid."""
+    """The parsed JSON object in file `path` of episode `key`; raises `SourceError` when it is missing, not
+    UTF-8, invalid, or not an object (a list, a number)."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SourceError("file missing", path=str(path), key=key, field=field) from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise SourceError(f"invalid JSON: {e}", path=str(path), key=key, field=field) from e
+    except OSError as e:
+        raise SourceError(f"cannot read: {e}", path=str(path), key=key, field=field) from e
+    if not isinstance(value, dict):
+        raise SourceError(f"JSON {type(value).__name__}, expected an object", path=str(path), key=key, field=field)
+    return value
 
 
 def nearest_frames(step_times: np.ndarray, frame_times: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:

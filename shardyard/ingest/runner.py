@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Protocol
 import numpy as np
 
 from shardyard.errors import ConfigError, SchemaError, SourceError
+from shardyard.ingest.failures import failure_row
 from shardyard.procs import die_with_parent
 from shardyard.schema import Episode, Schema
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
@@ -56,6 +57,9 @@ class Source(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the source (path, fingerprint)."""
+
+    # Optional: `episode_path(key) -> str | None`, the file or folder an episode is read from; the report row
+    # of a read that raised something other than a `ShardyardError` names it (`failures.failure_row`).
 
 
 @dataclass
@@ -131,7 +135,8 @@ class _ReadPlan:
 
 def _read_one(source: Source, key: str, plan: _ReadPlan | None = None) -> Episode | dict[str, Any]:
     """Worker body: the episode, with the plan's frame fields encoded (sources with `read_encoded` decode
-    straight into the encoder, frame by frame), or the report row of its `SourceError`/`SchemaError`."""
+    straight into the encoder, frame by frame), or the report row of whatever it raised (`failures.failure_row`:
+    any exception type but `ConfigError`, which says the job itself is unusable and propagates)."""
     try:
         encodings = plan.encodings if plan is not None else {}
         read_encoded = getattr(source, "read_encoded", None)
@@ -143,9 +148,21 @@ def _read_one(source: Source, key: str, plan: _ReadPlan | None = None) -> Episod
             if isinstance(value, (EncodedRows, EncodedVideo)) and value.sample is not None and name in plan.schema:
                 value.stats_part = sampled_frames_part(value.sample, plan.schema[name], plan.stats)
                 value.sample = None
-    except (SourceError, SchemaError) as e:
-        return e.to_dict() | {"key": key}
+    except ConfigError:
+        raise
+    except Exception as e:  # one rule for every source: a bad episode is a report row, never the job's end
+        where = getattr(source, "episode_path", None)
+        return failure_row(e, key, _quiet(where, key) if where is not None else None)
     return ep
+
+
+def _quiet(where: Callable[[str], Any], key: str) -> str | None:
+    """`source.episode_path(key)` as a string, or None when even that fails (the row still names the key)."""
+    try:
+        path = where(key)
+    except Exception:
+        return None
+    return None if path is None else str(path)
 
 
 def _windowed(submit: Callable[[str], Any], wait: Callable[[Any], Any], keys: list[str],

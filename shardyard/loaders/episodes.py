@@ -34,9 +34,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from shardyard.errors import ConfigError
+from shardyard.errors import ConfigError, StoreChangedError
 from shardyard.ingest.lerobot import field_from_feature
 from shardyard.loaders.normalize import FieldNorm, relative_action_stats
+from shardyard.loaders.selection import absent_episodes, anchor_rows, select_episodes, selection_digest, shared_fps
 from shardyard.stores.snapshot import reads_snapshot
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
     Item `i` -> dict: per requested field `name`, `name` -> `(K, *shape)` tensor (K = len(deltas[name]);
     images `uint8 (K, C, H, W)`, a view of the stored channels-last frames that collate's stack makes
     contiguous; float fields float32, normalised when configured) and `name_is_pad` ->
-    `(K,) bool` (True where the offset left the episode and the edge step was repeated); `episode_index`
+    `(K,) bool` (True where the offset left the episode and the edge step was repeated, and at every step of
+    an episode whose meta lists the field in `absent_fields`: placeholders, not data); `episode_index`
     (store episode), `frame_index` (step within the episode), `index` (global step of the store, LeRobot's
     `index`) as ints; `task` (str) with `include_task`.
 
@@ -164,8 +166,9 @@ class EpisodeDataset(torch.utils.data.Dataset):
         self.cfg = cfg = config or EpisodeDatasetConfig()
         if (deltas is None) == (delta_timestamps is None):
             raise ConfigError("give exactly one of deltas (steps) and delta_timestamps (seconds)")
-        self.episodes = self._select_episodes()
-        self.fps = self._fps() if delta_timestamps is not None else None
+        self._episodes: np.ndarray | None = None
+        self._anchors: tuple[np.ndarray, np.ndarray] | None = None
+        self.fps = shared_fps(store, self.episodes) if delta_timestamps is not None else None
         self.fields: dict[str, str] = {}      # requested name -> store field
         self.deltas: dict[str, np.ndarray] = {}
         for name, vals in (deltas or delta_timestamps).items():
@@ -175,6 +178,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
             self.fields[name] = field
             self.deltas[name] = (_as_steps(name, vals) if deltas is not None
                                  else _steps_from_seconds(name, vals, self.fps, cfg.tolerance_s))
+        self._absent_eps: dict[str, np.ndarray] | None = absent_episodes(store, self.fields)
         self._build_anchors(anchor_mask)
         self._setup_relative()
         self.norms: dict[str, FieldNorm] = self._norms()
@@ -182,60 +186,61 @@ class EpisodeDataset(torch.utils.data.Dataset):
                  {k: len(v) for k, v in self.deltas.items()})
 
     # -- construction ------------------------------------------------------------------------------------
-    def _select_episodes(self) -> list[int]:
-        store, cfg = self.store, self.cfg
-        if cfg.split is None:
-            episodes = list(range(store.num_episodes))
-        elif cfg.split in store.split:
-            episodes = [int(e) for e in store.split[cfg.split]]
-        else:
-            raise ConfigError(f"store has no split {cfg.split!r}; it has {sorted(store.split)}")
-        if cfg.episodes is not None:
-            keys = {k: i for i, k in enumerate(store.episode_keys)}
-            want = set()
-            for e in cfg.episodes:
-                if isinstance(e, str):
-                    if e not in keys:
-                        raise ConfigError(f"no episode {e!r} in the store ({store.num_episodes} episodes)")
-                    want.add(keys[e])
-                elif not 0 <= int(e) < store.num_episodes:
-                    raise ConfigError(f"episode {e} out of range [0, {store.num_episodes})")
-                else:
-                    want.add(int(e))
-            episodes = [e for e in episodes if e in want]
-        return episodes
-
-    def _fps(self) -> float:
-        rates = {}
-        for e in self.episodes:
-            fps = self.store.episode_meta(e).get("fps")
-            if fps is None:
-                raise ConfigError(f"episode {e} ({self.store.episode_keys[e]}) has no fps: use deltas in steps")
-            rates.setdefault(float(fps), e)
-        if len(rates) > 1:
-            raise ConfigError(f"episodes have different fps {sorted(rates)} (e.g. episodes "
-                              f"{sorted(rates.values())}): delta_timestamps needs one rate; use deltas in steps")
-        return next(iter(rates)) if rates else 1.0
-
     def _build_anchors(self, anchor_mask: np.ndarray | None) -> None:
-        store = self.store
-        n = store.num_steps
+        n = self.store.num_steps
         if anchor_mask is not None and np.asarray(anchor_mask).shape != (n,):
             raise ConfigError(f"anchor_mask must be ({n},) bool over the store's steps, "
                               f"got {np.asarray(anchor_mask).shape}")
-        # Every step of the selected episodes, in episode order, without a Python loop over episodes
-        # (10^5 episodes: ~0.5 s as a loop).
-        eps = np.asarray(self.episodes, dtype=np.int64)
-        starts = np.asarray(store.episode_starts, dtype=np.int64)[eps]
-        lengths = np.asarray(store.episode_ends, dtype=np.int64)[eps] - starts
-        self.episode_of = np.repeat(eps, lengths)
-        self.rows = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
-        if anchor_mask is not None:
-            keep = np.asarray(anchor_mask, dtype=bool)[self.rows]
-            self.rows, self.episode_of = self.rows[keep], self.episode_of[keep]
-        if len(self.rows) == 0:
+        # kept packed (1 bit a step) for a worker to rebuild the anchors with; without a mask nothing per step
+        self._anchor_bits = None if anchor_mask is None else np.packbits(np.asarray(anchor_mask, dtype=bool))
+        self._anchors = anchor_rows(self.store, self.episodes, anchor_mask)
+        if len(self._anchors[0]) == 0:
             raise ConfigError(f"no valid anchor steps selected (split {self.cfg.split!r}, "
                               f"{len(self.episodes)} episodes)")
+        self._digest = (len(self._anchors[0]), selection_digest(self._anchors[0]))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A worker gets the selection as config, not as arrays: it rebuilds them from the store's columns
+        # (`loaders.selection`), so the pickled dataset does not grow with the store.
+        return dict(self.__dict__) | {"_episodes": None, "_anchors": None, "_absent_eps": None}
+
+    def _rebuild(self) -> tuple[np.ndarray, np.ndarray]:
+        mask = None
+        if self._anchor_bits is not None:
+            mask = np.unpackbits(self._anchor_bits, count=self.store.num_steps).astype(bool)
+        rows, episode_of = anchor_rows(self.store, self.episodes, mask)
+        if (len(rows), selection_digest(rows)) != self._digest:
+            raise StoreChangedError("the episodes this dataset serves changed since it was made (a new split?): "
+                                    "make the dataset again", path=getattr(self.store, "url", None))
+        return rows, episode_of
+
+    @property
+    def absent(self) -> dict[str, np.ndarray]:
+        """Served name -> episodes without such data (`loaders.selection.absent_episodes`)."""
+        if self._absent_eps is None:
+            self._absent_eps = absent_episodes(self.store, self.fields)
+        return self._absent_eps
+
+    @property
+    def episodes(self) -> np.ndarray:
+        """`(M,) int64` the episodes served, increasing (`loaders.selection.select_episodes`)."""
+        if self._episodes is None:
+            self._episodes = select_episodes(self.store, self.cfg.split, self.cfg.episodes)
+        return self._episodes
+
+    @property
+    def rows(self) -> np.ndarray:
+        """`(A,) int64` the global store row of each anchor (item)."""
+        if self._anchors is None:
+            self._anchors = self._rebuild()
+        return self._anchors[0]
+
+    @property
+    def episode_of(self) -> np.ndarray:
+        """`(A,) int64` the episode of each anchor."""
+        if self._anchors is None:
+            self._anchors = self._rebuild()
+        return self._anchors[1]
 
     def _norms(self) -> dict[str, FieldNorm]:
         out = {}
@@ -302,7 +307,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"index out of range [0, {len(self)}): {idx.tolist()}")
         idx %= max(len(self), 1)
-        rows, ep = self.rows[idx], self.episode_of[idx]
+        rows, ep = self.rows[idx].astype(np.int64), self.episode_of[idx].astype(np.int64)
         a = self.store.episode_starts[ep][:, None]
         b = self.store.episode_ends[ep][:, None]
         out: dict[str, np.ndarray] = {}
@@ -321,6 +326,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
                 x = self.norms[name].apply(x).astype(np.float32, copy=False)
             out[name] = x
             out[f"{name}_is_pad"] = (want < a) | (want >= b)
+            if name in self.absent:  # the episode has no such data: every step of the window is padding
+                out[f"{name}_is_pad"] |= np.isin(ep, self.absent[name])[:, None]
         out["episode_index"] = ep
         out["frame_index"] = rows - self.store.episode_starts[ep]
         out["index"] = rows
@@ -346,7 +353,9 @@ class EpisodeDataset(torch.utils.data.Dataset):
         for k in ("episode_index", "frame_index", "index"):
             cols[k] = batch[k].tolist()
         if self.cfg.include_task:
-            cols["task"] = [self.store.episode_meta(e).get("task") or "" for e in cols["episode_index"]]
+            tasks = getattr(self.store, "episode_tasks", None)
+            cols["task"] = tasks(batch["episode_index"]) if tasks is not None else \
+                [self.store.episode_meta(e).get("task") or "" for e in cols["episode_index"]]
         keys = list(cols)
         return [dict(zip(keys, vals)) for vals in zip(*cols.values())]
 

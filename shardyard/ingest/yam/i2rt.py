@@ -31,8 +31,10 @@ __all__ = ["FLAG", "read_i2rt"]
 FLAG = "write_complete.flag"
 
 
-def _arm_arrays(folder: Path, key: str, arm_names: list[str]) -> tuple[dict[str, dict[str, np.ndarray]], int]:
-    """Per arm `q (N, n)` joints rad, `g (N, 1)` gripper, `aq`/`ag` leader commands, all float64; and N."""
+def _arm_arrays(folder: Path, key: str, arm_names: list[str],
+                inputs: LayoutInputs) -> tuple[dict[str, dict[str, np.ndarray]], int]:
+    """Per arm `q (N, n)` joints rad (n: the robot model's, when given), `g (N, 1)` gripper, `aq`/`ag` leader
+    commands, all float64; and N."""
     prefix = {a: "obs" if len(arm_names) == 1 else f"obs.{a}" for a in arm_names}
     arrays: dict[str, dict[str, np.ndarray]] = {}
     N = None
@@ -43,17 +45,48 @@ def _arm_arrays(folder: Path, key: str, arm_names: list[str]) -> tuple[dict[str,
                                  ("aq", f"action-{arm}-joint.npy", "action"),
                                  ("ag", f"action-{arm}-gripper.npy", "action")):
             arr = load_npy(folder / fname, key, fld)
-            arr = arr.reshape(len(arr), -1) if arr.ndim else arr
+            if arr.ndim not in (1, 2) or not len(arr):
+                raise SourceError(f"array of shape {arr.shape}, expected (N, columns) with N > 0",
+                                  path=str(folder / fname), key=key, field=fld)
+            arr = arr.reshape(len(arr), -1)
             if N is None:
                 N = len(arr)
-            if arr.ndim != 2 or len(arr) != N:
+            if len(arr) != N:
                 raise SourceError(f"short or malformed array: shape {arr.shape}, expected {N} rows "
                                   f"(from {arm_names[0]}-joint_pos.npy)", path=str(folder / fname), key=key, field=fld)
+            if name == "q":
+                _check_joints(folder / fname, key, arm, fld, arr.shape[1], inputs)
+            if name in ("g", "ag") and arr.shape[1] != 1:
+                raise SourceError(f"gripper array of shape {arr.shape}, expected ({N}, 1)", path=str(folder / fname),
+                                  key=key, field=fld)
+            if name == "aq" and arr.shape[1] != a["q"].shape[1]:
+                raise SourceError(f"{arr.shape[1]} commanded joints but {a['q'].shape[1]} in {arm}-joint_pos.npy",
+                                  path=str(folder / fname), key=key, field=fld)
             a[name] = arr.astype(np.float64)
         arrays[arm] = a
-    if not N:
-        raise SourceError("episode has 0 steps", path=str(folder), key=key)
     return arrays, N
+
+
+def _check_joints(path: Path, key: str, arm: str, field: str, columns: int, inputs: LayoutInputs) -> None:
+    """An arm's joint columns against the robot model's (forward kinematics sets exactly those joints)."""
+    if inputs.kinematics is not None and columns != len(inputs.kinematics.arm(arm).qadr):
+        raise SourceError(f"{columns} joint columns, the robot model's {arm} arm has "
+                          f"{len(inputs.kinematics.arm(arm).qadr)}", path=str(path), key=key, field=field)
+
+
+def _control_hz(folder: Path, key: str, meta: dict[str, Any], step_t: np.ndarray, tolerance: float = 0.25) -> float:
+    """metadata.json's `control_hz`, checked to be a positive number that agrees with the steps' timestamps
+    (median interval within `tolerance`, relative: camera clocks jitter, a wrong rate is off by far more)."""
+    where = {"path": str(folder / "metadata.json"), "key": key, "field": "control_hz"}
+    raw = meta.get("control_hz", 30.0)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not np.isfinite(raw) or raw <= 0:
+        raise SourceError(f"control_hz {raw!r} is not a positive number", **where)
+    fps = float(raw)
+    dt = np.diff(step_t)
+    if len(dt) >= 2 and abs(float(np.median(dt)) * fps - 1.0) > tolerance:
+        raise SourceError(f"control_hz {fps:g} contradicts the timestamps (median step {np.median(dt) * 1e3:.1f} ms, "
+                          f"{1.0 / np.median(dt):.2f} Hz)", **where)
+    return fps
 
 
 def _metadata(folder: Path, key: str) -> tuple[dict[str, Any], list[str]]:
@@ -63,6 +96,9 @@ def _metadata(folder: Path, key: str) -> tuple[dict[str, Any], list[str]]:
                           path=str(folder), key=key)
     meta = read_json(folder / "metadata.json", key, "metadata")
     arm_names = meta.get("arm_names") or ([meta["arm_name"]] if meta.get("arm_name") else [])
+    if not isinstance(arm_names, list) or not all(isinstance(a, str) for a in arm_names):
+        raise SourceError(f"arm_names {arm_names!r} is not a list of names", path=str(folder / "metadata.json"),
+                          key=key, field="arm_names")
     if not arm_names:
         raise SourceError("metadata.json names no arms (arm_names)", path=str(folder / "metadata.json"), key=key,
                           field="arm_names")
@@ -75,6 +111,11 @@ def _metadata(folder: Path, key: str) -> tuple[dict[str, Any], list[str]]:
 def _wanted_streams(folder: Path, key: str, meta: dict[str, Any],
                     cameras: tuple[str, ...] | None) -> tuple[list[Stream], list[Stream]]:
     """All recorded streams and the ones to store (`cameras`, or all); raises when a wanted one is missing."""
+    cams = meta.get("cameras", [])
+    if not isinstance(cams, list) or not all(isinstance(c, dict) and isinstance(c.get("role"), str)
+                                             and isinstance(c.get("image_keys") or [], list) for c in cams):
+        raise SourceError("cameras must be a list of objects, each with a `role` (and optional `image_keys` list)",
+                          path=str(folder / "metadata.json"), key=key, field="cameras")
     streams = streams_of(meta)
     why = next(filter(None, (plain_name_problem(n) for s in streams for n in (s.role, s.image_key))), None)
     if why:
@@ -155,10 +196,13 @@ def read_i2rt(folder: Path, key: str, inputs: LayoutInputs) -> RawEpisode:
     """One recorder episode: `timestamp` (s since the first step), `obs.rgb.<stream>` per stored camera,
     `obs.T_world_cam.<stream>` for a moving one, and per arm joint_pos, gripper, eef_pos/eef_quat (with a robot
     model), and `action`. Raises `SourceError` naming file, episode and field for an incomplete episode (no
-    `write_complete.flag`), a missing/short/non-finite array, decreasing timestamps, an undecodable video, or
-    frames that cannot be matched to the steps within `inputs.timestamp_tolerance_s`."""
+    `write_complete.flag`), a metadata.json that is not an object or has malformed `arm_names`/`cameras`, a
+    missing/short/non-finite/non-numeric array, joint columns other than the robot model's, a gripper with
+    more than one column, decreasing timestamps, a `control_hz` that is not a positive number or contradicts
+    the timestamps (median step more than 25 % off), an undecodable video, or frames that cannot be matched
+    to the steps within `inputs.timestamp_tolerance_s`."""
     meta, arm_names = _metadata(folder, key)
-    arrays, N = _arm_arrays(folder, key, arm_names)
+    arrays, N = _arm_arrays(folder, key, arm_names, inputs)
     if meta.get("num_frames") not in (None, N):
         raise SourceError(f"metadata num_frames={meta['num_frames']} but arrays have {N} rows",
                           path=str(folder / "metadata.json"), key=key, field="num_frames")
@@ -169,6 +213,7 @@ def read_i2rt(folder: Path, key: str, inputs: LayoutInputs) -> RawEpisode:
     if len(step_t) != N:
         raise SourceError(f"reference camera '{ref_role}' has {len(step_t)} timestamps for {N} steps",
                           path=str(folder / f"{ref_role}-timestamp.npy"), key=key, field="timestamp")
+    fps = _control_hz(folder, key, meta, step_t)
     steps: dict[str, Any] = {"timestamp": step_t - step_t[0]}
     specs = {"timestamp": FieldSpec("float64", (), "s", "scalar", description="time since the first step")}
     geometry = camera_poses(inputs, wanted, arm_names, arrays)
@@ -186,7 +231,7 @@ def read_i2rt(folder: Path, key: str, inputs: LayoutInputs) -> RawEpisode:
             specs[f"obs.T_world_cam.{stream.name}"] = FieldSpec("float32", (4, 4), "m", "pose")
     _arm_fields(arm_names, arrays, geometry.fk, steps, specs)
     ep_meta = {
-        "task": meta.get("task_name", ""), "fps": float(meta.get("control_hz", 30.0)), "layout": I2RT,
+        "task": str(meta.get("task_name", "")), "fps": fps, "layout": I2RT,
         "source_path": str(folder), "arms": arm_names, "created_at": meta.get("created_at"),
         "recorder_version": meta.get("yam_abc_reproduce_version"), "cameras": cameras_meta,
         "eef_site": inputs.kinematics.arm(arm_names[0]).site if geometry.fk else None,

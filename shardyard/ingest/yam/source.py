@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from shardyard.errors import ConfigError, SchemaError, SourceError
+from shardyard.ingest.failures import reading
 from shardyard.ingest.inside import check_folder, is_inside
 from shardyard.ingest.readers import read_json
 from shardyard.ingest.yam.frames import FrameReader
@@ -126,7 +127,9 @@ class YamSource:
             for key in self.keys():
                 try:
                     raw = self._read_raw(key, self._inputs({}, first_only=True))
-                except SourceError as e:
+                except ConfigError:
+                    raise
+                except Exception as e:  # any bad episode: the next one may give the schema (`failures`)
                     last = e
                     continue
                 specs = raw.specs
@@ -146,13 +149,18 @@ class YamSource:
                             timestamp_tolerance_s=cfg.timestamp_tolerance_s,
                             quat_norm_tolerance=cfg.quat_norm_tolerance, encodings=encodings)
 
+    def episode_path(self, key: str) -> str:
+        """The episode's folder (named by the report row of a read that failed in an unforeseen way)."""
+        return str(self.root / key)
+
     def _read_raw(self, key: str, inputs: LayoutInputs) -> RawEpisode:
         folder = self.root / key
         check_folder(self.root, folder, follow_links=self.cfg.follow_links, key=key, subfolders=("frames",))
         reader = LAYOUT_READERS.get(detect_layout(folder))
         if reader is None:
             raise SourceError("not an episode folder (no metadata.json or eef_pos.npy)", path=str(folder), key=key)
-        return reader(folder, key, inputs)
+        with reading(folder, key):  # an unforeseen failure still names the episode's folder
+            return reader(folder, key, inputs)
 
     def read(self, key: str) -> Episode:
         """One episode, checked against the store schema (taken from the first readable episode)."""

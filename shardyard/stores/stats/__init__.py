@@ -28,16 +28,18 @@ ranges, and the stats of a merged or edited store equal those of ingesting its e
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from shardyard.schema import FieldSpec, Schema
+from shardyard.stores.stats import fold
 from shardyard.stores.stats import parts as sparts
 from shardyard.stores.stats.config import StatsConfig
 from shardyard.stores.stats.depth import depth_stats
-from shardyard.stores.stats.moments import fixed_edges
+from shardyard.stores.stats.moments import FieldStatsPart, fixed_edges
+from shardyard.stores.stats.part_table import LegacyParts
 from shardyard.stores.stats.robot import gripper_bins, height_bins, rotation_stats
 
 log = logging.getLogger(__name__)
@@ -47,16 +49,19 @@ FRAME_KINDS = ("image", "depth", "tokens")  # read frame by frame with `image_fr
 _BLOCK_ROWS = 64  # frames per read when walking an episode's frame field
 _FOLD_EPISODES = 1024  # episode parts merged per step of the stats fold
 _VECTOR_BLOCK_ROWS = 8192  # steps per read of a low-dim field (per-block overhead dominated at 64)
+ROTATION_STEPS = 2_000_000  # most quaternions the rotation stats fit on (~0.5 GB of temporaries)
 
 __all__ = ["StatsConfig", "compute_stats", "stats_episodes", "stats_fields", "field_rows", "field_edges",
            "field_parts", "frame_sampling", "sampled_frames_part", "merge_stats_parts", "finalize_stats_parts",
-           "robot_fields", "robot_stats"]
+           "robot_fields", "robot_stats", "holding_field"]
 
 
 def stats_episodes(store) -> tuple[list[int], str]:
     """Episodes the stats use and how they were chosen: the manifest's train split ("train"), or every
     episode when that split is empty or absent ("all (train split empty)")."""
-    train = [int(i) for i in (store.split or {}).get("train", [])]
+    indices = getattr(store, "split_indices", None)
+    got = indices("train") if indices is not None else (store.split or {}).get("train")
+    train = [] if got is None else np.asarray(got, dtype=np.int64).tolist()
     if train:
         return train, "train"
     log.warning("train split of %s is empty: stats use all %d episodes", store, store.num_episodes)
@@ -141,16 +146,20 @@ def frame_sampling(spec: FieldSpec, config: StatsConfig | None = None) -> tuple[
 
 def sampled_frames_part(sample: np.ndarray, spec: FieldSpec, config: StatsConfig | None = None) -> dict[str, Any]:
     """The stats part of one episode's frame field from the frames a worker sampled while encoding
-    (`(n, H / s, W / s, C)`: steps 0, k, 2k, ... at every s-th pixel, see `frame_sampling`), as the JSON-able
-    dict the writer keeps per episode. Equal, bit for bit, to what the stats pass computes from the store
-    (same rows, same blocks, same merge order), which then uses it instead of reading the frames back."""
+    (`(n, H / s, W / s, C)`: steps 0, k, 2k, ... at every s-th pixel, see `frame_sampling`), as the dict the
+    writer keeps per episode (`FieldStatsPart.to_dict`'s keys, its arrays left as numpy arrays: they go to
+    `meta/stats_parts` as columns, `stats.part_table`). Equal, bit for bit, to what the stats pass computes
+    from the store (same rows, same blocks, same merge order), which then uses it instead of reading the
+    frames back."""
     cfg = config or StatsConfig()
     f = _num_features(spec)
     edges = fixed_edges(spec.dtype, f)
     blocks = (_to_rows(sample[i:i + _BLOCK_ROWS], spec, cfg, pixels_sampled=True)
               for i in range(0, len(sample), _BLOCK_ROWS))
-    return {"frame_stride": cfg.image_frame_stride, "pixel_stride": cfg.image_pixel_stride,
-            "part": _blocks_part(blocks, f, edges).to_dict()}
+    part = _blocks_part(blocks, f, edges)
+    d = replace(part, hist=None).to_dict() | {"sum": part.sum, "m2": part.m2, "min": part.min, "max": part.max,
+                                              "hist": part.hist}
+    return {"frame_stride": cfg.image_frame_stride, "pixel_stride": cfg.image_pixel_stride, "part": d}
 
 
 def field_edges(store, episodes: Sequence[int], config: StatsConfig | None = None,
@@ -166,25 +175,92 @@ def field_edges(store, episodes: Sequence[int], config: StatsConfig | None = Non
 
 
 def field_parts(store, episodes: Sequence[int], edges: dict[str, np.ndarray | None],
-                config: StatsConfig | None = None,
-                frame_parts: dict[str, dict[str, dict[str, Any]]] | None = None) -> dict[str, sparts.AnyPart]:
-    """Pass 2: one part per episode and field, merged over `episodes`, for every field in `edges`.
-    `frame_parts` (episode key -> field -> `sampled_frames_part`) are used where their sampling matches
-    `config`, instead of reading those frames back."""
+                config: StatsConfig | None = None, frame_parts: Any = None) -> dict[str, sparts.AnyPart]:
+    """Pass 2: one part per episode and field, merged over `episodes` in order, for every field in `edges`.
+    `frame_parts` (the ingest workers' per-episode `sampled_frames_part`s: a `part_table.PartTable` or
+    `LegacyParts`, or a mapping episode key -> field -> part) are used where their sampling matches `config`,
+    instead of reading those frames back. Low-dim fields are read a block of episodes at a time and dense
+    parts folded as arrays (`stats.fold`): the same result as merging one episode at a time, in bounded
+    memory."""
     cfg = config or StatsConfig()
-    keys = store.episode_keys
-    frame_parts = frame_parts or {}
+    source = part_source(store, frame_parts)
     out = {}
     for field, e in edges.items():
-        # Folded a block of episodes at a time (the same left fold: moments in order, buckets added), so
-        # that a store of 10^6 episodes never holds 10^6 parts at once.
-        acc = sparts.empty(_num_features(store.schema[field]), e)
-        for i in range(0, len(episodes), _FOLD_EPISODES):
-            acc = sparts.merge_many(acc, [_episode_part(store, ep, field, e, cfg,
-                                                        frame_parts.get(keys[ep], {}).get(field))
-                                          for ep in episodes[i:i + _FOLD_EPISODES]])
-        out[field] = acc
+        spec = store.schema[field]
+        holding = np.asarray(holding_field(store, episodes, field), dtype=np.int64)
+        ordered = bool(np.all(np.diff(holding) > 0))
+        f = _num_features(spec)
+        if spec.kind not in FRAME_KINDS and e is None and ordered and hasattr(store, "read_block"):
+            out[field] = fold.lowdim_part(store, field, holding, f)
+        elif e is not None:
+            out[field] = _dense_part(store, field, holding, e, cfg, source if ordered else None)
+        else:  # sparse frame parts (float depth, tokens): one episode at a time, a block folded per step
+            acc = sparts.empty(f, e)
+            for i in range(0, len(holding), _FOLD_EPISODES):
+                acc = sparts.merge_many(acc, [_episode_part(store, int(ep), field, e, cfg, _pre(source, ep, field))
+                                              for ep in holding[i:i + _FOLD_EPISODES]])
+            out[field] = acc
     return out
+
+
+def part_source(store, frame_parts: Any) -> Any:
+    """`frame_parts` as an object with `get(episode, field)` and `blocks(field)` (`part_table`), or None."""
+    if frame_parts is None or hasattr(frame_parts, "blocks"):
+        return frame_parts
+    return LegacyParts.of_mapping(frame_parts, store.episode_keys)
+
+
+def _pre(source: Any, episode: int, field: str) -> dict[str, Any] | None:
+    return None if source is None else source.get(int(episode), field)
+
+
+def _dense_part(store, field: str, episodes: np.ndarray, edges: np.ndarray, cfg: StatsConfig,
+                source: Any) -> sparts.AnyPart:
+    """The dense part of `field` (fixed edges) over `episodes` in order: stored parts of matching sampling
+    taken from `source` a row group at a time, the other episodes' parts made from their frames; folded
+    with `fold.fold_moments` (exactly the one-by-one merge)."""
+    f = _num_features(store.schema[field])
+    acc = sparts.empty(f, edges)
+    strides = np.array([cfg.image_frame_stride, cfg.image_pixel_stride])
+    lo, bins = int(edges[0, 0] + 0.5), edges.shape[1] - 1
+    i = 0
+    for block in source.blocks(field) if source is not None else ():
+        j = int(np.searchsorted(episodes, block.episodes[-1], side="right"))
+        pos = np.minimum(np.searchsorted(block.episodes, episodes[i:j]), len(block.episodes) - 1)
+        ok = (block.episodes[pos] == episodes[i:j]) & np.all(block.strides[pos] == strides, axis=1) \
+            & (block.unit_from == lo) & (block.hist.shape[2] == bins)
+        if ok.all():
+            p = pos
+            acc = fold.fold_moments(acc, block.count[p], block.sum[p], block.m2[p], block.min[p], block.max[p])
+            acc.hist = acc.hist + block.hist[p].sum(axis=0)
+        else:
+            acc = fold.fold_dense(acc, [_block_part(block, int(q), edges) if good
+                                        else _episode_part(store, int(ep), field, edges, cfg)
+                                        for ep, q, good in zip(episodes[i:j], pos, ok)])
+        i = j
+    for k in range(i, len(episodes), _FOLD_EPISODES):
+        acc = fold.fold_dense(acc, [_episode_part(store, int(ep), field, edges, cfg, _pre(source, ep, field))
+                                    for ep in episodes[k:k + _FOLD_EPISODES]])
+    return acc
+
+
+def _block_part(block: Any, q: int, edges: np.ndarray) -> FieldStatsPart:
+    return FieldStatsPart(count=int(block.count[q]), sum=block.sum[q], m2=block.m2[q], min=block.min[q],
+                          max=block.max[q], hist=block.hist[q], edges=edges)
+
+
+def holding_field(store, episodes: Sequence[int], field: str) -> list[int]:
+    """The episodes of `episodes` that hold `field`: an episode whose meta lists it in `absent_fields` (its
+    source had no such data; the rows are placeholders) is left out of that field's stats."""
+    entries = getattr(store, "episode_entries", None)
+    if entries is not None:  # one column read, not a metadata row per episode
+        absent = entries("absent_fields")
+        lacking = {i for i, a in enumerate(absent) if a and field in a}
+        return [ep for ep in episodes if ep not in lacking] if lacking else list(episodes)
+    record = getattr(store, "episode_record", None)
+    if record is None:
+        return list(episodes)
+    return [ep for ep in episodes if field not in (record(ep).get("absent_fields") or ())]
 
 
 def merge_stats_parts(a: dict[str, sparts.AnyPart], b: dict[str, sparts.AnyPart]) -> dict[str, sparts.AnyPart]:
@@ -228,50 +304,60 @@ def robot_fields(schema: Schema) -> dict[str, dict[str, str | None]]:
 def robot_stats(store, episodes: Sequence[int], config: StatsConfig | None = None) -> dict[str, Any]:
     """Seed 001 extras per robot prefix: `height_bins` over world Z (eef_pos[:, 2], metres),
     `gripper_bins`, `rotation` (`robot.rotation_stats`; its `recommended_mode`); None where the field is
-    absent. Low-dim fields of `episodes` are read whole (N x 8 floats per prefix)."""
+    absent. Low-dim fields of `episodes` are read whole (N x 8 floats per prefix), a block at a time; the
+    rotation statistics take at most `ROTATION_STEPS` steps (drawn with `config.seed`), so that their PCA,
+    distinct count and k-means sample stay within bounded memory at 10^6 episodes (a 4-D distribution's
+    principal axes and prototypes do not need more)."""
     cfg = config or StatsConfig()
     out: dict[str, Any] = {}
     for prefix, names in robot_fields(store.schema).items():
         wanted = [f for f in names.values() if f is not None]
-        arrays: dict[str, list[np.ndarray]] = {f: [] for f in wanted}
-        for ep in episodes:
-            for f, x in store.read(ep, wanted).items():
-                arrays[f].append(np.asarray(x, dtype=np.float64))
-        if not episodes or sum(len(a) for a in arrays[names["eef_pos_field"]]) == 0:
+        cat = {}
+        for f in wanted:  # episodes where the field is absent hold placeholders, not data
+            held = holding_field(store, episodes, f)
+            if len(held):
+                cat[f] = fold.gather_rows(store, f, held)
+                cat[f] = cat[f] if f == names["eef_quat_field"] else np.asarray(cat[f], dtype=np.float64)
+        if len(cat.get(names["eef_pos_field"], ())) == 0:
             log.warning("no steps for robot prefix %r: robot stats skipped", prefix)
             continue
-        cat = {f: np.concatenate(v) for f, v in arrays.items()}
         entry: dict[str, Any] = dict(names)
-        entry["height_bins"] = height_bins(cat[names["eef_pos_field"]][:, 2], cfg.height_bins,
+        entry["height_bins"] = height_bins(cat.pop(names["eef_pos_field"])[:, 2], cfg.height_bins,
                                            cfg.height_margin)
         grip = names["gripper_field"]
-        entry["gripper_bins"] = gripper_bins(cat[grip].reshape(-1), cfg.gripper_bins) if grip else None
+        entry["gripper_bins"] = gripper_bins(cat[grip].reshape(-1), cfg.gripper_bins) if grip in cat else None
         quat = names["eef_quat_field"]
+        if quat in cat and len(cat[quat]) > ROTATION_STEPS:  # bounded memory: a seeded sample of the steps
+            keep = np.sort(np.random.default_rng(cfg.seed).choice(len(cat[quat]), ROTATION_STEPS, replace=False))
+            cat[quat] = cat[quat][keep]
         entry["rotation"] = rotation_stats(cat[quat], cfg.rotation_bins, cfg.kmeans_clusters,
                                            cfg.pca_threshold, cfg.seed,
-                                           separation_threshold=cfg.rotation_separation) if quat else None
+                                           separation_threshold=cfg.rotation_separation) if quat in cat else None
         out[prefix] = entry
     return out
 
 
-def compute_stats(store, config: StatsConfig | None = None, *,
-                  frame_parts: dict[str, dict[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
+def compute_stats(store, config: StatsConfig | None = None, *, frame_parts: Any = None) -> dict[str, Any]:
     """stats.json of an `EpisodicStore` (structure in the module docstring), on the train split only.
-    `frame_parts`: per-episode parts of frame fields made by the ingest workers (`sampled_frames_part`),
-    which spare reading those frames back; the result is the same with or without them."""
+    `frame_parts`: per-episode parts of frame fields made by the ingest workers (`sampled_frames_part`; a
+    `part_table.PartTable`, or a mapping key -> field -> part), which spare reading those frames back; the
+    result is the same with or without them."""
     cfg = config or StatsConfig()
     episodes, computed_on = stats_episodes(store)
     split = store.split or {}
     edges = field_edges(store, episodes, cfg)
     parts = field_parts(store, episodes, edges, cfg, frame_parts)
     log.info("stats of %d fields over %d episodes (%s)", len(parts), len(episodes), computed_on)
+    fields = finalize_stats_parts(parts, store.schema)
+    del parts  # the buckets of 10^6 episodes are a few hundred MB: gone before the robot stats read theirs
     return {"computed_on": computed_on,
             "split": {"train": [int(i) for i in split.get("train", [])],
                       "val": [int(i) for i in split.get("val", [])]},
             "num_episodes": len(episodes),
-            "num_steps": int(sum(store.episode_length(ep) for ep in episodes)),
+            "num_steps": int(np.sum(np.asarray(store.episode_ends)[episodes]
+                                    - np.asarray(store.episode_starts)[episodes])) if episodes else 0,
             "config": asdict(cfg),
-            "fields": finalize_stats_parts(parts, store.schema),
+            "fields": fields,
             "robot": robot_stats(store, episodes, cfg),
             "depth": depth_stats(store, episodes, cfg)}
 
@@ -284,6 +370,7 @@ def recompute_store_stats(path: str, config: StatsConfig | None = None, *, val_f
     from pathlib import Path
 
     from shardyard.stores.atomic import atomic_write_json
+    from shardyard.stores.episode_table import write_split
     from shardyard.stores.episodic import EpisodicStore, split_episodes
     from shardyard.stores.manifest import MANIFEST, Manifest
 
@@ -297,5 +384,7 @@ def recompute_store_stats(path: str, config: StatsConfig | None = None, *, val_f
         store = EpisodicStore(path, manifest=manifest)
     stats = compute_stats(store, config)
     atomic_write_json(Path(path) / "stats.json", stats)
+    if manifest.split and manifest.format_version >= 2 and write_split(path, manifest.split, store.num_episodes):
+        manifest.split = {}  # format 2 keeps the split in meta/split.parquet
     atomic_write_json(Path(path) / MANIFEST, manifest.to_dict())
     return stats
