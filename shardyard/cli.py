@@ -16,19 +16,26 @@ import shardyard.commands.store  # noqa: F401  (stats, inspect, export)
 import shardyard.commands.train  # noqa: F401  (train commands)
 import shardyard.commands.view  # noqa: F401  (view)
 from shardyard.commands.common import app, ingest_app
+from shardyard.progress import PROGRESS_LOGGER
 
 __all__ = ["ingest_main", "main"]
 
 
+def _logging() -> None:
+    """Warnings and errors of every module, and the progress lines of `shardyard.progress` (INFO)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(PROGRESS_LOGGER).setLevel(logging.INFO)
+
+
 def main() -> None:
     """Entry point of the `shardyard` console script."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _logging()
     app()
 
 
 def ingest_main() -> None:
     """Entry point of the `ingest` console script (`ingest yam DIR` == `shardyard ingest yam DIR`)."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _logging()
     ingest_app()
 
 

@@ -22,7 +22,7 @@ from shardyard.geometry import canonical_hemisphere, canonical_to_reference, mea
 from shardyard.inspection_depth import depth_summary_lines, plot_depth
 from shardyard.plotting import colormap, figure, save
 
-__all__ = ["camera_roles", "eef_pixels", "robot_prefixes", "summarize", "write_plots"]
+__all__ = ["camera_roles", "eef_pixels", "frames_figure", "robot_prefixes", "summarize", "write_plots"]
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,16 @@ def camera_roles(store) -> list[str]:
     return [k[len("obs.rgb."):] for k in store.schema.keys() if k.startswith("obs.rgb.")]
 
 
-def eef_pixels(store, episode: int, camera: str, *, eef_field: str | None = None) -> np.ndarray:
+def eef_pixels(store, episode: int, camera: str, *, eef_field: str | None = None,
+               at_step: int | None = None) -> np.ndarray:
     """Project one episode's EEF positions into a camera's stored image: `(T, 2)` float64 pixels (u, v).
 
     Uses the episode's `K (3, 3)` and `T_world_cam (4, 4)`, or the per-step field `obs.T_world_cam.<camera>
-    (T, 4, 4)` for a moving camera. `K` is rescaled when the camera's recorded width/height differ from the
-    stored image size. Points at or behind the camera give NaN. `eef_field` defaults to the first arm's
-    `eef_pos` (metres, world). Raises `KeyError` when the camera or the EEF field is missing.
+    (T, 4, 4)` for a moving camera: each step's position in that step's frame, or with `at_step`, every
+    position in the frame of step `at_step` (the whole path as that frame sees it). `K` is rescaled when the
+    camera's recorded width/height differ from the stored image size. Points at or behind the camera give
+    NaN. `eef_field` defaults to the first arm's `eef_pos` (metres, world). Raises `KeyError` when the camera
+    or the EEF field is missing.
     """
     if eef_field is None:
         arms = [a["eef_pos"] for a in robot_prefixes(store).values() if a["eef_pos"]]
@@ -86,6 +89,8 @@ def eef_pixels(store, episode: int, camera: str, *, eef_field: str | None = None
         fields.append(pose_field)
     data = store.read(episode, fields)
     T_world_cam = data[pose_field] if moving else cam["T_world_cam"]
+    if moving and at_step is not None:
+        T_world_cam = T_world_cam[at_step]
     pix, depth = project(data[eef_field].astype(np.float64), K, np.asarray(T_world_cam, dtype=np.float64))
     pix[~(depth > 1e-9)] = np.nan
     return pix
@@ -93,10 +98,13 @@ def eef_pixels(store, episode: int, camera: str, *, eef_field: str | None = None
 
 # -- text summary ---------------------------------------------------------------------------------------
 def _num(x: Any) -> str:
+    """A stats value to 4 significant digits; zero (and a subnormal, a sum's rounding residue of an exact zero,
+    which would print as 2.45e-315) as "0"."""
     try:
-        return f"{float(x):.4g}"
+        v = float(x)
     except (TypeError, ValueError):
         return "n/a"
+    return "0" if abs(v) < np.finfo(np.float64).tiny else f"{v:.4g}"
 
 
 def _cell(values: Any) -> str:
@@ -218,41 +226,69 @@ def _hist(ax, values: np.ndarray, edges: np.ndarray | None, title: str, xlabel: 
     ax.set_xlabel(xlabel)
 
 
-def _plot_frames(store, role: str, episodes: list[int], n_frames: int, arms: dict, path: Path,
-                 written: list[Path]) -> None:
-    """Grid episodes x frames of camera `role`; the whole projected EEF trajectory and the current EEF."""
-    field = f"obs.rgb.{role}"
-    fig = figure(figsize=(3 * n_frames, 2.6 * len(episodes)))
-    axes = np.asarray(fig.subplots(len(episodes), n_frames, squeeze=False))
+def _short(text: str, n: int = 90) -> str:
+    """`text`, cut in the middle to at most `n` characters."""
+    return text if len(text) <= n else text[: n // 2 - 1] + "..." + text[-(n - n // 2 - 2):]
+
+
+def _frame_paths(store, ep: int, role: str, arms: dict, steps: np.ndarray) -> tuple[dict, str]:
+    """Per arm prefix, `{t: (T, 2) pixels}` of the episode's EEF path as frame `t` of camera `role` sees it
+    (one projection for a fixed camera; per frame, from that frame's pose, for a moving one), and a note
+    saying why there is no overlay (else "")."""
+    cam = (store.episode_meta(ep).get("cameras") or {}).get(role) or {}
+    moving = bool(cam.get("moving")) or (cam.get("K") is not None and cam.get("T_world_cam") is None)
+    out: dict[str, dict[int, np.ndarray]] = {}
+    note = "" if any(a["eef_pos"] for a in arms.values()) else "no overlay: no EEF field"
+    for prefix, arm in arms.items():
+        if not arm["eef_pos"]:
+            continue
+        try:
+            if moving:
+                out[prefix] = {int(t): eef_pixels(store, ep, role, eef_field=arm["eef_pos"], at_step=int(t))
+                               for t in steps}
+            else:
+                pix = eef_pixels(store, ep, role, eef_field=arm["eef_pos"])
+                out[prefix] = {int(t): pix for t in steps}
+        except KeyError as exc:
+            note = f"no overlay: {exc.args[0]}"
+    return out, note
+
+
+def frames_figure(store, role: str, episodes: list[int], n_frames: int = 4):
+    """The `frames_<role>.png` figure (matplotlib `Figure`, Agg): episodes x `n_frames` frames of camera
+    `role`, one row per episode under its own heading (index and key, cut to fit), each frame titled `t=STEP`;
+    the whole projected EEF path (line) and the current EEF (red circle), for a moving camera the path as each
+    frame's camera pose sees it (`eef_pixels(..., at_step=t)`)."""
+    field, arms = f"obs.rgb.{role}", robot_prefixes(store)
+    fig = figure(figsize=(3 * n_frames, 2.7 * len(episodes) + 0.5), layout="constrained")
+    rows = np.atleast_1d(fig.subfigures(len(episodes), 1))
     colors = ["yellow", "cyan", "magenta", "lime"]
-    for r, ep in enumerate(episodes):
+    moving = False
+    for sub, ep in zip(rows, episodes):
         T = store.episode_length(ep)
-        pixels, note = {}, ""
-        for prefix, arm in arms.items():
-            if arm["eef_pos"]:
-                try:
-                    pixels[prefix] = eef_pixels(store, ep, role, eef_field=arm["eef_pos"])
-                except KeyError as exc:
-                    note = f" (no overlay: {exc.args[0]})"
-        if not any(a["eef_pos"] for a in arms.values()):
-            note = " (no overlay: no EEF field)"
-        for c, t in enumerate(np.linspace(0, T - 1, n_frames).round().astype(int)):
-            ax = axes[r, c]
+        steps = np.linspace(0, T - 1, n_frames).round().astype(int)
+        cam = (store.episode_meta(ep).get("cameras") or {}).get(role) or {}
+        moving |= bool(cam.get("moving")) or (cam.get("K") is not None and cam.get("T_world_cam") is None)
+        paths, note = _frame_paths(store, ep, role, arms, steps)
+        sub.suptitle(f"episode {ep}: {_short(str(store.episode_keys[ep]))}" + (f" ({note})" if note else ""),
+                     fontsize=8)
+        for ax, t in zip(np.atleast_1d(sub.subplots(1, n_frames)), steps):
             img = store.read(ep, [field], start=int(t), stop=int(t) + 1)[field][0]
             ax.imshow(img)
-            for i, (prefix, pix) in enumerate(pixels.items()):
-                col = colors[i % len(colors)]
-                ax.plot(pix[:, 0], pix[:, 1], "-", color=col, lw=1, alpha=0.8)
+            for i, per_step in enumerate(paths.values()):
+                pix = per_step[int(t)]
+                ax.plot(pix[:, 0], pix[:, 1], "-", color=colors[i % len(colors)], lw=1, alpha=0.8)
                 if np.all(np.isfinite(pix[t])):
                     ax.plot(pix[t, 0], pix[t, 1], "o", ms=6, mfc="none", mec="red", mew=2)
             ax.set_xlim(-0.5, img.shape[1] - 0.5)
             ax.set_ylim(img.shape[0] - 0.5, -0.5)
-            ax.set_title(f"{store.episode_keys[ep]} t={t}{note}", fontsize=7)
+            ax.set_title(f"t={t}", fontsize=7)
             ax.axis("off")
     has_eef = any(a["eef_pos"] for a in arms.values())
-    fig.suptitle(f"camera {role}: " + ("EEF trajectory (line) and current EEF (red circle)" if has_eef
-                                       else "no EEF field, no overlay"), fontsize=10)
-    save(fig, path, written)
+    what = ("EEF path as each frame's camera pose sees it (line) and current EEF (red circle)" if moving else
+            "EEF path (line) and current EEF (red circle)")
+    fig.suptitle(f"camera {role}: " + (what if has_eef else "no EEF field, no overlay"), fontsize=10)
+    return fig
 
 
 def _pc1(quats: np.ndarray, pca: dict) -> tuple[np.ndarray, str]:
@@ -359,7 +395,7 @@ def write_plots(store, out_dir: str | Path, *, max_episodes: int = 4, frames_per
     arms = robot_prefixes(store)
     n_frames = max(1, int(frames_per_episode))
     for role in camera_roles(store):
-        _plot_frames(store, role, episodes, n_frames, arms, out / f"frames_{role}.png", written)
+        save(frames_figure(store, role, episodes, n_frames), out / f"frames_{role}.png", written)
     if any(a["eef_pos"] for a in arms.values()):
         _plot_robot(store, arms, episodes, out, written)
     elif not _plot_vectors(store, episodes, out / "vectors.png", written):

@@ -35,8 +35,10 @@ def colormap(name: str):
 
 
 def save(fig, path: Path, written: list[Path], dpi: int = 100) -> None:
-    """Lay out `fig`, write it to `path` as PNG at `dpi` and append `path` to `written`."""
-    fig.tight_layout()
+    """Lay out `fig` (`tight_layout`, unless it has a layout engine of its own: constrained layout, which
+    subfigures need), write it to `path` as PNG at `dpi` and append `path` to `written`."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     written.append(path)
     log.info("wrote %s", path)

@@ -4,7 +4,9 @@ Entities (timelines `step`, a sequence, and `time`, the episode's `timestamp` fi
 
     world/cameras/<role>          Transform3D from `T_world_cam` (OpenCV camera-to-world, metres; per step for a
                                   moving camera) and Pinhole from `K` (pixels), so the viewer draws the frustum
-    world/cameras/<role>/image    the camera's frames, `(H, W, 3) uint8`
+    world/cameras/<role>/image    the camera's frames, `(H, W, 3) uint8`, each as a JPEG (`rr.EncodedImage`,
+                                  quality `ViewConfig.jpeg_quality`): raw frames made a recording ~20x the
+                                  store's bytes, JPEGs about as many as a `jpeg` store's frames
     world/cameras/<role>/depth    a depth field of the same camera (metres, 0 = invalid) as a DepthImage
     world/eef/<prefix>/path       the whole EEF path (metres, world frame), static
     world/eef/<prefix>/position   the EEF position at each step
@@ -38,7 +40,8 @@ class ViewConfig:
 
     store: episodic store path or URL; out: the `.rrd` file to write; episode: episode index (negative counts
     from the end); features: a feature store of `ingest dino` on this store (token PCA images); max_steps:
-    log only the first steps (None: all).
+    log only the first steps (None: all); jpeg_quality: of the camera frames in the recording (1-100; the
+    `jpeg` frame codec's default, 85).
     """
 
     store: str
@@ -46,6 +49,12 @@ class ViewConfig:
     episode: int = 0
     features: str | None = None
     max_steps: int | None = None
+    jpeg_quality: int = 85
+
+    def __post_init__(self) -> None:
+        """Raise ConfigError for a JPEG quality outside 1..100."""
+        if not 1 <= int(self.jpeg_quality) <= 100:
+            raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}", field="jpeg_quality")
 
 
 def _camera_role(field: str) -> str:
@@ -54,7 +63,9 @@ def _camera_role(field: str) -> str:
     return parts[2] if len(parts) > 2 else "main"
 
 
-def _log_cameras(rec, rr, store, meta: dict[str, Any], steps: dict[str, np.ndarray], t: int) -> None:
+def _log_cameras(rec, rr, store, meta: dict[str, Any], steps: dict[str, np.ndarray], t: int, quality: int) -> None:
+    from shardyard.stores.codecs_jpeg import encode_frame
+
     for field in store.schema.of_kind("image"):
         role = _camera_role(field)
         cam = meta["cameras"].get(role, {})
@@ -69,7 +80,7 @@ def _log_cameras(rec, rr, store, meta: dict[str, Any], steps: dict[str, np.ndarr
             h, w = frame.shape[:2]
             rec.log(path, rr.Pinhole(image_from_camera=np.asarray(cam["K"]), resolution=[w, h],
                                      camera_xyz=rr.ViewCoordinates.RDF), static=True)
-        rec.log(f"{path}/image", rr.Image(frame))
+        rec.log(f"{path}/image", rr.EncodedImage(contents=encode_frame(frame, quality), media_type="image/jpeg"))
     for field in store.schema.of_kind("depth"):
         images = store.schema.of_kind("image")
         role = _camera_role(images[0]) if images else "main"
@@ -138,7 +149,7 @@ def view_store(cfg: ViewConfig) -> Path:
         rec.set_time("step", sequence=t)
         if times is not None:
             rec.set_time("time", duration=float(times[t]))
-        _log_cameras(rec, rr, store, meta, steps, t)
+        _log_cameras(rec, rr, store, meta, steps, t, cfg.jpeg_quality)
         for prefix, field in eefs.items():
             rec.log(f"world/eef/{prefix}/position", rr.Points3D([steps[field][t, :3]], radii=0.01))
         for field in plots:

@@ -60,8 +60,8 @@ def _episode(i: int, shift: float = 0.0) -> Episode:
               "cameras": {"top": {"K": np.eye(3) * (i + 1), "T_world_cam": np.eye(4)}}})
 
 
-def _write(path: Path, episodes: list[Episode], codec: str = "lz4") -> EpisodicStore:
-    cfg = EpisodicWriterConfig(val_fraction=0.25, frame_codec=codec, config={"frame_codec": codec})
+def _write(path: Path, episodes: list[Episode], codec: str = "lz4", split: dict | None = None) -> EpisodicStore:
+    cfg = EpisodicWriterConfig(val_fraction=0.25, frame_codec=codec, config={"frame_codec": codec}, split=split)
     with EpisodicWriter(path, SCHEMA, config=cfg, stats_fn=lambda s: compute_stats(s, STATS)) as w:
         for ep in episodes:
             w.write(ep)
@@ -73,8 +73,8 @@ def _assert_same_store(a: EpisodicStore, b: EpisodicStore) -> None:
     assert a.episode_keys == b.episode_keys and a.split == b.split
 
     def meta(st: EpisodicStore) -> list[dict]:
-        return [{k: v for k, v in e.items() if k != "source_path"}
-                for e in json.loads((Path(st.root) / "meta/episodes.json").read_text())]
+        return [{k: v for k, v in st.episode_record(e).items() if k != "source_path"}
+                for e in range(st.num_episodes)]
 
     assert meta(a) == meta(b)
     assert a.schema == b.schema
@@ -176,9 +176,10 @@ def test_merge_equals_fresh_ingest_of_union(tmp_path, episodes) -> None:
     a = _write(tmp_path / "a", [episodes[i] for i in (0, 2, 4)])
     b = _write(tmp_path / "b", [episodes[i] for i in (1, 3, 5)], codec="zstd")  # frames re-encoded to lz4
     c = _write(tmp_path / "c", wide)
-    merge_stores([a.root, b.root], EditTarget(out=str(tmp_path / "ab")))
-    merge_stores([str(tmp_path / "ab"), c.root], EditTarget(out=str(tmp_path / "abc")))
-    merge_stores([c.root, b.root, a.root], EditTarget(out=str(tmp_path / "cba")))
+    # a merge keeps each input's split; drawn anew (val_fraction, as _write's) it is a fresh ingest's
+    merge_stores([a.root, b.root], EditTarget(out=str(tmp_path / "ab")), val_fraction=0.25)
+    merge_stores([str(tmp_path / "ab"), c.root], EditTarget(out=str(tmp_path / "abc")), val_fraction=0.25)
+    merge_stores([c.root, b.root, a.root], EditTarget(out=str(tmp_path / "cba")), val_fraction=0.25)
     fresh = _write(tmp_path / "fresh", episodes + wide)
     _assert_same_store(EpisodicStore(tmp_path / "abc"), fresh)   # repeated incremental merges
     _assert_same_store(EpisodicStore(tmp_path / "cba"), fresh)   # order of the inputs does not matter
@@ -323,7 +324,8 @@ def test_features_follow_merge_and_delete(tmp_path, episodes) -> None:
     data = bytearray(shard.read_bytes())
     data[int(off) + int(n) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
-    with pytest.raises(StoreError, match=f"cls_token: sample {row} .episode ep02, step 2. differs from the crc32c"):
+    with pytest.raises(StoreError, match=rf"differs from the one recorded at ingest .* \(row {row}\) .*"
+                                         r"field=dino.cls_token, episode=ep02 \(index 1\), step=2"):  # read check
         merge_stores([a.root, b.root], EditTarget(out=str(tmp_path / "y"), features=[str(fa), str(fb)],
                                                   features_out=[str(tmp_path / "y.dino")]))
     with pytest.raises(ConfigError, match="was not computed from"):
@@ -437,8 +439,9 @@ def test_video_fields_are_copied_as_mp4_files(tmp_path, episodes, caplog) -> Non
         assert json.loads((Path(out.root) / "data/obs.rgb.top/zarr.json").read_text())["attributes"][
             "frame_codec"]["name"] == "video"
         _assert_videos_copied(out, src)
+        # an edit keeps each episode's split: the fresh ingest is given the same one
         _assert_same_store(out, _write(tmp_path / f"fresh_{name}", [e for e in episodes if e.key in out.episode_keys],
-                                       codec="video"))
+                                       codec="video", split=out.split))
 
 
 def test_video_copies_keep_a_non_default_gop_and_crf(tmp_path, episodes, caplog) -> None:
@@ -460,7 +463,7 @@ def test_video_merge_with_other_codec_reencodes_only_those(tmp_path, episodes, c
     v = _write(tmp_path / "v", [episodes[i] for i in (0, 2, 4)], codec="video")
     raw = _write(tmp_path / "raw", [episodes[i] for i in (1, 3)])
     with caplog.at_level("WARNING", logger="shardyard.stores.edit_copy"):
-        merge_stores([v.root, raw.root], EditTarget(out=str(tmp_path / "m")))
+        merge_stores([v.root, raw.root], EditTarget(out=str(tmp_path / "m")), val_fraction=0.25)
     assert "frames are re-encoded" in caplog.text
     merged = EpisodicStore(tmp_path / "m")
     _assert_videos_copied(merged, v)

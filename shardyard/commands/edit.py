@@ -91,11 +91,15 @@ def merge_cmd(
     out: Annotated[str, typer.Option("--out", "-o", help="Merged store to write.")],
     dry_run: DryRun = False, overwrite: Overwrite = False, features: Features = None,
     features_out: FeaturesOut = None,
+    val_fraction: Annotated[Optional[float], typer.Option(
+        help="Draw the train/val split anew over the merged episodes (seeded by key, as an ingest); default: "
+             "each episode keeps its input's split.")] = None,
 ) -> None:
-    """Merge stores (schemas and units checked; keys kept unique; frames copied without re-encoding)."""
+    """Merge stores (schemas and units checked; keys kept unique; each input's split kept; frames copied
+    without re-encoding)."""
     from shardyard.stores.edit import merge_stores
 
-    _run(merge_stores, stores, _target(out, False, dry_run, overwrite, features, features_out))
+    _run(merge_stores, stores, _target(out, False, dry_run, overwrite, features, features_out), val_fraction)
 
 
 @edit_app.command("rename-field")

@@ -20,6 +20,7 @@ def view_cmd(
     episode: int = typer.Option(0, "--episode", help="Episode index (negative counts from the end)."),
     features: Optional[str] = typer.Option(None, "--features", help="Feature store of `ingest dino` on STORE."),
     max_steps: Optional[int] = typer.Option(None, help="Log only the first steps."),
+    jpeg_quality: int = typer.Option(85, help="JPEG quality of the frames in the recording (1-100)."),
     serve: bool = typer.Option(False, "--serve", help="Then serve Rerun's web viewer on it (Ctrl-C stops)."),
 ) -> None:
     """Write one episode as a Rerun recording: frames, camera frusta, EEF path, joints/gripper/actions, depth."""
@@ -28,7 +29,7 @@ def view_cmd(
     path = out or Path(f"{str(store).rstrip('/')}_episode{episode}.rrd")
     try:
         written = view_store(ViewConfig(store=store, out=path, episode=episode, features=features,
-                                        max_steps=max_steps))
+                                        max_steps=max_steps, jpeg_quality=jpeg_quality))
     except (ShardyardError, IndexError) as e:
         fail(e)
     typer.echo(f"wrote {written} (open it with `rerun {written}`)")

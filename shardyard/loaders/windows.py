@@ -35,33 +35,39 @@ log = logging.getLogger(__name__)
 @dataclass
 class WindowConfig:
     """pred_size: side of the prediction grid (seed 001's `PRED_SIZE`, 56). robot: robot prefix of the stats
-    (default the first). rotation_mode: "1d_pca" or "kmeans" (default the stats' recommendation)."""
+    (default the first). rotation_mode: "1d_pca" or "kmeans" (default the stats' recommendation).
+    verify_reads: stores given by path check their reads against the recorded checksums."""
 
     pred_size: int = 56
     robot: str | None = None
     rotation_mode: str | None = None
+    verify_reads: bool = True
 
 
-def _open(store: Any, features: Any) -> tuple[Any, Any]:
+def _open(store: Any, features: Any, verify_reads: bool) -> tuple[Any, Any]:
     if isinstance(store, (str, os.PathLike)):
         from shardyard import open_store
 
-        store = open_store(str(store))
+        store = open_store(str(store), verify_reads=verify_reads)
     if isinstance(features, (str, os.PathLike)):
         from shardyard.stores.features import open_features
 
-        features = open_features(features)
+        features = open_features(features, verify_reads=verify_reads)
     return store, features
 
 
 def resolve_camera(schema: Any, camera: str | None) -> tuple[str, str]:
     """`(field, role)` of the image field: `camera` is a role (`top`) or a field (`obs.rgb.top`); None picks
-    the only `obs.rgb.*` field. Raises ConfigError when it is absent or ambiguous."""
+    the first `obs.rgb.*` field in schema order (a warning names it and the others when there are several).
+    Raises ConfigError when the store has no such field, or `camera` names none of them."""
     images = [k for k in schema.keys() if k.startswith("obs.rgb.")]
     if camera is None:
-        if len(images) != 1:
-            raise ConfigError(f"store has image fields {images}: pick one with --camera")
+        if not images:
+            raise ConfigError("store has no camera field (obs.rgb.<role>)")
         field = images[0]
+        if len(images) > 1:
+            log.warning("no --camera given: using %s, the first of the store's cameras %s (--camera ROLE picks "
+                        "another)", field, [k[len("obs.rgb."):] for k in images])
     else:
         field = camera if camera in schema else f"obs.rgb.{camera}"
         if field not in schema:
@@ -92,8 +98,8 @@ class EpisodeWindows(torch.utils.data.Dataset):
 
     def __init__(self, store: Any, features: Any = None, window: int = 8, frame_stride: int = 3,
                  camera: str | None = None, split: str | None = "train", config: WindowConfig | None = None):
-        self.store, self.features = _open(store, features)
         self.cfg = config or WindowConfig()
+        self.store, self.features = _open(store, features, self.cfg.verify_reads)
         if window < 1 or frame_stride < 1:
             raise ConfigError(f"window and frame_stride must be >= 1, got {window}, {frame_stride}")
         self.window, self.frame_stride = int(window), int(frame_stride)

@@ -7,11 +7,15 @@ the result in atomically), with a dry run that says what would change (issue 16,
 - `merge_stores`: schemas and units checked (one `SchemaError` listing every mismatch); per-episode
   metadata (task, fps, cameras with `K` and `T_world_cam`) kept; episode keys kept unique (prefixed with the
   source store's name when they collide); episodes ordered by key, as an ingest orders them, so merging is
-  commutative and associative and equals a fresh ingest of the union.
+  commutative and associative and equals a fresh ingest of the union with the inputs' splits.
 - `rename_field`, `drop_field`, `recompute_stats`.
 
-Frame chunks are copied without re-encoding, and the stats of every result equal those of ingesting its
-episodes from scratch (`stores.edit_copy`, `stores.stats.parts`).
+The split: every edit keeps each episode's train/val membership of its input store (an episode never leaves
+training or validation silently: merging all-train stores gives an all-train store, whose stats are the
+union's); `merge_stores(..., val_fraction=F)` (`edit merge --val-fraction F`) draws a seeded split over the
+result instead, as an ingest of its keys would, and `shardyard stats STORE --val-fraction F` redraws any
+store's. Frame chunks are copied without re-encoding, and the stats of every result equal those of ingesting
+its episodes from scratch with the same split (`stores.edit_copy`, `stores.stats.parts`).
 
 In place, the new store (and feature store) gets a new manifest `generation` and is swapped in by renames:
 a reader that opened the old one raises `StoreChangedError` at its next read, never mixing the two
@@ -21,7 +25,6 @@ a reader that opened the old one raises `StoreChangedError` at its next read, ne
 from __future__ import annotations
 
 import logging
-import operator
 import os
 import re
 import shutil
@@ -36,13 +39,13 @@ from shardyard.stores.atomic import atomic_write_json
 from shardyard.stores.edit_copy import (
     CopyPlan,
     commit_in_place,
-    episode_records,
     frame_parts_of,
     restore_interrupted,
     stats_config_of,
     write_plan,
 )
 from shardyard.stores.edit_features import check_features, edit_features
+from shardyard.stores.episode_where import match_value, parse_clauses
 from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.stats import compute_stats
 
@@ -51,8 +54,6 @@ log = logging.getLogger(__name__)
 __all__ = ["EditTarget", "EpisodeSelection", "EditResult", "parse_episodes", "parse_where", "delete_episodes",
            "split_store", "merge_stores", "rename_field", "drop_field", "recompute_stats", "check_mergeable"]
 
-_OPS: dict[str, Callable[[Any, Any], bool]] = {"<=": operator.le, ">=": operator.ge, "==": operator.eq,
-                                               "!=": operator.ne, "<": operator.lt, ">": operator.gt}
 
 
 @dataclass
@@ -118,31 +119,18 @@ def parse_episodes(text: str | Sequence[int], num_episodes: int, path: str = "")
 
 
 def parse_where(text: str) -> Callable[[dict[str, Any]], bool]:
-    """A filter on an episode record (`meta/episodes.json` entry: key, length, task, fps, ...) from
-    `NAME OP VALUE [and NAME OP VALUE ...]`, OP one of `< <= > >= == !=`; VALUE a number or a (quoted)
-    string. No eval. Raises ConfigError on bad syntax."""
-    clauses = []
-    for part in re.split(r"\s+and\s+", text.strip()):
-        m = re.fullmatch(r"\s*([A-Za-z_][\w.]*)\s*(<=|>=|==|!=|<|>)\s*(.+?)\s*", part)
-        if not m:
-            raise ConfigError(f"bad --where clause {part!r}; expected NAME OP VALUE (e.g. 'length < 20')")
-        name, op, raw = m.groups()
-        value: Any = raw.strip("'\"")
-        if raw[:1] not in "'\"":
-            try:
-                value = float(raw)
-            except ValueError:
-                pass
-        clauses.append((name, _OPS[op], value))
+    """A filter on one episode record (key, length, task, fps, ...) from `NAME OP VALUE [and NAME OP VALUE
+    ...]`, OP one of `< <= > >= == !=`; VALUE a number or a (quoted) string (`stores.episode_where`). No
+    eval. Raises ConfigError on bad syntax. `EpisodicStore.select_where` applies the same filter to a whole
+    store on its metadata columns."""
+    clauses = parse_clauses(text)
 
     def match(rec: dict[str, Any]) -> bool:
         for name, op, value in clauses:
             got = rec.get(name)
             if got is None:
                 raise ConfigError(f"--where names {name!r}, which episode {rec.get('key')!r} lacks")
-            if isinstance(value, float) and not isinstance(got, (int, float)):
-                return False
-            if not op(got, value):
+            if not match_value(got, op, value):
                 return False
         return True
 
@@ -156,13 +144,12 @@ def _select(store: EpisodicStore, sel: EpisodeSelection) -> list[int]:
     if sel.episodes is not None:
         return parse_episodes(sel.episodes, store.num_episodes, store.url)
     if sel.keys is not None:
-        index = {k: i for i, k in enumerate(store.episode_keys)}
-        missing = [k for k in sel.keys if k not in index]
+        found = store.episode_indices(list(sel.keys))
+        missing = [k for k, i in zip(sel.keys, found) if i < 0]
         if missing:
             raise ConfigError(f"no episode with key {missing}", path=store.url)
-        return sorted(index[k] for k in sel.keys)
-    match = parse_where(sel.where or "")
-    return [i for i, rec in enumerate(episode_records(store)) if match(rec)]
+        return sorted({int(i) for i in found})
+    return store.select_where(sel.where or "").tolist()
 
 
 def _open(path: str) -> EpisodicStore:
@@ -242,7 +229,7 @@ def delete_episodes(path: str, selection: EpisodeSelection, target: EditTarget) 
         raise ConfigError(f"the selection matches all {store.num_episodes} episodes; refusing to delete a "
                           "whole store", path=store.url)
     keep = [i for i in range(store.num_episodes) if i not in drop]
-    keys = store.episode_keys
+    keys = store.episode_keys.to_list()  # one column read, then O(1) lookups
     result = EditResult("delete-episodes", target.dry_run,
                         [f"delete episode {i} ({keys[i]}, {store.episode_length(i)} steps)" for i in sorted(drop)])
     plan = CopyPlan([store], [(0, i) for i in keep], [keys[i] for i in keep], _all_fields(store),
@@ -268,7 +255,7 @@ def split_store(path: str, outs: Sequence[tuple[str, float]], seed: int, target:
         raise ConfigError(f"{n} episodes cannot fill {len(outs)} outputs with fractions "
                           f"{fractions.tolist()}", path=store.url)
     order = np.random.default_rng(seed).permutation(n)
-    keys = store.episode_keys
+    keys = store.episode_keys.to_list()  # one column read, then O(1) lookups
     result = EditResult("split", target.dry_run)
     plans = []
     start = 0
@@ -322,19 +309,28 @@ def _merged_keys(stores: Sequence[EpisodicStore]) -> list[list[str]]:
     return [[f"{name}/{k}" for k in st.episode_keys] for name, st in zip(names, stores)]
 
 
-def merge_stores(paths: Sequence[str], target: EditTarget) -> EditResult:
-    """Merge two or more stores into `target.out` (see the module docstring). Raises SchemaError listing
-    every schema/unit mismatch, ConfigError without `--out`."""
+def merge_stores(paths: Sequence[str], target: EditTarget, val_fraction: float | None = None) -> EditResult:
+    """Merge two or more stores into `target.out` (see the module docstring). Each episode keeps its input's
+    split (train or val); `val_fraction` draws a seeded split over the merged keys instead, as an ingest of
+    them would. Raises SchemaError listing every schema/unit mismatch, ConfigError without `--out` or for a
+    `val_fraction` outside [0, 1)."""
     if len(paths) < 2 or target.out is None or target.in_place:
         raise ConfigError("merge takes two or more stores and --out (not --in-place)")
+    if val_fraction is not None and not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}", field="val_fraction")
     stores = [_open(p) for p in paths]
     check_mergeable(stores)
     keys = _merged_keys(stores)
     entries = sorted(((k, s, e) for s, ks in enumerate(keys) for e, k in enumerate(ks)), key=lambda t: t[0])
     result = EditResult("merge", target.dry_run,
                         [f"{st.url}: {st.num_episodes} episode(s)" for st in stores])
-    plan = CopyPlan(stores, [(s, e) for _, s, e in entries], [k for k, _, _ in entries], _all_fields(stores[0]),
-                    {"op": "merge", "inputs": [st.url for st in stores]})
+    n_val = sum(len((st.split or {}).get("val", [])) for st in stores)
+    result.changes.append(f"split: each episode keeps its input's ({n_val} val)" if val_fraction is None else
+                          f"split: drawn anew, val_fraction {val_fraction}")
+    op: dict[str, Any] = {"op": "merge", "inputs": [st.url for st in stores]}
+    if val_fraction is not None:
+        op["val_fraction"] = float(val_fraction)
+    plan = CopyPlan(stores, [(s, e) for _, s, e in entries], [k for k, _, _ in entries], _all_fields(stores[0]), op)
     return _finish([(target.out, plan)], result, target)
 
 
@@ -343,7 +339,8 @@ def _field_edit(path: str, fields_of: Callable[[EpisodicStore], dict[str, str]],
     store = _open(path)
     out = _single_output(store, target)
     fields = fields_of(store)
-    plan = CopyPlan([store], [(0, i) for i in range(store.num_episodes)], store.episode_keys, fields, op)
+    plan = CopyPlan([store], [(0, i) for i in range(store.num_episodes)], store.episode_keys.to_list(), fields,
+                    op)
     return _finish([(out, plan)], EditResult(op["op"], target.dry_run, [change]), target, store)
 
 

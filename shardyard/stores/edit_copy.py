@@ -18,7 +18,9 @@ zarr (they are small).
 
 The stats of the result come from `stats.compute_stats` on it, with the copied per-episode frame parts:
 every part is a function of its episode's data alone (`stats.parts`: data-independent buckets), so the
-stats equal, value for value, those of ingesting the resulting episodes from scratch in the same order.
+stats equal, value for value, those of ingesting the resulting episodes from scratch in the same order with
+the same split. Every episode keeps its input's split, train or val (`_kept_split`), unless a merge is asked
+to draw it anew (`--val-fraction`).
 
 In place (`commit_in_place`): the result is written beside the store, then swapped in with two renames;
 the old store is kept at `.<name>.edit-old` until the new one is in place, and a later edit puts it back
@@ -31,9 +33,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -44,14 +47,14 @@ from shardyard.stores.checksums import CHUNK_CRC, VIDEO_CRC, read_crc32c
 from shardyard.stores.episodic import FRAME_KINDS, STATS_PARTS, EpisodicStore
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
 from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows, EncodedVideo
-from shardyard.stores.manifest import read_json
 from shardyard.stores.stats import StatsConfig, compute_stats
+from shardyard.stores.stats.part_table import LegacyParts, PartTable
 from shardyard.stores.video_frames import INDEX, VideoCodec, video_codec_of, video_name
 from shardyard.stores.zarr_shard import EMPTY, load_array_meta, read_shard_index, shard_file
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CopyPlan", "write_plan", "commit_in_place", "restore_interrupted", "stats_config_of",
+__all__ = ["CopyPlan", "EpisodeRecords", "write_plan", "commit_in_place", "restore_interrupted", "stats_config_of",
            "episode_records", "frame_parts_of"]
 
 
@@ -79,18 +82,34 @@ def stats_config_of(store: EpisodicStore) -> StatsConfig:
     return StatsConfig(**{k: v for k, v in recorded.items() if k in known})
 
 
-def episode_records(store: EpisodicStore) -> list[dict[str, Any]]:
-    """`meta/episodes.json` as stored (key, length, task, fps, cameras, ...), without conversions."""
-    return read_json(os.path.join(store.root, "meta", "episodes.json"))
+class EpisodeRecords(Sequence):
+    """The episodes' metadata as stored (key, length, task, fps, cameras, ...; `EpisodicStore.episode_record`),
+    one row read per item: a store of 10^6 episodes is not turned into 10^6 dicts."""
+
+    def __init__(self, store: EpisodicStore) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return self.store.num_episodes
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self.store.episode_record(j) for j in range(*i.indices(len(self)))]
+        return self.store.episode_record(int(i))
 
 
-def frame_parts_of(store: EpisodicStore) -> dict[str, dict[str, Any]]:
-    """Per-episode stats parts that the ingest workers stored (`meta/stats_parts`): key -> field -> part."""
+def episode_records(store: EpisodicStore) -> EpisodeRecords:
+    """The episodes' metadata as stored, without conversions (a sequence read row by row)."""
+    return EpisodeRecords(store)
+
+
+def frame_parts_of(store: EpisodicStore) -> PartTable | LegacyParts:
+    """Per-episode stats parts that the ingest workers stored (`meta/stats_parts`, `stats.part_table`), by
+    episode index and field; a format-1 store's JSON parts through `LegacyParts`."""
     folder = Path(store.root) / STATS_PARTS
-    out: dict[str, dict[str, Any]] = {}
-    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        out.update(read_json(str(f)).get("episodes", {}))
-    return out
+    if store.format_version >= 2:
+        return PartTable(folder)
+    return LegacyParts(folder, store.episode_keys)
 
 
 def _recorded_crc(store: EpisodicStore, kind: str, field_name: str, n: int) -> np.ndarray | None:
@@ -111,6 +130,7 @@ class _FrameSource:
         self.ndim = len(meta["shape"])
         self.field = field_name
         self.crc = _recorded_crc(store, CHUNK_CRC, field_name, store.num_steps)
+        self._shard: tuple[int, np.ndarray, Any] | None = None  # (shard, its index, its open file)
 
     def rows(self, start: int, stop: int, key: str, spec: Any, stats_part: dict[str, Any] | None) -> EncodedRows:
         """Global rows `[start, stop)` (one episode, `spec` its `FieldSpec`) as `EncodedRows`."""
@@ -123,16 +143,19 @@ class _FrameSource:
         out: list[bytes] = []
         for s in range(start // self.shard_rows, (stop - 1) // self.shard_rows + 1 if stop > start else 0):
             path = shard_file(self.dir, s, self.ndim)
-            index = read_shard_index(path, self.shard_rows)
-            if index is None:
-                raise StoreError("shard file missing", path=path, key=key, field=self.field)
-            with open(path, "rb") as f:
-                for row in range(max(start, s * self.shard_rows), min(stop, (s + 1) * self.shard_rows)):
-                    off, n = index[row - s * self.shard_rows]
-                    if off == EMPTY:
-                        raise StoreError(f"row {row} was never written", path=path, key=key, field=self.field)
-                    f.seek(int(off))
-                    out.append(f.read(int(n)))
+            if self._shard is None or self._shard[0] != s:  # episodes come in order: one index read per shard
+                index = read_shard_index(path, self.shard_rows)
+                if index is None:
+                    raise StoreError("shard file missing", path=path, key=key, field=self.field)
+                if self._shard is not None:
+                    self._shard[2].close()
+                self._shard = (s, index, open(path, "rb"))
+            _, index, f = self._shard
+            for row in range(max(start, s * self.shard_rows), min(stop, (s + 1) * self.shard_rows)):
+                off, n = index[row - s * self.shard_rows]
+                if off == EMPTY:
+                    raise StoreError(f"row {row} was never written", path=path, key=key, field=self.field)
+                out.append(os.pread(f.fileno(), int(n), int(off)))
         return out
 
 
@@ -186,11 +209,10 @@ def _frame_codec_name(plan: CopyPlan) -> str:
 
 
 def _read_episode(plan: CopyPlan, i: int, frames: dict[tuple[int, str], _FrameSource | _VideoSource],
-                  writer: EpisodicWriter, parts: dict[int, dict[str, dict[str, Any]]],
-                  records: dict[int, list[dict[str, Any]]]) -> Episode:
+                  writer: EpisodicWriter, parts: dict[int, PartTable | LegacyParts]) -> Episode:
     s, e = plan.episodes[i]
     src = plan.sources[s]
-    rec = records[s][e]
+    rec = src.episode_record(e)
     key = plan.keys[i]
     start, stop = int(src.episode_starts[e]), int(src.episode_ends[e])
     lowdim = {new: old for new, old in plan.fields.items() if new not in writer.codecs}
@@ -203,7 +225,7 @@ def _read_episode(plan: CopyPlan, i: int, frames: dict[tuple[int, str], _FrameSo
         if fs is None:
             steps[new] = src.read(e, [old])[old]  # decoded; the writer re-encodes
             continue
-        stats_part = parts[s].get(rec["key"], {}).get(old)
+        stats_part = parts[s].get(e, old)
         if isinstance(fs, _VideoSource):
             steps[new] = fs.episode(e, start, stop, rec["key"], src.schema[old], stats_part, writer.spill_dir)
         else:
@@ -233,29 +255,35 @@ def _frame_sources(plan: CopyPlan, writer: EpisodicWriter) -> dict[tuple[int, st
 
 
 def _kept_split(plan: CopyPlan) -> tuple[dict[str, list[int]] | None, dict[str, Any]]:
-    """A split that is not the seeded one (its manifest names a `split_source`, e.g. NYU's official one) is
-    kept episode by episode; otherwise None: the writer re-splits by the seeded hash of the keys, as an
-    ingest of the resulting episodes would."""
-    sources = [s.manifest.get("extra", {}).get("split_source") for s in plan.sources]
-    if not any(sources):
+    """Each output episode keeps its input store's split, train or val, by episode: an edit never moves an
+    episode between them, so a merge of all-train stores is all train (its stats the union's), and a split
+    then merged back gives the store back. The manifest's `split_source` names where the split came from
+    (an input's, e.g. NYU's official one, else "kept by edit OP"). With `plan.op["val_fraction"]` (`edit merge
+    --val-fraction F`): None, the writer draws the seeded split over the result's keys, as an ingest would."""
+    if plan.op.get("val_fraction") is not None:
         return None, {}
+    sources = {str(x) for x in (s.manifest.get("extra", {}).get("split_source") for s in plan.sources) if x}
     val = [set(int(i) for i in (s.split or {}).get("val", [])) for s in plan.sources]
     split: dict[str, list[int]] = {"train": [], "val": []}
     for i, (s, e) in enumerate(plan.episodes):
         split["val" if e in val[s] else "train"].append(i)
-    return split, {"split_source": "; ".join(sorted({str(x) for x in sources if x}))}
+    return split, {"split_source": "; ".join(sorted(sources)) or f"kept by edit {plan.op.get('op')}"}
 
 
 def write_plan(plan: CopyPlan, out: str | os.PathLike, *, overwrite: bool = False,
                stats: StatsConfig | None = None) -> EpisodicStore:
     """Write `plan` as a new complete store at `out` (manifest last, as every writer) and return it.
-    The split uses the first source's `val_fraction` and `split_seed` (a function of the keys, as on ingest).
+    Each episode keeps its input's split (`_kept_split`), or with `plan.op["val_fraction"]` the split is drawn
+    anew with that fraction and the first source's `split_seed` (a function of the keys, as on ingest).
     Raises StoreError when `out` exists (without `overwrite`) or a source chunk is missing."""
     first = plan.sources[0]
     extra = first.manifest.get("extra", {})
     split, split_extra = _kept_split(plan)
     cfg = EpisodicWriterConfig(
-        overwrite=overwrite, frame_codec=_frame_codec_name(plan), val_fraction=extra.get("val_fraction", 0.1),
+        overwrite=overwrite, frame_codec=_frame_codec_name(plan),
+        commit_every=4096,  # an edit is rerun whole, never resumed: big groups, few zarr calls per episode
+        val_fraction=plan.op["val_fraction"] if plan.op.get("val_fraction") is not None else
+        extra.get("val_fraction", 0.1),
         split_seed=extra.get("split_seed", 0),
         source={"name": "edit", "op": plan.op.get("op"),
                 "inputs": [{"url": s.url, "source": s.manifest.get("source", {})} for s in plan.sources]},
@@ -267,11 +295,10 @@ def write_plan(plan: CopyPlan, out: str | os.PathLike, *, overwrite: bool = Fals
     writer.stats_fn = lambda store: compute_stats(store, stats_cfg, frame_parts=writer.stats_parts)
     writer.report = {"edit": plan.op}
     parts = {s: frame_parts_of(src) for s, src in enumerate(plan.sources)}
-    records = {s: episode_records(src) for s, src in enumerate(plan.sources)}
     with writer:
         frames = _frame_sources(plan, writer)
         for i in range(len(plan.episodes)):
-            writer.write(_read_episode(plan, i, frames, writer, parts, records))
+            writer.write(_read_episode(plan, i, frames, writer, parts))
     return EpisodicStore(out)
 
 

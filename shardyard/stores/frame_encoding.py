@@ -3,7 +3,7 @@
 Why here and not in zarr-python's writer: a one-row chunk's encoded bytes do not depend on where it lands,
 so each reader worker compresses frames as soon as they are decoded (`FrameEncoding`, `FrameSink`) and leaves
 the chunks in a spill file; the single writer then only copies byte ranges into shard files
-(`stores.zarr_shard.ShardAppender`). That keeps ingest near decode speed.
+(`stores.shard_append.ShardAppender`). That keeps ingest near decode speed.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from shardyard.errors import ConfigError
 from shardyard.stores.byte_ranges import ChunkRef, Piece
+from shardyard.stores.codec_names import DEFAULT_FRAME_CODEC, FRAME_CODECS
 from shardyard.stores.codecs_jpeg import DEFAULT_QUALITY, JpegCodec, check_frame_shape, decode_frame, encode_frame
 from shardyard.stores.codecs_jpeg import NAME as JPEG_NAME
 from shardyard.stores.video_frames import EncodedVideo, VideoCodec, VideoEncoder
@@ -32,8 +33,7 @@ __all__ = ["DEFAULT_FRAME_CODEC", "FRAME_CODECS", "ChunkCodec", "EncodedRows", "
 log = logging.getLogger(__name__)
 
 
-FRAME_CODECS = ("jpeg", "video", "lz4", "zstd", "none")
-DEFAULT_FRAME_CODEC = "jpeg"
+# the names, with their help lines, live in `codec_names` (imported by the CLI without zarr)
 
 
 def parse_frame_codecs(text: str) -> dict[str, str]:
