@@ -36,8 +36,8 @@ import torch
 
 from shardyard.errors import ConfigError, StoreError
 from shardyard.ingest.dino_frames import ShardFrameReader, ShardFramesConfig, is_shard_source
-from shardyard.pause import PausePoint
 from shardyard.models.backbones import Backbone, BackboneConfig, load_backbone
+from shardyard.pause import PausePoint
 from shardyard.stores.features import PROGRESS_DIR, FeatureLayout, FeatureWriter, FeatureWriterConfig, write_batch
 from shardyard.version import __version__
 
