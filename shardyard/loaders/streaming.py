@@ -42,6 +42,7 @@ from shardyard.stores.read_checks import checked_shard, recorded_shards
 from shardyard.stores.snapshot import source_snapshot
 from shardyard.stores.wds import Sample, iter_tar_samples, list_shards
 from shardyard.video import VIDEO_EXTS
+from shardyard.video_memory import load_decoder
 
 __all__ = ["COUNTERS", "ClipStream", "IMAGE_MAGIC", "MAX_WORKERS", "REASONS", "StreamConfig"]
 
@@ -110,6 +111,7 @@ class ClipStream(IterableDataset):
         self._start: dict[int, int] = {}
         self._num_workers: int | None = None
         self._shared = torch.zeros(MAX_WORKERS, len(COUNTERS), dtype=torch.int64).share_memory_()
+        load_decoder()  # PyAV imported here, once, not in every forked worker of every epoch
 
     @classmethod
     def from_urls(cls, meta: Any, config: Any = None, **options: Any) -> Any:

@@ -31,9 +31,11 @@ def store_format(path_or_url: str | os.PathLike) -> str | None:
         return None
 
 
-def open_store(path_or_url: str | os.PathLike) -> Any:
+def open_store(path_or_url: str | os.PathLike, verify_reads: bool = True) -> Any:
     """Open a complete store (local path or fsspec URL) for reading, by its manifest's `format`:
     `EpisodicStore` (episodic-zarr3), `FeatureStore` (features-zarr3) or `ShardStore` (shards-webdataset).
+    `verify_reads` (default True): reads are checked against the checksums recorded at write time and raise
+    `StoreDamagedError` on damage (`stores.read_checks`; a shard store's tars are checked by `ClipStream`).
 
     Raises `StoreError` when there is no `manifest.json` (not a store, or a job that never finished) or
     its format is unknown.
@@ -45,11 +47,11 @@ def open_store(path_or_url: str | os.PathLike) -> Any:
     if fmt == "episodic-zarr3":
         from shardyard.stores.episodic import EpisodicStore
 
-        return EpisodicStore(path_or_url)
+        return EpisodicStore(path_or_url, verify_reads=verify_reads)
     if fmt == "features-zarr3":
         from shardyard.stores.features import FeatureStore
 
-        return FeatureStore(path_or_url)
+        return FeatureStore(path_or_url, verify_reads=verify_reads)
     if fmt == "shards-webdataset":
         from shardyard.stores.wds import ShardStore
 

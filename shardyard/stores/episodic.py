@@ -7,7 +7,11 @@ Layout of a store directory:
                               JPEG (`codecs_jpeg`), lz4, zstd or raw; or, for the video codec, a group of
                               one MP4 per episode plus `frame_index` (`video_frames`)
     meta/episode_ends/        (E,) int64, cumulative step counts (diffusion_policy's replay buffer)
-    meta/episodes.json        per-episode metadata: key, task, fps, source path, cameras {K, T_world_cam}
+    meta/episodes.parquet     per-episode metadata by column: key, length, task, fps, source path, cameras
+                              {K, T_world_cam} (with `episode_tasks.parquet`, `episode_cameras.parquet`:
+                              `stores.episode_table`); format version 1 had `meta/episodes.json` instead
+    meta/split.parquet        the by-episode split (train/val) of each episode
+    meta/stats_parts/         per-episode stats parts of the frame fields (`stores.stats.part_table`)
     progress.json             the writer's commit log header; progress/<first>.json one record per
                               committed group (`stores.commit_log`); resume reads them
     stats.json, report.json
@@ -18,6 +22,7 @@ The writer and its commit protocol are in `stores.episodic_writer`.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -29,6 +34,9 @@ import zarr
 
 from shardyard.errors import StoreError
 from shardyard.schema import Schema
+from shardyard.stores.episode_reader import EpisodeKeys, EpisodeTable, LegacyTable, MetaTable
+from shardyard.stores.episode_table import EPISODES_JSON, SPLIT, read_split
+from shardyard.stores.episode_where import select_where
 from shardyard.stores.manifest import MANIFEST, Manifest, read_json
 from shardyard.stores.read_checks import ReadChecks
 from shardyard.stores.remote_fs import ProcessLocalFS, is_remote
@@ -39,9 +47,9 @@ from shardyard.stores.zarr_shard import ShardReader, load_array_meta
 log = logging.getLogger(__name__)
 
 FORMAT = "episodic-zarr3"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: columnar episode metadata (`stores.episode_table`); 1: `meta/episodes.json`
 SPILL = ".spill"  # reader workers' encoded frames, until the writer has copied them into shard files
-STATS_PARTS = "meta/stats_parts"  # per commit group: {"episodes": {key: {field: stats part}}}
+STATS_PARTS = "meta/stats_parts"  # per-episode stats parts (`stores.stats.part_table`)
 LOWDIM_CACHE_BYTES = 256 << 20  # low-dim fields below this are read whole once per process
 FRAME_KINDS = ("image", "depth", "tokens")  # one row per chunk inside shards
 
@@ -64,7 +72,14 @@ class EpisodicStore:
 
     Attributes: `num_episodes`, `num_steps`, `episode_keys`, `schema`, `stats` (parsed stats.json, {} if
     absent), `manifest` (dict), `report`. Handles open lazily in each process, so the object can be passed
-    to DataLoader workers (fork or spawn).
+    to DataLoader workers (fork or spawn); it pickles without anything per episode (the episode ends and the
+    metadata tables are read again in the worker, checked against the version opened), so its pickled size
+    does not grow with the store.
+
+    Episode metadata is read by column and by row (`stores.episode_reader`): `episode_meta(i)` reads one
+    row, `episode_keys` the key column on demand, `episode_indices(keys)` and `select_where(text)` are
+    vectorised. A store of format version 1 (`meta/episodes.json`) is read as before, parsed whole on first
+    use; `shardyard upgrade` (`stores.upgrade`) rewrites it to version 2.
 
     Raises `StoreError` if there is no `manifest.json` (absent, or a job that never finished).
 
@@ -102,9 +117,10 @@ class EpisodicStore:
         self.verify_reads = verify_reads
         self._checks = ReadChecks(self.url, self.root, self._fs, verify=verify_reads,
                                   manifest_in_memory=manifest is not None)
-        with self.snapshot.reading():
-            self.episode_ends = self._checks.load_episode_ends(self._group(), mdict)
-        self.episode_starts = self.episode_ends - np.diff(self.episode_ends, prepend=0)
+        self._ends: np.ndarray | None = None
+        self._starts: np.ndarray | None = None
+        self._table: MetaTable | None = None
+        self._load_ends()
         self._fast: dict[str, ShardReader | None] = {}
         self._video: dict[str, VideoFrameReader] = {}
         self._cache: dict[str, np.ndarray] = {}
@@ -116,9 +132,39 @@ class EpisodicStore:
             self._lazy[rel] = got
         return self._lazy[rel]
 
+    def _load_ends(self) -> None:
+        with self.snapshot.reading():
+            self._ends = self._checks.load_episode_ends(self._group(), self.manifest)
+        self._starts = self._ends - np.diff(self._ends, prepend=0)
+
     @property
-    def _episodes(self) -> list[dict[str, Any]]:
-        return self._json("meta/episodes.json", optional=False)
+    def episode_ends(self) -> np.ndarray:
+        """`(E,) int64` cumulative step counts: episode e's steps are rows `[ends[e-1], ends[e])`."""
+        if self._ends is None:  # a worker's copy: read again, checked as at open
+            self._load_ends()
+        return self._ends  # type: ignore[return-value]
+
+    @property
+    def episode_starts(self) -> np.ndarray:
+        """`(E,) int64` first row of each episode."""
+        if self._starts is None:
+            self._load_ends()
+        return self._starts  # type: ignore[return-value]
+
+    @property
+    def format_version(self) -> int:
+        """The store's format version (1: `meta/episodes.json`; 2: columnar metadata)."""
+        return int(self.manifest.get("format_version", 1))
+
+    @property
+    def meta_table(self) -> MetaTable:
+        """The episode metadata (`stores.episode_reader`): Parquet tables, or a version-1 `episodes.json`."""
+        if self._table is None:
+            if self.format_version >= 2:
+                self._table = EpisodeTable(self.root, self._fs, self.num_episodes)
+            else:
+                self._table = LegacyTable(self._json(EPISODES_JSON, optional=False))
+        return self._table
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -141,7 +187,12 @@ class EpisodicStore:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_pid=-1, _arrays={}, _fast={}, _video={}, _cache={})
+        # Nothing per episode: a worker reads the ends, tables and JSON files again (in read sections, so
+        # from the version opened or not at all).
+        checks = copy.copy(self._checks)
+        checks.ends = None
+        state.update(_pid=-1, _arrays={}, _fast={}, _video={}, _cache={}, _lazy={}, _ends=None, _starts=None,
+                     _checks=checks, _table=self._table if isinstance(self._table, EpisodeTable) else None)
         return state
 
     def __repr__(self) -> str:
@@ -159,28 +210,84 @@ class EpisodicStore:
         return int(self.episode_ends[-1]) if len(self.episode_ends) else 0
 
     @property
-    def episode_keys(self) -> list[str]:
-        """Source keys of the episodes, in store order."""
-        return [e["key"] for e in self._episodes]
+    def episode_keys(self) -> EpisodeKeys:
+        """Source keys of the episodes, in store order: a sequence read from the key column on demand
+        (`keys[i]` reads one row; iterating reads the column), equal to the list of keys."""
+        return EpisodeKeys(self.meta_table)
+
+    def episode_indices(self, keys: Sequence[str]) -> np.ndarray:
+        """`(len(keys),) int64` index of each episode key, -1 for a key the store does not have (vectorised
+        over the key column)."""
+        with self.snapshot.reading():
+            return self.meta_table.indices_of(list(keys))
+
+    def select_where(self, text: str) -> np.ndarray:
+        """Indices `(M,) int64` of the episodes whose metadata match a `--where` filter such as
+        `"length < 20 and task == pick"` (`stores.episode_where`). Raises ConfigError."""
+        with self.snapshot.reading():
+            return select_where(self.meta_table, text, self.url)
+
+    def episode_tasks(self, episodes: Sequence[int] | np.ndarray) -> list[str]:
+        """The task text of each of `episodes` ("" where none), read from the task column."""
+        with self.snapshot.reading():
+            return self.meta_table.tasks_of(np.asarray(episodes, dtype=np.int64))
+
+    def episode_entries(self, name: str) -> list[Any]:
+        """Metadata entry `name` of every episode (None where absent), in store order."""
+        with self.snapshot.reading():
+            return self.meta_table.entries(name)
 
     @property
     def split(self) -> dict[str, list[int]]:
-        """The by-episode split: {"train": [...], "val": [...]} episode indices."""
-        return self.manifest.get("split", {})
+        """The by-episode split: {"train": [...], "val": [...]} episode indices: the manifest's when it names
+        one (format version 1, or a manifest given in memory), else `meta/split.parquet`'s."""
+        if self.manifest.get("split"):
+            return self.manifest["split"]
+        if "split" not in self._lazy:
+            names, codes = self._split_codes()
+            self._lazy["split"] = {n: np.flatnonzero(codes == c).tolist() for c, n in enumerate(names)}
+        return self._lazy["split"]
+
+    def split_indices(self, name: str) -> np.ndarray | None:
+        """`(M,) int64` episode indices of split `name`, or None when the store has no such split."""
+        if self.manifest.get("split"):
+            got = self.manifest["split"].get(name)
+            return None if got is None else np.asarray(got, dtype=np.int64)
+        names, codes = self._split_codes()
+        return np.flatnonzero(codes == names.index(name)).astype(np.int64) if name in names else None
+
+    def _split_codes(self) -> tuple[list[str], np.ndarray]:
+        if "split_codes" not in self._lazy:
+            got: tuple[list[str], np.ndarray] = ([], np.zeros(0, np.int8))
+            if self.format_version >= 2:
+                with self.snapshot.reading():
+                    try:
+                        if self._fs is None:
+                            got = read_split(self._join(SPLIT))
+                        else:
+                            with self._fs.open(self._join(SPLIT), "rb") as f:
+                                got = read_split(f)
+                    except FileNotFoundError:
+                        pass
+            self._lazy["split_codes"] = got
+        return self._lazy["split_codes"]
 
     def episode_length(self, episode: int) -> int:
         """Steps of one episode."""
         return int(self.episode_ends[episode] - self.episode_starts[episode])
 
     def episode_record(self, episode: int) -> dict[str, Any]:
-        """The episode's entry of `meta/episodes.json` as stored (JSON values: key, length, task, fps, ...)."""
-        return dict(self._episodes[episode])
+        """The episode's metadata as stored (JSON values: key, length, task, fps, cameras, ...), one row read."""
+        if not -self.num_episodes <= episode < self.num_episodes:
+            raise IndexError(f"episode {episode} out of range [0, {self.num_episodes})")
+        with self.snapshot.reading():
+            return self.meta_table.record(int(episode) % self.num_episodes)
 
     def episode_meta(self, episode: int) -> dict[str, Any]:
         """Metadata of one episode: key, length, task, fps (Hz), source path, and `cameras[role]` with `K
         (3, 3)` and `T_world_cam (4, 4)` as float64 arrays (T_world_cam is None for a camera that moves;
         its per-step extrinsics are the field `obs.T_world_cam.<role>`)."""
-        meta = dict(self._episodes[episode])
+        meta = self.episode_record(episode)
         cams = {}
         for role, cam in (meta.get("cameras") or {}).items():
             cam = dict(cam)
@@ -228,6 +335,24 @@ class EpisodicStore:
             self._cache[field] = arr[:]
             return self._cache[field][start:stop]
         return arr[start:stop]
+
+    @reads_snapshot()
+    def read_block(self, field: str, start: int, stop: int) -> np.ndarray:
+        """Global rows `[start, stop)` of one field, like `read_rows`, but a low-dim field is not kept in memory
+        whole on the way (a stats pass walks every field once, in blocks)."""
+        if field not in self.schema:
+            raise KeyError(f"unknown field {field!r}; store has {self.schema.keys()}")
+        self._check_pid()
+        if field in self._cache or self.schema[field].kind in FRAME_KINDS or self._fast_reader(field) is not None \
+                or field in self._video:
+            return self.read_rows(field, start, stop)
+        return self._array(field)[start:stop]
+
+    def close(self) -> None:
+        """Drop what this process holds open or cached (low-dim fields read whole, shard indexes, metadata
+        rows); the store stays usable and reopens them on the next read."""
+        self._arrays, self._fast, self._video, self._cache = {}, {}, {}, {}
+        self._table = None
 
     # -- internals ---------------------------------------------------------------------------------------
     def _check_pid(self) -> None:

@@ -1,6 +1,6 @@
 """`shardyard verify STORE` (issue 16, item 1): check a store after a copy, for every store kind.
 
-Episodic stores: `meta/episode_ends` against `meta/episodes.json` and every array's length; each shard
+Episodic stores: `meta/episode_ends` against the episode table's lengths and every array's length; each shard
 file's index against its crc32c and its chunks' byte ranges against the file; each frame chunk's crc32c
 against the one recorded at ingest (`meta/chunk_crc32c/<field>`, stores/checksums.py), and each video
 field's MP4 against its recorded crc32c (`meta/video_crc32c/<field>`); every other file listed in
@@ -236,9 +236,14 @@ def _file_owner(store: EpisodicStore, name: str, owner) -> dict[str, Any]:
 def _verify_episodic(path: str, report: VerifyReport, check_stats: bool) -> None:
     store = EpisodicStore(path, verify_reads=False)  # damage is reported here, one finding each
     ends_path = os.path.join(store.root, "meta", "episode_ends")
-    recorded = np.cumsum([store.episode_record(e)["length"] for e in range(store.num_episodes)], dtype=np.int64)
+    try:
+        recorded = np.cumsum(store.meta_table.lengths(), dtype=np.int64)
+    except Exception as e:  # noqa: BLE001 - a damaged table is a finding, whatever its reader raises
+        report.damages.append(Damage(f"episode table does not read ({type(e).__name__}: {e})", ends_path))
+        recorded = store.episode_ends
     if not np.array_equal(recorded, store.episode_ends):
-        report.damages.append(Damage("meta/episode_ends does not match meta/episodes.json lengths", ends_path))
+        table = "meta/episodes.parquet" if store.format_version >= 2 else "meta/episodes.json"
+        report.damages.append(Damage(f"meta/episode_ends does not match {table} lengths", ends_path))
     keys = store.episode_keys
 
     def owner(row: int) -> dict[str, Any]:

@@ -12,33 +12,29 @@ chunks spanning the other axes whole, codecs `bytes` then at most one of blosc/z
 `shardyard_jpeg` chunks); anything else
 returns None from `ShardReader.maybe_for` and the caller uses zarr-python.
 
-Appending (`ShardAppender`): with one frame per inner chunk, a chunk's encoded bytes do not depend on where
-it lands, so reader workers compress frames in parallel (`stores.frame_encoding`) and leave them in spill
-files; the single writer only copies byte ranges into shard files (`ChunkRef`: `copy_file_range`, in the
-kernel). A shard file is only appended to.
+Appending (`stores.shard_append.ShardAppender`): with one frame per inner chunk, a chunk's encoded bytes do
+not depend on where it lands, so reader workers compress frames in parallel (`stores.frame_encoding`) and
+leave them in spill files; the single writer only copies byte ranges into shard files (`ChunkRef`:
+`copy_file_range`, in the kernel). A shard file is only appended to.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numcodecs
 import numpy as np
 
-from shardyard.stores.byte_ranges import Piece, piece_len, write_pieces
 from shardyard.stores.codecs_jpeg import NAME as JPEG_NAME
 from shardyard.stores.codecs_jpeg import decode_frame
 from shardyard.stores.read_checks import crc32c, crc_mismatch, damaged_file
 
 EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk that was never written (fill value)
 
-__all__ = ["EMPTY", "ShardAppender", "ShardReader", "index_nbytes", "load_array_meta",
-           "read_shard_index", "shard_file"]
+__all__ = ["EMPTY", "ShardReader", "index_nbytes", "load_array_meta", "read_shard_index", "shard_file"]
 
 
 def shard_file(array_dir: str, s: int, ndim: int) -> str:
@@ -61,125 +57,6 @@ def read_shard_index(path: str | os.PathLike, chunks_per_shard: int) -> np.ndarr
     except FileNotFoundError:
         return None
     return np.frombuffer(raw, dtype="<u8").reshape(chunks_per_shard, 2)
-
-@dataclass
-class ShardAppender:
-    """Appends encoded one-row chunks to a sharded array directory.
-
-    A shard file is only ever appended to: new chunks go after its current end, then a new index (with its
-    crc32c) covering every chunk so far, so the file always ends with a valid index for zarr, and bytes
-    already written are never rewritten (the old index stays behind as a few KiB of dead space). No temp
-    file and rename: replacing a file on ext4 flushes it to disk (auto_da_alloc), which cost more than the
-    ingest's own work. A kill mid-append leaves rows past the committed ones; `load(n_rows, shard_bytes)`
-    cuts the partial last shard back to its committed size (which the writer's commit log records,
-    `shard_bytes`), and the writer deletes shard files past it (`drop_shards_after`). The array's
-    `zarr.json` shape is the caller's business.
-    """
-
-    array_dir: Path
-    shard_rows: int
-    ndim: int
-    n_rows: int = 0
-    _index: list[tuple[int, int]] = field(default_factory=list)  # (offset, nbytes) in the partial last shard
-    _size: int = 0  # bytes in the partial last shard's file, its index included (0: no partial shard)
-    _made_dirs: set[Path] = field(default_factory=set)
-
-    def _shard_path(self, s: int) -> Path:
-        return Path(shard_file(str(self.array_dir), s, self.ndim))
-
-    @property
-    def _index_nbytes(self) -> int:
-        return index_nbytes(self.shard_rows)
-
-    def has_rows_from(self, row: int) -> bool:
-        """True when the shard file holding `row` already has a chunk at or after it (so `append` from
-        `row` would overwrite another writer's rows)."""
-        s, k = divmod(row, self.shard_rows)
-        idx = read_shard_index(self._shard_path(s), self.shard_rows)
-        return idx is not None and bool(np.any(idx[k:, 0] != EMPTY))
-
-    @property
-    def shard_bytes(self) -> int:
-        """Size of the partial last shard's file (0 when every shard is full): for the commit log."""
-        return self._size
-
-    def load(self, n_rows: int, shard_bytes: int | None = None) -> None:
-        """Position at `n_rows` committed rows and index the partial last shard's chunks. Its file is cut to
-        `shard_bytes` (its size at the commit) when a valid index (crc32c) ends there; otherwise the index at
-        the file's end is used (a file some other writer replaced whole). Raises ValueError if no valid index
-        holds the committed chunks, OSError if the file is missing."""
-        import google_crc32c
-
-        self.n_rows = n_rows
-        s, k = divmod(n_rows, self.shard_rows)
-        self._index, self._size = [], 0
-        if k == 0:
-            return
-        nbytes = self._index_nbytes
-        with open(self._shard_path(s), "r+b") as f:
-            size = f.seek(0, os.SEEK_END)
-            ends = ([shard_bytes] if shard_bytes is not None and nbytes <= shard_bytes < size else []) + [size]
-            for end in ends:
-                f.seek(end - nbytes)
-                raw = f.read(nbytes)
-                if len(raw) < nbytes or np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
-                    continue
-                idx = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.shard_rows, 2)
-                if np.any(idx[:k, 0] == EMPTY) or np.any(idx[:k, 0] + idx[:k, 1] > end):
-                    continue
-                if end < size:
-                    f.truncate(end)
-                self._index, self._size = [(int(o), int(n)) for o, n in idx[:k]], end
-                return
-        raise ValueError(f"shard {self._shard_path(s)} lacks a committed chunk")
-
-    def drop_shards_after(self, n_rows: int) -> None:
-        """Delete shard files that lie wholly past row `n_rows` (left by a group killed before its commit,
-        and invisible to zarr's shape-based truncation when the shape was not yet grown)."""
-        s, k = divmod(n_rows, self.shard_rows)
-        first_stale = s + (1 if k else 0)
-        folder = self.array_dir / "c"
-        for d in folder.iterdir() if folder.is_dir() else []:
-            if d.name.isdigit() and int(d.name) >= first_stale:
-                if d.is_dir():
-                    shutil.rmtree(d)
-                else:  # a 1-D array's shard is the file c/<s> itself
-                    d.unlink()
-        self._made_dirs.clear()
-
-    def append(self, chunks: Sequence[Piece]) -> None:
-        """Append rows (chunk bytes, or `ChunkRef`s to them) to the shard files they fall in."""
-        import google_crc32c
-
-        pos = 0
-        while pos < len(chunks):
-            s = self.n_rows // self.shard_rows
-            take = list(chunks[pos:pos + self.shard_rows - len(self._index)])
-            path = self._shard_path(s)
-            if path.parent not in self._made_dirs:  # a mkdir costs ~0.7 ms here, even of an existing folder
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._made_dirs.add(path.parent)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, as open()
-            try:
-                start = self._size  # a new shard starts at 0 (over any stale file of a killed run)
-                end = start + write_pieces(fd, take, start)
-                lengths = np.array([piece_len(c) for c in take], dtype=np.int64)
-                offsets = start + np.concatenate([[0], np.cumsum(lengths)[:-1]])
-                self._index += [(int(o), int(n)) for o, n in zip(offsets, lengths)]
-                idx = np.full((self.shard_rows, 2), EMPTY, dtype="<u8")
-                idx[:len(self._index)] = np.asarray(self._index, dtype=np.uint64)
-                index = idx.tobytes()
-                os.pwrite(fd, index + np.uint32(google_crc32c.value(index)).tobytes(), end)
-                os.ftruncate(fd, end + self._index_nbytes)
-            finally:
-                os.close(fd)
-            pos += len(take)
-            self.n_rows += len(take)
-            if len(self._index) == self.shard_rows:
-                self._index, self._size = [], 0
-            else:
-                self._size = end + self._index_nbytes
-
 
 def _decoder(codecs: list[dict[str, Any]], row_shape: tuple[int, ...]) -> Callable[[bytes], Any] | None:
     """Build a decoder of one inner chunk (bytes -> a buffer of the chunk's rows) for the inner codec chain,

@@ -111,7 +111,7 @@ def open_depth_data(cfg, device: torch.device) -> DepthData:
     """Open the store (and feature store or backbone) of a `DepthTrainConfig`; checks that they align."""
     from shardyard import open_store
 
-    store = open_store(cfg.store)
+    store = open_store(cfg.store, verify_reads=cfg.verify_reads)
     for f, kind in ((cfg.rgb_field, "image"), (cfg.depth_field, "depth")):
         if f not in store.schema or store.schema[f].kind != kind:
             raise ConfigError(f"store has no {kind} field {f!r} (fields: {store.schema.keys()})", path=cfg.store)
@@ -129,7 +129,7 @@ def open_depth_data(cfg, device: torch.device) -> DepthData:
     if cfg.features is not None:
         from shardyard.stores.features import open_features
 
-        features = open_features(cfg.features)
+        features = open_features(cfg.features, verify_reads=cfg.verify_reads)
         if features.num_samples != store.num_steps:
             raise ConfigError(f"feature store has {features.num_samples} samples, the store {store.num_steps} "
                               "steps: not computed from this store", path=str(cfg.features))
