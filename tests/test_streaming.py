@@ -182,3 +182,32 @@ def test_decord_backend_equals_pyav_for_stream_clips(shared_data, tmp_path):
     assert [x["key"] for x in a] == [x["key"] for x in b] and len(a) == 3
     for x, y in zip(a, b):
         assert torch.equal(x["frames"], y["frames"])
+
+
+@pytest.mark.parametrize("mode", ["stretch", "crop", "pad"])
+def test_resize_modes_keep_or_change_the_aspect_ratio_as_named(tmp_path, mode):
+    """A 64x48 (4:3) clip to a 32x32 square: stretch squashes it (the whole frame at 32x32), crop scales it to
+    43x32 and keeps the centre 32 columns, pad scales it to 32x24 and centres it on black rows."""
+    with ShardWriter(tmp_path / "s") as w:
+        w.write_shard(0, [Sample("000000000", {"mp4": _clip_bytes(tmp_path, 5), "txt": b"c"})], [])
+    (tmp_path / "x.mp4").write_bytes(_clip_bytes(tmp_path, 5))
+    video = open_video(tmp_path / "x.mp4")
+    item = next(iter(_stream(tmp_path / "s", clip_start="start", size=(32, 32), resize=mode)))
+    got = item["frames"].permute(0, 2, 3, 1).numpy()                                # (T, 32, 32, 3)
+    assert got.shape == (16, 32, 32, 3)
+    if mode == "stretch":
+        want = video.read(range(16), size=(32, 32))
+    elif mode == "crop":
+        want = video.read(range(16), size=(43, 32))[:, :, 5:37]
+    else:
+        want = np.zeros_like(got)
+        want[:, 4:28] = video.read(range(16), size=(32, 24))
+        assert not got[:, :4].any() and not got[:, 28:].any()                       # the black bands
+    np.testing.assert_array_equal(got, want)
+
+
+def test_resize_mode_is_checked():
+    from shardyard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="resize must be one of"):
+        StreamConfig(size=32, resize="squash")

@@ -158,6 +158,8 @@ config_command(
                "same config).",
         "steps": "Optimiser steps in total (the cosine schedule's length).",
         "frames": "Frames per clip T.", "size": "Clip side, px.",
+        "resize": "How a clip of another aspect ratio becomes size x size: stretch (squashed, the default), crop "
+                  "(aspect kept, centre cut) or pad (aspect kept, centred on black).",
         "fps": "Sample clips at this rate, Hz (default: consecutive frames).",
         "encoder": "DINO spec, local folder or random-dinov2-small.",
         "lm": "Local causal-LM folder, tiny-random-llama or random-smollm-135m.",

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from shardyard.errors import ConfigError, StoreDamagedError
-from shardyard.loaders.clip_decode import IMAGE_MAGIC, decode_clip
+from shardyard.loaders.clip_decode import IMAGE_MAGIC, RESIZE_MODES, decode_clip
 from shardyard.stores.read_checks import checked_shard, recorded_shards
 from shardyard.stores.snapshot import source_snapshot
 from shardyard.stores.wds import Sample, iter_tar_samples, list_shards
@@ -56,7 +56,9 @@ COUNTERS = ("seen", "yielded", *(f"skipped_{r}" for r in REASONS), "retries", "s
 @dataclass
 class StreamConfig:
     """num_frames: clip length T. fps: sample the clip at this rate in Hz by timestamp (None: consecutive
-    frames). size: output `(W, H)` in px (an int S means (S, S)); None keeps the video's size.
+    frames). size: output `(W, H)` in px (an int S means (S, S)); None keeps the video's size. resize: how a
+    frame of another aspect ratio reaches `size`: "stretch" (the default: scaled to `size`, so 16:9 is squashed
+    into a square), "crop" (aspect kept, the centre cut) or "pad" (aspect kept, centred on black).
     shuffle_buffer: samples held for shuffling (0 or 1: shard order only). seed: order seed.
     clip_start: "random" (drawn from (seed, epoch, key)) or "start". retries / backoff_s / backoff_max_s /
     timeout_s: network faults per shard (s). rank / world_size: default from torch.distributed.
@@ -67,6 +69,7 @@ class StreamConfig:
     num_frames: int = 16
     fps: float | None = None
     size: tuple[int, int] | int | None = None
+    resize: str = "stretch"
     shuffle_buffer: int = 64
     seed: int = 0
     shuffle_shards: bool = True
@@ -87,6 +90,8 @@ class StreamConfig:
             raise ConfigError(f"num_frames must be >= 1 and fps > 0, got {self.num_frames}, {self.fps}")
         if self.clip_start not in ("random", "start"):
             raise ConfigError(f"clip_start must be 'random' or 'start', got {self.clip_start!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
 
 
 class ClipStream(IterableDataset):

@@ -47,7 +47,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from shardyard.errors import ConfigError, SourceError
 from shardyard.ingest.fetch import FetchConfig, Fetcher
 from shardyard.ingest.webvid import CAPTION_COLUMNS, URL_COLUMNS, TranscodeConfig, fetch_row, row_key
-from shardyard.loaders.clip_decode import decode_clip
+from shardyard.loaders.clip_decode import RESIZE_MODES, decode_clip
 from shardyard.loaders.url_cache import BlockCache, CachedBlock
 from shardyard.loaders.url_meta import MetaRows
 from shardyard.loaders.url_prefetch import Prefetcher, RowOutcome, in_order, url_ext
@@ -64,19 +64,20 @@ URL_COUNTERS = ("rows", "ok", "skipped_known", "cached", "bytes", *(f"failed_{r}
 
 @dataclass
 class UrlStreamConfig:
-    """Clip options as `StreamConfig`: num_frames T, fps (Hz, None: consecutive frames), size `(W, H)` px (int
-    S: (S, S); None keeps the video's), seed, shuffle (rows and blocks; off: file order), clip_start, rank /
-    world_size (default from torch.distributed), backend. URL options: in_flight (downloads at once per
-    worker), ahead (rows downloaded and decoded ahead of the one yielded, per worker: decoded clips held in
-    memory, what hides a slow download), block_rows (rows per block: the cache's shard size, = `ingest webvid
-    --samples-per-shard`), fetch (`FetchConfig`: timeout_s, retries, backoff, allow_private_urls; its
-    concurrency is in_flight), cache (folder for the shards, None: nothing written), retry_failed (download
-    rows recorded as failed again), min_success / window (fraction of a worker's last `window` downloads
-    that must give a clip), split (cache shard prefix)."""
+    """Clip options as `StreamConfig`: num_frames T, fps (Hz, None: consecutive frames), size `(W, H)` px (int S:
+    (S, S); None keeps the video's), resize ("stretch", "crop" or "pad": as `StreamConfig`), seed, shuffle (rows and
+    blocks; off: file order), clip_start, rank / world_size (default from torch.distributed), backend. URL options:
+    in_flight (downloads at once per worker), ahead (rows downloaded and decoded ahead of the one yielded, per
+    worker: decoded clips held in memory, what hides a slow download), block_rows (rows per block: the cache's shard
+    size, = `ingest webvid --samples-per-shard`), fetch (`FetchConfig`: timeout_s, retries, backoff,
+    allow_private_urls; its concurrency is in_flight), cache (folder for the shards, None: nothing written),
+    retry_failed (download rows recorded as failed again), min_success / window (fraction of a worker's last
+    `window` downloads that must give a clip), split (cache shard prefix)."""
 
     num_frames: int = 16
     fps: float | None = None
     size: tuple[int, int] | int | None = None
+    resize: str = "stretch"
     seed: int = 0
     shuffle: bool = True
     clip_start: str = "random"
@@ -100,6 +101,8 @@ class UrlStreamConfig:
             raise ConfigError(f"num_frames must be >= 1 and fps > 0, got {self.num_frames}, {self.fps}")
         if self.clip_start not in ("random", "start"):
             raise ConfigError(f"clip_start must be 'random' or 'start', got {self.clip_start!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
         if min(self.in_flight, self.ahead, self.block_rows, self.window) < 1 or not 0 <= self.min_success <= 1:
             raise ConfigError(f"need in_flight, ahead, block_rows, window >= 1 and 0 <= min_success <= 1 (got "
                               f"{self.in_flight}, {self.ahead}, {self.block_rows}, {self.window}, {self.min_success})")

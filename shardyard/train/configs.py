@@ -234,6 +234,7 @@ class FoveatedTrainConfig:
     fetch: dict[str, Any] = field(default_factory=dict, metadata={"options_of": "shardyard.ingest.fetch:FetchConfig"})
     frames: int = 16
     size: int = 256
+    resize: str = "stretch"
     fps: float | None = None
     encoder: str = "tiny-random-dinov2"
     lm: str = "tiny-random-llama"

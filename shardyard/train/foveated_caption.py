@@ -120,11 +120,12 @@ def open_stream(cfg: FoveatedTrainConfig, ordered: bool = False) -> ClipStream |
     if cfg.urls is not None:
         fetch = FetchConfig(**{"allow_private_urls": cfg.allow_private_urls, **cfg.fetch})
         return UrlClipStream(cfg.urls, UrlStreamConfig(
-            num_frames=cfg.frames, size=cfg.size, fps=cfg.fps, seed=cfg.seed, in_flight=cfg.in_flight, ahead=cfg.ahead,
-            fetch=fetch, cache=None if ordered else cfg.cache, min_success=cfg.min_success,
-            window=cfg.min_success_window, shuffle=not ordered, clip_start="start" if ordered else "random"))
-    return ClipStream(cfg.shards, config=StreamConfig(num_frames=cfg.frames, size=cfg.size, fps=cfg.fps,
-                                                      shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+            num_frames=cfg.frames, size=cfg.size, resize=cfg.resize, fps=cfg.fps, seed=cfg.seed,
+            in_flight=cfg.in_flight, ahead=cfg.ahead, fetch=fetch, cache=None if ordered else cfg.cache,
+            min_success=cfg.min_success, window=cfg.min_success_window, shuffle=not ordered,
+            clip_start="start" if ordered else "random"))
+    return ClipStream(cfg.shards, config=StreamConfig(num_frames=cfg.frames, size=cfg.size, resize=cfg.resize,
+                                                      fps=cfg.fps, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
                                                       verify_reads=cfg.verify_reads))
 
 
