@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-__all__ = ["BatchStream", "ResumableSampler"]
+__all__ = ["BatchStream", "ResumableSampler", "record_consumed"]
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +142,15 @@ class BatchStream(torch.utils.data.IterableDataset):
                 continue
             items = get(idx.tolist()) if get is not None else [self.dataset[int(i)] for i in idx]
             yield self.collate(items)
+
+
+def record_consumed(consumed: dict[int, int], batch: dict[str, Any]) -> int:
+    """Mark the items of `batch` (one item or a collated batch of a stream whose items carry `worker`,
+    `position` and `num_workers`) as consumed: `consumed[worker]` becomes one past the highest position taken.
+    Returns the stream's worker count. Shared by `ClipStream` and `UrlClipStream`, whose resume states are
+    "positions taken per worker"."""
+    workers = torch.as_tensor(batch["worker"]).reshape(-1).tolist()
+    positions = torch.as_tensor(batch["position"]).reshape(-1).tolist()
+    for w, p in zip(workers, positions):
+        consumed[w] = max(consumed.get(w, 0), p + 1)
+    return int(torch.as_tensor(batch["num_workers"]).reshape(-1)[0])

@@ -38,6 +38,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from shardyard.errors import ConfigError, StoreDamagedError
 from shardyard.loaders.clip_decode import IMAGE_MAGIC, RESIZE_MODES, decode_clip
+from shardyard.loaders.sampler import record_consumed
 from shardyard.stores.read_checks import checked_shard, recorded_shards
 from shardyard.stores.snapshot import source_snapshot
 from shardyard.stores.wds import Sample, iter_tar_samples, list_shards
@@ -151,11 +152,7 @@ class ClipStream(IterableDataset):
     # ---- resume -----------------------------------------------------------------------------------
     def record(self, batch: dict[str, Any]) -> None:
         """Mark the samples of `batch` (one item or a collated batch) as consumed by the training loop."""
-        self._num_workers = int(torch.as_tensor(batch["num_workers"]).reshape(-1)[0])
-        workers = torch.as_tensor(batch["worker"]).reshape(-1).tolist()
-        positions = torch.as_tensor(batch["position"]).reshape(-1).tolist()
-        for w, p in zip(workers, positions):
-            self._consumed[w] = max(self._consumed.get(w, 0), p + 1)
+        self._num_workers = record_consumed(self._consumed, batch)
 
     def state_dict(self) -> dict[str, Any]:
         """`{"seed", "epoch", "num_workers", "consumed": {worker: positions taken}}` (JSON-able)."""

@@ -48,6 +48,7 @@ from shardyard.errors import ConfigError, SourceError
 from shardyard.ingest.fetch import FetchConfig, Fetcher
 from shardyard.ingest.webvid import CAPTION_COLUMNS, URL_COLUMNS, TranscodeConfig, fetch_row, row_key
 from shardyard.loaders.clip_decode import RESIZE_MODES, decode_clip
+from shardyard.loaders.sampler import record_consumed
 from shardyard.loaders.url_cache import BlockCache, CachedBlock
 from shardyard.loaders.url_meta import MetaRows
 from shardyard.loaders.url_prefetch import Prefetcher, RowOutcome, in_order, url_ext
@@ -187,11 +188,7 @@ class UrlClipStream(IterableDataset):
     # ---- resume -----------------------------------------------------------------------------------
     def record(self, batch: dict[str, Any]) -> None:
         """Mark the items of `batch` (one item or a collated batch) and the failures they carry as consumed."""
-        self._num_workers = int(torch.as_tensor(batch["num_workers"]).reshape(-1)[0])
-        workers = torch.as_tensor(batch["worker"]).reshape(-1).tolist()
-        positions = torch.as_tensor(batch["position"]).reshape(-1).tolist()
-        for w, p in zip(workers, positions):
-            self._consumed[w] = max(self._consumed.get(w, 0), p + 1)
+        self._num_workers = record_consumed(self._consumed, batch)
         failed = batch["failed"]
         for text in [failed] if isinstance(failed, str) else failed:
             self._failed.update((int(r), str(why)) for r, why in json.loads(text))
