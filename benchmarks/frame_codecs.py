@@ -12,9 +12,10 @@ ingested with `ingest lerobot` once per codec (`--workers 2`). Figures per codec
   decoder alone on the same stored bytes, the same random frames, through the same loader (2 worker processes,
   one decoder thread each, as the store's reader): for `video`, PyAV opening each MP4 of the store once per
   worker, seeking to the keyframe at or before each frame (`seek(pts, backward=True)`) and decoding forward to
-  it, RGB through one reused `VideoReformatter`; for `jpeg`, a bare `simplejpeg.decode_jpeg` (the store's
-  flags) of the frame's chunk bytes, read through the shard index once up front. No store code runs in
-  either, and both give the store's pixels exactly (checked on a few frames before timing).
+  it, RGB through one reused single-threaded `VideoReformatter` (less CPU per frame than a threaded one, as
+  in the store); for `jpeg`, a bare `simplejpeg.decode_jpeg` (the store's flags) of the frame's chunk bytes,
+  read through the shard index once up front. No store code runs in either, and both give the store's pixels
+  exactly (checked on a few frames before timing).
 Ingests and reads alternate over the codecs for `--trials` rounds (memmap's reads in each round too); each
 figure is the median, its ratio the median of per-round ratios (`benchmarks/harness.py`). `--smoke` resizes
 frames to 160x120, does few reads and one round (a check that the script runs, not a figure).
@@ -95,7 +96,7 @@ class BareVideo:
         c.seek(target, stream=s, backward=True, any_frame=False)
         for frame in c.decode(s):
             if frame.pts == target:
-                return torch.from_numpy(self._rgb.reformat(frame, format="rgb24").to_ndarray())
+                return torch.from_numpy(self._rgb.reformat(frame, format="rgb24", threads=1).to_ndarray())
         raise RuntimeError(f"pts {target} not found in {self.files[ep]}")
 
 

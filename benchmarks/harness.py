@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 __all__ = ["G1_DATASET", "SHARED", "SIZE_UNITS", "YAM_EPISODES", "YAM_MODEL", "add_common_args", "alternate",
-           "figure", "g1_frames", "median_ratio", "names_size", "yam_subset"]
+           "cpu_seconds", "figure", "g1_frames", "in_fresh_process", "median_ratio", "names_size", "yam_subset"]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 YAM_EPISODES = SHARED / "yam" / "episodes"
@@ -126,3 +126,26 @@ def yam_subset(dest: Path, n: int | None) -> Path:
     for ep in sorted(p.parent for p in YAM_EPISODES.rglob("metadata.json"))[:n]:
         shutil.copytree(ep, dest / ep.relative_to(YAM_EPISODES))
     return dest
+
+
+def in_fresh_process(fn: Callable, *args):
+    """`fn(*args)` in a new (spawned) Python process, as the CLI runs each command: one ingest per process.
+
+    Why: the first `run_ingest` in a process leaves zarr's I/O threads running, so a second one in the same
+    process spawns its readers (each re-imports and re-warms the source) instead of forking them; a benchmark
+    that ran trial after trial in one process would time that slower path, which no CLI run takes. `fn` must
+    be importable (module level); the child's imports happen before `fn` runs, so `fn` times only its work."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process, all its threads, and its children that have
+    exited and been waited for (a closed process pool's workers)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime

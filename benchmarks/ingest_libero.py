@@ -14,7 +14,13 @@ Figures, per input:
 - `ingest_libero.steps_vs_read_<frames>`: against the h5py reads alone (no encoding), for scale.
 Both baselines run in as many processes as the ingest has workers (`--workers`, default 2): a fork pool
 started inside the timed span (the ingest starts its workers inside its own), the demos dealt out round-robin.
-The sides are alternated `--trials` times (default 3); medians (`benchmarks/harness.py`).
+Each ingest runs in a fresh process, as the CLI runs it (`harness.in_fresh_process`: a second ingest in one
+process would spawn its readers instead of forking them); its imports are done before the clock starts, as
+the baselines' are. The sides are alternated `--trials` times (default 3); medians (`benchmarks/harness.py`).
+Each row also carries `cpu_s` (median CPU seconds of each side: the ingest's writer process with its reader
+workers, the baselines' processes) and, on the headline row, `cpu_ratio` (baseline CPU / ingest CPU, median
+of the trials): the ratio where the run gets no parallelism, as on a shared machine whose scheduler splits
+the cores between sessions; the wall ratio lies between it and the fully parallel one.
 """
 
 from __future__ import annotations
@@ -34,7 +40,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness import add_common_args, alternate, figure, g1_frames, median_ratio  # noqa: E402
+from harness import (  # noqa: E402
+    add_common_args,
+    alternate,
+    cpu_seconds,
+    figure,
+    g1_frames,
+    in_fresh_process,
+    median_ratio,
+)
 from libero_fixtures import write_libero_file  # noqa: E402
 
 from shardyard.ingest.libero import LiberoConfig, LiberoSource  # noqa: E402
@@ -57,9 +71,10 @@ def put_real_frames(path: Path, frames: np.ndarray) -> None:
                 k += n
 
 
-def h5py_read(path: Path, demos: list[str], store: Path | None = None) -> int:
+def h5py_read(path: Path, demos: list[str], store: Path | None = None) -> tuple[int, float]:
     """Read every array the adapter reads of `demos` with h5py only and, with `store`, encode each camera
-    frame once with its frame codec (`store_encoder`); returns the steps read."""
+    frame once with its frame codec (`store_encoder`); returns (steps read, CPU seconds of this process)."""
+    cpu = time.process_time()
     encode = store_encoder(store, "obs.rgb.agentview")[0] if store is not None else None
     steps = 0
     with h5py.File(path, "r") as f:
@@ -71,18 +86,19 @@ def h5py_read(path: Path, demos: list[str], store: Path | None = None) -> int:
                     for frame in arr:
                         encode(frame)
             steps += len(arr)
-    return steps
+    return steps, time.process_time() - cpu
 
 
-def pool_read(path: Path, demos: list[str], workers: int, store: Path | None = None) -> tuple[int, float]:
+def pool_read(path: Path, demos: list[str], workers: int,
+              store: Path | None = None) -> tuple[int, float, float]:
     """`h5py_read` of `demos` dealt out over `workers` forked processes (started inside the timing; each
     reads the codec of `store`, which every ingest trial has rewritten whole before this runs); returns
-    (steps, seconds)."""
+    (steps, seconds, CPU seconds of the processes' work)."""
     t = time.perf_counter()
     parts = [demos[i::workers] for i in range(workers)]
     with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-        steps = sum(pool.map(h5py_read, [path] * workers, parts, [store] * workers))
-    return steps, time.perf_counter() - t
+        done = list(pool.map(h5py_read, [path] * workers, parts, [store] * workers))
+    return sum(d[0] for d in done), time.perf_counter() - t, sum(d[1] for d in done)
 
 
 def store_encoder(store: Path, field: str):
@@ -97,29 +113,46 @@ def store_encoder(store: Path, field: str):
     return codec.encoder(), codec.name
 
 
+def timed_ingest(path: Path, out: Path, workers: int) -> tuple[float, int, float]:
+    """One `ingest libero` of `path` into a new store `out` (run it in a fresh process); returns (seconds,
+    steps stored, CPU seconds of the writer's process and its reader workers)."""
+    shutil.rmtree(out, ignore_errors=True)
+    t, cpu = time.perf_counter(), cpu_seconds()
+    res = run_ingest(LiberoSource(LiberoConfig(root=path)), IngestConfig(out=out, workers=workers))
+    return time.perf_counter() - t, res.num_steps, cpu_seconds() - cpu
+
+
 def bench(path: Path, tmp: Path, workers: int, trials: int) -> dict:
     """Alternate ingest, read+encode and read-only trials on one input file; returns the medians."""
     out = tmp / "store"
     state: dict = {}
+    cpu: dict[str, list[float]] = {"ingest": [], "encode": [], "read": []}
 
     def ingest() -> float:
-        shutil.rmtree(out, ignore_errors=True)
-        t = time.perf_counter()
-        state["result"] = run_ingest(LiberoSource(LiberoConfig(root=path)), IngestConfig(out=out, workers=workers))
-        return time.perf_counter() - t
+        seconds, state["steps"], used = in_fresh_process(timed_ingest, path, out, workers)
+        cpu["ingest"].append(used)
+        return seconds
+
+    def baseline(side: str, store: Path | None) -> float:
+        _, seconds, used = pool_read(path, demos, workers, store)
+        cpu[side].append(used)
+        return seconds
 
     ingest()  # first run: learn the store's codec (and warm the page cache for every side)
     codec = store_encoder(out, "obs.rgb.agentview")[1]
     with h5py.File(path, "r") as f:
         demos = sorted(f["data"])
     n = pool_read(path, demos, workers)[0]
-    r = alternate({"ingest": ingest, "encode": lambda: pool_read(path, demos, workers, out)[1],
-                   "read": lambda: pool_read(path, demos, workers)[1]}, trials)
-    steps = state["result"].num_steps
+    cpu["ingest"].clear()  # the first run above was not a trial
+    r = alternate({"ingest": ingest, "encode": lambda: baseline("encode", out),
+                   "read": lambda: baseline("read", None)}, trials)
+    steps = state["steps"]
     return {"rate": steps / statistics.median(r["ingest"]), "encode": n / statistics.median(r["encode"]),
             "read": n / statistics.median(r["read"]), "codec": codec, "steps": steps,
             "ratio_encode": median_ratio([steps / s for s in r["ingest"]], [n / s for s in r["encode"]]),
-            "ratio_read": median_ratio([steps / s for s in r["ingest"]], [n / s for s in r["read"]])}
+            "ratio_read": median_ratio([steps / s for s in r["ingest"]], [n / s for s in r["read"]]),
+            "cpu": {k: statistics.median(v) for k, v in cpu.items()},
+            "cpu_ratio": median_ratio(cpu["encode"], cpu["ingest"])}
 
 
 def main() -> None:
@@ -136,11 +169,13 @@ def main() -> None:
             if kind == "real":
                 put_real_frames(path, g1_frames(size=(SIZE, SIZE), max_frames=400 if args.smoke else None))
             m = bench(path, Path(tmp), args.workers, trials)
-        extra = {"workers": args.workers, "demos": demos, "steps": m["steps"], "image": SIZE, "codec": m["codec"]}
+        extra = {"workers": args.workers, "demos": demos, "steps": m["steps"], "image": SIZE, "codec": m["codec"],
+                 "cpu_s": {k: round(v, 3) for k, v in m["cpu"].items()}}
         what = "noise images" if kind == "noise" else "real G1 frames at 128x128"
         procs = f"{args.workers} processes"
         figure(f"ingest_libero.steps_{kind}", m["rate"], "steps/s",
                f"h5py reads + {m['codec']} encode once, {procs}", m["encode"], ratio=m["ratio_encode"], goal=">= 0.6",
+               cpu_ratio=round(m["cpu_ratio"], 4),
                label=f"`ingest libero`, {demos} demos x {steps} steps, 2 cameras, {what}, {args.workers} workers",
                **extra)
         figure(f"ingest_libero.steps_vs_read_{kind}", m["rate"], "steps/s", f"h5py reads only, {procs}", m["read"],

@@ -79,7 +79,8 @@ def test_stores_written_under_umask_022_are_0644_files_in_0755_folders(stores):
     for codec, store in stores.items():
         assert_modes(store, 0o022)
         names = modes(store)["f 0644"]
-        for must in ("manifest.json", "stats.json", "checksums.json", "meta/episodes.json", "report.json"):
+        for must in ("manifest.json", "stats.json", "checksums.json", "meta/episodes.parquet", "meta/split.parquet",
+                     "meta/stats_parts/000000000000.parquet", "report.json"):
             assert must in names, (codec, must)
     assert any(n.endswith(".mp4") for n in modes(stores["video"])["f 0644"])
 

@@ -383,14 +383,14 @@ def test_worker_stats_parts_equal_stats_read_back(tiny_yam_dir, tmp_path):
     assert fields
     written = json.loads((out / "stats.json").read_text())  # recompute below replaces stats.json
 
-    parts: dict[str, dict] = {}
-    files = sorted((out / "meta" / "stats_parts").glob("*.json"))
-    assert len(files) == 2  # one per commit group (3 + 1 episodes)
-    for f in files:
-        parts.update(json.loads(f.read_text())["episodes"])
-    assert sorted(parts) == sorted(store.episode_keys)
+    from shardyard.stores.stats.part_table import PartTable
+
+    # one file per commit group (3 + 1 episodes) while the ingest runs, compacted into one when it finishes
+    assert [f.name for f in (out / "meta" / "stats_parts").iterdir()] == ["000000000000.parquet"]
+    table = PartTable(out / "meta" / "stats_parts")
+    parts = {key: {name: table.get(e, name) for name in fields} for e, key in enumerate(store.episode_keys)}
     for key in store.episode_keys:
-        assert sorted(parts[key]) == fields
+        assert sorted(name for name, part in parts[key].items() if part is not None) == fields
         for name in fields:
             assert (parts[key][name]["frame_stride"], parts[key][name]["pixel_stride"]) == (7, 3)
 
@@ -456,8 +456,10 @@ def test_resume_over_a_half_written_group_equals_uninterrupted(tiny_yam_dir, tmp
     assert _shards(out, field) == _shards(ref, field) == [0]
     _assert_no_spill(out)
     # the killed groups' stats parts (episodes 2 and 3 are gone) were deleted, not merged into the stats
-    listed = [k for f in sorted((out / "meta" / "stats_parts").glob("*.json"))
-              for k in json.loads(f.read_text())["episodes"]]
-    assert sorted(listed) == sorted(keys[:2])
+    import pyarrow.parquet as pq
+
+    listed = {e for f in (out / "meta" / "stats_parts").glob("*.parquet")
+              for e in pq.read_table(f).column("episode").to_pylist()}
+    assert sorted(open_store(str(out)).episode_keys[e] for e in listed) == sorted(keys[:2])
     fields = [json.loads((d / "stats.json").read_text())["fields"] for d in (out, ref)]
     assert fields[0] == fields[1]

@@ -206,10 +206,12 @@ def test_eef_pixels_behind_camera_is_nan_and_missing_camera_raises(tmp_path):
     store = open_store(make_store(tmp_path))
     with pytest.raises(KeyError):
         eef_pixels(store, 0, "nonexistent")
-    meta_path = Path(store.url) / "meta" / "episodes.json"
-    episodes = json.loads(meta_path.read_text())
-    episodes[0]["cameras"]["top"]["T_world_cam"] = _looking_down(0.0, 0.0, 0.2).tolist()  # below most points
-    meta_path.write_text(json.dumps(episodes))
+    from shardyard.stores.episode_table import roles_of, write_episode_table
+
+    records = [store.episode_record(e) for e in range(store.num_episodes)]
+    records[0]["cameras"]["top"]["T_world_cam"] = _looking_down(0.0, 0.0, 0.2).tolist()  # below most points
+    metas = [{k: v for k, v in r.items() if k not in ("key", "length")} for r in records]
+    write_episode_table(store.url, ((r["key"], r["length"], m) for r, m in zip(records, metas)), roles_of(metas))
     pix = eef_pixels(open_store(store.url), 0, "top")
     z = store.read(0, ["obs.eef_pos"])["obs.eef_pos"][:, 2]
     assert np.all(np.isnan(pix[z >= 0.2])) and np.all(np.isfinite(pix[z < 0.2 - 1e-6]))

@@ -63,7 +63,7 @@ def test_intact_store_passes(store) -> None:
     crc = read_crc32c(store.root, CHUNK_CRC, FIELD)
     assert crc is not None and crc.shape == (store.num_steps,) and crc.dtype == np.uint32
     names = {f["name"] for f in json.loads((Path(store.root) / CHECKSUMS).read_text())["files"]}
-    assert "data/action/c/0/0" in names and "meta/episodes.json" in names
+    assert "data/action/c/0/0" in names and "meta/episodes.parquet" in names
     assert f"meta/{CHUNK_CRC}/{FIELD}/zarr.json" in names
     assert not any(n.startswith(f"data/{FIELD}/c/") for n in names) and "stats.json" not in names
 

@@ -13,13 +13,16 @@ mocap body, whose pose is not in the state) no pose is stored and a note says wh
 frame to OpenCV's (x right, y down, z forward) with `GL_TO_CV`.
 
 Compiled models are cached in a dict the caller owns (`LiberoSource` keeps one per instance and process),
-keyed by a hash of the XML, so demos sharing one model compile it once.
+keyed by a hash of the XML, so demos sharing one model compile it once; with each model the cache keeps
+what depends on the model alone: its fixed cameras' meta and one `MjData` for the per-step poses (a new
+`MjData` and an `mj_forward` per demo took ~2 ms, as much as the wrist camera's poses of 150 steps).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -79,16 +82,24 @@ def without_files(model_xml: str) -> str:
         return model_xml
 
 
-def compile_model(model_xml: str, models: dict[str, Any] | None = None):
-    """MuJoCo model of an MJCF XML string, from `models` (a cache keyed by the XML's SHA-1, holding at most
-    `MAX_MODELS`, failures included) or compiled, retrying without assets when mesh/texture files of the
-    recording machine are missing. Raises `SourceError(field="model_file")` when it does not compile."""
+@dataclass
+class _Compiled:
+    """One entry of a model cache: the compiled model (or the `SourceError` saying why it does not compile),
+    the meta of its fixed cameras by `(camera, width, height)`, and the `MjData` its poses are computed in."""
+
+    model: Any
+    fixed: dict[tuple[str, int, int], dict[str, Any]] = field(default_factory=dict)
+    data: Any = None
+
+
+def _compiled(model_xml: str, models: dict[str, Any] | None) -> _Compiled:
+    """The cache entry of `model_xml` (see `compile_model`), compiling the model when it is not cached."""
     import mujoco
 
     models = {} if models is None else models
     key = hashlib.sha1(model_xml.encode()).hexdigest()
     if key in models:
-        models[key] = found = models.pop(key)  # most recently used last
+        models[key] = entry = models.pop(key)  # most recently used last
     else:
         try:
             found = mujoco.MjModel.from_xml_string(model_xml)
@@ -101,7 +112,15 @@ def compile_model(model_xml: str, models: dict[str, Any] | None = None):
                 log.warning("%s", found.reason)
         while len(models) >= MAX_MODELS:
             models.pop(next(iter(models)))
-        models[key] = found
+        models[key] = entry = _Compiled(found)
+    return entry
+
+
+def compile_model(model_xml: str, models: dict[str, Any] | None = None):
+    """MuJoCo model of an MJCF XML string, from `models` (a cache keyed by the XML's SHA-1, holding at most
+    `MAX_MODELS`, failures included) or compiled, retrying without assets when mesh/texture files of the
+    recording machine are missing. Raises `SourceError(field="model_file")` when it does not compile."""
+    found = _compiled(model_xml, models).model
     if isinstance(found, SourceError):
         raise found
     return found
@@ -154,16 +173,24 @@ def camera_meta(model_xml: str, camera: str, width: int, height: int,
     """
     import mujoco
 
-    model = compile_model(model_xml, models)
-    cam = _find(model, camera)
-    if cam is None or cam.moving:
-        return None
-    data = mujoco.MjData(model)
-    mujoco.mj_forward(model, data)
-    R = data.cam_xmat[cam.cam_id].reshape(3, 3) @ GL_TO_CV
-    return {"K": intrinsics_from_fovy(cam.fovy_deg, width, height),
-            "T_world_cam": pose_matrix(R, data.cam_xpos[cam.cam_id]),
-            "moving": False, "width": width, "height": height, "fovy_deg": cam.fovy_deg, "mjcf_camera": cam.name}
+    entry = _compiled(model_xml, models)
+    model = entry.model
+    if isinstance(model, SourceError):
+        raise model
+    found = entry.fixed.get((camera, width, height))
+    if found is None:
+        cam = _find(model, camera)
+        if cam is None or cam.moving:
+            return None
+        data = mujoco.MjData(model)  # its own: the reference configuration, whatever entry.data last held
+        mujoco.mj_forward(model, data)
+        R = data.cam_xmat[cam.cam_id].reshape(3, 3) @ GL_TO_CV
+        entry.fixed[(camera, width, height)] = found = {
+            "K": intrinsics_from_fovy(cam.fovy_deg, width, height),
+            "T_world_cam": pose_matrix(R, data.cam_xpos[cam.cam_id]), "moving": False, "width": width,
+            "height": height, "fovy_deg": cam.fovy_deg, "mjcf_camera": cam.name}
+    # each demo's meta gets its own arrays: the cached ones must not change with a caller's edit
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in found.items()}
 
 
 def pose_specs(model_xml: str, cameras: list[str], states_width: int | None,
@@ -206,10 +233,10 @@ def demo_cameras(model_xml: str, sizes: dict[str, tuple[int, int]], states: np.n
                                 + ": no camera calibration stored"]
     if not sizes:
         return cameras, steps, []
-    try:
-        model = compile_model(model_xml, models)
-    except SourceError as e:
-        return cameras, steps, [e.reason + ": no camera calibration stored"]
+    entry = _compiled(model_xml, models)
+    model = entry.model
+    if isinstance(model, SourceError):
+        return cameras, steps, [model.reason + ": no camera calibration stored"]
     notes = []
     width = None if states is None or np.ndim(states) != 2 else int(np.shape(states)[1])
     for camera, (w, h) in sizes.items():
@@ -221,7 +248,11 @@ def demo_cameras(model_xml: str, sizes: dict[str, tuple[int, int]], states: np.n
         elif (why := _pose_problem(model, cam, width)) is not None:
             notes.append(f"{camera}: {why}: no per-step pose stored")
         else:
-            fk = forward_kinematics(model, {}, [cam], qpos=np.asarray(states)[:, 1:1 + model.nq])
+            if entry.data is None:
+                import mujoco
+
+                entry.data = mujoco.MjData(model)
+            fk = forward_kinematics(model, {}, [cam], qpos=np.asarray(states)[:, 1:1 + model.nq], data=entry.data)
             steps[pose_field(camera)] = fk[f"T_world_cam.{cam.name}"].astype(np.float32)
             cameras[camera] = {"K": intrinsics_from_fovy(cam.fovy_deg, w, h), "T_world_cam": None, "moving": True,
                                "width": w, "height": h, "fovy_deg": cam.fovy_deg, "mjcf_camera": cam.name,

@@ -21,7 +21,10 @@ stats parts of `stores.stats.moments`; `relative_stats` has them in `stats.json`
 
 Reads are batched: `__getitems__` (used by `DataLoader` and `loaders.sampler.BatchStream`) gathers each
 field's rows for the whole batch, then reads them with one `read_rows` call per run of consecutive frames
-(low-dim fields: per span, from the store's in-memory copy). Handles open lazily in each worker.
+(low-dim fields: per span, from the store's in-memory copy). Handles open lazily in each worker, and the
+dataset pickles without anything per episode or step: its selection travels as config and a worker rebuilds
+the anchors from the store's columns (`loaders.selection`, checked against a digest), so a spawned worker
+receives a few kB whatever the store's size.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import torch
 from shardyard.errors import ConfigError, StoreChangedError
 from shardyard.ingest.lerobot import field_from_feature
 from shardyard.loaders.normalize import FieldNorm, relative_action_stats
-from shardyard.loaders.selection import absent_episodes, anchor_rows, select_episodes, selection_digest, shared_fps
+from shardyard.loaders.selection import Anchors, absent_episodes, select_episodes, shared_fps
 from shardyard.stores.snapshot import reads_snapshot
 
 log = logging.getLogger(__name__)
@@ -90,22 +93,30 @@ def resolve_field(schema: Any, name: str) -> str:
     raise ConfigError(f"no field {name!r} in the store; it has {list(schema.keys())}")
 
 
-def gather_rows(store: Any, field: str, rows: np.ndarray, max_gap: int = 1) -> np.ndarray:
-    """Rows `rows (M,)` (global steps, any order, repeats allowed) of `field` as `(M, *shape)`. The sorted
-    unique rows are cut where two neighbours are more than `max_gap` apart; each piece is one
-    `store.read_rows` call, copied once into the output (no concatenation, no second gather)."""
+def gather_rows(store: Any, field: str, rows: np.ndarray, max_gap: int = 1,
+                channels_first: bool = False) -> np.ndarray:
+    """Rows `rows (M,)` (global steps, any order, repeats allowed) of `field` as `(M, *shape)` (`(M, C, H, W)`
+    frames with `channels_first`: `store.read_rows`' option). The sorted unique rows are cut where two
+    neighbours are more than `max_gap` apart; each piece is one `store.read_rows` call in row order (a video
+    store decodes each GOP once), copied once into the output, or, a frame piece of one row, read straight
+    into its place there (no concatenation, no second gather)."""
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     spec = store.schema[field]
     if len(rows) == 0:
-        return np.zeros((0, *spec.shape), dtype=spec.dtype)
+        shape = (spec.shape[2], *spec.shape[:2]) if channels_first else spec.shape
+        return np.zeros((0, *shape), dtype=spec.dtype)
     order = np.argsort(rows, kind="stable")
     srt = rows[order]
     cuts = np.flatnonzero(np.diff(srt) > max_gap) + 1
     bounds = np.concatenate([[0], cuts, [len(srt)]])
     out = None
+    layout = {"channels_first": True} if channels_first else {}
     for a, b in zip(bounds[:-1], bounds[1:]):
         lo, hi = int(srt[a]), int(srt[b - 1]) + 1
-        block = store.read_rows(field, lo, hi)
+        if out is not None and b - a == 1 and spec.kind in FRAME_KINDS:
+            store.read_rows(field, lo, hi, out=out[order[a]:order[a] + 1], **layout)
+            continue
+        block = store.read_rows(field, lo, hi, **layout)
         if out is None:
             out = np.empty((len(rows),) + block.shape[1:], dtype=block.dtype)
         out[order[a:b]] = block if hi - lo == b - a else block[srt[a:b] - lo]
@@ -167,7 +178,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         if (deltas is None) == (delta_timestamps is None):
             raise ConfigError("give exactly one of deltas (steps) and delta_timestamps (seconds)")
         self._episodes: np.ndarray | None = None
-        self._anchors: tuple[np.ndarray, np.ndarray] | None = None
+        self._anchors: Anchors | None = None
         self.fps = shared_fps(store, self.episodes) if delta_timestamps is not None else None
         self.fields: dict[str, str] = {}      # requested name -> store field
         self.deltas: dict[str, np.ndarray] = {}
@@ -193,26 +204,34 @@ class EpisodeDataset(torch.utils.data.Dataset):
                               f"got {np.asarray(anchor_mask).shape}")
         # kept packed (1 bit a step) for a worker to rebuild the anchors with; without a mask nothing per step
         self._anchor_bits = None if anchor_mask is None else np.packbits(np.asarray(anchor_mask, dtype=bool))
-        self._anchors = anchor_rows(self.store, self.episodes, anchor_mask)
-        if len(self._anchors[0]) == 0:
+        self._anchors = Anchors(self.store, self.episodes, anchor_mask)
+        if len(self._anchors) == 0:
             raise ConfigError(f"no valid anchor steps selected (split {self.cfg.split!r}, "
                               f"{len(self.episodes)} episodes)")
-        self._digest = (len(self._anchors[0]), selection_digest(self._anchors[0]))
+        self._digest = self._anchors.digest()
 
     def __getstate__(self) -> dict[str, Any]:
         # A worker gets the selection as config, not as arrays: it rebuilds them from the store's columns
         # (`loaders.selection`), so the pickled dataset does not grow with the store.
         return dict(self.__dict__) | {"_episodes": None, "_anchors": None, "_absent_eps": None}
 
-    def _rebuild(self) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def anchors(self) -> Anchors:
+        """Item -> (store row, episode) (`loaders.selection.Anchors`); a worker's copy rebuilds it from the
+        store's columns and raises `StoreChangedError` when that is not what the dataset was made with."""
+        if self._anchors is None:
+            self._anchors = self._rebuild()
+        return self._anchors
+
+    def _rebuild(self) -> Anchors:
         mask = None
         if self._anchor_bits is not None:
             mask = np.unpackbits(self._anchor_bits, count=self.store.num_steps).astype(bool)
-        rows, episode_of = anchor_rows(self.store, self.episodes, mask)
-        if (len(rows), selection_digest(rows)) != self._digest:
+        anchors = Anchors(self.store, self.episodes, mask)
+        if anchors.digest() != self._digest:
             raise StoreChangedError("the episodes this dataset serves changed since it was made (a new split?): "
                                     "make the dataset again", path=getattr(self.store, "url", None))
-        return rows, episode_of
+        return anchors
 
     @property
     def absent(self) -> dict[str, np.ndarray]:
@@ -230,17 +249,13 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     @property
     def rows(self) -> np.ndarray:
-        """`(A,) int64` the global store row of each anchor (item)."""
-        if self._anchors is None:
-            self._anchors = self._rebuild()
-        return self._anchors[0]
+        """`(A,)` the global store row of each anchor (item), listed on first use."""
+        return self.anchors.rows
 
     @property
     def episode_of(self) -> np.ndarray:
-        """`(A,) int64` the episode of each anchor."""
-        if self._anchors is None:
-            self._anchors = self._rebuild()
-        return self._anchors[1]
+        """`(A,)` the episode of each anchor, listed on first use."""
+        return self.anchors.episode_of
 
     def _norms(self) -> dict[str, FieldNorm]:
         out = {}
@@ -287,35 +302,46 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     # -- reading -------------------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.anchors)
 
-    def _gather(self, field: str, rows: np.ndarray) -> np.ndarray:
+    def _gather(self, field: str, rows: np.ndarray, channels_first: bool = False) -> np.ndarray:
         spec = self.store.schema[field]
         if spec.kind in FRAME_KINDS:
             gap = 1
         else:
             row_bytes = max(int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize, 1)
             gap = max(1, SPAN_GAP_BYTES // row_bytes)
-        return gather_rows(self.store, field, rows, gap)
+        return gather_rows(self.store, field, rows, gap, channels_first)
+
+    def _planar(self, field: str) -> bool:
+        """Whether the store decodes `field`'s frames to `(C, H, W)` directly (a video field): then the batch
+        is read so, and collate's stack copies whole planes instead of transposing (half its time here)."""
+        reads_planar = getattr(self.store, "reads_planar", None)
+        return self.store.schema[field].kind == "image" and reads_planar is not None and reads_planar(field)
 
     @reads_snapshot("store")  # one read section a batch: served whole from the version opened, or StoreChangedError
-    def fetch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+    def fetch(self, indices: Sequence[int], channels_first: bool = False) -> dict[str, np.ndarray]:
         """A batch as numpy arrays: per field `name` -> `(B, K, *shape)` (raw store layout: images
-        `(B, K, H, W, C)` uint8; normalisation and relative actions applied), `name_is_pad (B, K) bool`,
-        `episode_index`, `frame_index`, `index (B,) int64`. Raises IndexError for an index out of range."""
+        `(B, K, H, W, C)` uint8, or `(B, K, C, H, W)` with `channels_first` (a view of the stored layout unless
+        the store decodes planes: `_planar`); normalisation and relative actions applied), `name_is_pad (B, K)
+        bool`, `episode_index`, `frame_index`, `index (B,) int64`. Raises IndexError for an index out of
+        range."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"index out of range [0, {len(self)}): {idx.tolist()}")
         idx %= max(len(self), 1)
-        rows, ep = self.rows[idx].astype(np.int64), self.episode_of[idx].astype(np.int64)
+        rows, ep = self.anchors.lookup(idx)
         a = self.store.episode_starts[ep][:, None]
         b = self.store.episode_ends[ep][:, None]
         out: dict[str, np.ndarray] = {}
         for name, field in self.fields.items():
             want = rows[:, None] + self.deltas[name][None, :]                # (B, K)
             q = np.clip(want, a, b - 1)
-            x = self._gather(field, q.reshape(-1))
+            planar = channels_first and self._planar(field)
+            x = self._gather(field, q.reshape(-1), planar)
             x = x.reshape(q.shape + x.shape[1:])
+            if channels_first and not planar and self.store.schema[field].kind == "image":
+                x = np.moveaxis(x[..., None] if x.ndim == 4 else x, -1, 2)
             if x.dtype.kind == "f" and self.cfg.float32:
                 x = x.astype(np.float32, copy=False)
             if name == self._relative_key:
@@ -335,17 +361,12 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """Items `indices` (see the class docstring), read as one batch (`fetch`)."""
-        batch = self.fetch(indices)
+        # Images come (B, K, C, H, W): planes from a video store's decoder, else a view of the channels-last
+        # frames whose transposing copy collate's stack does (a separate transpose here would add a copy).
+        batch = self.fetch(indices, channels_first=True)
         tensors = {}
-        for name, field in self.fields.items():
-            x = batch[name]
-            t = torch.from_numpy(x)
-            if self.store.schema[field].kind == "image":
-                # A (B, K, C, H, W) view of the channels-last frames: collate's stack does the one
-                # transposing copy (a separate transpose here would add a full copy per frame).
-                t = t.unsqueeze(-1) if t.dim() == 4 else t
-                t = t.permute(0, 1, 4, 2, 3)
-            tensors[name] = t
+        for name in self.fields:
+            tensors[name] = torch.from_numpy(batch[name])
             tensors[f"{name}_is_pad"] = torch.from_numpy(batch[f"{name}_is_pad"])
         # unbind / tolist make all per-sample views and ints in one call each (indexing per item costs
         # more than the whole low-dim read of the batch)

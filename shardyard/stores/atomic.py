@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,8 @@ def _json_default(o: Any) -> Any:
         return o.item()
     if isinstance(o, Path):
         return str(o)
+    if isinstance(o, Sequence) and not isinstance(o, (str, bytes)):  # e.g. a store's `episode_keys`
+        return list(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 

@@ -5,10 +5,10 @@
 root with `/` separators, sorted; `checksums.json` itself is never listed. `shardyard push` writes it for
 every file, `manifest.json` included. The episodic writer writes it at finalize, before the manifest
 (`manifest_sha256` null, `"scope": "ingest"`), for the files that do not change after it: low-dim chunk
-files, every `zarr.json`, `meta/*` and `progress.json`; not `manifest.json`, `stats.json` or `report.json`
-(`shardyard stats` may rewrite those; `verify` recomputes the stats), and not the frame fields' shard files
-and MP4s, which have a crc32c per chunk or per file instead (hashing GBs of frames again at finalize, in one
-process, would cost what the parallel readers saved):
+files, every `zarr.json`, `meta/*` and `progress.json`; not `manifest.json`, `stats.json`, `report.json` or
+`meta/split.parquet` (`shardyard stats` may rewrite those; `verify` recomputes the stats), and not the frame
+fields' shard files and MP4s, which have a crc32c per chunk or per file instead (hashing GBs of frames again
+at finalize, in one process, would cost what the parallel readers saved):
 
     meta/chunk_crc32c/<field>   (N,) uint32, row-aligned with a sharded frame field: crc32c of each row's
                                 inner chunk as stored in the shard file, taken where it was encoded
@@ -37,7 +37,7 @@ CHECKSUMS = "checksums.json"
 CHUNK_CRC = "chunk_crc32c"   # under meta/: per row of a sharded frame field
 VIDEO_CRC = "video_crc32c"   # under meta/: per episode of a video field
 # Files the ingest checksums leave out: rewritten later by design, or covered by the crc arrays above.
-_MUTABLE = {MANIFEST, "stats.json", "report.json"}
+_MUTABLE = {MANIFEST, "stats.json", "report.json", "meta/split.parquet"}  # the split: `shardyard stats` re-splits
 # Work files of a running job that are never part of a finished store.
 _SKIP_DIRS = {".spill"}
 

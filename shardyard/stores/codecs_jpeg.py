@@ -54,11 +54,15 @@ def encode_frame(frame: np.ndarray, quality: int = DEFAULT_QUALITY, subsampling:
                                   colorsubsampling=subsampling)
 
 
-def decode_frame(data: bytes | memoryview, channels: int = 3) -> np.ndarray:
-    """JPEG bytes -> `(H, W, channels)` uint8 (accurate DCT and upsampling: the same pixels in every reader).
-    Raises ValueError for bytes that are not a JPEG."""
-    return simplejpeg.decode_jpeg(bytes(data), colorspace="RGB" if channels == 3 else "GRAY",
-                                  fastdct=False, fastupsample=False)
+def decode_frame(data: bytes | memoryview, channels: int = 3, out: np.ndarray | None = None) -> np.ndarray:
+    """JPEG bytes -> `(H, W, channels)` uint8 (accurate DCT and upsampling: the same pixels in every reader),
+    decoded straight into `out` (a C-contiguous uint8 array of the frame's size) when given. Raises ValueError
+    for bytes that are not a JPEG, or not one of `out`'s size."""
+    img = simplejpeg.decode_jpeg(bytes(data), colorspace="RGB" if channels == 3 else "GRAY", fastdct=False,
+                                 fastupsample=False, buffer=out)
+    if out is not None and img.size != out.size:
+        raise ValueError(f"JPEG holds a {img.shape} frame, not {out.shape}")
+    return img
 
 
 @dataclass(frozen=True)

@@ -16,23 +16,20 @@ new groups are appended as records after them.
 
 from __future__ import annotations
 
-import bisect
-import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shardyard.errors import StoreError
-from shardyard.stores.atomic import atomic_write_json, chmod_as_umask, to_jsonable
+from shardyard.stores.atomic import atomic_write_json, to_jsonable
 from shardyard.stores.manifest import read_json
 
 PROGRESS = "progress.json"
 PROGRESS_DIR = "progress"
 
-__all__ = ["PROGRESS", "PROGRESS_DIR", "CommitLog", "GroupFiles", "committed_episodes"]
+__all__ = ["PROGRESS", "PROGRESS_DIR", "CommitLog", "committed_episodes"]
 
 
 def _record_name(first: int) -> str:
@@ -45,13 +42,15 @@ class CommitLog:
     `keys` and `lengths` (steps) in store order, and the committed `shard_bytes` of each frame field's
     partial last shard. Per-episode metadata stays on disk (`episodes()` reads it back record by record), so
     a writer holds ~100 bytes per episode, not its ~1 kB of metadata (10^6 episodes: ~0.1 GB, not ~5 GB of
-    Python objects)."""
+    Python objects); `roles` are the camera roles any committed episode names (the columns of the episode
+    table, `stores.episode_table`, are fixed before its rows are written)."""
 
     root: Path
     header: dict[str, Any]
     keys: list[str] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     shard_bytes: dict[str, int] = field(default_factory=dict)
+    roles: set[str] = field(default_factory=set)
 
     @classmethod
     def create(cls, root: str | os.PathLike, fmt: str, schema: dict[str, Any]) -> "CommitLog":
@@ -71,8 +70,7 @@ class CommitLog:
         log = cls(root, {k: v for k, v in header.items() if k not in ("episodes", "shard_bytes")},
                   shard_bytes=dict(header.get("shard_bytes", {})))
         for episodes, shard_bytes in log._records(header):
-            log.keys += [e["key"] for e in episodes]
-            log.lengths += [int(e["length"]) for e in episodes]
+            log._add(episodes)
             if shard_bytes is not None:
                 log.shard_bytes = shard_bytes
         return log
@@ -103,31 +101,20 @@ class CommitLog:
         folder = self.root / PROGRESS_DIR
         folder.mkdir(exist_ok=True)
         first = len(self.keys)
-        record = {"first": first, "episodes": to_jsonable(episodes), "shard_bytes": shard_bytes}
+        record = {"first": first, "episodes": episodes, "shard_bytes": shard_bytes}  # numpy values: as lists
         # No fsync: the protocol is against the process dying (the page cache outlives it, and the chunk
         # files a record refers to are not fsynced either); flushing each group cost ~50 ms here.
         atomic_write_json(folder / _record_name(first), record, fsync=False, indent=None)
-        self.keys += [e["key"] for e in episodes]
-        self.lengths += [int(e["length"]) for e in episodes]
+        self._add(episodes)
         self.shard_bytes = dict(shard_bytes)
 
-    def write_episodes_json(self, path: str | os.PathLike) -> None:
-        """Write `meta/episodes.json` (`[{key, length, **meta}, ...]`) from the records, one record in memory
-        at a time, atomically (a temp file renamed into place)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            chmod_as_umask(fd)
-            with os.fdopen(fd, "w") as f:
-                f.write("[")
-                for i, e in enumerate(self.episodes()):
-                    f.write(("," if i else "") + "\n" + json.dumps({"key": e["key"], "length": e["length"],
-                                                                   **e["meta"]}))
-                f.write("\n]\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    def _add(self, episodes: list[dict[str, Any]]) -> None:
+        self.keys += [e["key"] for e in episodes]
+        self.lengths += [int(e["length"]) for e in episodes]
+        for e in episodes:
+            cams = e.get("meta", {}).get("cameras")
+            if isinstance(cams, dict):
+                self.roles.update(cams)
 
 
 def committed_episodes(root: str | os.PathLike) -> list[dict[str, Any]]:
@@ -135,47 +122,3 @@ def committed_episodes(root: str | os.PathLike) -> list[dict[str, Any]]:
     meta}` in store order; empty when it has no log."""
     log = CommitLog.read(root)
     return list(log.episodes()) if log is not None else []
-
-
-class GroupFiles(Mapping):
-    """Episode key -> the value that per-group files `folder/<first>.json` (`{"episodes": {key: value}}`,
-    `first` the store index of the group's first episode, 8 digits) hold for it, read on demand with one file
-    in memory at a time: the ingest workers' stats parts (`meta/stats_parts`) of a store of 10^6 episodes
-    are gigabytes of JSON, which a dict of them all would hold in memory. `keys` are the store's episode keys
-    in order (a growing list is fine: lookups use its current contents). A key with no entry maps to
-    nothing (`get` gives the default)."""
-
-    def __init__(self, folder: str | os.PathLike, keys: list[str]) -> None:
-        self.folder, self._keys = Path(folder), keys
-        self._index: dict[str, int] = {}
-        self._starts: list[int] = []
-        self._cached: tuple[int, dict[str, Any]] = (-1, {})
-
-    def _list(self) -> list[int]:
-        return sorted(int(f.stem) for f in self.folder.glob("*.json")) if self.folder.is_dir() else []
-
-    def __getitem__(self, key: str) -> Any:
-        if len(self._index) != len(self._keys):
-            self._index.update((k, i) for i, k in enumerate(self._keys[len(self._index):], len(self._index)))
-        i = self._index[key]  # KeyError for a key the store does not have
-        if key not in self._cached[1]:
-            at = bisect.bisect_right(self._starts, i) - 1
-            if at == len(self._starts) - 1:  # at or past the last file known: files may have been added
-                self._starts = self._list()
-                at = bisect.bisect_right(self._starts, i) - 1
-            if at < 0:
-                raise KeyError(key)
-            if self._starts[at] != self._cached[0]:
-                self._cached = (self._starts[at],
-                                read_json(str(self.folder / f"{self._starts[at]:08d}.json")).get("episodes", {}))
-        return self._cached[1][key]
-
-    def __iter__(self) -> Iterator[str]:
-        for start in self._list():
-            yield from read_json(str(self.folder / f"{start:08d}.json")).get("episodes", {})
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __bool__(self) -> bool:
-        return bool(self._list())

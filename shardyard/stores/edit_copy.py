@@ -299,6 +299,8 @@ def write_plan(plan: CopyPlan, out: str | os.PathLike, *, overwrite: bool = Fals
         frames = _frame_sources(plan, writer)
         for i in range(len(plan.episodes)):
             writer.write(_read_episode(plan, i, frames, writer, parts))
+        for src in plan.sources:  # their low-dim fields read whole: not kept through the output's stats pass
+            src.close()
     return EpisodicStore(out)
 
 

@@ -155,7 +155,7 @@ def edit_features(plan: CopyPlan, features: Sequence[str], new_store: EpisodicSt
                            patch_size=first.layout.patch_size, dtype=first.layout.dtype,
                            batch_size=first.layout.batch_size)
     source = {"path": str(Path(new_store.root).resolve()), "field": key.get("field"), "fingerprint": fingerprint,
-              "format": new_store.manifest.get("format"), "episode_keys": new_store.episode_keys}
+              "format": new_store.manifest.get("format"), "episode_keys": list(new_store.episode_keys)}
     cfg = FeatureWriterConfig(overwrite=overwrite, compressor=_compressor(first), split=new_store.split,
                               episode_ends=new_store.episode_ends.tolist(), source=source)
     src, rows = _rows(plan)

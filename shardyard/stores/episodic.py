@@ -35,13 +35,15 @@ import zarr
 from shardyard.errors import StoreError
 from shardyard.schema import Schema
 from shardyard.stores.episode_reader import EpisodeKeys, EpisodeTable, LegacyTable, MetaTable
-from shardyard.stores.episode_table import EPISODES_JSON, SPLIT, read_split
+from shardyard.stores.episode_table import EPISODES_JSON
 from shardyard.stores.episode_where import select_where
+from shardyard.stores.lowdim_chunks import ChunkRows
 from shardyard.stores.manifest import MANIFEST, Manifest, read_json
 from shardyard.stores.read_checks import ReadChecks
 from shardyard.stores.remote_fs import ProcessLocalFS, is_remote
 from shardyard.stores.snapshot import open_snapshot, reads_snapshot
-from shardyard.stores.video_frames import INDEX, VideoFrameReader, video_codec_of
+from shardyard.stores.video_frames import INDEX, video_codec_of
+from shardyard.stores.video_reader import VideoFrameReader
 from shardyard.stores.zarr_shard import ShardReader, load_array_meta
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ FORMAT = "episodic-zarr3"
 FORMAT_VERSION = 2  # 2: columnar episode metadata (`stores.episode_table`); 1: `meta/episodes.json`
 SPILL = ".spill"  # reader workers' encoded frames, until the writer has copied them into shard files
 STATS_PARTS = "meta/stats_parts"  # per-episode stats parts (`stores.stats.part_table`)
-LOWDIM_CACHE_BYTES = 256 << 20  # low-dim fields below this are read whole once per process
+LOWDIM_CACHE_BYTES = 32 << 20  # low-dim fields below this are read whole once per process; larger by chunk
 FRAME_KINDS = ("image", "depth", "tokens")  # one row per chunk inside shards
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "EpisodicStore", "split_episodes"]
@@ -72,14 +74,9 @@ class EpisodicStore:
 
     Attributes: `num_episodes`, `num_steps`, `episode_keys`, `schema`, `stats` (parsed stats.json, {} if
     absent), `manifest` (dict), `report`. Handles open lazily in each process, so the object can be passed
-    to DataLoader workers (fork or spawn); it pickles without anything per episode (the episode ends and the
-    metadata tables are read again in the worker, checked against the version opened), so its pickled size
-    does not grow with the store.
-
-    Episode metadata is read by column and by row (`stores.episode_reader`): `episode_meta(i)` reads one
-    row, `episode_keys` the key column on demand, `episode_indices(keys)` and `select_where(text)` are
-    vectorised. A store of format version 1 (`meta/episodes.json`) is read as before, parsed whole on first
-    use; `shardyard upgrade` (`stores.upgrade`) rewrites it to version 2.
+    to DataLoader workers (fork or spawn); it pickles without anything per episode (a worker reads the
+    episode ends and tables again, from the version opened). Episode metadata is read by column and row
+    (`stores.episode_reader`); a format-1 store's `meta/episodes.json` is parsed whole on first use.
 
     Raises `StoreError` if there is no `manifest.json` (absent, or a job that never finished).
 
@@ -258,18 +255,8 @@ class EpisodicStore:
 
     def _split_codes(self) -> tuple[list[str], np.ndarray]:
         if "split_codes" not in self._lazy:
-            got: tuple[list[str], np.ndarray] = ([], np.zeros(0, np.int8))
-            if self.format_version >= 2:
-                with self.snapshot.reading():
-                    try:
-                        if self._fs is None:
-                            got = read_split(self._join(SPLIT))
-                        else:
-                            with self._fs.open(self._join(SPLIT), "rb") as f:
-                                got = read_split(f)
-                    except FileNotFoundError:
-                        pass
-            self._lazy["split_codes"] = got
+            with self.snapshot.reading():
+                self._lazy["split_codes"] = self.meta_table.split_codes()
         return self._lazy["split_codes"]
 
     def episode_length(self, episode: int) -> int:
@@ -314,11 +301,16 @@ class EpisodicStore:
         return {f: self.read_rows(f, base + start, base + stop) for f in (fields or self.schema.keys())}
 
     @reads_snapshot()
-    def read_rows(self, field: str, start: int, stop: int) -> np.ndarray:
-        """Global rows `[start, stop)` of one field, across episode boundaries."""
+    def read_rows(self, field: str, start: int, stop: int, *, out: np.ndarray | None = None,
+                  channels_first: bool = False) -> np.ndarray:
+        """Global rows `[start, stop)` of one field, across episode boundaries: `(stop - start, *shape)`.
+        `out`: an array of that shape and the field's dtype to read into (returned; a frame decodes straight
+        into it). `channels_first`: `(H, W, C)` frames as `(C, H, W)` (see `reads_planar`)."""
         if field not in self.schema:
             raise KeyError(f"unknown field {field!r}; store has {self.schema.keys()}")
         self._check_pid()
+        if out is not None or channels_first:
+            return self._read_into(field, start, stop, out, channels_first)
         cached = self._cache.get(field)
         if cached is not None:
             return cached[start:stop]
@@ -328,13 +320,37 @@ class EpisodicStore:
         video = self._video.get(field)
         if video is not None:
             return video.read(start, stop)
-        arr = self._array(field)
         spec = self.schema[field]
         nbytes = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize * self.num_steps
-        if nbytes <= LOWDIM_CACHE_BYTES and spec.kind not in FRAME_KINDS:
+        if nbytes > LOWDIM_CACHE_BYTES and spec.kind not in FRAME_KINDS:
+            return self._chunk_rows(field).read(start, stop)  # a large field: by chunk, bounded memory
+        arr = self._array(field)
+        if spec.kind not in FRAME_KINDS:
             self._cache[field] = arr[:]
             return self._cache[field][start:stop]
         return arr[start:stop]
+
+    def _read_into(self, field: str, start: int, stop: int, out: np.ndarray | None,
+                   channels_first: bool) -> np.ndarray:
+        """`read_rows` into `out` and/or as `(C, H, W)`: a video field and the shard reader decode straight into
+        it; otherwise the plain read is copied (transposed)."""
+        if channels_first and len(self.schema[field].shape) != 3:
+            raise ValueError(f"channels_first reads (H, W, C) frames; {field!r} has rows {self.schema[field].shape}")
+        fast = None if field in self._cache else self._fast_reader(field)
+        if field in self._video:
+            return self._video[field].read(start, stop, out=out, channels_first=channels_first)
+        if fast is not None and not channels_first:
+            return fast.read(start, stop, out=out)
+        rows = self.read_rows(field, start, stop)
+        rows = rows.transpose(0, 3, 1, 2) if channels_first else rows
+        return np.ascontiguousarray(rows) if out is None else np.copyto(out, rows) or out
+
+    def reads_planar(self, field: str) -> bool:
+        """Whether `read_rows(field, ..., channels_first=True)` comes straight from the decoder (a video field:
+        the scaler writes RGB planes) rather than as a transposing copy of the `(H, W, C)` frames."""
+        self._check_pid()
+        return field in self.schema and field not in self._cache and self._fast_reader(field) is None \
+            and field in self._video
 
     @reads_snapshot()
     def read_block(self, field: str, start: int, stop: int) -> np.ndarray:
@@ -363,6 +379,19 @@ class EpisodicStore:
         if "__root__" not in self._arrays:
             self._arrays["__root__"] = zarr.open_group(self.url, mode="r")
         return self._arrays["__root__"]
+
+    def _chunk_rows(self, field: str) -> ChunkRows:
+        """The chunk reader of a low-dim field too large to keep whole (`stores.lowdim_chunks`): each chunk file
+        checked against `checksums.json` at its first read in this process."""
+        ident = f"{field}\0chunks"
+        if ident not in self._arrays:
+            arr = self._group()[f"data/{field}"]
+            self._checks.check_rows(field, arr.shape[0], self._join(f"data/{field}"))
+            rows = int(arr.chunks[0])
+            tail = "/0" * (len(arr.shape) - 1)
+            self._arrays[ident] = ChunkRows(arr, rows, lambda c: self._checks.check_files(
+                f"data/{field}/c/{c}{tail}", field, exact=True))
+        return self._arrays[ident]
 
     def _array(self, field: str):
         if field not in self._arrays:

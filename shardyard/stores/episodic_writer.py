@@ -4,14 +4,15 @@ Commit protocol (why resume after SIGKILL is exact): validated episodes are comm
 (`commit_every` episodes, `commit_bytes` of encoded frames and low-dim arrays, or `commit_seconds` since the
 group's first episode, whichever comes first: 32, 1 GiB, 30 s by default, so a kill costs at most about half
 a minute of work). A frame field's rows are appended to its shard files as each episode arrives
-(`ShardAppender`: bytes once written are never rewritten); the group's low-dim fields are written through
-zarr at its commit; then one record listing the group, with the size of each field's partial last shard, is
-added to the commit log (`stores.commit_log`: one new file per group, so a commit costs its group's size,
-not the store's). A rerun truncates every array back to the committed step count (cutting the partial shard
-to its recorded size, deleting shard files past it) and goes on from there, so a half-written group is
-overwritten, never kept; a kill loses at most the group in flight. Grouping is what makes small episodes
-cheap: one zarr call per low-dim field per group, not per episode. The zarr.json shape of a sharded frame
-field is set once, at the end (no reader opens a store before its manifest exists).
+(`ShardAppender`: bytes once written are never rewritten; the partial shard's index is written once per
+group); at the commit the group's low-dim fields go through zarr and its workers' stats parts into one
+Parquet file (`stats.part_table`); then one record of the group (keys, lengths, metadata), with the size of
+each field's partial last shard, is added to the commit log (`stores.commit_log`: a file per group). A
+rerun truncates every array and the parts back to the committed count (cutting the partial shard to its
+recorded size, deleting shard files past it) and goes on from there: a half-written group is overwritten,
+never kept. Per episode the writer keeps a key and a length in memory; all else is per group, so its cost
+per episode is flat. At the end the columnar episode table (`stores.episode_table`) is streamed from the
+records, the parts are compacted into one file, and the zarr.json shape of a sharded frame field is set.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from shardyard.schema import Episode, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
 from shardyard.stores.checksums import CHUNK_CRC, VIDEO_CRC, append_crc32c, truncate_crc32c, write_ingest_checksums
 from shardyard.stores.codecs_jpeg import check_frame_shape
-from shardyard.stores.commit_log import PROGRESS, CommitLog, GroupFiles
+from shardyard.stores.commit_log import PROGRESS, CommitLog
+from shardyard.stores.episode_table import EPISODES_JSON, write_episode_table, write_split
 from shardyard.stores.episodic import (
     FORMAT,
     FORMAT_VERSION,
@@ -53,6 +55,8 @@ from shardyard.stores.frame_encoding import (
     parse_frame_codecs,
 )
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance
+from shardyard.stores.shard_append import ShardAppender
+from shardyard.stores.stats import part_table
 from shardyard.stores.video_frames import (
     DEFAULT_CRF,
     DEFAULT_GOP,
@@ -63,7 +67,7 @@ from shardyard.stores.video_frames import (
     create_video_field,
     video_codec_of,
 )
-from shardyard.stores.zarr_shard import ShardAppender, load_array_meta
+from shardyard.stores.zarr_shard import load_array_meta
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +133,7 @@ class EpisodicWriter:
         self.on_commit: Callable[[], None] | None = None  # called after each commit point (staged upload)
         self.report: dict[str, Any] = {}
         self._root: zarr.Group | None = None
+        self._lowdim: dict[str, zarr.Array] = {}  # opened once: a group lookup reads zarr.json (~2 ms)
         self._appenders: dict[str, ShardAppender] = {}
         self._videos: dict[str, VideoFieldFiles] = {}
         self._pending: list[_Pending] = []
@@ -199,7 +204,7 @@ class EpisodicWriter:
             if codec is None:
                 continue
             app = ShardAppender(path, shard_rows=meta["chunk_grid"]["configuration"]["chunk_shape"][0],
-                                ndim=len(meta["shape"]))
+                                ndim=len(meta["shape"]), defer_index=True)
             app.drop_shards_after(self.num_steps)
             app.load(self.num_steps, self._log.shard_bytes.get(key) if self._log is not None else None)
             self._appenders[key] = app
@@ -249,19 +254,18 @@ class EpisodicWriter:
         return list(self._log.keys)
 
     @property
-    def stats_parts(self) -> GroupFiles:
+    def stats_parts(self) -> part_table.PartTable:
         """Stats parts that reader workers made while encoding frames (`EncodedRows.stats_part`), per
-        committed episode key and field, read from `meta/stats_parts` on demand (a mapping, not a dict in
-        memory); `stats_fn` may use them instead of reading those frames back."""
-        return GroupFiles(self.path / STATS_PARTS, self.committed_keys)
+        committed episode and field, read from `meta/stats_parts` on demand (`stores.stats.part_table`);
+        `stats_fn` may use them instead of reading those frames back."""
+        return part_table.PartTable(self.path / STATS_PARTS)
 
     def _load_stats_parts(self) -> None:
-        """On resume: a parts file of a group killed before its commit (named by a first episode past the
-        committed ones) is deleted; its episodes are read again."""
+        """On resume: parts of episodes past the committed ones (a group killed before its commit) are
+        deleted; their episodes are read again. A format-1 store's JSON parts are converted first."""
         folder = self.path / STATS_PARTS
-        for f in folder.glob("*.json") if folder.is_dir() else []:
-            if int(f.stem) >= self.num_episodes:
-                f.unlink()
+        part_table.convert_legacy_parts(folder, self.committed_keys)
+        part_table.drop_parts_after(folder, self.num_episodes)
 
     def _create_array(self, group: zarr.Group, key: str, spec) -> None:
         shape = (0,) + spec.shape
@@ -352,20 +356,20 @@ class EpisodicWriter:
         n0 = self.num_steps
         t = sum(ep.num_steps for ep in self._pending)
         for key in self._pending[0].lowdim:
-            arr = self._root[f"data/{key}"]
+            arr = self._lowdim[key] if key in self._lowdim else self._lowdim.setdefault(key, self._root[f"data/{key}"])
             arr.resize((n0 + t,) + arr.shape[1:])
             arr[n0:n0 + t] = np.concatenate([ep.lowdim[key] for ep in self._pending])
         for key in self._pending[0].crc:  # before the commit point, like the arrays they check
             video = key in self._videos
             append_crc32c(self._root, VIDEO_CRC if video else CHUNK_CRC, key,
                           np.concatenate([ep.crc[key] for ep in self._pending]), self.num_episodes if video else n0)
-        parts = {ep.key: ep.parts for ep in self._pending if ep.parts}
+        parts = [(self.num_episodes + i, name, part) for i, ep in enumerate(self._pending)
+                 for name, part in ep.parts.items()]
         if parts:  # before the commit point, so that a committed episode always has its parts on disk
-            (self.path / STATS_PARTS).mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.path / STATS_PARTS / f"{self.num_episodes:08d}.json", {"episodes": parts},
-                              fsync=False, indent=None)
-        self._log.append([{"key": ep.key, "length": ep.num_steps, "meta": to_jsonable(ep.meta)}
-                          for ep in self._pending],
+            part_table.write_parts(self.path / STATS_PARTS, self.num_episodes, parts)
+        for app in self._appenders.values():  # each partial shard's index, once per group
+            app.flush()
+        self._log.append([{"key": ep.key, "length": ep.num_steps, "meta": ep.meta} for ep in self._pending],
                          {k: app.shard_bytes for k, app in self._appenders.items()})
         self._keys |= self._pending_keys
         self._num_steps += t
@@ -380,6 +384,7 @@ class EpisodicWriter:
 
     def _finalize(self) -> None:
         assert self._root is not None
+        self._keys = set()  # no more writes: 10^6 keys' set (~60 MB) is not kept through the stats pass
         for key in self._appenders:
             arr = self._root[f"data/{key}"]
             if arr.shape[0] != self.num_steps:
@@ -390,8 +395,13 @@ class EpisodicWriter:
         if "episode_ends" in meta:
             del meta["episode_ends"]
         meta.create_array("episode_ends", data=ends, chunks=(max(len(ends), 1),))
-        self._log.write_episodes_json(self.path / "meta" / "episodes.json")
+        write_episode_table(self.path, ((e["key"], e["length"], e["meta"]) for e in self._log.episodes()),
+                            self._log.roles)
+        (self.path / EPISODES_JSON).unlink(missing_ok=True)  # a resumed format-1 store's
+        part_table.compact_parts(self.path / STATS_PARTS)
         split = self.cfg.split or split_episodes(self.committed_keys, self.cfg.val_fraction, self.cfg.split_seed)
+        if write_split(self.path, split, self.num_episodes):
+            split = {}  # in meta/split.parquet; a split that is not a partition stays in the manifest
         manifest = Manifest(
             format=FORMAT, format_version=FORMAT_VERSION, schema=self.schema.to_dict(),
             num_episodes=self.num_episodes, num_steps=self.num_steps, source=self.cfg.source,

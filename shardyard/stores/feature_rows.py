@@ -28,7 +28,8 @@ import zarr
 from shardyard.stores.atomic import atomic_write_json
 from shardyard.stores.checksums import CHUNK_CRC
 from shardyard.stores.frame_encoding import ChunkCodec
-from shardyard.stores.zarr_shard import EMPTY, ShardAppender, load_array_meta, read_shard_index, shard_file
+from shardyard.stores.shard_append import ShardAppender
+from shardyard.stores.zarr_shard import EMPTY, load_array_meta, read_shard_index, shard_file
 
 __all__ = ["CLS", "MISSING", "PATCH", "PROGRESS_DIR", "TOKEN_ARRAYS", "write_batch", "write_chunk_crc32c"]
 

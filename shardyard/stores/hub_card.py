@@ -58,7 +58,7 @@ def store_card(manifest: dict[str, Any], stats: dict[str, Any] | None, repo_id: 
         lines += [f"Ingested from `{source.get('name', '?')}`"
                   + (f" (Hub dataset `{source['hub']['repo_id']}` at commit `{source['hub']['commit']}`)"
                      if isinstance(source.get("hub"), dict) else "") + ".", ""]
-    split = manifest.get("split") or {}
+    split = manifest.get("split") or (stats or {}).get("split") or {}  # format 2: in meta/split.parquet
     if split:
         lines += ["Split by episode: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + ".", ""]
     schema = manifest.get("schema") or {}

@@ -37,9 +37,10 @@ import google_crc32c
 import numpy as np
 
 from shardyard.errors import StoreDamagedError
-from shardyard.stores.checksums import CHECKSUMS, CHUNK_CRC, VIDEO_CRC, read_crc32c
+from shardyard.stores.checksums import CHECKSUMS, CHUNK_CRC, VIDEO_CRC
 from shardyard.stores.episode_reader import EpisodeTable
 from shardyard.stores.episode_table import EPISODES as EPISODES_PARQUET
+from shardyard.stores.lowdim_chunks import ChunkRows
 from shardyard.stores.manifest import MANIFEST, read_json
 
 __all__ = ["FieldNamer", "ReadChecks", "checked_shard", "crc32c", "crc_mismatch", "damaged_file",
@@ -48,6 +49,7 @@ __all__ = ["FieldNamer", "ReadChecks", "checked_shard", "crc32c", "crc_mismatch"
 log = logging.getLogger(__name__)
 
 EPISODES_JSON = "meta/episodes.json"
+LAZY_CRC_ROWS = 1 << 20  # recorded crc32c arrays longer than this are read by chunk
 
 
 def crc32c(data: bytes | np.ndarray) -> int:
@@ -165,14 +167,15 @@ class ReadChecks:
         if not self.verify:
             return None
         try:
-            if self.fs is None:
-                crc = read_crc32c(self.root, kind, field)
-            else:
-                import zarr
+            import zarr
 
-                path = self.fs.url(self.join(f"meta/{kind}/{field}"))
-                crc = np.asarray(zarr.open_array(path, mode="r", storage_options=self.fs.storage_options)[:],
-                                 dtype=np.uint32)
+            path = self.fs.url(self.join(f"meta/{kind}/{field}")) if self.fs is not None \
+                else self.join(f"meta/{kind}/{field}")
+            arr = zarr.open_array(path, mode="r", **({"storage_options": self.fs.storage_options} if self.fs else {}))
+            # A frame field of 10^7 rows has 40 MB of them: read by chunk as rows are checked, not whole in
+            # every DataLoader worker (`stores.lowdim_chunks`)
+            crc = ChunkRows(arr, int(arr.chunks[0]), lambda c: None) if arr.shape[0] > LAZY_CRC_ROWS \
+                else np.asarray(arr[:], dtype=np.uint32)
         except (FileNotFoundError, KeyError):
             crc = None
         except Exception as e:  # noqa: BLE001 - a damaged crc array is damage of the store
@@ -236,14 +239,16 @@ class ReadChecks:
         except FileNotFoundError:
             return None
 
-    def check_files(self, prefix: str, field: str | None = None) -> None:
-        """Every file `checksums.json` lists under `prefix` (e.g. `data/obs.state/`) against its size and sha256,
-        once per process; a listed file that is missing is damage. Nothing when verify is off or no
-        `checksums.json` counts. Raises `StoreDamagedError` naming the file (and the rows of a chunk file)."""
+    def check_files(self, prefix: str, field: str | None = None, *, exact: bool = False) -> None:
+        """Every file `checksums.json` lists under `prefix` (e.g. `data/obs.state/`; with `exact`, the one file
+        named `prefix`, e.g. a chunk `data/obs.state/c/3/0`) against its size and sha256, once per process; a
+        listed file that is missing is damage. Nothing when verify is off or no `checksums.json` counts.
+        Raises `StoreDamagedError` naming the file (and the rows of a chunk file)."""
         if not self.verify or prefix in self._checked:
             return
-        entries = self._entries()
-        for name, entry in sorted((entries or {}).items()):
+        entries = self._entries() or {}
+        listed = ([(prefix, entries[prefix])] if prefix in entries else []) if exact else sorted(entries.items())
+        for name, entry in listed:
             if not name.startswith(prefix):
                 continue
             data = self._read(name)

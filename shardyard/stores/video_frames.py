@@ -4,18 +4,18 @@ Layout of a field `F` stored as video (a zarr group, so zarr-python opens the st
 frames are):
 
     data/F/                    zarr group; attributes: spec, frame_codec {name: "video", codec, crf, gop,
-                               pix_fmt}, videos "video/{episode:06d}.mp4" (episode = index in the store)
-    data/F/video/000000.mp4    plain MP4 (yuv420p, constant GOP, no B-frames, a nominal 30 fps: the
+                               pix_fmt, entropy}, videos "video/{episode:06d}.mp4" (episode = index in the
+                               store)
+    data/F/video/000000.mp4    plain MP4 (yuv420p, constant GOP, no B-frames, CAVLC, a nominal 30 fps: the
                                episode's own rate is in its meta): ffmpeg plays it
     data/F/frame_index         (N, 2) int64 over all steps of all episodes: pts of the step's frame in its
                                episode's file, and the step (within the episode) of its keyframe
 
-Random access (`VideoFrameReader.read`) seeks to the keyframe at or before the first wanted frame and decodes
-forward; a read that continues where the last one ended (consecutive frames) goes on decoding without a seek,
-and the files of the last few episodes read stay open. Frames
-are matched by pts, so a read is frame-exact whatever the demuxer's seek lands on (tested against FFmpeg's
-own `select=eq(n\,i)` output). Encoding happens in the reader workers (`VideoEncoder`), decoding through the
-same PyAV conversion everywhere (`to_rgb`), so the workers' stats sample equals the frames read back.
+Random access (`stores.video_reader.VideoFrameReader`) seeks to the keyframe at or before the first wanted
+frame and decodes forward, matching frames by pts, so a read is frame-exact whatever the demuxer's seek lands
+on (tested against FFmpeg's own `select=eq(n\,i)` output). Encoding happens in the reader workers
+(`VideoEncoder`), decoding through the same PyAV conversion everywhere (`to_rgb`), so the workers' stats
+sample equals the frames read back.
 """
 
 from __future__ import annotations
@@ -23,22 +23,26 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from shardyard.stores.atomic import chmod_as_umask
-from shardyard.stores.read_checks import damaged_file
 
 VIDEO_DIR = "video"
 INDEX = "frame_index"
 DEFAULT_CRF = 20
-DEFAULT_GOP = 4  # G1 640x480: 0.70x the source bytes, reads as fast as GOP 2 (1.09x the bytes), 1.6x GOP 8
+# G1 640x480 (docs/frame-codecs.md): GOP 4 with CAVLC is 0.77x the source bytes; GOP 2 is 1.1x, GOP 1 1.3x
+# and reads barely faster: the keyframe's decode is most of a random read's
+DEFAULT_GOP = 4
+# CAVLC, not CABAC: a random read's decode (keyframe + the P-frames up to the frame) takes 0.6x the time for
+# 1.09x the bytes at the same quality (the same PSNR on the G1 frames)
+X264_PARAMS = "cabac=0:scenecut=0"
 
-__all__ = ["DEFAULT_CRF", "DEFAULT_GOP", "INDEX", "VIDEO_DIR", "EncodedVideo", "VideoCodec", "VideoEncoder",
-           "VideoFrameReader", "file_crc32c", "to_rgb", "video_name"]
+__all__ = ["DEFAULT_CRF", "DEFAULT_GOP", "INDEX", "VIDEO_DIR", "X264_PARAMS", "EncodedVideo", "VideoCodec",
+           "VideoEncoder", "file_crc32c", "to_rgb", "to_rgb_planes", "video_name"]
 
 
 def video_name(episode: int) -> str:
@@ -62,16 +66,32 @@ def file_crc32c(source: str | bytes | None) -> int:
 def to_rgb(frame: Any, reformatter: Any = None) -> np.ndarray:
     """A decoded PyAV frame as `(H, W, 3) uint8` RGB (the one conversion every reader uses). Pass the
     caller's own `av.video.reformatter.VideoReformatter` to reuse its scaler: `frame.to_ndarray` builds a
-    new one per frame, 3.2 ms of a 640x480 frame's 3.5 ms here; the pixels are the same either way."""
+    new one per frame, 3.2 ms of a 640x480 frame's 3.5 ms here; the pixels are the same either way.
+
+    One scaler thread: a 640x480 frame converts in 0.1 ms, where waking scaler threads costs more than it
+    saves (the readers run one per DataLoader worker), and a threaded scaler must never be freed in a forked
+    child (its threads are not there: `sws_freeContext` waits for them forever)."""
     if reformatter is None:
-        return frame.to_ndarray(format="rgb24")
-    return reformatter.reformat(frame, format="rgb24").to_ndarray()
+        return frame.to_ndarray(format="rgb24", threads=1)
+    return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+
+
+def to_rgb_planes(frame: Any, reformatter: Any, out: np.ndarray) -> np.ndarray:
+    """`to_rgb`'s pixels as planes: a decoded PyAV frame into `out (3, H, W) uint8` (R, G, B). The scaler
+    writes planar GBR (the same pixels as its interleaved RGB, checked on every G1 and YAM frame and in
+    tests/test_video_reads.py), copied plane by plane: no interleaved image, no transposing copy. Returns
+    `out`."""
+    planes = reformatter.reformat(frame, format="gbrp", threads=1).planes
+    for c, plane in zip((1, 2, 0), planes):  # gbrp's planes are G, B, R
+        out[c] = np.frombuffer(plane, np.uint8).reshape(plane.height, -1)[:, :plane.width]
+    return out
 
 
 @dataclass(frozen=True)
 class VideoCodec:
     """Encoder settings of a video field: `codec` (libx264), `crf` (quality, lower is better), `gop`
-    (frames per keyframe interval: a random read decodes at most `gop` frames), `fps` (Hz, for players)."""
+    (frames per keyframe interval: a random read decodes at most `gop` frames), `fps` (Hz, for players).
+    The entropy coder is CAVLC (`X264_PARAMS`); files written before it was are CABAC and read the same."""
 
     codec: str = "libx264"
     crf: int = DEFAULT_CRF
@@ -86,7 +106,8 @@ class VideoCodec:
 
     def to_attrs(self) -> dict[str, Any]:
         """The `frame_codec` attribute of the field's zarr group."""
-        return {"name": "video", "codec": self.codec, "crf": self.crf, "gop": self.gop, "pix_fmt": "yuv420p"}
+        return {"name": "video", "codec": self.codec, "crf": self.crf, "gop": self.gop, "pix_fmt": "yuv420p",
+                "entropy": "cavlc"}
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> "VideoCodec":
@@ -152,9 +173,9 @@ class VideoEncoder:
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         s.gop_size = self.codec.gop
         # One thread and no scene-cut keyframes: the same bytes whatever the machine; no B-frames: pts order
-        # is decode order, so a seek lands where the index says.
+        # is decode order, so a seek lands where the index says; CAVLC: see X264_PARAMS.
         s.options = {"crf": str(self.codec.crf), "preset": "veryfast", "bf": "0", "threads": "1",
-                     "x264-params": f"keyint={self.codec.gop}:min-keyint={self.codec.gop}:scenecut=0"}
+                     "x264-params": f"keyint={self.codec.gop}:min-keyint={self.codec.gop}:{X264_PARAMS}"}
         self._stream = s
 
     def __call__(self, frame: np.ndarray, positions: list[int]) -> None:
@@ -213,156 +234,6 @@ def _index_and_sample(src: Any, num_rows: int, every: int, stride: int) -> tuple
         raise ValueError(f"encoded video holds {len(pts)} frames, expected {num_rows}")
     return np.stack([np.asarray(pts, np.int64), np.asarray(keys, np.int64)], axis=1), \
         (np.stack(sample) if sample else None)
-
-
-@dataclass
-class _OpenEpisode:
-    """One episode's open file: its container and stream, pts -> step, the decode generator and the last
-    step it gave."""
-
-    container: Any
-    stream: Any
-    step_of: dict[int, int]
-    frames: Any = None
-    last: int = -2  # no frame decoded since the last seek
-
-
-@dataclass
-class VideoFrameReader:
-    """Frames of one video field: global rows -> `(n, H, W, 3) uint8`, through the per-episode MP4s.
-
-    `field_dir` is the field's folder (local path or path inside fsspec `fs`); `index` its `(N, 2)`
-    frame index; `episode_starts (E,)` the first global row of each episode. The files of the last
-    `open_files` episodes read stay open (opening an MP4 probes its stream, which costs about what decoding
-    a GOP of 640x480 frames does), so a shuffled sampler over a few episodes pays a seek, not an open, per
-    read. Per-process state (the open files) is rebuilt after a fork.
-
-    `crc (E,) uint32`: each MP4's recorded crc32c, checked as the file opens (a local one once per process
-    while its inode, size and mtime stay; a remote one is read whole, decoded from memory). A missing, damaged
-    or undecodable file raises `damaged(reason, episode=, step=, file=)` (`StoreDamagedError`)."""
-
-    field_dir: str
-    index: np.ndarray
-    episode_starts: np.ndarray
-    row_shape: tuple[int, ...]
-    fs: Any = None
-    open_files: int = 4
-    crc: np.ndarray | None = None
-    damaged: Callable[..., Exception] = damaged_file
-    _verified: dict[int, tuple[int, int, int]] = field(default_factory=dict, repr=False)
-    _pid: int = field(default=-1, repr=False)
-    _open: dict[int, _OpenEpisode] = field(default_factory=dict, repr=False)  # in least-recent-first order
-    _reformatter: Any = field(default=None, repr=False)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Global rows `[start, stop)` (across episodes)."""
-        out = np.empty((max(stop - start, 0),) + tuple(self.row_shape), dtype=np.uint8)
-        row = start
-        while row < stop:
-            ep = int(np.searchsorted(self.episode_starts, row, side="right") - 1)
-            base = int(self.episode_starts[ep])
-            end = min(stop, int(self.episode_starts[ep + 1]) if ep + 1 < len(self.episode_starts)
-                      else len(self.index))
-            try:
-                self._read_episode(ep, row - base, end - base, out[row - start:end - start])
-            except (ValueError, FileNotFoundError, EOFError) as e:  # av's errors subclass these
-                self._open.pop(ep, None)
-                why = "missing" if isinstance(e, FileNotFoundError) else f"does not decode ({type(e).__name__}: {e})"
-                raise self.damaged(f"video file {why}", episode=ep, step=row - base,
-                                   file=f"{self.field_dir}/{video_name(ep)}") from e
-            row = end
-        return out
-
-    def _source(self, ep: int, path: str) -> Any:
-        """What `av.open` reads for episode `ep` (local `path`, or a file object), checked against its crc32c."""
-        if self.fs is not None:
-            if self.crc is None:
-                return self.fs.open(path, "rb")
-            data = self.fs.cat_file(path)
-            self._check(ep, path, file_crc32c(data))
-            return io.BytesIO(data)
-        if self.crc is not None:
-            st = os.stat(path)
-            key = (st.st_ino, st.st_size, st.st_mtime_ns)
-            if self._verified.get(ep) != key:
-                self._check(ep, path, file_crc32c(path))
-                self._verified[ep] = key
-        return path
-
-    def _check(self, ep: int, path: str, got: int) -> None:
-        if self.crc is not None and got != int(self.crc[ep]):
-            raise self.damaged(f"video file crc32c {got:08x} differs from the recorded {int(self.crc[ep]):08x}",
-                               episode=ep, file=path)
-
-    def _episode(self, ep: int) -> _OpenEpisode:
-        """Episode `ep`'s open file (opened, and the least recently used one closed, when not open)."""
-        import av
-        from av.video.reformatter import VideoReformatter
-
-        if self._pid != os.getpid():  # a forked child must not share the parent's demuxers
-            self._open, self._pid = {}, os.getpid()
-            self._reformatter = VideoReformatter()
-        state = self._open.pop(ep, None)
-        if state is None:
-            while len(self._open) >= max(self.open_files, 1):
-                self._open.pop(next(iter(self._open))).container.close()
-            path = f"{self.field_dir}/{video_name(ep)}"
-            container = av.open(self._source(ep, path))
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1  # one slice per frame (the encoder's): threads add nothing
-            step_of = {int(p): t for t, p in enumerate(self._episode_index(ep)[:, 0].tolist())}
-            state = _OpenEpisode(container, stream, step_of)
-        self._open[ep] = state  # most recent last
-        return state
-
-    def _decoder(self, ep: int, first: int) -> _OpenEpisode:
-        """Episode `ep`'s open file, positioned so that its next frame is at most `first`: where the last
-        read stopped when that is before `first` with no keyframe between, else after a seek to the
-        keyframe of `first`."""
-        state = self._episode(ep)
-        key = int(self.index[int(self.episode_starts[ep]) + first, 1])
-        if state.frames is not None and key <= state.last + 1 <= first:
-            return state
-        state.container.seek(int(self.index[int(self.episode_starts[ep]) + key, 0]), stream=state.stream,
-                             backward=True, any_frame=False)
-        state.frames, state.last = state.container.decode(state.stream), key - 1
-        return state
-
-    def _read_episode(self, ep: int, a: int, b: int, dst: np.ndarray) -> None:
-        """Steps `[a, b)` of episode `ep` into `dst`; frames are matched to steps by pts."""
-        state = self._decoder(ep, a)
-        filled = 0
-        for frame in state.frames:
-            t = state.step_of.get(frame.pts)
-            if t is None:
-                continue
-            state.last = t
-            if a <= t < b:
-                dst[t - a] = to_rgb(frame, self._reformatter)
-                filled += 1
-                if filled == b - a:
-                    return
-            if t >= b - 1:
-                break
-        state.frames = None  # exhausted or past the end: the next read seeks
-        raise ValueError(f"{b - a - filled} frame(s) of steps [{a}, {b}) not found in {self.field_dir}/"
-                         f"{video_name(ep)} (truncated or corrupt file)")
-
-    def _episode_index(self, ep: int) -> np.ndarray:
-        base = int(self.episode_starts[ep])
-        end = int(self.episode_starts[ep + 1]) if ep + 1 < len(self.episode_starts) else len(self.index)
-        return self.index[base:end]
-
-    def close(self) -> None:
-        """Close the open files (they are also closed when the reader is collected)."""
-        for state in self._open.values():
-            state.container.close()
-        self._open = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.update(_pid=-1, _open={}, _reformatter=None)
-        return state
 
 
 def create_video_field(group: Any, key: str, spec: dict[str, Any], codec: VideoCodec) -> None:

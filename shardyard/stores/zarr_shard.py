@@ -64,7 +64,7 @@ def _decoder(codecs: list[dict[str, Any]], row_shape: tuple[int, ...]) -> Callab
     same decoder zarr-python's codec uses."""
     if len(codecs) == 1 and codecs[0].get("name") == JPEG_NAME:
         channels = 3 if len(row_shape) == 3 and row_shape[2] == 3 else 1
-        return lambda b: decode_frame(b, channels)
+        return lambda b, out=None: decode_frame(b, channels, out)
     if not codecs or codecs[0].get("name") != "bytes":
         return None
     endian = codecs[0].get("configuration", {}).get("endian", "little")
@@ -99,7 +99,7 @@ class ShardReader:
     dtype: np.dtype
     shard_rows: int
     chunk_rows: int
-    decode: Callable[[bytes], Any]  # one inner chunk -> a buffer of its rows' bytes
+    decode: Callable[..., Any]  # one inner chunk -> a buffer of its rows' bytes
     index_at_end: bool
     has_crc: bool
     fs: Any = None  # fsspec filesystem for remote stores; None = local file system
@@ -108,6 +108,7 @@ class ShardReader:
     crc: np.ndarray | None = None  # (shape[0],) uint32: recorded crc32c of each one-row chunk, checked as read
     fill_ok: bool = True  # a chunk never written (index EMPTY, shard absent) reads as fill_value; False: damage
     damaged: Callable[..., Exception] = damaged_file  # (reason, row=, file=) -> the error (read_checks.FieldNamer)
+    decodes_into: bool = False  # `decode(chunk, out=row)` writes the row itself (JPEG): no intermediate image
     _pid: int = field(default=-1, repr=False)
     _files: dict[int, Any] = field(default_factory=dict, repr=False)
     _indexes: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
@@ -138,7 +139,7 @@ class ShardReader:
         return cls(root=root, shape=shape, dtype=dtype, shard_rows=outer[0], chunk_rows=inner[0],
                    decode=decode, index_at_end=conf.get("index_location", "end") == "end",
                    has_crc="crc32c" in index_codecs, fs=fs, fill_value=meta.get("fill_value", 0),
-                   raw=len(conf["codecs"]) == 1, **checks)
+                   raw=len(conf["codecs"]) == 1, decodes_into=conf["codecs"][0].get("name") == JPEG_NAME, **checks)
 
     @property
     def row_nbytes(self) -> int:
@@ -195,12 +196,17 @@ class ShardReader:
             idx = self._indexes[s] = np.frombuffer(raw[: 16 * n], dtype="<u8").reshape(n, 2)
         return idx
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows `[start, stop)` as one `(stop - start, *shape[1:])` array. Raises `StoreDamagedError` for a
-        chunk whose crc32c differs from the recorded one, a missing chunk (without `fill_ok`), a truncated
-        file or a chunk that does not decode."""
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows `[start, stop)` as one `(stop - start, *shape[1:])` array (`out`, that shape, when given; a
+        JPEG frame decodes straight into it). Raises `StoreDamagedError` for a chunk whose crc32c differs from
+        the recorded one, a missing chunk (without `fill_ok`), a truncated file or a chunk that does not
+        decode."""
         self._check_pid()
-        out = np.empty((stop - start,) + self.shape[1:], dtype=self.dtype)
+        if out is None:
+            out = np.empty((stop - start,) + self.shape[1:], dtype=self.dtype)
+        elif out.shape != (stop - start,) + self.shape[1:] or out.dtype != self.dtype:
+            raise ValueError(f"out is {out.dtype}{out.shape}; rows [{start}, {stop}) are "
+                             f"{self.dtype}{(stop - start,) + self.shape[1:]}")
         if stop <= start:
             return out
         c0, c1 = start // self.chunk_rows, (stop - 1) // self.chunk_rows + 1
@@ -252,6 +258,9 @@ class ShardReader:
             raise self._damage(why, r0, s)
         rb = self.row_nbytes
         try:
+            if self.decodes_into and self.chunk_rows == 1 and out[lo - start].flags.c_contiguous:
+                self.decode(piece, out=out[lo - start])  # a JPEG frame: no intermediate image
+                return
             src = np.frombuffer(self.decode(piece), dtype=np.uint8)
             out[lo - start: hi - start].reshape(-1).view(np.uint8)[:] = src[(lo - r0) * rb: (hi - r0) * rb]
         except Exception as e:  # noqa: BLE001 - any codec error on stored bytes is damage

@@ -49,7 +49,7 @@ FRAME_KINDS = ("image", "depth", "tokens")  # read frame by frame with `image_fr
 _BLOCK_ROWS = 64  # frames per read when walking an episode's frame field
 _FOLD_EPISODES = 1024  # episode parts merged per step of the stats fold
 _VECTOR_BLOCK_ROWS = 8192  # steps per read of a low-dim field (per-block overhead dominated at 64)
-ROTATION_STEPS = 2_000_000  # most quaternions the rotation stats fit on (~0.5 GB of temporaries)
+ROTATION_STEPS = 500_000  # most quaternions the rotation stats fit on (its temporaries: ~0.1 GB)
 
 __all__ = ["StatsConfig", "compute_stats", "stats_episodes", "stats_fields", "field_rows", "field_edges",
            "field_parts", "frame_sampling", "sampled_frames_part", "merge_stats_parts", "finalize_stats_parts",
@@ -311,30 +311,38 @@ def robot_stats(store, episodes: Sequence[int], config: StatsConfig | None = Non
     cfg = config or StatsConfig()
     out: dict[str, Any] = {}
     for prefix, names in robot_fields(store.schema).items():
-        wanted = [f for f in names.values() if f is not None]
-        cat = {}
-        for f in wanted:  # episodes where the field is absent hold placeholders, not data
-            held = holding_field(store, episodes, f)
-            if len(held):
-                cat[f] = fold.gather_rows(store, f, held)
-                cat[f] = cat[f] if f == names["eef_quat_field"] else np.asarray(cat[f], dtype=np.float64)
-        if len(cat.get(names["eef_pos_field"], ())) == 0:
+        pos, grip, quat = names["eef_pos_field"], names["gripper_field"], names["eef_quat_field"]
+        z = _robot_rows(store, episodes, pos, column=2)  # height: world Z only, one field in memory at a time
+        if z is None or len(z) == 0:
             log.warning("no steps for robot prefix %r: robot stats skipped", prefix)
             continue
         entry: dict[str, Any] = dict(names)
-        entry["height_bins"] = height_bins(cat.pop(names["eef_pos_field"])[:, 2], cfg.height_bins,
-                                           cfg.height_margin)
-        grip = names["gripper_field"]
-        entry["gripper_bins"] = gripper_bins(cat[grip].reshape(-1), cfg.gripper_bins) if grip in cat else None
-        quat = names["eef_quat_field"]
-        if quat in cat and len(cat[quat]) > ROTATION_STEPS:  # bounded memory: a seeded sample of the steps
-            keep = np.sort(np.random.default_rng(cfg.seed).choice(len(cat[quat]), ROTATION_STEPS, replace=False))
-            cat[quat] = cat[quat][keep]
-        entry["rotation"] = rotation_stats(cat[quat], cfg.rotation_bins, cfg.kmeans_clusters,
-                                           cfg.pca_threshold, cfg.seed,
-                                           separation_threshold=cfg.rotation_separation) if quat in cat else None
+        entry["height_bins"] = height_bins(z, cfg.height_bins, cfg.height_margin)
+        del z
+        g = _robot_rows(store, episodes, grip) if grip else None
+        entry["gripper_bins"] = gripper_bins(g.reshape(-1), cfg.gripper_bins) if g is not None else None
+        del g
+        q = _robot_rows(store, episodes, quat, sample=ROTATION_STEPS, seed=cfg.seed) if quat else None
+        entry["rotation"] = rotation_stats(q, cfg.rotation_bins, cfg.kmeans_clusters, cfg.pca_threshold, cfg.seed,
+                                           separation_threshold=cfg.rotation_separation) if q is not None else None
         out[prefix] = entry
     return out
+
+
+def _robot_rows(store, episodes: Sequence[int], field: str, column: int | None = None, sample: int | None = None,
+                seed: int = 0) -> np.ndarray | None:
+    """`field`'s rows over the episodes that hold it (float64; one `column` of them), or at most `sample` of
+    them drawn with `seed` (read block by block, only those kept); None when no episode holds it."""
+    held = holding_field(store, episodes, field)
+    if not len(held):
+        return None
+    take = None
+    if sample is not None:
+        eps = np.asarray(held, dtype=np.int64)
+        n = int(np.sum(np.asarray(store.episode_ends)[eps] - np.asarray(store.episode_starts)[eps]))
+        if n > sample:  # bounded memory: a seeded sample of the steps
+            take = np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
+    return np.asarray(fold.gather_rows(store, field, held, take=take, column=column), dtype=np.float64)
 
 
 def compute_stats(store, config: StatsConfig | None = None, *, frame_parts: Any = None) -> dict[str, Any]:
@@ -346,10 +354,11 @@ def compute_stats(store, config: StatsConfig | None = None, *, frame_parts: Any 
     episodes, computed_on = stats_episodes(store)
     split = store.split or {}
     edges = field_edges(store, episodes, cfg)
-    parts = field_parts(store, episodes, edges, cfg, frame_parts)
-    log.info("stats of %d fields over %d episodes (%s)", len(parts), len(episodes), computed_on)
-    fields = finalize_stats_parts(parts, store.schema)
-    del parts  # the buckets of 10^6 episodes are a few hundred MB: gone before the robot stats read theirs
+    fields = {}
+    for field, e in edges.items():  # one field's buckets in memory at a time (~100 MB at 10^6 episodes)
+        fields[field] = finalize_stats_parts(field_parts(store, episodes, {field: e}, cfg, frame_parts),
+                                             store.schema)[field]
+    log.info("stats of %d fields over %d episodes (%s)", len(fields), len(episodes), computed_on)
     return {"computed_on": computed_on,
             "split": {"train": [int(i) for i in split.get("train", [])],
                       "val": [int(i) for i in split.get("val", [])]},
