@@ -75,6 +75,18 @@ def _clip_indices(r: VideoReader, opts: ClipOptions, rng: np.random.Generator) -
 RESIZE_MODES = ("stretch", "crop", "pad")
 
 
+def checked_clip_options(opts: ClipOptions) -> tuple[int, int] | None:
+    """Check the clip fields of a stream config (`StreamConfig`, `UrlStreamConfig`) and return its `size` as
+    `(W, H)` px (an int S means (S, S)). Raises `ConfigError` naming the bad field."""
+    if opts.num_frames < 1 or (opts.fps is not None and opts.fps <= 0):
+        raise ConfigError(f"num_frames must be >= 1 and fps > 0, got {opts.num_frames}, {opts.fps}")
+    if opts.clip_start not in ("random", "start"):
+        raise ConfigError(f"clip_start must be 'random' or 'start', got {opts.clip_start!r}")
+    if opts.resize not in RESIZE_MODES:
+        raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {opts.resize!r}")
+    return (opts.size, opts.size) if isinstance(opts.size, int) else opts.size
+
+
 def resize_geometry(src: tuple[int, int], size: tuple[int, int], mode: str) -> tuple[tuple[int, int], int, int]:
     """How a `src=(W, H)` frame becomes an output of `size=(w, h)` px under `mode`: the size to scale it to
     (area filter) and the (x, y) offset in px of the scaled frame in the output (negative: cropped).

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from shardyard.errors import ConfigError, StoreDamagedError
-from shardyard.loaders.clip_decode import IMAGE_MAGIC, RESIZE_MODES, decode_clip
+from shardyard.loaders.clip_decode import IMAGE_MAGIC, checked_clip_options, decode_clip
 from shardyard.loaders.sampler import record_consumed
 from shardyard.stores.read_checks import checked_shard, recorded_shards
 from shardyard.stores.snapshot import source_snapshot
@@ -85,14 +85,7 @@ class StreamConfig:
     verify_reads: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, int):
-            self.size = (self.size, self.size)
-        if self.num_frames < 1 or (self.fps is not None and self.fps <= 0):
-            raise ConfigError(f"num_frames must be >= 1 and fps > 0, got {self.num_frames}, {self.fps}")
-        if self.clip_start not in ("random", "start"):
-            raise ConfigError(f"clip_start must be 'random' or 'start', got {self.clip_start!r}")
-        if self.resize not in RESIZE_MODES:
-            raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        self.size = checked_clip_options(self)
 
 
 class ClipStream(IterableDataset):

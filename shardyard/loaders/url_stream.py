@@ -47,7 +47,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from shardyard.errors import ConfigError, SourceError
 from shardyard.ingest.fetch import FetchConfig, Fetcher
 from shardyard.ingest.webvid import CAPTION_COLUMNS, URL_COLUMNS, TranscodeConfig, fetch_row, row_key
-from shardyard.loaders.clip_decode import RESIZE_MODES, decode_clip
+from shardyard.loaders.clip_decode import checked_clip_options, decode_clip
 from shardyard.loaders.sampler import record_consumed
 from shardyard.loaders.url_cache import BlockCache, CachedBlock
 from shardyard.loaders.url_meta import MetaRows
@@ -96,14 +96,7 @@ class UrlStreamConfig:
     split: str = "train"
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, int):
-            self.size = (self.size, self.size)
-        if self.num_frames < 1 or (self.fps is not None and self.fps <= 0):
-            raise ConfigError(f"num_frames must be >= 1 and fps > 0, got {self.num_frames}, {self.fps}")
-        if self.clip_start not in ("random", "start"):
-            raise ConfigError(f"clip_start must be 'random' or 'start', got {self.clip_start!r}")
-        if self.resize not in RESIZE_MODES:
-            raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        self.size = checked_clip_options(self)
         if min(self.in_flight, self.ahead, self.block_rows, self.window) < 1 or not 0 <= self.min_success <= 1:
             raise ConfigError(f"need in_flight, ahead, block_rows, window >= 1 and 0 <= min_success <= 1 (got "
                               f"{self.in_flight}, {self.ahead}, {self.block_rows}, {self.window}, {self.min_success})")
