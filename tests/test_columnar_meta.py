@@ -267,3 +267,29 @@ def test_large_lowdim_fields_are_read_by_chunk_within_a_bound(tmp_path) -> None:
         np.testing.assert_array_equal(rows.read(a, b), x[a:b])
         assert len(rows._chunks) <= 4
     assert sorted(checked) == sorted(set(checked)) == list(range(16))
+
+
+def test_appending_to_a_format_1_store_writes_format_2(tmp_path) -> None:
+    """A writer reopening a format-1 store (its commit log, JSON stats parts) converts the parts, appends, and
+    finishes in format 2: the old episodes keep their metadata and parts, the stats use them."""
+    from shardyard.stores.stats.part_table import PartTable
+
+    old = tmp_path / "old"
+    shutil.copytree(FIXTURE, old)
+    v1 = EpisodicStore(old)
+    records = [v1.episode_record(i) for i in range(4)]
+    rng = np.random.default_rng(9)
+    with EpisodicWriter(old, v1.schema, config=EpisodicWriterConfig(frame_codec="jpeg"), stats_fn=compute_stats) as w:
+        assert w.committed_keys == ["ep00", "ep01", "ep02", "ep03"]
+        w.write(Episode("ep04", {"obs.rgb.top": rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8),
+                                 "obs.eef_pos": rng.normal(size=(5, 3)).astype(np.float32),
+                                 "action": rng.normal(size=(5, 2)).astype(np.float32)}, meta={"task": "pick"}))
+    v2 = EpisodicStore(old)
+    assert v2.format_version == 2 and v2.num_episodes == 5 and not (old / "meta" / "episodes.json").exists()
+    assert [v2.episode_record(i) for i in range(4)] == records
+    assert v2.episode_record(4) == {"key": "ep04", "length": 5, "task": "pick"}
+    assert not list((old / "meta" / "stats_parts").glob("*.json"))
+    parts = PartTable(old / "meta" / "stats_parts")
+    assert parts.get(0, "obs.rgb.top") is not None  # converted from the JSON file, by index now
+    assert parts.get(4, "obs.rgb.top") is None  # written here without a reader worker: no part, read back
+    assert verify_store(str(old)).ok

@@ -138,6 +138,12 @@ class _FrameSource:
                            dtype=np.dtype(spec.dtype), stats_part=stats_part,
                            crc32c=None if self.crc is None else self.crc[start:stop].tolist())
 
+    def close(self) -> None:
+        """Close the shard file kept open."""
+        if self._shard is not None:
+            self._shard[2].close()
+            self._shard = None
+
     def chunks(self, start: int, stop: int, key: str) -> list[bytes]:
         """Encoded chunks of global rows `[start, stop)`. Raises StoreError for a missing chunk or index."""
         out: list[bytes] = []
@@ -297,8 +303,13 @@ def write_plan(plan: CopyPlan, out: str | os.PathLike, *, overwrite: bool = Fals
     parts = {s: frame_parts_of(src) for s, src in enumerate(plan.sources)}
     with writer:
         frames = _frame_sources(plan, writer)
-        for i in range(len(plan.episodes)):
-            writer.write(_read_episode(plan, i, frames, writer, parts))
+        try:
+            for i in range(len(plan.episodes)):
+                writer.write(_read_episode(plan, i, frames, writer, parts))
+        finally:
+            for fs in frames.values():
+                if isinstance(fs, _FrameSource):
+                    fs.close()
         for src in plan.sources:  # their low-dim fields read whole: not kept through the output's stats pass
             src.close()
     return EpisodicStore(out)

@@ -61,11 +61,14 @@ class EpisodeKeys(Sequence):
         return iter(self.to_list())
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and int(self._table.indices_of([key])[0]) >= 0
+        return isinstance(key, str) and self._index_of(key) >= 0
+
+    def _index_of(self, key: str) -> int:
+        return int(self._table.indices_of([key])[0])
 
     def index(self, key: Any, start: int = 0, stop: int | None = None) -> int:
         """Index of `key` (the keys are unique). Raises ValueError when absent."""
-        i = int(self._table.indices_of([key])[0]) if isinstance(key, str) else -1
+        i = self._index_of(key) if isinstance(key, str) else -1
         if i < 0 or i < start or (stop is not None and i >= stop):
             raise ValueError(f"{key!r} is not an episode key of the store")
         return i
@@ -195,6 +198,11 @@ class EpisodeTable(MetaTable):
         self.__dict__.update(state)
         self._reset()
 
+    def open(self) -> None:
+        """Open the episode table now: later reads go through this handle, so they see this version of the
+        file even after the store is replaced (a reader opens it inside a read section, `stores.snapshot`)."""
+        self._file(EPISODES)
+
     def _file(self, rel: str) -> pq.ParquetFile:
         if self._pid != os.getpid():
             self._reset()
@@ -262,8 +270,10 @@ class EpisodeTable(MetaTable):
     @property
     def roles(self) -> list[str]:
         """Camera roles with a column."""
-        names = self._file(EPISODES).schema_arrow.names
-        return [n[len("camera."):] for n in names if n.startswith("camera.")]
+        if "roles" not in self._columns:
+            names = self._file(EPISODES).schema_arrow.names
+            self._columns["roles"] = [n[len("camera."):] for n in names if n.startswith("camera.")]
+        return self._columns["roles"]
 
     def key(self, i: int) -> str:
         """Key of episode `i`."""

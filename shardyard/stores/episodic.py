@@ -210,7 +210,11 @@ class EpisodicStore:
     def episode_keys(self) -> EpisodeKeys:
         """Source keys of the episodes, in store order: a sequence read from the key column on demand
         (`keys[i]` reads one row; iterating reads the column), equal to the list of keys."""
-        return EpisodeKeys(self.meta_table)
+        with self.snapshot.reading():  # the table opened now: the keys are this version's, read when asked
+            table = self.meta_table
+            if isinstance(table, EpisodeTable):
+                table.open()
+        return EpisodeKeys(table)
 
     def episode_indices(self, keys: Sequence[str]) -> np.ndarray:
         """`(len(keys),) int64` index of each episode key, -1 for a key the store does not have (vectorised

@@ -34,11 +34,11 @@ from shardyard.stores.atomic import chmod_as_umask
 VIDEO_DIR = "video"
 INDEX = "frame_index"
 DEFAULT_CRF = 20
-# G1 640x480 (docs/frame-codecs.md): GOP 4 with CAVLC is 0.77x the source bytes; GOP 2 is 1.1x, GOP 1 1.3x
-# and reads barely faster: the keyframe's decode is most of a random read's
+# G1 640x480 (docs/frame-codecs.md): GOP 4 with CAVLC is 0.77x the source AV1's bytes (0.83x LeRobot's
+# export); GOP 2 reads 25% faster but is 1.2x the source's bytes (1.3x LeRobot's); GOP 8 reads half as fast
 DEFAULT_GOP = 4
-# CAVLC, not CABAC: a random read's decode (keyframe + the P-frames up to the frame) takes 0.6x the time for
-# 1.09x the bytes at the same quality (the same PSNR on the G1 frames)
+# CAVLC, not CABAC: a random read's decode (keyframe + the P-frames up to the frame) takes about 0.6x the time
+# for 1.09x the bytes at the same PSNR; no scene-cut keyframes: a constant GOP
 X264_PARAMS = "cabac=0:scenecut=0"
 
 __all__ = ["DEFAULT_CRF", "DEFAULT_GOP", "INDEX", "VIDEO_DIR", "X264_PARAMS", "EncodedVideo", "VideoCodec",

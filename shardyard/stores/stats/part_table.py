@@ -193,13 +193,17 @@ class PartTable:
         self._pid = -1
         self._index: list[tuple[int, Path, list[int], pq.ParquetFile]] = []
         self._cached: tuple[tuple[Path, int], dict[tuple[int, str], int], pa.Table] | None = None
+        self._end = 0  # past the last episode the files listed hold
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"folder": self.folder, "_pid": -1, "_index": [], "_cached": None}
+        return {"folder": self.folder, "_pid": -1, "_index": [], "_cached": None, "_end": 0}
 
-    def _files(self) -> list[tuple[int, Path, list[int], pq.ParquetFile]]:
-        """(first episode, path, first episode of each row group, file) per file, listed again when a file
-        was added since (a writer's folder grows)."""
+    def _files(self, episode: int | None = None) -> list[tuple[int, Path, list[int], pq.ParquetFile]]:
+        """(first episode, path, first episode of each row group, file) per file; listed again in a new
+        process, for a pass over every file, and when `episode` lies past the last file known (a writer's
+        folder grows), not at every lookup."""
+        if self._pid == os.getpid() and self._index and episode is not None and episode < self._end:
+            return self._index
         found = _files(self.folder)
         if self._pid != os.getpid() or [f for f, _ in found] != [x[0] for x in self._index]:
             self._index = []
@@ -209,6 +213,7 @@ class PartTable:
                 for g in range(pf.num_row_groups):
                     stats = pf.metadata.row_group(g).column(0).statistics  # the episode column's
                     starts.append(int(stats.min) if stats is not None and stats.has_min_max else first)
+                    self._end = int(stats.max) + 1 if stats is not None and stats.has_min_max else first
                 self._index.append((first, path, starts, pf))
             self._pid, self._cached = os.getpid(), None
         return self._index
@@ -218,7 +223,7 @@ class PartTable:
 
     def get(self, episode: int, field: str) -> dict[str, Any] | None:
         """The stats part dict of `field` in `episode` (`sampled_frames_part`'s form), or None."""
-        files = self._files()
+        files = self._files(episode)
         at = bisect.bisect_right([f[0] for f in files], episode) - 1
         if at < 0:
             return None
