@@ -119,7 +119,7 @@ def bare_jpeg(field_dir: Path, rows: np.ndarray):
     of each shard file). Returns `fetch(row) -> (H, W, 3) uint8 tensor`."""
     import simplejpeg
 
-    from shardyard.stores.zarr_shard import load_array_meta, read_shard_index, shard_file
+    from shardyard.stores.frames.zarr_shard import load_array_meta, read_shard_index, shard_file
 
     meta = load_array_meta(str(field_dir))
     per_shard = meta["chunk_grid"]["configuration"]["chunk_shape"][0]

@@ -103,8 +103,8 @@ def pool_read(path: Path, demos: list[str], workers: int,
 
 def store_encoder(store: Path, field: str):
     """The encoder of the chunk codec `field` is stored with (one frame -> chunk bytes)."""
-    from shardyard.stores.frame_encoding import ChunkCodec
-    from shardyard.stores.zarr_shard import load_array_meta
+    from shardyard.stores.frames.encoding import ChunkCodec
+    from shardyard.stores.frames.zarr_shard import load_array_meta
 
     meta = load_array_meta(str(store / "data" / field))
     codec = ChunkCodec.for_array(meta)

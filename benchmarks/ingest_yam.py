@@ -80,8 +80,8 @@ def _decode_encode(path: str, codec=None) -> tuple[int, float]:
 
 def store_codec(store: Path):
     """The chunk codec of the first `obs.rgb.*` field of an ingested store (`ChunkCodec`)."""
-    from shardyard.stores.frame_encoding import ChunkCodec
-    from shardyard.stores.zarr_shard import load_array_meta
+    from shardyard.stores.frames.encoding import ChunkCodec
+    from shardyard.stores.frames.zarr_shard import load_array_meta
 
     field = sorted(p.name for p in (store / "data").glob("obs.rgb.*"))[0]
     codec = ChunkCodec.for_array(load_array_meta(str(store / "data" / field)))

@@ -169,7 +169,7 @@ def edit_phase(num_episodes: int, out: Path) -> dict:
     fresh process: the selection on the metadata columns, the copy (frame chunks as stored) and the stats."""
     import shutil
 
-    from shardyard.stores.edit import EditTarget, EpisodeSelection, delete_episodes
+    from shardyard.tools.edit import EditTarget, EpisodeSelection, delete_episodes
 
     edited = Path(f"{out}-edited")
     t0, cpu0 = time.perf_counter(), _cpu_s()

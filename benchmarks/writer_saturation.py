@@ -46,9 +46,9 @@ def reader_rate(codec, episodes: list[np.ndarray], spill: Path) -> tuple[float, 
     episode, the stats sample included; the source decode is timed by `decode_rate`), and the encoded
     episodes with their stats parts, as a reader worker hands them over (a video's MP4 in `spill`)."""
     from shardyard.schema import FieldSpec
-    from shardyard.stores.frame_encoding import FrameEncoding
+    from shardyard.stores.frames.encoding import FrameEncoding
+    from shardyard.stores.frames.video import VideoCodec
     from shardyard.stores.stats import StatsConfig, sampled_frames_part
-    from shardyard.stores.video_frames import VideoCodec
 
     cfg = StatsConfig()
     enc = FrameEncoding(codec, cfg.image_frame_stride, cfg.image_pixel_stride,
@@ -75,7 +75,7 @@ def _episodes(writer, encoded: list, num_episodes: int) -> list:
     """`num_episodes` episodes cycling over `encoded` (a video episode's MP4 is renamed into place by the
     writer: each gets a hard link of its own in the spill folder, made here, before the clock starts)."""
     from shardyard.schema import Episode
-    from shardyard.stores.video_frames import EncodedVideo
+    from shardyard.stores.frames.video import EncodedVideo
 
     rng = np.random.default_rng(0)
     out = []

@@ -20,13 +20,13 @@ from shardyard.errors import ConfigError, StoreChangedError
 from shardyard.loaders import EpisodeDataset, EpisodeDatasetConfig
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.atomic import to_jsonable
-from shardyard.stores.edit import EditTarget, EpisodeSelection, delete_episodes, parse_where
 from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
 from shardyard.stores.stats import compute_stats
 from shardyard.stores.stats.fold import fold_moments, lowdim_part
 from shardyard.stores.stats.moments import empty_part, merge_parts, part_from_array
-from shardyard.stores.verify import verify_store
+from shardyard.tools.edit import EditTarget, EpisodeSelection, delete_episodes, parse_where
+from shardyard.tools.verify import verify_store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store_format1"  # made by make_store_format1.py at 3b19018
 LOWDIM = Schema({"obs.eef_pos": FieldSpec("float32", (3,), unit="m"), "action": FieldSpec("float32", (2,))})

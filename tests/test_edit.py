@@ -1,4 +1,4 @@
-"""Tests of `shardyard edit` (stores/edit.py, stores/edit_copy.py): every edit's store equals, data and
+"""Tests of `shardyard edit` (tools/edit.py, tools/edit_copy.py): every edit's store equals, data and
 stats value for value, a store written from scratch with the resulting episodes; frame chunks are copied
 byte for byte; bad selections and schema mismatches fail with clear errors; the CLI runs as a subprocess."""
 
@@ -16,7 +16,12 @@ from shardyard.ingest.runner import IngestConfig, run_ingest
 from shardyard.ingest.yam import YamConfig, YamSource
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.checksums import CHUNK_CRC, read_crc32c
-from shardyard.stores.edit import (
+from shardyard.stores.episodic import EpisodicStore
+from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
+from shardyard.stores.features import FeatureLayout, FeatureStore, FeatureWriter, FeatureWriterConfig, write_batch
+from shardyard.stores.frames.zarr_shard import read_shard_index, shard_file
+from shardyard.stores.stats import StatsConfig, compute_stats
+from shardyard.tools.edit import (
     EditTarget,
     EpisodeSelection,
     delete_episodes,
@@ -27,13 +32,8 @@ from shardyard.stores.edit import (
     rename_field,
     split_store,
 )
-from shardyard.stores.edit_features import manifest_fingerprint
-from shardyard.stores.episodic import EpisodicStore
-from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.features import FeatureLayout, FeatureStore, FeatureWriter, FeatureWriterConfig, write_batch
-from shardyard.stores.stats import StatsConfig, compute_stats
-from shardyard.stores.verify import verify_store
-from shardyard.stores.zarr_shard import read_shard_index, shard_file
+from shardyard.tools.edit_features import manifest_fingerprint
+from shardyard.tools.verify import verify_store
 from tests.conftest import run_cli
 from tests.libero_fixtures import write_libero_file
 
@@ -429,7 +429,7 @@ def test_video_fields_are_copied_as_mp4_files(tmp_path, episodes, caplog) -> Non
     """A `video` field is copied file for file on delete, split and merge (repeated, edited inputs too): the
     result equals a fresh video ingest of its episodes, MP4 bytes, frames and stats."""
     src = _write(tmp_path / "src", episodes, codec="video")
-    with caplog.at_level("WARNING", logger="shardyard.stores.edit_copy"):
+    with caplog.at_level("WARNING", logger="shardyard.tools.edit_copy"):
         delete_episodes(src.root, EpisodeSelection(episodes="1,4"), EditTarget(out=str(tmp_path / "d")))
         split_store(src.root, [(str(tmp_path / "a"), 0.5), (str(tmp_path / "b"), 0.5)], seed=0, target=EditTarget())
         merge_stores([str(tmp_path / "b"), str(tmp_path / "a")], EditTarget(out=str(tmp_path / "m")))
@@ -448,7 +448,7 @@ def test_video_copies_keep_a_non_default_gop_and_crf(tmp_path, episodes, caplog)
     """A store encoded with `video:28:8` (not the defaults) is edited by copying its MP4s: the output keeps
     CRF 28 and GOP 8 instead of re-encoding to the current defaults."""
     src = _write(tmp_path / "src", episodes, codec="video:28:8")
-    with caplog.at_level("WARNING", logger="shardyard.stores.edit_copy"):
+    with caplog.at_level("WARNING", logger="shardyard.tools.edit_copy"):
         delete_episodes(src.root, EpisodeSelection(episodes="2"), EditTarget(out=str(tmp_path / "d")))
     assert "re-encoded" not in caplog.text
     out = EpisodicStore(tmp_path / "d")
@@ -462,7 +462,7 @@ def test_video_merge_with_other_codec_reencodes_only_those(tmp_path, episodes, c
     keep their MP4 bytes, the lz4 ones are encoded (with a warning), as a fresh video ingest would."""
     v = _write(tmp_path / "v", [episodes[i] for i in (0, 2, 4)], codec="video")
     raw = _write(tmp_path / "raw", [episodes[i] for i in (1, 3)])
-    with caplog.at_level("WARNING", logger="shardyard.stores.edit_copy"):
+    with caplog.at_level("WARNING", logger="shardyard.tools.edit_copy"):
         merge_stores([v.root, raw.root], EditTarget(out=str(tmp_path / "m")), val_fraction=0.25)
     assert "frames are re-encoded" in caplog.text
     merged = EpisodicStore(tmp_path / "m")

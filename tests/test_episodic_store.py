@@ -12,12 +12,12 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from shardyard import open_store
 from shardyard.errors import SchemaError, StoreError
 from shardyard.schema import Episode, FieldSpec, Schema
-from shardyard.stores.byte_ranges import ChunkRef
 from shardyard.stores.episodic import split_episodes
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.frame_encoding import ChunkCodec
-from shardyard.stores.shard_append import ShardAppender
-from shardyard.stores.zarr_shard import ShardReader, load_array_meta
+from shardyard.stores.frames.byte_ranges import ChunkRef
+from shardyard.stores.frames.encoding import ChunkCodec
+from shardyard.stores.frames.shard_append import ShardAppender
+from shardyard.stores.frames.zarr_shard import ShardReader, load_array_meta
 
 SCHEMA = Schema({
     "obs.rgb.top": FieldSpec("uint8", (12, 16, 3), None, "image"),

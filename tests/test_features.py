@@ -21,7 +21,7 @@ from shardyard.stores.features import (
     open_features,
     write_batch,
 )
-from shardyard.stores.verify import verify_store
+from shardyard.tools.verify import verify_store
 
 
 @pytest.mark.parametrize("n,batch,shard", [(1, 1, 0), (10, 3, 6), (100, 8, 0), (37, 4, 8), (64, 64, 64)])

@@ -23,7 +23,7 @@ from shardyard.ingest.yam import YamConfig, YamSource
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.commit_log import committed_episodes
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.frame_encoding import parse_frame_codecs
+from shardyard.stores.frames.encoding import parse_frame_codecs
 from shardyard.video import open_video
 
 G1_VIDEO = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lerobot" / "unitree_g1_inspire_v2.1"
@@ -109,12 +109,12 @@ def test_jpeg_reads_are_frame_exact_above_a_psnr_floor(tmp_path, real_frames, qu
 
 
 def test_zarr_python_opens_a_jpeg_store_in_a_fresh_process(tmp_path, real_frames):
-    """The documented way: `import shardyard.stores.codecs_jpeg` (or an installed shardyard's `zarr.codecs`
+    """The documented way: `import shardyard.stores.frames.jpeg` (or an installed shardyard's `zarr.codecs`
     entry point) registers the codec; then plain zarr-python reads the frames."""
     _write(tmp_path / "s", real_frames[:6], [6], "jpeg")
     ref = open_store(str(tmp_path / "s")).read_rows("obs.rgb.top", 0, 6)
     np.save(tmp_path / "ref.npy", ref)
-    code = ("import sys, numpy as np, zarr; import shardyard.stores.codecs_jpeg; "
+    code = ("import sys, numpy as np, zarr; import shardyard.stores.frames.jpeg; "
             "a = zarr.open_group(sys.argv[1], mode='r')['data/obs.rgb.top']; "
             "assert np.array_equal(a[:], np.load(sys.argv[2])), 'frames differ'; print(a.shape)")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s"), str(tmp_path / "ref.npy")],
@@ -301,7 +301,7 @@ def test_video_frames_equal_a_sequential_decode_and_the_yuv_planes(video_store):
     of the file, and that decode's YUV planes equal FFmpeg's `select=eq(n\,i)` YUV output byte for byte."""
     import av
 
-    from shardyard.stores.video_frames import to_rgb
+    from shardyard.stores.frames.video import to_rgb
 
     store = open_store(str(video_store))
     mp4 = video_store / "data" / "obs.rgb.top" / "video" / "000001.mp4"

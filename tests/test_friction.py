@@ -23,9 +23,9 @@ from PIL import Image
 
 from shardyard import open_store
 from shardyard.cli import app  # the app with every command registered
-from shardyard.inspection import eef_pixels, frames_figure, summarize
-from shardyard.inspection_foveated import draw_clip
-from shardyard.stores.frame_encoding import FRAME_CODECS, parse_frame_codecs
+from shardyard.stores.frames.encoding import FRAME_CODECS, parse_frame_codecs
+from shardyard.tools.inspect.foveated import draw_clip
+from shardyard.tools.inspect.summary import eef_pixels, frames_figure, summarize
 from shardyard.train.loop import format_table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from shardyard.ingest.dino import DinoConfig, ingest_dino
 from shardyard.models.backbones import BackboneConfig
 from shardyard.stores.checksums import CHUNK_CRC, read_crc32c
 from shardyard.stores.features import open_features
-from shardyard.stores.verify import verify_store
+from shardyard.tools.verify import verify_store
 
 ARGS = ["--image-size", "112", "--batch-size", "4"]  # grid 8x8, D 32
 

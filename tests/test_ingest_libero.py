@@ -152,7 +152,7 @@ def test_wrist_camera_pose_from_states_matches_mujoco(tmp_path):
             assert np.ptp(stored[:, :3, 3], axis=0).max() > 0.05
             assert np.abs(stored[:, :3, :3] - stored[0, :3, :3]).max() > 0.1
     # inspection projects through the per-step pose
-    from shardyard.inspection import eef_pixels
+    from shardyard.tools.inspect.summary import eef_pixels
 
     eef = s.read(0, ["obs.eef_pos"])["obs.eef_pos"].astype(np.float64)
     pose = s.read(0, [WRIST])[WRIST].astype(np.float64)

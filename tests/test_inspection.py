@@ -1,4 +1,4 @@
-"""Tests of `shardyard.inspection` and `notebooks/inspect_store.ipynb` over tiny real stores."""
+"""Tests of `shardyard.tools.inspect.summary` and `notebooks/inspect_store.ipynb` over tiny real stores."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ if str(ROOT) not in sys.path:  # the package may not be installed in the venv
 
 from shardyard import open_store  # noqa: E402
 from shardyard.geometry import canonical_hemisphere  # noqa: E402
-from shardyard.inspection import eef_pixels, summarize, write_plots  # noqa: E402
 from shardyard.schema import Episode, FieldSpec, Schema  # noqa: E402
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig  # noqa: E402
+from shardyard.tools.inspect.summary import eef_pixels, summarize, write_plots  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 H, W, T = 48, 64, 20

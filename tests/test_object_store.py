@@ -28,12 +28,12 @@ from shardyard.loaders.tokens import TokenDataset
 from shardyard.loaders.windows import EpisodeWindows
 from shardyard.models.backbones import BackboneConfig
 from shardyard.stores.features import open_features
+from shardyard.stores.frames.zarr_shard import read_shard_index
 from shardyard.stores.remote import StagedStore, pull, push
 from shardyard.stores.remote_fs import parse_storage_options
-from shardyard.stores.verify import verify_store
 from shardyard.stores.wds import Sample, ShardWriter
-from shardyard.stores.zarr_shard import read_shard_index
 from shardyard.testing import SyntheticConfig, write_synthetic_yam
+from shardyard.tools.verify import verify_store
 from shardyard.video import write_video
 
 pytest.importorskip("s3fs")

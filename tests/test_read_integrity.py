@@ -27,8 +27,8 @@ from shardyard.loaders.streaming import ClipStream, StreamConfig
 from shardyard.loaders.tokens import TokenDataset, TokenDatasetConfig
 from shardyard.stores import open_store
 from shardyard.stores.checksums import CHECKSUMS
-from shardyard.stores.codecs_jpeg import decode_frame
-from shardyard.stores.zarr_shard import read_shard_index, shard_file
+from shardyard.stores.frames.jpeg import decode_frame
+from shardyard.stores.frames.zarr_shard import read_shard_index, shard_file
 from shardyard.testing import SyntheticConfig, write_synthetic_yam
 
 FRAME = "obs.rgb.front"

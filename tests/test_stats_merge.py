@@ -12,7 +12,6 @@ import pytest
 
 from shardyard.loaders.normalize import relative_actions
 from shardyard.schema import Episode, FieldSpec, Schema
-from shardyard.stores.edit import EditTarget, EpisodeSelection, delete_episodes
 from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
 from shardyard.stores.stats import StatsConfig, compute_stats
@@ -29,6 +28,7 @@ from shardyard.stores.stats.parts import (
     of_rows,
     quantiles,
 )
+from shardyard.tools.edit import EditTarget, EpisodeSelection, delete_episodes
 
 REL = 2.0 ** -MANTISSA_BITS  # a bucket's width relative to its values' power of two
 

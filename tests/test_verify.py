@@ -1,4 +1,4 @@
-"""Tests of `shardyard verify` (stores/verify.py) and of the checksums recorded at ingest (stores/checksums.py):
+"""Tests of `shardyard verify` (tools/verify.py) and of the checksums recorded at ingest (stores/checksums.py):
 an intact, a freshly written and an edited store pass (exit 0); a flipped byte inside a frame chunk (lz4 and
 jpeg), inside an MP4 of a video store and inside a low-dim chunk file, a damaged shard index, a missing shard
 file, a stale stats.json, episode_ends that disagree with the arrays, and a feature store whose source changed
@@ -15,13 +15,13 @@ import pytest
 import zarr
 
 from shardyard.stores.checksums import CHECKSUMS, CHUNK_CRC, VIDEO_CRC, read_crc32c
-from shardyard.stores.edit import EditTarget, EpisodeSelection, delete_episodes
 from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.recode import recode_store
+from shardyard.stores.frames.zarr_shard import read_shard_index, shard_file
 from shardyard.stores.stats import compute_stats
-from shardyard.stores.verify import verify_store
-from shardyard.stores.zarr_shard import read_shard_index, shard_file
+from shardyard.tools.edit import EditTarget, EpisodeSelection, delete_episodes
+from shardyard.tools.recode import recode_store
+from shardyard.tools.verify import verify_store
 from tests.conftest import run_cli
 from tests.test_edit import SCHEMA, STATS, _features, episodes  # noqa: F401  (the fixture)
 

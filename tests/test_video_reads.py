@@ -16,8 +16,8 @@ from conftest import sigkill_group
 from shardyard import open_store
 from shardyard.loaders import EpisodeDataset
 from shardyard.schema import Episode, FieldSpec, Schema
-from shardyard.stores.codecs_jpeg import decode_frame, encode_frame
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
+from shardyard.stores.frames.jpeg import decode_frame, encode_frame
 from shardyard.video import open_video
 
 G1_VIDEO = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lerobot" / "unitree_g1_inspire_v2.1"

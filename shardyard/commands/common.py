@@ -12,7 +12,7 @@ import typer
 from shardyard.errors import ShardyardError
 from shardyard.pause import PausePoint
 from shardyard.progress import PROGRESS_LOGGER, ProgressLog
-from shardyard.stores.codec_names import frame_codec_help
+from shardyard.stores.frames.names import frame_codec_help
 
 __all__ = ["fail", "finish_ingest", "parse_size", "run_ingest_job"]
 
@@ -148,7 +148,7 @@ def run_ingest_job(source, out: str | Path, pause: PausePoint | None = None, **k
 def finish_ingest(out: str | Path, result) -> None:
     """Print the store summary and the run's counts, then exit with the ingest status (0, or 2 on skips)."""
     from shardyard import open_store
-    from shardyard.inspection import summarize
+    from shardyard.tools.inspect.summary import summarize
 
     typer.echo(summarize(open_store(str(out))))
     typer.echo(f"\n{result.num_written} episode(s) written, {result.num_already_committed} already stored, "

@@ -31,7 +31,7 @@ FeaturesOut = Annotated[Optional[List[str]], typer.Option(
 
 def _target(out: str | None, in_place: bool, dry_run: bool, overwrite: bool,
             features: list[str] | None = None, features_out: list[str] | None = None):
-    from shardyard.stores.edit import EditTarget
+    from shardyard.tools.edit import EditTarget
 
     return EditTarget(out=out, in_place=in_place, dry_run=dry_run, overwrite=overwrite,
                       features=list(features or []), features_out=list(features_out or []))
@@ -55,7 +55,7 @@ def delete_episodes_cmd(
     features: Features = None, features_out: FeaturesOut = None,
 ) -> None:
     """Delete episodes by index, key or a metadata filter (refuses to delete every episode)."""
-    from shardyard.stores.edit import EpisodeSelection, delete_episodes
+    from shardyard.tools.edit import EpisodeSelection, delete_episodes
 
     sel = EpisodeSelection(episodes=episodes, keys=None if keys is None else [k for k in keys.split(",") if k],
                            where=where)
@@ -71,7 +71,7 @@ def split_cmd(
     features_out: FeaturesOut = None,
 ) -> None:
     """Split a store by episode into stores of the given fractions."""
-    from shardyard.stores.edit import split_store
+    from shardyard.tools.edit import split_store
 
     outs = []
     for item in out:
@@ -97,7 +97,7 @@ def merge_cmd(
 ) -> None:
     """Merge stores (schemas and units checked; keys kept unique; each input's split kept; frames copied
     without re-encoding)."""
-    from shardyard.stores.edit import merge_stores
+    from shardyard.tools.edit import merge_stores
 
     _run(merge_stores, stores, _target(out, False, dry_run, overwrite, features, features_out), val_fraction)
 
@@ -109,7 +109,7 @@ def rename_field_cmd(
     features: Features = None, features_out: FeaturesOut = None,
 ) -> None:
     """Rename a field."""
-    from shardyard.stores.edit import rename_field
+    from shardyard.tools.edit import rename_field
 
     _run(rename_field, store, old, new, _target(out, in_place, dry_run, overwrite, features, features_out))
 
@@ -121,7 +121,7 @@ def drop_field_cmd(
     features: Features = None, features_out: FeaturesOut = None,
 ) -> None:
     """Remove a field."""
-    from shardyard.stores.edit import drop_field
+    from shardyard.tools.edit import drop_field
 
     _run(drop_field, store, name, _target(out, in_place, dry_run, overwrite, features, features_out))
 
@@ -129,7 +129,7 @@ def drop_field_cmd(
 @edit_app.command("recompute-stats")
 def recompute_stats_cmd(store: Store, dry_run: DryRun = False) -> None:
     """Recompute stats.json from the store's contents and stored per-episode parts."""
-    from shardyard.stores.edit import recompute_stats
+    from shardyard.tools.edit import recompute_stats
 
     _run(recompute_stats, store, dry_run)
 
@@ -155,8 +155,8 @@ def verify_cmd(
     import json
 
     from shardyard.stores.remote_fs import parse_storage_options
-    from shardyard.stores.repair import repair_store
-    from shardyard.stores.verify import verify_store
+    from shardyard.tools.repair import repair_store
+    from shardyard.tools.verify import verify_store
 
     try:
         options = parse_storage_options(storage_option)

@@ -21,7 +21,7 @@ def recode_cmd(
 ) -> None:
     """Rewrite the frame fields of an episodic store with another codec; low-dim arrays, metadata, split and
     report are kept, stats recomputed on the stored frames. In place unless --out is given (atomically)."""
-    from shardyard.stores.recode import recode_store
+    from shardyard.tools.recode import recode_store
 
     try:
         result = recode_store(store, frame_codec, out)

@@ -28,8 +28,8 @@ def export_lerobot_cmd(
                                                          "its codebase version as LeRobotDataset(ORG/NAME) needs."),
 ) -> None:
     """Write an episodic store as a LeRobot v3.0 dataset (parquet + mp4 + meta), with LeRobot's video encoding."""
-    from shardyard.stores.export_lerobot import ExportConfig, export_lerobot
     from shardyard.stores.hub import push_lerobot
+    from shardyard.tools.export_lerobot import ExportConfig, export_lerobot
 
     try:
         cfg = ExportConfig(out=out, vcodec=vcodec, crf=crf, g=g, pix_fmt=pix_fmt, preset=preset, overwrite=overwrite)
@@ -72,7 +72,7 @@ def stats_cmd(
 @app.command("upgrade")
 def upgrade_cmd(store: Path = typer.Argument(..., help="Local episodic store.")) -> None:
     """Rewrite an older store's metadata to the current format (columnar episode table and stats parts)."""
-    from shardyard.stores.upgrade import upgrade_store
+    from shardyard.tools.upgrade import upgrade_store
 
     try:
         result = upgrade_store(store)
@@ -89,10 +89,10 @@ def inspect_cmd(
 ) -> None:
     """Print a store's summary and write plots (frames with projected EEF, height/gripper/rotation, paths)."""
     from shardyard import open_store
-    from shardyard.inspection import summarize, write_plots
-    from shardyard.inspection_foveated import draw_run, is_foveated_run
-    from shardyard.inspection_tokens import inspect_features
     from shardyard.stores import store_format
+    from shardyard.tools.inspect.foveated import draw_run, is_foveated_run
+    from shardyard.tools.inspect.summary import summarize, write_plots
+    from shardyard.tools.inspect.tokens import inspect_features
 
     try:  # a checkpoint that is not plain tensors and values is refused with a named error, never unpickled
         foveated = is_foveated_run(store)

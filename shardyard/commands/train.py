@@ -127,7 +127,7 @@ def foveated_caption(cfg: FoveatedTrainConfig, attention_out: Path | None = None
 
     result = run(cfg)
     if attention_out is not None and result.records:                   # rank 0 only
-        from shardyard.inspection_foveated import draw_run
+        from shardyard.tools.inspect.foveated import draw_run
 
         for p in draw_run(result.out, attention_out):
             typer.echo(f"picture: {p}")

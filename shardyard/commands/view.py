@@ -24,7 +24,7 @@ def view_cmd(
     serve: bool = typer.Option(False, "--serve", help="Then serve Rerun's web viewer on it (Ctrl-C stops)."),
 ) -> None:
     """Write one episode as a Rerun recording: frames, camera frusta, EEF path, joints/gripper/actions, depth."""
-    from shardyard.view import ViewConfig, view_store
+    from shardyard.tools.view import ViewConfig, view_store
 
     path = out or Path(f"{str(store).rstrip('/')}_episode{episode}.rrd")
     try:

@@ -5,7 +5,7 @@ v2.1: `meta/info.json` (`features`, `fps`, `chunks_size`, `data_path`, `video_pa
 camera. v3.0: chunked `data/chunk-*/file-*.parquet` holding many episodes, `meta/episodes/chunk-*/file-*.parquet`
 (row ranges, video file and `from_timestamp` per camera), `meta/tasks.parquet`, concatenated videos.
 
-Field mapping (its inverse is used by `shardyard.stores.export_lerobot`): `observation.images.<cam>` ->
+Field mapping (its inverse is used by `shardyard.tools.export_lerobot`): `observation.images.<cam>` ->
 `obs.rgb.<cam>` (uint8 `(H, W, 3)`, decoded with PyAV, AV1 included, at each row's timestamp), `observation.state`
 -> `obs.state`, `observation.<x>` -> `obs.<x>`, anything else keeps its name (`action`, `timestamp` s, ...).
 Bookkeeping columns (`frame_index`, `episode_index`, `index`, `task_index`) are not stored: the episode's meta

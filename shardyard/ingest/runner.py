@@ -30,9 +30,9 @@ from shardyard.ingest.failures import failure_row
 from shardyard.procs import die_with_parent
 from shardyard.schema import Episode, Schema
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.frame_encoding import DEFAULT_FRAME_CODEC, ChunkCodec, EncodedRows, EncodedVideo, FrameEncoding
+from shardyard.stores.frames.encoding import DEFAULT_FRAME_CODEC, ChunkCodec, EncodedRows, EncodedVideo, FrameEncoding
+from shardyard.stores.frames.video import VideoCodec
 from shardyard.stores.stats import StatsConfig, compute_stats, frame_sampling, sampled_frames_part
-from shardyard.stores.video_frames import VideoCodec
 
 __all__ = ["EXIT_FATAL", "EXIT_OK", "EXIT_SKIPPED", "IngestConfig", "IngestResult", "Source", "run_ingest"]
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from shardyard.stores.features import CLS, FIELD_NAMES, PATCH, FeatureStore, open_features
+from shardyard.stores.frames.zarr_shard import ShardReader
 from shardyard.stores.snapshot import reads_snapshot
-from shardyard.stores.zarr_shard import ShardReader
 
 __all__ = ["CLS_KEY", "MISSING_KEY", "PATCH_KEY", "REMOTE_READS_IN_FLIGHT", "TokenDataset", "TokenDatasetConfig"]
 

@@ -37,14 +37,14 @@ from shardyard.schema import Schema
 from shardyard.stores.episode_reader import EpisodeKeys, EpisodeTable, LegacyTable, MetaTable
 from shardyard.stores.episode_table import EPISODES_JSON
 from shardyard.stores.episode_where import select_where
+from shardyard.stores.frames.video import INDEX, video_codec_of
+from shardyard.stores.frames.video_reader import VideoFrameReader
+from shardyard.stores.frames.zarr_shard import ShardReader, load_array_meta
 from shardyard.stores.lowdim_chunks import ChunkRows
 from shardyard.stores.manifest import MANIFEST, Manifest, read_json
 from shardyard.stores.read_checks import ReadChecks
 from shardyard.stores.remote_fs import ProcessLocalFS, is_remote
 from shardyard.stores.snapshot import open_snapshot, reads_snapshot
-from shardyard.stores.video_frames import INDEX, video_codec_of
-from shardyard.stores.video_reader import VideoFrameReader
-from shardyard.stores.zarr_shard import ShardReader, load_array_meta
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ from shardyard.errors import ConfigError, SchemaError, StoreError
 from shardyard.schema import Episode, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
 from shardyard.stores.checksums import CHUNK_CRC, VIDEO_CRC, append_crc32c, truncate_crc32c, write_ingest_checksums
-from shardyard.stores.codecs_jpeg import check_frame_shape
 from shardyard.stores.commit_log import PROGRESS, CommitLog
 from shardyard.stores.episode_table import EPISODES_JSON, write_episode_table, write_split
 from shardyard.stores.episodic import (
@@ -45,7 +44,7 @@ from shardyard.stores.episodic import (
     EpisodicStore,
     split_episodes,
 )
-from shardyard.stores.frame_encoding import (
+from shardyard.stores.frames.encoding import (
     DEFAULT_FRAME_CODEC,
     ChunkCodec,
     EncodedRows,
@@ -54,10 +53,9 @@ from shardyard.stores.frame_encoding import (
     frame_codec_args,
     parse_frame_codecs,
 )
-from shardyard.stores.manifest import MANIFEST, Manifest, provenance
-from shardyard.stores.shard_append import ShardAppender
-from shardyard.stores.stats import part_table
-from shardyard.stores.video_frames import (
+from shardyard.stores.frames.jpeg import check_frame_shape
+from shardyard.stores.frames.shard_append import ShardAppender
+from shardyard.stores.frames.video import (
     DEFAULT_CRF,
     DEFAULT_GOP,
     INDEX,
@@ -67,7 +65,9 @@ from shardyard.stores.video_frames import (
     create_video_field,
     video_codec_of,
 )
-from shardyard.stores.zarr_shard import load_array_meta
+from shardyard.stores.frames.zarr_shard import load_array_meta
+from shardyard.stores.manifest import MANIFEST, Manifest, provenance
+from shardyard.stores.stats import part_table
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class EpisodicWriter:
         return self
 
     def _open_appenders(self) -> None:
-        """Sharded one-row-per-chunk fields are appended by `ShardAppender` (see stores/zarr_shard.py)."""
+        """Sharded one-row-per-chunk fields are appended by `ShardAppender` (see stores/frames/zarr_shard.py)."""
         shutil.rmtree(self.spill_dir, ignore_errors=True)
         self.spill_dir.mkdir()
         for key in self.schema:

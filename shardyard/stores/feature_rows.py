@@ -27,9 +27,9 @@ import zarr
 
 from shardyard.stores.atomic import atomic_write_json
 from shardyard.stores.checksums import CHUNK_CRC
-from shardyard.stores.frame_encoding import ChunkCodec
-from shardyard.stores.shard_append import ShardAppender
-from shardyard.stores.zarr_shard import EMPTY, load_array_meta, read_shard_index, shard_file
+from shardyard.stores.frames.encoding import ChunkCodec
+from shardyard.stores.frames.shard_append import ShardAppender
+from shardyard.stores.frames.zarr_shard import EMPTY, load_array_meta, read_shard_index, shard_file
 
 __all__ = ["CLS", "MISSING", "PATCH", "PROGRESS_DIR", "TOKEN_ARRAYS", "write_batch", "write_chunk_crc32c"]
 
@@ -52,7 +52,7 @@ def _to_stored(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def _array_writer(root: Path, name: str) -> dict[str, Any]:
     """Per-process writer state of one array: `ShardAppender` fast path (pre-encoded one-row chunks
-    concatenated into shard files, `stores/zarr_shard.py`) and the zarr array as the general fallback."""
+    concatenated into shard files, `stores/frames/zarr_shard.py`) and the zarr array as the general fallback."""
     states = _WRITERS.setdefault((os.getpid(), str(root)), {})
     if name not in states:
         meta = load_array_meta(str(root / name))

@@ -36,12 +36,12 @@ from shardyard.errors import ConfigError, StoreError
 from shardyard.schema import FieldSpec, Schema
 from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
 from shardyard.stores.feature_rows import CLS, MISSING, PATCH, PROGRESS_DIR, write_batch, write_chunk_crc32c
+from shardyard.stores.frames.zarr_shard import ShardReader, load_array_meta
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json
 from shardyard.stores.read_checks import ReadChecks
 from shardyard.stores.remote_fs import ProcessLocalFS, is_remote
 from shardyard.stores.snapshot import open_snapshot, reads_snapshot
 from shardyard.stores.stats.tokens import token_stats
-from shardyard.stores.zarr_shard import ShardReader, load_array_meta
 
 __all__ = ["CLS", "FIELD_NAMES", "FORMAT", "FORMAT_VERSION", "FeatureLayout", "FeatureStore", "FeatureWriter",
            "FeatureWriterConfig", "KEY_FILE", "MISSING", "PATCH", "PROGRESS_DIR", "bf16_bits_to_float32", "key_diff",

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from shardyard.errors import SourceError
-from shardyard.stores.frame_encoding import EncodedRows, FrameEncoding
+from shardyard.stores.frames.encoding import EncodedRows, FrameEncoding
 from shardyard.video import VideoReader, open_video
 
 __all__ = ["FrameReader"]

@@ -14,7 +14,7 @@ from typing import Any
 from shardyard.ingest.yam.frames import FrameReader
 from shardyard.mjcf import RobotKinematics
 from shardyard.schema import Episode, FieldSpec
-from shardyard.stores.frame_encoding import FrameEncoding
+from shardyard.stores.frames.encoding import FrameEncoding
 
 __all__ = ["I2RT", "LayoutInputs", "PER_DEMO", "RawEpisode", "detect_layout"]
 

@@ -16,7 +16,7 @@ from shardyard.geometry import scale_intrinsics, sign_continuous
 from shardyard.ingest.readers import load_npy, read_json
 from shardyard.ingest.yam.layout import PER_DEMO, LayoutInputs, RawEpisode
 from shardyard.schema import Episode, FieldSpec
-from shardyard.stores.frame_encoding import EncodedRows
+from shardyard.stores.frames.encoding import EncodedRows
 
 __all__ = ["read_per_demo"]
 

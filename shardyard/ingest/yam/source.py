@@ -21,7 +21,7 @@ from shardyard.ingest.yam.layout import I2RT, PER_DEMO, LayoutInputs, RawEpisode
 from shardyard.ingest.yam.per_demo import read_per_demo
 from shardyard.mjcf import RobotKinematics
 from shardyard.schema import Episode, FieldSpec, Schema
-from shardyard.stores.frame_encoding import FrameEncoding
+from shardyard.stores.frames.encoding import FrameEncoding
 from shardyard.stores.manifest import fingerprint_paths, sha256_file
 
 __all__ = ["LAYOUT_READERS", "YamConfig", "YamSource"]

@@ -136,7 +136,7 @@ def _episode_part(store, episode: int, field: str, edges: np.ndarray | None, cfg
 
 def frame_sampling(spec: FieldSpec, config: StatsConfig | None = None) -> tuple[int, int] | None:
     """`(frame_stride, pixel_stride)` with which a reader worker samples frames of `spec` for the stats
-    while it encodes them (`stores.frame_encoding.FrameEncoding`), or None when the field's stats cannot be
+    while it encodes them (`stores.frames.encoding.FrameEncoding`), or None when the field's stats cannot be
     made per episode ahead of the stats pass (histogram edges that depend on the data: non-uint8)."""
     cfg = config or StatsConfig()
     if spec.kind != "image" or fixed_edges(spec.dtype, _num_features(spec)) is None:

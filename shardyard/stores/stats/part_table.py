@@ -13,7 +13,7 @@ not of that fixed layout, else null). A store of 10^6 episodes keeps them in row
 stats pass folds one row group at a time (`PartTable.blocks`), so its memory does not grow with the store.
 
 Format version 1 kept the same parts as JSON per commit group (`<first>.json`, 8 digits, keyed by episode key),
-2.5 kB per episode, read whole by every pass; `LegacyParts` reads those, and `stores.upgrade` converts them.
+2.5 kB per episode, read whole by every pass; `LegacyParts` reads those, and `tools.upgrade` converts them.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Appending encoded one-row chunks to the shard files of a sharded zarr v3 array (the layout of
-`stores.zarr_shard`): with one frame per inner chunk, a chunk's encoded bytes do not depend on where it lands,
+`stores.frames.zarr_shard`): with one frame per inner chunk, a chunk's encoded bytes do not depend on where it lands,
 so reader workers compress frames in parallel and the single writer only copies byte ranges into shard files.
 """
 
@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from shardyard.stores.byte_ranges import Piece, piece_len, write_pieces
-from shardyard.stores.zarr_shard import EMPTY, index_nbytes, read_shard_index, shard_file
+from shardyard.stores.frames.byte_ranges import Piece, piece_len, write_pieces
+from shardyard.stores.frames.zarr_shard import EMPTY, index_nbytes, read_shard_index, shard_file
 
 __all__ = ["ShardAppender"]
 

@@ -39,19 +39,19 @@ import zarr
 from shardyard.errors import UnsafePathError
 from shardyard.stores import store_format
 from shardyard.stores.checksums import CHECKSUMS, CHUNK_CRC, VIDEO_CRC, read_crc32c
-from shardyard.stores.edit_copy import frame_parts_of, stats_config_of
-from shardyard.stores.edit_features import manifest_fingerprint
 from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.feature_rows import TOKEN_ARRAYS
 from shardyard.stores.features import FeatureStore
-from shardyard.stores.frame_encoding import ChunkCodec
+from shardyard.stores.frames.encoding import ChunkCodec
+from shardyard.stores.frames.video import INDEX, file_crc32c, video_codec_of, video_name
+from shardyard.stores.frames.zarr_shard import EMPTY, index_nbytes, load_array_meta, shard_file
 from shardyard.stores.manifest import read_json, sha256_file
 from shardyard.stores.remote_fs import ProcessLocalFS, is_remote
 from shardyard.stores.safe_paths import safe_join
 from shardyard.stores.stats import compute_stats
-from shardyard.stores.video_frames import INDEX, file_crc32c, video_codec_of, video_name
 from shardyard.stores.wds import ShardStore
-from shardyard.stores.zarr_shard import EMPTY, index_nbytes, load_array_meta, shard_file
+from shardyard.tools.edit_copy import frame_parts_of, stats_config_of
+from shardyard.tools.edit_features import manifest_fingerprint
 
 __all__ = ["Damage", "VerifyReport", "verify_store"]
 

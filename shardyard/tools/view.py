@@ -64,7 +64,7 @@ def _camera_role(field: str) -> str:
 
 
 def _log_cameras(rec, rr, store, meta: dict[str, Any], steps: dict[str, np.ndarray], t: int, quality: int) -> None:
-    from shardyard.stores.codecs_jpeg import encode_frame
+    from shardyard.stores.frames.jpeg import encode_frame
 
     for field in store.schema.of_kind("image"):
         role = _camera_role(field)
@@ -97,8 +97,8 @@ def _token_pca(cfg: ViewConfig, store, episode: int, n: int) -> np.ndarray | Non
     """`(n, h, w, 3)` float RGB of the episode's patch tokens through the feature store's PCA basis."""
     if cfg.features is None:
         return None
-    from shardyard.inspection_tokens import pca_rgb
     from shardyard.stores import open_store
+    from shardyard.tools.inspect.tokens import pca_rgb
 
     feats = open_store(cfg.features)
     if int(feats.num_samples) != int(store.num_steps):

@@ -3,7 +3,7 @@
 Why here and not in zarr-python's writer: a one-row chunk's encoded bytes do not depend on where it lands,
 so each reader worker compresses frames as soon as they are decoded (`FrameEncoding`, `FrameSink`) and leaves
 the chunks in a spill file; the single writer then only copies byte ranges into shard files
-(`stores.shard_append.ShardAppender`). That keeps ingest near decode speed.
+(`stores.frames.shard_append.ShardAppender`). That keeps ingest near decode speed.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import numpy as np
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from shardyard.errors import ConfigError
-from shardyard.stores.byte_ranges import ChunkRef, Piece
-from shardyard.stores.codec_names import DEFAULT_FRAME_CODEC, FRAME_CODECS
-from shardyard.stores.codecs_jpeg import DEFAULT_QUALITY, JpegCodec, check_frame_shape, decode_frame, encode_frame
-from shardyard.stores.codecs_jpeg import NAME as JPEG_NAME
-from shardyard.stores.video_frames import EncodedVideo, VideoCodec, VideoEncoder
+from shardyard.stores.frames.byte_ranges import ChunkRef, Piece
+from shardyard.stores.frames.jpeg import DEFAULT_QUALITY, JpegCodec, check_frame_shape, decode_frame, encode_frame
+from shardyard.stores.frames.jpeg import NAME as JPEG_NAME
+from shardyard.stores.frames.names import DEFAULT_FRAME_CODEC, FRAME_CODECS
+from shardyard.stores.frames.video import EncodedVideo, VideoCodec, VideoEncoder
 
 __all__ = ["DEFAULT_FRAME_CODEC", "FRAME_CODECS", "ChunkCodec", "EncodedRows", "EncodedVideo", "FrameEncoding",
            "FrameSink", "frame_codec_args", "parse_frame_codecs"]

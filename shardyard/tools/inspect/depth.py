@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from shardyard.plotting import figure, save
+from shardyard.tools.inspect.plotting import figure, save
 
 __all__ = ["depth_summary_lines", "plot_depth"]
 

@@ -1,4 +1,4 @@
-"""Figures for the `inspect` views, shared by `inspection.py`, `inspection_depth.py` and `inspection_tokens.py`.
+"""Figures for the `inspect` views, shared by `summary.py`, `depth.py` and `tokens.py` in `tools/inspect/`.
 
 matplotlib's object API on the Agg canvas: no pyplot, no global backend switch, so the plots work headless and
 leave a notebook's inline backend alone. matplotlib is imported when a figure is made, so `summarize` and the

@@ -15,7 +15,7 @@ training or validation silently: merging all-train stores gives an all-train sto
 union's); `merge_stores(..., val_fraction=F)` (`edit merge --val-fraction F`) draws a seeded split over the
 result instead, as an ingest of its keys would, and `shardyard stats STORE --val-fraction F` redraws any
 store's. Frame chunks are copied without re-encoding, and the stats of every result equal those of ingesting
-its episodes from scratch with the same split (`stores.edit_copy`, `stores.stats.parts`).
+its episodes from scratch with the same split (`tools.edit_copy`, `stores.stats.parts`).
 
 In place, the new store (and feature store) gets a new manifest `generation` and is swapped in by renames:
 a reader that opened the old one raises `StoreChangedError` at its next read, never mixing the two
@@ -36,7 +36,10 @@ import numpy as np
 
 from shardyard.errors import ConfigError, SchemaError
 from shardyard.stores.atomic import atomic_write_json
-from shardyard.stores.edit_copy import (
+from shardyard.stores.episode_where import match_value, parse_clauses
+from shardyard.stores.episodic import EpisodicStore
+from shardyard.stores.stats import compute_stats
+from shardyard.tools.edit_copy import (
     CopyPlan,
     commit_in_place,
     frame_parts_of,
@@ -44,10 +47,7 @@ from shardyard.stores.edit_copy import (
     stats_config_of,
     write_plan,
 )
-from shardyard.stores.edit_features import check_features, edit_features
-from shardyard.stores.episode_where import match_value, parse_clauses
-from shardyard.stores.episodic import EpisodicStore
-from shardyard.stores.stats import compute_stats
+from shardyard.tools.edit_features import check_features, edit_features
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The frame codecs by name, with one line each: what `stores.frame_encoding.parse_frame_codecs` accepts and what
+"""The frame codecs by name, with one line each: what `stores.frames.encoding.parse_frame_codecs` accepts and what
 every `--frame-codec` help text lists. A module without imports, so the CLI builds its help without loading zarr
 or numpy; `frame_encoding` takes its `FRAME_CODECS` from here, so the two cannot disagree."""
 

@@ -12,8 +12,8 @@ chunks spanning the other axes whole, codecs `bytes` then at most one of blosc/z
 `shardyard_jpeg` chunks); anything else
 returns None from `ShardReader.maybe_for` and the caller uses zarr-python.
 
-Appending (`stores.shard_append.ShardAppender`): with one frame per inner chunk, a chunk's encoded bytes do
-not depend on where it lands, so reader workers compress frames in parallel (`stores.frame_encoding`) and
+Appending (`stores.frames.shard_append.ShardAppender`): with one frame per inner chunk, a chunk's encoded bytes do
+not depend on where it lands, so reader workers compress frames in parallel (`stores.frames.encoding`) and
 leave them in spill files; the single writer only copies byte ranges into shard files (`ChunkRef`:
 `copy_file_range`, in the kernel). A shard file is only appended to.
 """
@@ -28,8 +28,8 @@ from typing import Any, Callable
 import numcodecs
 import numpy as np
 
-from shardyard.stores.codecs_jpeg import NAME as JPEG_NAME
-from shardyard.stores.codecs_jpeg import decode_frame
+from shardyard.stores.frames.jpeg import NAME as JPEG_NAME
+from shardyard.stores.frames.jpeg import decode_frame
 from shardyard.stores.read_checks import crc32c, crc_mismatch, damaged_file
 
 EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk that was never written (fill value)

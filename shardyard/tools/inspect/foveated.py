@@ -75,7 +75,7 @@ def draw_clip(out: Path, name: str, frames: np.ndarray, fine: np.ndarray, coarse
     once (about 1.4k x 0.6k px); the GIF has every frame (frame | fine | coarse at the clip's size)."""
     from PIL import Image
 
-    from shardyard.plotting import figure
+    from shardyard.tools.inspect.plotting import figure
 
     out.mkdir(parents=True, exist_ok=True)
     t = frames.shape[0]

@@ -11,7 +11,7 @@ frames are):
     data/F/frame_index         (N, 2) int64 over all steps of all episodes: pts of the step's frame in its
                                episode's file, and the step (within the episode) of its keyframe
 
-Random access (`stores.video_reader.VideoFrameReader`) seeks to the keyframe at or before the first wanted
+Random access (`stores.frames.video_reader.VideoFrameReader`) seeks to the keyframe at or before the first wanted
 frame and decodes forward, matching frames by pts, so a read is frame-exact whatever the demuxer's seek lands
 on (tested against FFmpeg's own `select=eq(n\,i)` output). Encoding happens in the reader workers
 (`VideoEncoder`), decoding through the same PyAV conversion everywhere (`to_rgb`), so the workers' stats

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from shardyard.plotting import figure, save
 from shardyard.stores.features import FeatureStore, open_features
+from shardyard.tools.inspect.plotting import figure, save
 
 __all__ = ["inspect_features", "pca_rgb", "summarize_features", "write_token_plots"]
 

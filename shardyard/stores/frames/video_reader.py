@@ -1,4 +1,4 @@
-"""Random access into a `video` field (`stores.video_frames`): global rows -> RGB frames, frame-exact.
+"""Random access into a `video` field (`stores.frames.video`): global rows -> RGB frames, frame-exact.
 
 A read seeks to the keyframe at or before its first frame (the frame index gives each step's pts and
 keyframe) and decodes forward, matching frames to steps by pts; a read that continues the last one in the
@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from shardyard.stores.frames.video import file_crc32c, to_rgb, to_rgb_planes, video_name
 from shardyard.stores.read_checks import damaged_file
-from shardyard.stores.video_frames import file_crc32c, to_rgb, to_rgb_planes, video_name
 
 __all__ = ["VideoFrameReader"]
 

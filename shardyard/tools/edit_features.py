@@ -27,7 +27,6 @@ import numpy as np
 
 from shardyard.errors import ConfigError, StoreError
 from shardyard.stores.checksums import CHUNK_CRC, read_crc32c
-from shardyard.stores.edit_copy import CopyPlan
 from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.feature_rows import TOKEN_ARRAYS
 from shardyard.stores.features import (
@@ -38,8 +37,9 @@ from shardyard.stores.features import (
     key_diff,
     write_batch,
 )
-from shardyard.stores.frame_encoding import ChunkCodec
-from shardyard.stores.zarr_shard import load_array_meta
+from shardyard.stores.frames.encoding import ChunkCodec
+from shardyard.stores.frames.zarr_shard import load_array_meta
+from shardyard.tools.edit_copy import CopyPlan
 
 __all__ = ["manifest_fingerprint", "check_features", "edit_features"]
 

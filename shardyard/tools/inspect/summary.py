@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from shardyard.geometry import canonical_hemisphere, canonical_to_reference, mean_quaternion, project, scale_intrinsics
-from shardyard.inspection_depth import depth_summary_lines, plot_depth
-from shardyard.plotting import colormap, figure, save
+from shardyard.tools.inspect.depth import depth_summary_lines, plot_depth
+from shardyard.tools.inspect.plotting import colormap, figure, save
 
 __all__ = ["camera_roles", "eef_pixels", "frames_figure", "robot_prefixes", "summarize", "write_plots"]
 
@@ -180,7 +180,7 @@ def summarize(store) -> str:
         lines.append(f"  {prefix}: rotation mode {rot.get('recommended_mode', 'n/a')}; PC1 EV "
                      f"{_num(ev[0]) if ev else 'n/a'}; k-means prototypes {len(km.get('prototypes') or [])}")
 
-    if stats.get("depth"):  # seed 003 depth extras (inspection_depth.py)
+    if stats.get("depth"):  # seed 003 depth extras (tools/inspect/depth.py)
         lines += depth_summary_lines(stats["depth"])
 
     skipped = report.get("skipped") or []
@@ -400,6 +400,6 @@ def write_plots(store, out_dir: str | Path, *, max_episodes: int = 4, frames_per
         _plot_robot(store, arms, episodes, out, written)
     elif not _plot_vectors(store, episodes, out / "vectors.png", written):
         log.info("store %s has no EEF and no vector fields to plot", store.url)
-    if store.schema.of_kind("depth"):  # RGB beside colour-mapped depth, depth histogram (inspection_depth.py)
+    if store.schema.of_kind("depth"):  # RGB beside colour-mapped depth, depth histogram (tools/inspect/depth.py)
         plot_depth(store, episodes, out, written)
     return written

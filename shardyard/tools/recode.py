@@ -23,7 +23,7 @@ from shardyard.errors import StoreError
 from shardyard.schema import Episode
 from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.frame_encoding import parse_frame_codecs
+from shardyard.stores.frames.encoding import parse_frame_codecs
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Writing the result of a `shardyard edit` operation: a plan of source episodes copied into a new
-episodic store (`stores.edit` builds the plans).
+episodic store (`tools.edit` builds the plans).
 
 Frame fields are copied chunk for chunk: each frame's encoded inner chunk is read from the source's shard
-file by its index entry (`stores.zarr_shard.read_shard_index`) and handed to `EpisodicWriter` as
+file by its index entry (`stores.frames.zarr_shard.read_shard_index`) and handed to `EpisodicWriter` as
 `EncodedRows`, which appends the bytes as they are (no decode, no re-encode), with the episode's stored stats
 part (`meta/stats_parts`), so the stats pass does not read those frames back either. That holds whatever the
 field's one-row-per-chunk codec is (lz4, zstd, raw, and JPEG when its chunks are one frame each). A field
@@ -46,11 +46,11 @@ from shardyard.schema import Episode, Schema
 from shardyard.stores.checksums import CHUNK_CRC, VIDEO_CRC, read_crc32c
 from shardyard.stores.episodic import FRAME_KINDS, STATS_PARTS, EpisodicStore
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.frame_encoding import ChunkCodec, EncodedRows, EncodedVideo
+from shardyard.stores.frames.encoding import ChunkCodec, EncodedRows, EncodedVideo
+from shardyard.stores.frames.video import INDEX, VideoCodec, video_codec_of, video_name
+from shardyard.stores.frames.zarr_shard import EMPTY, load_array_meta, read_shard_index, shard_file
 from shardyard.stores.stats import StatsConfig, compute_stats
 from shardyard.stores.stats.part_table import LegacyParts, PartTable
-from shardyard.stores.video_frames import INDEX, VideoCodec, video_codec_of, video_name
-from shardyard.stores.zarr_shard import EMPTY, load_array_meta, read_shard_index, shard_file
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,4 @@
+"""How a frame field is encoded, stored and decoded: the frame codecs (`jpeg`, `video`, `lz4`, `zstd`,
+`none`), the sharded chunk files they are appended to and the byte ranges read back from them."""
+
+__all__: list[str] = []
