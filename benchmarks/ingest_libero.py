@@ -103,11 +103,11 @@ def pool_read(path: Path, demos: list[str], workers: int,
 
 def store_encoder(store: Path, field: str):
     """The encoder of the chunk codec `field` is stored with (one frame -> chunk bytes)."""
-    from shardyard.stores.frames.encoding import ChunkCodec
+    from shardyard.stores.frames.registry import chunk_codec_of
     from shardyard.stores.frames.zarr_shard import load_array_meta
 
     meta = load_array_meta(str(store / "data" / field))
-    codec = ChunkCodec.for_array(meta)
+    codec = chunk_codec_of(meta)
     if codec is None:
         raise RuntimeError(f"{field} is not stored one frame per chunk; no encoder to compare with")
     return codec.encoder(), codec.name

@@ -80,11 +80,11 @@ def _decode_encode(path: str, codec=None) -> tuple[int, float]:
 
 def store_codec(store: Path):
     """The chunk codec of the first `obs.rgb.*` field of an ingested store (`ChunkCodec`)."""
-    from shardyard.stores.frames.encoding import ChunkCodec
+    from shardyard.stores.frames.registry import chunk_codec_of
     from shardyard.stores.frames.zarr_shard import load_array_meta
 
     field = sorted(p.name for p in (store / "data").glob("obs.rgb.*"))[0]
-    codec = ChunkCodec.for_array(load_array_meta(str(store / "data" / field)))
+    codec = chunk_codec_of(load_array_meta(str(store / "data" / field)))
     if codec is None:
         raise RuntimeError(f"{field} is not stored one frame per chunk; no encoder to compare with")
     return codec

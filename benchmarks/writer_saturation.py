@@ -100,8 +100,8 @@ def one_trial(codec: str, episodes: list[np.ndarray], num_episodes: int, out: Pa
     from shardyard.stores.stats import compute_stats
 
     cfg = EpisodicWriterConfig(frame_codec=codec, commit_every=32)
-    writer = EpisodicWriter(out, _schema(tuple(episodes[0].shape[1:])), config=cfg)
-    writer.stats_fn = lambda store: compute_stats(store, frame_parts=writer.stats_parts)
+    writer = EpisodicWriter(out, _schema(tuple(episodes[0].shape[1:])), config=cfg,
+                            stats_fn=lambda store: compute_stats(store, frame_parts=writer.stats_parts))
     with writer:
         encode, encoded = reader_rate(writer.codecs[FIELD], episodes, writer.spill_dir)
         feed = _episodes(writer, encoded, num_episodes)

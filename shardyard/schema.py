@@ -10,9 +10,14 @@ import numpy as np
 from shardyard.errors import SchemaError, UnsafePathError
 from shardyard.stores.safe_paths import safe_relative
 
-__all__ = ["Episode", "FieldSpec", "KINDS", "Schema"]
+__all__ = ["Episode", "FieldSpec", "FRAME_KINDS", "KINDS", "SKIP_KINDS", "Schema"]
 
 KINDS = ("image", "depth", "vector", "scalar", "text", "video", "tokens", "pose")
+# Stored one frame per chunk inside zarr shards: the reader and the loaders read them by exact row runs, the
+# stats sample them frame by frame (`image_frame_stride`).
+FRAME_KINDS = ("image", "depth", "tokens")
+# No numeric per-step array to serve or summarise: text lives in the episode metadata, video in encoded files.
+SKIP_KINDS = ("text", "video")
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from scipy.spatial.transform import Rotation
 
 from shardyard.geometry import intrinsics_from_fovy, project
 
-__all__ = ["SyntheticConfig", "TASKS", "default_camera", "look_at", "render", "synthetic_trajectory",
+__all__ = ["SyntheticConfig", "SYNTHETIC_TASKS", "default_camera", "look_at", "render", "synthetic_trajectory",
            "write_synthetic_yam"]
 
-TASKS = ("put the red block on the blue plate", "stack the green block on the yellow block")
+SYNTHETIC_TASKS = ("put the red block on the blue plate", "stack the green block on the yellow block")
 
 
 @dataclass
@@ -116,7 +116,7 @@ def write_synthetic_yam(root: str | Path, config: SyntheticConfig | None = None)
     K, T_world_cam = default_camera(cfg.width, cfg.height)
     folders = []
     for e in range(cfg.num_episodes):
-        task = TASKS[e % len(TASKS)]
+        task = SYNTHETIC_TASKS[e % len(SYNTHETIC_TASKS)]
         folder = root / task.replace(" ", "_") / f"demo_{e:04d}"
         folder.mkdir(parents=True, exist_ok=True)
         steps = int(cfg.steps * rng.uniform(0.8, 1.2))

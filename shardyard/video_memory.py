@@ -27,7 +27,7 @@ import numpy as np
 from shardyard.errors import SourceError
 from shardyard.video import PTS_FORMATS, FrameCallback
 
-__all__ = ["MemoryVideo", "NONREF_SKIP_CODECS", "SERVED_EXTS", "load_decoder", "open_memory_video"]
+__all__ = ["IMAGE_MAGIC", "MemoryVideo", "NONREF_SKIP_CODECS", "SERVED_EXTS", "load_decoder", "open_memory_video"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 NONREF_SKIP_CODECS = ("h264", "hevc")
 # Extensions of the containers served (MP4/MOV, Matroska/WebM): others are not worth a demux in memory first.
 SERVED_EXTS = ("mp4", "mov", "m4v", "mkv", "webm")
+# First bytes of the still-image files a video shard may hold instead (JPEG, PNG, GIF): not video, never decoded.
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
 
 
 @dataclass

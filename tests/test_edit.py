@@ -20,6 +20,7 @@ from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
 from shardyard.stores.features import FeatureLayout, FeatureStore, FeatureWriter, FeatureWriterConfig, write_batch
 from shardyard.stores.frames.zarr_shard import read_shard_index, shard_file
+from shardyard.stores.manifest import manifest_fingerprint
 from shardyard.stores.stats import StatsConfig, compute_stats
 from shardyard.tools.edit import (
     EditTarget,
@@ -32,7 +33,6 @@ from shardyard.tools.edit import (
     rename_field,
     split_store,
 )
-from shardyard.tools.edit_features import manifest_fingerprint
 from shardyard.tools.verify import verify_store
 from tests.conftest import run_cli
 from tests.libero_fixtures import write_libero_file

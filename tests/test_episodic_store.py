@@ -15,7 +15,7 @@ from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.episodic import split_episodes
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
 from shardyard.stores.frames.byte_ranges import ChunkRef
-from shardyard.stores.frames.encoding import ChunkCodec
+from shardyard.stores.frames.registry import chunk_codec_of
 from shardyard.stores.frames.shard_append import ShardAppender
 from shardyard.stores.frames.zarr_shard import ShardReader, load_array_meta
 
@@ -188,7 +188,7 @@ def _sharded(path, shard_rows: int, compressor: str = "lz4"):
     g.create_array("x", shape=(0,) + ROW, dtype="uint8", chunks=(1,) + ROW, shards=(shard_rows,) + ROW,
                    compressors=COMPRESSORS[compressor]())
     folder = path / "x"
-    codec = ChunkCodec.for_array(load_array_meta(str(folder)))
+    codec = chunk_codec_of(load_array_meta(str(folder)))
     assert codec is not None
     return folder, codec.encoder()
 
@@ -308,7 +308,7 @@ def test_drop_shards_after_keeps_the_shard_of_row_n_minus_1(tmp_path, n):
 def test_drop_shards_after_on_a_one_dimensional_array(tmp_path):
     g = zarr.open_group(str(tmp_path / "z"), mode="w")
     g.create_array("v", shape=(0,), dtype="int32", chunks=(1,), shards=(4,), compressors=ZstdCodec(level=1))
-    encode = ChunkCodec.for_array(load_array_meta(str(tmp_path / "z" / "v"))).encoder()
+    encode = chunk_codec_of(load_array_meta(str(tmp_path / "z" / "v"))).encoder()
     app = ShardAppender(tmp_path / "z" / "v", shard_rows=4, ndim=1)
     app.append([encode(np.array(i, np.int32)) for i in range(10)])
     ShardAppender(tmp_path / "z" / "v", shard_rows=4, ndim=1).drop_shards_after(5)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from shardyard import open_store
 from shardyard.cli import app  # the app with every command registered
-from shardyard.stores.frames.encoding import FRAME_CODECS, parse_frame_codecs
+from shardyard.stores.frames.registry import FRAME_CODECS, parse_frame_codecs
 from shardyard.tools.inspect.foveated import draw_clip
 from shardyard.tools.inspect.summary import eef_pixels, frames_figure, summarize
 from shardyard.train.loop import format_table
@@ -92,7 +92,7 @@ def test_every_frame_codec_help_lists_the_parsers_codecs():
     assert {"ingest yam", "ingest libero", "ingest lerobot", "ingest nyu", "recode"} <= set(helps)
     for name, text in helps.items():
         listed = re.search(r"one of ([a-z0-9, ]+) \(", text)
-        assert listed and tuple(listed.group(1).split(", ")) == FRAME_CODECS, (name, text)
+        assert listed and tuple(listed.group(1).split(", ")) == tuple(FRAME_CODECS), (name, text)
     for codec in FRAME_CODECS:  # the names are the parser's: each parses, another does not
         assert parse_frame_codecs(codec)[""] == codec
     with pytest.raises(Exception, match="unknown codec"):

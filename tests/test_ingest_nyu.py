@@ -190,9 +190,9 @@ def test_each_layout_ingests(layout, tmp_path):
     # official split in the manifest where the layout has one; Eigen crop as store metadata
     splits = {store.episode_meta(e)["split"] for e in range(store.num_episodes)}
     if "test" in splits:
-        val = {store.episode_keys[i] for i in store.manifest["split"]["val"]}
+        val = {store.episode_keys[i] for i in store.split["val"]}
         assert val == {k for k in store.episode_keys if k.startswith("test/")}
-        assert store.stats["split"]["val"] == store.manifest["split"]["val"]
+        assert store.stats["split"]["val"] == store.split["val"]
         assert store.manifest["provenance"]["config"]["stats"]["image_frame_stride"] == 10
     ev = store.manifest["source"]["eval"]
     assert ev["eigen_crop_480x640"] == [45, 471, 41, 601] and ev["range_m"] == [0.001, 10.0]

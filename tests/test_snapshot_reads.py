@@ -27,11 +27,10 @@ from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
 from shardyard.stores.features import FeatureLayout, FeatureStore, FeatureWriter, FeatureWriterConfig, write_batch
-from shardyard.stores.manifest import Manifest
+from shardyard.stores.manifest import Manifest, manifest_fingerprint
 from shardyard.stores.remote import pull, push
 from shardyard.stores.stats import StatsConfig, compute_stats
 from shardyard.stores.wds import Sample, ShardWriter
-from shardyard.tools.edit_features import manifest_fingerprint
 from tests.clipfactory import CLIPS, encode_clip
 from tests.conftest import run_cli
 

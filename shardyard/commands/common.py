@@ -12,9 +12,9 @@ import typer
 from shardyard.errors import ShardyardError
 from shardyard.pause import PausePoint
 from shardyard.progress import PROGRESS_LOGGER, ProgressLog
-from shardyard.stores.frames.names import frame_codec_help
+from shardyard.stores.frames.registry import frame_codec_help
 
-__all__ = ["fail", "finish_ingest", "parse_size", "run_ingest_job"]
+__all__ = ["fail", "finish_ingest", "run_ingest_job"]
 
 app = typer.Typer(help="shardyard: raw datasets into sharded, cached stores.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -23,17 +23,10 @@ ingest_app = typer.Typer(help="Ingest a raw source into a store.", no_args_is_he
 app.add_typer(ingest_app, name="ingest")
 
 # Options every `ingest` job takes, declared once.
-Out = Annotated[Path, typer.Option("--out", "-o", help="Store directory to write (resumed if it exists).")]
 OutURL = Annotated[str, typer.Option("--out", "-o", help="Store to write (resumed if it exists): a directory, or "
                                      "an fsspec URL (s3://bucket/store, gs://...) written through local staging.")]
-Workers = Annotated[int, typer.Option(help="Reader processes: 1 reads in the job's own process; N decode in "
-                                            "parallel (up to the number of cores).")]
-OnError = Annotated[str, typer.Option(help="skip: report bad episodes and go on; fail: stop at the first.")]
 Overwrite = Annotated[bool, typer.Option(help="Delete an existing store at --out first.")]
-ValFraction = Annotated[float, typer.Option(help="Fraction of episodes held out (stats use train only).")]
-SplitSeed = Annotated[int, typer.Option(help="Seed of the by-episode train/val split.")]
 FrameCodec = Annotated[str, typer.Option("--frame-codec", help=frame_codec_help())]
-ImageSize = Annotated[Optional[str], typer.Option(help="Resize frames on ingest: S or WxH (default keep).")]
 PauseFile = Annotated[Optional[Path], typer.Option(
     help="While this file exists, the job waits after each stored episode (dino: token batch) and goes on once "
          "it is deleted; a paused job can be killed and resumed.")]
@@ -49,22 +42,6 @@ def _ingest_group() -> None:
 @app.callback()
 def _main_group() -> None:
     """shardyard: raw datasets into sharded, cached stores."""
-
-
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    """"448" -> (448, 448); "640x480" -> (640, 480)."""
-    if not text:
-        return None
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        nums = [int(p) for p in parts]
-    except ValueError:
-        raise typer.BadParameter(f"--image-size takes S or WxH, got {text!r}") from None
-    if len(nums) == 1:
-        return nums[0], nums[0]
-    if len(nums) == 2:
-        return nums[0], nums[1]
-    raise typer.BadParameter(f"--image-size takes S or WxH, got {text!r}")
 
 
 def fail(e: Exception) -> None:
@@ -83,25 +60,15 @@ def _export_group() -> None:
     """Export a store to another dataset format (`export lerobot STORE --out DIR`)."""
 
 
-def run_ingest_job(source, out: str | Path, pause: PausePoint | None = None, **kwargs) -> None:
-    """Run `run_ingest` for a CLI command with a progress bar (`kwargs` are `IngestConfig` fields), then print the
-    summary and exit 0, or 2 when episodes were skipped, via `finish_ingest`. An `out` URL (`s3://...`) is
-    written through a local staging directory, each commit uploaded as it is made (`stores/remote.py`).
-    `pause`: reached after each episode written (`--pause-file`, `--pause-after`)."""
+def run_ingest_job(source, cfg, pause: PausePoint | None = None) -> None:
+    """Run `run_ingest` (cfg: `IngestConfig`; an `out` URL is written through local staging) for a CLI command
+    with a progress bar, then print the summary and exit 0, or 2 when episodes were skipped, via
+    `finish_ingest`. `pause`: reached after each episode written (`--pause-file`, `--pause-after`)."""
     from rich.progress import Progress
 
-    from shardyard.ingest.runner import IngestConfig, run_ingest
-    from shardyard.stores.remote_fs import is_remote
+    from shardyard.ingest.runner import run_ingest
 
     try:
-        staged = None
-        if is_remote(out):
-            from shardyard.stores.remote import StagedStore, default_staging_dir
-
-            staged = StagedStore(str(out), default_staging_dir(str(out)))
-            staged.prepare(overwrite=kwargs.pop("overwrite", False))
-        local = staged.local if staged is not None else Path(out)
-        cfg = IngestConfig(out=local, **kwargs)
         keys = source.keys()
         progress = Progress(transient=True, disable=not sys.stderr.isatty())
         task = progress.add_task(f"ingest {source.name}", total=len(keys))
@@ -123,26 +90,20 @@ def run_ingest_job(source, out: str | Path, pause: PausePoint | None = None, **k
                 if stored_before[0] and not stored_before[1]:
                     stored_before[1] = True
                     logging.getLogger(PROGRESS_LOGGER).info("resumed: %d of %d episode(s) already stored in %s",
-                                                            stored_before[0], len(keys), out)
+                                                            stored_before[0], len(keys), cfg.out)
                 if lines is not None:
                     lines.update()
             if pause is not None and status == "written":
                 pause.reached(f"episode {key}")
 
         try:
-            result = run_ingest(source, cfg, on_episode=advance, on_commit=staged.sync if staged else None)
+            result = run_ingest(source, cfg, on_episode=advance)
         finally:
             if progress.live.is_started:
                 progress.stop()
-        if hasattr(source, "report_notes"):  # e.g. files without observations (ingest libero)
-            from shardyard.ingest.libero import add_report_notes
-
-            add_report_notes(local, source.report_notes())
-        if staged is not None:
-            staged.finish()
     except ShardyardError as e:
         fail(e)
-    finish_ingest(out, result)
+    finish_ingest(cfg.out, result)
 
 
 def finish_ingest(out: str | Path, result) -> None:

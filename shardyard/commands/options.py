@@ -35,8 +35,8 @@ import typer
 from shardyard.commands.common import fail
 from shardyard.errors import ShardyardError
 
-__all__ = ["FALSE", "SCALARS", "TRUE", "build_config", "config_command", "convert", "field_option", "key_values",
-           "nested_class", "nested_name"]
+__all__ = ["FALSE", "SCALARS", "TRUE", "Section", "build_config", "config_command", "convert", "field_hints",
+           "field_option", "key_values", "nested_class", "nested_name", "section_config", "sections_command"]
 
 SCALARS = (int, float, str, Path)
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -204,3 +204,115 @@ def config_command(app: typer.Typer, name: str, cls: type, body: Callable[..., N
     command.__name__ = name.replace("-", "_")
     app.command(name, help=help)(command)
     return command
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """One config dataclass of a command built from several (`sections_command`): every field but `skip`
+    is an option."""
+
+    cls: type
+    skip: tuple[str, ...] = ()
+
+
+def field_hints(cls: type, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The type of each field of the dataclass `cls` but `skip`, evaluated one by one (a skipped field may
+    name a type its module imports only for type checkers, e.g. one whose import is slow). `str | Path`
+    reads as `str`: such a field takes a path or a URL."""
+    scope = vars(importlib.import_module(cls.__module__))
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint = eval(f.type, scope) if isinstance(f.type, str) else f.type  # noqa: S307 - the class's own annotation
+        args = set(typing.get_args(hint)) if typing.get_origin(hint) in (Union, types.UnionType) else set()
+        if str in args and args <= {str, Path, type(None)}:
+            hint = Optional[str] if type(None) in args else str
+        out[f.name] = hint
+    return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else ...
+
+
+def _section_param(f: dataclasses.Field, hint: Any, flag: str, help_text: str, form: str, factor: float) -> Any:
+    """The typer parameter of one field in one of the forms of `sections_command`."""
+    default = _default(f)
+    if form == "argument":  # named as `flag` (shown upper-case), given back to the body as the field
+        opt = typer.Argument(default, help=help_text)
+        return inspect.Parameter(flag, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=opt, annotation=hint)
+    if form == "repeat":
+        annotation, opt = Optional[list[str]], typer.Option(None, flag, help=help_text)
+    elif form == "scale":
+        annotation, opt = float, typer.Option(default * factor, flag, help=help_text)
+    elif form == "text":
+        shown = None if default is None or default is ... else _default_text(default)
+        annotation, opt = (Optional[str] if shown is None else str), typer.Option(shown, flag, help=help_text)
+    else:
+        return field_option(f, hint, flag, help_text)
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=annotation)
+
+
+def sections_command(app: typer.Typer, name: str, sections: Sequence[Section], body: Callable[..., None], *,
+                     help: str, option_help: Mapping[str, str] | None = None,
+                     names: Mapping[str, str] | None = None, arguments: Sequence[str] = (),
+                     repeat: Sequence[str] = (), scale: Mapping[str, float] | None = None,
+                     text: Sequence[str] = (), extra: Mapping[str, tuple[Any, Any]] | None = None) -> Callable:
+    """Register `app`'s command `name` with one option per field of each section's dataclass (a field that
+    several sections have is one option), then the `extra` options (`{param: (annotation, typer.Option or
+    default)}`); `body(**values)` gets every field's value by name, and the extras.
+
+    Forms beyond `config_command`'s, by field name: `arguments` are positional (`names` gives the metavar);
+    `repeat` is a repeatable option, given as a tuple (None when absent); `scale` shows the field times a
+    factor (`timestamp_tolerance_s` as milliseconds: 1000) and divides it back; `text` passes the option's
+    text for the body to parse (its default shown as text). `names`: flag per field (default `--field-name`).
+    Errors as `config_command`'s."""
+    params, hints, forms = [], {}, {}
+    for section in sections:
+        for fname, hint in field_hints(section.cls, section.skip).items():
+            if fname in hints:
+                continue
+            f = next(x for x in dataclasses.fields(section.cls) if x.name == fname)
+            form = ("argument" if fname in arguments else "repeat" if fname in repeat else
+                    "scale" if fname in (scale or {}) else "text" if fname in text else "option")
+            hints[fname], forms[fname] = hint, form
+            flag = (names or {}).get(fname, fname if form == "argument" else _flag(fname))
+            params.append(_section_param(f, hint, flag, (option_help or {}).get(fname, ""), form,
+                                         (scale or {}).get(fname, 1.0)))
+    for pname, (annotation, opt) in (extra or {}).items():
+        params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=annotation))
+    params.sort(key=lambda p: (not isinstance(p.default, typer.models.ArgumentInfo), p.name != "out"))  # args, out
+
+    def command(**values: Any) -> None:
+        try:
+            for fname, form in forms.items():
+                if form == "argument":
+                    values[fname] = values.pop((names or {}).get(fname, fname))
+                raw = values[fname]
+                if form == "repeat":
+                    values[fname] = tuple(raw) if raw else None
+                elif form == "scale":
+                    values[fname] = raw / scale[fname]
+                elif form == "option" and isinstance(raw, str):
+                    base, _ = _strip_optional(hints[fname])
+                    if typing.get_origin(base) is tuple:
+                        values[fname] = convert(raw, hints[fname], (names or {}).get(fname, _flag(fname)))
+            body(**values)
+        except (ShardyardError, ValueError) as e:
+            fail(e)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = help
+    command.__name__ = name.replace("-", "_")
+    app.command(name, help=help)(command)
+    return command
+
+
+def section_config(cls: type, values: Mapping[str, Any], **given: Any) -> Any:
+    """The dataclass `cls` from the `values` of its fields (a `sections_command` body's), and `given`."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return cls(**{k: v for k, v in values.items() if k in names and k not in given}, **given)

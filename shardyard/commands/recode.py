@@ -9,6 +9,7 @@ import typer
 
 from shardyard.commands.common import FrameCodec, app, fail
 from shardyard.errors import ShardyardError
+from shardyard.stores.frames.registry import DEFAULT_FRAME_CODEC
 
 __all__ = ["recode_cmd"]
 
@@ -16,7 +17,7 @@ __all__ = ["recode_cmd"]
 @app.command("recode")
 def recode_cmd(
     store: Path = typer.Argument(..., help="Local episodic store."),
-    frame_codec: FrameCodec = "jpeg",
+    frame_codec: FrameCodec = DEFAULT_FRAME_CODEC,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write a new store here (default: in place)."),
 ) -> None:
     """Rewrite the frame fields of an episodic store with another codec; low-dim arrays, metadata, split and

@@ -89,7 +89,8 @@ def inspect_cmd(
 ) -> None:
     """Print a store's summary and write plots (frames with projected EEF, height/gripper/rotation, paths)."""
     from shardyard import open_store
-    from shardyard.stores import store_format
+    from shardyard.stores import FORMATS, store_format
+    from shardyard.stores.features import FeatureStore
     from shardyard.tools.inspect.foveated import draw_run, is_foveated_run
     from shardyard.tools.inspect.summary import summarize, write_plots
     from shardyard.tools.inspect.tokens import inspect_features
@@ -106,7 +107,8 @@ def inspect_cmd(
         for p in paths:
             typer.echo(f"  wrote {p}")
         return
-    if store_format(store) == "features-zarr3":
+    fmt = FORMATS.get(store_format(store) or "")
+    if fmt is not None and fmt.reader_class() is FeatureStore:  # tokens: their own summary and plots
         try:
             text, paths = inspect_features(store, out, max_episodes=max_episodes)
         except ShardyardError as e:

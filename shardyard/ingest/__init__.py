@@ -1,6 +1,7 @@
 """Source adapters (one per file) and the ingest runner.
 
-`SOURCES` maps a source name to where its class lives; `source_class(name)` imports it. Kept lazy so that
+`SOURCES` maps a source name to where its class lives; `source_class(name)` imports it (the CLI's
+`ingest yam|libero|lerobot|nyu` find their source class here). Kept lazy so that
 `ingest yam` does not import h5py, pyarrow or `datasets` for the other adapters (and one adapter's missing
 optional dependency never breaks another).
 """

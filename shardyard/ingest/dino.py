@@ -22,12 +22,11 @@ A shard store of videos (`ingest webvid`) is read through `ingest/dino_frames.py
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,10 +34,13 @@ import numpy as np
 import torch
 
 from shardyard.errors import ConfigError, StoreError
+from shardyard.ingest.configs import DinoConfig
 from shardyard.ingest.dino_frames import ShardFrameReader, ShardFramesConfig, is_shard_source
+from shardyard.ingest.runner import EXIT_FATAL, EXIT_OK, EXIT_SKIPPED
 from shardyard.models.backbones import Backbone, BackboneConfig, load_backbone
 from shardyard.pause import PausePoint
 from shardyard.stores.features import PROGRESS_DIR, FeatureLayout, FeatureWriter, FeatureWriterConfig, write_batch
+from shardyard.stores.manifest import manifest_fingerprint
 from shardyard.version import __version__
 
 __all__ = ["DinoConfig", "DinoResult", "EXIT_FATAL", "EXIT_MISSING", "EXIT_OK", "FrameReader", "ingest_dino",
@@ -46,42 +48,7 @@ __all__ = ["DinoConfig", "DinoResult", "EXIT_FATAL", "EXIT_MISSING", "EXIT_OK", 
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FATAL, EXIT_MISSING = 0, 1, 2
-
-
-@dataclass
-class DinoConfig:
-    """Options of `ingest_dino`.
-
-    store: source store path (episodic, or a shard store of videos). field: image field, `(H, W, 3) uint8`
-    (shard stores: the video member extension, or any other name for the first video member). fps: frames
-    per second sampled from each video (shard stores only, required there). dtype: stored token dtype.
-    batch_size: frames per forward (also per completion record). ray / ray_address: run on Ray ("local" or
-    None with ray=True starts Ray here). workers: Ray actors. num_gpus_per_worker: GPUs per actor. pause: wait
-    after stored batches while a file exists (`shardyard.pause`; on Ray, `after` counts each actor's batches).
-    """
-
-    store: str
-    out: Path
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    field: str = "obs.rgb.top"
-    dtype: str = "float16"
-    batch_size: int = 32
-    overwrite: bool = False
-    compressor: str = "none"
-    ray: bool = False
-    ray_address: str | None = None
-    workers: int = 2
-    num_gpus_per_worker: float = 0.0
-    fps: float | None = None
-    pause: PausePoint | None = None
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        if self.workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {self.workers}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+EXIT_MISSING = EXIT_SKIPPED  # some frames failed to decode: the status of an ingest that skipped episodes
 
 
 @dataclass
@@ -129,8 +96,7 @@ class FrameReader:
 
     def fingerprint(self) -> str:
         """sha256 of the source manifest (its source fingerprint, config, schema and counts)."""
-        text = json.dumps(self.store.manifest, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()
+        return manifest_fingerprint(self.store.manifest)
 
     def _error_row(self, i: int, e: Exception) -> dict[str, Any]:
         ep = int(np.searchsorted(self.store.episode_ends, i, side="right"))

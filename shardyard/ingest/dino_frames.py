@@ -30,17 +30,17 @@ import torch.nn.functional as F
 
 from shardyard.errors import ConfigError, SourceError, StoreError
 from shardyard.stores import store_format
-from shardyard.stores.manifest import MANIFEST, read_json, sha256_file
+from shardyard.stores.manifest import MANIFEST, read_manifest_dict, sha256_file
 from shardyard.stores.wds import FORMAT as SHARD_FORMAT
 from shardyard.stores.wds import list_shards, split_key_ext
 from shardyard.video import VIDEO_EXTS, open_video_bytes
+from shardyard.video_memory import IMAGE_MAGIC
 
 __all__ = ["IMAGE_MAGIC", "ShardFrameReader", "ShardFramesConfig", "VIDEO_INDEX", "VideoUnit", "is_shard_source",
            "sample_times"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
 VIDEO_INDEX = "videos.json"
 
 
@@ -133,7 +133,7 @@ class ShardFrameReader:
     def _checksums(self) -> list[dict[str, Any]]:
         p = Path(self.config.store)
         if (p / MANIFEST).exists():
-            files = read_json(str(p / MANIFEST)).get("files", [])
+            files = read_manifest_dict(p).get("files", [])
             return [{"name": f["name"], "bytes": f["bytes"], "sha256": f["sha256"]} for f in files]
         return [{"name": Path(s).name, "bytes": Path(s).stat().st_size, "sha256": sha256_file(s)}
                 for s in self.shards]

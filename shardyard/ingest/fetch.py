@@ -21,6 +21,7 @@ from typing import Iterable, Iterator
 import requests
 from requests.adapters import HTTPAdapter
 
+from shardyard.ingest.configs import FetchConfig
 from shardyard.ingest.url_guard import GuardedAdapter, RefusedURL, check_redirect, url_refusal
 
 __all__ = ["ALLOW_HINT", "DEAD", "FetchConfig", "FetchResult", "Fetcher"]
@@ -29,25 +30,6 @@ log = logging.getLogger(__name__)
 
 DEAD = {401, 403, 404, 410, 451}
 ALLOW_HINT = " (allow_private_urls, or --allow-private-urls, fetches it anyway)"
-
-
-@dataclass
-class FetchConfig:
-    """concurrency: downloads in flight. timeout_s: connect/read timeout and deadline per attempt (s).
-    retries: extra attempts after the first. backoff_s: first backoff (s), doubled per retry up to
-    backoff_max_s, with +-25 % jitter; a 429's Retry-After is honoured up to backoff_max_s.
-    max_bytes: bodies larger than this fail (status "too_large"). allow_private_urls: fetch from loopback,
-    private, link-local and metadata-service addresses too (off: such URLs get status "refused"; turn it on
-    only for metadata you trust, e.g. a test server on 127.0.0.1)."""
-
-    concurrency: int = 16
-    timeout_s: float = 30.0
-    retries: int = 4
-    backoff_s: float = 1.0
-    backoff_max_s: float = 30.0
-    max_bytes: int = 512 * 1024 * 1024
-    user_agent: str = "shardyard (+https://github.com/; WebVid ingest)"
-    allow_private_urls: bool = False
 
 
 @dataclass

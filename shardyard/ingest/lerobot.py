@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from shardyard.errors import ConfigError, SourceError
+from shardyard.ingest.configs import LeRobotConfig
 from shardyard.ingest.episode_ranges import format_ranges, select_episodes
 from shardyard.ingest.failures import reading, source_error
 from shardyard.ingest.inside import FOLLOW_HINT, check_inside, name_problem, outside_problem
 from shardyard.ingest.lerobot_checks import check_timestamps, declared_array, decode_images, skipped_cameras
+from shardyard.lerobot_names import BOOKKEEPING, IMAGES, feature_from_field, field_from_feature
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.export_meta import EXPORT_META, read_export_meta
 
@@ -40,28 +41,6 @@ __all__ = ["BOOKKEEPING", "IMAGES", "LeRobotConfig", "LeRobotSource", "column_ar
            "field_from_feature", "resolve_root"]
 
 log = logging.getLogger(__name__)
-
-BOOKKEEPING = ("frame_index", "episode_index", "index", "task_index")
-IMAGES = "observation.images."
-
-
-def field_from_feature(name: str) -> str:
-    """LeRobot feature name -> store field key."""
-    if name.startswith(IMAGES):
-        return "obs.rgb." + name[len(IMAGES):]
-    if name.startswith("observation."):
-        return "obs." + name[len("observation."):]
-    return name
-
-
-def feature_from_field(key: str) -> str:
-    """Store field key -> LeRobot feature name (inverse of `field_from_feature`)."""
-    if key.startswith("obs.rgb."):
-        return IMAGES + key[len("obs.rgb."):]
-    if key.startswith("obs."):
-        return "observation." + key[len("obs."):]
-    return key
-
 
 def column_array(table, name: str) -> np.ndarray:
     """A parquet column as `(rows, *shape)`: list columns are flattened and reshaped to rows."""
@@ -76,33 +55,6 @@ def column_array(table, name: str) -> np.ndarray:
         flat = flat.to_numpy(zero_copy_only=False)
         return flat.reshape(len(col), -1) if len(col) else flat.reshape(0, 0)
     return col.to_numpy(zero_copy_only=False)
-
-
-@dataclass
-class LeRobotConfig:
-    """Options of the LeRobot source.
-
-    root: dataset folder, or a Hub repo id resolved offline from the local cache (`snapshot_download(...,
-    local_files_only=True)`: nothing is downloaded). image_size: `(W, H)` to resize frames (area filter).
-    timestamp_tolerance_s: largest gap between a row's timestamp and the video frame matched to it.
-    follow_links: read files that resolve outside the dataset folder, and path templates in `meta/info.json`
-    with `..` or an absolute path (refused by default, `ingest.inside`). A Hub cache snapshot's folder is its
-    repository's cache folder (the snapshot's files are links into its `blobs/`). episodes: episode ids to
-    ingest (None: every episode listed in meta); selected ones without a data file in the folder (a partial
-    download) are left out, named in one summary line. hub: where a downloaded dataset came from (repo id,
-    revision, commit: `ingest.lerobot_hub`), recorded in the manifest's source block. cameras: the cameras
-    (`observation.images.<name>`) to store, None all, `()` none; a camera to store with no video for any
-    episode is refused (`lerobot_checks.skipped_cameras`), one missing for some episodes is a report row each.
-    """
-
-    root: str | Path
-    image_size: tuple[int, int] | None = None
-    timestamp_tolerance_s: float = 1e-3
-    revision: str | None = None
-    follow_links: bool = False
-    episodes: tuple[int, ...] | None = None
-    hub: dict[str, str] | None = None
-    cameras: tuple[str, ...] | None = None
 
 
 def resolve_root(root: str | Path, revision: str | None = None) -> Path:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,6 +49,7 @@ import numpy as np
 
 from shardyard.errors import ConfigError, SourceError
 from shardyard.geometry import sign_continuous
+from shardyard.ingest.configs import LiberoConfig
 from shardyard.ingest.failures import source_error
 from shardyard.ingest.inside import hdf5_links_problem, hdf5_member_problem, hdf5_problem, is_inside, outside_problem
 from shardyard.ingest.libero_cameras import demo_cameras, pose_specs, without_files
@@ -79,27 +79,6 @@ __all__ = ["DEFAULT_FPS", "LIBERO", "LiberoConfig", "LiberoSource", "NO_OBS_NOTE
 log = logging.getLogger(__name__)
 
 GROUP_HINT = " (--group-by-schema stores each set of fields in a store of its own)"
-
-
-@dataclass
-class LiberoConfig:
-    """Options of the LIBERO / robomimic / robosuite source.
-
-    root: one `*.hdf5` file or a folder of them (searched recursively).
-    image_convention: "opengl" (stored upside down: flipped on ingest) or "opencv"; None reads the file attr
-    `macros_image_convention` and defaults to "opengl" (robosuite's default renderer convention).
-    fps: control rate in Hz; None uses 20 Hz (LIBERO, robomimic, robosuite v1) and marks it assumed for
-    robosuite v0.x files, whose rate is not recorded.
-    follow_links: read what is refused by default (`ingest.inside`): links leading out of the root folder, HDF5
-    data in other files, and files a demo's `model_file` MJCF names (meshes, includes: else compiled without).
-    keys: read only these episode keys (one store of `--group-by-schema`); None reads all.
-    """
-
-    root: Path
-    image_convention: str | None = None
-    fps: float | None = None
-    follow_links: bool = False
-    keys: tuple[str, ...] | None = None
 
 
 class LiberoSource:

@@ -12,17 +12,16 @@ layouts without scenes are grouped in runs of `max_episode_frames` as `<split>/f
 meta holds its scene, split (train/test/unknown), layout, per-sample names, whether depth is registered to
 the RGB camera (raw Kinect dumps are not) and the RGB intrinsics (NYU toolbox `camera_params.m`, scaled).
 
-Where the layout has the official split, `ingest_nyu` writes it into the manifest (`train` = official train,
-`val` = official test) and computes the stats on the train scenes. The Eigen crop `[45:471, 41:601]` (on
-480x640; scaled for other sizes) and the evaluation range 1e-3..10 m are store metadata
-(`manifest["source"]["eval"]`).
+Where the layout has the official split, `official_split()` gives it to `run_ingest`, whose writer stores it
+(`train` = official train, `val` = official test) and computes the stats on the train scenes. The Eigen crop
+`[45:471, 41:601]` (on 480x640; scaled for other sizes) and the evaluation range 1e-3..10 m are store
+metadata (`manifest["source"]["eval"]`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,54 +29,27 @@ import numpy as np
 
 from shardyard.errors import ConfigError, SchemaError, SourceError
 from shardyard.ingest import nyu_layouts as L
+from shardyard.ingest.configs import IngestConfig, NyuConfig
 from shardyard.ingest.failures import reading
 from shardyard.ingest.inside import check_inside, is_inside
 from shardyard.ingest.nyu_layouts import detect_layout
 from shardyard.ingest.readers import open_npy
+from shardyard.ingest.runner import IngestResult, OfficialSplit, run_ingest
 from shardyard.schema import Episode, FieldSpec, Schema
 from shardyard.stores.manifest import fingerprint_paths
 
-__all__ = ["EIGEN_CROP", "EVAL_RANGE_M", "K_RGB", "LAYOUTS", "NYU_HW", "NyuConfig", "NyuSource",
-           "apply_official_split", "eigen_crop", "ingest_nyu"]
+__all__ = ["EIGEN_CROP", "EVAL_RANGE_M", "K_RGB", "LAYOUT_NAMES", "NYU_HW", "NyuConfig", "NyuSource",
+           "eigen_crop", "ingest_nyu"]
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = tuple(L.LAYOUTS)                 # the registry: detect, list, read per layout (nyu_layouts.py)
+LAYOUT_NAMES = tuple(L.LAYOUTS)            # the registry: detect, list, read per layout (nyu_layouts.py)
 EIGEN_CROP = (45, 471, 41, 601)            # rows [45, 471), cols [41, 601) on 480x640 (Eigen et al. 2014)
 EVAL_RANGE_M = (1e-3, 10.0)
 NYU_HW = (480, 640)
 K_RGB = np.array([[518.857901, 0.0, 325.582449], [0.0, 519.469611, 253.736166], [0.0, 0.0, 1.0]])
 _LISTINGS: dict[tuple, list[L.Pair]] = {}  # per process: pickled sources re-list once, not per episode
 _HF: dict[tuple, Any] = {}
-
-
-@dataclass
-class NyuConfig:
-    """Options of the NYU source.
-
-    root: file (`.mat`) or folder, or a cached HF hub id. layout: one of `LAYOUTS`, or None to detect.
-    max_episode_frames: longest episode (a worker holds one whole episode in memory: ~2.1 MB per 480x640 pair).
-    max_depth: clamp of raw Kinect depth (m), as the NYU toolbox. mat_depth: "depths" (inpainted) or
-    "rawDepths" of the labeled .mat. hf_cache_dir: `datasets` cache for the HF layout. follow_links: read
-    files that resolve outside the root folder (a `.mat` root: its folder) and HDF5 datasets stored in other
-    files (refused by default, `ingest.inside`; a hub id is read by `datasets` from its cache, unchecked).
-    """
-
-    root: Path | str
-    layout: str | None = None
-    max_episode_frames: int = 256
-    max_depth: float = 10.0
-    mat_depth: str = "depths"
-    hf_cache_dir: str | None = None
-    follow_links: bool = False
-
-    def __post_init__(self) -> None:
-        if self.layout is not None and self.layout not in LAYOUTS:
-            raise ConfigError(f"unknown layout {self.layout!r}; expected one of {LAYOUTS}")
-        if self.max_episode_frames < 1:
-            raise ConfigError(f"max_episode_frames must be >= 1, got {self.max_episode_frames}")
-        if self.mat_depth not in ("depths", "rawDepths"):
-            raise ConfigError(f"mat_depth must be depths or rawDepths, got {self.mat_depth!r}")
 
 
 def eigen_crop(h: int, w: int) -> list[int]:
@@ -142,9 +114,14 @@ class NyuSource:
         """Episode keys `<split>/<scene>[/partNN]`, sorted."""
         return list(self.episodes())
 
-    def official_split(self) -> dict[str, str]:
-        """Episode key -> "train" | "test" | "unknown"."""
-        return {k: v[0].split for k, v in self.episodes().items()}
+    def official_split(self) -> OfficialSplit | None:
+        """The official split where the layout has one (any episode labelled train or test): val = the official
+        test episodes, train = the rest ("unknown" ones included); None otherwise (the seeded split is drawn)."""
+        split = {k: v[0].split for k, v in self.episodes().items()}
+        if not set(split.values()) - {"unknown"}:
+            return None
+        return OfficialSplit(val=frozenset(k for k, v in split.items() if v == "test"),
+                             note="official NYU split (val = official test)")
 
     def fingerprint(self) -> str:
         """Fingerprint of the input files (`hf:<id>` for a hub id read from the cache)."""
@@ -247,43 +224,7 @@ class NyuSource:
         return Episode(key=key, steps={"obs.rgb": np.stack(rgbs), "obs.depth": np.stack(depths)}, meta=meta)
 
 
-def apply_official_split(store_path: Path | str, split_of: dict[str, str], stats_config=None) -> dict[str, Any]:
-    """Write the official split into a finished store's manifest (`train` = official train episodes, `val` =
-    official test; "unknown" episodes count as train) and recompute stats.json on it. Returns the split."""
-    from shardyard.stores.atomic import atomic_write_json
-    from shardyard.stores.episodic import EpisodicStore
-    from shardyard.stores.manifest import MANIFEST, Manifest
-    from shardyard.stores.stats import compute_stats
-
-    store = EpisodicStore(str(store_path))
-    manifest = Manifest.from_dict(store.manifest)
-    keys = store.episode_keys
-    manifest.split = {"train": [i for i, k in enumerate(keys) if split_of.get(k, "unknown") != "test"],
-                      "val": [i for i, k in enumerate(keys) if split_of.get(k) == "test"]}
-    manifest.extra.update(split_source="official NYU split (val = official test)")
-    if stats_config is not None and isinstance(manifest.provenance.get("config"), dict):
-        from dataclasses import asdict
-
-        manifest.provenance["config"]["stats"] = asdict(stats_config)   # the stats actually written
-    store = EpisodicStore(str(store_path), manifest=manifest)
-    atomic_write_json(Path(store_path) / "stats.json", compute_stats(store, stats_config))
-    atomic_write_json(Path(store_path) / MANIFEST, manifest.to_dict())
-    return manifest.split
-
-
-def ingest_nyu(source: NyuSource, cfg, *, on_episode=None):
-    """`run_ingest` (cfg: `IngestConfig`), then the official split when the layout has one (any episode
-    labelled train or test), with stats.json computed once on it (the runner's own stats pass then reads
-    only each episode's first frame). Returns the `IngestResult`."""
-    from dataclasses import replace
-
-    from shardyard.ingest.runner import run_ingest
-
-    split = source.official_split()
-    official = bool(set(split.values()) - {"unknown"})
-    run_cfg = replace(cfg, stats=replace(cfg.stats, image_frame_stride=1 << 30)) if official else cfg
-    result = run_ingest(source, run_cfg, on_episode=on_episode)
-    if official:
-        apply_official_split(cfg.out, split, cfg.stats)
-        log.info("official NYU split written to the manifest of %s", cfg.out)
-    return result
+def ingest_nyu(source: NyuSource, cfg: IngestConfig, *, on_episode=None) -> IngestResult:
+    """`run_ingest` (kept for its callers): the official split, where the layout has one, is the source's
+    `official_split`, written by the writer with stats on its train scenes."""
+    return run_ingest(source, cfg, on_episode=on_episode)

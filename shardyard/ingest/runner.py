@@ -19,30 +19,44 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
 from shardyard.errors import ConfigError, SchemaError, SourceError
+from shardyard.ingest.configs import IngestConfig
 from shardyard.ingest.failures import failure_row
 from shardyard.procs import die_with_parent
 from shardyard.schema import Episode, Schema
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.frames.encoding import DEFAULT_FRAME_CODEC, ChunkCodec, EncodedRows, EncodedVideo, FrameEncoding
-from shardyard.stores.frames.video import VideoCodec
+from shardyard.stores.frames.codec import FrameCodec
+from shardyard.stores.frames.encoding import EncodedRows, EncodedVideo, FrameEncoding
 from shardyard.stores.stats import StatsConfig, compute_stats, frame_sampling, sampled_frames_part
 
-__all__ = ["EXIT_FATAL", "EXIT_OK", "EXIT_SKIPPED", "IngestConfig", "IngestResult", "Source", "run_ingest"]
+__all__ = ["EXIT_FATAL", "EXIT_OK", "EXIT_SKIPPED", "IngestConfig", "IngestResult", "OfficialSplit", "Source",
+           "run_ingest", "source_hook"]
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FATAL, EXIT_SKIPPED = 0, 1, 2
 
 
+@dataclass(frozen=True)
+class OfficialSplit:
+    """A source's own train/val split (NYU's official one): `val` the keys held out, every other key train;
+    `note` is recorded as the manifest's `extra.split_source`."""
+
+    val: frozenset[str]
+    note: str
+
+
 class Source(Protocol):
-    """What `run_ingest` needs of a source (DESIGN.md, "Core interfaces")."""
+    """What `run_ingest` needs of a source (docs/design.md, "Core interfaces"). The methods after `describe`
+    are optional: a source without one gets the default written here, which `run_ingest` applies
+    (`source_hook`)."""
 
     name: str
 
@@ -58,45 +72,31 @@ class Source(Protocol):
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the source (path, fingerprint)."""
 
-    # Optional: `episode_path(key) -> str | None`, the file or folder an episode is read from; the report row
-    # of a read that raised something other than a `ShardyardError` names it (`failures.failure_row`).
+    def read_encoded(self, key: str, encodings: dict[str, FrameEncoding]) -> Episode:
+        """One episode whose frame fields named in `encodings` may already be encoded (`EncodedRows`), decoded
+        straight into the encoder frame by frame. Default: `read(key)`; the runner encodes what is left."""
+        return self.read(key)
+
+    def warm(self) -> None:
+        """Load what every read needs (imports, a compiled robot model), once per reader process. Default:
+        nothing."""
+
+    def report_notes(self) -> list[str]:
+        """Plain sentences for report.json's "notes" (e.g. files without observations). Default: none."""
+        return []
+
+    def official_split(self) -> OfficialSplit | None:
+        """The source's own split, written instead of the seeded one (stats on its train keys). Default: None."""
+        return None
+
+    # Also optional: `episode_path(key) -> str | None`, the file or folder an episode is read from; the report
+    # row of a read that raised something other than a `ShardyardError` names it (`failures.failure_row`).
 
 
-@dataclass
-class IngestConfig:
-    """Options shared by every `ingest` command.
-
-    workers: reader processes (1 reads in the writer's process). commit_every, commit_seconds: a group of
-    episodes is committed at this many episodes, at 1 GiB of encoded frames, or this long (s) after its first
-    episode, whichever comes first (a kill loses at most one group; larger groups make small episodes
-    cheaper). frame_codec: codec of the image fields (`stores.episodic_writer.parse_frame_codecs`: "jpeg"
-    default, "jpeg:Q", "lz4", "zstd", "none", `FIELD=CODEC` overrides). ray_address: read with Ray tasks
-    instead ("local" starts Ray on this machine). on_error: "skip" records a bad episode in report.json and goes on,
-    "fail" stops at the first. follow_links: the `--follow-links` choice, recorded in the manifest's provenance;
-    the sources apply it (each source config has the same field: read links leading out of the input folder,
-    `ingest.inside`).
-    """
-
-    out: Path
-    workers: int = 1
-    on_error: str = "skip"
-    overwrite: bool = False
-    ray_address: str | None = None
-    frame_codec: str = DEFAULT_FRAME_CODEC
-    commit_every: int = 32
-    commit_seconds: float = 30.0
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    stats: StatsConfig = field(default_factory=StatsConfig)
-    follow_links: bool = False
-
-    def __post_init__(self) -> None:
-        if self.on_error not in ("skip", "fail"):
-            raise ConfigError(f"on_error must be 'skip' or 'fail', got {self.on_error!r}")
-        if self.workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {self.workers}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+def source_hook(source: Any, name: str) -> Callable[..., Any]:
+    """`source`'s optional method `name` of the `Source` protocol, bound, or the protocol's default."""
+    own = getattr(type(source), name, None)
+    return own.__get__(source) if own is not None else getattr(Source, name).__get__(source)
 
 
 @dataclass
@@ -139,8 +139,7 @@ def _read_one(source: Source, key: str, plan: _ReadPlan | None = None) -> Episod
     any exception type but `ConfigError`, which says the job itself is unusable and propagates)."""
     try:
         encodings = plan.encodings if plan is not None else {}
-        read_encoded = getattr(source, "read_encoded", None)
-        ep = read_encoded(key, encodings) if encodings and read_encoded is not None else source.read(key)
+        ep = source_hook(source, "read_encoded")(key, encodings) if encodings else source.read(key)
         for name, enc in encodings.items():
             value = ep.steps.get(name)
             if isinstance(value, np.ndarray):
@@ -196,9 +195,7 @@ def _register(token: str, source: Source) -> None:
     blosc.set_nthreads(1)
     _WORKER_SOURCES.clear()
     _WORKER_SOURCES[token] = source
-    warm = getattr(source, "warm", None)
-    if warm is not None:
-        warm()
+    source_hook(source, "warm")()
 
 
 def _init_worker(token: str, source: Source, parent_pid: int) -> None:
@@ -275,7 +272,7 @@ def _ray_reads(source: Source, keys: list[str], cfg: IngestConfig, plan: _ReadPl
         yield key, result
 
 
-def _encodings(codecs: dict[str, ChunkCodec | VideoCodec], schema: Schema, stats: StatsConfig,
+def _encodings(codecs: dict[str, FrameCodec], schema: Schema, stats: StatsConfig,
                spill_dir: str | None) -> dict[str, FrameEncoding]:
     """Per frame field, the encoding the workers apply; uint8 images also get their stats sample.
     `spill_dir`: where local reader processes leave encoded frames for the writer (None: in memory)."""
@@ -321,10 +318,25 @@ def run_ingest(source: Source, cfg: IngestConfig, *, on_episode: Callable[[str, 
 
     Resumes a store whose job was interrupted (committed episodes are skipped). `on_episode(key, status)` is
     called after each episode with status "written", "skipped" or "committed" (for a progress bar);
-    `on_commit()` after each commit group is recorded (e.g. `StagedStore.sync`, to upload it).
+    `on_commit()` after each commit group is recorded. An fsspec URL `cfg.out` (`s3://bucket/store`) is
+    written through a local staging directory (`stores.remote.StagedStore`, `default_staging_dir`), each
+    commit uploaded as it is made and the rest at the end; the result's `store` is then that directory.
+    The source's optional hooks (`Source`) apply: its official split and report notes go into the store.
     Returns an `IngestResult`; raises the first `SourceError`/`SchemaError` when `cfg.on_error == "fail"`
     (the store stays resumable), and `ConfigError` for unusable options.
     """
+    from shardyard.stores.remote_fs import is_remote
+
+    if is_remote(str(cfg.out)):
+        from shardyard.stores.remote import StagedStore, default_staging_dir
+
+        staged = StagedStore(str(cfg.out), default_staging_dir(str(cfg.out)))
+        staged.prepare(overwrite=cfg.overwrite)
+        sync = staged.sync if on_commit is None else (lambda: (staged.sync(), on_commit()))
+        result = run_ingest(source, replace(cfg, out=staged.local, overwrite=False), on_episode=on_episode,
+                            on_commit=sync)
+        staged.finish()
+        return result
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         pool = _start_pool(source, cfg, stack) if cfg.workers > 1 and cfg.ray_address is None else None
@@ -338,16 +350,20 @@ def _run(source: Source, cfg: IngestConfig, pool: tuple[str, ProcessPoolExecutor
          on_commit: Callable[[], None] | None = None) -> IngestResult:
     schema = source.schema()
     keys = source.keys()
+    official = source_hook(source, "official_split")()
     writer_cfg = EpisodicWriterConfig(
         overwrite=cfg.overwrite, frame_codec=cfg.frame_codec, commit_every=cfg.commit_every,
         commit_seconds=cfg.commit_seconds, val_fraction=cfg.val_fraction,
         split_seed=cfg.split_seed, source=source.describe(),
-        config={k: v for k, v in asdict(cfg).items() if k not in ("out",)} | {"source": source.name})
+        config={k: v for k, v in asdict(cfg).items() if k not in ("out",)} | {"source": source.name},
+        extra={} if official is None else {"split_source": official.note})
     skipped: list[dict[str, Any]] = []
     written = 0
-    writer = EpisodicWriter(cfg.out, schema, config=writer_cfg)
-    writer.stats_fn = lambda store: compute_stats(store, cfg.stats, frame_parts=writer.stats_parts)
-    writer.on_commit = on_commit
+    report: dict[str, Any] = {}  # filled below, written when the store is finished
+    writer = EpisodicWriter(  # `writer` in stats_fn is read when the stats run, after this assignment
+        cfg.out, schema, config=writer_cfg, on_commit=on_commit, report=report,
+        stats_fn=lambda store: compute_stats(store, cfg.stats, frame_parts=writer.stats_parts),
+        split_fn=None if official is None else partial(_given_split, official))
     with writer:
         done = set(writer.committed_keys)
         todo = [k for k in keys if k not in done]
@@ -377,16 +393,25 @@ def _run(source: Source, cfg: IngestConfig, pool: tuple[str, ProcessPoolExecutor
             if on_episode:
                 on_episode(key, "skipped")
         writer.commit()
-        writer.report = {
+        report |= {
             "source": source.name, "num_keys": len(keys), "num_written": written,
             "num_already_committed": len(done), "num_stored": len(writer.committed_keys),
             "num_skipped": len(skipped), "skipped": skipped,
             "seconds": round(time.perf_counter() - t0, 3),
         }
         if nodes:  # where the reads of this run ran: Ray node id -> episode keys
-            writer.report["ray_nodes"] = {n: sorted(k for k, v in nodes.items() if v == n)
-                                          for n in sorted(set(nodes.values()))}
+            report["ray_nodes"] = {n: sorted(k for k, v in nodes.items() if v == n)
+                                   for n in sorted(set(nodes.values()))}
+        notes = source_hook(source, "report_notes")()
+        if notes:
+            report["notes"] = list(dict.fromkeys(notes))
         num_steps = writer.num_steps
     return IngestResult(store=Path(cfg.out), num_keys=len(keys), num_written=written,
                         num_already_committed=len(done), skipped=skipped,
                         seconds=time.perf_counter() - t0, num_steps=num_steps)
+
+
+def _given_split(official: OfficialSplit, keys: list[str]) -> dict[str, list[int]]:
+    """Episode indices of the stored `keys` in `official`'s train and val."""
+    return {"train": [i for i, k in enumerate(keys) if k not in official.val],
+            "val": [i for i, k in enumerate(keys) if k in official.val]}

@@ -25,16 +25,18 @@ import re
 import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from shardyard.errors import ConfigError, SourceError, UnsafePathError
-from shardyard.ingest.fetch import FetchConfig, Fetcher
+from shardyard.errors import SourceError, UnsafePathError
+from shardyard.ingest.configs import TranscodeConfig, WebvidConfig
+from shardyard.ingest.fetch import Fetcher
 from shardyard.ingest.meta_rows import BAD_ROW, CAPTION_COLUMNS, DUPLICATE, URL_COLUMNS, iter_meta_records, row_key
+from shardyard.ingest.runner import EXIT_FATAL, EXIT_OK, EXIT_SKIPPED
 from shardyard.stores.atomic import to_jsonable
 from shardyard.stores.manifest import MANIFEST
 from shardyard.stores.safe_paths import safe_relative
@@ -47,7 +49,6 @@ __all__ = ["CAPTION_COLUMNS", "EXIT_FATAL", "EXIT_OK", "EXIT_SKIPPED", "ISO_RE",
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FATAL, EXIT_SKIPPED = 0, 1, 2
 ISO_RE = re.compile(r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
                     r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$")
 
@@ -120,21 +121,6 @@ def probe_video(data: bytes) -> dict[str, Any]:
     return out
 
 
-@dataclass
-class TranscodeConfig:
-    """short_side: resize so the short side is this many px (even dims), None keeps the size. fps: output
-    rate in Hz (frames picked by timestamp), None keeps every frame. max_seconds: keep the first S seconds."""
-
-    short_side: int | None = None
-    fps: float | None = None
-    max_seconds: float | None = None
-
-    @property
-    def active(self) -> bool:
-        """Whether any option asks for a re-encode."""
-        return any(v is not None for v in (self.short_side, self.fps, self.max_seconds))
-
-
 def transcode(data: bytes, cfg: TranscodeConfig, crf: int = 23) -> bytes:
     """Re-encode video bytes to H.264 mp4 per `cfg`; frames are read frame-exactly through
     `shardyard.video` in chunks (memory ~ 64 frames). Raises `SourceError` when the input does not decode."""
@@ -164,26 +150,6 @@ def transcode(data: bytes, cfg: TranscodeConfig, crf: int = 23) -> bytes:
             for packet in stream.encode():
                 container.mux(packet)
     return buf.getvalue()
-
-
-@dataclass
-class WebvidConfig:
-    """Options of `ingest webvid`. samples_per_shard: rows per shard. retry_failed: refetch the failed rows
-    of finished shards (successes are kept, never refetched). fetch/transcode: see their classes."""
-
-    out: Path
-    samples_per_shard: int = 1000
-    split: str = "train"
-    overwrite: bool = False
-    retry_failed: bool = False
-    fetch: FetchConfig = field(default_factory=FetchConfig)
-    transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
-
-    def __post_init__(self) -> None:
-        if self.samples_per_shard < 1:
-            raise ConfigError(f"samples_per_shard must be >= 1, got {self.samples_per_shard}")
-        if self.fetch.concurrency < 1 or self.fetch.retries < 0 or self.fetch.timeout_s <= 0:
-            raise ConfigError("concurrency >= 1, retries >= 0 and timeout > 0 are required")
 
 
 @dataclass

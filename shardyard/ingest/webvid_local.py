@@ -33,11 +33,11 @@ from shardyard.stores.atomic import to_jsonable
 from shardyard.stores.wds import Sample, ShardWriter, ShardWriterConfig, shard_name
 from shardyard.video import VIDEO_EXTS
 
-__all__ = ["CAPTION_COLUMNS", "FILE_COLUMNS", "clip_files", "folder_kind", "ingest_local_clips", "read_captions"]
+__all__ = ["CAPTION_TABLE_COLUMNS", "FILE_COLUMNS", "clip_files", "folder_kind", "ingest_local_clips", "read_captions"]
 
 log = logging.getLogger(__name__)
 
-CAPTION_COLUMNS = ("caption", "name", "text")
+CAPTION_TABLE_COLUMNS = ("caption", "name", "text")
 FILE_COLUMNS = ("file", "filename", "path", "video", "videoid", "video_id")
 
 
@@ -73,10 +73,10 @@ def read_captions(path: Path) -> dict[str, str]:
         raise ConfigError(f"cannot read the captions CSV: {e}", path=str(path)) from e
     cols = {c.strip().lower(): c for c in df.columns}
     file_col = next((cols[c] for c in FILE_COLUMNS if c in cols), None)
-    cap_col = next((cols[c] for c in CAPTION_COLUMNS if c in cols), None)
+    cap_col = next((cols[c] for c in CAPTION_TABLE_COLUMNS if c in cols), None)
     if file_col is None or cap_col is None:
         raise ConfigError(f"captions CSV needs a clip column (one of {FILE_COLUMNS}) and a caption column (one of "
-                          f"{CAPTION_COLUMNS}); it has {list(df.columns)}", path=str(path), field="columns")
+                          f"{CAPTION_TABLE_COLUMNS}); it has {list(df.columns)}", path=str(path), field="columns")
     return {str(f).strip(): str(c) for f, c in zip(df[file_col], df[cap_col]) if str(f).strip()}
 
 

@@ -18,13 +18,12 @@ import torch
 
 from shardyard.errors import ConfigError, SourceError
 from shardyard.video import VideoReader, open_video_bytes
-from shardyard.video_memory import SERVED_EXTS, open_memory_video
+from shardyard.video_memory import IMAGE_MAGIC, SERVED_EXTS, open_memory_video
 
 __all__ = ["IMAGE_MAGIC", "ClipOptions", "decode_clip"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
 
 
 class ClipOptions(Protocol):

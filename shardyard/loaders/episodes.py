@@ -38,16 +38,15 @@ import numpy as np
 import torch
 
 from shardyard.errors import ConfigError, StoreChangedError
-from shardyard.ingest.lerobot import field_from_feature
+from shardyard.lerobot_names import field_from_feature
 from shardyard.loaders.normalize import FieldNorm, relative_action_stats
 from shardyard.loaders.selection import Anchors, absent_episodes, select_episodes, shared_fps
+from shardyard.schema import FRAME_KINDS, SKIP_KINDS
 from shardyard.stores.snapshot import reads_snapshot
 
 log = logging.getLogger(__name__)
 
-FRAME_KINDS = ("image", "depth", "tokens")  # read by exact runs; other fields by covering spans
 SPAN_GAP_BYTES = 1 << 20  # low-dim rows closer than this are read as one span (and indexed in memory)
-SKIP_KINDS = ("text", "video")
 
 __all__ = ["EpisodeDataset", "EpisodeDatasetConfig", "resolve_field", "gather_rows"]
 

@@ -25,15 +25,14 @@ import numpy as np
 import torch
 
 from shardyard.errors import ConfigError
+from shardyard.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from shardyard.stores.stats.moments import empty_part, finalize, make_edges, merge_parts, part_from_array
 
 log = logging.getLogger(__name__)
 
 MODES = ("mean_std", "min_max", "quantiles", "identity")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
-__all__ = ["MODES", "IMAGENET_MEAN", "IMAGENET_STD", "FieldNorm", "normalize_images", "relative_actions",
+__all__ = ["MODES", "FieldNorm", "normalize_images", "relative_actions",
            "relative_action_stats"]
 
 

@@ -20,9 +20,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-__all__ = ["BatchStream", "ResumableSampler", "record_consumed"]
+__all__ = ["BatchStream", "MAX_WORKERS", "ResumableSampler", "record_consumed"]
 
 log = logging.getLogger(__name__)
+
+# Most DataLoader workers a stream serves: the rows of the shared-memory counters each stream keeps per worker.
+MAX_WORKERS = 64
 
 
 class ResumableSampler(torch.utils.data.Sampler[int]):

@@ -38,7 +38,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from shardyard.errors import ConfigError, StoreDamagedError
 from shardyard.loaders.clip_decode import IMAGE_MAGIC, checked_clip_options, decode_clip
-from shardyard.loaders.sampler import record_consumed
+from shardyard.loaders.sampler import MAX_WORKERS, record_consumed
 from shardyard.stores.read_checks import checked_shard, recorded_shards
 from shardyard.stores.snapshot import source_snapshot
 from shardyard.stores.wds import Sample, iter_tar_samples, list_shards
@@ -49,7 +49,6 @@ __all__ = ["COUNTERS", "ClipStream", "IMAGE_MAGIC", "MAX_WORKERS", "REASONS", "S
 
 log = logging.getLogger(__name__)
 
-MAX_WORKERS = 64
 REASONS = ("undecodable", "not_video", "too_short", "no_video")
 COUNTERS = ("seen", "yielded", *(f"skipped_{r}" for r in REASONS), "retries", "shards_done", "shards_skipped")
 

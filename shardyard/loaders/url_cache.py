@@ -22,7 +22,7 @@ from typing import Any
 from shardyard.errors import ConfigError, StoreDamagedError, StoreError
 from shardyard.ingest.webvid import row_key, row_sample
 from shardyard.stores.atomic import to_jsonable
-from shardyard.stores.manifest import MANIFEST, read_json, sha256_file
+from shardyard.stores.manifest import MANIFEST, read_json, read_manifest_dict, sha256_file
 from shardyard.stores.wds import FORMAT, ShardWriter, ShardWriterConfig, shard_name
 
 __all__ = ["BlockCache", "CachedBlock"]
@@ -62,7 +62,7 @@ class BlockCache:
 
     def __init__(self, root: str | Path, split: str = "train") -> None:
         self.root = Path(root)
-        if (self.root / MANIFEST).exists() and read_json(str(self.root / MANIFEST)).get("format") != FORMAT:
+        if (self.root / MANIFEST).exists() and read_manifest_dict(self.root).get("format") != FORMAT:
             raise StoreError(f"cache folder holds a store of another format, not {FORMAT!r}", path=str(self.root))
         self.writer = ShardWriter(self.root, config=ShardWriterConfig(split=split))
         self.writer.shard_dir.mkdir(parents=True, exist_ok=True)

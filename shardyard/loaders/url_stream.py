@@ -48,7 +48,7 @@ from shardyard.errors import ConfigError, SourceError
 from shardyard.ingest.fetch import FetchConfig, Fetcher
 from shardyard.ingest.webvid import CAPTION_COLUMNS, URL_COLUMNS, TranscodeConfig, fetch_row, row_key
 from shardyard.loaders.clip_decode import checked_clip_options, decode_clip
-from shardyard.loaders.sampler import record_consumed
+from shardyard.loaders.sampler import MAX_WORKERS, record_consumed
 from shardyard.loaders.url_cache import BlockCache, CachedBlock
 from shardyard.loaders.url_meta import MetaRows
 from shardyard.loaders.url_prefetch import Prefetcher, RowOutcome, in_order, url_ext
@@ -57,7 +57,6 @@ __all__ = ["MAX_WORKERS", "URL_COUNTERS", "URL_REASONS", "UrlClipStream", "UrlSt
 
 log = logging.getLogger(__name__)
 
-MAX_WORKERS = 64
 URL_REASONS = ("no_url", "refused", "dead_link", "http_error", "timeout", "network_error", "too_large",
                "not_video", "undecodable", "too_short")
 URL_COUNTERS = ("rows", "ok", "skipped_known", "cached", "bytes", *(f"failed_{r}" for r in URL_REASONS))

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from shardyard.errors import ConfigError
+from shardyard.models.backbone_config import TINY_RANDOM, BackboneConfig
 
 __all__ = ["Backbone", "BackboneConfig", "BackboneOutput", "IMAGENET_MEAN", "IMAGENET_STD", "TINY_CONFIG",
            "TINY_RANDOM", "best_device", "load_backbone"]
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TINY_RANDOM = "tiny-random-dinov2"
 TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                    patch_size=14, image_size=224, mlp_ratio=2)
 
@@ -57,28 +57,6 @@ _HOW_TO_GET = (
     "`huggingface-cli login` first), or `huggingface-cli download {spec} --local-dir DIR` and pass "
     "--model DIR; for a torch.hub checkout pass --hub-repo DIR --weights FILE; for tests use "
     "--model tiny-random-dinov2")
-
-
-@dataclass
-class BackboneConfig:
-    """What to load and how to feed it.
-
-    spec: HF id, local folder, hub entry name (with `hub_repo`) or "tiny-random-dinov2".
-    layers: block indices whose outputs are kept (negative from the end); default the last.
-    image_size: `(W, H)` in pixels fed to the model, each rounded down to a multiple of the patch size.
-    hub_repo, weights: local torch.hub repository and its state-dict file. device: "auto" picks cuda, then
-    mps, then cpu. seed: generator seed of the tiny random weights. all_layers: keep every block's input
-    hidden states and the last output, un-normalised (see the module docstring; `layers` is then ignored).
-    """
-
-    spec: str = TINY_RANDOM
-    layers: tuple[int, ...] = (-1,)
-    image_size: tuple[int, int] = (224, 224)
-    hub_repo: str | None = None
-    weights: str | None = None
-    device: str = "auto"
-    seed: int = 0
-    all_layers: bool = False
 
 
 @dataclass

@@ -46,10 +46,10 @@ from shardyard.models.foveated_attention import (
     encode_frames,
 )
 
-__all__ = ["DINOV2_SMALL_SIZED", "FoveatedCaptioner", "FoveatedConfig", "MODES", "SMOLLM_SIZED", "TINY_LM",
+__all__ = ["DINOV2_SMALL_SIZED", "FoveatedCaptioner", "FoveatedConfig", "BATCH_MODES", "SMOLLM_SIZED", "TINY_LM",
            "attention_stats", "check_mode", "load_encoder", "load_lm"]
 
-MODES = ("caption", "coarse")
+BATCH_MODES = ("caption", "coarse")
 TINY_LM = "tiny-random-llama"
 SMOLLM_SIZED = "random-smollm-135m"
 DINOV2_SMALL_SIZED = "random-dinov2-small"
@@ -310,9 +310,9 @@ class FoveatedCaptioner(nn.Module):
 
 
 def check_mode(mode: Any) -> str:
-    """The batch's mode, validated: one of MODES, and one str per batch (BUG-003: never a per-sample list)."""
+    """The batch's mode, validated: one of BATCH_MODES, and one str per batch (BUG-003: never a per-sample list)."""
     if not isinstance(mode, str):
         raise ConfigError(f"mode is chosen per batch, not per sample (seed 002 BUG-003): got {type(mode).__name__}")
-    if mode not in MODES:
-        raise ConfigError(f"mode {mode!r} is not one of {MODES}")
+    if mode not in BATCH_MODES:
+        raise ConfigError(f"mode {mode!r} is not one of {BATCH_MODES}")
     return mode

@@ -9,21 +9,23 @@ shared file system is readable by whoever the umask says.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "chmod_as_umask", "default_file_mode", "process_umask",
-           "remove_leftovers", "remove_stale_temps", "to_jsonable"]
+__all__ = ["SPILL", "atomic_path", "atomic_write_bytes", "atomic_write_json", "chmod_as_umask", "default_file_mode",
+           "process_umask", "remove_leftovers", "remove_stale_temps", "to_jsonable"]
 
-SPILL = ".spill"  # a store's folder of reader workers' temporaries (`stores.episodic.SPILL`)
+# A store's folder of reader workers' encoded frames, until the writer has copied them into shard files.
+SPILL = ".spill"
 
 
 @functools.cache
@@ -72,6 +74,26 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Sequence) and not isinstance(o, (str, bytes)):  # e.g. a store's `episode_keys`
         return list(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp path beside `path` for the block to write whole (by any library that takes a path), renamed
+    over `path` when the block ends: a process that dies mid-write leaves `path` as it was and a `.*.tmp`
+    file that `remove_stale_temps` deletes. The file gets `default_file_mode()`, as if `open` had created
+    it; the temp file is removed when the block raises. No fsync (the writers that need one flush their
+    own handle, as `atomic_write_bytes` does)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        chmod_as_umask(fd)
+        os.close(fd)
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:

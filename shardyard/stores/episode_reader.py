@@ -139,6 +139,10 @@ class MetaTable:
         """The task of each of `episodes` ("" where none)."""
         return [str(self.record(int(e)).get("task") or "") for e in episodes]
 
+    def records(self, start: int, stop: int) -> list[dict[str, Any]]:
+        """`record(i)` of each episode `i` in `[start, stop)`."""
+        return [self.record(i) for i in range(start, stop)]
+
     def split_codes(self) -> tuple[list[str], np.ndarray]:
         """(split names, `(E,) int8` index of each episode's, -1: none) of `meta/split.parquet`; no names when
         the store has none (format version 1 keeps its split in the manifest)."""
@@ -332,6 +336,32 @@ class EpisodeTable(MetaTable):
             rec["cameras"] = cams
         rec.update(json.loads(row["extra"]) if row["extra"] else {})
         return rec
+
+    def records(self, start: int, stop: int) -> list[dict[str, Any]]:
+        """`record(i)` of each episode `i` in `[start, stop)`, from one read of their row groups (kept for the
+        next range) and one conversion of their rows; episodes with the same camera share its dict."""
+        self._file(EPISODES)
+        starts = self._starts[EPISODES]
+        groups = (bisect.bisect_right(starts, start) - 1, bisect.bisect_left(starts, stop))
+        cached = self._columns.get("records")
+        if cached is None or cached[0] != groups:
+            with self._named(EPISODES):
+                cached = self._columns["records"] = (groups, self._file(EPISODES).read_row_groups(range(*groups)))
+        cols = cached[1].slice(start - starts[groups[0]], stop - start).to_pydict()
+        tasks, cams, out = self.tasks(), {}, []
+        for j, (key, length, task, extra) in enumerate(zip(cols["key"], cols["length"], cols["task"], cols["extra"])):
+            rec: dict[str, Any] = {"key": key, "length": length}
+            if task >= 0:
+                rec["task"] = tasks[task]
+            rec.update({name: cols[name][j] for name in ("fps", "source_path") if cols[name][j] is not None})
+            roles = [(role, cols[camera_column(role)][j]) for role in self.roles]
+            cameras = {role: cams[c] if c in cams else cams.setdefault(c, self.camera(c))
+                       for role, c in roles if c >= 0}
+            if cameras:
+                rec["cameras"] = cameras
+            rec.update(json.loads(extra) if extra else {})
+            out.append(rec)
+        return out
 
     def column(self, name: str) -> tuple[Any, np.ndarray] | None:
         """`(values, present)` of a column, or None."""

@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shardyard.stores.atomic import chmod_as_umask
+from shardyard.stores.atomic import atomic_path, chmod_as_umask
 
 EPISODES = "meta/episodes.parquet"
 TASKS = "meta/episode_tasks.parquet"
@@ -72,17 +72,8 @@ def camera_column(role: str) -> str:
 def atomic_parquet(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call `write(tmp)` to make a file at a temp path beside `path`, then rename it into place (atomic for any
     process that dies; the file gets the umask's mode, as if `open` had created it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        chmod_as_umask(fd)
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def _number(v: Any) -> bool:

@@ -4,8 +4,8 @@ Layout of a store directory:
 
     zarr.json                 root group
     data/<field>/             (N, *shape) per field; images one frame per chunk inside shards, each chunk
-                              JPEG (`codecs_jpeg`), lz4, zstd or raw; or, for the video codec, a group of
-                              one MP4 per episode plus `frame_index` (`video_frames`)
+                              of its frame codec (`stores.frames.registry`); or, for the video codec, a
+                              group of one MP4 per episode plus `frame_index` (`stores.frames.video`)
     meta/episode_ends/        (E,) int64, cumulative step counts (diffusion_policy's replay buffer)
     meta/episodes.parquet     per-episode metadata by column: key, length, task, fps, source path, cameras
                               {K, T_world_cam} (with `episode_tasks.parquet`, `episode_cameras.parquet`:
@@ -33,11 +33,13 @@ import numpy as np
 import zarr
 
 from shardyard.errors import StoreError
-from shardyard.schema import Schema
+from shardyard.schema import FRAME_KINDS, Schema
 from shardyard.stores.episode_reader import EpisodeKeys, EpisodeTable, LegacyTable, MetaTable
 from shardyard.stores.episode_table import EPISODES_JSON
 from shardyard.stores.episode_where import select_where
-from shardyard.stores.frames.video import INDEX, video_codec_of
+from shardyard.stores.frames.codec import VIDEO
+from shardyard.stores.frames.registry import codec_of
+from shardyard.stores.frames.video import INDEX
 from shardyard.stores.frames.video_reader import VideoFrameReader
 from shardyard.stores.frames.zarr_shard import ShardReader, load_array_meta
 from shardyard.stores.lowdim_chunks import ChunkRows
@@ -50,10 +52,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "episodic-zarr3"
 FORMAT_VERSION = 2  # 2: columnar episode metadata (`stores.episode_table`); 1: `meta/episodes.json`
-SPILL = ".spill"  # reader workers' encoded frames, until the writer has copied them into shard files
 STATS_PARTS = "meta/stats_parts"  # per-episode stats parts (`stores.stats.part_table`)
 LOWDIM_CACHE_BYTES = 32 << 20  # low-dim fields below this are read whole once per process; larger by chunk
-FRAME_KINDS = ("image", "depth", "tokens")  # one row per chunk inside shards
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "EpisodicStore", "split_episodes"]
 
@@ -410,7 +410,8 @@ class EpisodicStore:
             path = self._join(f"data/{field}")
             meta = load_array_meta(path, self._fs)
             self._fast[field] = self._checks.attach(field, ShardReader.maybe_for(path, meta, fs=self._fs), path)
-            if video_codec_of(meta) is not None:
+            codec = codec_of(meta)
+            if codec is not None and codec.layout == VIDEO:
                 index = np.asarray(self._group()[f"data/{field}/{INDEX}"][:])
                 self._video[field] = VideoFrameReader(path, index, self.episode_starts,
                                                       tuple(self.schema[field].shape), fs=self._fs,

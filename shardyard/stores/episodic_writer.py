@@ -30,41 +30,24 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from shardyard.errors import ConfigError, SchemaError, StoreError
-from shardyard.schema import Episode, Schema
-from shardyard.stores.atomic import atomic_write_json, remove_stale_temps, to_jsonable
+from shardyard.schema import FRAME_KINDS, Episode, Schema
+from shardyard.stores.atomic import SPILL, atomic_write_json, remove_stale_temps, to_jsonable
 from shardyard.stores.checksums import CHUNK_CRC, VIDEO_CRC, append_crc32c, truncate_crc32c, write_ingest_checksums
 from shardyard.stores.commit_log import PROGRESS, CommitLog
+from shardyard.stores.episode_block import EpisodeBlock, PendingEpisodes, group_parts
 from shardyard.stores.episode_table import EPISODES_JSON, write_episode_table, write_split
 from shardyard.stores.episodic import (
     FORMAT,
     FORMAT_VERSION,
-    FRAME_KINDS,
-    SPILL,
     STATS_PARTS,
     EpisodicStore,
     split_episodes,
 )
-from shardyard.stores.frames.encoding import (
-    DEFAULT_FRAME_CODEC,
-    ChunkCodec,
-    EncodedRows,
-    EncodedVideo,
-    FrameEncoding,
-    frame_codec_args,
-    parse_frame_codecs,
-)
-from shardyard.stores.frames.jpeg import check_frame_shape
+from shardyard.stores.frames.codec import VIDEO, ChunkCodec
+from shardyard.stores.frames.encoding import EncodedRows, EncodedVideo, FrameEncoding
+from shardyard.stores.frames.registry import DEFAULT_FRAME_CODEC, codec_of, field_codec, parse_frame_codecs
 from shardyard.stores.frames.shard_append import ShardAppender
-from shardyard.stores.frames.video import (
-    DEFAULT_CRF,
-    DEFAULT_GOP,
-    INDEX,
-    VIDEO_DIR,
-    VideoCodec,
-    VideoFieldFiles,
-    create_video_field,
-    video_codec_of,
-)
+from shardyard.stores.frames.video import INDEX, VIDEO_DIR, VideoCodec, VideoFieldFiles, create_video_field
 from shardyard.stores.frames.zarr_shard import load_array_meta
 from shardyard.stores.manifest import MANIFEST, Manifest, provenance
 from shardyard.stores.stats import part_table
@@ -81,8 +64,9 @@ __all__ = ["EpisodicWriter", "EpisodicWriterConfig"]
 class EpisodicWriterConfig:
     """Options of `EpisodicWriter`.
 
-    frame_codec: codec of the image fields (`parse_frame_codecs`): "jpeg" (default, quality 85; "jpeg:Q"),
-        "lz4" (raw pixels, fastest to decode), "zstd" or "none", with optional `FIELD=CODEC` overrides.
+    frame_codec: codec of the image fields (`stores.frames.registry.parse_frame_codecs`): "jpeg" (default,
+        quality 85; "jpeg:Q"), "video", "lz4" (raw pixels, fastest to decode), "zstd", "none" or "png", with
+        optional `FIELD=CODEC` overrides.
     commit_every, commit_bytes, commit_seconds: a group is committed when it holds this many episodes, this
         many bytes (encoded frames included) or has been open this long (s), whichever comes first, so a kill
         loses at most about that much work.
@@ -104,18 +88,6 @@ class EpisodicWriterConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class _Pending:
-    """An episode of the group being written: its frame fields are in the shard files already."""
-
-    key: str
-    num_steps: int
-    meta: dict[str, Any]
-    lowdim: dict[str, np.ndarray]
-    parts: dict[str, dict[str, Any]]
-    crc: dict[str, np.ndarray]  # frame field -> (T,) crc32c of its chunks, or (1,) of its MP4
-
-
 class EpisodicWriter:
     """Context manager that appends episodes to an episodic store and, on a clean exit, writes metadata,
     stats (through `stats_fn`), the report and, last, `manifest.json`.
@@ -125,23 +97,24 @@ class EpisodicWriter:
     """
 
     def __init__(self, path: str | os.PathLike, schema: Schema, *, config: EpisodicWriterConfig | None = None,
-                 stats_fn: Callable[["EpisodicStore"], dict[str, Any]] | None = None) -> None:
-        self.path = Path(path)
-        self.schema = schema
-        self.cfg = config or EpisodicWriterConfig()
-        self.stats_fn = stats_fn
-        self.on_commit: Callable[[], None] | None = None  # called after each commit point (staged upload)
-        self.report: dict[str, Any] = {}
+                 stats_fn: Callable[["EpisodicStore"], dict[str, Any]] | None = None,
+                 on_commit: Callable[[], None] | None = None, report: dict[str, Any] | None = None,
+                 split_fn: Callable[[list[str]], dict[str, list[int]]] | None = None) -> None:
+        """stats_fn: stats.json of the finished store (None: none written). on_commit: called after each commit
+        point (a staged upload). report: report.json, read when the store is finished (a caller may fill it
+        while writing). split_fn: the split of the stored keys, instead of the config's given or seeded one."""
+        self.path, self.schema, self.cfg = Path(path), schema, config or EpisodicWriterConfig()
+        self.stats_fn, self.on_commit, self.split_fn = stats_fn, on_commit, split_fn
+        self.report: dict[str, Any] = {} if report is None else report
         self._root: zarr.Group | None = None
         self._lowdim: dict[str, zarr.Array] = {}  # opened once: a group lookup reads zarr.json (~2 ms)
         self._appenders: dict[str, ShardAppender] = {}
         self._videos: dict[str, VideoFieldFiles] = {}
-        self._pending: list[_Pending] = []
+        self._pending: list[PendingEpisodes] = []
         self._pending_keys: set[str] = set()
         self._keys: set[str] = set()
-        self._num_steps = 0
+        self._num_steps, self._pending_bytes = 0, 0
         self._log: CommitLog | None = None
-        self._pending_bytes = 0
         self.codecs: dict[str, ChunkCodec | VideoCodec] = {}
         self._frame_codecs = parse_frame_codecs(self.cfg.frame_codec)
         unknown = sorted(set(self._frame_codecs) - {""} - set(schema.keys()))
@@ -194,13 +167,12 @@ class EpisodicWriter:
         for key in self.schema:
             path = self.path / "data" / key
             meta = load_array_meta(str(path))
-            video = video_codec_of(meta)
-            if video is not None:  # files of episodes past the commit are a killed group's: dropped
+            codec = codec_of(meta)
+            if codec is not None and codec.layout == VIDEO:  # files past the commit are a killed group's: dropped
                 self._videos[key] = VideoFieldFiles(path)
                 self._videos[key].drop_after(self.num_episodes)
-                self.codecs[key] = video
+                self.codecs[key] = codec
                 continue
-            codec = ChunkCodec.for_array(meta)
             if codec is None:
                 continue
             app = ShardAppender(path, shard_rows=meta["chunk_grid"]["configuration"]["chunk_shape"][0],
@@ -215,7 +187,8 @@ class EpisodicWriter:
         out = []
         for key in self.schema:
             meta = load_array_meta(str(self.path / "data" / key))
-            out.append(f"{key}/{INDEX}" if video_codec_of(meta) is not None else key)
+            codec = codec_of(meta)
+            out.append(f"{key}/{INDEX}" if codec is not None and codec.layout == VIDEO else key)
         return out
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -272,22 +245,13 @@ class EpisodicWriter:
         row_bytes = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
         if spec.kind in FRAME_KINDS:
             shard_rows = int(max(1, min(1024, _SHARD_TARGET_BYTES // max(row_bytes, 1))))
-            codecs = self._frame_codecs
-            token = codecs.get(key, codecs[""])
-            if spec.kind == "image" and token.startswith("video"):
-                why = check_frame_shape(spec.shape, spec.dtype)
-                if why is None and len(spec.shape) == 3 and spec.shape[2] == 3:
-                    crf, _, gop = token.partition(":")[2].partition(":")
-                    create_video_field(group, key, spec.to_dict(),
-                                       VideoCodec(crf=int(crf or DEFAULT_CRF), gop=int(gop or DEFAULT_GOP)))
-                    return
-                log.warning("field %s: not (H, W, 3) uint8; stored with lz4 instead of video", key)
-                token = "lz4"
-            codec_args = (frame_codec_args(token, key, spec) if spec.kind == "image"
-                          else {"compressors": ZstdCodec(level=1)})
+            codec = field_codec(self._frame_codecs.get(key, self._frame_codecs[""]), key, spec)
+            if codec.layout == VIDEO:
+                create_video_field(group, key, spec.to_dict(), codec)
+                return
             group.create_array(key, shape=shape, dtype=spec.dtype, chunks=(1,) + spec.shape,
                                shards=(shard_rows,) + spec.shape, attributes={"spec": spec.to_dict()},
-                               **codec_args)
+                               **codec.zarr_args())
         else:
             rows = int(max(1, min(_VECTOR_CHUNK_ROWS, (4 << 20) // max(row_bytes, 1))))
             group.create_array(key, shape=shape, dtype=spec.dtype, chunks=(rows,) + spec.shape,
@@ -314,37 +278,52 @@ class EpisodicWriter:
         latest on exit. Its frame fields are appended to their shard files at once, so that the copy
         overlaps the readers' work; they count as stored only once the group's commit lists the episode."""
         self.schema.validate(episode, path=str(episode.meta.get("source_path", "")) or None)
-        if episode.key in self._keys or episode.key in self._pending_keys:
-            raise SchemaError("episode key already in store", key=episode.key, path=str(self.path))
-        if episode.num_steps == 0:
-            raise SchemaError("episode has no steps", key=episode.key)
-        parts, crc = {}, {}
+        self._append(EpisodeBlock([episode.key], np.array([episode.num_steps]), [episode.meta], episode.steps))
+
+    def write_block(self, block: EpisodeBlock) -> None:
+        """Add the consecutive episodes of `block` (`stores.episode_block`) as `write` would add them one by
+        one (the same store), in a call per field. Raises `SchemaError`, having written nothing, when the block
+        does not validate or holds a key stored already; `ConfigError` when the store has a video field."""
+        block.validate(self.schema)
+        if self._videos:
+            raise ConfigError(f"write_block takes no video field ({sorted(self._videos)}): write episodes")
+        self._append(block)
+
+    def _append(self, block: EpisodeBlock) -> None:
+        """Append the block's frame fields to their shard files, hold the rest until the commit."""
+        known = [k for k in block.keys if k in self._keys or k in self._pending_keys]
+        if known:
+            raise SchemaError("episode key already in store", key=known[0], path=str(self.path))
+        if block.num_steps == 0:
+            raise SchemaError("episode has no steps", key=block.keys[0])
+        parts, crc = ([] if block.parts is None else block.parts), {}
         for key in self._appenders:
-            value = episode.steps[key]
+            value = block.steps[key]
             rows = value if isinstance(value, EncodedRows) else self.codecs[key].encode_rows(value)
             crc[key] = self._append_frames(key, rows)
             if rows.stats_part is not None:
-                parts[key] = rows.stats_part
+                parts.append((0, key, rows.stats_part))
             self._pending_bytes += rows.nbytes
-        episode_index = self.num_episodes + len(self._pending)
         videos = {}
-        for key, files in self._videos.items():
-            value = episode.steps[key]
+        for key, files in self._videos.items():  # `write`'s one episode
+            value = block.steps[key]
             if not isinstance(value, EncodedVideo):
                 value = FrameEncoding(self.codecs[key]).encode_array(value)
             self._pending_bytes += value.nbytes
-            crc[key] = np.array([files.place(episode_index, value)], dtype=np.uint32)
+            crc[key] = np.array([files.place(self.num_episodes + len(self._pending_keys), value)], dtype=np.uint32)
             if value.stats_part is not None:
-                parts[key] = value.stats_part
+                parts.append((0, key, value.stats_part))
             videos[f"{key}/{INDEX}"] = value.index
-        lowdim = {k: v for k, v in episode.steps.items() if k not in self._appenders and k not in self._videos}
+        lowdim = {k: v for k, v in block.steps.items() if k not in self._appenders and k not in self._videos}
         lowdim.update(videos)
         if not self._pending:
             self._group_opened = time.monotonic()
-        self._pending_keys.add(episode.key)
-        self._pending.append(_Pending(episode.key, episode.num_steps, episode.meta, lowdim, parts, crc))
+        self._pending_keys.update(block.keys)
+        records = [{"key": k, "length": n, "meta": m}
+                   for k, n, m in zip(block.keys, block.lengths.tolist(), block.metas)]
+        self._pending.append(PendingEpisodes(records, block.num_steps, lowdim, parts, crc))
         self._pending_bytes += sum(v.nbytes for v in lowdim.values())
-        if len(self._pending) >= self.cfg.commit_every or self._pending_bytes >= self.cfg.commit_bytes \
+        if len(self._pending_keys) >= self.cfg.commit_every or self._pending_bytes >= self.cfg.commit_bytes \
                 or time.monotonic() - self._group_opened >= self.cfg.commit_seconds:
             self.commit()
 
@@ -363,13 +342,12 @@ class EpisodicWriter:
             video = key in self._videos
             append_crc32c(self._root, VIDEO_CRC if video else CHUNK_CRC, key,
                           np.concatenate([ep.crc[key] for ep in self._pending]), self.num_episodes if video else n0)
-        parts = [(self.num_episodes + i, name, part) for i, ep in enumerate(self._pending)
-                 for name, part in ep.parts.items()]
-        if parts:  # before the commit point, so that a committed episode always has its parts on disk
+        parts = group_parts(self.num_episodes, self._pending)
+        if len(parts):  # before the commit point, so that a committed episode always has its parts on disk
             part_table.write_parts(self.path / STATS_PARTS, self.num_episodes, parts)
         for app in self._appenders.values():  # each partial shard's index, once per group
             app.flush()
-        self._log.append([{"key": ep.key, "length": ep.num_steps, "meta": ep.meta} for ep in self._pending],
+        self._log.append([r for ep in self._pending for r in ep.records],
                          {k: app.shard_bytes for k, app in self._appenders.items()})
         self._keys |= self._pending_keys
         self._num_steps += t
@@ -399,7 +377,8 @@ class EpisodicWriter:
                             self._log.roles)
         (self.path / EPISODES_JSON).unlink(missing_ok=True)  # a resumed format-1 store's
         part_table.compact_parts(self.path / STATS_PARTS)
-        split = self.cfg.split or split_episodes(self.committed_keys, self.cfg.val_fraction, self.cfg.split_seed)
+        split = self.cfg.split or (self.split_fn(self.committed_keys) if self.split_fn is not None else
+                                   split_episodes(self.committed_keys, self.cfg.val_fraction, self.cfg.split_seed))
         if write_split(self.path, split, self.num_episodes):
             split = {}  # in meta/split.parquet; a split that is not a partition stays in the manifest
         manifest = Manifest(

@@ -27,7 +27,8 @@ import zarr
 
 from shardyard.stores.atomic import atomic_write_json
 from shardyard.stores.checksums import CHUNK_CRC
-from shardyard.stores.frames.encoding import ChunkCodec
+from shardyard.stores.commit_log import PROGRESS_DIR
+from shardyard.stores.frames.registry import chunk_codec_of
 from shardyard.stores.frames.shard_append import ShardAppender
 from shardyard.stores.frames.zarr_shard import EMPTY, load_array_meta, read_shard_index, shard_file
 
@@ -35,7 +36,6 @@ __all__ = ["CLS", "MISSING", "PATCH", "PROGRESS_DIR", "TOKEN_ARRAYS", "write_bat
 
 log = logging.getLogger(__name__)
 
-PROGRESS_DIR = "progress"
 PATCH, CLS, MISSING = "patch_tokens", "cls_token", "missing"
 TOKEN_ARRAYS = (PATCH, CLS)  # the arrays with one sample per inner chunk, and a crc32c per chunk
 
@@ -56,7 +56,7 @@ def _array_writer(root: Path, name: str) -> dict[str, Any]:
     states = _WRITERS.setdefault((os.getpid(), str(root)), {})
     if name not in states:
         meta = load_array_meta(str(root / name))
-        codec = ChunkCodec.for_array(meta)
+        codec = chunk_codec_of(meta)
         shard_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
         states[name] = {"codec": codec, "zarr": zarr.open_array(str(root / name), mode="r+"),
                         "app": ShardAppender(root / name, shard_rows, len(meta["shape"]), n_rows=-1)}

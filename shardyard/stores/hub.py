@@ -330,9 +330,9 @@ def push_store(local: Path, sums: dict[str, Any], target: HubTarget, *, limits: 
 
     from shardyard.stores.checksums import CHECKSUMS
     from shardyard.stores.hub_card import store_card
-    from shardyard.stores.manifest import MANIFEST
+    from shardyard.stores.manifest import MANIFEST, read_manifest_dict
 
-    manifest = json.loads((local / MANIFEST).read_text())
+    manifest = read_manifest_dict(local)
     stats = json.loads((local / "stats.json").read_text()) if (local / "stats.json").is_file() else None
     card = store_card(manifest, stats, target.repo_id, target.url) if not target.path else None
     names = [f["name"] for f in sums["files"]] + [CHECKSUMS]

@@ -40,6 +40,7 @@ from shardyard.errors import StoreDamagedError
 from shardyard.stores.checksums import CHECKSUMS, CHUNK_CRC, VIDEO_CRC
 from shardyard.stores.episode_reader import EpisodeTable
 from shardyard.stores.episode_table import EPISODES as EPISODES_PARQUET
+from shardyard.stores.episode_table import EPISODES_JSON
 from shardyard.stores.lowdim_chunks import ChunkRows
 from shardyard.stores.manifest import MANIFEST, read_json
 
@@ -48,7 +49,6 @@ __all__ = ["FieldNamer", "ReadChecks", "checked_shard", "crc32c", "crc_mismatch"
 
 log = logging.getLogger(__name__)
 
-EPISODES_JSON = "meta/episodes.json"
 LAZY_CRC_ROWS = 1 << 20  # recorded crc32c arrays longer than this are read by chunk
 
 

@@ -23,7 +23,15 @@ from typing import Any, BinaryIO, Iterator
 
 from shardyard.errors import StoreError
 from shardyard.stores.atomic import atomic_write_json, chmod_as_umask, remove_stale_temps
-from shardyard.stores.manifest import MANIFEST, Manifest, provenance, read_json, sha256_file
+from shardyard.stores.manifest import (
+    MANIFEST,
+    Manifest,
+    provenance,
+    read_json,
+    read_manifest,
+    read_manifest_dict,
+    sha256_file,
+)
 from shardyard.stores.safe_paths import safe_relatives
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "SCHEMA", "SHARD_RE", "Sample", "ShardStore", "ShardWriter",
@@ -129,7 +137,7 @@ class ShardWriter:
         if self.config.overwrite and self.root.exists():
             shutil.rmtree(self.root)
         if (self.root / MANIFEST).exists():
-            fmt = read_json(str(self.root / MANIFEST)).get("format")
+            fmt = read_manifest_dict(self.root).get("format")
             if fmt != FORMAT:
                 raise StoreError(f"{self.root} is a {fmt!r} store, not {FORMAT!r}", path=str(self.root))
         self.shard_dir.mkdir(parents=True, exist_ok=True)
@@ -240,16 +248,9 @@ class ShardStore:
         self.root = str(self.root).rstrip("/")
         path = f"{self.root}/{MANIFEST}"
         try:
-            if "://" in self.root:
-                import fsspec
-
-                with fsspec.open(path, "rb") as f:
-                    d = json.load(f)
-            else:
-                d = read_json(path)
+            self.manifest = read_manifest(self.root)
         except (FileNotFoundError, OSError) as e:
             raise StoreError(f"no {MANIFEST}: not a complete store ({e})", path=self.root) from e
-        self.manifest = Manifest.from_dict(d)
         if self.manifest.format != FORMAT:
             raise StoreError(f"store format is {self.manifest.format!r}, not {FORMAT!r}", path=self.root)
         # shard names are joined onto the root by every reader and by verify: none may lead outside it

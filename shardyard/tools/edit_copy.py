@@ -5,7 +5,7 @@ Frame fields are copied chunk for chunk: each frame's encoded inner chunk is rea
 file by its index entry (`stores.frames.zarr_shard.read_shard_index`) and handed to `EpisodicWriter` as
 `EncodedRows`, which appends the bytes as they are (no decode, no re-encode), with the episode's stored stats
 part (`meta/stats_parts`), so the stats pass does not read those frames back either. That holds whatever the
-field's one-row-per-chunk codec is (lz4, zstd, raw, and JPEG when its chunks are one frame each). A field
+field's one-row-per-chunk codec is (lz4, zstd, raw, JPEG and PNG: `stores.frames.registry`). A field
 stored with the `video` codec is copied episode for episode: the episode's MP4 file as it is (copied into the
 writer's spill folder, which the writer renames into place), its `frame_index` rows (pts and keyframe step
 are relative to the episode's own file) and its stats part, as an `EncodedVideo`. Both hand over the crc32c
@@ -14,7 +14,9 @@ bytes read now, so a source byte damaged since its ingest still fails `verify` o
 holds when the output field gets the source's codec (`_frame_codec_name` reads each field's codec off the
 first source's arrays); where it cannot (sources of a merge with different codecs, or a different video
 GOP/CRF) the frames are decoded and re-encoded, with a warning. Low-dim fields are read and written through
-zarr (they are small).
+zarr (they are small). Runs of consecutive episodes of a source without video go as blocks (`_read_block`,
+`EpisodicWriter.write_block`): a read per field and shard, metadata rows and stats parts by range; a block
+that does not read or validate goes episode by episode, so that an error names the same episode.
 
 The stats of the result come from `stats.compute_stats` on it, with the copied per-episode frame parts:
 every part is a function of its episode's data alone (`stats.parts`: data-independent buckets), so the
@@ -33,7 +35,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,13 +43,16 @@ from typing import Any
 import numpy as np
 import zarr
 
-from shardyard.errors import StoreError
-from shardyard.schema import Episode, Schema
+from shardyard.errors import SchemaError, StoreError
+from shardyard.schema import FRAME_KINDS, Episode, Schema
 from shardyard.stores.checksums import CHUNK_CRC, VIDEO_CRC, read_crc32c
-from shardyard.stores.episodic import FRAME_KINDS, STATS_PARTS, EpisodicStore
+from shardyard.stores.episode_block import EpisodeBlock
+from shardyard.stores.episodic import STATS_PARTS, EpisodicStore
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.frames.encoding import ChunkCodec, EncodedRows, EncodedVideo
-from shardyard.stores.frames.video import INDEX, VideoCodec, video_codec_of, video_name
+from shardyard.stores.frames.codec import VIDEO, ChunkCodec, FrameCodec
+from shardyard.stores.frames.encoding import EncodedRows, EncodedVideo
+from shardyard.stores.frames.registry import chunk_codec_of, codec_of
+from shardyard.stores.frames.video import INDEX, video_name
 from shardyard.stores.frames.zarr_shard import EMPTY, load_array_meta, read_shard_index, shard_file
 from shardyard.stores.stats import StatsConfig, compute_stats
 from shardyard.stores.stats.part_table import LegacyParts, PartTable
@@ -125,7 +130,7 @@ class _FrameSource:
     def __init__(self, store: EpisodicStore, field_name: str, meta: dict[str, Any]) -> None:
         self.dir = os.path.join(store.root, "data", field_name)
         self.meta = meta
-        self.codec: ChunkCodec | None = ChunkCodec.for_array(meta)
+        self.codec: ChunkCodec | None = chunk_codec_of(meta)
         self.shard_rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
         self.ndim = len(meta["shape"])
         self.field = field_name
@@ -144,19 +149,44 @@ class _FrameSource:
             self._shard[2].close()
             self._shard = None
 
+    def _open(self, s: int, key: str) -> tuple[np.ndarray, Any, str]:
+        """Shard `s`'s index, open file and path, kept until another shard is needed (episodes come in order:
+        one index read per shard). Raises StoreError naming `key` when the file is missing."""
+        path = shard_file(self.dir, s, self.ndim)
+        if self._shard is None or self._shard[0] != s:
+            index = read_shard_index(path, self.shard_rows)
+            if index is None:
+                raise StoreError("shard file missing", path=path, key=key, field=self.field)
+            if self._shard is not None:
+                self._shard[2].close()
+            self._shard = (s, index, open(path, "rb"))
+        return self._shard[1], self._shard[2], path
+
+    def block(self, start: int, stop: int, keys: Sequence[str], starts: np.ndarray, spec: Any) -> EncodedRows:
+        """Global rows `[start, stop)` of consecutive episodes (source `keys`, first rows `starts`; `spec` the
+        field's `FieldSpec`) as one `EncodedRows`: per shard one read of the span its rows' chunks lie in (a
+        writer appended them one after another), the chunks views into it. Raises StoreError as `chunks`."""
+        out: list[Any] = []
+        for s in range(start // self.shard_rows, (stop - 1) // self.shard_rows + 1):
+            lo, base = max(start, s * self.shard_rows), s * self.shard_rows
+            index, f, path = self._open(s, keys[int(np.searchsorted(starts, lo, "right")) - 1])
+            rows = index[lo - base:min(stop, base + self.shard_rows) - base]
+            empty = np.flatnonzero(rows[:, 0] == EMPTY)
+            if len(empty):
+                row = lo + int(empty[0])
+                raise StoreError(f"row {row} was never written", path=path, field=self.field,
+                                 key=keys[int(np.searchsorted(starts, row, "right")) - 1])
+            first, ends = int(rows[:, 0].min()), rows[:, 0] + rows[:, 1]
+            buf = memoryview(os.pread(f.fileno(), int(ends.max()) - first, first))
+            out += map(buf.__getitem__, map(slice, (rows[:, 0] - first).tolist(), (ends - first).tolist()))
+        return EncodedRows(chunks=out, shape=(stop - start,) + tuple(spec.shape), dtype=np.dtype(spec.dtype),
+                           crc32c=None if self.crc is None else self.crc[start:stop].tolist())
+
     def chunks(self, start: int, stop: int, key: str) -> list[bytes]:
         """Encoded chunks of global rows `[start, stop)`. Raises StoreError for a missing chunk or index."""
         out: list[bytes] = []
         for s in range(start // self.shard_rows, (stop - 1) // self.shard_rows + 1 if stop > start else 0):
-            path = shard_file(self.dir, s, self.ndim)
-            if self._shard is None or self._shard[0] != s:  # episodes come in order: one index read per shard
-                index = read_shard_index(path, self.shard_rows)
-                if index is None:
-                    raise StoreError("shard file missing", path=path, key=key, field=self.field)
-                if self._shard is not None:
-                    self._shard[2].close()
-                self._shard = (s, index, open(path, "rb"))
-            _, index, f = self._shard
+            index, f, path = self._open(s, key)
             for row in range(max(start, s * self.shard_rows), min(stop, (s + 1) * self.shard_rows)):
                 off, n = index[row - s * self.shard_rows]
                 if off == EMPTY:
@@ -171,7 +201,7 @@ class _VideoSource:
 
     def __init__(self, store: EpisodicStore, field_name: str, meta: dict[str, Any]) -> None:
         self.dir = os.path.join(store.root, "data", field_name)
-        self.codec: VideoCodec | None = video_codec_of(meta)
+        self.codec: FrameCodec | None = codec_of(meta)
         self.index = np.asarray(zarr.open_array(os.path.join(self.dir, INDEX), mode="r")[:], dtype=np.int64)
         self.field = field_name
         self.crc = _recorded_crc(store, VIDEO_CRC, field_name, store.num_episodes)
@@ -191,26 +221,20 @@ class _VideoSource:
                             crc32c=None if self.crc is None else int(self.crc[e]))
 
 
-_CODEC_TOKENS = {"blosc": "lz4", "zstd": "zstd", "none": "none"}
-
-
 def _frame_codec_name(plan: CopyPlan) -> str:
     """The writer's `frame_codec` that reproduces the first source's image fields under their output names,
-    read off each field's stored codec (`video:CRF:GOP`, `jpeg:QUALITY`, lz4, zstd, none), not off the recorded
-    ingest option: an edited store records none, and a field JPEG or video could not hold was stored lz4."""
+    read off each field's stored codec (its `FrameCodec.token()`: `video:CRF:GOP`, `jpeg:QUALITY`, ...), not
+    off the recorded ingest option: an edited store records none, and a field JPEG or video could not hold
+    was stored lz4."""
     first = plan.sources[0]
     tokens = ["lz4"]
     for new, old in plan.fields.items():
         if first.schema[old].kind != "image":
             continue
         meta = load_array_meta(os.path.join(first.root, "data", old))
-        video, codec = video_codec_of(meta), ChunkCodec.for_array(meta)
-        if video is not None:
-            tokens.append(f"{new}=video:{video.crf}:{video.gop}")
-        elif codec is not None:
-            quality = dict(codec.config).get("quality")
-            name = (f"jpeg:{quality}" if quality else "jpeg") if codec.name == "jpeg" else _CODEC_TOKENS[codec.name]
-            tokens.append(f"{new}={name}")
+        codec = codec_of(meta)
+        if codec is not None:
+            tokens.append(f"{new}={codec.token()}")
     return ",".join(tokens)
 
 
@@ -240,6 +264,48 @@ def _read_episode(plan: CopyPlan, i: int, frames: dict[tuple[int, str], _FrameSo
     return Episode(key=key, steps=steps, meta=meta)
 
 
+def _read_block(plan: CopyPlan, i0: int, i1: int, frames: dict[tuple[int, str], _FrameSource | _VideoSource],
+                writer: EpisodicWriter, parts: dict[int, PartTable | LegacyParts]) -> EpisodeBlock:
+    """Output episodes `[i0, i1)`, consecutive episodes of one source (`_runs`), as what `_read_episode` gives
+    for each, in one `EpisodeBlock`: a read per field, metadata rows and stats parts by range."""
+    s, e0 = plan.episodes[i0]
+    src, e0 = plan.sources[s], int(e0)
+    e1 = e0 + i1 - i0
+    starts, ends = src.episode_starts[e0:e1], src.episode_ends[e0:e1]
+    start, stop = int(starts[0]), int(ends[-1])
+    with src.snapshot.reading():
+        recs = src.meta_table.records(e0, e1)
+    keys = [r["key"] for r in recs]
+    steps = {new: frames[(s, old)].block(start, stop, keys, starts, src.schema[old])  # type: ignore[union-attr]
+             if new in writer.codecs else src.read_rows(old, start, stop) for new, old in plan.fields.items()}
+    names = {old: new for new, old in plan.fields.items() if new in writer.codecs}
+    table = parts[s].rows(e0, e1, names)  # type: ignore[union-attr]
+    metas = [{k: v for k, v in r.items() if k not in ("key", "length")} for r in recs]
+    return EpisodeBlock(plan.keys[i0:i1], ends - starts, metas, steps, table)  # type: ignore[arg-type]
+
+
+def _runs(plan: CopyPlan, blocks: set[int], size: int) -> Iterator[tuple[int, int]]:
+    """`[i0, i1)` ranges of output episodes copied at once: consecutive episodes of a source in `blocks`, never
+    across a multiple of `size` (commit groups stay those of one-by-one writes); else an episode alone."""
+    i0, n = 0, len(plan.episodes)
+    while i0 < n:
+        s, e = plan.episodes[i0]
+        i1, end = i0 + 1, (min(n, (i0 // size + 1) * size) if s in blocks else i0 + 1)
+        while i1 < end and plan.episodes[i1][0] == s and plan.episodes[i1][1] == e + i1 - i0:
+            i1 += 1
+        yield i0, i1
+        i0 = i1
+
+
+def _block_sources(plan: CopyPlan, frames: dict[tuple[int, str], _FrameSource | _VideoSource],
+                   writer: EpisodicWriter, parts: dict[int, PartTable | LegacyParts]) -> set[int]:
+    """Sources whose episodes are copied in blocks: every frame field as stored chunk by chunk (no video, no
+    re-encoding), from distinct source fields, with the stats parts in columns (format version 2)."""
+    olds = [old for new, old in plan.fields.items() if new in writer.codecs]
+    return {s for s in range(len(plan.sources)) if isinstance(parts[s], PartTable) and len(set(olds)) == len(olds)
+            and all(isinstance(frames.get((s, old)), _FrameSource) for old in olds)}
+
+
 def _frame_sources(plan: CopyPlan, writer: EpisodicWriter) -> dict[tuple[int, str], _FrameSource | _VideoSource]:
     """The frame fields that can be copied as stored: those whose source codec equals the output's."""
     out: dict[tuple[int, str], _FrameSource | _VideoSource] = {}
@@ -249,7 +315,9 @@ def _frame_sources(plan: CopyPlan, writer: EpisodicWriter) -> dict[tuple[int, st
             if new not in writer.codecs or src.schema[old].kind not in FRAME_KINDS:
                 continue
             meta = load_array_meta(os.path.join(src.root, "data", old))
-            fs = _VideoSource(src, old, meta) if video_codec_of(meta) is not None else _FrameSource(src, old, meta)
+            codec = codec_of(meta)
+            fs = _VideoSource(src, old, meta) if codec is not None and codec.layout == VIDEO \
+                else _FrameSource(src, old, meta)
             if fs.codec is None or fs.codec != writer.codecs[new]:
                 if new not in warned:
                     log.warning("%s: codec of %s (%s) differs from the output's %s: frames are re-encoded",
@@ -297,15 +365,23 @@ def write_plan(plan: CopyPlan, out: str | os.PathLike, *, overwrite: bool = Fals
     if Path(out).exists() and not overwrite:
         raise StoreError("output exists; choose another --out or --overwrite", path=str(out))
     stats_cfg = stats or stats_config_of(first)
-    writer = EpisodicWriter(out, plan.schema(), config=cfg)
-    writer.stats_fn = lambda store: compute_stats(store, stats_cfg, frame_parts=writer.stats_parts)
-    writer.report = {"edit": plan.op}
+    writer = EpisodicWriter(out, plan.schema(), config=cfg, report={"edit": plan.op},  # stats_fn reads `writer` late
+                            stats_fn=lambda store: compute_stats(store, stats_cfg, frame_parts=writer.stats_parts))
     parts = {s: frame_parts_of(src) for s, src in enumerate(plan.sources)}
     with writer:
         frames = _frame_sources(plan, writer)
+        blocks = _block_sources(plan, frames, writer, parts)
         try:
-            for i in range(len(plan.episodes)):
-                writer.write(_read_episode(plan, i, frames, writer, parts))
+            for i0, i1 in _runs(plan, blocks, cfg.commit_every):
+                if plan.episodes[i0][0] in blocks:
+                    try:
+                        block = _read_block(plan, i0, i1, frames, writer, parts)
+                        writer.write_block(block)  # a SchemaError comes before anything is written
+                        continue
+                    except (StoreError, SchemaError):  # one by one: the same error, at the same episode
+                        pass
+                for i in range(i0, i1):
+                    writer.write(_read_episode(plan, i, frames, writer, parts))
         finally:
             for fs in frames.values():
                 if isinstance(fs, _FrameSource):

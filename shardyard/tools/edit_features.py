@@ -2,8 +2,8 @@
 copied, row for row, into a feature store aligned with the edited store, without recomputing tokens.
 
 A feature store belongs to a source store by provenance: its key's `source_fingerprint` is the sha256 of
-the source's manifest (the recipe of `ingest.dino.FrameReader.fingerprint`). Each input feature store must
-match its source store, and the inputs of a merge must share the rest of the key (model, weights,
+the source's manifest (`stores.manifest.manifest_fingerprint`, which `ingest dino` uses too). Each input
+feature store must match its source store, and the inputs of a merge must share the rest of the key (model, weights,
 preprocessing, field, dtype) and the layout (grid, embed dim, patch size); every mismatch is listed at
 once. The result's key is the inputs' with the new store's fingerprint and step count, so `ingest dino` on
 the edited store resumes it as complete; its token stats are recomputed from the copied tokens.
@@ -17,11 +17,9 @@ store whose new checksums would vouch for it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -37,18 +35,15 @@ from shardyard.stores.features import (
     key_diff,
     write_batch,
 )
-from shardyard.stores.frames.encoding import ChunkCodec
+from shardyard.stores.frames.codec import ChunkCodec
+from shardyard.stores.frames.registry import chunk_codec_of
 from shardyard.stores.frames.zarr_shard import load_array_meta
+from shardyard.stores.manifest import manifest_fingerprint
 from shardyard.tools.edit_copy import CopyPlan
 
-__all__ = ["manifest_fingerprint", "check_features", "edit_features"]
+__all__ = ["check_features", "edit_features"]
 
 _SOURCE_KEYS = ("source_fingerprint", "source_num_steps")
-
-
-def manifest_fingerprint(manifest: dict[str, Any]) -> str:
-    """sha256 of a store's manifest, as `ingest dino` keys its feature store."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def check_features(plan: CopyPlan, features: Sequence[str]) -> list[FeatureStore]:
@@ -79,7 +74,7 @@ def check_features(plan: CopyPlan, features: Sequence[str]) -> list[FeatureStore
 
 
 def _compressor(fs: FeatureStore) -> str:
-    codec = ChunkCodec.for_array(load_array_meta(str(fs.path / "patch_tokens")))
+    codec = chunk_codec_of(load_array_meta(str(fs.path / "patch_tokens")))
     return "none" if codec is None or codec.name == "none" else "zstd"
 
 
@@ -116,7 +111,7 @@ def _recorded(stores: list[FeatureStore], out_codec: ChunkCodec | None) -> list[
     to the same bytes (same chunk codec); arrays without recorded checksums are left out."""
     out = []
     for fs in stores:
-        same = ChunkCodec.for_array(load_array_meta(str(fs.path / "patch_tokens"))) == out_codec
+        same = chunk_codec_of(load_array_meta(str(fs.path / "patch_tokens"))) == out_codec
         crcs = {name: read_crc32c(fs.path, CHUNK_CRC, name) for name in TOKEN_ARRAYS} if same else {}
         out.append({k: v for k, v in crcs.items() if v is not None and len(v) == fs.num_samples})
     return out
@@ -160,7 +155,7 @@ def edit_features(plan: CopyPlan, features: Sequence[str], new_store: EpisodicSt
                               episode_ends=new_store.episode_ends.tolist(), source=source)
     src, rows = _rows(plan)
     with FeatureWriter(out, key=key, layout=layout, config=cfg) as writer:
-        recorded = _recorded(stores, ChunkCodec.for_array(load_array_meta(str(writer.path / "patch_tokens"))))
+        recorded = _recorded(stores, chunk_codec_of(load_array_meta(str(writer.path / "patch_tokens"))))
         for a, b in writer.layout.batches():
             patch, cls, missing = _gather(stores, src[a:b], rows[a:b])
             crc = write_batch(writer.path, a, patch, cls, missing)

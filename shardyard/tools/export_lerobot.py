@@ -11,7 +11,7 @@ Written under `out/`:
                                                  episode_index, index, task_index
     videos/<observation.images.cam>/chunk-000/file-000.mp4   all episodes' frames back to back (H.264)
 
-Field keys map to feature names with `shardyard.ingest.lerobot.feature_from_field` (`obs.rgb.cam` ->
+Field keys map to feature names with `shardyard.lerobot_names.feature_from_field` (`obs.rgb.cam` ->
 `observation.images.cam`, `obs.state` -> `observation.state`), so `ingest lerobot` reads the export back into
 the same fields. Frames are encoded with LeRobot's own defaults (lerobot 0.4.4,
 `lerobot.datasets.video_utils.encode_video_frames`: `vcodec="libsvtav1"`, `pix_fmt="yuv420p"`, `g=2`, `crf=30`,
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from shardyard.errors import ConfigError
-from shardyard.ingest.lerobot import feature_from_field
+from shardyard.lerobot_names import feature_from_field
 from shardyard.stores.export_meta import EXPORT_META, NOT_EXPORTED_KINDS, export_meta
 
 __all__ = ["CODEC_NAMES", "DATA_PATH", "ExportConfig", "VIDEO_PATH", "VideoWriter", "codec_options",

@@ -23,7 +23,7 @@ from shardyard.errors import StoreError
 from shardyard.schema import Episode
 from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig
-from shardyard.stores.frames.encoding import parse_frame_codecs
+from shardyard.stores.frames.registry import parse_frame_codecs
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +57,18 @@ def _write_copy(store: EpisodicStore, dest: Path, frame_codec: str) -> None:
                                split_seed=int(extra.get("split_seed", 0)), source=manifest.get("source", {}),
                                config=config)
     stats_cfg = StatsConfig(**store.stats["config"]) if store.stats.get("config") else StatsConfig()
-    writer = EpisodicWriter(dest, store.schema, config=cfg,
+    writer = EpisodicWriter(dest, store.schema, config=cfg, report=dict(store.report),
                             stats_fn=lambda s: compute_stats(s, stats_cfg))
     with writer:
         for e in range(store.num_episodes):
             meta: dict[str, Any] = {k: v for k, v in store.episode_record(e).items() if k not in ("key", "length")}
             writer.write(Episode(key=store.episode_keys[e], steps=store.read(e), meta=meta))
-        writer.report = dict(store.report)
 
 
 def recode_store(path: str | os.PathLike, frame_codec: str, out: str | os.PathLike | None = None) -> RecodeResult:
     """Rewrite the local episodic store at `path` with `frame_codec` (`parse_frame_codecs` syntax: "jpeg",
-    "jpeg:90", "video", "lz4", "none", `FIELD=CODEC` overrides), into `out` (a new directory) or, when `out`
-    is None, in place (atomically: the old store stays whole until the new one is complete).
+    "jpeg:90", "video", "lz4", "none", "png", `FIELD=CODEC` overrides), into `out` (a new directory) or, when
+    `out` is None, in place (atomically: the old store stays whole until the new one is complete).
 
     Raises `StoreError` if `path` is not a complete local episodic store or `out` exists, `ConfigError` for
     a bad codec."""

@@ -32,7 +32,7 @@ from shardyard.stores.episode_table import (
     write_split,
 )
 from shardyard.stores.episodic import FORMAT, FORMAT_VERSION, STATS_PARTS
-from shardyard.stores.manifest import MANIFEST, Manifest, new_generation, read_json
+from shardyard.stores.manifest import MANIFEST, Manifest, new_generation, read_json, read_manifest_dict
 from shardyard.stores.stats.part_table import compact_parts, convert_legacy_parts
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def upgrade_store(path: str | os.PathLike) -> UpgradeResult:
     Raises `StoreError` when `path` is not a complete episodic store."""
     root = Path(path)
     try:
-        mdict = read_json(str(root / MANIFEST))
+        mdict = read_manifest_dict(root)
     except FileNotFoundError:
         raise StoreError("no manifest.json: not a complete store", path=str(root)) from None
     if mdict.get("format") != FORMAT:

@@ -30,28 +30,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import google_crc32c
-import numcodecs
 import numpy as np
 import zarr
 
 from shardyard.errors import UnsafePathError
-from shardyard.stores import store_format
+from shardyard.stores import FORMATS, store_format
 from shardyard.stores.checksums import CHECKSUMS, CHUNK_CRC, VIDEO_CRC, read_crc32c
 from shardyard.stores.episodic import EpisodicStore
 from shardyard.stores.feature_rows import TOKEN_ARRAYS
 from shardyard.stores.features import FeatureStore
-from shardyard.stores.frames.encoding import ChunkCodec
-from shardyard.stores.frames.video import INDEX, file_crc32c, video_codec_of, video_name
+from shardyard.stores.frames.codec import VIDEO, ChunkCodec
+from shardyard.stores.frames.registry import chunk_codec_of, codec_of
+from shardyard.stores.frames.video import INDEX, file_crc32c, video_name
 from shardyard.stores.frames.zarr_shard import EMPTY, index_nbytes, load_array_meta, shard_file
-from shardyard.stores.manifest import read_json, sha256_file
+from shardyard.stores.manifest import manifest_fingerprint, read_json, read_manifest_dict, sha256_file
 from shardyard.stores.remote_fs import ProcessLocalFS, is_remote
 from shardyard.stores.safe_paths import safe_join
 from shardyard.stores.stats import compute_stats
 from shardyard.stores.wds import ShardStore
 from shardyard.tools.edit_copy import frame_parts_of, stats_config_of
-from shardyard.tools.edit_features import manifest_fingerprint
 
 __all__ = ["Damage", "VerifyReport", "verify_store"]
 
@@ -102,15 +100,6 @@ class VerifyReport:
                 "warnings": self.warnings, "damages": [asdict(d) for d in self.damages]}
 
 
-def _decoder(codec: ChunkCodec | None):
-    if codec is None or codec.name == "none":
-        return lambda b: b
-    c = dict(codec.config)
-    if codec.name == "zstd":
-        return numcodecs.Zstd(level=c.get("level", 0)).decode
-    return numcodecs.blosc.decompress
-
-
 def _check_sharded(array_dir: str, n_rows: int, owner, name: str, crc: np.ndarray | None = None, *,
                    unit: str = "row", fill_ok: bool = False) -> list[Damage]:
     """Index crc32c and chunk ranges of every shard of a one-row-per-chunk array, then each chunk's crc32c
@@ -120,10 +109,9 @@ def _check_sharded(array_dir: str, n_rows: int, owner, name: str, crc: np.ndarra
     the fill value (zarr leaves out chunks equal to it; a feature store's missing frames are zeros), unless
     its recorded crc32c says bytes were stored."""
     meta = load_array_meta(array_dir)
-    codec = ChunkCodec.for_array(meta)
+    codec: ChunkCodec | None = chunk_codec_of(meta)
     rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
-    row_nbytes = int(np.prod(meta["shape"][1:], dtype=np.int64)) * np.dtype(meta["data_type"]).itemsize
-    decode = _decoder(codec)
+    decode = None if codec is None else codec.decoder(tuple(meta["shape"][1:]), np.dtype(meta["data_type"]))
     out = []
     for s in range(-(-n_rows // rows)):
         path = shard_file(array_dir, s, len(meta["shape"]))
@@ -156,7 +144,7 @@ def _check_sharded(array_dir: str, n_rows: int, owner, name: str, crc: np.ndarra
                                       f"({int(crc[row]):08x})", path, field=name, **owner(row)))
                 continue
             try:
-                ok = len(decode(chunk)) == row_nbytes
+                ok = decode is not None and decode(chunk) is not None  # a chunk of another size does not reshape
             except Exception:  # noqa: BLE001 - any codec error means a damaged chunk
                 ok = False
             if not ok:
@@ -256,14 +244,15 @@ def _verify_episodic(path: str, report: VerifyReport, check_stats: bool) -> None
     for name in store.schema.keys():
         array_dir = os.path.join(store.root, "data", name)
         meta = load_array_meta(array_dir)
-        if video_codec_of(meta) is not None:
+        codec = codec_of(meta)
+        if codec is not None and codec.layout == VIDEO:
             _check_videos(store, name, owner, report)
             continue
         if meta["shape"][0] != store.num_steps:
             report.damages.append(Damage(f"array has {meta['shape'][0]} rows, episode_ends say {store.num_steps}",
                                          array_dir, None, name))
             continue
-        if ChunkCodec.for_array(meta) is not None:
+        if isinstance(codec, ChunkCodec):
             crc = read_crc32c(store.root, CHUNK_CRC, name)
             if crc is None or len(crc) != store.num_steps:
                 unrecorded.append(name)
@@ -302,8 +291,7 @@ def _source_manifest(src: str, storage_options: dict[str, Any] | None) -> dict[s
     """The manifest of a feature store's source store (local path or URL), or None when it is not there."""
     options = (storage_options or {}) if is_remote(src) else {}
     try:
-        with fsspec.open(f"{src.rstrip('/')}/manifest.json", "rb", **options) as f:
-            return json.load(f)
+        return read_manifest_dict(src, options)
     except (OSError, ValueError):
         return None
 
@@ -380,21 +368,25 @@ def _verify_remote(url: str, check_stats: bool, storage_options: dict[str, Any] 
     return report
 
 
+def _verify_shards(path: str, report: VerifyReport) -> None:
+    store = ShardStore(path)
+    report.damages += [Damage("size or sha256 differs from the manifest", f"{store.root}/{n}")
+                       for n in store.verify()]
+    report.checked.append(f"sha256 of {len(store.manifest.files)} tar shard(s)")
+
+
 def _verify_local(path: str, check_stats: bool, storage_options: dict[str, Any] | None = None) -> VerifyReport:
     fmt = store_format(path)
     report = VerifyReport(str(path), fmt)
+    if fmt not in FORMATS:
+        report.damages.append(Damage("no readable manifest.json (not a store, or unfinished)", str(path)))
+        return report
+    # by the format's reader (`stores.FORMATS`), never by its name
+    verifiers = {EpisodicStore: lambda: _verify_episodic(str(path), report, check_stats),
+                 FeatureStore: lambda: _verify_features(str(path), report, storage_options),
+                 ShardStore: lambda: _verify_shards(str(path), report)}
     try:
-        if fmt == "episodic-zarr3":
-            _verify_episodic(str(path), report, check_stats)
-        elif fmt == "features-zarr3":
-            _verify_features(str(path), report, storage_options)
-        elif fmt == "shards-webdataset":
-            store = ShardStore(str(path))
-            report.damages += [Damage("size or sha256 differs from the manifest", f"{store.root}/{n}")
-                               for n in store.verify()]
-            report.checked.append(f"sha256 of {len(store.manifest.files)} tar shard(s)")
-        else:
-            report.damages.append(Damage("no readable manifest.json (not a store, or unfinished)", str(path)))
+        verifiers[FORMATS[fmt].reader_class()]()
     except Exception as e:  # noqa: BLE001 - whatever a damaged store raises becomes a finding
         report.damages.append(Damage(f"cannot be read: {type(e).__name__}: {e}", str(path)))
     return report

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from shardyard.errors import ConfigError
+from shardyard.stores.atomic import atomic_path
 
 __all__ = ["REQUIRED_KEYS", "atomic_torch_save", "plain", "read_checkpoint", "rng_state", "set_rng_state"]
 
@@ -91,10 +92,8 @@ def plain(value: Any, where: str = "checkpoint") -> Any:
 def atomic_torch_save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """`torch.save(state)` to a temp file beside `path`, then rename: a kill never leaves a torn file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

@@ -187,7 +187,7 @@ class PatchPredictConfig:
 
 @dataclass
 class ModeWeights:
-    """Relative weight of each training mode of the foveated captioner (`models.foveated.MODES`), drawn once
+    """Relative weight of each training mode of the foveated captioner (`models.foveated.BATCH_MODES`), drawn once
     per optimiser step: caption (both passes, fine and coarse) and coarse (the coarse pass only)."""
 
     caption: float = 1.0

@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from shardyard.ingest.nyu_depth_v2 import EIGEN_CROP
 from shardyard.train.loop import format_table as loop_table
 
-__all__ = ["DepthMetrics", "EIGEN_CROP", "KEYS", "RANGES", "TABLE_COLUMNS", "eval_mask", "format_table",
+__all__ = ["DepthMetrics", "KEYS", "RANGES", "TABLE_COLUMNS", "eval_mask", "format_table",
            "image_metrics", "write_depth_png"]
 
 log = logging.getLogger(__name__)
 
-EIGEN_CROP = (45, 471, 41, 601)
 RANGES = ((0.0, 2.0), (2.0, 5.0), (5.0, 10.0))
 KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "delta1", "delta2", "delta3", "s_star",
         "scaled_abs_rel")

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from shardyard.errors import ConfigError
+from shardyard.models.backbones import best_device
 
 __all__ = ["AMP_DTYPES", "Runtime", "amp_dtype", "resolve_device", "setup_runtime"]
 
@@ -109,14 +110,8 @@ class Runtime:
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """"auto" -> `cuda:LOCAL_RANK` when CUDA is present, then mps, else cpu; "cuda" -> `cuda:LOCAL_RANK`;
-    anything else is passed to `torch.device`."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
+    anything else is passed to `torch.device` (`models.backbones.best_device`, plus the process's GPU)."""
+    device = best_device(name)
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", local_rank)
     return device

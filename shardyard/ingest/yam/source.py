@@ -7,11 +7,11 @@ kinematics, the calibration), registered in `LAYOUT_READERS`; the source owns th
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from shardyard.errors import ConfigError, SchemaError, SourceError
+from shardyard.ingest.configs import YamConfig
 from shardyard.ingest.failures import reading
 from shardyard.ingest.inside import check_folder, is_inside
 from shardyard.ingest.readers import read_json
@@ -32,32 +32,6 @@ LAYOUT_READERS: dict[str, Callable[[Path, str, LayoutInputs], RawEpisode]] = {
     I2RT: read_i2rt,
     PER_DEMO: read_per_demo,
 }
-
-
-@dataclass
-class YamConfig:
-    """Options of the YAM source.
-
-    root: the raw folder. robot_model: MJCF file for forward kinematics and model cameras (i2rt layout).
-    eef_site: grasp site (None: `tcp_<arm>`, else `grasp_site`). calibration: calibration JSON (`cameras`).
-    cameras: camera streams to store (role, or `<role>_<key>` for stereo); None stores all.
-    image_size: `(W, H)` to resize frames on ingest (area filter; `K` is scaled to match); None keeps size.
-    timestamp_tolerance_s: largest gap between a control step and the camera frame matched to it.
-    quat_norm_tolerance: largest |norm - 1| of a recorded quaternion. video_backend: "pyav" or "decord".
-    follow_links: read episode folders and files that are links leading outside `root` (refused by default,
-    `ingest.inside`).
-    """
-
-    root: Path
-    robot_model: Path | None = None
-    eef_site: str | None = None
-    calibration: Path | None = None
-    cameras: tuple[str, ...] | None = None
-    image_size: tuple[int, int] | None = None
-    timestamp_tolerance_s: float = 0.05
-    quat_norm_tolerance: float = 1e-3
-    video_backend: str = "pyav"
-    follow_links: bool = False
 
 
 class YamSource:

@@ -25,11 +25,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from shardyard.stores.atomic import chmod_as_umask
+from shardyard.stores.atomic import atomic_write_bytes, chmod_as_umask
+from shardyard.stores.frames.codec import VIDEO
 
 VIDEO_DIR = "video"
 INDEX = "frame_index"
@@ -89,24 +90,51 @@ def to_rgb_planes(frame: Any, reformatter: Any, out: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class VideoCodec:
-    """Encoder settings of a video field: `codec` (libx264), `crf` (quality, lower is better), `gop`
-    (frames per keyframe interval: a random read decodes at most `gop` frames), `fps` (Hz, for players).
-    The entropy coder is CAVLC (`X264_PARAMS`); files written before it was are CABAC and read the same."""
+    """The `video` frame codec (`video`, `video:CRF`, `video:CRF:GOP`) and the encoder settings of a video
+    field: `codec` (libx264), `crf` (quality 0-51, lower is better), `gop` (frames per keyframe interval, 1-600:
+    a random read decodes at most `gop` frames), `fps` (Hz, for players). The entropy coder is CAVLC
+    (`X264_PARAMS`); files written before it was are CABAC and read the same. Layout `VIDEO`: the frames are
+    not zarr chunks but one MP4 per episode (`VideoEncoder` writes it, `video_reader.VideoFrameReader` reads
+    it); uint8 RGB fields only (others fall back to lz4)."""
 
+    name: ClassVar[str] = "video"
+    help: ClassVar[str] = "H.264 MP4 per episode (video:CRF, video:CRF:GOP; the smallest, slower random reads)"
+    lossy: ClassVar[bool] = True  # decoded frames differ from the encoder's input
+    layout: ClassVar[str] = VIDEO
     codec: str = "libx264"
     crf: int = DEFAULT_CRF
     gop: int = DEFAULT_GOP
     fps: float = 30.0
-    name: str = "video"
 
-    @property
-    def lossy(self) -> bool:
-        """Always True: decoded frames differ from the encoder's input."""
-        return True
+    @classmethod
+    def parse(cls, args: str) -> "VideoCodec":
+        """`video`, `video:CRF` (0-51) or `video:CRF:GOP` (GOP 1-600 frames)."""
+        crf, _, gop = args.partition(":")
+        if (crf and not (crf.isdigit() and int(crf) <= 51)) or (gop and not (gop.isdigit() and 1 <= int(gop) <= 600)):
+            raise ValueError("video:CRF takes a CRF 0-51, video:CRF:GOP a GOP of 1-600 frames")
+        return cls(crf=int(crf or DEFAULT_CRF), gop=int(gop or DEFAULT_GOP))
+
+    def token(self) -> str:
+        """`video:CRF:GOP`."""
+        return f"{self.name}:{self.crf}:{self.gop}"
+
+    def why_not(self, shape: tuple[int, ...], dtype: str) -> str | None:
+        """The video layout holds uint8 `(H, W, 3)` frames."""
+        if np.dtype(dtype) != np.uint8 or len(shape) != 3 or shape[2] != 3:
+            return "not (H, W, 3) uint8"
+        return None
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "VideoCodec | None":
+        """The codec of a field whose `zarr.json` content is `meta`, or None if it is not a video field."""
+        if meta.get("node_type") != "group":
+            return None
+        attrs = meta.get("attributes", {}).get("frame_codec") or {}
+        return cls.from_attrs(attrs) if attrs.get("name") == cls.name else None
 
     def to_attrs(self) -> dict[str, Any]:
         """The `frame_codec` attribute of the field's zarr group."""
-        return {"name": "video", "codec": self.codec, "crf": self.crf, "gop": self.gop, "pix_fmt": "yuv420p",
+        return {"name": self.name, "codec": self.codec, "crf": self.crf, "gop": self.gop, "pix_fmt": "yuv420p",
                 "entropy": "cavlc"}
 
     @classmethod
@@ -248,14 +276,6 @@ def create_video_field(group: Any, key: str, spec: dict[str, Any], codec: VideoC
     sub.create_array(INDEX, shape=(0, 2), dtype="int64", chunks=(16384, 2), compressors=ZstdCodec(level=3))
 
 
-def video_codec_of(meta: dict[str, Any]) -> VideoCodec | None:
-    """The `VideoCodec` of a field whose `zarr.json` content is `meta`, or None if it is not a video field."""
-    if meta.get("node_type") != "group":
-        return None
-    attrs = meta.get("attributes", {}).get("frame_codec") or {}
-    return VideoCodec.from_attrs(attrs) if attrs.get("name") == "video" else None
-
-
 @dataclass
 class VideoFieldFiles:
     """The MP4 files of one video field (`field_dir/video/<episode>.mp4`), for the writer: each episode's
@@ -275,9 +295,7 @@ class VideoFieldFiles:
             chmod_as_umask(video.path)  # a spill file is made 0600 (mkstemp)
             os.replace(video.path, target)
             return crc
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(video.data or b"")
-        os.replace(tmp, target)
+        atomic_write_bytes(target, video.data or b"", fsync=False)
         return crc
 
     def drop_after(self, num_episodes: int) -> None:

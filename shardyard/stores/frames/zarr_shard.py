@@ -8,8 +8,8 @@ Reading (`ShardReader`): zarr-python spends about 1 ms of Python per `arr[i]` (i
 caps single-frame reads near 400/s. The reader parses each shard's index once per process, reads the byte
 range of the wanted inner chunks with one ranged read per run of adjacent chunks, and decodes with the
 field's chunk codec. Only the layouts shardyard writes are taken on this path (sharded along axis 0, inner
-chunks spanning the other axes whole, codecs `bytes` then at most one of blosc/zstd/gzip, or one-frame
-`shardyard_jpeg` chunks); anything else
+chunks spanning the other axes whole, the inner chunks of a frame codec of `stores.frames.registry`: `bytes`
+then at most one of blosc/zstd, or one frame per chunk of an image codec such as `shardyard_jpeg`); anything else
 returns None from `ShardReader.maybe_for` and the caller uses zarr-python.
 
 Appending (`stores.frames.shard_append.ShardAppender`): with one frame per inner chunk, a chunk's encoded bytes do
@@ -25,11 +25,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numcodecs
 import numpy as np
 
-from shardyard.stores.frames.jpeg import NAME as JPEG_NAME
-from shardyard.stores.frames.jpeg import decode_frame
+from shardyard.stores.frames.codec import ChunkCodec
+from shardyard.stores.frames.registry import chunk_codec_for_chain
 from shardyard.stores.read_checks import crc32c, crc_mismatch, damaged_file
 
 EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk that was never written (fill value)
@@ -58,31 +57,18 @@ def read_shard_index(path: str | os.PathLike, chunks_per_shard: int) -> np.ndarr
         return None
     return np.frombuffer(raw, dtype="<u8").reshape(chunks_per_shard, 2)
 
-def _decoder(codecs: list[dict[str, Any]], row_shape: tuple[int, ...]) -> Callable[[bytes], Any] | None:
-    """Build a decoder of one inner chunk (bytes -> a buffer of the chunk's rows) for the inner codec chain,
-    or None when it is not one we handle. A JPEG chunk (`shardyard_jpeg`) decodes with libjpeg-turbo, the
-    same decoder zarr-python's codec uses."""
-    if len(codecs) == 1 and codecs[0].get("name") == JPEG_NAME:
-        channels = 3 if len(row_shape) == 3 and row_shape[2] == 3 else 1
-        return lambda b, out=None: decode_frame(b, channels, out)
-    if not codecs or codecs[0].get("name") != "bytes":
-        return None
-    endian = codecs[0].get("configuration", {}).get("endian", "little")
-    rest = codecs[1:]
-    if len(rest) > 1:
-        return None
-    if not rest:
-        return (lambda b: b) if endian in ("little", None) else None
-    name, conf = rest[0]["name"], rest[0].get("configuration", {})
-    if name == "blosc":
-        return numcodecs.blosc.decompress
-    if name == "zstd":
-        codec = numcodecs.Zstd(level=conf.get("level", 0))
-        return codec.decode
-    if name == "gzip":
-        codec = numcodecs.GZip(level=conf.get("level", 5))
-        return codec.decode
-    return None
+def _decoder(codecs: list[dict[str, Any]], row_shape: tuple[int, ...], dtype: np.dtype,
+             chunk_rows: int) -> tuple[Callable[..., Any] | None, ChunkCodec | None]:
+    """A decoder of one inner chunk (bytes -> a buffer of the chunk's rows) for the inner codec chain, from its
+    frame codec (`stores.frames.registry`), and that codec; (None, None) when it is not one we handle. An
+    image codec (JPEG, PNG) decodes one frame per chunk, straight into the row when given `out=`."""
+    codec = chunk_codec_for_chain(codecs)
+    if codec is None:
+        return None, None
+    decode = codec.buffer_decoder()
+    if decode is None and chunk_rows == 1:
+        decode = codec.decoder(row_shape, dtype)
+    return decode, codec
 
 
 @dataclass
@@ -128,18 +114,18 @@ class ShardReader:
         inner = tuple(conf["chunk_shape"])
         if outer[1:] != shape[1:] or inner[1:] != shape[1:] or outer[0] % inner[0]:
             return None
-        decode = _decoder(conf["codecs"], shape[1:])
         index_codecs = [c["name"] for c in conf.get("index_codecs", [])]
-        if decode is None or index_codecs not in (["bytes"], ["bytes", "crc32c"]):
-            return None
         try:
             dtype = np.dtype(meta["data_type"])
         except TypeError:
             return None
+        decode, codec = _decoder(conf["codecs"], shape[1:], dtype, inner[0])
+        if decode is None or codec is None or index_codecs not in (["bytes"], ["bytes", "crc32c"]):
+            return None
         return cls(root=root, shape=shape, dtype=dtype, shard_rows=outer[0], chunk_rows=inner[0],
                    decode=decode, index_at_end=conf.get("index_location", "end") == "end",
                    has_crc="crc32c" in index_codecs, fs=fs, fill_value=meta.get("fill_value", 0),
-                   raw=len(conf["codecs"]) == 1, decodes_into=conf["codecs"][0].get("name") == JPEG_NAME, **checks)
+                   raw=codec.stores_raw, decodes_into=codec.decodes_into, **checks)
 
     @property
     def row_nbytes(self) -> int:

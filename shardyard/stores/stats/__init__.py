@@ -33,7 +33,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from shardyard.schema import FieldSpec, Schema
+from shardyard.schema import FRAME_KINDS, SKIP_KINDS, FieldSpec, Schema
 from shardyard.stores.stats import fold
 from shardyard.stores.stats import parts as sparts
 from shardyard.stores.stats.config import StatsConfig
@@ -44,8 +44,6 @@ from shardyard.stores.stats.robot import gripper_bins, height_bins, rotation_sta
 
 log = logging.getLogger(__name__)
 
-SKIP_KINDS = ("text", "video")
-FRAME_KINDS = ("image", "depth", "tokens")  # read frame by frame with `image_frame_stride`
 _BLOCK_ROWS = 64  # frames per read when walking an episode's frame field
 _FOLD_EPISODES = 1024  # episode parts merged per step of the stats fold
 _VECTOR_BLOCK_ROWS = 8192  # steps per read of a low-dim field (per-block overhead dominated at 64)

@@ -26,15 +26,16 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shardyard.stores.episode_table import READ, ROW_GROUP, WRITE, atomic_parquet
 from shardyard.stores.manifest import read_json
 
 __all__ = ["PartBlock", "PartTable", "LegacyParts", "compact_parts", "convert_legacy_parts", "drop_parts_after",
-           "write_parts"]
+           "parts_table", "write_parts"]
 
-SCHEMA = pa.schema([("episode", pa.int64()), ("field", pa.string()), ("frame_stride", pa.int32()),
+PART_SCHEMA = pa.schema([("episode", pa.int64()), ("field", pa.string()), ("frame_stride", pa.int32()),
                     ("pixel_stride", pa.int32()), ("count", pa.int64()), ("sum", pa.list_(pa.float64())),
                     ("m2", pa.list_(pa.float64())), ("min", pa.list_(pa.float64())),
                     ("max", pa.list_(pa.float64())), ("hist", pa.list_(pa.int64())), ("unit_from", pa.int32()),
@@ -75,15 +76,22 @@ def _list_column(values: list[Any], dtype: Any, arrow_type: pa.DataType) -> pa.A
     return pa.ListArray.from_arrays(offsets, data, mask=mask)
 
 
-def write_parts(folder: str | os.PathLike, first: int, parts: Sequence[tuple[int, str, Mapping[str, Any]]]) -> None:
-    """Write the parts `(episode, field, stats part dict)` of one commit group whose first episode is `first`
-    (atomically: temp file renamed into place)."""
+def parts_table(parts: Sequence[tuple[int, str, Mapping[str, Any]]]) -> pa.Table:
+    """The parts `(episode, field, stats part dict)` as rows of a table (`PART_SCHEMA`), in their order."""
     rows = [_row(e, f, v) for e, f, v in parts]
-    cols: dict[str, Any] = {name: pa.array([r[name] for r in rows], SCHEMA.field(name).type)
-                            for name in SCHEMA.names if name not in _MOMENTS + ("hist",)}
+    cols: dict[str, Any] = {name: pa.array([r[name] for r in rows], PART_SCHEMA.field(name).type)
+                            for name in PART_SCHEMA.names if name not in _MOMENTS + ("hist",)}
     cols.update({k: _list_column([r[k] for r in rows], np.float64, pa.float64()) for k in _MOMENTS})
     cols["hist"] = _list_column([r["hist"] for r in rows], np.int64, pa.int64())
-    table = pa.table(cols, schema=SCHEMA)
+    return pa.table(cols, schema=PART_SCHEMA)
+
+
+def write_parts(folder: str | os.PathLike, first: int,
+                parts: Sequence[tuple[int, str, Mapping[str, Any]]] | pa.Table) -> None:
+    """Write the parts of one commit group whose first episode is `first` (atomically: temp file renamed into
+    place): `(episode, field, stats part dict)` tuples, or rows already in a table (`PART_SCHEMA`, e.g. another
+    store's `PartTable.rows` renumbered: copied as they are)."""
+    table = parts if isinstance(parts, pa.Table) else parts_table(parts)
     atomic_parquet(Path(folder) / _name(first), lambda tmp: pq.write_table(table, tmp, **WRITE))
 
 
@@ -116,9 +124,9 @@ def compact_parts(folder: str | os.PathLike) -> None:
         return
 
     def write(tmp: str) -> None:
-        with pq.ParquetWriter(tmp, SCHEMA, **WRITE) as w:
+        with pq.ParquetWriter(tmp, PART_SCHEMA, **WRITE) as w:
             for _, f in files:
-                w.write_table(pq.read_table(f, schema=SCHEMA, **READ), row_group_size=ROW_GROUP)
+                w.write_table(pq.read_table(f, schema=PART_SCHEMA, **READ), row_group_size=ROW_GROUP)
 
     atomic_parquet(folder / _name(0), write)
     for first, f in files:
@@ -160,6 +168,16 @@ def _part_dict(table: pa.Table, i: int) -> dict[str, Any]:
     return {"frame_stride": value("frame_stride"), "pixel_stride": value("pixel_stride"), "part": part}
 
 
+def _renamed(table: pa.Table, start: int, fields: Mapping[str, str]) -> pa.Table:
+    """The rows of `table` whose field is a key of `fields`, renamed to its value, episodes less `start`."""
+    codes = pc.index_in(table.column("field"), value_set=pa.array(list(fields), pa.string()))
+    table, codes = table.filter(pc.is_valid(codes)), codes.filter(pc.is_valid(codes))
+    table = table.set_column(table.schema.get_field_index("field"), "field",
+                             pa.array(list(fields.values()), pa.string()).take(codes))
+    return table.set_column(table.schema.get_field_index("episode"), "episode",
+                            pc.subtract(table.column("episode"), start))
+
+
 class PartBlock:
     """The dense parts of one field in one row group, as arrays: `episodes (k,) int64` (increasing),
     `strides (k, 2) int32` (frame, pixel), `count (k,) int64`, `sum`, `m2`, `min`, `max` `(k, F) float64`,
@@ -194,9 +212,10 @@ class PartTable:
         self._index: list[tuple[int, Path, list[int], pq.ParquetFile]] = []
         self._cached: tuple[tuple[Path, int], dict[tuple[int, str], int], pa.Table] | None = None
         self._end = 0  # past the last episode the files listed hold
+        self._groups: dict[tuple[Path, int], pa.Table] = {}  # row groups `rows` read last
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"folder": self.folder, "_pid": -1, "_index": [], "_cached": None, "_end": 0}
+        return {"folder": self.folder, "_pid": -1, "_index": [], "_cached": None, "_end": 0, "_groups": {}}
 
     def _files(self, episode: int | None = None) -> list[tuple[int, Path, list[int], pq.ParquetFile]]:
         """(first episode, path, first episode of each row group, file) per file; listed again in a new
@@ -241,6 +260,31 @@ class PartTable:
             if at is not None:
                 return _part_dict(self._cached[2], at)
         return None
+
+    def rows(self, start: int, stop: int, fields: Mapping[str, str] | None = None) -> pa.Table:
+        """The rows of episodes `[start, stop)` in file order (`PART_SCHEMA`), without turning them into dicts:
+        every field's, or with `fields` (stored name -> name to give) those fields' renamed, their `episode`
+        counted from `start`. The row groups read are kept until a later range has passed them, so a copy that
+        walks the store in consecutive ranges decodes each row group once."""
+        files = self._files(stop - 1) if stop > start else []
+        out, groups = [], {}
+        for k, (first, path, starts, pf) in enumerate(files):
+            if first >= stop or (k + 1 < len(files) and files[k + 1][0] < start):
+                continue
+            for g in range(pf.num_row_groups):
+                if starts[g] >= stop or (g + 1 < len(starts) and starts[g + 1] < start):
+                    continue
+                table = self._groups.get((path, g))
+                if table is None:
+                    table = pf.read_row_group(g)
+                groups[(path, g)] = table
+                ep = table.column("episode").to_numpy()  # in increasing order, as every writer wrote them
+                lo, hi = np.searchsorted(ep, [start, stop])
+                out.append(table.slice(int(lo), int(hi - lo)))  # a view, where a filter would copy
+        self._groups = groups
+        # as PART_SCHEMA names the list items: Parquet reads them back as `element`, in the file's Arrow schema
+        table = pa.concat_tables(out).cast(PART_SCHEMA) if out else PART_SCHEMA.empty_table()
+        return table if fields is None else _renamed(table, start, fields)
 
     def blocks(self, field: str) -> Iterator[PartBlock]:
         """`PartBlock`s of `field`'s dense parts in episode order, one row group at a time."""
