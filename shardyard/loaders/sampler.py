@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # Most DataLoader workers a stream serves: the rows of the shared-memory counters each stream keeps per worker.
 MAX_WORKERS = 64
+_ITER_BLOCK = 1 << 16
 
 
 class ResumableSampler(torch.utils.data.Sampler[int]):
@@ -92,7 +93,8 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         info = torch.utils.data.get_worker_info()
         if info is not None:
             idx = idx[info.id::info.num_workers]
-        return iter(idx.tolist())
+        # converted a block at a time: `tolist()` of a 10^7-sample epoch is ~0.5 s before the first batch
+        return (i for start in range(0, len(idx), _ITER_BLOCK) for i in idx[start:start + _ITER_BLOCK].tolist())
 
     def state_dict(self, consumed: int | None = None) -> dict[str, int]:
         """`{"seed", "epoch", "offset", "num_samples", "world_size", "rank"}`. With `consumed` (samples taken
