@@ -18,47 +18,51 @@ if TYPE_CHECKING:
 __all__ = ["Lz4Frames", "RawFrames", "ZstdFrames"]
 
 
-def _no_args(cls: type, args: str) -> None:
-    if args:
-        raise ValueError(f"{cls.name} takes no arguments")  # type: ignore[attr-defined]
+class _BytesCodec(ChunkCodec):
+    """A raw-pixel codec: its token is its name alone, and a stored field is this codec when its inner chain is
+    `bytes` then the zarr compressor `compressor` (`""`: `bytes` alone), read with that compressor's stored
+    settings."""
 
+    compressor: ClassVar[str] = ""
 
-def _known(cls: type, conf: dict[str, Any]) -> dict[str, Any]:
-    """The entries of a stored codec configuration that are fields of dataclass `cls`."""
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in conf.items() if k in names}
+    @classmethod
+    def parse(cls, args: str) -> "Self":
+        """The codec takes no arguments: ValueError when there are some."""
+        if args:
+            raise ValueError(f"{cls.name} takes no arguments")  # type: ignore[attr-defined]
+        return cls()
+
+    def token(self) -> str:
+        """The codec's name."""
+        return self.name  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_inner(cls, inner: list[dict[str, Any]]) -> "Self | None":
+        """`bytes`, then `compressor` when there is one, with its stored configuration."""
+        rest = bytes_then(inner)
+        if rest is None or len(rest) != bool(cls.compressor):
+            return None
+        if not cls.compressor:
+            return cls()
+        if rest[0].get("name") != cls.compressor:
+            return None
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in (rest[0].get("configuration") or {}).items() if k in names})
 
 
 @dataclass(frozen=True)
-class Lz4Frames(ChunkCodec):
+class Lz4Frames(_BytesCodec):
     """Raw pixels through blosc (lz4, level 5, no shuffle when written by shardyard); a stored field with any
     blosc settings reads as this codec, with those settings."""
 
     name: ClassVar[str] = "lz4"
     help: ClassVar[str] = "raw pixels, lz4 (fastest reads)"
+    compressor: ClassVar[str] = "blosc"
     cname: str = "lz4"
     clevel: int = 5
     shuffle: str = "noshuffle"
     typesize: int | None = None
     blocksize: int = 0
-
-    @classmethod
-    def parse(cls, args: str) -> "Self":
-        """`lz4` takes no arguments."""
-        _no_args(cls, args)
-        return cls()
-
-    def token(self) -> str:
-        """`lz4`."""
-        return self.name
-
-    @classmethod
-    def from_inner(cls, inner: list[dict[str, Any]]) -> "Self | None":
-        """`bytes` then `blosc`."""
-        rest = bytes_then(inner)
-        if not rest or rest[0].get("name") != "blosc":
-            return None
-        return cls(**_known(cls, rest[0].get("configuration") or {}))
 
     def zarr_args(self) -> dict[str, Any]:
         """A blosc compressor of these settings."""
@@ -77,31 +81,14 @@ class Lz4Frames(ChunkCodec):
 
 
 @dataclass(frozen=True)
-class ZstdFrames(ChunkCodec):
+class ZstdFrames(_BytesCodec):
     """Raw pixels through zstd: level 3 for image fields, level 1 for depth and token fields."""
 
     name: ClassVar[str] = "zstd"
     help: ClassVar[str] = "raw pixels, zstd"
+    compressor: ClassVar[str] = "zstd"
     level: int = 3
     checksum: bool = False
-
-    @classmethod
-    def parse(cls, args: str) -> "Self":
-        """`zstd` takes no arguments."""
-        _no_args(cls, args)
-        return cls()
-
-    def token(self) -> str:
-        """`zstd`."""
-        return self.name
-
-    @classmethod
-    def from_inner(cls, inner: list[dict[str, Any]]) -> "Self | None":
-        """`bytes` then `zstd`."""
-        rest = bytes_then(inner)
-        if not rest or rest[0].get("name") != "zstd":
-            return None
-        return cls(**_known(cls, rest[0].get("configuration") or {}))
 
     def zarr_args(self) -> dict[str, Any]:
         """A zstd compressor of this level."""
@@ -117,27 +104,12 @@ class ZstdFrames(ChunkCodec):
 
 
 @dataclass(frozen=True)
-class RawFrames(ChunkCodec):
+class RawFrames(_BytesCodec):
     """Raw pixels, uncompressed: a chunk is the row's bytes (read with one `pread` per frame)."""
 
     name: ClassVar[str] = "none"
     help: ClassVar[str] = "raw pixels, uncompressed"
     stores_raw: ClassVar[bool] = True
-
-    @classmethod
-    def parse(cls, args: str) -> "Self":
-        """`none` takes no arguments."""
-        _no_args(cls, args)
-        return cls()
-
-    def token(self) -> str:
-        """`none`."""
-        return self.name
-
-    @classmethod
-    def from_inner(cls, inner: list[dict[str, Any]]) -> "Self | None":
-        """`bytes` alone."""
-        return cls() if bytes_then(inner) == [] else None
 
     def zarr_args(self) -> dict[str, Any]:
         """No compressor."""
