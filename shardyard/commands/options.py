@@ -215,6 +215,15 @@ class Section:
     skip: tuple[str, ...] = ()
 
 
+def _annotation(name: str, annotation: Any, scope: dict[str, Any]) -> Any:
+    """One field's annotation, resolved by `typing.get_type_hints` in its module's `scope` (a string under
+    `from __future__ import annotations`), without resolving the class's other fields."""
+    def holder() -> None:
+        pass
+    holder.__annotations__ = {name: annotation}
+    return typing.get_type_hints(holder, globalns=scope)[name]
+
+
 def field_hints(cls: type, skip: Sequence[str] = ()) -> dict[str, Any]:
     """The type of each field of the dataclass `cls` but `skip`, evaluated one by one (a skipped field may
     name a type its module imports only for type checkers, e.g. one whose import is slow). `str | Path`
@@ -224,7 +233,7 @@ def field_hints(cls: type, skip: Sequence[str] = ()) -> dict[str, Any]:
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        hint = eval(f.type, scope) if isinstance(f.type, str) else f.type  # noqa: S307 - the class's own annotation
+        hint = _annotation(f.name, f.type, scope)
         args = set(typing.get_args(hint)) if typing.get_origin(hint) in (Union, types.UnionType) else set()
         if str in args and args <= {str, Path, type(None)}:
             hint = Optional[str] if type(None) in args else str
