@@ -8,7 +8,7 @@ DEMO_OUT ?= demo_out
 LEROBOT_VENV := .venv-lerobot
 LEROBOT_STAMP := $(LEROBOT_VENV)/.installed
 
-.PHONY: demo test bench lint clean lerobot-venv bench-lerobot
+.PHONY: demo test bench lint docs clean lerobot-venv bench-lerobot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP) $(LEROBOT_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The manual, built as tests/test_docs.py builds it; mkdocs-material 9.7+ prints an end-of-life banner on every
+# build that is not a warning about the site (the variable turns that banner off).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: $(STAMP) $(LEROBOT_STAMP)
 	HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(BIN)/python benchmarks/run_all.py

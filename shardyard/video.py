@@ -19,13 +19,12 @@ from typing import Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from shardyard.errors import SourceError
+from shardyard.video_decode import FrameCallback, checked_decode, collect, rgb_converter
 
 __all__ = ["BACKENDS", "CONTAINER_EXTS", "DecordReader", "PTS_FORMATS", "PyAVReader", "VIDEO_EXTS", "VideoReader",
            "container_ext", "open_video", "open_video_bytes", "write_video"]
 
 log = logging.getLogger(__name__)
-
-FrameCallback = Callable[[np.ndarray, list[int]], None]
 
 # Demuxers (FFmpeg's names, first of the list) whose packets carry each frame's own presentation time.
 PTS_FORMATS = ("mov", "matroska")
@@ -36,16 +35,6 @@ CONTAINER_EXTS = {"mp4": "mp4", "mov": "mov", "matroska": "mkv", "webm": "webm",
                   "m4v": "m4v", "ivf": "ivf", "nut": "nut", "dv": "dv", "mxf": "mxf", "rm": "rm",
                   "yuv4mpegpipe": "y4m"}
 VIDEO_EXTS = tuple(dict.fromkeys(CONTAINER_EXTS.values()))
-
-
-def _collect(num: int, h: int, w: int) -> tuple[np.ndarray, FrameCallback]:
-    """An output array `(num, h, w, 3) uint8` and the `decode_each` callback that fills it."""
-    out = np.empty((num, h, w, 3), dtype=np.uint8)
-
-    def put(frame: np.ndarray, positions: list[int]) -> None:
-        for pos in positions:
-            out[pos] = frame
-    return out, put
 
 
 class VideoReader(Protocol):
@@ -174,38 +163,17 @@ class PyAVReader:
     def read(self, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
         """Frames at `indices` as `(len(indices), H, W, 3) uint8` RGB; `size=(W, H)` resizes (area)."""
         w, h = size if size else (self.width, self.height)
-        out, put = _collect(len(indices), h, w)
+        out, put = collect(len(indices), h, w)
         self.decode_each(indices, put, size)
         return out
 
     def decode_each(self, indices: Sequence[int], on_frame: FrameCallback,
                     size: tuple[int, int] | None = None) -> None:
-        """See `VideoReader.decode_each`. Raises `IndexError` for an index outside `[0, num_frames)`."""
-        idx = np.asarray(indices, dtype=np.int64)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.num_frames):
-            raise IndexError(f"frame index out of range [0, {self.num_frames}) in {self.path}")
-        if not len(idx):
-            return
-        from av.video.reformatter import VideoReformatter
-
-        w, h = size if size else (self.width, self.height)
-        # One scaler for the call: `frame.to_ndarray(format=...)` builds a new one per frame, which was
-        # ~90% of a 640x480 frame's conversion time; the pixels are the same.
-        reformatter = VideoReformatter()
-
-        def convert(frame) -> np.ndarray:
-            return reformatter.reformat(frame, format="rgb24", width=w, height=h,
-                                        interpolation="AREA" if size else None).to_ndarray()
-
-        try:
-            missing = (self._decode_by_pts if self._by_pts else self._decode_in_order)(idx, on_frame, convert)
-        except (SourceError, IndexError):
-            raise
-        except Exception as e:  # PyAV raises several FFmpeg error types for corrupt streams
-            raise SourceError(f"cannot decode video: {type(e).__name__}: {e}", path=self.path) from e
-        if missing:
-            raise SourceError(f"{missing} of {len(set(idx.tolist()))} requested frames could not be decoded "
-                              "(truncated or corrupt file)", path=self.path)
+        """See `VideoReader.decode_each`. Raises `IndexError` for an index outside `[0, num_frames)` and
+        `SourceError` for a stream that does not decode (`video_decode.checked_decode`)."""
+        convert = rgb_converter(size, self.width, self.height)
+        decode = self._decode_by_pts if self._by_pts else self._decode_in_order
+        checked_decode(self.path, indices, self.num_frames, lambda idx: decode(idx, on_frame, convert))
 
     def _decode_by_pts(self, idx: np.ndarray, on_frame: FrameCallback, convert: Callable) -> int:
         """Seek to the keyframe before the first wanted frame, decode, match frames by pts; returns how

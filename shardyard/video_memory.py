@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from shardyard.errors import SourceError
-from shardyard.video import PTS_FORMATS, FrameCallback
+from shardyard.video import PTS_FORMATS
+from shardyard.video_decode import FrameCallback, checked_decode, collect, rgb_converter
 
 __all__ = ["IMAGE_MAGIC", "MemoryVideo", "NONREF_SKIP_CODECS", "SERVED_EXTS", "load_decoder", "open_memory_video"]
 
@@ -68,10 +68,7 @@ class MemoryVideo:
     def read(self, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
         """Frames at `indices` as `(len(indices), H, W, 3) uint8` RGB; `size=(W, H)` resizes (area)."""
         w, h = size if size else (self.width, self.height)
-        out = np.empty((len(indices), h, w, 3), dtype=np.uint8)
-
-        def put(frame: np.ndarray, positions: list[int]) -> None:
-            out[positions] = frame
+        out, put = collect(len(indices), h, w)
         self.decode_each(indices, put, size)
         return out
 
@@ -79,18 +76,8 @@ class MemoryVideo:
                     size: tuple[int, int] | None = None) -> None:
         """Decode the frames at `indices` and call `on_frame(frame (H, W, 3) uint8, positions)` once per
         distinct frame (the array is valid only during the call)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.num_frames):
-            raise IndexError(f"frame index out of range [0, {self.num_frames}) in {self.path}")
-        if not len(idx):
-            return
-        try:
-            missing = self._decode(idx, on_frame, _converter(size, self.width, self.height))
-        except Exception as e:  # PyAV raises several FFmpeg error types for corrupt streams
-            raise SourceError(f"cannot decode video: {type(e).__name__}: {e}", path=self.path) from e
-        if missing:
-            raise SourceError(f"{missing} of {len(set(idx.tolist()))} requested frames could not be decoded "
-                              "(truncated or corrupt file)", path=self.path)
+        convert = rgb_converter(size, self.width, self.height)
+        checked_decode(self.path, indices, self.num_frames, lambda idx: self._decode(idx, on_frame, convert))
 
     def _decode(self, idx: np.ndarray, on_frame: FrameCallback, convert: Callable) -> int:
         """Feed the packets from the keyframe before the first wanted frame (as `PyAVReader` seeks to it),
@@ -124,21 +111,6 @@ class MemoryVideo:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-
-
-def _converter(size: tuple[int, int] | None, width: int, height: int) -> Callable:
-    """`frame -> (H, W, 3) uint8` RGB at `size=(W, H)` (area) or native size, through one scaler for the call;
-    the same pixels as `PyAVReader` (its scaler only adds slice threads)."""
-    from av.video.reformatter import VideoReformatter
-
-    w, h = size if size else (width, height)
-    reformatter = VideoReformatter()
-    interpolation = "AREA" if size else None
-
-    def convert(frame: Any) -> np.ndarray:
-        return reformatter.reformat(frame, format="rgb24", width=w, height=h, interpolation=interpolation,
-                                    threads=1).to_ndarray()
-    return convert
 
 
 def load_decoder() -> None:

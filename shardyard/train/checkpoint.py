@@ -110,7 +110,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message advises weights_only=False; keep only the part naming what was refused
+        # torch's message advises switching the safe loader off; keep only the part naming what was refused
         found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\.\s|\n|$)", str(e))
         what = found.group(1) if found and found.group(1) else f"{type(e).__name__}: {e}"
         raise ConfigError(f"{path} is not a checkpoint of tensors and plain values ({what}): refused, nothing in "
