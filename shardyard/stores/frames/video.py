@@ -39,8 +39,12 @@ DEFAULT_CRF = 20
 # export); GOP 2 reads 25% faster but is 1.2x the source's bytes (1.3x LeRobot's); GOP 8 reads half as fast
 DEFAULT_GOP = 4
 # CAVLC, not CABAC: a random read's decode (keyframe + the P-frames up to the frame) takes about 0.6x the time
-# for 1.09x the bytes at the same PSNR; no scene-cut keyframes: a constant GOP
-X264_PARAMS = "cabac=0:scenecut=0"
+# for 1.09x the bytes at the same PSNR; no scene-cut keyframes: a constant GOP. cpu-independent: x264's SIMD
+# macroblock-tree propagation uses approximate reciprocals (rcpps) whose last bits are the CPU's own; on a
+# loaded virtual machine the same frames gave another file for about 1 episode in 60 (the 1- and 2-worker
+# ingests of a store then differ), with the portable C version 360 of 360 were identical. Costs ~1 % bytes
+# at the same PSNR on the G1 camera frames.
+X264_PARAMS = "cabac=0:scenecut=0:cpu-independent=1"
 
 __all__ = ["DEFAULT_CRF", "DEFAULT_GOP", "INDEX", "VIDEO_DIR", "X264_PARAMS", "EncodedVideo", "VideoCodec",
            "VideoEncoder", "file_crc32c", "to_rgb", "to_rgb_planes", "video_name"]
