@@ -1,5 +1,5 @@
 """Images/s of `ingest dino` (local path) against the backbone's own forward on preloaded tensors of the
-same batch size, in the same run (issue 3; goal >= 0.9 with the tiny model on CPU).
+same batch size, in the same run (issue 3: goal >= 0.9 with the tiny model on CPU; issue 26 raised it to >= 0.95).
 
 Like for like: both sides run in this one process pinned to the same `--cores` CPUs (default 1) with the same
 torch thread count, so the ingest's reader and writer threads, which overlap the forward, get no core the
@@ -100,7 +100,7 @@ def main() -> None:
     figure("cache_dino.steady", statistics.median(steadies), "images/s", base, statistics.median(fwds),
            ratio=median_ratio(steadies, fwds),
            label=f"`ingest dino` of {args.frames:,} frames, tiny model, CPU, steady state",
-           **(common | {"goal": ">= 0.9"}))
+           **(common | {"goal": ">= 0.95"}))
     figure("cache_dino.end_to_end", statistics.median(e2es), "images/s", base, statistics.median(fwds),
            ratio=median_ratio(e2es, fwds),
            label=f"`ingest dino` of {args.frames:,} frames end to end (model load, stats, manifest)",

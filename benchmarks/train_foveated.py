@@ -13,6 +13,8 @@ state: the second half of the steps):
   `clip_batches`).
 - `data_wait_frac`: the trainer's (`train_foveated.train`) share of step time spent waiting for clips with 2
   workers (goal < 5 %), against the same trainer with the reads in the training process (0 workers).
+- `data_wait_frac_vits`: the same with models that are not tiny (issue 26: dinov2-small- and SmolLM-135M-sized
+  random weights, on the CPU), `--vits-steps` steps, 2 workers against 0.
 - `--gpu`: 200 steps (`--gpu-steps`) of the trainer with dinov2-small- and SmolLM-135M-sized random models,
   bf16 autocast, gradient checkpointing, batch 3 x 16 frames at 256 px (encoder input 224): s/step and peak
   CUDA memory beside the seed's RTX 4090 (about 1.1 s/step, 9 GB).
@@ -120,7 +122,8 @@ def live(shards: Path, root: Path, args, image_size: int, workers: int, steps: i
     """The trainer's record over its second half of `steps` (streamed clips, live encoder)."""
     from shardyard.train.foveated_caption import FoveatedTrainConfig, train
 
-    cfg = FoveatedTrainConfig(shards=str(shards), out=str(root / f"live{workers}_{kw.get('device', 'cpu')}"),
+    run = f"live{workers}_{kw.get('device', 'cpu')}_{kw.get('encoder', 'tiny')}"
+    cfg = FoveatedTrainConfig(shards=str(shards), out=str(root / run),
                               frames=args.frames, size=args.size, image_size=image_size, steps=steps,
                               num_workers=workers, lr=1e-3, log_every=steps // 2, ckpt_every=10 * steps,
                               sample_every=0, resume=False, **{"batch_size": 2, "device": "cpu", **kw})
@@ -158,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=float, default=8.0)
     ap.add_argument("--gpu", action="store_true", help="Also run the seed-sized models on CUDA.")
     ap.add_argument("--gpu-steps", type=int, default=200)
+    ap.add_argument("--vits-steps", type=int, default=8, help="steps of the CPU data-wait run with sized models")
     args = ap.parse_args(argv)
     if args.smoke:
         args.steps, args.frames, args.size, args.image_size, args.gpu_steps, args.trials = 6, 2, 32, 28, 4, 1
+        args.vits_steps = 2
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench_fov_") as tmp:
         root = Path(tmp)
@@ -171,9 +176,19 @@ def main(argv: list[str] | None = None) -> int:
             recs[name].append(live(shards, root, args, args.image_size, workers, args.steps))
             return recs[name][-1]["steps_per_s"]
 
+        def side_vits(name: str, workers: int) -> float:
+            from shardyard.models.foveated import DINOV2_SMALL_SIZED, SMOLLM_SIZED
+
+            recs[name].append(live(shards, root, args, args.image_size, workers, args.vits_steps,
+                                   encoder=DINOV2_SMALL_SIZED, lm=SMOLLM_SIZED))
+            return recs[name][-1]["steps_per_s"]
+
+        recs |= {"streamed_vits": [], "inproc_vits": []}
         r = alternate({"cached": lambda: loop_steps_per_s(shards, feats, args),
                        "live": lambda: loop_steps_per_s(shards, None, args),
-                       "streamed": lambda: side("streamed", 2), "inproc": lambda: side("inproc", 0)}, args.trials)
+                       "streamed": lambda: side("streamed", 2), "inproc": lambda: side("inproc", 0),
+                       "streamed_vits": lambda: side_vits("streamed_vits", 2),
+                       "inproc_vits": lambda: side_vits("inproc_vits", 0)}, args.trials)
         clips = f"{args.steps} steps of 2 clips x {args.frames} frames"
         figure("train_foveated.steps_per_s", statistics.median(r["cached"]), "steps/s",
                "the same loop on `ClipStream` clips through the live tiny encoder", statistics.median(r["live"]),
@@ -187,6 +202,15 @@ def main(argv: list[str] | None = None) -> int:
                statistics.median(base), ratio=median_ratio(wait, base), goal="value < 0.05",
                label=f"data-wait share of the trainer's step time, {clips}, `ClipStream` with 2 workers",
                workers=2, steps=args.steps)
+        wait = [x["data_wait_frac"] for x in recs["streamed_vits"]]
+        base = [max(x["data_wait_frac"], 1e-9) for x in recs["inproc_vits"]]
+        figure("train_foveated.data_wait_frac_vits", statistics.median(wait), "fraction",
+               "the same trainer, 0 workers", statistics.median(base), ratio=median_ratio(wait, base),
+               goal="value < 0.05", workers=2, steps=args.vits_steps,
+               steps_per_s=statistics.median(r["streamed_vits"]),
+               label=f"data-wait share of the trainer's step time with dinov2-small- and SmolLM-135M-sized random "
+                     f"models on the CPU, {args.vits_steps} steps of 2 clips x {args.frames} frames (second half "
+                     "timed), `ClipStream` with 2 workers")
         if args.gpu:
             gpu(shards, root, args)
     return 0

@@ -100,6 +100,8 @@ def test_learnt_predictors_beat_copy_on_a_linear_map(synthetic, tmp_path, kind):
     rows = read_metrics(tmp_path / kind / "metrics.jsonl")
     assert [x["step"] for x in rows if x["split"] == "val"] == [0, 150]
     assert rows[0]["mse"] == pytest.approx(rows[0]["copy_mse"])  # step 0: the copy baseline
+    train = [x for x in rows if x["split"] == "train"]  # each row: the read share of its steps' time
+    assert train and all(0 < x["data_wait_frac"] < 1 and x["steps_per_s"] > 0 for x in train)
 
 
 def test_resume_from_latest_equals_uninterrupted(synthetic, tmp_path):
@@ -114,7 +116,10 @@ def test_resume_from_latest_equals_uninterrupted(synthetic, tmp_path):
     assert sa["step"] == sb["step"] == 20
     for k in sa["model"]:
         torch.testing.assert_close(sa["model"][k], sb["model"][k], rtol=0, atol=0)
-    assert read_metrics(tmp_path / "a" / "metrics.jsonl") == read_metrics(tmp_path / "b" / "metrics.jsonl")
+    timing = ("data_wait_frac", "steps_per_s")  # wall-clock figures: the only fields a resumed run changes
+    a, b = ([{k: v for k, v in r.items() if k not in timing} for r in read_metrics(tmp_path / x / "metrics.jsonl")]
+            for x in ("a", "b"))
+    assert a == b and len(a) == 25
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +173,8 @@ def test_stream_live_backbone_smoke_via_cli(tar_folder, tmp_path):
     online = [r for r in rows if r["split"] == "stream"]
     assert len(online) == 1 and online[0]["step"] == 3 and online[0]["clips"]["yielded"] >= 6
     assert np.isfinite(online[0]["mse"]) and 0 < online[0]["copy_cos"] <= 1
+    train = [r for r in rows if r["split"] == "train"]
+    assert train and all(0 < r["data_wait_frac"] < 1 and r["steps_per_s"] > 0 for r in train)
     state = torch.load(out / "latest.pth", weights_only=True)
     assert state["step"] == 3 and state["sampler"]["stream"]["consumed"]
 
@@ -184,8 +191,8 @@ def test_stream_resume_equals_uninterrupted(tar_folder, tmp_path):
     for k in sa["model"]:
         torch.testing.assert_close(sa["model"][k], sb["model"][k], rtol=0, atol=0)
 
-    def strip(rows):  # stream counters count what this process decoded; the rest must match exactly
-        return [{k: v for k, v in r.items() if k != "clips"} for r in rows]
+    def strip(rows):  # stream counters count what this process decoded, timings are wall clock; the rest
+        return [{k: v for k, v in r.items() if k not in ("clips", "data_wait_frac", "steps_per_s")} for r in rows]
 
     a, b = (read_metrics(tmp_path / run_dir / "metrics.jsonl") for run_dir in ("a", "b"))
-    assert strip(a) == strip(b)
+    assert strip(a) == strip(b) and len(a) == 6  # 4 train rows, 2 online eval rows

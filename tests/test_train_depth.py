@@ -108,7 +108,9 @@ def test_train_runs_checkpoints_and_silog_falls(nyu_tokens):
               "scaled_abs_rel", "abs_rel_0_2m", "abs_rel_2_5m", "abs_rel_5_10m", "pred_min", "pred_max"):
         assert k in rows[-1]
     assert (run / "eval_step000030.png").stat().st_size > 5000
-    assert len((run / "train.jsonl").read_text().splitlines()) == 30
+    train_rows = [json.loads(line) for line in (run / "train.jsonl").read_text().splitlines()]
+    assert len(train_rows) == 30  # one row a step, each with the share of its time spent reading the batch
+    assert all(0 < r["data_wait_frac"] < 1 and r["steps_per_s"] > 0 for r in train_rows)
 
 
 def test_resume_is_exact(nyu_tokens):

@@ -15,8 +15,10 @@ One flat loop (init, eval and checkpoint, step, log), as nanoGPT's `train.py`:
   function of (seed, epoch) and augmentation draws of (seed, step), so an interrupted run ends with the same
   weights as an uninterrupted one (on the same device and thread count).
 - eval on the `val` split (Eigen crop, 1e-3..10 m; `depth_metrics.py`) every `eval_every` steps and at the
-  end: `RUN/metrics.jsonl`, `RUN/eval_step<NNNNNN>.png`; `RUN/train.jsonl` logs loss, lr and seconds since
-  this process's loop began. Both logs drop the rows past the checkpoint on resume (`MetricLogger`).
+  end: `RUN/metrics.jsonl`, `RUN/eval_step<NNNNNN>.png`; `RUN/train.jsonl` logs loss, lr, seconds since
+  this process's loop began, and the share of step time spent reading batches (`data_wait_frac`, read in the
+  training process) and `steps_per_s` over the steps since the previous row. Both logs drop the rows past the
+  checkpoint on resume (`MetricLogger`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from shardyard.train.loop import (
     CHECKPOINT,
     METRICS,
     BatchOrder,
+    DataWait,
     LRSchedule,
     MetricLogger,
     TrainResult,
@@ -49,7 +52,7 @@ from shardyard.train.loop import (
 )
 from shardyard.train.runtime import Runtime, setup_runtime
 
-__all__ = ["RESUME_IGNORES", "TRAIN_LOG", "build", "evaluate", "lr_schedule", "train_depth"]
+__all__ = ["RESUME_IGNORES", "TRAIN_LOG", "build", "evaluate", "fetch_batch", "lr_schedule", "train_depth"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,19 @@ def build(cfg: DepthTrainConfig, data: DepthData, device: torch.device
     return model, opt, [lr_schedule(g["lr"], cfg) for g in groups]
 
 
+def fetch_batch(data: DepthData, cfg: DepthTrainConfig, idx: np.ndarray, step: int, rt: Runtime) -> dict[str, Any]:
+    """The batch of rows `idx` on the device: cached `tokens (B, N, L*C)` float32 and `depth (B, 1, H, W)`
+    metres, or, with the live backbone, `image (B, 3, H, W)` [0, 1] (BTS-augmented with draws that are a
+    function of (seed, step), so a resumed run sees the same batches) and `depth`."""
+    if data.backbone is None:
+        return rt.to_device(data.cached_batch(idx))
+    images, depth = data.images_tensor(idx), torch.from_numpy(data.depth(idx)[:, None])
+    if cfg.augment:
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        images, depth = bts_augment(images, depth, gen, cfg.augment_cfg)
+    return rt.to_device({"image": images, "depth": depth})
+
+
 def train_depth(cfg: DepthTrainConfig) -> TrainResult:
     """Train (or resume) the decoder; see the module docstring. Raises `ConfigError` on a store/feature
     mismatch, or a checkpoint in `cfg.out` written with another config."""
@@ -125,32 +141,30 @@ def train_depth(cfg: DepthTrainConfig) -> TrainResult:
     last_eval: dict[str, Any] = {}
     pause = pause_point(cfg)
     model.train()
-    t0 = time.perf_counter()
+    t0, timer = time.perf_counter(), DataWait()
 
     # -- loop ------------------------------------------------------------------------------------------
     while step < stop:
         lr = set_lr(opt, [s(step) for s in schedules])
         idx = data.train_rows[order.indices(step)]
         with rt.autocast():
-            if data.backbone is None:
-                batch = rt.to_device(data.cached_batch(idx))                   # tokens (B, N, LC), depth (B, 1, H, W)
-                pred = model(batch["tokens"], data.grid, out_hw=batch["depth"].shape[-2:])
-            else:
-                images, depth = data.images_tensor(idx), torch.from_numpy(data.depth(idx)[:, None])
-                if cfg.augment:                  # augmentation draws are a function of (seed, step): resumable
-                    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-                    images, depth = bts_augment(images, depth, gen, cfg.augment_cfg)
-                batch = rt.to_device({"image": images, "depth": depth})
-                pred = model(data.live_tokens(batch["image"]), data.grid, out_hw=batch["depth"].shape[-2:])
+            timer.wait_start()
+            batch = fetch_batch(data, cfg, idx, step, rt)
+            timer.wait_end()
+            tokens = batch["tokens"] if data.backbone is None else data.live_tokens(batch["image"])
+            pred = model(tokens, data.grid, out_hw=batch["depth"].shape[-2:])
             loss = silog_loss(pred.float(), batch["depth"], lam=cfg.silog_lambda)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
         losses.append(float(loss.detach()))
+        timer.step_end()
         if step % cfg.log_every == 0 or step == stop:
             train_log.log({"step": step, "loss": losses[-1], "lr": lr,
-                           "elapsed_s": round(time.perf_counter() - t0, 4)})
+                           "elapsed_s": round(time.perf_counter() - t0, 4), "data_wait_frac": timer.fraction(),
+                           "steps_per_s": timer.steps_per_s()})
+            timer.reset()
         if step % cfg.ckpt_every == 0 or step == stop:
             save_checkpoint(cfg.out / CHECKPOINT, model=model, optimizer=opt, step=step, config=asdict(cfg),
                             sampler=order.state(step), modules=backbone, pause=pause)

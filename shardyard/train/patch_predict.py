@@ -11,7 +11,8 @@ Data, either
   `state_dict` goes into `latest.pth`, so a resumed run continues with the next clip. Evaluation there is
   online: the metrics of each training batch before its update.
 
-Outputs in `out`: `metrics.jsonl` (train rows: step, loss, lr; eval rows: cos, mse, copy_cos, copy_mse,
+Outputs in `out`: `metrics.jsonl` (train rows: step, loss, lr, data_wait_frac (share of step time spent
+reading the batch), steps_per_s; eval rows: cos, mse, copy_cos, copy_mse,
 improvement in % of the copy MSE), `latest.pth`, `result.json`. `run_gaps` trains one run per gap in
 `out/gap_<g>/` and writes seed 004's gap table to `out/gaps.json` and `out/gaps.md`.
 
@@ -38,6 +39,7 @@ from shardyard.train.loop import (
     CHECKPOINT,
     METRICS,
     BatchOrder,
+    DataWait,
     LRSchedule,
     MetricLogger,
     TrainResult,
@@ -190,10 +192,14 @@ def train_step(s: Setup, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[t
     return pred.detach().float(), loss.detach()
 
 
-def after_step(cfg: PatchPredictConfig, s: Setup, done: int, loss: torch.Tensor, sampler: dict[str, Any]) -> None:
-    """Log the train row and write the checkpoint when `done` (updates so far) calls for them."""
+def after_step(cfg: PatchPredictConfig, s: Setup, done: int, loss: torch.Tensor, sampler: dict[str, Any],
+               timer: DataWait) -> None:
+    """Log the train row (with the data-wait share and steps/s of the steps since the last row: `timer`) and
+    write the checkpoint when `done` (updates so far) calls for them."""
     if done % cfg.log_every == 0 or done == cfg.steps:
-        s.metrics.log({"step": done, "split": "train", "loss": loss.item(), "lr": s.schedule(done - 1)})
+        s.metrics.log({"step": done, "split": "train", "loss": loss.item(), "lr": s.schedule(done - 1),
+                       "data_wait_frac": timer.fraction(), "steps_per_s": timer.steps_per_s()})
+        timer.reset()
     if done % cfg.ckpt_every == 0 or done == cfg.steps:
         save_checkpoint(Path(cfg.out) / CHECKPOINT, model=s.model, optimizer=s.opt, step=done, sampler=sampler,
                         config=asdict(cfg), pause=s.pause)
@@ -236,6 +242,7 @@ def run_features(cfg: PatchPredictConfig, rt: Runtime) -> TrainResult:
         return xy["x"], xy["y"]
 
     final: dict[str, Any] = {}
+    timer = DataWait()
     for step in range(s.start, cfg.steps + 1):
         if s.opt is None or (step % cfg.eval_every == 0 or step == cfg.steps) and not step == s.start > 0:
             s.model.eval()
@@ -246,8 +253,12 @@ def run_features(cfg: PatchPredictConfig, rt: Runtime) -> TrainResult:
             s.model.train()
         if step == cfg.steps or s.opt is None:                             # copy: nothing to train
             break
-        _, loss = train_step(s, step, *pairs(data.train[order.indices(step)]))
-        after_step(cfg, s, step + 1, loss, {"kind": "batch_order", **order.state(step + 1)})
+        timer.wait_start()
+        x, y = pairs(data.train[order.indices(step)])
+        timer.wait_end()
+        _, loss = train_step(s, step, x, y)
+        timer.step_end()
+        after_step(cfg, s, step + 1, loss, {"kind": "batch_order", **order.state(step + 1)}, timer)
     return finish(cfg, s, final, cfg.steps if s.opt is not None else 0)
 
 
@@ -275,9 +286,14 @@ def run_stream(cfg: PatchPredictConfig, rt: Runtime) -> TrainResult:
         return finish(cfg, s, final, 0)
     window: list[list[float]] = []
     final: dict[str, Any] = {}
+    timer = DataWait()
     for step in range(s.start, cfg.steps):
-        x, y = live_pairs(backbone, rt.to_device({"frames": next(batches)})["frames"], cfg.gap)
+        timer.wait_start()
+        frames = rt.to_device({"frames": next(batches)})["frames"]
+        timer.wait_end()
+        x, y = live_pairs(backbone, frames, cfg.gap)
         pred, loss = train_step(s, step, x, y)
+        timer.step_end()
         window.append([patch_cosine(pred, y).item(), loss.item(), patch_cosine(x, y).item(), patch_mse(x, y).item()])
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
@@ -286,7 +302,7 @@ def run_stream(cfg: PatchPredictConfig, rt: Runtime) -> TrainResult:
                      "copy_mse": cmse, "improvement": improvement(cmse, mse), "clips": stream.counters}
             s.metrics.log(final)
             window = []
-        after_step(cfg, s, done, loss, {"kind": "stream", "stream": stream.state_dict()})
+        after_step(cfg, s, done, loss, {"kind": "stream", "stream": stream.state_dict()}, timer)
     return finish(cfg, s, final, cfg.steps)
 
 
