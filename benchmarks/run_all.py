@@ -15,6 +15,7 @@ run without `--only` or `--smoke` rewrites it (a table from one complete run, as
 not share a benchmark name.
 
     python benchmarks/run_all.py --only stream_clips --merge   # rerun one script, keep the other rows
+                                                              # (in script order; --render redraws the table)
 """
 
 from __future__ import annotations
@@ -192,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))  # after each script: a stopped run keeps what it has
     results |= tree_stamp()  # the code at the end: rows measured before a change made during the run differ
+    order = {p.name: i for i, p in enumerate(scripts())}  # merged rows back in script order (a stable sort)
+    results["figures"].sort(key=lambda r: order.get(r.get("script", ""), len(order)))
     args.out.write_text(json.dumps(results, indent=2))
     if not only and not args.smoke:
         write_table(results)
