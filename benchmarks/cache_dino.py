@@ -10,6 +10,9 @@ alternated for `--trials` trials, rates are medians and ratios medians of the pe
   vs forward-only images/s;
 - `cache_dino.end_to_end`: frames / wall time of the whole `ingest_dino` call (model load, fingerprint,
   stats and manifest included) vs the same forward-only rate.
+Both for the tiny model (the pipeline's own cost, next to a forward that costs almost nothing) and, as
+`*_vits`, for a randomly initialised ViT-S/14 of DINOv2-small's shape (`--vits-frames`, 128; not in
+`--smoke`): the model size the seeds use, where the goal of issue 26 (>= 0.95) applies.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import add_common_args, figure, median_ratio  # noqa: E402
+from harness import add_common_args, figure, median_ratio, random_vits  # noqa: E402
 
 from shardyard.ingest.dino import DinoConfig, FrameReader, ingest_dino  # noqa: E402
 from shardyard.models.backbones import BackboneConfig, load_backbone  # noqa: E402
@@ -54,56 +57,67 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--model", default="tiny-random-dinov2")
+    ap.add_argument("--vits-frames", type=int, default=128,
+                    help="frames of the second run with a ViT-S/14-sized random backbone (0: none)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads for both sides (1: timings that survive a shared CPU; "
                          "OpenMP barriers make multi-threaded forwards swing 5x under contention)")
     args = ap.parse_args()
     if args.smoke:
-        args.frames, args.trials, args.image_size, args.batch_size = 64, 1, 112, 16
+        args.frames, args.trials, args.image_size, args.batch_size, args.vits_frames = 64, 1, 112, 16, 0
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cores])
     torch.set_num_threads(args.threads)
     w, h = (int(x) for x in args.size.split("x"))
-    bcfg = BackboneConfig(spec=args.model, image_size=(args.image_size, args.image_size))
     with tempfile.TemporaryDirectory() as tmp:
-        store = Path(tmp) / "store"
-        make_store(store, args.frames, w, h)
+        measure(args, args.model, args.frames, w, h, Path(tmp) / "tiny", "", "tiny model")
+        if args.vits_frames:  # a real model's size: the same pipeline with a ViT-S/14-shaped random backbone
+            vits = random_vits(Path(tmp) / "vits_model")
+            measure(args, vits, args.vits_frames, w, h, Path(tmp) / "vits", "_vits", "ViT-S/14-sized model")
 
-        bb = load_backbone(bcfg)
-        # the baseline's input: the same frames, decoded once up front into (B, 3, H, W) float tensors
-        reader = FrameReader(str(store), "obs.rgb.top")
-        starts = range(0, args.frames - args.batch_size + 1, args.batch_size)
-        batches = [reader.read(a, a + args.batch_size)[0] for a in starts]
-        bb(batches[0])  # warm-up
 
-        def forward_rate() -> float:
-            t = time.perf_counter()
-            for x in batches:
-                bb(x)
-            return len(batches) * args.batch_size / (time.perf_counter() - t)
+def measure(args: argparse.Namespace, model: str, frames: int, w: int, h: int, tmp: Path, suffix: str,
+            what: str) -> None:
+    """Alternate the bare forward and `ingest_dino` of `model` on a store of `frames` frames; print the
+    `cache_dino.steady<suffix>` and `cache_dino.end_to_end<suffix>` figures."""
+    bcfg = BackboneConfig(spec=model, image_size=(args.image_size, args.image_size))
+    store = tmp / "store"
+    make_store(store, frames, w, h)
+    bb = load_backbone(bcfg)
+    # the baseline's input: the same frames, decoded once up front into (B, 3, H, W) float tensors
+    reader = FrameReader(str(store), "obs.rgb.top")
+    starts = range(0, frames - args.batch_size + 1, args.batch_size)
+    batches = [reader.read(a, a + args.batch_size)[0] for a in starts]
+    bb(batches[0])  # warm-up
 
-        # the CPU is shared with other jobs and rates swing by 2-5x over seconds: alternate short forward-only
-        # and ingest runs, and report medians, the ratio being the median of adjacent pairs' ratios
-        fwds, steadies, e2es = [], [], []
-        for r in range(args.trials):
-            fwds.append(forward_rate())
-            stamps: list[tuple[float, int]] = []
-            t0 = time.perf_counter()
-            ingest_dino(DinoConfig(store=str(store), out=Path(tmp) / f"features{r}", backbone=bcfg,
-                                   batch_size=args.batch_size),
-                        on_batch=lambda n, s=stamps: s.append((time.perf_counter(), n)))
-            e2es.append(args.frames / (time.perf_counter() - t0))
-            steadies.append(sum(n for _, n in stamps[1:]) / (stamps[-1][0] - stamps[0][0]))
-    device = str(bb.device)
-    base = f"forward on preloaded tensors ({args.model}, {device}, batch {args.batch_size})"
-    common = {"cores": args.cores, "threads": args.threads, "frames": args.frames, "goal": ""}
-    figure("cache_dino.steady", statistics.median(steadies), "images/s", base, statistics.median(fwds),
+    def forward_rate() -> float:
+        t = time.perf_counter()
+        for x in batches:
+            bb(x)
+        return len(batches) * args.batch_size / (time.perf_counter() - t)
+
+    # the CPU is shared with other jobs and rates swing by 2-5x over seconds: alternate short forward-only
+    # and ingest runs, and report medians, the ratio being the median of adjacent pairs' ratios
+    fwds, steadies, e2es = [], [], []
+    for r in range(args.trials):
+        fwds.append(forward_rate())
+        stamps: list[tuple[float, int]] = []
+        t0 = time.perf_counter()
+        ingest_dino(DinoConfig(store=str(store), out=tmp / f"features{r}", backbone=bcfg,
+                               batch_size=args.batch_size),
+                    on_batch=lambda n, s=stamps: s.append((time.perf_counter(), n)))
+        e2es.append(frames / (time.perf_counter() - t0))
+        steadies.append(sum(n for _, n in stamps[1:]) / (stamps[-1][0] - stamps[0][0]))
+    name = "random ViT-S/14" if suffix == "_vits" else model
+    base = f"forward on preloaded tensors ({name}, {bb.device}, batch {args.batch_size})"
+    common = {"cores": args.cores, "threads": args.threads, "frames": frames, "goal": ""}
+    figure(f"cache_dino.steady{suffix}", statistics.median(steadies), "images/s", base, statistics.median(fwds),
            ratio=median_ratio(steadies, fwds),
-           label=f"`ingest dino` of {args.frames:,} frames, tiny model, CPU, steady state",
+           label=f"`ingest dino` of {frames:,} frames, {what}, CPU, steady state",
            **(common | {"goal": ">= 0.95"}))
-    figure("cache_dino.end_to_end", statistics.median(e2es), "images/s", base, statistics.median(fwds),
+    figure(f"cache_dino.end_to_end{suffix}", statistics.median(e2es), "images/s", base, statistics.median(fwds),
            ratio=median_ratio(e2es, fwds),
-           label=f"`ingest dino` of {args.frames:,} frames end to end (model load, stats, manifest)",
+           label=f"`ingest dino` of {frames:,} frames end to end (model load, stats, manifest), {what}",
            **common)
 
 

@@ -149,3 +149,15 @@ def cpu_seconds() -> float:
 
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def random_vits(folder: Path) -> str:
+    """A DINOv2-small-shaped ViT (hidden 384, 12 blocks, 6 heads, patch 14) with random weights, saved
+    as a local transformers folder that `load_backbone` reads like a downloaded model."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14,
+                             image_size=518, mlp_ratio=4)).save_pretrained(folder)
+    return str(folder)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import add_common_args, alternate, figure, median_ratio  # noqa: E402
+from harness import add_common_args, alternate, figure, median_ratio, random_vits  # noqa: E402
 
 CONFIGS = {
     "tiny": dict(model="tiny-random-dinov2", layers=(0, 1), hw=(120, 160), image_size=(224, 168), batch=4,
@@ -44,17 +44,6 @@ CONFIGS = {
     "vits_gpu": dict(model="random-vits", layers=(2, 5, 8, 11), hw=(480, 640), image_size=(644, 476), batch=4,
                      frames=64, steps=40, warmup=5),
 }
-
-
-def random_vits(folder: Path) -> str:
-    """A DINOv2-small-shaped ViT (hidden 384, 12 blocks, 6 heads, patch 14) with random weights, saved
-    as a local transformers folder that `load_backbone` reads like a downloaded model."""
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14,
-                             image_size=518, mlp_ratio=4)).save_pretrained(folder)
-    return str(folder)
 
 
 def write_h5(root: Path, n: int, hw: tuple[int, int]) -> None:
