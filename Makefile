@@ -27,10 +27,9 @@ test: $(STAMP) $(LEROBOT_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The manual, built as tests/test_docs.py builds it; mkdocs-material 9.7+ prints an end-of-life banner on every
-# build that is not a warning about the site (the variable turns that banner off).
+# The manual, built as tests/test_docs.py builds it.
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+	$(BIN)/mkdocs build --strict --site-dir site
 
 bench: $(STAMP) $(LEROBOT_STAMP)
 	HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(BIN)/python benchmarks/run_all.py
