@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_fov_") as tmp:
         root = Path(tmp)
         shards, feats = build(root, args.fps, args.image_size)
-        recs: dict[str, list[dict]] = {"streamed": [], "inproc": []}
+        recs: dict[str, list[dict]] = {"streamed": [], "inproc": [], "streamed_vits": [], "inproc_vits": []}
 
         def side(name: str, workers: int) -> float:
             recs[name].append(live(shards, root, args, args.image_size, workers, args.steps))
@@ -183,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
                                    encoder=DINOV2_SMALL_SIZED, lm=SMOLLM_SIZED))
             return recs[name][-1]["steps_per_s"]
 
-        recs |= {"streamed_vits": [], "inproc_vits": []}
         r = alternate({"cached": lambda: loop_steps_per_s(shards, feats, args),
                        "live": lambda: loop_steps_per_s(shards, None, args),
                        "streamed": lambda: side("streamed", 2), "inproc": lambda: side("inproc", 0),
