@@ -52,9 +52,8 @@ def stores(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("codec", ["video", "jpeg", "lz4"])
 def test_planar_and_in_place_reads_give_the_plain_reads_pixels(stores, codec):
     """`read_rows(channels_first=True)` is the plain read transposed and `read_rows(out=)` fills and returns
-    `out` with it, in any read order; only a video field reads planar natively; bad requests are refused."""
+    `out` with it, in any read order; bad requests are refused."""
     store = open_store(str(stores[codec]))
-    assert not store.reads_planar(FIELD) and not store.reads_planar("obs.eef_pos")  # off: see reads_planar
     plain = {ab: open_store(str(stores[codec])).read_rows(FIELD, *ab) for ab in set(ACCESS)}
     for a, b in ACCESS:
         planes = store.read_rows(FIELD, a, b, channels_first=True)
@@ -73,7 +72,7 @@ def test_planar_and_in_place_reads_give_the_plain_reads_pixels(stores, codec):
 
 
 def test_episode_dataset_serves_the_same_images_from_every_codec(stores):
-    """A batch through a DataLoader (2 workers, frames decoded as planes in the video store's workers) holds
+    """A batch through a DataLoader (2 workers, frames split into planes in the workers) holds
     exactly the frames of plain reads, `(B, K, C, H, W)` uint8, whichever the codec."""
     indices = [39, 0, 16, 15, 14, 3, 3, 27, 28]
     for codec in ("video", "jpeg"):

@@ -153,10 +153,10 @@ class EpisodeDataset(torch.utils.data.Dataset):
     anchor_mask: optional `(num_steps,) bool` over the store's global steps; False drops that anchor.
 
     Item `i` -> dict: per requested field `name`, `name` -> `(K, *shape)` tensor (K = len(deltas[name]);
-    images `uint8 (K, C, H, W)`, a view of the stored channels-last frames that collate's stack makes
-    contiguous; float fields float32, normalised when configured) and `name_is_pad` ->
-    `(K,) bool` (True where the offset left the episode and the edge step was repeated, and at every step of
-    an episode whose meta lists the field in `absent_fields`: placeholders, not data); `episode_index`
+    images `uint8 (K, C, H, W)`, views of the batch's contiguous planes; float fields float32, normalised
+    when configured) and `name_is_pad` -> `(K,) bool` (True where the offset left the episode and the edge
+    step was repeated, and at every step of an episode whose meta lists the field in `absent_fields`:
+    placeholders, not data); `episode_index`
     (store episode), `frame_index` (step within the episode), `index` (global step of the store, LeRobot's
     `index`) as ints; `task` (str) with `include_task`.
 
@@ -312,17 +312,11 @@ class EpisodeDataset(torch.utils.data.Dataset):
             gap = max(1, SPAN_GAP_BYTES // row_bytes)
         return gather_rows(self.store, field, rows, gap, channels_first)
 
-    def _planar(self, field: str) -> bool:
-        """Whether the store decodes `field`'s frames to `(C, H, W)` directly (a video field): then the batch
-        is read so, and collate's stack copies whole planes instead of transposing (half its time here)."""
-        reads_planar = getattr(self.store, "reads_planar", None)
-        return self.store.schema[field].kind == "image" and reads_planar is not None and reads_planar(field)
-
     @reads_snapshot("store")  # one read section a batch: served whole from the version opened, or StoreChangedError
     def fetch(self, indices: Sequence[int], channels_first: bool = False) -> dict[str, np.ndarray]:
         """A batch as numpy arrays: per field `name` -> `(B, K, *shape)` (raw store layout: images
-        `(B, K, H, W, C)` uint8, or `(B, K, C, H, W)` with `channels_first` (a view of the stored layout unless
-        the store decodes planes: `_planar`); normalisation and relative actions applied), `name_is_pad (B, K)
+        `(B, K, H, W, C)` uint8, or `(B, K, C, H, W)` contiguous planes with `channels_first`; normalisation and
+        relative actions applied), `name_is_pad (B, K)
         bool`, `episode_index`, `frame_index`, `index (B,) int64`. Raises IndexError for an index out of
         range."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -336,11 +330,12 @@ class EpisodeDataset(torch.utils.data.Dataset):
         for name, field in self.fields.items():
             want = rows[:, None] + self.deltas[name][None, :]                # (B, K)
             q = np.clip(want, a, b - 1)
-            planar = channels_first and self._planar(field)
+            spec = self.store.schema[field]
+            planar = channels_first and spec.kind == "image" and len(spec.shape) == 3
             x = self._gather(field, q.reshape(-1), planar)
             x = x.reshape(q.shape + x.shape[1:])
-            if channels_first and not planar and self.store.schema[field].kind == "image":
-                x = np.moveaxis(x[..., None] if x.ndim == 4 else x, -1, 2)
+            if channels_first and spec.kind == "image" and not planar:  # (H, W) gray: one plane
+                x = x[:, :, None]
             if x.dtype.kind == "f" and self.cfg.float32:
                 x = x.astype(np.float32, copy=False)
             if name == self._relative_key:
@@ -360,8 +355,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """Items `indices` (see the class docstring), read as one batch (`fetch`)."""
-        # Images come (B, K, C, H, W): planes from a video store's decoder, else a view of the channels-last
-        # frames whose transposing copy collate's stack does (a separate transpose here would add a copy).
+        # Images come (B, K, C, H, W) as contiguous planes (`stores.frames.planes`), so collate's stack copies
+        # them whole: its transposing copy of channels-last views cost as much as decoding a JPEG.
         batch = self.fetch(indices, channels_first=True)
         tensors = {}
         for name in self.fields:

@@ -38,6 +38,7 @@ from shardyard.stores.episode_reader import EpisodeKeys, EpisodeTable, LegacyTab
 from shardyard.stores.episode_table import EPISODES_JSON
 from shardyard.stores.episode_where import select_where
 from shardyard.stores.frames.codec import VIDEO
+from shardyard.stores.frames.planes import to_planes
 from shardyard.stores.frames.registry import codec_of
 from shardyard.stores.frames.video import INDEX
 from shardyard.stores.frames.video_reader import VideoFrameReader
@@ -309,7 +310,7 @@ class EpisodicStore:
                   channels_first: bool = False) -> np.ndarray:
         """Global rows `[start, stop)` of one field, across episode boundaries: `(stop - start, *shape)`.
         `out`: an array of that shape and the field's dtype to read into (returned; a frame decodes straight
-        into it). `channels_first`: `(H, W, C)` frames as `(C, H, W)` (see `reads_planar`)."""
+        into it). `channels_first`: `(H, W, C)` frames as `(C, H, W)` planes (`stores.frames.planes.to_planes`)."""
         if field not in self.schema:
             raise KeyError(f"unknown field {field!r}; store has {self.schema.keys()}")
         self._check_pid()
@@ -337,24 +338,17 @@ class EpisodicStore:
     def _read_into(self, field: str, start: int, stop: int, out: np.ndarray | None,
                    channels_first: bool) -> np.ndarray:
         """`read_rows` into `out` and/or as `(C, H, W)`: a video field and the shard reader decode straight into
-        it; otherwise the plain read is copied (transposed)."""
+        `out`; otherwise the plain read is copied; `(C, H, W)` planes are split from the decoded frames."""
         if channels_first and len(self.schema[field].shape) != 3:
             raise ValueError(f"channels_first reads (H, W, C) frames; {field!r} has rows {self.schema[field].shape}")
+        if channels_first:  # decoded interleaved, then split into planes (`stores.frames.planes`)
+            return to_planes(self.read_rows(field, start, stop), out)
         fast = None if field in self._cache else self._fast_reader(field)
         if field in self._video:
-            return self._video[field].read(start, stop, out=out, channels_first=channels_first)
-        if fast is not None and not channels_first:
+            return self._video[field].read(start, stop, out=out)
+        if fast is not None:
             return fast.read(start, stop, out=out)
-        rows = self.read_rows(field, start, stop)
-        rows = rows.transpose(0, 3, 1, 2) if channels_first else rows
-        return np.ascontiguousarray(rows) if out is None else np.copyto(out, rows) or out
-
-    def reads_planar(self, field: str) -> bool:
-        """Whether `read_rows(field, ..., channels_first=True)` comes straight from the decoder (a video field:
-        the scaler writes RGB planes) rather than as a transposing copy of the `(H, W, C)` frames."""
-        # Off for now: swscale's gbrp output differs from its rgb24 output at some widths (340 px: the last 4
-        # columns) and with resizing, so planar reads are not yet the same pixels as `read_rows` everywhere.
-        return False
+        return np.copyto(out, self.read_rows(field, start, stop)) or out
 
     @reads_snapshot()
     def read_block(self, field: str, start: int, stop: int) -> np.ndarray:

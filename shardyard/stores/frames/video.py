@@ -47,7 +47,7 @@ DEFAULT_GOP = 4
 X264_PARAMS = "cabac=0:scenecut=0:cpu-independent=1"
 
 __all__ = ["DEFAULT_CRF", "DEFAULT_GOP", "INDEX", "VIDEO_DIR", "X264_PARAMS", "EncodedVideo", "VideoCodec",
-           "VideoEncoder", "file_crc32c", "to_rgb", "to_rgb_planes", "video_name"]
+           "VideoEncoder", "file_crc32c", "to_rgb", "video_name"]
 
 
 def video_name(episode: int) -> str:
@@ -79,17 +79,6 @@ def to_rgb(frame: Any, reformatter: Any = None) -> np.ndarray:
     if reformatter is None:
         return frame.to_ndarray(format="rgb24", threads=1)
     return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
-
-
-def to_rgb_planes(frame: Any, reformatter: Any, out: np.ndarray) -> np.ndarray:
-    """`to_rgb`'s pixels as planes: a decoded PyAV frame into `out (3, H, W) uint8` (R, G, B). The scaler
-    writes planar GBR (the same pixels as its interleaved RGB, checked on every G1 and YAM frame and in
-    tests/test_video_reads.py), copied plane by plane: no interleaved image, no transposing copy. Returns
-    `out`."""
-    planes = reformatter.reformat(frame, format="gbrp", threads=1).planes
-    for c, plane in zip((1, 2, 0), planes):  # gbrp's planes are G, B, R
-        out[c] = np.frombuffer(plane, np.uint8).reshape(plane.height, -1)[:, :plane.width]
-    return out
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shardyard.stores.frames.video import file_crc32c, to_rgb, to_rgb_planes, video_name
+from shardyard.stores.frames.video import file_crc32c, to_rgb, video_name
 from shardyard.stores.read_checks import damaged_file
 
 __all__ = ["VideoFrameReader"]
@@ -44,7 +44,7 @@ class VideoFrameReader:
     read. Per-process state (the open files, the scaler) is rebuilt after a fork; the parent's stays
     referenced in the child, never freed there (a freed PyAV object may wait for threads the child does not
     have). A one-row read returns the converted frame's own buffer (no copy into a new array); `out` reads
-    into the caller's array, and `channels_first` gives `(n, 3, H, W)` planes straight from the scaler.
+    into the caller's array.
 
     `crc (E,) uint32`: each MP4's recorded crc32c, checked as the file opens (a local one once per process
     while its inode, size and mtime stay; a remote one is read whole, decoded from memory). A missing, damaged
@@ -64,12 +64,11 @@ class VideoFrameReader:
     _reformatter: Any = field(default=None, repr=False)
     _inherited: list[Any] = field(default_factory=list, repr=False)  # a parent's PyAV objects, after a fork
 
-    def read(self, start: int, stop: int, out: np.ndarray | None = None, channels_first: bool = False) -> np.ndarray:
-        """Global rows `[start, stop)` (across episodes) as `(n, H, W, 3) uint8`, or `(n, 3, H, W)` with
-        `channels_first` (the same pixels); written into `out` (that shape) when given, and returned."""
-        h, w, c = self.row_shape
-        shape = (max(stop - start, 0),) + ((c, h, w) if channels_first else (h, w, c))
-        if out is None and (shape[0] != 1 or channels_first):
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Global rows `[start, stop)` (across episodes) as `(n, H, W, 3) uint8`, written into `out` (that
+        shape) when given, and returned."""
+        shape = (max(stop - start, 0), *self.row_shape)
+        if out is None and shape[0] != 1:
             out = np.empty(shape, np.uint8)
         elif out is not None and out.shape != shape:
             raise ValueError(f"out has shape {out.shape}; rows [{start}, {stop}) need {shape}")
@@ -81,7 +80,7 @@ class VideoFrameReader:
                       else len(self.index))
             try:
                 one = self._read_episode(ep, row - base, end - base, None if out is None else
-                                         out[row - start:end - start], channels_first)
+                                         out[row - start:end - start])
             except (ValueError, FileNotFoundError, EOFError) as e:  # av's errors subclass these
                 self._open.pop(ep, None)
                 why = "missing" if isinstance(e, FileNotFoundError) else f"does not decode ({type(e).__name__}: {e})"
@@ -146,9 +145,9 @@ class VideoFrameReader:
         state.frames, state.last = state.container.decode(state.stream), key - 1
         return state
 
-    def _read_episode(self, ep: int, a: int, b: int, dst: np.ndarray | None, planar: bool) -> np.ndarray | None:
-        """Steps `[a, b)` of episode `ep` into `dst` (`(n, 3, H, W)` when `planar`; None for one step: its
-        frame is returned); frames are matched to steps by pts."""
+    def _read_episode(self, ep: int, a: int, b: int, dst: np.ndarray | None) -> np.ndarray | None:
+        """Steps `[a, b)` of episode `ep` into `dst` `(n, H, W, 3)` (None for one step: its frame is
+        returned); frames are matched to steps by pts."""
         state = self._decoder(ep, a)
         filled = 0
         for frame in state.frames:
@@ -159,10 +158,7 @@ class VideoFrameReader:
             if a <= t < b:
                 if dst is None:
                     return to_rgb(frame, self._reformatter)
-                if planar:
-                    to_rgb_planes(frame, self._reformatter, dst[t - a])
-                else:
-                    dst[t - a] = to_rgb(frame, self._reformatter)
+                dst[t - a] = to_rgb(frame, self._reformatter)
                 filled += 1
                 if filled == b - a:
                     return None
