@@ -179,9 +179,13 @@ def test_stream_live_backbone_smoke_via_cli(tar_folder, tmp_path):
     assert state["step"] == 3 and state["sampler"]["stream"]["consumed"]
 
 
-def test_stream_resume_equals_uninterrupted(tar_folder, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_resume_equals_uninterrupted(tar_folder, tmp_path, workers):
+    """With the clips decoded in this process or by 2 DataLoader workers (each batch recorded as it is used,
+    prefetched ones not), a run stopped at step 2 and resumed makes exactly the updates of one that was not."""
     base = dict(stream=str(tar_folder), live_backbone=True, gap=1, model="linear", image_size=28,
-                stream_fps=2.0, stream_size=64, clips_per_step=1, eval_every=2, ckpt_every=2, log_every=1)
+                stream_fps=2.0, stream_size=64, clips_per_step=1, eval_every=2, ckpt_every=2, log_every=1,
+                num_workers=workers)
     run(PatchPredictConfig(out=str(tmp_path / "a"), steps=4, **base))
     run(PatchPredictConfig(out=str(tmp_path / "b"), steps=2, **base))
     run(PatchPredictConfig(out=str(tmp_path / "b"), steps=4, **base))

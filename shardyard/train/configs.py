@@ -142,7 +142,8 @@ class PatchPredictConfig:
     linear or mlp. steps: optimizer updates. lr, weight_decay, warmup_steps: AdamW, constant after warmup.
     eval_every / ckpt_every / log_every: in steps. val_fraction: episodes held out. max_eval_pairs: cap.
     Stream only: backbone (spec), image_size (px), stream_fps (Hz), clips_per_step, stream_size (decode
-    size, px). device: "cpu", "cuda" or "auto". amp: autocast ("auto": bf16 on CUDA; "bf16", "off").
+    size, px), num_workers (DataLoader worker processes decoding the clips; a resumed run keeps the count).
+    device: "cpu", "cuda" or "auto". amp: autocast ("auto": bf16 on CUDA; "bf16", "off").
     verify_reads: check token chunks and stream shards against their recorded checksums."""
 
     out: str
@@ -170,6 +171,7 @@ class PatchPredictConfig:
     stream_fps: float = 8.0
     clips_per_step: int = 2
     stream_size: int = 128
+    num_workers: int = 0
     amp: str = "auto"
     verify_reads: bool = True
     pause_file: str | None = None

@@ -33,6 +33,7 @@ import torch
 from shardyard.errors import ConfigError, SourceError
 from shardyard.models.patch_predict import PatchPredictorConfig, build_predictor, improvement, patch_cosine, patch_mse
 from shardyard.pause import PausePoint
+from shardyard.procs import loader_worker_init
 from shardyard.stores.atomic import atomic_write_json
 from shardyard.train.configs import PAUSE_FIELDS, PatchPredictConfig
 from shardyard.train.loop import (
@@ -122,20 +123,22 @@ def evaluate(model: torch.nn.Module, pairs: Callable[[np.ndarray], tuple[torch.T
 
 
 # ---- data: live stream ------------------------------------------------------------------------------
-def stream_batches(stream: Any, clips: int) -> Iterator[torch.Tensor]:
-    """Endless `(clips, T, 3, H, W) uint8` batches from a `ClipStream`, epoch after epoch. Raises
-    `SourceError` when a whole epoch yields no clip."""
+def stream_batches(stream: Any, clips: int, num_workers: int = 0) -> Iterator[torch.Tensor]:
+    """Endless `(clips, T, 3, H, W) uint8` batches from a `ClipStream`, epoch after epoch, decoded by a
+    DataLoader with `num_workers` worker processes (0: in this process); each batch is recorded in the
+    stream's resume state as it is handed out (`ClipStream.record`), and an epoch's last clips that do not
+    fill a batch are left out (as the in-process version always did). Raises `SourceError` when a whole epoch
+    yields no clip."""
+    loader = torch.utils.data.DataLoader(stream, batch_size=clips, drop_last=True, num_workers=num_workers,
+                                         worker_init_fn=loader_worker_init() if num_workers else None)
     while True:
         got = 0
-        buf: list[torch.Tensor] = []
-        for item in stream:
+        for batch in loader:
             got += 1
-            buf.append(item["frames"])
-            if len(buf) == clips:
-                yield torch.stack(buf)
-                buf = []
+            stream.record(batch)
+            yield batch["frames"]
         if not got:
-            raise SourceError(f"stream yielded no clip (counters {stream.counters})")
+            raise SourceError(f"stream yielded no batch of {clips} clips in an epoch (counters {stream.counters})")
         stream.set_epoch(stream.epoch + 1)
 
 
@@ -276,7 +279,7 @@ def run_stream(cfg: PatchPredictConfig, rt: Runtime) -> TrainResult:
     s = setup(cfg, rt, backbone.embed_dim)
     if s.state is not None:
         stream.load_state_dict(s.state["sampler"]["stream"])
-    batches = stream_batches(stream, cfg.clips_per_step)
+    batches = stream_batches(stream, cfg.clips_per_step, cfg.num_workers)
     if s.opt is None:                                                      # copy: one batch, model == copy
         x, y = live_pairs(backbone, next(batches), cfg.gap)
         cos, mse = patch_cosine(x, y).item(), patch_mse(x, y).item()
