@@ -24,7 +24,7 @@ import numpy as np
 
 from shardyard.geometry import canonical_hemisphere, canonical_to_reference, mean_quaternion
 
-__all__ = ["bin_index", "gripper_bins", "height_bins", "kmeans", "nearest_prototype", "pc1_separation", "rotation_pc1",
+__all__ = ["bin_index", "gripper_bins", "height_bins", "nearest_prototype", "pc1_separation", "rotation_pc1",
            "rotation_stats"]
 
 log = logging.getLogger(__name__)
@@ -119,57 +119,22 @@ def _top_eigenvector(centre: np.ndarray) -> np.ndarray:
 
 def _pca_basis(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean `(4,)`, unit PC1 `(4,)` (largest-magnitude component positive) and explained variance ratio `(4,)`
-    of canonical quaternions `(N, 4)`: the SVD of the centred quaternions (what a full-SVD PCA computes)."""
+    of canonical quaternions `(N, 4)`."""
+    from sklearn.decomposition import PCA
+
     n = q.shape[0]
     mean = q.mean(axis=0)
     if n < 2 or float(((q - mean) ** 2).sum(axis=1).mean()) < 1e-18:
         basis, ratio = np.array([1.0, 0.0, 0.0, 0.0]), np.array([1.0, 0.0, 0.0, 0.0])
     else:
-        _, sv, vt = np.linalg.svd(q - mean, full_matrices=False)
-        basis = vt[0]
+        pca = PCA(n_components=min(4, n), svd_solver="full").fit(q)
+        mean, basis = pca.mean_, pca.components_[0]
         ratio = np.zeros(4)
-        ratio[: len(sv)] = sv**2 / float((sv**2).sum())
+        ratio[: len(pca.explained_variance_ratio_)] = pca.explained_variance_ratio_
     basis = basis / np.linalg.norm(basis)
     if basis[np.argmax(np.abs(basis))] < 0:
         basis = -basis
     return mean, basis, ratio
-
-
-def kmeans(x: np.ndarray, k: int, n_init: int = 4, seed: int = 0, max_iter: int = 300,
-           tol: float = 1e-4) -> tuple[np.ndarray, float]:
-    """Lloyd's k-means of `x (N, D)` into `k` clusters: centroids `(k, D)` and their inertia (sum of squared
-    distances of the points to their nearest centroid), the best of `n_init` runs seeded by k-means++ from
-    `seed`. A run stops when no point changes cluster, when the centroids move less than `tol` times the mean
-    per-dimension variance of `x` (squared shifts, summed: scikit-learn's `KMeans` rule), or after `max_iter`
-    steps; a cluster left empty keeps its centroid. Seeding and assignment are SciPy's
-    (`scipy.cluster.vq.kmeans2(minit="++")`, `vq`), the means `numpy.bincount`. scikit-learn's `KMeans` finds
-    the same clusters (inertia within 1 % on random and clustered rotations), but importing it cost about
-    0.85 s of CPU, which every ingest with end-effector rotations paid."""
-    import warnings
-
-    from scipy.cluster.vq import kmeans2, vq
-
-    x = np.asarray(x, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    stop = tol * float(np.mean(np.var(x, axis=0)))
-    best: tuple[np.ndarray, float] | None = None
-    for _ in range(n_init):
-        with warnings.catch_warnings():  # the seeding's one step may leave a cluster empty: it is kept
-            warnings.filterwarnings("ignore", message="One of the clusters is empty")
-            centres, labels = kmeans2(x, k, iter=1, minit="++", rng=rng)
-        for _ in range(max_iter):
-            new_labels = vq(x, centres)[0]
-            counts = np.bincount(new_labels, minlength=k)
-            sums = np.stack([np.bincount(new_labels, weights=x[:, j], minlength=k) for j in range(x.shape[1])], 1)
-            moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres)
-            shift, centres = float(((moved - centres) ** 2).sum()), moved
-            if shift <= stop or np.array_equal(new_labels, labels):
-                break
-            labels = new_labels
-        inertia = float((vq(x, centres)[1] ** 2).sum())
-        if best is None or inertia < best[1]:
-            best = (centres, inertia)
-    return best
 
 
 def rotation_stats(quats: np.ndarray, n_bins: int = 32, n_clusters: int = 32, pca_threshold: float = 0.8,
@@ -191,11 +156,14 @@ def rotation_stats(quats: np.ndarray, n_bins: int = 32, n_clusters: int = 32, pc
     The separation test catches orientations in two separate groups (e.g. two grasps): PC1 then explains most
     of the variance, but its bins would code the group and leave the range between them empty. PC1's sign is
     fixed so that its largest-magnitude component is positive. k = min(n_clusters, number of distinct
-    quaternions); k-means (`kmeans`: SciPy's steps, k-means++ seeds from `seed`) runs on at most
-    `max_kmeans_samples` quaternions drawn with `seed`, embedded as `q q^T` so that q and -q are one point
-    (each prototype is its cluster's Markley mean). All-equal quaternions give ratio [1, 0, 0, 0] and mode
-    "1d_pca". Raises `ValueError` for a shape other than `(N, 4)`, a non-finite or a zero quaternion.
+    quaternions); k-means (sklearn, `random_state=seed`) runs on at most `max_kmeans_samples` quaternions drawn
+    with `seed`, embedded as `q q^T` so that q and -q are one point (each prototype is its cluster's Markley
+    mean). All-equal quaternions give ratio [1, 0, 0, 0] and mode "1d_pca". Raises `ValueError` for a
+    shape other than `(N, 4)`, a non-finite or a zero quaternion.
     """
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
     q = _unit_quats(quats)
     reference = mean_quaternion(q)
     q = canonical_to_reference(q, reference)
@@ -211,14 +179,17 @@ def rotation_stats(quats: np.ndarray, n_bins: int = 32, n_clusters: int = 32, pc
     sample = q
     if n > max_kmeans_samples:
         sample = q[np.sort(np.random.default_rng(seed).choice(n, max_kmeans_samples, replace=False))]
-    centres, inertia = kmeans(_sign_free(sample), k, n_init=n_init, seed=seed)
-    protos = canonical_to_reference(np.stack([_top_eigenvector(c) for c in centres]), reference)
+    # One thread: OpenMP workers spin-wait badly when the cores are shared (ingest workers, DataLoaders),
+    # turning a few-millisecond fit into seconds; the data here is small.
+    with threadpool_limits(limits=1):
+        km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(_sign_free(sample))
+    protos = canonical_to_reference(np.stack([_top_eigenvector(c) for c in km.cluster_centers_]), reference)
     separation = pc1_separation(proj)
     mode = "1d_pca" if ratio[0] >= pca_threshold and separation < separation_threshold else "kmeans"
     log.info("rotation stats: N=%d, PC1 explains %.3f, separation %.3f, k=%d, recommended %s", n, ratio[0],
              separation, k, mode)
     return {"n": int(n), "hemisphere": "q.reference>=0", "reference": reference.tolist(), "pca": pca_dict,
-            "kmeans": {"prototypes": protos.tolist(), "inertia": inertia, "k": k,
+            "kmeans": {"prototypes": protos.tolist(), "inertia": float(km.inertia_), "k": k,
                        "n_init": int(n_init), "seed": int(seed)},
             "pc1_separation": separation, "recommended_mode": mode, "pca_threshold": float(pca_threshold),
             "separation_threshold": float(separation_threshold)}
