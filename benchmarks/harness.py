@@ -161,3 +161,25 @@ def random_vits(folder: Path) -> str:
     Dinov2Model(Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14,
                              image_size=518, mlp_ratio=4)).save_pretrained(folder)
     return str(folder)
+
+
+def data_wait_share(rows: list[dict]) -> float:
+    """A trainer's share of step time spent waiting for batches over its logged rows (each with the
+    `data_wait_frac` and `steps_per_s` of its steps, `train.loop.DataWait`): sum of waits / sum of step times."""
+    step_s = [1.0 / r["steps_per_s"] for r in rows]
+    return sum(r["data_wait_frac"] * t for r, t in zip(rows, step_s)) / sum(step_s)
+
+
+def clip_shard_store(root: Path, copies: int, per_shard: int = 4) -> list[Path]:
+    """A shard store at `root` of `copies` x the shared WebVid sample clips (`webvid/clips/*.mp4`, `per_shard`
+    a shard, keys `000000000`, ... in order, the file's stem as caption); returns the clip paths in sample
+    order."""
+    from shardyard.stores.wds import Sample, ShardWriter
+
+    files = sorted((SHARED / "webvid" / "clips").glob("*.mp4"))
+    paths = [files[i % len(files)] for i in range(copies * len(files))]
+    with ShardWriter(root) as w:
+        for si in range(0, len(paths), per_shard):
+            w.write_shard(si // per_shard, [Sample(f"{i:09d}", {"mp4": p.read_bytes(), "txt": p.stem.encode()})
+                                            for i, p in enumerate(paths[si:si + per_shard], start=si)], [])
+    return paths

@@ -37,24 +37,11 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import SHARED, add_common_args, alternate, figure, median_ratio  # noqa: E402
+from harness import add_common_args, alternate, clip_shard_store, figure, median_ratio  # noqa: E402
 
 from shardyard.loaders.streaming import ClipStream, StreamConfig  # noqa: E402
-from shardyard.stores.wds import Sample, ShardWriter  # noqa: E402
 
-CLIPS = SHARED / "webvid" / "clips"
 T, SIZE = 16, (256, 256)
-
-
-def build_store(root: Path, copies: int, per_shard: int = 4) -> list[Path]:
-    """A shard store of `copies` x the shared clips (4 per shard); returns the clip paths in sample order."""
-    files = sorted(CLIPS.glob("*.mp4"))
-    paths = [files[i % len(files)] for i in range(copies * len(files))]
-    with ShardWriter(root) as w:
-        for si in range(0, len(paths), per_shard):
-            w.write_shard(si // per_shard, [Sample(f"{i:09d}", {"mp4": p.read_bytes(), "txt": p.stem.encode()})
-                                            for i, p in enumerate(paths[si:si + per_shard], start=si)], [])
-    return paths
 
 
 def _frames(path: str) -> np.ndarray:
@@ -102,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     copies, trials = (1, 1) if args.smoke else (args.copies, args.trials)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = [str(p) for p in build_store(Path(tmp) / "store", copies)]
+        paths = [str(p) for p in clip_shard_store(Path(tmp) / "store", copies)]
         stream = ClipStream(Path(tmp) / "store", config=StreamConfig(num_frames=T, size=SIZE, shuffle_buffer=8,
                                                                      clip_start="start"))
         items = iter(stream)  # the same output as the baseline (sample `i` is `paths[i]`)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import add_common_args, alternate, figure, median_ratio, random_vits  # noqa: E402
+from harness import add_common_args, alternate, data_wait_share, figure, median_ratio, random_vits  # noqa: E402
 
 CONFIGS = {
     "tiny": dict(model="tiny-random-dinov2", layers=(0, 1), hw=(120, 160), image_size=(224, 168), batch=4,
@@ -65,10 +65,8 @@ def steps_per_s(run: Path, warmup: int) -> float:
 
 def data_wait(run: Path, warmup: int) -> float:
     """The trainer's share of step time spent reading batches over the steps after `warmup` (one
-    `train.jsonl` row per step: its `data_wait_frac` and `steps_per_s`): sum(wait) / sum(step time)."""
-    rows = [json.loads(line) for line in (run / "train.jsonl").read_text().splitlines()][warmup:]
-    step_s = [1.0 / r["steps_per_s"] for r in rows]
-    return sum(r["data_wait_frac"] * t for r, t in zip(rows, step_s)) / sum(step_s)
+    `train.jsonl` row per step)."""
+    return data_wait_share([json.loads(line) for line in (run / "train.jsonl").read_text().splitlines()][warmup:])
 
 
 def run_config(name: str, device: str, tmp: Path, trials: int) -> dict:

@@ -28,8 +28,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import add_common_args, alternate, figure, median_ratio, random_vits  # noqa: E402
-from stream_clips import build_store  # noqa: E402
+from harness import (  # noqa: E402
+    add_common_args,
+    alternate,
+    clip_shard_store,
+    data_wait_share,
+    figure,
+    median_ratio,
+    random_vits,
+)
 
 CONFIGS = {
     "tiny": dict(backbone="tiny-random-dinov2", steps=16, warmup=4, clips=2, gap=8, fps=8.0),
@@ -41,8 +48,7 @@ def data_wait(run: Path, warmup: int) -> float:
     """Sum of batch waits over sum of step times of the train rows after `warmup` (`log_every` 1)."""
     rows = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
             if r.get("split") == "train"][warmup:]
-    step_s = [1.0 / r["steps_per_s"] for r in rows]
-    return sum(r["data_wait_frac"] * t for r, t in zip(rows, step_s)) / sum(step_s)
+    return data_wait_share(rows)
 
 
 def run_config(name: str, shards: Path, tmp: Path, workers: int, trials: int) -> None:
@@ -88,7 +94,7 @@ def main() -> None:
         CONFIGS["tiny"].update(steps=4, warmup=1, gap=2)
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(tmp) / "shards"
-        build_store(shards, args.copies)
+        clip_shard_store(shards, args.copies)
         for name in names:
             run_config(name, shards, Path(tmp), args.workers, trials)
 

@@ -156,9 +156,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
     images `uint8 (K, C, H, W)`, views of the batch's contiguous planes; float fields float32, normalised
     when configured) and `name_is_pad` -> `(K,) bool` (True where the offset left the episode and the edge
     step was repeated, and at every step of an episode whose meta lists the field in `absent_fields`:
-    placeholders, not data); `episode_index`
-    (store episode), `frame_index` (step within the episode), `index` (global step of the store, LeRobot's
-    `index`) as ints; `task` (str) with `include_task`.
+    placeholders, not data); `episode_index` (store episode), `frame_index` (step within the episode), `index`
+    (global step of the store, LeRobot's `index`) as ints; `task` (str) with `include_task`.
 
     Raises ConfigError for an unknown field, split or episode, a text/video field, a non-whole-step delta,
     episodes of different fps with `delta_timestamps`, missing stats for a normalised field, relative
@@ -316,9 +315,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
     def fetch(self, indices: Sequence[int], channels_first: bool = False) -> dict[str, np.ndarray]:
         """A batch as numpy arrays: per field `name` -> `(B, K, *shape)` (raw store layout: images
         `(B, K, H, W, C)` uint8, or `(B, K, C, H, W)` contiguous planes with `channels_first`; normalisation and
-        relative actions applied), `name_is_pad (B, K)
-        bool`, `episode_index`, `frame_index`, `index (B,) int64`. Raises IndexError for an index out of
-        range."""
+        relative actions applied), `name_is_pad (B, K) bool`, `episode_index`, `frame_index`, `index (B,)
+        int64`. Raises IndexError for an index out of range."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"index out of range [0, {len(self)}): {idx.tolist()}")

@@ -339,9 +339,10 @@ class EpisodicStore:
                    channels_first: bool) -> np.ndarray:
         """`read_rows` into `out` and/or as `(C, H, W)`: a video field and the shard reader decode straight into
         `out`; otherwise the plain read is copied; `(C, H, W)` planes are split from the decoded frames."""
-        if channels_first and len(self.schema[field].shape) != 3:
-            raise ValueError(f"channels_first reads (H, W, C) frames; {field!r} has rows {self.schema[field].shape}")
         if channels_first:  # decoded interleaved, then split into planes (`stores.frames.planes`)
+            if len(self.schema[field].shape) != 3:
+                raise ValueError(f"channels_first reads (H, W, C) frames; {field!r} has rows "
+                                 f"{self.schema[field].shape}")
             return to_planes(self.read_rows(field, start, stop), out)
         fast = None if field in self._cache else self._fast_reader(field)
         if field in self._video:

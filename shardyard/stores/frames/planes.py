@@ -2,8 +2,8 @@
 
 A frame codec decodes interleaved `(H, W, C)` pixels (libjpeg-turbo and swscale's RGB output), and a model
 wants `(C, H, W)`. The conversion is a deinterleave, and how it is done decides much of a loader's worker
-time: per 640x480 RGB frame on the 2-core CI machine (`/tmp`-free microbenchmark, median of 5 batches of
-32 G1 frames), torch's transposing `stack` (what DataLoader's collate does to channels-last views) 0.7-0.9
+time: per 640x480 RGB frame on the 2-core CI machine (a microbenchmark, median of 5 batches of 32 G1
+frames), torch's transposing `stack` (what DataLoader's collate does to channels-last views) 0.7-0.9
 ms, numpy's transposing copy 0.53 ms, OpenCV's SIMD `cv2.split` 0.085 ms. A JPEG frame decodes in 0.75 ms,
 so the transposing copy was half a `jpeg` sample's worker time.
 """
@@ -35,9 +35,6 @@ def to_planes(frames: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     import cv2  # imported on first use: ~0.1 s, which `import shardyard.cli` must not pay
 
     src = np.ascontiguousarray(frames)
-    for i in range(n):
-        planes = list(out[i])
-        got = cv2.split(src[i], planes)
-        if got[0].ctypes.data != planes[0].ctypes.data:  # OpenCV allocated its own planes: copy them over
-            np.copyto(out[i], np.stack(got))
+    for i in range(n):  # `out` was checked above, so OpenCV writes into its planes rather than new arrays
+        cv2.split(src[i], list(out[i]))
     return out
