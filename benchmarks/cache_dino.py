@@ -3,7 +3,7 @@ same batch size, in the same run (issue 3: goal >= 0.9 with the tiny model on CP
 
 Like for like: both sides run in this one process pinned to the same `--cores` CPUs (default 1) with the same
 torch thread count, so the ingest's reader and writer threads, which overlap the forward, get no core the
-baseline leaves idle. Builds a self-contained episodic store of `--frames` synthetic frames; the two sides are
+baseline leaves idle. Builds an episodic store of `--frames` real G1 camera frames (`--size`); the two sides are
 alternated for `--trials` trials, rates are medians and ratios medians of the per-trial ratios
 (`benchmarks/harness.py`). Figures:
 - `cache_dino.steady`: ingest images/s between the first and the last stored batch (read + forward + write)
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import add_common_args, figure, median_ratio, random_vits  # noqa: E402
+from harness import add_common_args, figure, g1_frames, median_ratio, random_vits  # noqa: E402
 
 from shardyard.ingest.dino import DinoConfig, FrameReader, ingest_dino  # noqa: E402
 from shardyard.models.backbones import BackboneConfig, load_backbone  # noqa: E402
@@ -38,15 +38,15 @@ from shardyard.stores.episodic_writer import EpisodicWriter  # noqa: E402
 
 
 def make_store(path: Path, frames: int, w: int, h: int) -> None:
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    """An episodic store of `frames` real G1 camera frames (`harness.g1_frames`, resized to `w`x`h`, cycled
+    when more are asked than the G1 set holds) in episodes of 100 steps, with the default frame codec."""
+    src = g1_frames(size=(w, h), max_frames=frames)
+    imgs = src[np.arange(frames) % len(src)]
     schema = Schema({"obs.rgb.top": FieldSpec("uint8", (h, w, 3), kind="image")})
     per = 100
     with EpisodicWriter(path, schema) as wr:
         for e in range(0, frames, per):
-            t = min(per, frames - e)
-            imgs = np.stack([np.roll(base, 3 * (e + i), axis=1) for i in range(t)])
-            wr.write(Episode(key=f"ep{e:05d}", steps={"obs.rgb.top": imgs}))
+            wr.write(Episode(key=f"ep{e:05d}", steps={"obs.rgb.top": imgs[e:e + per]}))
 
 
 def main() -> None:
@@ -113,11 +113,11 @@ def measure(args: argparse.Namespace, model: str, frames: int, w: int, h: int, t
     common = {"cores": args.cores, "threads": args.threads, "frames": frames, "goal": ""}
     figure(f"cache_dino.steady{suffix}", statistics.median(steadies), "images/s", base, statistics.median(fwds),
            ratio=median_ratio(steadies, fwds),
-           label=f"`ingest dino` of {frames:,} frames, {what}, CPU, steady state",
+           label=f"`ingest dino` of {frames:,} G1 frames ({w}x{h}), {what}, CPU, steady state",
            **(common | {"goal": ">= 0.95"}))
     figure(f"cache_dino.end_to_end{suffix}", statistics.median(e2es), "images/s", base, statistics.median(fwds),
            ratio=median_ratio(e2es, fwds),
-           label=f"`ingest dino` of {frames:,} frames end to end (model load, stats, manifest), {what}",
+           label=f"`ingest dino` of {frames:,} G1 frames ({w}x{h}) end to end (model load, stats, manifest), {what}",
            **common)
 
 

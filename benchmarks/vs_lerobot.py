@@ -15,6 +15,13 @@ for `tests/test_export_lerobot.py`), so this file imports only the standard libr
 top. Figures (JSON lines, DESIGN.md "Conventions"):
 - `vs_lerobot.samples_per_s`: EpisodeDataset samples/s against LeRobotDataset's on the export.
 - `vs_lerobot.bytes_per_frame`: the store's bytes per stored frame of the camera against the export's mp4.
+- `vs_lerobot.samples_per_s_<codec>_of_decode_limit` (`jpeg`, `video`): the store against its decode limit,
+  a third side alternated with the other two: `DecodeLimit`, the same sample with no store code (the frame
+  decoded by the bare decoder from the store's own bytes, as `frame_codecs.py`'s limits, split into planes by
+  OpenCV; the action chunk sliced from arrays in memory), through the same DataLoader settings, checked equal
+  to `EpisodeDataset`'s samples before it is timed.
+- `vs_lerobot.decode_limit_<codec>`: that limit against LeRobot: the most any store of these frame bytes can
+  serve in this loader, so the ceiling of the goal's ratio.
 
 `--smoke` resizes the frames to 160x120 on ingest and times 160 samples (the last 96) once per side, for the
 first `--frame-codec` only (checks the plumbing, not a figure). Goals (issue 26): >= 6x LeRobot's samples/s
@@ -123,6 +130,77 @@ def shardyard_rate(store: Path, indices: list[int], workers: int, batch: int, ch
     return loader_rate(ds, indices, workers, batch)[0]
 
 
+class DecodeLimit(torch.utils.data.Dataset):
+    """The benchmark's sample with no store code: the least any store of these bytes can do to serve it.
+
+    The frame comes from the codec's decoder alone on the store's own bytes (`frame_codecs.bare_jpeg`:
+    simplejpeg on each frame's chunk, read once up front; `frame_codecs.bare_video`: PyAV seeking to the
+    keyframe and decoding forward), split into one batch-wide planes buffer by OpenCV as `EpisodeDataset`
+    does; the action chunk and its pad mask (edge step repeated, as LeRobot's) are slices of arrays held in
+    memory. Same keys, shapes and dtypes as `EpisodeDataset`'s sample: `CAMERA` `(1, 3, H, W)` uint8 with
+    `CAMERA_is_pad (1,)`, `action (chunk, A)` float32 with `action_is_pad (chunk,)`, and the three indices."""
+
+    def __init__(self, fetch, action: np.ndarray, episode_ends: np.ndarray, chunk: int) -> None:
+        self.fetch, self.action, self.ends, self.chunk = fetch, action, episode_ends, chunk
+        self.starts = np.concatenate([[0], episode_ends[:-1]])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    def __getitems__(self, rows: list[int]) -> list[dict]:
+        import cv2
+
+        first = self.fetch(rows[0]).numpy()
+        planes = np.empty((len(rows), 1, first.shape[2], *first.shape[:2]), np.uint8)
+        out = []
+        for k, row in enumerate(rows):
+            cv2.split(first if k == 0 else self.fetch(row).numpy(), list(planes[k, 0]))
+            ep = int(np.searchsorted(self.ends, row, side="right"))
+            want = row + np.arange(self.chunk)
+            out.append({CAMERA: torch.from_numpy(planes[k]), f"{CAMERA}_is_pad": torch.zeros(1, dtype=torch.bool),
+                        "action": torch.from_numpy(self.action[np.minimum(want, self.ends[ep] - 1)]),
+                        "action_is_pad": torch.from_numpy(want >= self.ends[ep]), "episode_index": ep,
+                        "frame_index": row - int(self.starts[ep]), "index": row})
+        return out
+
+
+def decode_limit(store: Path, codec: str, indices: list[int], chunk: int) -> DecodeLimit:
+    """`DecodeLimit` over `store`, whose camera field has frame codec `codec` (`jpeg` or `video`), checked
+    before it is timed: its samples at the first 3 `indices` equal `EpisodeDataset`'s (raises RuntimeError
+    when they differ)."""
+    from frame_codecs import bare_jpeg, bare_video
+
+    from shardyard import open_store
+    from shardyard.loaders import EpisodeDataset
+
+    s = open_store(str(store))
+    field_dir = store / "data" / "obs.rgb.cam_high"
+    fetch = bare_video(field_dir, s.episode_starts) if codec == "video" else bare_jpeg(field_dir, np.asarray(indices))
+    limit = DecodeLimit(fetch, s.read_rows("action", 0, s.num_steps), np.asarray(s.episode_ends), chunk)
+    ours = EpisodeDataset(str(store), deltas={CAMERA: [0], "action": range(chunk)})
+    # compared in a worker, as timed: a PyAV scaler made here and then dropped in a forked worker would hang it
+    pairs = torch.utils.data.DataLoader(torch.utils.data.Subset(_Same(limit, ours), indices[:3]), batch_size=None,
+                                        num_workers=1)
+    if not all(bool(x) for x in pairs):
+        raise RuntimeError(f"{store}: the bare decode's samples differ from EpisodeDataset's at {indices[:3]}")
+    return limit
+
+
+class _Same(torch.utils.data.Dataset):
+    """Whether `a`'s and `b`'s samples at an index are equal, every key (a bool tensor)."""
+
+    def __init__(self, a, b) -> None:
+        self.a, self.b = a, b
+
+    def __len__(self) -> int:
+        return len(self.b)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x, y = self.a.__getitems__([i])[0], self.b[i]
+        return torch.tensor(x.keys() == y.keys() and all(torch.equal(torch.as_tensor(x[k]), torch.as_tensor(y[k]))
+                                                         for k in x))
+
+
 def lerobot_rate(export: Path, indices_file: Path, workers: int, batch: int, chunk: int) -> float:
     """Samples/s of `LeRobotDataset` on `export`, measured in the peer venv."""
     proc = run_peer("peer-rate", "--root", str(export), "--indices", str(indices_file), "--workers", str(workers),
@@ -156,6 +234,7 @@ def build(work: Path, frame_codec: str, image_size: str | None) -> tuple[Path, P
 
 
 GOALS = {"jpeg": ">= 6", "video": ">= 4"}
+LIMIT_DECODER = {"jpeg": "simplejpeg", "video": "PyAV seek + decode forward"}
 BYTES_GOALS = {"video": "<= 1"}
 
 
@@ -169,21 +248,36 @@ def compare(work: Path, codec: str, args: argparse.Namespace, samples: int, tria
     samples = len(indices)  # a store of fewer steps than asked serves each step once
     indices_file = work / "indices.json"
     indices_file.write_text(json.dumps(indices))
-    ours, theirs = [], []
+    name = codec.split(":")[0]
+    limit = decode_limit(store, name, indices, args.chunk) if name in ("jpeg", "video") else None
+    ours, theirs, bare = [], [], []
+    rates = {"lerobot": (theirs, lambda: lerobot_rate(export, indices_file, args.workers, args.batch, args.chunk)),
+             "shardyard": (ours, lambda: shardyard_rate(store, indices, args.workers, args.batch, args.chunk))}
+    if limit is not None:
+        rates["limit"] = (bare, lambda: loader_rate(limit, indices, args.workers, args.batch)[0])
     for trial in range(trials):  # alternated, each side first in turn
-        sides = [("lerobot", theirs), ("shardyard", ours)]
-        for name, out in sides if trial % 2 == 0 else sides[::-1]:
-            out.append(lerobot_rate(export, indices_file, args.workers, args.batch, args.chunk) if name == "lerobot"
-                       else shardyard_rate(store, indices, args.workers, args.batch, args.chunk))
+        for side in list(rates) if trial % 2 == 0 else list(rates)[::-1]:
+            rates[side][0].append(rates[side][1]())
     extra = {"frame_codec": codec, "samples": samples, "trials": trials, "workers": args.workers,
              "batch": args.batch, "chunk": args.chunk, "smoke": args.smoke,
              "trials_value": [round(v, 1) for v in ours], "trials_baseline": [round(v, 1) for v in theirs]}
-    name = codec.split(":")[0]
     figure(f"vs_lerobot.samples_per_s_{name}", statistics.median(ours), "samples/s",
            "LeRobot 0.4.4 `LeRobotDataset` on its own encoding (AV1, g=2)", statistics.median(theirs),
            ratio=median_ratio(ours, theirs), goal=GOALS.get(name, ""),
            label=f"{samples:,} samples (frame + {args.chunk}-step action chunk) of {n:,} G1 steps, `{codec}` store "
                  f"vs LeRobot, DataLoader {args.workers} workers, batch {args.batch}, shuffled", **extra)
+    if limit is not None:
+        what = f"the same {samples:,} samples"
+        figure(f"vs_lerobot.samples_per_s_{name}_of_decode_limit", statistics.median(ours), "samples/s",
+               f"decode limit: {LIMIT_DECODER[name]} on the store's bytes, no store code", statistics.median(bare),
+               ratio=median_ratio(ours, bare), frame_codec=codec, samples=samples, trials=trials,
+               trials_baseline=[round(v, 1) for v in bare],
+               label=f"{what} from the `{codec}` store against the decoder alone on its bytes, same loader")
+        figure(f"vs_lerobot.decode_limit_{name}", statistics.median(bare), "samples/s",
+               "LeRobot 0.4.4 `LeRobotDataset` on its own encoding (AV1, g=2)", statistics.median(theirs),
+               ratio=median_ratio(bare, theirs), frame_codec=codec, samples=samples, trials=trials,
+               label=f"{what}, the decode limit of the `{codec}` store's bytes against LeRobot: the most any "
+                     f"store of these bytes serves in this loader (the ceiling of the `{name}` goal's ratio)")
     store_bytes = _bytes(store / "data" / "obs.rgb.cam_high") / n
     export_bytes = _bytes(export / "videos" / CAMERA) / n
     figure(f"vs_lerobot.bytes_per_frame_{name}", store_bytes, "bytes/frame", "LeRobot export mp4, bytes/frame",
