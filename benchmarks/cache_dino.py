@@ -4,7 +4,7 @@ same batch size, in the same run (issue 3: goal >= 0.9 with the tiny model on CP
 Like for like: both sides run in this one process pinned to the same `--cores` CPUs (default 1) with the same
 torch thread count, so the ingest's reader and writer threads, which overlap the forward, get no core the
 baseline leaves idle. Builds an episodic store of `--frames` real G1 camera frames (`--size`); the two sides are
-alternated for `--trials` trials, rates are medians and ratios medians of the per-trial ratios
+alternated for `--trials` trials (5), rates are medians and ratios medians of the per-trial ratios
 (`benchmarks/harness.py`). Figures:
 - `cache_dino.steady`: ingest images/s between the first and the last stored batch (read + forward + write)
   vs forward-only images/s;
@@ -50,7 +50,9 @@ def make_store(path: Path, frames: int, w: int, h: int) -> None:
 
 
 def main() -> None:
-    ap = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    # 5 trials: each side of a trial is one short run, and this machine's speed swings by +-5 % between two
+    # of them, as much as the pipeline's whole cost next to a ViT-S forward (0.95-0.99 over three runs of 3)
+    ap = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), trials=5)
     ap.add_argument("--frames", type=int, default=512)
     ap.add_argument("--cores", type=int, default=1, help="CPUs both sides are pinned to")
     ap.add_argument("--size", default="160x120", help="source frame WxH")
