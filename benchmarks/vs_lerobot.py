@@ -20,8 +20,9 @@ top. Figures (JSON lines, DESIGN.md "Conventions"):
   decoded by the bare decoder from the store's own bytes, as `frame_codecs.py`'s limits, split into planes by
   OpenCV; the action chunk sliced from arrays in memory), through the same DataLoader settings, checked equal
   to `EpisodeDataset`'s samples before it is timed.
-- `vs_lerobot.decode_limit_<codec>`: that limit against LeRobot: the most any store of these frame bytes can
-  serve in this loader, so the ceiling of the goal's ratio.
+- `vs_lerobot.decode_limit_<codec>`: that limit against LeRobot: for `jpeg`, the most any store of these
+  frame bytes can serve in this loader, so the ceiling of the goal's ratio; for `video`, the same with one
+  decode per sample (sharing GOPs between the samples of a batch goes above it).
 
 `--smoke` resizes the frames to 160x120 on ingest and times 160 samples (the last 96) once per side, for the
 first `--frame-codec` only (checks the plumbing, not a figure). Goals (issue 26): >= 6x LeRobot's samples/s
@@ -131,7 +132,8 @@ def shardyard_rate(store: Path, indices: list[int], workers: int, batch: int, ch
 
 
 class DecodeLimit(torch.utils.data.Dataset):
-    """The benchmark's sample with no store code: the least any store of these bytes can do to serve it.
+    """The benchmark's sample with no store code: what serving it from these frame bytes costs, one decode
+    per sample (a store that decodes a GOP once for all the samples of a batch in it can do better).
 
     The frame comes from the codec's decoder alone on the store's own bytes (`frame_codecs.bare_jpeg`:
     simplejpeg on each frame's chunk, read once up front; `frame_codecs.bare_video`: PyAV seeking to the
@@ -276,8 +278,8 @@ def compare(work: Path, codec: str, args: argparse.Namespace, samples: int, tria
         figure(f"vs_lerobot.decode_limit_{name}", statistics.median(bare), "samples/s",
                "LeRobot 0.4.4 `LeRobotDataset` on its own encoding (AV1, g=2)", statistics.median(theirs),
                ratio=median_ratio(bare, theirs), frame_codec=codec, samples=samples, trials=trials,
-               label=f"{what}, the decode limit of the `{codec}` store's bytes against LeRobot: the most any "
-                     f"store of these bytes serves in this loader (the ceiling of the `{name}` goal's ratio)")
+               label=f"{what}, the decode limit of the `{codec}` store's bytes (one decode per sample, no store "
+                     "code) against LeRobot, same loader")
     store_bytes = _bytes(store / "data" / "obs.rgb.cam_high") / n
     export_bytes = _bytes(export / "videos" / CAMERA) / n
     figure(f"vs_lerobot.bytes_per_frame_{name}", store_bytes, "bytes/frame", "LeRobot export mp4, bytes/frame",
