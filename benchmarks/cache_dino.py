@@ -51,7 +51,7 @@ def make_store(path: Path, frames: int, w: int, h: int) -> None:
 
 def main() -> None:
     # 5 trials: each side of a trial is one short run, and this machine's speed swings by +-5 % between two
-    # of them, as much as the pipeline's whole cost next to a ViT-S forward (0.95-0.99 over three runs of 3)
+    # of them, more than the pipeline's whole cost next to a ViT-S forward (0.949 and 0.964 in two runs of 3)
     ap = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), trials=5)
     ap.add_argument("--frames", type=int, default=512)
     ap.add_argument("--cores", type=int, default=1, help="CPUs both sides are pinned to")

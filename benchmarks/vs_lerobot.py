@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 PEER_PYTHON = REPO / ".venv-lerobot" / "bin" / "python"
 G1 = SHARED / "lerobot" / "unitree_g1_inspire_v2.1"
 CAMERA = "observation.images.cam_high"
+FIELD = "obs.rgb.cam_high"  # CAMERA in the store (`lerobot_names.field_from_feature`; not imported: peer venv)
 CHUNK = 16
 
 
@@ -176,7 +177,7 @@ def decode_limit(store: Path, codec: str, indices: list[int], chunk: int) -> Dec
     from shardyard.loaders import EpisodeDataset
 
     s = open_store(str(store))
-    field_dir = store / "data" / "obs.rgb.cam_high"
+    field_dir = store / "data" / FIELD
     fetch = bare_video(field_dir, s.episode_starts) if codec == "video" else bare_jpeg(field_dir, np.asarray(indices))
     limit = DecodeLimit(fetch, s.read_rows("action", 0, s.num_steps), np.asarray(s.episode_ends), chunk)
     ours = EpisodeDataset(str(store), deltas={CAMERA: [0], "action": range(chunk)})
@@ -280,7 +281,7 @@ def compare(work: Path, codec: str, args: argparse.Namespace, samples: int, tria
                ratio=median_ratio(bare, theirs), frame_codec=codec, samples=samples, trials=trials,
                label=f"{what}, the decode limit of the `{codec}` store's bytes (one decode per sample, no store "
                      "code) against LeRobot, same loader")
-    store_bytes = _bytes(store / "data" / "obs.rgb.cam_high") / n
+    store_bytes = _bytes(store / "data" / FIELD) / n
     export_bytes = _bytes(export / "videos" / CAMERA) / n
     figure(f"vs_lerobot.bytes_per_frame_{name}", store_bytes, "bytes/frame", "LeRobot export mp4, bytes/frame",
            export_bytes, frame_codec=codec, frames=n, goal=BYTES_GOALS.get(name, ""),

@@ -9,10 +9,10 @@ Data, either
 - `stream` + `live_backbone`: clips of `gap + 1` frames at `stream_fps` from `ClipStream`, decoded by
   `num_workers` DataLoader workers (0: in the training process), through the frozen backbone on every step,
   without caching; pairs are every `(t, t + gap)` of each clip. With 2 workers and a ViT-S/14-sized backbone
-  on the CPU the step waits for its clips 2.8 % of the time, 6.8 % with the clips decoded in the training
-  process (`benchmarks/train_patch_predict.py`). The stream's `state_dict` (the batches used so far) goes
-  into `latest.pth`, so a resumed run with the same worker count continues with the next clip. Evaluation there is
-  online: the metrics of each training batch before its update.
+  on the CPU the step waits for its clips 2.6 % of the time, 6.3 % with the clips decoded in the training
+  process (`benchmarks/train_patch_predict.py`, the benchmark table's run). The stream's `state_dict` (the
+  batches used so far) goes into `latest.pth`, so a resumed run with the same worker count continues with the
+  next clip. Evaluation there is online: the metrics of each training batch before its update.
 
 Outputs in `out`: `metrics.jsonl` (train rows: step, loss, lr, data_wait_frac (share of step time spent
 reading the batch), steps_per_s; eval rows: cos, mse, copy_cos, copy_mse,
