@@ -18,7 +18,7 @@ from shardyard import open_store  # noqa: E402
 from shardyard.geometry import canonical_hemisphere  # noqa: E402
 from shardyard.schema import Episode, FieldSpec, Schema  # noqa: E402
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig  # noqa: E402
-from shardyard.tools.inspect.summary import eef_pixels, summarize, write_plots  # noqa: E402
+from shardyard.tools.inspect.summary import eef_pixels, skipped_lines, summarize, write_plots  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 H, W, T = 48, 64, 20
@@ -157,6 +157,33 @@ def test_summarize_lists_counts_fields_stats_robot_and_skips(tmp_path):
     assert "height bins 8" in text and "gripper bins 8" in text
     assert "rotation mode 1d_pca" in text and "PC1 EV" in text
     assert "pick_cup/demo_0009" in text and "EEF trajectory has NaN" in text and "1 skipped" in text
+
+
+def test_summarize_groups_skipped_rows_that_share_a_reason(tmp_path):
+    path = make_store(tmp_path)
+    missing = [{"key": f"episode_{i:06d}", "path": f"/raw/episode_{i:06d}.parquet", "field": "data",
+                "reason": "data file listed in meta is missing", "error": "SourceError"} for i in range(2, 100)]
+    odd = [{"key": "episode_000100", "path": "/raw/episode_000100.parquet", "field": "action",
+            "reason": "25 value(s) per row, 26 expected", "error": "SchemaError"}]
+    (path / "report.json").write_text(json.dumps({"num_ok": 2, "num_skipped": 99, "skipped": missing + odd}))
+    text = summarize(open_store(path))
+    report = text[text.index("Report:"):].splitlines()
+    assert report[0] == "Report: 2 ok, 99 skipped", report
+    assert report[1].startswith("  - 98 episodes [data]: data file listed in meta is missing (SourceError): "
+                                "episode_000002, episode_000003, episode_000004, ..., episode_000099"), report[1]
+    assert report[2] == ("  - episode_000100 [action]: 25 value(s) per row, 26 expected (SchemaError) at "
+                         "/raw/episode_000100.parquet"), report[2]
+    assert "episode_000050" not in text
+
+
+def test_skipped_lines_caps_distinct_reasons():
+    rows = [{"key": f"k{i}", "reason": f"reason {i}"} for i in range(30)]
+    lines = skipped_lines(rows, max_lines=5)
+    assert lines[:5] == [f"  - k{i}: reason {i}" for i in range(5)], lines
+    assert lines[5] == "  ... and 25 more line(s); every row in report.json" and len(lines) == 6
+    assert skipped_lines(rows[:3]) == [f"  - k{i}: reason {i}" for i in range(3)]
+    same = [{"key": f"k{i}", "reason": "absent"} for i in range(4)]
+    assert skipped_lines(same) == ["  - 4 episodes: absent: k0, k1, k2, k3 (each with its path in report.json)"]
 
 
 def test_summarize_without_stats_or_report(tmp_path):
