@@ -9,6 +9,11 @@ shardyard: `deltas={"action": range(16)}`), for the same shuffled sample indices
 `torch.utils.data.DataLoader` settings (`--workers` 2, `--batch` 32). Each side's first batch per worker (its
 start-up) is not timed. The sides alternate for `--trials` (3) trials and each figure is the median.
 
+Each side runs as its users are told to: LeRobot with the DataLoader's default collate, shardyard with
+`collate_fn=SharedCollate()` (`docs/loaders.md`: batches equal to the default collate's, carried through
+shared-memory slots each worker reuses). A fourth side, the store with the default collate, gives
+`vs_lerobot.samples_per_s_<codec>_default_collate`, the comparison with the transport held equal.
+
 LeRobot runs in its own virtualenv (`make lerobot-venv`: lerobot 0.4.4, torchcodec 0.13 on Debian's ffmpeg),
 as a subprocess of this same file (`peer-rate`; `peer-dump` writes what `LeRobotDataset` returns to an .npz
 for `tests/test_export_lerobot.py`), so this file imports only the standard library, numpy and torch at the
@@ -16,10 +21,10 @@ top. Figures (JSON lines, DESIGN.md "Conventions"):
 - `vs_lerobot.samples_per_s`: EpisodeDataset samples/s against LeRobotDataset's on the export.
 - `vs_lerobot.bytes_per_frame`: the store's bytes per stored frame of the camera against the export's mp4.
 - `vs_lerobot.samples_per_s_<codec>_of_decode_limit` (`jpeg`, `video`): the store against its decode limit,
-  a third side alternated with the other two: `DecodeLimit`, the same sample with no store code (the frame
+  a third side alternated with the others: `DecodeLimit`, the same sample with no store code (the frame
   decoded by the bare decoder from the store's own bytes, as `frame_codecs.py`'s limits, split into planes by
-  OpenCV; the action chunk sliced from arrays in memory), through the same DataLoader settings, checked equal
-  to `EpisodeDataset`'s samples before it is timed.
+  OpenCV; the action chunk sliced from arrays in memory), through the same DataLoader settings and collate,
+  checked equal to `EpisodeDataset`'s samples before it is timed.
 - `vs_lerobot.decode_limit_<codec>`: that limit against LeRobot: for `jpeg`, the most any store of these
   frame bytes can serve in this loader, so the ceiling of the goal's ratio; for `video`, the same with one
   decode per sample (sharing GOPs between the samples of a batch goes above it).
@@ -100,13 +105,15 @@ def peer_dump(root: Path, out: Path, chunk: int) -> None:
     np.savez(out, **{k: np.stack(v) for k, v in rows.items()})
 
 
-def loader_rate(ds, indices: list[int], workers: int, batch: int) -> tuple[float, int]:
-    """Samples/s of a DataLoader over `ds` at `indices` (in that order), and the samples timed.
+def loader_rate(ds, indices: list[int], workers: int, batch: int, collate_fn=None) -> tuple[float, int]:
+    """Samples/s of a DataLoader over `ds` at `indices` (in that order), and the samples timed; `collate_fn`
+    None is the DataLoader's default collate.
 
     Each worker's first batch (its start-up: forking, opening files, the decoder) is not timed.
     """
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, indices), batch_size=batch,
-                                         num_workers=workers, shuffle=False, persistent_workers=False)
+                                         num_workers=workers, shuffle=False, persistent_workers=False,
+                                         collate_fn=collate_fn)
     it = iter(loader)
     for _ in range(max(workers, 1)):
         next(it)
@@ -124,12 +131,14 @@ def peer_rate(root: Path, indices_file: Path, workers: int, batch: int, chunk: i
     sys.stdout.write(json.dumps({"samples_per_s": rate, "samples": n}) + "\n")
 
 
-def shardyard_rate(store: Path, indices: list[int], workers: int, batch: int, chunk: int) -> float:
-    """Samples/s of `EpisodeDataset` on `store`, the same sample (camera frame + `chunk`-step action chunk)."""
-    from shardyard.loaders import EpisodeDataset
+def shardyard_rate(store: Path, indices: list[int], workers: int, batch: int, chunk: int,
+                   shared: bool = True) -> float:
+    """Samples/s of `EpisodeDataset` on `store`, the same sample (camera frame + `chunk`-step action chunk),
+    collated by `SharedCollate` (or, `shared` False, the DataLoader's default collate)."""
+    from shardyard.loaders import EpisodeDataset, SharedCollate
 
     ds = EpisodeDataset(str(store), deltas={CAMERA: [0], "action": range(chunk)})
-    return loader_rate(ds, indices, workers, batch)[0]
+    return loader_rate(ds, indices, workers, batch, SharedCollate() if shared else None)[0]
 
 
 class DecodeLimit(torch.utils.data.Dataset):
@@ -253,11 +262,15 @@ def compare(work: Path, codec: str, args: argparse.Namespace, samples: int, tria
     indices_file.write_text(json.dumps(indices))
     name = codec.split(":")[0]
     limit = decode_limit(store, name, indices, args.chunk) if name in ("jpeg", "video") else None
-    ours, theirs, bare = [], [], []
+    from shardyard.loaders import SharedCollate
+
+    ours, theirs, bare, plain = [], [], [], []
     rates = {"lerobot": (theirs, lambda: lerobot_rate(export, indices_file, args.workers, args.batch, args.chunk)),
-             "shardyard": (ours, lambda: shardyard_rate(store, indices, args.workers, args.batch, args.chunk))}
+             "shardyard": (ours, lambda: shardyard_rate(store, indices, args.workers, args.batch, args.chunk)),
+             "default_collate": (plain, lambda: shardyard_rate(store, indices, args.workers, args.batch, args.chunk,
+                                                               shared=False))}
     if limit is not None:
-        rates["limit"] = (bare, lambda: loader_rate(limit, indices, args.workers, args.batch)[0])
+        rates["limit"] = (bare, lambda: loader_rate(limit, indices, args.workers, args.batch, SharedCollate())[0])
     for trial in range(trials):  # alternated, each side first in turn
         for side in list(rates) if trial % 2 == 0 else list(rates)[::-1]:
             rates[side][0].append(rates[side][1]())
@@ -268,19 +281,27 @@ def compare(work: Path, codec: str, args: argparse.Namespace, samples: int, tria
            "LeRobot 0.4.4 `LeRobotDataset` on its own encoding (AV1, g=2)", statistics.median(theirs),
            ratio=median_ratio(ours, theirs), goal=GOALS.get(name, ""),
            label=f"{samples:,} samples (frame + {args.chunk}-step action chunk) of {n:,} G1 steps, `{codec}` store "
-                 f"vs LeRobot, DataLoader {args.workers} workers, batch {args.batch}, shuffled", **extra)
+                 f"(SharedCollate) vs LeRobot (default collate), DataLoader {args.workers} workers, batch "
+                 f"{args.batch}, shuffled", **extra)
+    figure(f"vs_lerobot.samples_per_s_{name}_default_collate", statistics.median(plain), "samples/s",
+           "LeRobot 0.4.4 `LeRobotDataset` on its own encoding (AV1, g=2)", statistics.median(theirs),
+           ratio=median_ratio(plain, theirs), frame_codec=codec, samples=samples, trials=trials,
+           trials_value=[round(v, 1) for v in plain],
+           label=f"the same {samples:,} samples from the `{codec}` store with the DataLoader's default collate, "
+                 "as LeRobot's: the transport held equal")
     if limit is not None:
         what = f"the same {samples:,} samples"
         figure(f"vs_lerobot.samples_per_s_{name}_of_decode_limit", statistics.median(ours), "samples/s",
                f"decode limit: {LIMIT_DECODER[name]} on the store's bytes, no store code", statistics.median(bare),
                ratio=median_ratio(ours, bare), frame_codec=codec, samples=samples, trials=trials,
                trials_baseline=[round(v, 1) for v in bare],
-               label=f"{what} from the `{codec}` store against the decoder alone on its bytes, same loader")
+               label=f"{what} from the `{codec}` store against the decoder alone on its bytes, same loader and "
+                     "collate (SharedCollate)")
         figure(f"vs_lerobot.decode_limit_{name}", statistics.median(bare), "samples/s",
                "LeRobot 0.4.4 `LeRobotDataset` on its own encoding (AV1, g=2)", statistics.median(theirs),
                ratio=median_ratio(bare, theirs), frame_codec=codec, samples=samples, trials=trials,
                label=f"{what}, the decode limit of the `{codec}` store's bytes (one decode per sample, no store "
-                     "code) against LeRobot, same loader")
+                     "code, SharedCollate) against LeRobot, same loader")
     store_bytes = _bytes(store / "data" / FIELD) / n
     export_bytes = _bytes(export / "videos" / CAMERA) / n
     figure(f"vs_lerobot.bytes_per_frame_{name}", store_bytes, "bytes/frame", "LeRobot export mp4, bytes/frame",

@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "UrlStreamConfig": "url_stream",
     "ResumableSampler": "sampler",
     "BatchStream": "sampler",
+    "SharedCollate": "shared_batches",
     "FieldNorm": "normalize",
     "normalize_images": "normalize",
 }
