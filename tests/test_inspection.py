@@ -18,7 +18,8 @@ from shardyard import open_store  # noqa: E402
 from shardyard.geometry import canonical_hemisphere  # noqa: E402
 from shardyard.schema import Episode, FieldSpec, Schema  # noqa: E402
 from shardyard.stores.episodic_writer import EpisodicWriter, EpisodicWriterConfig  # noqa: E402
-from shardyard.tools.inspect.summary import eef_pixels, skipped_lines, summarize, write_plots  # noqa: E402
+from shardyard.tools.inspect.skipped import skipped_lines  # noqa: E402
+from shardyard.tools.inspect.summary import eef_pixels, summarize, write_plots  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 H, W, T = 48, 64, 20

@@ -89,7 +89,8 @@ def test_a_slot_is_reused_only_after_its_batch_is_freed():
     b = _unpickle(sc.pack(_items(20)))
     assert sc.slots_in_use == 2
     plain = sc.pack(_items(30))  # both slots held: default_collate
-    assert isinstance(plain, dict) and torch.equal(plain["frame"][:, 0, 0], torch.tensor([30, 31, 32], dtype=torch.uint8))
+    assert isinstance(plain, dict)
+    assert torch.equal(plain["frame"][:, 0, 0], torch.tensor([30, 31, 32], dtype=torch.uint8))
     view = a["frame"][1]  # a view of batch a keeps its slot
     del a
     gc.collect()

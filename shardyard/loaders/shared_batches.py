@@ -15,7 +15,9 @@ the record becomes the same dict `default_collate` gives (tensors `(B, ...)` of 
 whose tensors are views of the slot. The slot returns to its worker when the last of those tensors (and every
 view of them) is freed, so a batch is never overwritten while the program can still read it; a worker that
 finds no free slot (the program holds many batches), or cannot get shared memory, collates that batch with
-`default_collate`. In the main process (`num_workers=0`) it is `default_collate`.
+`default_collate`. In the main process (`num_workers=0`) it is `default_collate`. A worker holds at most
+`slots` batches' worth of shared memory, made as the training process keeps batches (about `prefetch_factor`
++ 1 at a time in a plain loop), where `default_collate` allocates the same amount anew for every batch.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ class SharedCollate:
                 parts, shape, dtype = col
                 columns.append((key, ("slot", size, parts, shape, dtype)))
                 size += -(-int(np.prod(shape, dtype=np.int64)) * dtype.itemsize // _ALIGN) * _ALIGN
-        slot = self._acquire(size)
+        slot = self._acquire(size) if size else None  # nothing to put in a slot: the plain path
         if slot is None:
             return default_collate(items)
         root = self._buffers[slot].numpy()
