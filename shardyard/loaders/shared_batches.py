@@ -5,8 +5,9 @@ Why: torch's `default_collate` stacks each field of a batch into a new shared-me
 so every batch costs the kernel a fresh allocation, zeroing and page fault per 4 KiB page (225 per 640x480 RGB
 frame). On the 2-core CI machine, with 2 workers serving the G1 `jpeg` store (frame + 16-step action chunk,
 batch 32), that kernel work took as much worker time as the JPEG decode itself (35 % and 35 % of the
-workers' samples under `perf`, 226 page faults per sample); the same loader with these slots served 1.3x the
-samples/s (`benchmarks/vs_lerobot.py`, rows `*_default_collate` against the plain ones).
+workers' samples under `perf`, 226 page faults per sample); the same loader with these slots served 1.41x the
+samples/s (1,357 against 960; 1.25x from the `video` store, 837 against 671: `benchmarks/vs_lerobot.py`, rows
+`*_default_collate` against the plain ones, in the benchmark table's run).
 
 How: in a worker, a batch of mapping samples is stacked field by field into one free slot (a shared uint8
 buffer the worker keeps: at most `slots` of them, made on first need), and only a small record (slot, offsets,
