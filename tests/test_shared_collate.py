@@ -77,7 +77,9 @@ def _unpickle(obj):
 
 def _items(value: int, n: int = 3) -> list[dict]:
     return [{"frame": torch.full((2, 3), value + i, dtype=torch.uint8), "n": value + i, "x": 0.5 * i,
-             "ok": bool(i % 2), "arr": np.full(4, value, np.int16), "name": f"s{i}"} for i in range(n)]
+             "ok": bool(i % 2), "arr": np.full(4, value, np.int16), "name": f"s{i}",
+             "bf16": torch.full((2,), i, dtype=torch.bfloat16), "conj": torch.full((2,), 1j * i).conj()}
+            for i in range(n)]
 
 
 def test_a_slot_is_reused_only_after_its_batch_is_freed():
@@ -86,6 +88,7 @@ def test_a_slot_is_reused_only_after_its_batch_is_freed():
     _assert_same(a, torch.utils.data.default_collate(_items(10)))
     assert a["n"].dtype == torch.int64 and a["x"].dtype == torch.float64 and a["ok"].dtype == torch.bool
     assert a["arr"].dtype == torch.int16 and a["name"] == ["s0", "s1", "s2"]
+    assert a["bf16"].dtype == torch.bfloat16 and torch.equal(a["conj"][:, 0], torch.tensor([0j, -1j, -2j]))
     b = _unpickle(sc.pack(_items(20)))
     assert sc.slots_in_use == 2
     plain = sc.pack(_items(30))  # both slots held: default_collate

@@ -50,7 +50,10 @@ def _column(values: list[Any]) -> tuple[Any, tuple[int, ...], np.dtype] | None:
                 isinstance(v, torch.Tensor) and v.device.type == "cpu" and not v.requires_grad
                 and v.shape == first.shape and v.dtype == first.dtype for v in values):
             return None
-        parts = [v.numpy() for v in values]
+        try:
+            parts = [v.numpy() for v in values]
+        except (RuntimeError, TypeError):  # no numpy view (a lazy conjugate, say): default_collate
+            return None
         return parts, (len(values), *first.shape), parts[0].dtype
     if isinstance(first, np.ndarray):
         if first.dtype.kind in "OSUV" or not all(isinstance(v, np.ndarray) and v.shape == first.shape
