@@ -157,7 +157,7 @@ class SharedCollate:
             values = [it[key] for it in items]
             col = _column(values)
             if col is None:
-                columns.append((key, ("inline", default_collate(values))))
+                columns.append((key, ("inline", values)))  # collated below, once a slot is sure
             else:
                 parts, shape, dtype = col
                 columns.append((key, ("slot", size, parts, shape, dtype)))
@@ -178,7 +178,7 @@ class SharedCollate:
                     np.stack(parts, out=dst)  # straight into the slot: no batch array in between
                 layout.append((key, ("slot", offset, shape, dtype.str)))
             else:
-                layout.append((key, entry))
+                layout.append((key, ("inline", default_collate(entry[1]))))
         return _SlotBatch(self._buffers[slot], self._flags, slot, layout)
 
     def _acquire(self, size: int) -> int | None:
