@@ -3,8 +3,9 @@ once with the store's frame codec, in the same run and the same number of proces
 
 Input: the shared YAM episodes (i2rt recorder layout, two 640x480 H.264 cameras, FK through MuJoCo), copied
 `--repeat` times under new keys (default 6: 36 episodes, 11,424 frames) so the run is long enough to time;
-an ingest's fixed costs (schema probe, MuJoCo model compile, the scikit-learn import for the rotation
-k-means, stats and manifest: about 3 s here) weigh ~25 % on 18 episodes (`--repeat 3`).
+an ingest's fixed costs (schema probe, MuJoCo model compile, stats with the rotation k-means, manifest:
+about 3 s here before the k-means left scikit-learn and its 1.6 s import) weigh ~25 % on 18 episodes
+(`--repeat 3`).
 Figures (frames = steps x cameras):
 - `ingest_yam.frames_<frames>` against `decode + <codec> encode, <n> processes`: every video opened once and
   decoded front to back with PyAV (default decoder threads, as the ingest's reader), each frame converted to

@@ -27,8 +27,8 @@ from typing import Any, Iterable
 from shardyard.errors import SourceError, UnsafePathError
 from shardyard.stores.safe_paths import safe_relative
 
-__all__ = ["FOLLOW_HINT", "check_folder", "check_inside", "hdf5_links_problem", "hdf5_member_problem", "hdf5_problem",
-           "is_inside", "name_problem", "outside_problem", "plain_name_problem"]
+__all__ = ["FOLLOW_HINT", "check_folder", "check_inside", "hdf5_links_problem", "hdf5_member_problem",
+           "hdf5_object_problem", "hdf5_problem", "is_inside", "name_problem", "outside_problem", "plain_name_problem"]
 
 FOLLOW_HINT = "pass --follow-links to read it anyway"
 
@@ -133,15 +133,23 @@ def hdf5_problem(group, names: Iterable[str] = ()) -> str | None:
     group's own file. Run `hdf5_links_problem` first: opening a name follows its links."""
     fileno = group.id.fileno
     for name in names:
-        obj = group[name]
-        where = f"{group.name.rstrip('/')}/{name}"
-        if obj.id.fileno != fileno:
-            return f"{where} is stored in another file ({obj.file.filename}), reached through a link; {FOLLOW_HINT}"
-        if getattr(obj, "is_virtual", False):
-            others = sorted({s.file_name for s in obj.virtual_sources() if s.file_name != "."})
-            if others:
-                return f"{where} is an HDF5 virtual dataset reading other file(s): {', '.join(others)}; {FOLLOW_HINT}"
-        if getattr(obj, "external", None):
-            return (f"{where} keeps its data in external file(s): {', '.join(str(e[0]) for e in obj.external)}; "
-                    f"{FOLLOW_HINT}")
+        why = hdf5_object_problem(group[name], fileno, f"{group.name.rstrip('/')}/{name}")
+        if why:
+            return why
+    return None
+
+
+def hdf5_object_problem(obj, fileno: int, where: str) -> str | None:
+    """`hdf5_problem` of one opened h5py object `obj` (named `where` in messages), whose data must live in
+    the file numbered `fileno` (`group.id.fileno`): a reader that opens a dataset anyway checks it here,
+    without opening it twice."""
+    if obj.id.fileno != fileno:
+        return f"{where} is stored in another file ({obj.file.filename}), reached through a link; {FOLLOW_HINT}"
+    if getattr(obj, "is_virtual", False):
+        others = sorted({s.file_name for s in obj.virtual_sources() if s.file_name != "."})
+        if others:
+            return f"{where} is an HDF5 virtual dataset reading other file(s): {', '.join(others)}; {FOLLOW_HINT}"
+    if getattr(obj, "external", None):
+        return (f"{where} keeps its data in external file(s): {', '.join(str(e[0]) for e in obj.external)}; "
+                f"{FOLLOW_HINT}")
     return None

@@ -9,7 +9,6 @@ committed (a rerun after a kill) are not read again.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import multiprocessing as mp
 import os
@@ -340,8 +339,6 @@ def run_ingest(source: Source, cfg: IngestConfig, *, on_episode: Callable[[str, 
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         pool = _start_pool(source, cfg, stack) if cfg.workers > 1 and cfg.ray_address is None else None
-        # Stats need scikit-learn at the end; importing it meanwhile takes ~1 s off the critical path.
-        threading.Thread(target=importlib.import_module, args=("sklearn.cluster",), daemon=True).start()
         return _run(source, cfg, pool, on_episode, t0, on_commit)
 
 
