@@ -264,3 +264,30 @@ def test_lerobot_hub_cache_snapshot_links_into_its_blobs_are_inside(tmp_path, mo
     proc = run_cli("ingest", "lerobot", "someone/so101", "--out", tmp_path / "s", "--camera", "none")
     assert proc.returncode == 0, proc.stderr
     assert open_store(str(tmp_path / "s")).num_episodes == 4
+
+
+def test_hdf5_link_made_after_the_probe_is_refused_where_the_read_opens_it(tmp_path):
+    """A reader process reuses the probe's field plan (the probe checked every dataset), so it checks each
+    dataset again where it opens it: a dataset turned into a link to another file after the probe (a file
+    changed under a long ingest) is refused, naming the field, and none of the other file's data is read."""
+    import gc
+    import pickle
+
+    from shardyard.ingest.libero import LiberoConfig, LiberoSource
+
+    path = write_libero_file(tmp_path / "in" / "t_demo.hdf5", num_demos=2, steps=6, size=8)
+    probe = LiberoSource(LiberoConfig(root=path.parent))
+    assert "action" in probe.schema()  # every demo's datasets checked and planned
+    reader = pickle.loads(pickle.dumps(probe))  # as a spawned reader gets it: the plans, no open files
+    del probe
+    gc.collect()  # the probe's read-only handle is closed, so the file can be changed
+    with h5py.File(path, "a") as f:
+        n, n0 = f["data/demo_1/actions"].shape, len(f["data/demo_0/actions"])
+        _external(f["data/demo_1"], "actions", tmp_path / "secret.hdf5", np.full(n, 7.25))
+    with pytest.raises(SourceError, match="is stored in another file") as e:
+        reader.read("t_demo/demo_1")
+    assert (e.value.key, e.value.field, e.value.path) == ("t_demo/demo_1", "action", str(path))
+    assert "--follow-links" in e.value.reason
+    assert reader.read("t_demo/demo_0").num_steps == n0
+    follow = LiberoSource(LiberoConfig(root=path.parent, follow_links=True))
+    assert np.all(follow.read("t_demo/demo_1").steps["action"] == 7.25)
