@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from shardyard.errors import SourceError, UnsafePathError
 from shardyard.stores.safe_paths import safe_relative
@@ -126,14 +126,17 @@ def hdf5_links_problem(group) -> str | None:
     return group.visititems_links(lambda name, link: _link_problem(group, name, link))
 
 
-def hdf5_problem(group, names: Iterable[str] = ()) -> str | None:
+def hdf5_problem(group, names: Iterable[str] | Mapping[str, Any] = ()) -> str | None:
     """Why objects of `group` (an h5py Group) may not be read: one of `names` (what the reader will open,
-    relative to `group`) is stored in another file (reached through a soft link), is a virtual dataset with
-    a source in another file, or keeps its raw data in an external file; None when all of them live in the
-    group's own file. Run `hdf5_links_problem` first: opening a name follows its links."""
+    relative to `group`; or a mapping of those names to the objects already opened) is stored in another
+    file (reached through a soft link), is a virtual dataset with a source in another file, or keeps its raw
+    data in an external file; None when all of them live in the group's own file. Run `hdf5_links_problem`
+    first: opening a name follows its links."""
     fileno = group.id.fileno
-    for name in names:
-        why = hdf5_object_problem(group[name], fileno, f"{group.name.rstrip('/')}/{name}")
+    opened = names if isinstance(names, Mapping) else {name: None for name in names}
+    for name, obj in opened.items():
+        obj = group[name] if obj is None else obj
+        why = hdf5_object_problem(obj, fileno, f"{group.name.rstrip('/')}/{name}")
         if why:
             return why
     return None

@@ -55,6 +55,7 @@ from shardyard.ingest.inside import (
     hdf5_links_problem,
     hdf5_member_problem,
     hdf5_object_problem,
+    hdf5_problem,
     is_inside,
     outside_problem,
 )
@@ -291,12 +292,9 @@ class LiberoSource:
         layout = detect_layout(g)
         plan = field_plan(g, layout)
         opened = {h5: g[h5] for h5, *_ in plan.values()}
-        if not self.cfg.follow_links:
-            fileno = g.id.fileno
-            for h5, ds in opened.items():
-                why = hdf5_object_problem(ds, fileno, f"{g.name}/{h5}")
-                if why:
-                    raise SourceError(why, path=str(path), key=key)
+        why = None if self.cfg.follow_links else hdf5_problem(g, opened)
+        if why:
+            raise SourceError(why, path=str(path), key=key)
         self._layouts[key] = layout, plan
         return g, layout, plan, opened
 
@@ -359,7 +357,7 @@ class LiberoSource:
         g, layout, plan = self._demo(key)
         path = str(self._index[key][0])
         self._plan().check(key, path)
-        attrs = self._attrs.get(self._index[key][0]) or file_attrs(g.parent)
+        attrs = self._attrs[self._index[key][0]]  # the file's, decoded when its demos were listed
         convention = self.cfg.image_convention or attrs.get("macros_image_convention") or "opengl"
         schema = self.schema()
         steps: dict[str, np.ndarray] = {}
