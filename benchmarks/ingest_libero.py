@@ -16,7 +16,10 @@ Both baselines run in as many processes as the ingest has workers (`--workers`, 
 started inside the timed span (the ingest starts its workers inside its own), the demos dealt out round-robin.
 Each ingest runs in a fresh process, as the CLI runs it (`harness.in_fresh_process`: a second ingest in one
 process would spawn its readers instead of forking them); its imports are done before the clock starts, as
-the baselines' are. The sides are alternated `--trials` times (default 3); medians (`benchmarks/harness.py`).
+the baselines' are: the modules it imports on first use too (`LAZY_IMPORTS`: MuJoCo for the wrist camera's
+forward kinematics, pandas, which pyarrow imports at its first array), a one-off cost of a process rather
+than of the data, whose median seconds each row gives (`import_s`). The sides are alternated `--trials`
+times (default 3); medians (`benchmarks/harness.py`).
 Each row also carries `cpu_s` (median CPU seconds of each side: the ingest's writer process with its reader
 workers, the baselines' processes) and, on the headline row, `cpu_ratio` (baseline CPU / ingest CPU, median
 of the trials): the ratio where the run gets no parallelism, as on a shared machine whose scheduler splits
@@ -55,6 +58,8 @@ from shardyard.ingest.libero import LiberoConfig, LiberoSource  # noqa: E402
 from shardyard.ingest.runner import IngestConfig, run_ingest  # noqa: E402
 
 DEMOS, STEPS, SIZE = 50, 150, 128
+# What an ingest imports at its first use (libero_cameras, pyarrow, stats.robot), not when its module loads.
+LAZY_IMPORTS = ("mujoco", "pandas", "scipy.cluster.vq", "threadpoolctl")
 CAMERAS = ("obs/agentview_rgb", "obs/eye_in_hand_rgb")
 ARRAYS = CAMERAS + ("obs/ee_pos", "obs/ee_ori", "obs/gripper_states", "obs/joint_states", "actions", "rewards",
                     "dones", "states")
@@ -113,13 +118,20 @@ def store_encoder(store: Path, field: str):
     return codec.encoder(), codec.name
 
 
-def timed_ingest(path: Path, out: Path, workers: int) -> tuple[float, int, float]:
-    """One `ingest libero` of `path` into a new store `out` (run it in a fresh process); returns (seconds,
-    steps stored, CPU seconds of the writer's process and its reader workers)."""
+def timed_ingest(path: Path, out: Path, workers: int) -> tuple[float, int, float, float]:
+    """One `ingest libero` of `path` into a new store `out` (run it in a fresh process), after
+    `LAZY_IMPORTS`; returns (seconds, steps stored, CPU seconds of the writer's process and its reader
+    workers, seconds the lazy imports took)."""
+    import importlib
+
+    t = time.perf_counter()
+    for name in LAZY_IMPORTS:
+        importlib.import_module(name)
+    imports = time.perf_counter() - t
     shutil.rmtree(out, ignore_errors=True)
     t, cpu = time.perf_counter(), cpu_seconds()
     res = run_ingest(LiberoSource(LiberoConfig(root=path)), IngestConfig(out=out, workers=workers))
-    return time.perf_counter() - t, res.num_steps, cpu_seconds() - cpu
+    return time.perf_counter() - t, res.num_steps, cpu_seconds() - cpu, imports
 
 
 def bench(path: Path, tmp: Path, workers: int, trials: int) -> dict:
@@ -127,10 +139,12 @@ def bench(path: Path, tmp: Path, workers: int, trials: int) -> dict:
     out = tmp / "store"
     state: dict = {}
     cpu: dict[str, list[float]] = {"ingest": [], "encode": [], "read": []}
+    imports: list[float] = []
 
     def ingest() -> float:
-        seconds, state["steps"], used = in_fresh_process(timed_ingest, path, out, workers)
+        seconds, state["steps"], used, took = in_fresh_process(timed_ingest, path, out, workers)
         cpu["ingest"].append(used)
+        imports.append(took)
         return seconds
 
     def baseline(side: str, store: Path | None) -> float:
@@ -144,6 +158,7 @@ def bench(path: Path, tmp: Path, workers: int, trials: int) -> dict:
         demos = sorted(f["data"])
     n = pool_read(path, demos, workers)[0]
     cpu["ingest"].clear()  # the first run above was not a trial
+    imports.clear()
     r = alternate({"ingest": ingest, "encode": lambda: baseline("encode", out),
                    "read": lambda: baseline("read", None)}, trials)
     steps = state["steps"]
@@ -151,7 +166,7 @@ def bench(path: Path, tmp: Path, workers: int, trials: int) -> dict:
             "read": n / statistics.median(r["read"]), "codec": codec, "steps": steps,
             "ratio_encode": median_ratio([steps / s for s in r["ingest"]], [n / s for s in r["encode"]]),
             "ratio_read": median_ratio([steps / s for s in r["ingest"]], [n / s for s in r["read"]]),
-            "cpu": {k: statistics.median(v) for k, v in cpu.items()},
+            "cpu": {k: statistics.median(v) for k, v in cpu.items()}, "import_s": statistics.median(imports),
             "cpu_ratio": median_ratio(cpu["encode"], cpu["ingest"])}
 
 
@@ -170,7 +185,7 @@ def main() -> None:
                 put_real_frames(path, g1_frames(size=(SIZE, SIZE), max_frames=400 if args.smoke else None))
             m = bench(path, Path(tmp), args.workers, trials)
         extra = {"workers": args.workers, "demos": demos, "steps": m["steps"], "image": SIZE, "codec": m["codec"],
-                 "cpu_s": {k: round(v, 3) for k, v in m["cpu"].items()}}
+                 "cpu_s": {k: round(v, 3) for k, v in m["cpu"].items()}, "import_s": round(m["import_s"], 3)}
         what = "noise images" if kind == "noise" else "real G1 frames at 128x128"
         procs = f"{args.workers} processes"
         figure(f"ingest_libero.steps_{kind}", m["rate"], "steps/s",

@@ -311,6 +311,22 @@ def test_rotation_stats_is_hemisphere_invariant_and_seeded() -> None:
     np.testing.assert_allclose(rotation_pc1(q, a["pca"]), rotation_pc1(-q, a["pca"]), atol=1e-12)
 
 
+def test_rotation_kmeans_runs_side_by_side_give_the_serial_result() -> None:
+    """An ingest runs the k-means runs on its reader pool (`map_fn`): each run has its own seed, so the
+    stats equal those `shardyard stats` and `verify` compute one run after another."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    q = Rotation.random(2000, random_state=7).as_quat()
+    serial = rotation_stats(q, n_clusters=8, seed=4, n_init=4)
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as pool:
+        pooled = rotation_stats(q, n_clusters=8, seed=4, n_init=4, map_fn=pool.map)
+    assert json.dumps(pooled) == json.dumps(serial)
+    # the runs differ (each its own seed), and the best one is kept
+    assert rotation_stats(q, n_clusters=8, seed=4, n_init=1)["kmeans"]["inertia"] >= serial["kmeans"]["inertia"]
+    assert rotation_stats(q, n_clusters=8, seed=5, n_init=4)["kmeans"] != serial["kmeans"]
+
+
 def _cluster(mean: Rotation, n: int, spread_deg: float, seed: int, axis: np.ndarray | None = None) -> np.ndarray:
     """`n` xyzw quats within `spread_deg` of `mean`: about one `axis` (in the mean's frame), or any axis."""
     rng = np.random.default_rng(seed)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, replace
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -299,13 +299,14 @@ def robot_fields(schema: Schema) -> dict[str, dict[str, str | None]]:
     return out
 
 
-def robot_stats(store, episodes: Sequence[int], config: StatsConfig | None = None) -> dict[str, Any]:
+def robot_stats(store, episodes: Sequence[int], config: StatsConfig | None = None, *,
+                map_fn: Callable[..., Iterable[Any]] = map) -> dict[str, Any]:
     """Seed 001 extras per robot prefix: `height_bins` over world Z (eef_pos[:, 2], metres),
     `gripper_bins`, `rotation` (`robot.rotation_stats`; its `recommended_mode`); None where the field is
     absent. Low-dim fields of `episodes` are read whole (N x 8 floats per prefix), a block at a time; the
     rotation statistics take at most `ROTATION_STEPS` steps (drawn with `config.seed`), so that their PCA,
     distinct count and k-means sample stay within bounded memory at 10^6 episodes (a 4-D distribution's
-    principal axes and prototypes do not need more)."""
+    principal axes and prototypes do not need more). `map_fn` runs the k-means runs (`robot.rotation_stats`)."""
     cfg = config or StatsConfig()
     out: dict[str, Any] = {}
     for prefix, names in robot_fields(store.schema).items():
@@ -322,7 +323,8 @@ def robot_stats(store, episodes: Sequence[int], config: StatsConfig | None = Non
         del g
         q = _robot_rows(store, episodes, quat, sample=ROTATION_STEPS, seed=cfg.seed) if quat else None
         entry["rotation"] = rotation_stats(q, cfg.rotation_bins, cfg.kmeans_clusters, cfg.pca_threshold, cfg.seed,
-                                           separation_threshold=cfg.rotation_separation) if q is not None else None
+                                           separation_threshold=cfg.rotation_separation,
+                                           map_fn=map_fn) if q is not None else None
         out[prefix] = entry
     return out
 
@@ -343,11 +345,13 @@ def _robot_rows(store, episodes: Sequence[int], field: str, column: int | None =
     return np.asarray(fold.gather_rows(store, field, held, take=take, column=column), dtype=np.float64)
 
 
-def compute_stats(store, config: StatsConfig | None = None, *, frame_parts: Any = None) -> dict[str, Any]:
+def compute_stats(store, config: StatsConfig | None = None, *, frame_parts: Any = None,
+                  map_fn: Callable[..., Iterable[Any]] = map) -> dict[str, Any]:
     """stats.json of an `EpisodicStore` (structure in the module docstring), on the train split only.
     `frame_parts`: per-episode parts of frame fields made by the ingest workers (`sampled_frames_part`; a
-    `part_table.PartTable`, or a mapping key -> field -> part), which spare reading those frames back; the
-    result is the same with or without them."""
+    `part_table.PartTable`, or a mapping key -> field -> part), which spare reading those frames back;
+    `map_fn`: what runs the rotation k-means runs (an ingest passes its idle reader pool's `map`). The
+    result is the same with or without either."""
     cfg = config or StatsConfig()
     episodes, computed_on = stats_episodes(store)
     split = store.split or {}
@@ -365,7 +369,7 @@ def compute_stats(store, config: StatsConfig | None = None, *, frame_parts: Any 
                                     - np.asarray(store.episode_starts)[episodes])) if episodes else 0,
             "config": asdict(cfg),
             "fields": fields,
-            "robot": robot_stats(store, episodes, cfg),
+            "robot": robot_stats(store, episodes, cfg, map_fn=map_fn),
             "depth": depth_stats(store, episodes, cfg)}
 
 
