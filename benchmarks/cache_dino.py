@@ -4,8 +4,8 @@ same batch size, in the same run (issue 3: goal >= 0.9 with the tiny model on CP
 Like for like: both sides run in this one process pinned to the same `--cores` CPUs (default 1) with the same
 torch thread count, so the ingest's reader and writer threads, which overlap the forward, get no core the
 baseline leaves idle. Builds an episodic store of `--frames` real G1 camera frames (`--size`); the two sides are
-alternated for `--trials` trials (5), rates are medians and ratios medians of the per-trial ratios
-(`benchmarks/harness.py`). Figures:
+alternated for `--trials` trials (5), the forward first in even trials and the ingest first in odd ones; rates
+are medians and ratios medians of the per-trial ratios (`benchmarks/harness.py`). Figures:
 - `cache_dino.steady`: ingest images/s between the first and the last stored batch (read + forward + write)
   vs forward-only images/s;
 - `cache_dino.end_to_end`: frames / wall time of the whole `ingest_dino` call (model load, fingerprint,
@@ -99,10 +99,12 @@ def measure(args: argparse.Namespace, model: str, frames: int, w: int, h: int, t
         return len(batches) * args.batch_size / (time.perf_counter() - t)
 
     # the CPU is shared with other jobs and rates swing by 2-5x over seconds: alternate short forward-only
-    # and ingest runs, and report medians, the ratio being the median of adjacent pairs' ratios
+    # and ingest runs, and report medians, the ratio being the median of adjacent pairs' ratios. The pair's
+    # order flips from trial to trial (forward first, then ingest first), so that a drift of the machine's
+    # speed over the run does not always land on the same side.
     fwds, steadies, e2es = [], [], []
-    for r in range(args.trials):
-        fwds.append(forward_rate())
+
+    def ingest_rates(r: int) -> None:
         stamps: list[tuple[float, int]] = []
         t0 = time.perf_counter()
         ingest_dino(DinoConfig(store=str(store), out=tmp / f"features{r}", backbone=bcfg,
@@ -110,6 +112,14 @@ def measure(args: argparse.Namespace, model: str, frames: int, w: int, h: int, t
                     on_batch=lambda n, s=stamps: s.append((time.perf_counter(), n)))
         e2es.append(frames / (time.perf_counter() - t0))
         steadies.append(sum(n for _, n in stamps[1:]) / (stamps[-1][0] - stamps[0][0]))
+
+    for r in range(args.trials):
+        if r % 2:
+            ingest_rates(r)
+            fwds.append(forward_rate())
+        else:
+            fwds.append(forward_rate())
+            ingest_rates(r)
     name = "random ViT-S/14" if suffix == "_vits" else model
     base = f"forward on preloaded tensors ({name}, {bb.device}, batch {args.batch_size})"
     common = {"cores": args.cores, "threads": args.threads, "frames": frames, "goal": ""}
