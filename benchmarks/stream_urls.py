@@ -2,16 +2,20 @@
 shard store `ingest webvid` makes of the same URLs, with and without network latency; time to first batch
 against the number of metadata rows; the data-wait share of `train foveated-caption --urls`.
 
-Data: `--clips` (200) real clips, H.264 MP4 re-encodes (256x192, 24 fps) of windows of the shared WebVid
-videos and the G1 camera frames, 24, 48 or 96 frames long, served by a loopback threaded HTTP server
+Data: `--clips` (1000) rows of real clips, H.264 MP4 re-encodes (256x192, 24 fps) of windows of the shared
+WebVid videos and the G1 camera frames, 24, 48 or 96 frames long (`DISTINCT` of them, cycled over the rows),
+served by a loopback threaded HTTP server
 (stdlib; optional per-response delay and bandwidth cap). 10 % of the URLs are faulty, in equal shares: 404,
 500 on every other request (then the retry succeeds), a stall past the client's timeout, a body cut short
 (Content-Length kept), a JPEG served as video. Both sides: T 16 frames at 128x128, `--workers` (2)
-DataLoader workers, batch 4, one epoch per trial, same fetch settings (timeout 1 s, 1 retry).
+DataLoader workers, batch 4, one epoch per trial, same fetch settings (timeout 1 s, 1 retry). An epoch is
+several times longer than one stalled row's two timeouts, so that the figure is a rate rather than the wait
+for the last stall: the shard store serves 200 rows in about 1 s here, less than one stalled row costs.
 
 - `clips`: clips/s over the URLs / over the shard store (goal >= 0.8), with the stream's defaults (8 in
-  flight, 64 rows decoded ahead per worker); `clips_ahead`: the same with 128 rows ahead, enough to cover the
-  2-s timeouts (a row that times out holds its worker's turn: the order is fixed); both with the CPU ms per
+  flight, downloads started up to 512 rows and decodes up to 64 rows ahead per worker: a row that times out
+  holds its worker's turn, the order being fixed, so its download must start early); `clips_ahead`: the same
+  with 128 rows decoded ahead; both with the CPU ms per
   clip of each side (the server's included: it runs in this process). `clips_latency`: 128 ahead, with 50 ms
   per response and 20 MB/s per response; `in_flight`: the fewest downloads in flight per worker (of 1, 2, 4,
   8, 16) whose rate under that latency (128 ahead) is within 10 % of the rate without it (ratio: that rate
@@ -24,7 +28,7 @@ DataLoader workers, batch 4, one epoch per trial, same fetch settings (timeout 1
 Sides alternate over `--trials` (`harness.alternate`; medians, ratios of the same trial). `--smoke`: 20
 clips, 10^3 vs 10^4 rows, a few steps, one trial.
 
-    .venv/bin/python benchmarks/stream_urls.py [--clips 200] [--workers 2] [--trials 3] [--smoke]
+    .venv/bin/python benchmarks/stream_urls.py [--clips 1000] [--workers 2] [--trials 3] [--smoke]
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from harness import SHARED, add_common_args, alternate, figure, g1_frames, media
 
 T, SIZE, BATCH, W, H = 16, 128, 4, 256, 192
 FAULTS = ("404", "flaky", "stall", "truncate", "jpeg")
+DISTINCT = 200  # clips encoded; the rows past them reuse their bodies (each row its own URL)
 
 
 class ClipServer:
@@ -148,7 +153,8 @@ def encode(frames: np.ndarray, fps: int = 24) -> bytes:
 
 
 def make_clips(n: int) -> list[bytes]:
-    """`n` clips: windows of the shared WebVid videos and the G1 frames at 256x192, 24/48/96 frames long."""
+    """`n` clips: windows of the shared WebVid videos and the G1 frames at 256x192, 24/48/96 frames long, the
+    first `DISTINCT` encoded and cycled over the rest."""
     from shardyard.video import open_video
 
     pools = [g1_frames(size=(W, H))]
@@ -157,8 +163,11 @@ def make_clips(n: int) -> list[bytes]:
         pools.append(r.read(range(r.num_frames), size=(W, H)))
         r.close()
     pools = [p for p in pools if len(p) >= 96] + [np.concatenate([p for p in pools if len(p) < 96] or [pools[0]])]
-    out = []
+    out: list[bytes] = []
     for i in range(n):
+        if i >= DISTINCT:
+            out.append(out[i % DISTINCT])
+            continue
         pool, length = pools[i % len(pools)], (24, 48, 96)[i % 3]
         start = (i * 37) % (len(pool) - length)
         out.append(encode(pool[start:start + length]))
@@ -249,7 +258,7 @@ def data_wait(root: Path, args, urls: Path | None, store: Path | None, i: int) -
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints JSON figure lines."""
     ap = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    ap.add_argument("--clips", type=int, default=200)
+    ap.add_argument("--clips", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=40)
     args = ap.parse_args(argv)
@@ -286,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                cpu_ms_per_clip=ms["urls"], store_cpu_ms_per_clip=ms["store"])
         figure("stream_urls.clips_ahead", statistics.median(r["ahead"]), "clips/s", "shard store of the same URLs",
                statistics.median(r["store"]), ratio=median_ratio(r["ahead"], r["store"]), goal=">= 0.8",
-               label=f"the same {args.clips} clips with 128 decoded ahead per worker (covers the 2-s timeouts)",
+               label=f"the same {args.clips} clips with 128 decoded ahead per worker",
                trials=args.trials, cpu_ms_per_clip=ms["ahead"], store_cpu_ms_per_clip=ms["store"])
         srv.delay_s, srv.rate = 0.05, 20e6
         lat = alternate({"urls": lambda: epoch_rate(UrlClipStream(meta, url_cfg(ahead=128)), args.workers),

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import pickle
 import tarfile
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,6 +29,7 @@ from shardyard.ingest.fetch import FetchConfig
 from shardyard.ingest.webvid import WebvidConfig, ingest_webvid, read_meta
 from shardyard.loaders.streaming import ClipStream, StreamConfig
 from shardyard.loaders.url_meta import MetaRows
+from shardyard.loaders.url_prefetch import Prefetcher, RowOutcome, in_order
 from shardyard.loaders.url_stream import UrlClipStream, UrlStreamConfig
 from shardyard.stores.wds import ShardStore
 from shardyard.train.foveated_caption import FoveatedTrainConfig, train
@@ -134,6 +136,62 @@ def _by_worker(items: list[dict]) -> dict[int, list[tuple[str, torch.Tensor]]]:
 def _unbatch(batches: list[dict]) -> list[dict]:
     return [{"key": k, "worker": int(w), "frames": f} for b in batches
             for k, w, f in zip(b["key"], b["worker"], b["frames"])]
+
+
+def test_a_stalled_download_starts_fetch_ahead_rows_early_while_few_clips_are_decoded(tmp_path, server, bodies):
+    """Downloads lead the consumer by `fetch_ahead` rows and decodes by `ahead`: the request for a stalled
+    row 30 is made while the consumer holds its first clip (with `ahead` 2 alone it waited for row ~27), and
+    at most `ahead` + 1 rows are decoded or decoding beyond the one yielded."""
+    meta = _meta(tmp_path, server, "lead", bodies, 40, special={30: ("mp4", ["stall"], bodies["mp4"])})
+    decoded: list[str] = []
+    stream = UrlClipStream(meta, _cfg(shuffle=False, ahead=2, in_flight=3, fetch_ahead=32, block_rows=8))
+    decode = stream._decode
+    stream._decode = lambda out: (decoded.append(out.key), decode(out))
+    it = iter(stream)
+    first = next(it)
+    assert first["position"] == 0
+    deadline = time.monotonic() + 30
+    while server.requests_for("/lead/30.mp4") == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.requests_for("/lead/30.mp4") >= 1
+    assert len(decoded) <= 2 + 2  # the yielded row, `ahead` behind it, and one asked for as the first was taken
+    it.close()
+
+
+def test_in_order_generates_fetch_ahead_rows_while_their_bodies_fit_and_ahead_rows_when_not() -> None:
+    """`in_order`'s two windows, deterministically: rows generated (downloads started) and decodes asked for
+    by the time the first row is yielded, with room for the bodies and without."""
+    for room, generated_by_first in ((True, 11), (False, 3)):
+        made: list[int] = []
+        asked: list[int] = []
+
+        def tasks():
+            for i in range(50):
+                made.append(i)
+                yield i
+
+        def decoded(t: int) -> RowOutcome:
+            asked.append(t)
+            return RowOutcome(key=str(t))
+
+        out = in_order(tasks(), 2, 10, decoded, room=lambda r=room: r)
+        assert next(out)[0] == 0
+        assert len(made) == generated_by_first and asked == [0, 1, 2]
+        assert [t for t, _ in out] == list(range(1, 50)) and asked == list(range(50))
+
+
+def test_prefetcher_counts_bodies_until_they_are_decoded() -> None:
+    seen: list[int] = []
+    pre = Prefetcher(2, lambda out: seen.append(pre.held_bytes))
+    try:
+        fetched = [pre.fetch(RowOutcome(key="a", data=b"x" * 100)),
+                   pre.fetch(lambda: RowOutcome(key="b", data=b"y" * 50))]
+        assert fetched[1].result().held == 50 and pre.held_bytes == 150
+        for f in fetched:
+            pre.decode(f).result()
+        assert pre.held_bytes == 0 and seen[0] == 150 and seen[1] == 50
+    finally:
+        pre.close()
 
 
 def test_stopped_and_resumed_stream_yields_exactly_the_rest(tmp_path, server, bodies):

@@ -148,8 +148,9 @@ config_command(
         "cache": "--urls: write downloaded blocks here as `ingest webvid` shards (finish with `ingest webvid META "
                  "--out DIR --retry-failed`).",
         "in_flight": "--urls: downloads at once per DataLoader worker.",
-        "ahead": "--urls: clips downloaded and decoded ahead per worker (memory: T x 3 x size^2 bytes each); "
-                 "covers slow downloads.",
+        "ahead": "--urls: clips decoded ahead per worker (memory: T x 3 x size^2 bytes each).",
+        "fetch_ahead": "--urls: rows whose download starts ahead per worker: covers stalled and slow downloads.",
+        "fetch_ahead_mb": "--urls: MB of downloaded, not yet decoded bodies a worker holds at most.",
         "min_success": "--urls: stop when fewer than this fraction of a worker's recent downloads give a clip.",
         "min_success_window": "--urls: downloads per worker the success rate is taken over.",
         "allow_private_urls": "--urls: fetch from loopback/private addresses too (only for metadata you trust).",

@@ -2,14 +2,19 @@
 worker).
 
 Rows are handed out in a fixed order (that is what makes the stream resumable), so a slow row holds back
-the ones after it. `in_flight` threads download, and one thread decodes each row as soon as its bytes are
-there, in whatever order they arrive: while the consumer waits on a stalled download, the rows behind it keep
-downloading and decoding, up to `ahead` rows (decoded clips held in memory). One decode thread per worker
-keeps the stream's decode work where the shard path's is: one thread per DataLoader worker.
+the ones after it. Two windows hide that: downloads start up to `fetch_ahead` rows beyond the row being
+yielded (bodies held in memory until they are decoded, at most `fetch_ahead_bytes` of them), and one thread
+decodes, in whatever order their bytes arrive, the rows up to `ahead` beyond it (decoded clips held in
+memory). A stalled download (a server that sends nothing until the client's timeout, then again on the
+retry) thus starts long before the consumer reaches its row, without holding hundreds of decoded clips: at
+~80 clips/s a worker, a 2-s stall needs ~160 rows of lead, 125 MB of decoded 16-frame 128-px clips against
+a few MB of their MP4 bodies. One decode thread per worker keeps the stream's decode work where the shard
+path's is: one thread per DataLoader worker.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,17 +45,33 @@ class RowOutcome:
     known: bool = False
     frames: Any = None
     key: str = ""
+    held: int = 0  # bytes of `data` a `Prefetcher` counts as held until the decode
 
 
 class Prefetcher:
-    """`submit(work)`: run `work()` (a download returning a `RowOutcome`) in one of `in_flight` threads, then
-    `decode(outcome)` in the one decode thread; a `RowOutcome` given as `work` is only decoded. Returns a
-    future of the outcome. `close()` drops what has not started (a consumer that stops early)."""
+    """`fetch(work)` runs `work()` (a download returning a `RowOutcome`) in one of `in_flight` threads and
+    returns its future (a `RowOutcome` given as `work`, read from a cache, is returned as it is);
+    `decode(fetched)` returns a future of that outcome once `decode(outcome)` has run on it in the one decode
+    thread. `held_bytes`: the bodies fetched and not yet decoded. `close()` drops what has not started (a
+    consumer that stops early)."""
 
     def __init__(self, in_flight: int, decode: Callable[[RowOutcome], None], name: str = "urls") -> None:
         self._fetch = ThreadPoolExecutor(in_flight, thread_name_prefix=f"{name}-get")
         self._decode_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-decode")
         self._decode = decode
+        self._lock = threading.Lock()
+        self._held = 0
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the bodies fetched (or read from a cache) whose decode has not finished."""
+        return self._held
+
+    def _hold(self, out: RowOutcome) -> RowOutcome:
+        out.held = len(out.data) if out.data is not None else 0
+        with self._lock:
+            self._held += out.held
+        return out
 
     def _decoded(self, out: RowOutcome, done: Future) -> None:
         try:
@@ -58,6 +79,10 @@ class Prefetcher:
             done.set_result(out)
         except BaseException as e:  # surfaces in the consumer, at this row
             done.set_exception(e)
+        finally:
+            with self._lock:
+                self._held -= out.held
+            out.held = 0
 
     def _then_decode(self, got: Future, done: Future) -> None:
         try:
@@ -66,13 +91,19 @@ class Prefetcher:
             if not done.done():
                 done.set_exception(e)
 
-    def submit(self, work: Callable[[], RowOutcome] | RowOutcome) -> Future:
-        """A future of the row's decoded outcome (see the class docstring)."""
-        done: Future = Future()
+    def fetch(self, work: Callable[[], RowOutcome] | RowOutcome) -> Future | RowOutcome:
+        """Start the row's download (see the class docstring)."""
         if isinstance(work, RowOutcome):
-            self._decode_pool.submit(self._decoded, work, done)
+            return self._hold(work)
+        return self._fetch.submit(lambda: self._hold(work()))
+
+    def decode(self, fetched: Future | RowOutcome) -> Future:
+        """A future of the fetched row's decoded outcome (see the class docstring)."""
+        done: Future = Future()
+        if isinstance(fetched, RowOutcome):
+            self._decode_pool.submit(self._decoded, fetched, done)
         else:
-            self._fetch.submit(work).add_done_callback(lambda got: self._then_decode(got, done))
+            fetched.add_done_callback(lambda got: self._then_decode(got, done))
         return done
 
     def close(self) -> None:
@@ -81,22 +112,31 @@ class Prefetcher:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
 
-def in_order(tasks: Iterator[Task], ahead: int,
-             outcome: Callable[[Task], Future | RowOutcome]) -> Iterator[tuple[Task, RowOutcome]]:
-    """`(task, its outcome)` in the order of `tasks`, with up to `ahead` tasks generated (their downloads
-    started) beyond the one yielded. Raises what a row's download or decode raised."""
-    window: deque[Task] = deque()
+def in_order(tasks: Iterator[Task], ahead: int, fetch_ahead: int, decoded: Callable[[Task], Future | RowOutcome],
+             room: Callable[[], bool] = lambda: True) -> Iterator[tuple[Task, RowOutcome]]:
+    """`(task, its outcome)` in the order of `tasks`. Generating a task starts its download; up to
+    `fetch_ahead` tasks are generated beyond the one yielded while `room()` says their bodies fit (never fewer
+    than `ahead`), and `decoded(task)` (its decode's future, or the outcome itself) is asked for the first
+    `ahead` of them. Raises what a row's download or decode raised."""
+    fetched: deque[Task] = deque()  # generated, decode not asked for yet
+    decoding: deque[tuple[Task, Future | RowOutcome]] = deque()
+
+    def fill() -> None:
+        while fetched and len(decoding) <= ahead:
+            t = fetched.popleft()
+            decoding.append((t, decoded(t)))
 
     def head() -> tuple[Task, RowOutcome]:
-        t = window.popleft()
-        out = outcome(t)
+        fill()
+        t, out = decoding.popleft()
         return t, out.result() if isinstance(out, Future) else out
 
     for t in tasks:
-        window.append(t)
-        if len(window) > ahead:
+        fetched.append(t)
+        fill()
+        while len(fetched) + len(decoding) > fetch_ahead or (len(fetched) + len(decoding) > ahead and not room()):
             yield head()
-    while window:
+    while fetched or decoding:
         yield head()
 
 

@@ -11,11 +11,12 @@ of (seed, epoch, the number of rows); each worker reads only its own blocks of t
 
 Downloads. Each worker downloads with `in_flight` threads through an `ingest.fetch.Fetcher` (timeouts,
 retries with backoff on 5xx / 429 / timeouts / truncated bodies, dead links never retried; loopback and
-private addresses refused unless `fetch.allow_private_urls`) and decodes each body in one thread as it
-arrives, up to `ahead` rows beyond the one it yields (`loaders.url_prefetch`): a stalled download holds back
-only its own row's turn. At most `in_flight x workers x ranks` requests are in flight. Clips decode through
-`loaders.clip_decode`, the reader of the shard path: the row of key `k` gives the clip its `ingest webvid`
-sample `k` gives in `ClipStream`.
+private addresses refused unless `fetch.allow_private_urls`), starting downloads up to `fetch_ahead` rows
+beyond the one it yields (at most `fetch_ahead_mb` of bodies waiting), and decodes each body in one thread as
+it arrives, up to `ahead` rows beyond it (`loaders.url_prefetch`): a stalled download holds back only its own
+row's turn, and starts long before the consumer reaches it. At most `in_flight x workers x ranks` requests
+are in flight. Clips decode through `loaders.clip_decode`, the reader of the shard path: the row of key `k`
+gives the clip its `ingest webvid` sample `k` gives in `ClipStream`.
 
 Failures. A row that yields no clip is counted by reason (`URL_REASONS`) in `counters` (shared with the
 workers) and never yielded; each item's `failed` field (a JSON list of `[row, reason]`) carries the rows its
@@ -67,8 +68,10 @@ class UrlStreamConfig:
     """Clip options as `StreamConfig`: num_frames T, fps (Hz, None: consecutive frames), size `(W, H)` px (int S:
     (S, S); None keeps the video's), resize ("stretch", "crop" or "pad": as `StreamConfig`), seed, shuffle (rows and
     blocks; off: file order), clip_start, rank / world_size (default from torch.distributed), backend. URL options:
-    in_flight (downloads at once per worker), ahead (rows downloaded and decoded ahead of the one yielded, per
-    worker: decoded clips held in memory, what hides a slow download), block_rows (rows per block: the cache's shard
+    in_flight (downloads at once per worker), ahead (rows decoded ahead of the one yielded, per worker: decoded
+    clips held in memory), fetch_ahead (rows whose download starts ahead of the one yielded, per worker: what
+    hides a stalled download; at least `ahead`) and fetch_ahead_mb (MB of downloaded bodies not yet decoded a
+    worker holds at most: past it, downloads wait, down to `ahead` rows), block_rows (rows per block: the cache's shard
     size, = `ingest webvid --samples-per-shard`), fetch (`FetchConfig`: timeout_s, retries, backoff,
     allow_private_urls; its concurrency is in_flight), cache (folder for the shards, None: nothing written),
     retry_failed (download rows recorded as failed again), min_success / window (fraction of a worker's last
@@ -86,6 +89,8 @@ class UrlStreamConfig:
     backend: str = "pyav"
     in_flight: int = 8
     ahead: int = 64
+    fetch_ahead: int = 512
+    fetch_ahead_mb: float = 256.0
     block_rows: int = 1000
     fetch: FetchConfig = field(default_factory=FetchConfig)
     cache: str | None = None
@@ -96,15 +101,18 @@ class UrlStreamConfig:
 
     def __post_init__(self) -> None:
         self.size = checked_clip_options(self)
-        if min(self.in_flight, self.ahead, self.block_rows, self.window) < 1 or not 0 <= self.min_success <= 1:
-            raise ConfigError(f"need in_flight, ahead, block_rows, window >= 1 and 0 <= min_success <= 1 (got "
-                              f"{self.in_flight}, {self.ahead}, {self.block_rows}, {self.window}, {self.min_success})")
+        if min(self.in_flight, self.ahead, self.fetch_ahead, self.block_rows, self.window) < 1 or \
+                not 0 <= self.min_success <= 1 or not self.fetch_ahead_mb > 0:
+            raise ConfigError(f"need in_flight, ahead, fetch_ahead, block_rows, window >= 1, fetch_ahead_mb > 0 and "
+                              f"0 <= min_success <= 1 (got {self.in_flight}, {self.ahead}, {self.fetch_ahead}, "
+                              f"{self.block_rows}, {self.window}, {self.fetch_ahead_mb}, {self.min_success})")
 
 
 @dataclass
 class _Task:
     """One position of a worker's sequence: its row, key, caption, and its outcome (a future while the
-    download runs). `block_end`: the last row of a block downloaded whole here (cache: write it)."""
+    download runs; a failure recorded before, `known`, is never downloaded nor decoded). `block_end`: the last
+    row of a block downloaded whole here (cache: write it)."""
 
     pos: int
     row: int
@@ -298,8 +306,8 @@ class UrlClipStream(IterableDataset):
                 if r in known:
                     out: Future | RowOutcome = RowOutcome(reason=known[r], known=True)
                 else:
-                    out = pre.submit(self._cached(cached, key) if cached is not None else
-                                     (lambda k=key, x=row: self._fetch(fetcher, k, x)))
+                    out = pre.fetch(self._cached(cached, key) if cached is not None else
+                                    (lambda k=key, x=row: self._fetch(fetcher, k, x)))
                 yield _Task(pos + i, r, key, caption, out, b, whole and i == len(order) - 1)
             pos += len(order)
             if cached is not None:
@@ -347,8 +355,11 @@ class UrlClipStream(IterableDataset):
         pre = Prefetcher(c.in_flight, self._decode, name=f"urls{worker}")
         fetcher = Fetcher(dataclasses.replace(c.fetch, concurrency=c.in_flight))
         try:
-            for task, out in in_order(self._tasks(blocks, skip, known, fetcher, pre), max(c.ahead, c.in_flight),
-                                      lambda t: t.outcome):
+            ahead = max(c.ahead, c.in_flight)
+            budget = c.fetch_ahead_mb * 1e6
+            for task, out in in_order(self._tasks(blocks, skip, known, fetcher, pre), ahead, max(ahead, c.fetch_ahead),
+                                      lambda t: t.outcome if isinstance(t.outcome, RowOutcome) and t.outcome.known
+                                      else pre.decode(t.outcome), room=lambda: pre.held_bytes < budget):
                 frames, why = self._clip(out, worker, recent)
                 if self.cache is not None and out.info is not None and not out.cached:
                     results[task.key] = (out.info, out.data)

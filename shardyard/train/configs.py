@@ -208,7 +208,8 @@ class FoveatedTrainConfig:
     out: run folder. shards: shard store path or http(s) URL; or urls: a WebVid-style URL list (CSV, parquet or
     `save_to_disk` folder) streamed with `loaders.url_stream.UrlClipStream`, with cache (a folder the downloaded
     blocks are written to as `ingest webvid` shards, None: nothing written), in_flight (downloads at once per
-    DataLoader worker), ahead (clips downloaded and decoded ahead per worker), min_success /
+    DataLoader worker), ahead (clips decoded ahead per worker), fetch_ahead / fetch_ahead_mb (rows whose
+    download starts ahead per worker, and the MB of their bodies a worker holds at most), min_success /
     min_success_window (the run stops when fewer than this fraction of a worker's last `min_success_window`
     downloads give a clip), allow_private_urls (fetch from loopback and private addresses: only for metadata
     you trust) and fetch (overrides of `ingest.fetch.FetchConfig`: timeout_s, retries, backoff_s, ...).
@@ -230,6 +231,8 @@ class FoveatedTrainConfig:
     cache: str | None = None
     in_flight: int = 8
     ahead: int = 64
+    fetch_ahead: int = 512
+    fetch_ahead_mb: float = 256.0
     min_success: float = 0.5
     min_success_window: int = 50
     allow_private_urls: bool = False
@@ -285,8 +288,10 @@ class FoveatedTrainConfig:
         if (self.shards is None) == (self.urls is None) or (self.cache is not None and self.urls is None):
             raise ConfigError("give exactly one of --shards (a shard store) or --urls (a URL list); --cache goes "
                               "with --urls")
-        if not 0 <= self.min_success <= 1 or min(self.in_flight, self.ahead, self.min_success_window) < 1:
-            raise ConfigError("need 0 <= min_success <= 1, in_flight, ahead and min_success_window >= 1")
+        if not 0 <= self.min_success <= 1 or min(self.in_flight, self.ahead, self.fetch_ahead,
+                                                 self.min_success_window) < 1 or not self.fetch_ahead_mb > 0:
+            raise ConfigError("need 0 <= min_success <= 1, in_flight, ahead, fetch_ahead and min_success_window >= 1, "
+                              "fetch_ahead_mb > 0")
         taken = sorted(set(self.model) & set(FOVEATED_MODEL_KEYS))
         if taken:
             raise ConfigError(f"model overrides {taken} are options of their own (--encoder, --lm, --image-size, "

@@ -77,7 +77,8 @@ SUMS = ("loss_fine", "loss_coarse", "entropy_fine", "entropy_coarse", "max_attn_
 # may change between a run and its resume: where it is read from (a store served over HTTP), how it logs, runs
 RESUME_IGNORES = ("shards", "out", "log_every", "ckpt_every", "sample_every", "sample_clips", "sample_tokens",
                   "checkpointing", "resume", "device", "amp", "verify_reads", "urls", "cache", "in_flight", "ahead",
-                  "min_success", "min_success_window", "allow_private_urls", "fetch", *PAUSE_FIELDS)
+                  "fetch_ahead", "fetch_ahead_mb", "min_success", "min_success_window", "allow_private_urls", "fetch",
+                  *PAUSE_FIELDS)
 COLUMNS = ("step", "loss_fine", "loss_coarse", "ratio", "entropy_fine", "entropy_coarse", "max_attn_fine",
            "max_attn_coarse", "clips_per_s", "data_wait_frac")
 
@@ -121,7 +122,8 @@ def open_stream(cfg: FoveatedTrainConfig, ordered: bool = False) -> ClipStream |
         fetch = FetchConfig(**{"allow_private_urls": cfg.allow_private_urls, **cfg.fetch})
         return UrlClipStream(cfg.urls, UrlStreamConfig(
             num_frames=cfg.frames, size=cfg.size, resize=cfg.resize, fps=cfg.fps, seed=cfg.seed,
-            in_flight=cfg.in_flight, ahead=cfg.ahead, fetch=fetch, cache=None if ordered else cfg.cache,
+            in_flight=cfg.in_flight, ahead=cfg.ahead, fetch_ahead=cfg.fetch_ahead,
+            fetch_ahead_mb=cfg.fetch_ahead_mb, fetch=fetch, cache=None if ordered else cfg.cache,
             min_success=cfg.min_success, window=cfg.min_success_window, shuffle=not ordered,
             clip_start="start" if ordered else "random"))
     return ClipStream(cfg.shards, config=StreamConfig(num_frames=cfg.frames, size=cfg.size, resize=cfg.resize,
