@@ -3,7 +3,7 @@ worker).
 
 Rows are handed out in a fixed order (that is what makes the stream resumable), so a slow row holds back
 the ones after it. Two windows hide that: downloads start up to `fetch_ahead` rows beyond the row being
-yielded (bodies held in memory until they are decoded, at most `fetch_ahead_bytes` of them), and one thread
+yielded (bodies held in memory until they are decoded, as many as `room()` allows), and one thread
 decodes, in whatever order their bytes arrive, the rows up to `ahead` beyond it (decoded clips held in
 memory). A stalled download (a server that sends nothing until the client's timeout, then again on the
 retry) thus starts long before the consumer reaches its row, without holding hundreds of decoded clips: at
@@ -116,8 +116,8 @@ def in_order(tasks: Iterator[Task], ahead: int, fetch_ahead: int, decoded: Calla
              room: Callable[[], bool] = lambda: True) -> Iterator[tuple[Task, RowOutcome]]:
     """`(task, its outcome)` in the order of `tasks`. Generating a task starts its download; up to
     `fetch_ahead` tasks are generated beyond the one yielded while `room()` says their bodies fit (never fewer
-    than `ahead`), and `decoded(task)` (its decode's future, or the outcome itself) is asked for the first
-    `ahead` of them. Raises what a row's download or decode raised."""
+    than `ahead`), and `decoded(task)` (its decode's future, or the outcome itself) is asked for the one to
+    yield and the `ahead` after it. Raises what a row's download or decode raised."""
     fetched: deque[Task] = deque()  # generated, decode not asked for yet
     decoding: deque[tuple[Task, Future | RowOutcome]] = deque()
 

@@ -355,11 +355,13 @@ class UrlClipStream(IterableDataset):
         pre = Prefetcher(c.in_flight, self._decode, name=f"urls{worker}")
         fetcher = Fetcher(dataclasses.replace(c.fetch, concurrency=c.in_flight))
         try:
-            ahead = max(c.ahead, c.in_flight)
-            budget = c.fetch_ahead_mb * 1e6
+            ahead, budget = max(c.ahead, c.in_flight), c.fetch_ahead_mb * 1e6
+
+            def decoded(t: _Task) -> Future | RowOutcome:  # a failure recorded before is neither got nor decoded
+                return t.outcome if isinstance(t.outcome, RowOutcome) and t.outcome.known else pre.decode(t.outcome)
+
             for task, out in in_order(self._tasks(blocks, skip, known, fetcher, pre), ahead, max(ahead, c.fetch_ahead),
-                                      lambda t: t.outcome if isinstance(t.outcome, RowOutcome) and t.outcome.known
-                                      else pre.decode(t.outcome), room=lambda: pre.held_bytes < budget):
+                                      decoded, room=lambda: pre.held_bytes < budget):
                 frames, why = self._clip(out, worker, recent)
                 if self.cache is not None and out.info is not None and not out.cached:
                     results[task.key] = (out.info, out.data)
